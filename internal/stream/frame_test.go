@@ -1,0 +1,55 @@
+package stream
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+)
+
+func TestEncodeRoundTrip(t *testing.T) {
+	t.Parallel()
+	ts := time.Date(2026, 11, 26, 9, 30, 0, 123000000, time.UTC)
+	cases := []struct {
+		name string
+		ev   Event
+	}{
+		{"minimal", Event{Seq: 1, Epoch: "e1", TS: ts, Record: Record{Type: "x"}}},
+		{"full", Event{Seq: 42, Epoch: "e\"2", TS: ts, Record: Record{Type: "agent_message_delta", ThreadID: "t<1>", RunID: "r&1", Data: json.RawMessage(`{"delta":"héllo\n"}`)}}},
+		{"odd strings", Event{Seq: 7, Epoch: "\x00\x1f\u2028", TS: ts, Record: Record{Type: "a\xffb", ThreadID: "\t\\"}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := Encode(&tc.ev)
+			var got struct {
+				Type     string          `json:"type"`
+				Seq      uint64          `json:"seq"`
+				Epoch    string          `json:"epoch"`
+				TS       time.Time       `json:"ts"`
+				ThreadID string          `json:"thread_id"`
+				RunID    string          `json:"run_id"`
+				Data     json.RawMessage `json:"data"`
+			}
+			if err := json.Unmarshal(b, &got); err != nil {
+				t.Fatalf("frame %q is not JSON: %v", b, err)
+			}
+			want, _ := json.Marshal(tc.ev.Type) // encoding/json also maps invalid UTF-8 to U+FFFD
+			var wantType string
+			_ = json.Unmarshal(want, &wantType)
+			if got.Type != wantType || got.Seq != tc.ev.Seq || !got.TS.Equal(ts) || got.RunID != tc.ev.RunID {
+				t.Fatalf("round trip mismatch: %+v from %q", got, b)
+			}
+			if tc.ev.Data == nil && string(got.Data) != "{}" {
+				t.Fatalf("nil data encoded as %s", got.Data)
+			}
+		})
+	}
+}
+
+func BenchmarkEncode(b *testing.B) {
+	ev := Event{Seq: 123456, Epoch: "01JD0000000000000000000000", TS: time.Now(), Record: Record{Type: "agent_message_delta", ThreadID: "01JD0000000000000000000001", RunID: "01JD0000000000000000000002", Data: json.RawMessage(`{"message_id":"m1","delta":"The answer is 84."}`)}}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = Encode(&ev)
+	}
+}

@@ -1,0 +1,121 @@
+// Package stream defines the per-user ordered event log that every delivery,
+// replay and resume in agentwire is built on.
+//
+// A Stream assigns each appended event the next sequence number of its user
+// (1, 2, 3 … strictly +1, no gaps) within an epoch, an opaque string that
+// changes only when the user's history was lost. Live subscribers see a user's
+// events in seq order, and each event is encoded to its wire frame exactly once,
+// at append time, so the same bytes go to every connection and every replay.
+package stream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrResync means the requested position cannot be served: the epoch
+	// differs from the stream's, or events after since are no longer retained.
+	// The caller should tell the client resync_required and continue from head.
+	ErrResync = errors.New("stream: resync required")
+	// ErrUnavailable means the backend cannot be reached right now.
+	ErrUnavailable = errors.New("stream: backend unavailable")
+	// ErrClosed means the stream was closed.
+	ErrClosed = errors.New("stream: closed")
+)
+
+// Record is what a producer appends: everything of a stream event but the
+// fields the stream assigns (seq, epoch, ts).
+type Record struct {
+	Type     string          // frame type, e.g. "agent_started" or a published type
+	ThreadID string          // optional
+	RunID    string          // optional
+	Data     json.RawMessage // optional JSON object; nil encodes as {}
+	// IdempotencyKey, when set, makes Append return the event first appended
+	// with the same key for the same user within IdempotencyWindow instead of
+	// appending again.
+	IdempotencyKey string
+}
+
+// Event is an appended record with its position in the user's stream and its
+// encoded wire frame.
+type Event struct {
+	Seq   uint64
+	Epoch string
+	TS    time.Time
+	Record
+	// Frame is the complete JSON frame sent to clients, encoded once at append.
+	// It must not be modified.
+	Frame []byte
+}
+
+// Position is the state of a user's stream.
+type Position struct {
+	Epoch string
+	Head  uint64 // seq of the newest event, 0 when none was ever appended
+}
+
+// ResyncReason says why a replay could not be served.
+type ResyncReason string
+
+// Resync reasons reported to clients in resync_required.
+const (
+	ReasonEpochChanged ResyncReason = "epoch_changed"
+	ReasonTooOld       ResyncReason = "history_expired"
+	ReasonAhead        ResyncReason = "since_ahead_of_head"
+)
+
+// ResyncError carries the reason of an ErrResync and the stream position the
+// client continues from. errors.Is(err, ErrResync) holds for it.
+type ResyncError struct {
+	Reason   ResyncReason
+	Position Position
+}
+
+func (e *ResyncError) Error() string { return "stream: resync required: " + string(e.Reason) }
+
+// Is makes errors.Is(err, ErrResync) true.
+func (e *ResyncError) Is(target error) bool { return target == ErrResync }
+
+// Handler receives live events of one user, in seq order, one call at a time.
+// It must not block: it runs on the stream's delivery path.
+type Handler func(Event)
+
+// Stream is the per-user event log. Implementations must be safe for
+// concurrent use.
+type Stream interface {
+	// Append assigns the record the user's next seq and delivers it to the
+	// user's live subscribers in seq order.
+	Append(ctx context.Context, user string, rec Record) (Event, error)
+	// Since returns the retained events with seq > since, in order, and the
+	// current position. An empty epoch matches any epoch. When the epoch
+	// differs or events after since are gone it returns a *ResyncError.
+	Since(ctx context.Context, user string, since uint64, epoch string) ([]Event, Position, error)
+	// Head returns the user's current position.
+	Head(ctx context.Context, user string) (Position, error)
+	// Subscribe calls h for every event appended to user's stream from now on,
+	// until the returned cancel func is called. Events appended before
+	// Subscribe returns may or may not be seen; callers join replay and live
+	// by seq (subscribe first, then read Since, drop duplicates).
+	Subscribe(ctx context.Context, user string, h Handler) (cancel func(), err error)
+	// Ping reports whether the backend is reachable.
+	Ping(ctx context.Context) error
+	// Close releases the stream's resources.
+	Close() error
+}
+
+// Retention bounds how much history a stream keeps per user.
+type Retention struct {
+	MaxEvents int           // keep at most this many newest events (default 1000)
+	MaxAge    time.Duration // drop events older than this (default 10 min)
+}
+
+// Retention and idempotency defaults of the contract.
+const (
+	DefaultMaxEvents  = 1000
+	DefaultMaxAge     = 10 * time.Minute
+	IdempotencyWindow = 10 * time.Minute
+)
