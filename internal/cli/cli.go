@@ -1,0 +1,210 @@
+// Package cli is agentwire's command line: `serve` and `token`. Every flag is
+// also read from the AGENTWIRE_… environment variable named in its help.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/auth"
+)
+
+// Run executes agentwire with args (without the program name), reading the
+// environment through getenv. It returns when the command is done; serve
+// returns nil after a clean shutdown once ctx is cancelled.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		usage(stderr)
+		return errUsage
+	}
+	switch args[0] {
+	case "serve":
+		return serve(ctx, args[1:], getenv, stdout, stderr)
+	case "token":
+		return token(ctx, args[1:], getenv, stdout, stderr)
+	case "help", "-h", "--help":
+		usage(stdout)
+		return nil
+	}
+	usage(stderr)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+var errUsage = errors.New("no command given")
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `agentwire: a real-time gateway between AI agents and the people who use them.
+
+Usage:
+  agentwire serve [flags]          run the gateway (agentwire serve -h lists the flags)
+  agentwire token --user U [--ttl 1h]
+                                   print a token signed with serve's key
+`)
+}
+
+// flagSet wraps flag.FlagSet so each flag names its environment variable and
+// takes its default from it.
+type flagSet struct {
+	*flag.FlagSet
+	getenv func(string) string
+	envErr []error
+}
+
+func newFlagSet(name string, getenv func(string) string, stderr io.Writer) *flagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return &flagSet{FlagSet: fs, getenv: getenv}
+}
+
+func (f *flagSet) env(name string) (string, bool) {
+	v := f.getenv(name)
+	return v, v != ""
+}
+
+func (f *flagSet) String(p *string, name, env, def, usage string) {
+	if v, ok := f.env(env); ok {
+		def = v
+	}
+	f.StringVar(p, name, def, usage+" ["+env+"]")
+}
+
+func (f *flagSet) Bool(p *bool, name, env string, def bool, usage string) {
+	if v, ok := f.env(env); ok {
+		switch strings.ToLower(v) {
+		case "1", "true", "yes", "on":
+			def = true
+		case "0", "false", "no", "off":
+			def = false
+		default:
+			f.envErr = append(f.envErr, fmt.Errorf("%s=%q: want true or false", env, v))
+		}
+	}
+	f.BoolVar(p, name, def, usage+" ["+env+"]")
+}
+
+func (f *flagSet) Int(p *int, name, env string, def int, usage string) {
+	if v, ok := f.env(env); ok {
+		var n int
+		if _, err := fmt.Sscan(v, &n); err != nil {
+			f.envErr = append(f.envErr, fmt.Errorf("%s=%q: want an integer", env, v))
+		} else {
+			def = n
+		}
+	}
+	f.IntVar(p, name, def, usage+" ["+env+"]")
+}
+
+func (f *flagSet) Float(p *float64, name, env string, def float64, usage string) {
+	if v, ok := f.env(env); ok {
+		var n float64
+		if _, err := fmt.Sscan(v, &n); err != nil {
+			f.envErr = append(f.envErr, fmt.Errorf("%s=%q: want a number", env, v))
+		} else {
+			def = n
+		}
+	}
+	f.Float64Var(p, name, def, usage+" ["+env+"]")
+}
+
+func (f *flagSet) Duration(p *time.Duration, name, env string, def time.Duration, usage string) {
+	if v, ok := f.env(env); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			f.envErr = append(f.envErr, fmt.Errorf("%s=%q: want a duration like 10m", env, v))
+		} else {
+			def = d
+		}
+	}
+	f.DurationVar(p, name, def, usage+" ["+env+"]")
+}
+
+func (f *flagSet) parse(args []string) error {
+	if err := f.Parse(args); err != nil {
+		return err
+	}
+	if len(f.envErr) > 0 {
+		return errors.Join(f.envErr...)
+	}
+	if f.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", f.Arg(0))
+	}
+	return nil
+}
+
+// keyFlags are the flags that choose how tokens are verified and signed,
+// shared by serve and token so both use the same key.
+type keyFlags struct {
+	dataDir, secret, publicKeyFile, jwksURL, issuer, audience string
+}
+
+func (k *keyFlags) register(f *flagSet) {
+	f.String(&k.dataDir, "data-dir", "AGENTWIRE_DATA_DIR", "./data", "directory for agentwire's files (the generated JWT secret)")
+	f.String(&k.secret, "jwt-secret", "AGENTWIRE_JWT_SECRET", "", "HS256 secret for user tokens")
+	f.String(&k.publicKeyFile, "jwt-public-key-file", "AGENTWIRE_JWT_PUBLIC_KEY_FILE", "", "PEM public key (RSA, EC P-256 or Ed25519) for user tokens")
+	f.String(&k.jwksURL, "jwks-url", "AGENTWIRE_JWKS_URL", "", "JWKS URL for user tokens")
+	f.String(&k.issuer, "jwt-issuer", "AGENTWIRE_JWT_ISSUER", "", "required iss claim, when set")
+	f.String(&k.audience, "jwt-audience", "AGENTWIRE_JWT_AUDIENCE", "", "required aud claim, when set")
+}
+
+// keys resolves the verification config and, for HS256, the signing secret.
+// With no key configured the secret is generated once and kept in the data dir.
+func (k *keyFlags) keys() (auth.Config, []byte, error) {
+	cfg := auth.Config{PublicKeyFile: k.publicKeyFile, JWKSURL: k.jwksURL, Issuer: k.issuer, Audience: k.audience}
+	n := 0
+	for _, s := range []string{k.secret, k.publicKeyFile, k.jwksURL} {
+		if s != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		return cfg, nil, errors.New("set only one of --jwt-secret, --jwt-public-key-file and --jwks-url")
+	}
+	switch {
+	case k.secret != "":
+		if len(k.secret) < 32 {
+			return cfg, nil, errors.New("--jwt-secret must be at least 32 bytes")
+		}
+		cfg.Secret = []byte(k.secret)
+	case n == 0:
+		secret, err := auth.LoadOrCreateSecret(k.dataDir)
+		if err != nil {
+			return cfg, nil, err
+		}
+		cfg.Secret = secret
+	}
+	return cfg, cfg.Secret, nil
+}
+
+func token(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	f := newFlagSet("token", getenv, stderr)
+	var k keyFlags
+	k.register(f)
+	var user string
+	var ttl time.Duration
+	f.StringVar(&user, "user", "", "the token's subject (required)")
+	f.DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if user == "" {
+		return errors.New("--user is required")
+	}
+	_, secret, err := k.keys()
+	if err != nil {
+		return err
+	}
+	if secret == nil {
+		return errors.New("agentwire token signs HS256 only: it needs --jwt-secret or the generated secret, not a public key or JWKS")
+	}
+	tok, _, err := auth.NewSigner(secret).Sign(user, ttl, k.issuer, k.audience)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, tok)
+	return err
+}

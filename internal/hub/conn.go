@@ -1,0 +1,295 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/stream"
+)
+
+// Close codes the hub itself uses.
+const (
+	CloseSlowConsumer = 4008 // outbound queue over its bound
+	CloseInternal     = 1011
+)
+
+// Transport is what a connection needs of its socket. The WebSocket
+// implementation lives in package ws; an event-loop transport can replace it
+// without touching the hub.
+type Transport interface {
+	// WriteBatch writes each frame as one text message, in order.
+	WriteBatch(frames [][]byte) error
+	// Close sends a close frame with code and reason, best effort within a
+	// short deadline, then closes the socket, which ends its read loop.
+	Close(code int, reason string)
+}
+
+// Conn is one client connection as the hub sees it: an outbound queue bounded
+// in bytes, the position of the user's stream it has reached, and at most one
+// writer goroutine, started only while there is something to write. An idle
+// connection owns no goroutine and no buffer here.
+type Conn struct {
+	ID   string
+	User string
+
+	hub        *Hub
+	t          Transport
+	registered atomic.Bool
+
+	mu       sync.Mutex
+	queue    [][]byte
+	spare    [][]byte
+	queued   int   // bytes in queue and pending
+	oldestTS int64 // append time (unix ns) of the oldest queued event, 0 if none
+	lastSeq  uint64
+	epoch    string
+	joining  bool           // live events go to pending until Join places the replay
+	pending  []stream.Event // live events received while joining
+	writing  bool
+	closing  bool // a close is queued or done: accept nothing more
+	code     int
+	reason   string
+}
+
+// Join places the user's stream position on c: it writes prefix(pos) first
+// (connection_established, say; nil writes nothing), then either the retained
+// events after since (when resume is set) or a resync frame, then every live
+// event that arrived meanwhile, with no gap and no duplicate. With resume
+// false the connection continues live from the current head.
+// onResync builds the resync_required frame for a *stream.ResyncError.
+func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string,
+	prefix func(stream.Position) []byte, onResync func(*stream.ResyncError) []byte) (stream.Position, error) {
+	c.mu.Lock()
+	c.joining = true
+	c.mu.Unlock()
+
+	var (
+		events []stream.Event
+		pos    stream.Position
+		err    error
+		resync *stream.ResyncError
+	)
+	if resume {
+		events, pos, err = c.hub.stream.Since(ctx, c.User, since, epoch)
+		if errors.As(err, &resync) {
+			pos, err = resync.Position, nil
+		}
+	} else {
+		pos, err = c.hub.stream.Head(ctx, c.User)
+	}
+	if err != nil {
+		c.mu.Lock()
+		c.joining = false
+		c.mu.Unlock()
+		return pos, err
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.joining = false
+	if c.closing {
+		c.pending = nil
+		return pos, nil
+	}
+	if prefix != nil {
+		if f := prefix(pos); f != nil {
+			c.enqueueLocked(f, 0)
+		}
+	}
+	c.epoch = pos.Epoch
+	switch {
+	case resync != nil:
+		c.enqueueLocked(onResync(resync), 0)
+		c.lastSeq = pos.Head
+	case resume:
+		c.lastSeq = since
+		for i := range events {
+			c.offerLocked(&events[i])
+		}
+		if c.lastSeq < pos.Head {
+			c.lastSeq = pos.Head
+		}
+	default:
+		c.lastSeq = pos.Head
+	}
+	for i := range c.pending {
+		c.queued -= len(c.pending[i].Frame) // counted on arrival, counted again if queued
+	}
+	for i := range c.pending {
+		c.offerLocked(&c.pending[i])
+	}
+	clear(c.pending)
+	c.pending = nil
+	return pos, nil
+}
+
+// deliver is the hub's live path for one event.
+func (c *Conn) deliver(ev stream.Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return
+	}
+	if c.joining {
+		c.pending = append(c.pending, ev)
+		c.queued += len(ev.Frame)
+		if c.queued > c.hub.maxQueue {
+			c.overflowLocked()
+		}
+		return
+	}
+	c.offerLocked(&ev)
+}
+
+// offerLocked enqueues ev unless c already has it.
+func (c *Conn) offerLocked(ev *stream.Event) {
+	if ev.Epoch != c.epoch {
+		// The stream's history was lost and seq restarted: follow the new
+		// epoch from this event on. The client learns of it from the frame.
+		c.epoch = ev.Epoch
+		c.lastSeq = ev.Seq - 1
+	}
+	if ev.Seq <= c.lastSeq {
+		return
+	}
+	c.lastSeq = ev.Seq
+	c.enqueueLocked(ev.Frame, ev.TS.UnixNano())
+}
+
+// Send queues a frame that is not a stream event (ack, error, pong …).
+// It reports false when the connection is closing.
+func (c *Conn) Send(frame []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return false
+	}
+	c.enqueueLocked(frame, 0)
+	return !c.closing
+}
+
+func (c *Conn) enqueueLocked(frame []byte, ts int64) {
+	c.queued += len(frame)
+	if c.queued > c.hub.maxQueue {
+		c.overflowLocked()
+		return
+	}
+	if ts != 0 && c.oldestTS == 0 {
+		c.oldestTS = ts
+	}
+	c.queue = append(c.queue, frame)
+	if !c.writing {
+		c.writing = true
+		go c.flush()
+	}
+}
+
+// overflowLocked drops the queue and closes the socket at once: the writer
+// may be stuck on this very client, so the close cannot wait behind it.
+func (c *Conn) overflowLocked() {
+	c.closing = true
+	clear(c.queue)
+	c.queue, c.spare, c.pending, c.queued = nil, nil, nil, 0
+	c.hub.metrics.QueueOverflows.Inc()
+	c.hub.metrics.Closes.WithLabelValues("4008").Inc()
+	c.hub.log.Info("slow consumer closed", "user", c.User, "conn", c.ID)
+	go c.t.Close(CloseSlowConsumer, "slow consumer")
+}
+
+// Close closes the connection with code after the frames already queued are
+// written. Later frames are dropped. It is safe to call more than once; the
+// first code wins.
+func (c *Conn) Close(code int, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return
+	}
+	c.closing = true
+	c.code, c.reason = code, reason
+	c.pending = nil
+	if !c.writing {
+		c.writing = true
+		go c.flush()
+	}
+}
+
+// flush writes the queue in batches until it is empty, then exits; it is the
+// only goroutine writing frames to the transport.
+func (c *Conn) flush() {
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 {
+			c.writing = false
+			code, reason := c.code, c.reason
+			if c.queued == 0 && cap(c.spare) > 64 {
+				c.spare = nil // give a burst's memory back
+			}
+			c.mu.Unlock()
+			if code != 0 {
+				c.hub.metrics.Closes.WithLabelValues(closeLabel(code)).Inc()
+				c.t.Close(code, reason)
+			}
+			return
+		}
+		batch, oldest := c.queue, c.oldestTS
+		c.queue, c.spare = c.spare, nil
+		c.oldestTS = 0
+		n := 0
+		for _, f := range batch {
+			n += len(f)
+		}
+		c.queued -= n
+		c.mu.Unlock()
+
+		err := c.t.WriteBatch(batch)
+		m := c.hub.metrics
+		if oldest != 0 {
+			m.PublishToWrite.Observe(float64(time.Now().UnixNano()-oldest) / 1e9)
+		}
+		m.BytesOut.Add(float64(n))
+		m.FramesOut.Add(float64(len(batch)))
+
+		clear(batch)
+		c.mu.Lock()
+		if c.spare == nil {
+			c.spare = batch[:0]
+		}
+		c.mu.Unlock()
+		if err != nil {
+			c.mu.Lock()
+			c.closing = true
+			c.queue, c.pending, c.queued, c.writing = nil, nil, 0, false
+			c.mu.Unlock()
+			c.t.Close(CloseInternal, "write failed")
+			return
+		}
+	}
+}
+
+func closeLabel(code int) string {
+	switch code {
+	case 1000:
+		return "1000"
+	case 1001:
+		return "1001"
+	case 1008:
+		return "1008"
+	case 1009:
+		return "1009"
+	case 1011:
+		return "1011"
+	case 4000:
+		return "4000"
+	case 4001:
+		return "4001"
+	case 4008:
+		return "4008"
+	case 4029:
+		return "4029"
+	}
+	return "other"
+}

@@ -1,0 +1,238 @@
+// Package hub is the single source of truth for live connections: it indexes
+// every connection by user, keeps one stream subscription per user with at
+// least one local connection, and delivers each event's already-encoded frame
+// to all of that user's connections through their bounded outbound queues.
+//
+// Nothing here blocks a publisher on a client: delivery only appends to a
+// queue under that connection's own mutex, and a connection whose queue grows
+// past its bound is closed with 4008 (slow consumer). No lock is ever held
+// across socket I/O.
+package hub
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+
+	"github.com/agentwire/agentwire/internal/metrics"
+	"github.com/agentwire/agentwire/internal/stream"
+)
+
+// ErrTooManyConnections is returned by Register when the user already has the
+// maximum number of connections.
+var ErrTooManyConnections = errors.New("hub: too many connections for this user")
+
+// Defaults of the contract.
+const (
+	DefaultMaxConnsPerUser = 10
+	DefaultMaxQueueBytes   = 1 << 20
+)
+
+// Config configures a Hub.
+type Config struct {
+	Stream          stream.Stream
+	Metrics         *metrics.Metrics
+	Logger          *slog.Logger
+	MaxConnsPerUser int // 0 → DefaultMaxConnsPerUser
+	MaxQueueBytes   int // 0 → DefaultMaxQueueBytes
+}
+
+const shardCount = 64
+
+// Hub indexes live connections by user and delivers stream events to them.
+type Hub struct {
+	stream     stream.Stream
+	metrics    *metrics.Metrics
+	log        *slog.Logger
+	maxPerUser int
+	maxQueue   int
+	seed       maphash.Seed
+	shards     [shardCount]shard
+}
+
+type shard struct {
+	mu    sync.RWMutex
+	users map[string]*userEntry
+}
+
+// userEntry is a user's local connections and the stream subscription that
+// feeds them. It exists exactly while the user has a local connection.
+type userEntry struct {
+	conns  []*Conn
+	ready  chan struct{} // closed once the subscription attempt finished
+	cancel func()        // set under the shard lock once subscribed
+	err    error         // subscription error, read after ready is closed
+}
+
+// New returns a Hub delivering events of cfg.Stream.
+func New(cfg Config) *Hub {
+	h := &Hub{
+		stream:     cfg.Stream,
+		metrics:    cfg.Metrics,
+		log:        cfg.Logger,
+		maxPerUser: cfg.MaxConnsPerUser,
+		maxQueue:   cfg.MaxQueueBytes,
+		seed:       maphash.MakeSeed(),
+	}
+	if h.maxPerUser <= 0 {
+		h.maxPerUser = DefaultMaxConnsPerUser
+	}
+	if h.maxQueue <= 0 {
+		h.maxQueue = DefaultMaxQueueBytes
+	}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.metrics == nil {
+		h.metrics = metrics.New()
+	}
+	for i := range h.shards {
+		h.shards[i].users = make(map[string]*userEntry)
+	}
+	return h
+}
+
+func (h *Hub) shard(user string) *shard {
+	return &h.shards[maphash.String(h.seed, user)%shardCount]
+}
+
+// NewConn returns a connection of user, not yet registered, that writes
+// through t. It starts in the joining state: live events are held until Join
+// has placed the replay before them.
+func (h *Hub) NewConn(id, user string, t Transport) *Conn {
+	return &Conn{ID: id, User: user, hub: h, t: t, joining: true}
+}
+
+// Register adds c to its user's connections, subscribing the user's stream
+// when c is the user's first local connection. It fails with
+// ErrTooManyConnections when the user is at the limit, or with the stream's
+// error when the subscription cannot be made.
+func (h *Hub) Register(ctx context.Context, c *Conn) error {
+	sh := h.shard(c.User)
+	sh.mu.Lock()
+	e := sh.users[c.User]
+	first := e == nil
+	if first {
+		e = &userEntry{ready: make(chan struct{})}
+		sh.users[c.User] = e
+	}
+	if len(e.conns) >= h.maxPerUser {
+		sh.mu.Unlock()
+		return ErrTooManyConnections
+	}
+	e.conns = append(e.conns, c)
+	sh.mu.Unlock()
+
+	if first {
+		user := c.User
+		cancel, err := h.stream.Subscribe(ctx, user, func(ev stream.Event) { h.deliver(user, ev) })
+		sh.mu.Lock()
+		e.cancel, e.err = cancel, err
+		orphan := sh.users[user] != e
+		close(e.ready)
+		sh.mu.Unlock()
+		if orphan && cancel != nil {
+			cancel()
+		}
+	}
+	select {
+	case <-e.ready:
+	case <-ctx.Done():
+		h.Unregister(c)
+		return ctx.Err()
+	}
+	if e.err != nil {
+		h.Unregister(c)
+		return e.err
+	}
+	h.metrics.Connections.Inc()
+	h.metrics.ConnectionsTotal.Inc()
+	c.registered.Store(true)
+	return nil
+}
+
+// Unregister removes c; the user's subscription ends with its last local
+// connection, so a user with no connection costs the hub nothing.
+func (h *Hub) Unregister(c *Conn) {
+	sh := h.shard(c.User)
+	var cancel func()
+	sh.mu.Lock()
+	e := sh.users[c.User]
+	if e != nil {
+		for i, x := range e.conns {
+			if x == c {
+				last := len(e.conns) - 1
+				e.conns[i] = e.conns[last]
+				e.conns[last] = nil
+				e.conns = e.conns[:last]
+				break
+			}
+		}
+		if len(e.conns) == 0 {
+			delete(sh.users, c.User)
+			cancel = e.cancel // nil while still subscribing: Register cancels the orphan
+		}
+	}
+	sh.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if c.registered.CompareAndSwap(true, false) {
+		h.metrics.Connections.Dec()
+	}
+}
+
+// deliver hands ev to every local connection of user. It runs on the
+// stream's delivery path, in seq order, and never blocks on a socket.
+func (h *Hub) deliver(user string, ev stream.Event) {
+	sh := h.shard(user)
+	sh.mu.RLock()
+	if e := sh.users[user]; e != nil {
+		for _, c := range e.conns {
+			c.deliver(ev)
+		}
+	}
+	sh.mu.RUnlock()
+}
+
+// Count returns the number of local connections of user.
+func (h *Hub) Count(user string) int {
+	sh := h.shard(user)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	if e := sh.users[user]; e != nil {
+		return len(e.conns)
+	}
+	return 0
+}
+
+// Users returns the number of users with at least one local connection.
+func (h *Hub) Users() int {
+	n := 0
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.RLock()
+		n += len(sh.users)
+		sh.mu.RUnlock()
+	}
+	return n
+}
+
+// CloseAll closes every connection with code after its queued frames are
+// written. It does not wait for the sockets to finish closing.
+func (h *Hub) CloseAll(code int, reason string) {
+	var all []*Conn
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.RLock()
+		for _, e := range sh.users {
+			all = append(all, e.conns...)
+		}
+		sh.mu.RUnlock()
+	}
+	for _, c := range all {
+		c.Close(code, reason)
+	}
+}

@@ -1,0 +1,229 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/stream"
+)
+
+func handleNotFound() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such endpoint")
+	})
+}
+
+func handleHealthz() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+}
+
+func handleReadyz(d *Deps) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := d.Stream.Ping(ctx); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{
+				"status": "unavailable", "checks": map[string]string{"stream": "unreachable"}})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "checks": map[string]string{"stream": "ok"}})
+	})
+}
+
+func handleTickets(d *Deps) http.Handler {
+	type response struct {
+		Ticket    string    `json:"ticket"`
+		ExpiresAt time.Time `json:"expires_at"`
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		claims, ok := userFromRequest(d, w, r)
+		if !ok {
+			return
+		}
+		t, exp, err := d.Tickets.Issue(r.Context(), claims)
+		if err != nil {
+			if errors.Is(err, auth.ErrExpired) || errors.Is(err, auth.ErrInvalid) {
+				writeError(w, http.StatusUnauthorized, "unauthorized", "token cannot be exchanged for a ticket")
+				return
+			}
+			d.Logger.Error("issue ticket", "user", claims.Subject, "err", err)
+			writeError(w, http.StatusServiceUnavailable, "unavailable", "could not issue a ticket, retry")
+			return
+		}
+		writeJSON(w, http.StatusOK, response{Ticket: t, ExpiresAt: exp.UTC()})
+	})
+}
+
+// handleEvents serves the replay rule of /ws over plain HTTP. A position the
+// stream cannot serve answers 200 with no events, "resync_required": true and
+// the reason, so a polling client reloads and continues from head_seq.
+func handleEvents(d *Deps) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		claims, ok := userFromRequest(d, w, r)
+		if !ok {
+			return
+		}
+		q := r.URL.Query()
+		var since uint64
+		if s := q.Get("since"); s != "" {
+			n, err := strconv.ParseUint(s, 10, 64)
+			if err != nil {
+				writeError(w, http.StatusBadRequest, "invalid_request", "since must be a non-negative integer")
+				return
+			}
+			since = n
+		}
+		events, pos, err := d.Stream.Since(r.Context(), claims.Subject, since, q.Get("epoch"))
+		var resync *stream.ResyncError
+		switch {
+		case errors.As(err, &resync):
+			pos = resync.Position
+		case err != nil:
+			d.Logger.Error("read events", "user", claims.Subject, "err", err)
+			writeError(w, http.StatusServiceUnavailable, "unavailable", "stream backend unavailable, retry")
+			return
+		}
+		// The frames are JSON already: splice them in rather than re-encode.
+		var b bytes.Buffer
+		b.WriteString(`{"epoch":`)
+		b.Write(stream.AppendString(nil, pos.Epoch))
+		b.WriteString(`,"head_seq":`)
+		b.WriteString(strconv.FormatUint(pos.Head, 10))
+		if resync != nil {
+			b.WriteString(`,"resync_required":true,"reason":`)
+			b.Write(stream.AppendString(nil, string(resync.Reason)))
+		}
+		b.WriteString(`,"events":[`)
+		for i := range events {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.Write(events[i].Frame)
+		}
+		b.WriteString("]}\n")
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		_, _ = w.Write(b.Bytes())
+	})
+}
+
+var publishType = regexp.MustCompile(`^[a-z][a-z0-9_.]{0,63}$`)
+
+// reservedTypes are the stream events agentwire's own runs produce.
+var reservedTypes = map[string]bool{
+	"user_message": true, "agent_started": true, "agent_thinking": true,
+	"tool_executing": true, "tool_completed": true, "agent_message_delta": true,
+	"agent_completed": true, "agent_error": true,
+}
+
+// Field bounds of POST /api/v1/publish.
+const (
+	maxUserID  = auth.MaxSubject
+	maxKeyLen  = 128
+	maxDataLen = 64 << 10
+)
+
+func handlePublish(d *Deps) http.Handler {
+	type request struct {
+		UserID         string          `json:"user_id"`
+		Type           string          `json:"type"`
+		ThreadID       string          `json:"thread_id"`
+		RunID          string          `json:"run_id"`
+		Data           json.RawMessage `json:"data"`
+		IdempotencyKey string          `json:"idempotency_key"`
+	}
+	type response struct {
+		Seq   uint64 `json:"seq"`
+		Epoch string `json:"epoch"`
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req request
+		if !decodeBody(w, r, &req) {
+			return
+		}
+		switch {
+		case req.UserID == "" || len(req.UserID) > maxUserID:
+			writeError(w, http.StatusBadRequest, "invalid_request", "user_id is required (1-256 bytes)")
+			return
+		case !publishType.MatchString(req.Type):
+			writeError(w, http.StatusBadRequest, "invalid_request", "type must match ^[a-z][a-z0-9_.]{0,63}$")
+			return
+		case len(req.ThreadID) > maxKeyLen || len(req.RunID) > maxKeyLen || len(req.IdempotencyKey) > maxKeyLen:
+			writeError(w, http.StatusBadRequest, "invalid_request", "thread_id, run_id and idempotency_key are at most 128 bytes")
+			return
+		case len(req.Data) > maxDataLen:
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", "data is over 64 KiB")
+			return
+		}
+		data := bytes.TrimSpace(req.Data)
+		if len(data) == 0 || bytes.Equal(data, []byte("null")) {
+			data = nil
+		} else if data[0] != '{' {
+			writeError(w, http.StatusBadRequest, "invalid_request", "data must be a JSON object")
+			return
+		} else {
+			var compact bytes.Buffer
+			if err := json.Compact(&compact, data); err != nil {
+				writeError(w, http.StatusBadRequest, "invalid_request", "data must be a JSON object")
+				return
+			}
+			data = compact.Bytes()
+		}
+		if reservedTypes[req.Type] {
+			writeError(w, http.StatusConflict, "reserved_type",
+				"type "+req.Type+" is an agent event: it is accepted only for a run of that user that is still running")
+			return
+		}
+		ev, err := d.Stream.Append(r.Context(), req.UserID, stream.Record{
+			Type: req.Type, ThreadID: req.ThreadID, RunID: req.RunID, Data: data, IdempotencyKey: req.IdempotencyKey,
+		})
+		if err != nil {
+			d.Logger.Error("publish", "user", req.UserID, "type", req.Type, "err", err)
+			writeError(w, http.StatusServiceUnavailable, "unavailable", "stream backend unavailable, retry with the same idempotency_key")
+			return
+		}
+		d.Metrics.Published.Inc()
+		writeJSON(w, http.StatusOK, response{Seq: ev.Seq, Epoch: ev.Epoch})
+	})
+}
+
+var devUser = regexp.MustCompile(`^[A-Za-z0-9_.@-]{1,64}$`)
+
+func handleDevLogin(d *Deps) http.Handler {
+	type request struct {
+		UserID string `json:"user_id"`
+	}
+	type response struct {
+		Token     string    `json:"token"`
+		ExpiresAt time.Time `json:"expires_at"`
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req request
+		if !decodeBody(w, r, &req) {
+			return
+		}
+		if !devUser.MatchString(req.UserID) {
+			writeError(w, http.StatusBadRequest, "invalid_request", "user_id must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
+			return
+		}
+		if d.Signer == nil {
+			writeError(w, http.StatusNotImplemented, "no_signing_key", "dev login needs an HS256 secret (--jwt-secret or the generated one)")
+			return
+		}
+		tok, exp, err := d.Signer.Sign(req.UserID, d.DevTTL, d.Issuer, d.Audience)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "internal_error", "could not sign a token")
+			return
+		}
+		writeJSON(w, http.StatusOK, response{Token: tok, ExpiresAt: exp.UTC()})
+	})
+}

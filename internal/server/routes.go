@@ -1,0 +1,22 @@
+package server
+
+import "net/http"
+
+// addRoutes is the whole HTTP surface of agentwire, in one place.
+func addRoutes(mux *http.ServeMux, d *Deps) {
+	mux.Handle("GET /ws", d.WS)
+
+	mux.Handle("POST /api/v1/tickets", handleTickets(d))
+	mux.Handle("GET /api/v1/events", handleEvents(d))
+	mux.Handle("POST /api/v1/publish", requireAPIKey(d, handlePublish(d)))
+
+	if d.DevLogin {
+		mux.Handle("POST /auth/dev-login", handleDevLogin(d))
+	}
+
+	mux.Handle("GET /healthz", handleHealthz())
+	mux.Handle("GET /readyz", handleReadyz(d))
+	mux.Handle("GET /metrics", d.Metrics.Handler())
+
+	mux.Handle("/", handleNotFound())
+}

@@ -1,0 +1,157 @@
+// Package server wires agentwire's HTTP surface: every route is in routes.go,
+// every handler is a function returning an http.Handler, and NewServer takes
+// all dependencies explicitly.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/metrics"
+	"github.com/agentwire/agentwire/internal/stream"
+)
+
+// Verifier verifies user JWTs.
+type Verifier interface {
+	Verify(ctx context.Context, token string) (auth.Claims, error)
+}
+
+// Deps are the server's dependencies, built in cli.
+type Deps struct {
+	Logger   *slog.Logger
+	Metrics  *metrics.Metrics
+	Stream   stream.Stream
+	Verifier Verifier
+	Tickets  auth.TicketStore
+	APIKeys  *auth.APIKeys
+	// Signer signs dev-login tokens; DevLogin enables POST /auth/dev-login.
+	Signer   *auth.Signer
+	DevLogin bool
+	DevTTL   time.Duration
+	Issuer   string
+	Audience string
+	// WS is the /ws endpoint.
+	WS http.Handler
+}
+
+// NewServer returns the complete HTTP handler.
+func NewServer(d Deps) http.Handler {
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.DevTTL <= 0 {
+		d.DevTTL = 12 * time.Hour
+	}
+	mux := http.NewServeMux()
+	addRoutes(mux, &d)
+	return secureHeaders(mux)
+}
+
+// apiError is the contract's error body.
+type apiError struct {
+	Error errorBody `json:"error"`
+}
+
+type errorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, apiError{Error: errorBody{Code: code, Message: msg}})
+}
+
+// maxBodyBytes bounds every JSON request body.
+const maxBodyBytes = 128 << 10
+
+// decodeBody reads one JSON object into v, refusing trailing data and bodies
+// over maxBodyBytes. It writes the error answer itself and reports false.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", "request body over 128 KiB")
+			return false
+		}
+		writeError(w, http.StatusBadRequest, "bad_json", "request body is not a valid JSON object: "+jsonErrText(err))
+		return false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		writeError(w, http.StatusBadRequest, "bad_json", "request body has data after the JSON object")
+		return false
+	}
+	return true
+}
+
+// jsonErrText describes a decode error without quoting the body.
+func jsonErrText(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return "field " + te.Field + " has the wrong type"
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return "syntax error"
+	}
+	if errors.Is(err, io.EOF) {
+		return "empty body"
+	}
+	return "malformed"
+}
+
+// userFromRequest verifies the bearer JWT of a user endpoint.
+func userFromRequest(d *Deps, w http.ResponseWriter, r *http.Request) (auth.Claims, bool) {
+	tok, ok := auth.BearerToken(r)
+	if !ok {
+		d.Metrics.AuthFailures.WithLabelValues("missing").Inc()
+		writeError(w, http.StatusUnauthorized, "unauthorized", "send Authorization: Bearer <JWT>")
+		return auth.Claims{}, false
+	}
+	c, err := d.Verifier.Verify(r.Context(), tok)
+	if err != nil {
+		d.Metrics.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
+		msg := "invalid token"
+		if errors.Is(err, auth.ErrExpired) {
+			msg = "token expired"
+		}
+		writeError(w, http.StatusUnauthorized, "unauthorized", msg)
+		return auth.Claims{}, false
+	}
+	return c, true
+}
+
+// requireAPIKey guards the server endpoints.
+func requireAPIKey(d *Deps, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, ok := auth.BearerToken(r)
+		if !ok || d.APIKeys == nil || !d.APIKeys.Check(key) {
+			d.Metrics.AuthFailures.WithLabelValues("api_key").Inc()
+			writeError(w, http.StatusUnauthorized, "unauthorized", "send Authorization: Bearer <API key> with a key from --api-keys")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func secureHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		next.ServeHTTP(w, r)
+	})
+}
