@@ -19,11 +19,11 @@ const (
 // answering 101), so the socket is attached later and a close that comes
 // first is remembered and applied on attach.
 type transport struct {
-	mu      sync.Mutex
-	conn    *websocket.Conn
-	closed  bool
-	code    int
-	reason  string
+	mu     sync.Mutex
+	conn   *websocket.Conn
+	closed bool
+	code   int
+	reason string
 }
 
 func (t *transport) attach(c *websocket.Conn) (ok bool) {
