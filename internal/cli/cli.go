@@ -166,9 +166,6 @@ func (k *keyFlags) keys() (auth.Config, []byte, error) {
 	}
 	switch {
 	case k.secret != "":
-		if len(k.secret) < 32 {
-			return cfg, nil, errors.New("--jwt-secret must be at least 32 bytes")
-		}
 		cfg.Secret = []byte(k.secret)
 	case n == 0:
 		secret, err := auth.LoadOrCreateSecret(k.dataDir)

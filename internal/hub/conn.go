@@ -115,6 +115,43 @@ func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string
 	default:
 		c.lastSeq = pos.Head
 	}
+	c.releasePendingLocked()
+	return pos, nil
+}
+
+// Reply runs handle while holding back the live events that arrive meanwhile,
+// queues the frame handle returns, then the held events. A reply to a client
+// frame thus comes before the events the frame caused (the ack of a
+// user_message before its echo), whatever the timing of the stream.
+func (c *Conn) Reply(handle func() []byte) {
+	c.mu.Lock()
+	held := c.joining
+	c.joining = true
+	c.mu.Unlock()
+
+	frame := handle()
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if held { // inside a Join: it releases the events
+		if frame != nil && !c.closing {
+			c.enqueueLocked(frame, 0)
+		}
+		return
+	}
+	c.joining = false
+	if c.closing {
+		c.pending = nil
+		return
+	}
+	if frame != nil {
+		c.enqueueLocked(frame, 0)
+	}
+	c.releasePendingLocked()
+}
+
+// releasePendingLocked queues the events held while joining.
+func (c *Conn) releasePendingLocked() {
 	for i := range c.pending {
 		c.queued -= len(c.pending[i].Frame) // counted on arrival, counted again if queued
 	}
@@ -123,7 +160,6 @@ func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string
 	}
 	clear(c.pending)
 	c.pending = nil
-	return pos, nil
 }
 
 // deliver is the hub's live path for one event.

@@ -66,6 +66,16 @@ func New() *Metrics {
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}),
 	}
+	// Known label values start at 0 so dashboards and alerts see them at once.
+	for _, t := range []string{"user_message", "stop_agent", "resume", "ping", "invalid", "rate_limited"} {
+		m.FramesIn.WithLabelValues(t)
+	}
+	for _, r := range []string{"missing", "expired", "invalid", "ticket", "origin", "api_key"} {
+		m.AuthFailures.WithLabelValues(r)
+	}
+	for _, a := range []string{"chat", "agent_request", "execute_agent", "start_agent", "session_restore"} {
+		m.Deprecated.WithLabelValues(a)
+	}
 	r.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

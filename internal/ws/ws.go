@@ -482,18 +482,26 @@ func (ss *session) handle(ctx context.Context, f *protocol.Frame) {
 			ss.fail(&protocol.Error{Code: protocol.CodeInternal, Message: "stream unavailable, retry", Ref: f.ID})
 		}
 	case protocol.TypeUserMessage:
-		ss.reply(ss.srv.cfg.Handler.UserMessage(ctx, ss.user, f))
+		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.UserMessage(ctx, ss.user, f) })
 	case protocol.TypeStopAgent:
-		ss.reply(ss.srv.cfg.Handler.StopAgent(ctx, ss.user, f))
+		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.StopAgent(ctx, ss.user, f) })
 	}
 }
 
-func (ss *session) reply(ack protocol.AckFrame, perr *protocol.Error) {
+// reply sends handle's ack, or its error, before any event it caused.
+func (ss *session) reply(handle func() (protocol.AckFrame, *protocol.Error)) {
+	var perr *protocol.Error
+	ss.conn.Reply(func() []byte {
+		ack, err := handle()
+		if err != nil {
+			perr = err
+			return nil
+		}
+		return protocol.EncodeAck(ack)
+	})
 	if perr != nil {
 		ss.fail(perr)
-		return
 	}
-	ss.conn.Send(protocol.EncodeAck(ack))
 }
 
 // fail sends an error frame and closes with 4029 when the connection has had
