@@ -14,7 +14,7 @@ import (
 // producers validate it); nil or empty data encodes as {}. Every backend calls
 // Encode once per appended event and keeps the bytes.
 func Encode(ev *Event) []byte {
-	n := 96 + len(ev.Type) + len(ev.Epoch) + len(ev.ThreadID) + len(ev.RunID) + len(ev.Data)
+	n := 128 + len(ev.Type) + len(ev.Epoch) + len(ev.ThreadID) + len(ev.RunID) + len(ev.Data)
 	b := make([]byte, 0, n)
 	b = append(b, `{"type":`...)
 	b = AppendString(b, ev.Type)

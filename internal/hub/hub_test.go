@@ -1,0 +1,280 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/internal/stream/memory"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeTransport records frames; block makes WriteBatch wait until released.
+type fakeTransport struct {
+	mu     sync.Mutex
+	frames [][]byte
+	closed int
+	block  chan struct{}
+	wrote  chan struct{}
+}
+
+func newFake() *fakeTransport { return &fakeTransport{wrote: make(chan struct{}, 1<<16)} }
+
+func (f *fakeTransport) WriteBatch(frames [][]byte) error {
+	if f.block != nil {
+		<-f.block
+	}
+	f.mu.Lock()
+	for _, fr := range frames {
+		f.frames = append(f.frames, append([]byte(nil), fr...))
+	}
+	f.mu.Unlock()
+	for range frames {
+		f.wrote <- struct{}{}
+	}
+	return nil
+}
+
+func (f *fakeTransport) Close(code int, reason string) {
+	f.mu.Lock()
+	if f.closed == 0 {
+		f.closed = code
+	}
+	f.mu.Unlock()
+	if f.block != nil {
+		select {
+		case <-f.block:
+		default:
+			close(f.block)
+		}
+	}
+}
+
+func (f *fakeTransport) closeCode() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.closed
+}
+
+// waitFrames waits until n frames are written.
+func (f *fakeTransport) waitFrames(t *testing.T, n int) [][]byte {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		f.mu.Lock()
+		got := len(f.frames)
+		f.mu.Unlock()
+		if got >= n {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return append([][]byte(nil), f.frames...)
+		}
+		select {
+		case <-f.wrote:
+		case <-deadline:
+			t.Fatalf("got %d frames, want %d", got, n)
+		}
+	}
+}
+
+type seqFrame struct {
+	Type string `json:"type"`
+	Seq  uint64 `json:"seq"`
+}
+
+func seqs(t *testing.T, frames [][]byte) []uint64 {
+	t.Helper()
+	var out []uint64
+	for _, b := range frames {
+		var f seqFrame
+		if err := json.Unmarshal(b, &f); err != nil {
+			t.Fatalf("frame %q: %v", b, err)
+		}
+		if f.Seq != 0 {
+			out = append(out, f.Seq)
+		}
+	}
+	return out
+}
+
+func newHub(t *testing.T, cfg Config) (*Hub, stream.Stream) {
+	t.Helper()
+	st := memory.New(memory.Options{})
+	t.Cleanup(func() { st.Close() })
+	cfg.Stream = st
+	return New(cfg), st
+}
+
+func join(t *testing.T, c *Conn, resume bool, since uint64) {
+	t.Helper()
+	_, err := c.Join(context.Background(), resume, since, "", func(p stream.Position) []byte {
+		return []byte(fmt.Sprintf(`{"type":"hello","head":%d}`, p.Head))
+	}, func(e *stream.ResyncError) []byte { return []byte(`{"type":"resync_required"}`) })
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestJoinReplayThenLiveWithoutGapOrDuplicate(t *testing.T) {
+	t.Parallel()
+	h, st := newHub(t, Config{})
+	ctx := context.Background()
+	for i := 0; i < 50; i++ {
+		if _, err := st.Append(ctx, "u", stream.Record{Type: "e"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Appends race with the join.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 200; i++ {
+			_, _ = st.Append(ctx, "u", stream.Record{Type: "e"})
+		}
+	}()
+	ft := newFake()
+	c := h.NewConn("c1", "u", ft)
+	if err := h.Register(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	join(t, c, true, 10)
+	wg.Wait()
+	frames := ft.waitFrames(t, 1+240)
+	if string(frames[0][:16]) != `{"type":"hello",` {
+		t.Fatalf("first frame %s", frames[0])
+	}
+	got := seqs(t, frames)
+	for i, s := range got {
+		if s != uint64(11+i) {
+			t.Fatalf("frame %d has seq %d, want %d (all: %v)", i, s, 11+i, got)
+		}
+	}
+	h.Unregister(c)
+}
+
+func TestReplyPrecedesTheEventsItCauses(t *testing.T) {
+	t.Parallel()
+	h, st := newHub(t, Config{})
+	ft := newFake()
+	c := h.NewConn("c", "u", ft)
+	if err := h.Register(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	join(t, c, false, 0)
+	c.Reply(func() []byte {
+		_, _ = st.Append(context.Background(), "u", stream.Record{Type: "echo"})
+		return []byte(`{"type":"ack"}`)
+	})
+	frames := ft.waitFrames(t, 3)
+	if string(frames[1]) != `{"type":"ack"}` {
+		t.Fatalf("frames %q: ack is not before the echo", frames)
+	}
+	h.Unregister(c)
+}
+
+func TestUserEntryFreedWithLastConnection(t *testing.T) {
+	t.Parallel()
+	h, _ := newHub(t, Config{MaxConnsPerUser: 2})
+	ctx := context.Background()
+	a, b, c := h.NewConn("a", "u", newFake()), h.NewConn("b", "u", newFake()), h.NewConn("c", "u", newFake())
+	if err := h.Register(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Register(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Register(ctx, c); !errors.Is(err, ErrTooManyConnections) {
+		t.Fatalf("third connection: %v", err)
+	}
+	if h.Count("u") != 2 || h.Users() != 1 {
+		t.Fatalf("count %d users %d", h.Count("u"), h.Users())
+	}
+	h.Unregister(a)
+	h.Unregister(b)
+	h.Unregister(b) // twice is harmless
+	if h.Users() != 0 {
+		t.Fatalf("users %d after the last connection left", h.Users())
+	}
+}
+
+func TestSlowConsumerClosedWithoutBlockingOthers(t *testing.T) {
+	t.Parallel()
+	h, st := newHub(t, Config{MaxQueueBytes: 16 << 10})
+	ctx := context.Background()
+	slow := newFake()
+	slow.block = make(chan struct{}) // never writes until closed
+	fast := newFake()
+	cs, cf := h.NewConn("s", "u", slow), h.NewConn("f", "u", fast)
+	for _, c := range []*Conn{cs, cf} {
+		if err := h.Register(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		join(t, c, false, 0)
+	}
+	data := json.RawMessage(`{"pad":"0123456789012345678901234567890123456789012345678901234567890123456789"}`)
+	const events = 400 // about 55 KiB: far over the slow connection's bound
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 1; i <= events; i++ {
+			if _, err := st.Append(ctx, "u", stream.Record{Type: "e", Data: data}); err != nil {
+				t.Error(err)
+				return
+			}
+			if i%20 == 0 {
+				fast.waitFrames(t, 1+i) // a reader that keeps up
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a blocked consumer blocked the publisher")
+	}
+	if got := seqs(t, fast.waitFrames(t, 1+events)); len(got) != events || got[events-1] != events {
+		t.Fatalf("the reading connection got %d events", len(got))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for slow.closeCode() != CloseSlowConsumer {
+		if time.Now().After(deadline) {
+			t.Fatalf("slow connection close code %d, want 4008", slow.closeCode())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	h.Unregister(cs)
+	h.Unregister(cf)
+}
+
+func TestCloseWritesQueuedFramesFirst(t *testing.T) {
+	t.Parallel()
+	h, _ := newHub(t, Config{})
+	ft := newFake()
+	c := h.NewConn("c", "u", ft)
+	if err := h.Register(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	join(t, c, false, 0)
+	c.Send([]byte(`{"type":"error"}`))
+	c.Close(4029, "too many errors")
+	if c.Send([]byte(`{"type":"late"}`)) {
+		t.Fatal("Send accepted a frame after Close")
+	}
+	ft.waitFrames(t, 2)
+	deadline := time.Now().Add(2 * time.Second)
+	for ft.closeCode() != 4029 {
+		if time.Now().After(deadline) {
+			t.Fatalf("close code %d", ft.closeCode())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	h.Unregister(c)
+}
