@@ -37,6 +37,7 @@ type Conn struct {
 
 	hub        *Hub
 	t          Transport
+	flushFn    func() // c.flush bound once: `go c.flush()` would allocate per start
 	registered atomic.Bool
 
 	mu       sync.Mutex
@@ -219,7 +220,7 @@ func (c *Conn) enqueueLocked(frame []byte, ts int64) {
 	c.queue = append(c.queue, frame)
 	if !c.writing {
 		c.writing = true
-		go c.flush()
+		go c.flushFn()
 	}
 }
 
@@ -249,7 +250,7 @@ func (c *Conn) Close(code int, reason string) {
 	c.pending = nil
 	if !c.writing {
 		c.writing = true
-		go c.flush()
+		go c.flushFn()
 	}
 }
 

@@ -102,7 +102,9 @@ func (h *Hub) shard(user string) *shard {
 // through t. It starts in the joining state: live events are held until Join
 // has placed the replay before them.
 func (h *Hub) NewConn(id, user string, t Transport) *Conn {
-	return &Conn{ID: id, User: user, hub: h, t: t, joining: true}
+	c := &Conn{ID: id, User: user, hub: h, t: t, joining: true}
+	c.flushFn = c.flush
+	return c
 }
 
 // Register adds c to its user's connections, subscribing the user's stream

@@ -224,7 +224,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sess := &session{srv: s, conn: c, t: t, ws: wsc, user: claims.Subject, exp: claims.ExpiresAt}
-	go sess.run(resume, since, epoch)
+	// The join runs here, on the request's goroutine, so the read loop's
+	// goroutine starts small and stays small while the connection idles.
+	if !sess.setup(resume, since, epoch) {
+		go sess.drainAndClean()
+		return
+	}
+	go sess.readLoop()
 }
 
 // Shutdown stops accepting connections, closes every open one with 1001 after
@@ -379,16 +385,14 @@ type session struct {
 	expT    *time.Timer
 }
 
-func (ss *session) run(resume bool, since uint64, epoch string) {
+// setup joins the stream and arms the heartbeat and expiry timers.
+func (ss *session) setup(resume bool, since uint64, epoch string) bool {
 	s := ss.srv
-	defer s.wg.Done()
-	defer ss.cleanup()
 	cfg := &s.cfg
 	ss.ws.SetReadLimit(int64(cfg.MaxMessageBytes))
 	ss.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.RateBurst)
 
-	ctx := context.Background()
-	_, err := ss.conn.Join(ctx, resume, since, epoch, func(pos stream.Position) []byte {
+	_, err := ss.conn.Join(context.Background(), resume, since, epoch, func(pos stream.Position) []byte {
 		return protocol.EncodeConnectionEstablished(protocol.ConnectionEstablished{
 			ConnectionID:        ss.conn.ID,
 			UserID:              ss.user,
@@ -401,8 +405,7 @@ func (ss *session) run(resume bool, since uint64, epoch string) {
 	if err != nil {
 		s.log.Error("join stream", "user", ss.user, "conn", ss.conn.ID, "err", err)
 		ss.conn.Close(hub.CloseInternal, "stream unavailable")
-		ss.drain()
-		return
+		return false
 	}
 
 	if !ss.exp.IsZero() {
@@ -425,7 +428,21 @@ func (ss *session) run(resume bool, since uint64, epoch string) {
 		return err
 	})
 	ss.pingT.Store(time.AfterFunc(cfg.PingInterval, ss.ping))
+	return true
+}
 
+func (ss *session) drainAndClean() {
+	defer ss.srv.wg.Done()
+	defer ss.cleanup()
+	ss.drain()
+}
+
+// readLoop reads and answers client frames until the socket closes.
+func (ss *session) readLoop() {
+	defer ss.srv.wg.Done()
+	defer ss.cleanup()
+	cfg := &ss.srv.cfg
+	ctx := context.Background()
 	m := cfg.Metrics
 	for {
 		mt, msg, err := ss.ws.ReadMessage()

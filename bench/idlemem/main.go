@@ -1,0 +1,297 @@
+// Command idlemem measures the server memory (RSS) of idle authenticated
+// WebSocket connections: agentwire built from this module and run as a
+// subprocess, against a same-run baseline, a minimal gorilla/websocket server
+// (this program with -serve-baseline: unauthenticated upgrade with gorilla's
+// default buffers and one goroutine per connection blocked in ReadMessage).
+//
+//	go run ./bench/idlemem -conns 10000
+//
+// Each agentwire connection is a distinct user (user-0 … user-N-1) with a real
+// HS256 JWT and counts only once it has received connection_established.
+// Figure: KiB per connection = (VmRSS after N idle conns + idle - VmRSS
+// before) / N, and its ratio to the baseline's. Loopback only; the program
+// exits by itself within -timeout and kills its subprocesses.
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/agentwire/agentwire/bench/internal/benchproc"
+	"github.com/agentwire/agentwire/internal/auth"
+)
+
+const secret = "idlemem-benchmark-secret-0123456789abcdef"
+
+func main() {
+	var (
+		conns       = flag.Int("conns", 10000, "idle connections to open on each server")
+		idle        = flag.Duration("idle", 3*time.Second, "how long the connections stay idle before RSS is read again")
+		settle      = flag.Duration("settle", time.Second, "wait after the server listens before the baseline RSS")
+		concurrency = flag.Int("concurrency", 32, "concurrent dials")
+		timeout     = flag.Duration("timeout", 2*time.Minute, "hard bound on the whole run")
+		prebuilt    = flag.String("bin", "", "use this agentwire binary instead of building ./cmd/agentwire")
+		only        = flag.String("only", "", "run only this server: agentwire or baseline")
+		serveBase   = flag.Bool("serve-baseline", false, "internal: run the baseline server")
+		addr        = flag.String("addr", "127.0.0.1:0", "internal: listen address of -serve-baseline")
+	)
+	flag.Parse()
+	if *serveBase {
+		if err := serveBaseline(*addr); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+
+	var (
+		mu      sync.Mutex
+		running []*benchproc.Server
+	)
+	stopAll := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range running {
+			s.Stop()
+		}
+		running = nil
+	}
+	time.AfterFunc(*timeout, func() {
+		fmt.Fprintf(os.Stderr, "idlemem: timeout %v reached, stopping\n", *timeout)
+		stopAll()
+		os.Exit(2)
+	})
+	fail := func(err error) {
+		fmt.Fprintln(os.Stderr, "idlemem:", err)
+		stopAll()
+		os.Exit(1)
+	}
+
+	lim, err := benchproc.RaiseNoFile()
+	if err != nil {
+		fail(err)
+	}
+	if need := uint64(*conns) + 200; lim < need {
+		fail(fmt.Errorf("open-files limit %d < %d needed for -conns %d", lim, need, *conns))
+	}
+	tmp, err := os.MkdirTemp("", "idlemem-")
+	if err != nil {
+		fail(err)
+	}
+	defer os.RemoveAll(tmp)
+	bin := *prebuilt
+	if bin == "" {
+		if bin, err = benchproc.BuildAgentwire(context.Background(), tmp); err != nil {
+			fail(err)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fail(err)
+	}
+
+	fmt.Printf("idlemem: %d idle connections per server, idle %v, GOMAXPROCS of servers default, nofile %d\n", *conns, *idle, lim)
+	var base, aw *result
+	if *only == "" || *only == "baseline" {
+		base, err = measure("baseline", self, []string{"-serve-baseline", "-addr", "127.0.0.1:0"}, *conns, *concurrency, *settle, *idle, nil,
+			func(s *benchproc.Server) { mu.Lock(); running = append(running, s); mu.Unlock() })
+		stopAll()
+		if err != nil {
+			fail(err)
+		}
+		base.print()
+	}
+	if *only == "" || *only == "agentwire" {
+		signer := auth.NewSigner([]byte(secret))
+		tokens := make([]string, *conns)
+		for i := range tokens {
+			tokens[i], _, err = signer.Sign("user-"+strconv.Itoa(i), time.Hour, "", "")
+			if err != nil {
+				fail(err)
+			}
+		}
+		args := []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", tmp, "--jwt-secret", secret,
+			"--log-level", "warn", "--max-connections-per-user", "100000"}
+		aw, err = measure("agentwire", bin, args, *conns, *concurrency, *settle, *idle, tokens,
+			func(s *benchproc.Server) { mu.Lock(); running = append(running, s); mu.Unlock() })
+		stopAll()
+		if err != nil {
+			fail(err)
+		}
+		aw.print()
+	}
+	if base != nil && aw != nil {
+		fmt.Printf("\nRESULT agentwire %.2f KiB/conn, baseline %.2f KiB/conn, ratio agentwire/baseline %.2f (target: agentwire <= 8 KiB/conn: %s)\n",
+			aw.kibPerConn(), base.kibPerConn(), aw.kibPerConn()/base.kibPerConn(), verdict(aw.kibPerConn() <= 8))
+	} else if aw != nil {
+		fmt.Printf("\nRESULT agentwire %.2f KiB/conn (target <= 8 KiB/conn: %s)\n", aw.kibPerConn(), verdict(aw.kibPerConn() <= 8))
+	}
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+type result struct {
+	name              string
+	n                 int
+	rssBefore         int64 // KiB
+	rssConnected      int64
+	rssAfter          int64
+	rtBefore, rtAfter map[string]float64
+	connectTime       time.Duration
+}
+
+func (r *result) kibPerConn() float64 { return float64(r.rssAfter-r.rssBefore) / float64(r.n) }
+
+func (r *result) print() {
+	fmt.Printf("\n[%s] %d conns connected in %v\n", r.name, r.n, r.connectTime.Round(time.Millisecond))
+	fmt.Printf("[%s] VmRSS before %d KiB, just connected %d KiB, after idle %d KiB\n", r.name, r.rssBefore, r.rssConnected, r.rssAfter)
+	fmt.Printf("[%s] RSS per connection: %.2f KiB\n", r.name, r.kibPerConn())
+	if r.rtBefore != nil && r.rtAfter != nil {
+		for _, k := range benchproc.RuntimeFigures {
+			d := r.rtAfter[k] - r.rtBefore[k]
+			if k == "go_goroutines" {
+				fmt.Printf("[%s]   %-32s %8.0f -> %8.0f  (%+.2f per conn)\n", r.name, k, r.rtBefore[k], r.rtAfter[k], d/float64(r.n))
+			} else {
+				fmt.Printf("[%s]   %-32s %8.0f KiB -> %8.0f KiB  (%+.2f KiB per conn)\n", r.name, k, r.rtBefore[k]/1024, r.rtAfter[k]/1024, d/1024/float64(r.n))
+			}
+		}
+	}
+}
+
+// measure starts a server, reads its RSS, opens n idle connections (with
+// tokens[i] as bearer token when tokens is set, then waiting for
+// connection_established), idles, reads RSS again, closes everything.
+func measure(name, bin string, args []string, n, concurrency int, settle, idle time.Duration, tokens []string, track func(*benchproc.Server)) (*result, error) {
+	srv, err := benchproc.Start(name, bin, args, 30*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	track(srv)
+	defer srv.Stop()
+	time.Sleep(settle)
+	r := &result{name: name, n: n}
+	if r.rssBefore, err = benchproc.RSSKiB(srv.Pid()); err != nil {
+		return nil, err
+	}
+	r.rtBefore, _ = benchproc.Scrape("http://" + srv.Addr + "/metrics")
+
+	dialer := websocket.Dialer{ReadBufferSize: 512, WriteBufferSize: 512, HandshakeTimeout: 10 * time.Second}
+	url := "ws://" + srv.Addr + "/ws"
+	conns := make([]*websocket.Conn, n)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	}()
+	var (
+		next   atomic.Int64
+		errCnt atomic.Int64
+		first  atomic.Value
+		wg     sync.WaitGroup
+	)
+	start := time.Now()
+	for w := 0; w < concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				c, err := dial(&dialer, url, tokens, i)
+				if err != nil {
+					if errCnt.Add(1) == 1 {
+						first.Store(err)
+					}
+					continue
+				}
+				conns[i] = c
+			}
+		}()
+	}
+	wg.Wait()
+	r.connectTime = time.Since(start)
+	if e := errCnt.Load(); e > 0 {
+		return nil, fmt.Errorf("%s: %d of %d connections failed, first: %v", name, e, n, first.Load())
+	}
+	if r.rssConnected, err = benchproc.RSSKiB(srv.Pid()); err != nil {
+		return nil, err
+	}
+	time.Sleep(idle)
+	if r.rssAfter, err = benchproc.RSSKiB(srv.Pid()); err != nil {
+		return nil, err
+	}
+	r.rtAfter, _ = benchproc.Scrape("http://" + srv.Addr + "/metrics")
+	return r, nil
+}
+
+func dial(d *websocket.Dialer, url string, tokens []string, i int) (*websocket.Conn, error) {
+	var h http.Header
+	if tokens != nil {
+		h = http.Header{"Authorization": {"Bearer " + tokens[i]}}
+	}
+	c, resp, err := d.Dial(url, h)
+	if err != nil {
+		if resp != nil {
+			return nil, fmt.Errorf("dial %d: %w (HTTP %s)", i, err, resp.Status)
+		}
+		return nil, fmt.Errorf("dial %d: %w", i, err)
+	}
+	if tokens == nil {
+		return c, nil
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, msg, err := c.ReadMessage()
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("conn %d: reading connection_established: %w", i, err)
+	}
+	if !bytes.Contains(msg, []byte(`"type":"connection_established"`)) {
+		c.Close()
+		return nil, fmt.Errorf("conn %d: first frame is not connection_established: %.200s", i, msg)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	return c, nil
+}
+
+// serveBaseline is the same-run baseline: gorilla/websocket with its default
+// Upgrader (buffers: the hijacked net/http ones), no authentication, one
+// goroutine per connection in ReadMessage.
+func serveBaseline(addr string) error {
+	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					return
+				}
+			}
+		}()
+	})
+	mux.Handle("/metrics", benchproc.RuntimeHandler())
+	return benchproc.Listen(addr, mux)
+}

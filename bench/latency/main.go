@@ -1,0 +1,565 @@
+// Command latency measures publish-to-delivery latency and throughput of
+// agentwire on loopback: POST /api/v1/publish from many keep-alive HTTP
+// clients at a fixed target rate, WebSocket readers on U users (1–3
+// connections each) recording receive time − send time (the send time, unix
+// ns, travels in the event's data).
+//
+//	go run ./bench/latency -users 100 -duration 10s -rate 20000
+//	go run ./bench/latency -max            # also search the max sustainable rate
+//
+// Same-run baseline: a pure HTTP→WebSocket relay (this program with
+// -serve-relay): the POST handler decodes the same JSON, encodes the frame once
+// with encoding/json and writes it synchronously to each of the user's sockets
+// (gorilla, one mutex per connection). No stream, no sequence, no queue, no
+// auth on /ws. Ratios agentwire/relay show agentwire's overhead.
+//
+// Publishers are closed-loop per goroutine (one request in flight each), so
+// the achieved rate is what client+server sustain together on this machine;
+// latency is from the moment the request is built, so time spent queued in a
+// saturated publisher is not counted (coordinated omission: read p99 together
+// with the achieved rate). Everything is bounded by -timeout.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/agentwire/agentwire/bench/internal/benchproc"
+	"github.com/agentwire/agentwire/internal/auth"
+)
+
+const (
+	secret = "latency-benchmark-secret-0123456789abcdef"
+	apiKey = "latency-bench-key"
+)
+
+type options struct {
+	users, publishers, payload int
+	duration, warmup, step     time.Duration
+	rate, startRate, maxRate   float64
+	factor                     float64
+	p99Limit                   time.Duration
+	max                        bool
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.users, "users", 100, "users; user i has 1+i%3 connections")
+	flag.IntVar(&o.publishers, "publishers", 64, "publishing goroutines (keep-alive HTTP connections), one request in flight each")
+	flag.IntVar(&o.payload, "payload", 64, "bytes of padding in each event's data")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured duration of the fixed-rate run")
+	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured warm-up before each run")
+	flag.Float64Var(&o.rate, "rate", 20000, "target publishes/s of the fixed-rate run")
+	flag.BoolVar(&o.max, "max", false, "also search the highest rate with p99 <= -p99-limit, no error, no loss, >= 95% of target achieved")
+	flag.DurationVar(&o.step, "step", 3*time.Second, "measured duration of each -max step")
+	flag.Float64Var(&o.startRate, "start-rate", 2000, "first rate of -max")
+	flag.Float64Var(&o.maxRate, "max-rate", 60000, "last rate of -max")
+	flag.Float64Var(&o.factor, "factor", 1.4, "rate multiplier between -max steps")
+	flag.DurationVar(&o.p99Limit, "p99-limit", 5*time.Millisecond, "p99 bound of -max")
+	skipFixed := flag.Bool("skip-fixed", false, "skip the fixed-rate run (with -max)")
+	only := flag.String("only", "", "run only agentwire or relay")
+	prebuilt := flag.String("bin", "", "use this agentwire binary instead of building ./cmd/agentwire")
+	timeout := flag.Duration("timeout", 4*time.Minute, "hard bound on the whole run")
+	serveRelay := flag.Bool("serve-relay", false, "internal: run the relay baseline")
+	addr := flag.String("addr", "127.0.0.1:0", "internal: listen address of -serve-relay")
+	flag.Parse()
+	if *serveRelay {
+		if err := runRelay(*addr); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+
+	var (
+		mu      sync.Mutex
+		running []*benchproc.Server
+	)
+	stopAll := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range running {
+			s.Stop()
+		}
+		running = nil
+	}
+	time.AfterFunc(*timeout, func() {
+		fmt.Fprintf(os.Stderr, "latency: timeout %v reached, stopping\n", *timeout)
+		stopAll()
+		os.Exit(2)
+	})
+	fail := func(err error) {
+		fmt.Fprintln(os.Stderr, "latency:", err)
+		stopAll()
+		os.Exit(1)
+	}
+	if _, err := benchproc.RaiseNoFile(); err != nil {
+		fail(err)
+	}
+	tmp, err := os.MkdirTemp("", "latency-")
+	if err != nil {
+		fail(err)
+	}
+	defer os.RemoveAll(tmp)
+	self, err := os.Executable()
+	if err != nil {
+		fail(err)
+	}
+	bin := *prebuilt
+	if bin == "" && *only != "relay" {
+		if bin, err = benchproc.BuildAgentwire(context.Background(), tmp); err != nil {
+			fail(err)
+		}
+	}
+
+	type target struct {
+		name string
+		bin  string
+		args []string
+	}
+	var targets []target
+	if *only == "" || *only == "agentwire" {
+		targets = append(targets, target{"agentwire", bin, []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", tmp,
+			"--jwt-secret", secret, "--api-keys", apiKey, "--log-level", "warn", "--max-connections-per-user", "100000"}})
+	}
+	if *only == "" || *only == "relay" {
+		targets = append(targets, target{"relay", self, []string{"-serve-relay", "-addr", "127.0.0.1:0"}})
+	}
+	fmt.Printf("latency: %d users, %d connections, %d publishers, payload %d B\n", o.users, totalConns(o.users), o.publishers, o.payload)
+	// Both servers run side by side (the idle one costs nothing) and the
+	// measurements alternate, so that load from elsewhere on the shared
+	// machine hits both alike.
+	fixed := map[string]*stats{}
+	maxHeld := map[string]*stats{}
+	var clients []*client
+	for _, t := range targets {
+		srv, err := benchproc.Start(t.name, t.bin, t.args, 30*time.Second)
+		if err != nil {
+			fail(err)
+		}
+		mu.Lock()
+		running = append(running, srv)
+		mu.Unlock()
+		cl, err := connect(t.name, srv.Addr, o)
+		if err != nil {
+			fail(err)
+		}
+		clients = append(clients, cl)
+	}
+	if !*skipFixed {
+		for _, cl := range clients {
+			st := cl.run(o.rate, o.warmup, o.duration)
+			st.print(cl.name, "fixed")
+			fixed[cl.name] = st
+		}
+	}
+	if o.max {
+		// A step that misses is retried once before the search stops for
+		// that server: a single noisy step elsewhere on the box is not a limit.
+		failed := map[string]bool{}
+		for r := o.startRate; r <= o.maxRate; r *= o.factor {
+			left := 0
+			for _, cl := range clients {
+				if failed[cl.name] {
+					continue
+				}
+				left++
+				var st *stats
+				ok := false
+				for try := 0; try < 2 && !ok; try++ {
+					st = cl.run(math.Round(r), o.warmup/2, o.step)
+					ok = st.held(o.p99Limit)
+					st.print(cl.name, fmt.Sprintf("max step try %d held=%v", try+1, ok))
+				}
+				if ok {
+					maxHeld[cl.name] = st
+				} else {
+					failed[cl.name] = true
+					if _, seen := maxHeld[cl.name]; !seen {
+						maxHeld[cl.name] = nil
+					}
+				}
+			}
+			if left == 0 {
+				break
+			}
+		}
+	}
+	for _, cl := range clients {
+		cl.close()
+	}
+	stopAll()
+
+	fmt.Println()
+	if a, r := fixed["agentwire"], fixed["relay"]; a != nil {
+		fmt.Printf("RESULT fixed target %.0f/s: agentwire publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
+			o.rate, a.pubRate(), a.delRate(), a.q(0.5), a.q(0.99), a.q(1), a.errors(), a.lost())
+		if r != nil {
+			fmt.Printf("RESULT fixed target %.0f/s: relay     publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
+				o.rate, r.pubRate(), r.delRate(), r.q(0.5), r.q(0.99), r.q(1), r.errors(), r.lost())
+			fmt.Printf("RESULT ratio agentwire/relay: publishes/s %.2f, p50 %.2f, p99 %.2f\n",
+				a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)))
+		}
+	}
+	if o.max {
+		for _, name := range []string{"agentwire", "relay"} {
+			if _, ok := maxHeld[name]; !ok {
+				continue
+			}
+			if b := maxHeld[name]; b != nil {
+				fmt.Printf("RESULT max sustainable (p99 <= %v) %-9s target %.0f/s: publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v\n",
+					o.p99Limit, name, b.target, b.pubRate(), b.delRate(), b.q(0.5), b.q(0.99))
+			} else {
+				fmt.Printf("RESULT max sustainable (p99 <= %v) %-9s: not even the start rate %.0f/s held\n", o.p99Limit, name, o.startRate)
+			}
+		}
+		if a, r := maxHeld["agentwire"], maxHeld["relay"]; a != nil && r != nil {
+			fmt.Printf("RESULT ratio max sustainable agentwire/relay: %.2f\n", a.pubRate()/r.pubRate())
+		}
+	}
+}
+
+func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
+
+func totalConns(users int) int {
+	n := 0
+	for i := 0; i < users; i++ {
+		n += connsOf(i)
+	}
+	return n
+}
+
+func connsOf(user int) int { return 1 + user%3 }
+
+// client holds the WebSocket readers and the HTTP publishers of one server.
+type client struct {
+	name    string
+	addr    string
+	o       options
+	conns   []*reader
+	http    *http.Client
+	readErr atomic.Int64
+	body    string // padding
+}
+
+type reader struct {
+	c    *websocket.Conn
+	mu   sync.Mutex
+	lat  []int64 // latencies (ns) of events sent within [from, to)
+	from int64
+	to   int64
+}
+
+func connect(name, addr string, o options) (*client, error) {
+	cl := &client{name: name, addr: addr, o: o, body: string(bytes.Repeat([]byte("x"), o.payload))}
+	signer := auth.NewSigner([]byte(secret))
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	for u := 0; u < o.users; u++ {
+		user := "user-" + strconv.Itoa(u)
+		for k := 0; k < connsOf(u); k++ {
+			var (
+				url = "ws://" + addr + "/ws"
+				h   http.Header
+			)
+			if name == "relay" {
+				url += "?user=" + user
+			} else {
+				tok, _, err := signer.Sign(user, time.Hour, "", "")
+				if err != nil {
+					return nil, err
+				}
+				h = http.Header{"Authorization": {"Bearer " + tok}}
+			}
+			c, _, err := d.Dial(url, h)
+			if err != nil {
+				return nil, fmt.Errorf("%s: dial %s: %w", name, user, err)
+			}
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, msg, err := c.ReadMessage(); err != nil || !bytes.Contains(msg, []byte("connection_established")) {
+				return nil, fmt.Errorf("%s: %s: no connection_established (%v)", name, user, err)
+			}
+			_ = c.SetReadDeadline(time.Time{})
+			r := &reader{c: c}
+			cl.conns = append(cl.conns, r)
+			go cl.read(r)
+		}
+	}
+	tr := &http.Transport{MaxIdleConns: o.publishers, MaxIdleConnsPerHost: o.publishers,
+		MaxConnsPerHost: o.publishers, DisableCompression: true, IdleConnTimeout: time.Minute}
+	cl.http = &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	return cl, nil
+}
+
+var tKey = []byte(`"t":`)
+
+func (cl *client) read(r *reader) {
+	for {
+		_, msg, err := r.c.ReadMessage()
+		now := time.Now().UnixNano()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				cl.readErr.Add(1)
+			}
+			return
+		}
+		i := bytes.Index(msg, tKey)
+		if i < 0 {
+			continue
+		}
+		j := i + len(tKey)
+		var sent int64
+		for ; j < len(msg) && msg[j] >= '0' && msg[j] <= '9'; j++ {
+			sent = sent*10 + int64(msg[j]-'0')
+		}
+		r.mu.Lock()
+		if sent >= r.from && sent < r.to {
+			r.lat = append(r.lat, now-sent)
+		}
+		r.mu.Unlock()
+	}
+}
+
+func (cl *client) close() {
+	for _, r := range cl.conns {
+		_ = r.c.Close()
+	}
+	cl.http.CloseIdleConnections()
+}
+
+type stats struct {
+	target    float64
+	window    time.Duration
+	published int64 // successful publishes sent in the window
+	expected  int64 // frames they should produce
+	httpErrs  int64
+	readErrs  int64
+	lat       []int64 // sorted
+}
+
+func (s *stats) pubRate() float64 { return float64(s.published) / s.window.Seconds() }
+func (s *stats) delRate() float64 { return float64(len(s.lat)) / s.window.Seconds() }
+func (s *stats) errors() int64    { return s.httpErrs + s.readErrs }
+func (s *stats) lost() int64      { return s.expected - int64(len(s.lat)) }
+
+func (s *stats) q(p float64) time.Duration {
+	if len(s.lat) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p*float64(len(s.lat)))) - 1
+	i = min(max(i, 0), len(s.lat)-1)
+	return time.Duration(s.lat[i]).Round(time.Microsecond)
+}
+
+func (s *stats) held(limit time.Duration) bool {
+	return s.errors() == 0 && s.lost() == 0 && s.q(0.99) <= limit && s.pubRate() >= 0.95*s.target
+}
+
+func (s *stats) print(name, what string) {
+	fmt.Printf("[%s] %s target %.0f/s over %v: publishes/s %.0f, delivered/s %.0f, p50 %v p90 %v p99 %v max %v, http errors %d, ws read errors %d, lost %d\n",
+		name, what, s.target, s.window, s.pubRate(), s.delRate(), s.q(0.5), s.q(0.9), s.q(0.99), s.q(1), s.httpErrs, s.readErrs, s.lost())
+}
+
+// run publishes at rate for warmup+window and measures the events sent in
+// the window.
+func (cl *client) run(rate float64, warmup, window time.Duration) *stats {
+	start := time.Now().Add(50 * time.Millisecond)
+	from := start.Add(warmup)
+	to := from.Add(window)
+	for _, r := range cl.conns {
+		r.mu.Lock()
+		r.lat, r.from, r.to = r.lat[:0], from.UnixNano(), to.UnixNano()
+		r.mu.Unlock()
+	}
+	readErr0 := cl.readErr.Load()
+	var (
+		published, expected, httpErrs atomic.Int64
+		nextUser                      atomic.Int64
+		wg                            sync.WaitGroup
+		firstErr                      atomic.Value
+	)
+	p := cl.o.publishers
+	interval := time.Duration(float64(p) / rate * 1e9)
+	for g := 0; g < p; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			next := start.Add(interval * time.Duration(g) / time.Duration(p))
+			var buf bytes.Buffer
+			for {
+				now := time.Now()
+				if d := next.Sub(now); d > 0 {
+					time.Sleep(d)
+				} else if d < -100*time.Millisecond {
+					next = now // too far behind: drop the backlog, stay closed-loop
+				}
+				if !next.Before(to) {
+					return
+				}
+				next = next.Add(interval)
+				u := int(nextUser.Add(1)-1) % cl.o.users
+				sent := time.Now().UnixNano()
+				buf.Reset()
+				fmt.Fprintf(&buf, `{"user_id":"user-%d","type":"bench.tick","data":{"t":%d,"pad":"%s"}}`, u, sent, cl.body)
+				ok, err := cl.publish(buf.Bytes())
+				if sent < from.UnixNano() || sent >= to.UnixNano() {
+					continue
+				}
+				if !ok {
+					if httpErrs.Add(1) == 1 {
+						firstErr.Store(err)
+					}
+					continue
+				}
+				published.Add(1)
+				expected.Add(int64(connsOf(u)))
+			}
+		}(g)
+	}
+	wg.Wait()
+	time.Sleep(time.Second) // let the last deliveries arrive
+	st := &stats{target: rate, window: window, published: published.Load(), expected: expected.Load(),
+		httpErrs: httpErrs.Load(), readErrs: cl.readErr.Load() - readErr0}
+	if e := firstErr.Load(); e != nil {
+		fmt.Fprintf(os.Stderr, "[%s] first publish error: %v\n", cl.name, e)
+	}
+	for _, r := range cl.conns {
+		r.mu.Lock()
+		st.lat = append(st.lat, r.lat...)
+		r.from, r.to = 0, 0
+		r.mu.Unlock()
+	}
+	slices.Sort(st.lat)
+	return st
+}
+
+func (cl *client) publish(body []byte) (bool, error) {
+	req, err := http.NewRequest(http.MethodPost, "http://"+cl.addr+"/api/v1/publish", bytes.NewReader(body))
+	if err != nil {
+		return false, err
+	}
+	req.Header.Set("Authorization", "Bearer "+apiKey)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := cl.http.Do(req)
+	if err != nil {
+		return false, err
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, fmt.Errorf("HTTP %s: %.200s", resp.Status, b)
+	}
+	return true, nil
+}
+
+// ---- relay baseline ----
+
+type relayConn struct {
+	mu sync.Mutex
+	c  *websocket.Conn
+}
+
+type relay struct {
+	mu    sync.RWMutex
+	users map[string][]*relayConn
+	seq   atomic.Uint64
+	up    websocket.Upgrader
+}
+
+type relayEvent struct {
+	Type     string          `json:"type"`
+	Seq      uint64          `json:"seq"`
+	Epoch    string          `json:"epoch"`
+	TS       time.Time       `json:"ts"`
+	ThreadID string          `json:"thread_id,omitempty"`
+	RunID    string          `json:"run_id,omitempty"`
+	Data     json.RawMessage `json:"data"`
+}
+
+func runRelay(addr string) error {
+	rl := &relay{users: map[string][]*relayConn{}, up: websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ws", rl.ws)
+	mux.HandleFunc("POST /api/v1/publish", rl.publish)
+	mux.Handle("/metrics", benchproc.RuntimeHandler())
+	return benchproc.Listen(addr, mux)
+}
+
+func (rl *relay) ws(w http.ResponseWriter, r *http.Request) {
+	user := r.URL.Query().Get("user")
+	c, err := rl.up.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	rc := &relayConn{c: c}
+	rc.mu.Lock()
+	_ = c.WriteMessage(websocket.TextMessage, []byte(`{"type":"connection_established"}`))
+	rc.mu.Unlock()
+	rl.mu.Lock()
+	rl.users[user] = append(rl.users[user], rc)
+	rl.mu.Unlock()
+	go func() {
+		defer func() {
+			rl.mu.Lock()
+			rl.users[user] = slices.DeleteFunc(rl.users[user], func(x *relayConn) bool { return x == rc })
+			rl.mu.Unlock()
+			c.Close()
+		}()
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
+}
+
+func (rl *relay) publish(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") != "Bearer "+apiKey {
+		http.Error(w, `{"error":{"code":"unauthorized","message":"bad key"}}`, http.StatusUnauthorized)
+		return
+	}
+	var req struct {
+		UserID   string          `json:"user_id"`
+		Type     string          `json:"type"`
+		ThreadID string          `json:"thread_id"`
+		RunID    string          `json:"run_id"`
+		Data     json.RawMessage `json:"data"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil || req.UserID == "" {
+		http.Error(w, `{"error":{"code":"invalid_request","message":"bad body"}}`, http.StatusBadRequest)
+		return
+	}
+	seq := rl.seq.Add(1)
+	frame, err := json.Marshal(relayEvent{Type: req.Type, Seq: seq, Epoch: "relay", TS: time.Now().UTC(),
+		ThreadID: req.ThreadID, RunID: req.RunID, Data: req.Data})
+	if err != nil {
+		http.Error(w, `{"error":{"code":"invalid_request","message":"bad data"}}`, http.StatusBadRequest)
+		return
+	}
+	rl.mu.RLock()
+	conns := slices.Clone(rl.users[req.UserID])
+	rl.mu.RUnlock()
+	for _, rc := range conns {
+		rc.mu.Lock()
+		_ = rc.c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		_ = rc.c.WriteMessage(websocket.TextMessage, frame)
+		rc.mu.Unlock()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"seq":%d,"epoch":"relay"}`, seq)
+}
