@@ -261,15 +261,27 @@ func TestClientFrames(t *testing.T) {
 		}
 	}
 
-	// The same client_message_id returns the first ack and appends nothing.
+	// The same client_message_id returns the first ack and starts nothing.
 	c.send(map[string]any{"type": "user_message", "id": "m2", "content": "hello", "client_message_id": "cm-1"})
-	again := c.read()
-	if again.Type != "ack" || again.Ref != "m2" || again.ThreadID != ack.ThreadID || again.MsgID != ack.MsgID {
-		t.Fatalf("repeated client_message_id: %s", again.raw)
+	again := c.readUntil("ack")
+	if again.Ref != "m2" || again.ThreadID != ack.ThreadID || again.MsgID != ack.MsgID || again.RunID != ack.RunID {
+		t.Fatalf("repeated client_message_id: %s, first %s", again.raw, ack.raw)
 	}
-	c.send(`{"type":"ping","id":"p2"}`)
-	if f := c.read(); f.Type != "pong" {
-		t.Fatalf("a repeated message appended something: %s", f.raw)
+	var evs struct {
+		Events []frame `json:"events"`
+	}
+	s.do("GET", "/api/v1/events?since=0", s.token("uma"), nil, &evs)
+	echoes, starts := 0, 0
+	for _, e := range evs.Events {
+		switch e.Type {
+		case "user_message":
+			echoes++
+		case "agent_started":
+			starts++
+		}
+	}
+	if echoes != 1 || starts != 1 {
+		t.Fatalf("after a repeated client_message_id: %d echoes, %d runs", echoes, starts)
 	}
 
 	c.send(map[string]any{"type": "user_message", "content": "in thread", "thread_id": ack.ThreadID})
@@ -290,7 +302,7 @@ func TestClientFrames(t *testing.T) {
 
 func TestDeprecatedAliases(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
+	s := startServer(t, "--max-runs-per-user", "10")
 	c, _ := s.connect("old")
 	c.send(`{"type":"chat","payload":{"text":"hi there"}}`)
 	dep := c.read()
@@ -302,12 +314,11 @@ func TestDeprecatedAliases(t *testing.T) {
 		t.Fatalf("alias message: %s", f.raw)
 	}
 	c.send(`{"type":"chat","content":"again","id":"x"}`)
-	if f := c.read(); f.Type != "ack" || f.Ref != "x" {
+	if f := c.readUntil("ack"); f.Ref != "x" {
 		t.Fatalf("second alias use: %s", f.raw)
 	}
-	c.readUntil("user_message")
 	c.send(`{"type":"session_restore","last_seq":0}`)
-	if f := c.read(); f.Type != "deprecation" || f.Alias != "session_restore" || f.Repl != "resume" {
+	if f := c.readUntil("deprecation"); f.Alias != "session_restore" || f.Repl != "resume" {
 		t.Fatalf("session_restore deprecation: %s", f.raw)
 	}
 	if f := c.readUntil("user_message"); f.Seq != 1 {
@@ -519,7 +530,8 @@ func TestHTTPAPI(t *testing.T) {
 			{"no user", testAPIKey, map[string]any{"type": "x"}, 400, "invalid_request"},
 			{"bad type", testAPIKey, map[string]any{"user_id": "hal", "type": "Bad Type"}, 400, "invalid_request"},
 			{"data not an object", testAPIKey, map[string]any{"user_id": "hal", "type": "x", "data": []int{1}}, 400, "invalid_request"},
-			{"reserved type", testAPIKey, map[string]any{"user_id": "hal", "type": "agent_completed", "run_id": "r1"}, 409, "reserved_type"},
+			{"reserved type without a run", testAPIKey, map[string]any{"user_id": "hal", "type": "agent_completed"}, 409, "reserved_type"},
+			{"reserved type for a run not running", testAPIKey, map[string]any{"user_id": "hal", "type": "agent_completed", "run_id": "r1"}, 409, "run_not_running"},
 		}
 		for _, tc := range cases {
 			var e struct {

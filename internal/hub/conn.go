@@ -40,19 +40,20 @@ type Conn struct {
 	flushFn    func() // c.flush bound once: `go c.flush()` would allocate per start
 	registered atomic.Bool
 
-	mu       sync.Mutex
-	queue    [][]byte
-	spare    [][]byte
-	queued   int   // bytes in queue and pending
-	oldestTS int64 // append time (unix ns) of the oldest queued event, 0 if none
-	lastSeq  uint64
-	epoch    string
-	joining  bool           // live events go to pending until Join places the replay
-	pending  []stream.Event // live events received while joining
-	writing  bool
-	closing  bool // a close is queued or done: accept nothing more
-	code     int
-	reason   string
+	mu            sync.Mutex
+	queue         [][]byte
+	spare         [][]byte
+	queued        int   // bounded bytes in queue and pending
+	queuedBounded int   // bounded bytes in queue
+	oldestTS      int64 // append time (unix ns) of the oldest queued event, 0 if none
+	lastSeq       uint64
+	epoch         string
+	joining       bool           // live events go to pending until Join places the replay
+	pending       []stream.Event // live events received while joining
+	writing       bool
+	closing       bool // a close is queued or done: accept nothing more
+	code          int
+	reason        string
 }
 
 // Join places the user's stream position on c: it writes prefix(pos) first
@@ -97,18 +98,18 @@ func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string
 	}
 	if prefix != nil {
 		if f := prefix(pos); f != nil {
-			c.enqueueLocked(f, 0)
+			c.enqueueLocked(f, 0, false)
 		}
 	}
 	c.epoch = pos.Epoch
 	switch {
 	case resync != nil:
-		c.enqueueLocked(onResync(resync), 0)
+		c.enqueueLocked(onResync(resync), 0, false)
 		c.lastSeq = pos.Head
 	case resume:
 		c.lastSeq = since
 		for i := range events {
-			c.offerLocked(&events[i])
+			c.offerLocked(&events[i], false)
 		}
 		if c.lastSeq < pos.Head {
 			c.lastSeq = pos.Head
@@ -136,7 +137,7 @@ func (c *Conn) Reply(handle func() []byte) {
 	defer c.mu.Unlock()
 	if held { // inside a Join: it releases the events
 		if frame != nil && !c.closing {
-			c.enqueueLocked(frame, 0)
+			c.enqueueLocked(frame, 0, true)
 		}
 		return
 	}
@@ -146,7 +147,7 @@ func (c *Conn) Reply(handle func() []byte) {
 		return
 	}
 	if frame != nil {
-		c.enqueueLocked(frame, 0)
+		c.enqueueLocked(frame, 0, true)
 	}
 	c.releasePendingLocked()
 }
@@ -157,7 +158,7 @@ func (c *Conn) releasePendingLocked() {
 		c.queued -= len(c.pending[i].Frame) // counted on arrival, counted again if queued
 	}
 	for i := range c.pending {
-		c.offerLocked(&c.pending[i])
+		c.offerLocked(&c.pending[i], true)
 	}
 	clear(c.pending)
 	c.pending = nil
@@ -178,11 +179,11 @@ func (c *Conn) deliver(ev stream.Event) {
 		}
 		return
 	}
-	c.offerLocked(&ev)
+	c.offerLocked(&ev, true)
 }
 
 // offerLocked enqueues ev unless c already has it.
-func (c *Conn) offerLocked(ev *stream.Event) {
+func (c *Conn) offerLocked(ev *stream.Event, bounded bool) {
 	if ev.Epoch != c.epoch {
 		// The stream's history was lost and seq restarted: follow the new
 		// epoch from this event on. The client learns of it from the frame.
@@ -193,7 +194,7 @@ func (c *Conn) offerLocked(ev *stream.Event) {
 		return
 	}
 	c.lastSeq = ev.Seq
-	c.enqueueLocked(ev.Frame, ev.TS.UnixNano())
+	c.enqueueLocked(ev.Frame, ev.TS.UnixNano(), bounded)
 }
 
 // Send queues a frame that is not a stream event (ack, error, pong …).
@@ -204,15 +205,26 @@ func (c *Conn) Send(frame []byte) bool {
 	if c.closing {
 		return false
 	}
-	c.enqueueLocked(frame, 0)
+	c.enqueueLocked(frame, 0, true)
 	return !c.closing
 }
 
-func (c *Conn) enqueueLocked(frame []byte, ts int64) {
-	c.queued += len(frame)
-	if c.queued > c.hub.maxQueue {
-		c.overflowLocked()
-		return
+// enqueueLocked queues frame. Bounded frames (live events and replies) count
+// against the queue's bound; the replay and the frames that open a join do
+// not: they are bounded by the stream's retention, and counting them would
+// make a resume after 4008 (which always misses at least a full queue) fail
+// the same way forever.
+func (c *Conn) enqueueLocked(frame []byte, ts int64, bounded bool) {
+	if c.closing && c.code == 0 {
+		return // overflowed or failed: nothing more goes out
+	}
+	if bounded {
+		c.queued += len(frame)
+		c.queuedBounded += len(frame)
+		if c.queued > c.hub.maxQueue {
+			c.overflowLocked()
+			return
+		}
 	}
 	if ts != 0 && c.oldestTS == 0 {
 		c.oldestTS = ts
@@ -229,7 +241,7 @@ func (c *Conn) enqueueLocked(frame []byte, ts int64) {
 func (c *Conn) overflowLocked() {
 	c.closing = true
 	clear(c.queue)
-	c.queue, c.spare, c.pending, c.queued = nil, nil, nil, 0
+	c.queue, c.spare, c.pending, c.queued, c.queuedBounded = nil, nil, nil, 0, 0
 	c.hub.metrics.QueueOverflows.Inc()
 	c.hub.metrics.Closes.WithLabelValues("4008").Inc()
 	c.hub.log.Info("slow consumer closed", "user", c.User, "conn", c.ID)
@@ -279,7 +291,8 @@ func (c *Conn) flush() {
 		for _, f := range batch {
 			n += len(f)
 		}
-		c.queued -= n
+		c.queued -= c.queuedBounded
+		c.queuedBounded = 0
 		c.mu.Unlock()
 
 		err := c.t.WriteBatch(batch)
@@ -299,7 +312,7 @@ func (c *Conn) flush() {
 		if err != nil {
 			c.mu.Lock()
 			c.closing = true
-			c.queue, c.pending, c.queued, c.writing = nil, nil, 0, false
+			c.queue, c.pending, c.queued, c.queuedBounded, c.writing = nil, nil, 0, 0, false
 			c.mu.Unlock()
 			c.t.Close(CloseInternal, "write failed")
 			return
