@@ -8,14 +8,22 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/agent/demo"
+	"github.com/agentwire/agentwire/internal/agent/httpagent"
+	"github.com/agentwire/agentwire/internal/agent/openai"
+	"github.com/agentwire/agentwire/internal/agent/tools"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/hub"
-	"github.com/agentwire/agentwire/internal/inbox"
 	"github.com/agentwire/agentwire/internal/metrics"
+	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/server"
+	"github.com/agentwire/agentwire/internal/store/sqlite"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
 	"github.com/agentwire/agentwire/internal/ws"
@@ -26,6 +34,13 @@ type serveFlags struct {
 	addr           string
 	dev            bool
 	agent          string
+	openaiBaseURL  string
+	openaiAPIKey   string
+	openaiModel    string
+	agentURL       string
+	maxRuns        int
+	runTimeout     time.Duration
+	drainTimeout   time.Duration
 	apiKeys        string
 	allowedOrigins string
 	logLevel       string
@@ -48,7 +63,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	o.keys.register(f)
 	f.String(&o.addr, "addr", "AGENTWIRE_ADDR", "127.0.0.1:8080", "listen address; :0 picks a free port")
 	f.Bool(&o.dev, "dev", "AGENTWIRE_DEV", false, "development mode: enables POST /auth/dev-login and allows localhost origins")
-	f.String(&o.agent, "agent", "AGENTWIRE_AGENT", "demo", "agent that answers user messages")
+	f.String(&o.agent, "agent", "AGENTWIRE_AGENT", "demo", "agent that answers user messages: demo, openai or http")
+	f.String(&o.openaiBaseURL, "openai-base-url", "AGENTWIRE_OPENAI_BASE_URL", openai.DefaultBaseURL, "OpenAI-compatible API root (--agent openai)")
+	f.String(&o.openaiAPIKey, "openai-api-key", "AGENTWIRE_OPENAI_API_KEY", "", "API key of the OpenAI-compatible endpoint (--agent openai)")
+	f.String(&o.openaiModel, "openai-model", "AGENTWIRE_OPENAI_MODEL", "", "model name (--agent openai)")
+	f.String(&o.agentURL, "agent-url", "AGENTWIRE_AGENT_URL", "", "URL the http agent POSTs runs to (--agent http)")
+	f.Int(&o.maxRuns, "max-runs-per-user", "AGENTWIRE_MAX_RUNS_PER_USER", runs.DefaultMaxPerUser, "concurrent runs one user may have; more answer too_many_runs")
+	f.Duration(&o.runTimeout, "run-timeout", "AGENTWIRE_RUN_TIMEOUT", runs.DefaultTimeout, "a run still going after this ends with agent_error timeout")
+	f.Duration(&o.drainTimeout, "drain-timeout", "AGENTWIRE_DRAIN_TIMEOUT", 10*time.Second, "on SIGTERM, how long running runs may finish before they are cancelled")
 	f.String(&o.apiKeys, "api-keys", "AGENTWIRE_API_KEYS", "", "comma-separated API keys for the server endpoints (POST /api/v1/publish)")
 	f.String(&o.allowedOrigins, "allowed-origins", "AGENTWIRE_ALLOWED_ORIGINS", "", "comma-separated browser origins allowed on /ws; empty: same origin only; * any")
 	f.String(&o.logLevel, "log-level", "AGENTWIRE_LOG_LEVEL", "info", "debug, info, warn or error")
@@ -69,10 +91,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
-	if o.agent != "demo" {
-		return fmt.Errorf("--agent %q: the only agent available is demo", o.agent)
+	ag, err := newAgent(&o)
+	if err != nil {
+		return err
 	}
-	if o.maxConnsPerUser <= 0 || o.maxQueueBytes <= 0 || o.maxMessageBytes <= 0 || o.retentionEvents <= 0 ||
+	if o.maxRuns <= 0 || o.runTimeout <= 0 || o.drainTimeout < 0 || o.maxConnsPerUser <= 0 || o.maxQueueBytes <= 0 || o.maxMessageBytes <= 0 || o.retentionEvents <= 0 ||
 		o.retentionAge <= 0 || o.rateLimit <= 0 || o.rateBurst <= 0 || o.pingInterval <= 0 || o.pongTimeout <= 0 {
 		return errors.New("limits, retention and heartbeat settings must be positive")
 	}
@@ -90,16 +113,30 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	m := metrics.New()
 	st := memory.New(memory.Options{Retention: stream.Retention{MaxEvents: o.retentionEvents, MaxAge: o.retentionAge}})
 	defer st.Close()
+	if err := os.MkdirAll(o.keys.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	db, err := sqlite.Open(ctx, filepath.Join(o.keys.dataDir, "agentwire.db"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if n, err := db.FinishAllRunning(ctx, time.Now(), agent.CodeNodeLost, "the server stopped during the run"); err != nil {
+		return err
+	} else if n > 0 {
+		log.Warn("runs interrupted by the last stop marked failed", "runs", n)
+	}
+	runner := runs.New(runs.Config{Stream: st, Store: db, Agent: ag, Logger: log, MaxPerUser: o.maxRuns, Timeout: o.runTimeout})
 	h := hub.New(hub.Config{Stream: st, Metrics: m, Logger: log, MaxConnsPerUser: o.maxConnsPerUser, MaxQueueBytes: o.maxQueueBytes})
 	tickets := auth.NewTickets(auth.TicketTTL, nil)
 	wsSrv := ws.New(ws.Config{
-		Hub: h, Verifier: verifier, Tickets: tickets, Handler: inbox.New(st, log), Metrics: m, Logger: log,
+		Hub: h, Verifier: verifier, Tickets: tickets, Handler: runner, Metrics: m, Logger: log,
 		AllowedOrigins: splitList(o.allowedOrigins), Dev: o.dev,
 		MaxMessageBytes: o.maxMessageBytes, PingInterval: o.pingInterval, PongTimeout: o.pongTimeout,
 		RateLimit: o.rateLimit, RateBurst: o.rateBurst,
 	})
 	deps := server.Deps{
-		Logger: log, Metrics: m, Stream: st, Verifier: verifier, Tickets: tickets,
+		Logger: log, Metrics: m, Stream: st, Store: db, Runs: runner, Verifier: verifier, Tickets: tickets,
 		APIKeys: auth.NewAPIKeys(splitList(o.apiKeys)), DevLogin: o.dev,
 		Issuer: o.keys.issuer, Audience: o.keys.audience, WS: wsSrv,
 	}
@@ -131,6 +168,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	case <-ctx.Done():
 	}
+	log.Info("shutting down: draining runs", "runs", runner.Running(), "drain_timeout", o.drainTimeout.String())
+	dctx, dcancel := context.WithTimeout(context.Background(), o.drainTimeout)
+	runner.Shutdown(dctx)
+	dcancel()
 	log.Info("shutting down: closing sockets with 1001")
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
 	defer cancel()
@@ -143,6 +184,25 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	<-serveErr
 	return nil
+}
+
+// newAgent builds the agent --agent names.
+func newAgent(o *serveFlags) (agent.Agent, error) {
+	switch o.agent {
+	case "demo":
+		return demo.New(demo.Options{}), nil
+	case "openai":
+		if o.openaiModel == "" {
+			return nil, errors.New("--agent openai needs --openai-model (and usually --openai-api-key)")
+		}
+		return openai.New(openai.Config{BaseURL: o.openaiBaseURL, APIKey: o.openaiAPIKey, Model: o.openaiModel, Tools: tools.Default()})
+	case "http":
+		if o.agentURL == "" {
+			return nil, errors.New("--agent http needs --agent-url")
+		}
+		return httpagent.New(httpagent.Config{URL: o.agentURL})
+	}
+	return nil, fmt.Errorf("--agent %q: want demo, openai or http", o.agent)
 }
 
 func newLogger(level string, w io.Writer) (*slog.Logger, error) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/stream"
 )
 
@@ -30,12 +31,19 @@ func handleReadyz(d *Deps) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
+		checks := map[string]string{"stream": "ok", "store": "ok"}
+		ready := true
 		if err := d.Stream.Ping(ctx); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{
-				"status": "unavailable", "checks": map[string]string{"stream": "unreachable"}})
+			checks["stream"], ready = "unreachable", false
+		}
+		if err := d.Store.Ping(ctx); err != nil {
+			checks["store"], ready = "unreachable", false
+		}
+		if !ready {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "checks": checks})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "checks": map[string]string{"stream": "ok"}})
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "checks": checks})
 	})
 }
 
@@ -118,11 +126,38 @@ func handleEvents(d *Deps) http.Handler {
 
 var publishType = regexp.MustCompile(`^[a-z][a-z0-9_.]{0,63}$`)
 
-// reservedTypes are the stream events agentwire's own runs produce.
-var reservedTypes = map[string]bool{
-	"user_message": true, "agent_started": true, "agent_thinking": true,
-	"tool_executing": true, "tool_completed": true, "agent_message_delta": true,
-	"agent_completed": true, "agent_error": true,
+// reservedType reports the stream events agentwire's own runs produce.
+func reservedType(t string) bool {
+	switch t {
+	case runs.TypeUserMessage, runs.TypeAgentStarted, runs.TypeThinking, runs.TypeToolExecuting,
+		runs.TypeToolCompleted, runs.TypeDelta, runs.TypeCompleted, runs.TypeError:
+		return true
+	}
+	return false
+}
+
+// publishToRun adds an external agent's event to a running run of user. The
+// run's emitter keeps the per-run order: nothing after the terminal event.
+func publishToRun(d *Deps, w http.ResponseWriter, user, runID, typ string, data json.RawMessage) {
+	if runID == "" {
+		writeError(w, http.StatusConflict, "reserved_type",
+			"type "+typ+" is an agent event: it needs the run_id of a run of that user that is still running")
+		return
+	}
+	ev, err := d.Runs.Publish(user, runID, typ, data)
+	switch {
+	case err == nil:
+		d.Metrics.Published.Inc()
+		writeJSON(w, http.StatusOK, map[string]any{"seq": ev.Seq, "epoch": ev.Epoch})
+	case errors.Is(err, runs.ErrNotRunning):
+		writeError(w, http.StatusConflict, "run_not_running",
+			"type "+typ+" is an agent event: it is accepted only for a run of that user that is still running")
+	case errors.Is(err, runs.ErrBadEvent), errors.Is(err, runs.ErrUnknownToolCall):
+		writeError(w, http.StatusBadRequest, "invalid_request", err.Error())
+	default:
+		d.Logger.Error("publish to run", "user", user, "run", runID, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "stream backend unavailable, retry")
+	}
 }
 
 // Field bounds of POST /api/v1/publish.
@@ -178,9 +213,8 @@ func handlePublish(d *Deps) http.Handler {
 			}
 			data = compact.Bytes()
 		}
-		if reservedTypes[req.Type] {
-			writeError(w, http.StatusConflict, "reserved_type",
-				"type "+req.Type+" is an agent event: it is accepted only for a run of that user that is still running")
+		if reservedType(req.Type) {
+			publishToRun(d, w, req.UserID, req.RunID, req.Type, data)
 			return
 		}
 		ev, err := d.Stream.Append(r.Context(), req.UserID, stream.Record{

@@ -8,6 +8,9 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 
 	mux.Handle("POST /api/v1/tickets", handleTickets(d))
 	mux.Handle("GET /api/v1/events", handleEvents(d))
+	mux.Handle("GET /api/v1/threads", handleThreads(d))
+	mux.Handle("GET /api/v1/threads/{id}/messages", handleMessages(d))
+	mux.Handle("GET /api/v1/runs/{id}", handleRun(d))
 	mux.Handle("POST /api/v1/publish", requireAPIKey(d, handlePublish(d)))
 
 	if d.DevLogin {

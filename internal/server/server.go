@@ -14,6 +14,8 @@ import (
 
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/metrics"
+	"github.com/agentwire/agentwire/internal/runs"
+	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
 )
 
@@ -27,6 +29,8 @@ type Deps struct {
 	Logger   *slog.Logger
 	Metrics  *metrics.Metrics
 	Stream   stream.Stream
+	Store    store.Store
+	Runs     *runs.Manager
 	Verifier Verifier
 	Tickets  auth.TicketStore
 	APIKeys  *auth.APIKeys

@@ -1,0 +1,73 @@
+// Package agent defines what an agent is to agentwire: something that answers
+// one user message in one thread, reporting its progress through an Emitter
+// bound to that run. The runs package owns a run's lifecycle (agent_started
+// first, exactly one terminal event last, whatever the agent does); agents
+// only report what they do.
+package agent
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Message is one earlier message of the thread, oldest first.
+type Message struct {
+	Role    string // "user" or "assistant"
+	Content string
+}
+
+// Run is what an agent is given for one run.
+type Run struct {
+	ID       string
+	ThreadID string
+	UserID   string
+	// Messages is the thread's history, oldest first, ending with the user
+	// message this run answers.
+	Messages []Message
+}
+
+// ErrRunEnded is returned by an Emitter once the run has its terminal event:
+// the run completed, failed, was cancelled or timed out. Agents should stop.
+var ErrRunEnded = errors.New("agent: run already ended")
+
+// Emitter reports a run's progress to its user. It is bound at creation to
+// one user, thread and run and cannot address anything else. Methods are safe
+// for concurrent use; every method returns ErrRunEnded after the terminal
+// event and emits nothing then.
+type Emitter interface {
+	// Thinking emits agent_thinking.
+	Thinking(text string) error
+	// ToolExecuting emits tool_executing; args must marshal to a JSON object.
+	ToolExecuting(callID, tool string, args any) error
+	// ToolCompleted emits tool_completed for a call announced by ToolExecuting.
+	// errMsg is sent as "error" when non-empty.
+	ToolCompleted(callID, tool string, ok bool, result any, d time.Duration, errMsg string) error
+	// Delta emits agent_message_delta with the next chunk of the answer.
+	Delta(text string) error
+	// Complete ends the run with agent_completed. final is the whole answer;
+	// when empty, the concatenated deltas are used.
+	Complete(final string) error
+	// Fail ends the run with agent_error with the given code and message.
+	Fail(code, message string) error
+}
+
+// Agent answers runs.
+type Agent interface {
+	// Name is reported in agent_started.
+	Name() string
+	// Run answers run, reporting through em, and returns when done. ctx is
+	// cancelled on stop_agent, timeout and shutdown. Returning without calling
+	// Complete or Fail, returning an error, or panicking all end the run with
+	// agent_error code agent_failed.
+	Run(ctx context.Context, run Run, em Emitter) error
+}
+
+// Error codes of agent_error.
+const (
+	CodeCancelled   = "cancelled"
+	CodeTimeout     = "timeout"
+	CodeAgentFailed = "agent_failed"
+	CodeTooManyRuns = "too_many_runs"
+	CodeNodeLost    = "node_lost"
+)

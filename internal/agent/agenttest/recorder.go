@@ -1,0 +1,303 @@
+// Package agenttest provides a fake agent.Emitter for the tests of agents.
+package agenttest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/agent"
+)
+
+// Event types, as in the wire contract.
+const (
+	TypeThinking      = "agent_thinking"
+	TypeToolExecuting = "tool_executing"
+	TypeToolCompleted = "tool_completed"
+	TypeDelta         = "agent_message_delta"
+	TypeCompleted     = "agent_completed"
+	TypeError         = "agent_error"
+)
+
+// ErrOrder is returned (wrapped) by a Recorder method called against the
+// per-run order rules other than after the end, or with arguments that would
+// not encode.
+var ErrOrder = errors.New("agenttest: event breaks the run's rules")
+
+// Event is one recorded call. Only the fields of its Type are set.
+type Event struct {
+	Type       string
+	Text       string          // agent_thinking
+	ToolCallID string          // tool_executing, tool_completed
+	Tool       string          // tool_executing, tool_completed
+	Args       json.RawMessage // tool_executing: args as they would be sent
+	OK         bool            // tool_completed
+	Result     json.RawMessage // tool_completed: result as it would be sent
+	Duration   time.Duration   // tool_completed
+	Error      string          // tool_completed
+	Delta      string          // agent_message_delta
+	Final      string          // agent_completed: final_response
+	Code       string          // agent_error
+	Message    string          // agent_error
+}
+
+// Recorder is an agent.Emitter that records events in order and enforces
+// the contract's per-run rules the way the runs package does: a
+// tool_completed needs its tool_executing first, tool args must encode as a
+// JSON object, and after the terminal event (Complete, Fail or End) every
+// method returns agent.ErrRunEnded. Broken rules are also kept in
+// Violations. The zero value is ready to use; it is safe for concurrent use.
+type Recorder struct {
+	// OnEvent, when set before use, is called after each recorded event,
+	// outside the Recorder's lock (so it may call the Recorder, or cancel a
+	// context to test cancellation at a precise point).
+	OnEvent func(Event)
+
+	mu         sync.Mutex
+	events     []Event
+	ended      bool
+	open       map[string]string // tool_call_id → tool, announced and not completed
+	seen       map[string]bool   // every tool_call_id announced
+	deltas     strings.Builder
+	violations []string
+}
+
+var _ agent.Emitter = (*Recorder)(nil)
+
+// Thinking records agent_thinking.
+func (r *Recorder) Thinking(text string) error {
+	return r.record(Event{Type: TypeThinking, Text: text})
+}
+
+// ToolExecuting records tool_executing.
+func (r *Recorder) ToolExecuting(callID, tool string, args any) error {
+	b, err := json.Marshal(args)
+	if err != nil || len(b) == 0 || b[0] != '{' {
+		return r.violate(fmt.Sprintf("tool_executing %q: args %s (%v) are not a JSON object", callID, b, err))
+	}
+	if callID == "" || tool == "" {
+		return r.violate(fmt.Sprintf("tool_executing with empty tool_call_id %q or tool %q", callID, tool))
+	}
+	return r.record(Event{Type: TypeToolExecuting, ToolCallID: callID, Tool: tool, Args: b})
+}
+
+// ToolCompleted records tool_completed.
+func (r *Recorder) ToolCompleted(callID, tool string, ok bool, result any, d time.Duration, errMsg string) error {
+	b, err := json.Marshal(result)
+	if err != nil {
+		return r.violate(fmt.Sprintf("tool_completed %q: result does not encode: %v", callID, err))
+	}
+	return r.record(Event{Type: TypeToolCompleted, ToolCallID: callID, Tool: tool, OK: ok, Result: b, Duration: d, Error: errMsg})
+}
+
+// Delta records agent_message_delta.
+func (r *Recorder) Delta(text string) error {
+	return r.record(Event{Type: TypeDelta, Delta: text})
+}
+
+// Complete records agent_completed; an empty final becomes the
+// concatenated deltas, as in the runs package.
+func (r *Recorder) Complete(final string) error {
+	return r.record(Event{Type: TypeCompleted, Final: final})
+}
+
+// Fail records agent_error.
+func (r *Recorder) Fail(code, message string) error {
+	return r.record(Event{Type: TypeError, Code: code, Message: message})
+}
+
+// End ends the run from outside, as the runs package does on stop_agent or
+// timeout: later calls return agent.ErrRunEnded. It records nothing.
+func (r *Recorder) End() {
+	r.mu.Lock()
+	r.ended = true
+	r.mu.Unlock()
+}
+
+func (r *Recorder) violate(msg string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ended {
+		return agent.ErrRunEnded
+	}
+	r.violations = append(r.violations, msg)
+	return fmt.Errorf("%w: %s", ErrOrder, msg)
+}
+
+func (r *Recorder) record(e Event) error {
+	r.mu.Lock()
+	if r.ended {
+		r.mu.Unlock()
+		return agent.ErrRunEnded
+	}
+	switch e.Type {
+	case TypeToolExecuting:
+		if r.seen[e.ToolCallID] {
+			r.mu.Unlock()
+			return r.violate(fmt.Sprintf("tool_executing %q announced twice", e.ToolCallID))
+		}
+		if r.open == nil {
+			r.open, r.seen = map[string]string{}, map[string]bool{}
+		}
+		r.open[e.ToolCallID], r.seen[e.ToolCallID] = e.Tool, true
+	case TypeToolCompleted:
+		tool, ok := r.open[e.ToolCallID]
+		if !ok || tool != e.Tool {
+			r.mu.Unlock()
+			return r.violate(fmt.Sprintf("tool_completed %q (%s) without its tool_executing", e.ToolCallID, e.Tool))
+		}
+		delete(r.open, e.ToolCallID)
+	case TypeDelta:
+		r.deltas.WriteString(e.Delta)
+	case TypeCompleted:
+		if e.Final == "" {
+			e.Final = r.deltas.String()
+		}
+		r.ended = true
+	case TypeError:
+		r.ended = true
+	}
+	r.events = append(r.events, e)
+	hook := r.OnEvent
+	r.mu.Unlock()
+	if hook != nil {
+		hook(e)
+	}
+	return nil
+}
+
+// Events returns a copy of the recorded events, in order.
+func (r *Recorder) Events() []Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Event(nil), r.events...)
+}
+
+// Types returns the recorded event types, in order.
+func (r *Recorder) Types() []string {
+	var out []string
+	for _, e := range r.Events() {
+		out = append(out, e.Type)
+	}
+	return out
+}
+
+// Of returns the recorded events of type typ, in order.
+func (r *Recorder) Of(typ string) []Event {
+	var out []Event
+	for _, e := range r.Events() {
+		if e.Type == typ {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Text returns the concatenated deltas.
+func (r *Recorder) Text() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.deltas.String()
+}
+
+// Ended reports whether the run has ended (terminal event or End).
+func (r *Recorder) Ended() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ended
+}
+
+// Terminal returns the terminal event, if one was recorded.
+func (r *Recorder) Terminal() (Event, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n := len(r.events); n > 0 {
+		if e := r.events[n-1]; e.Type == TypeCompleted || e.Type == TypeError {
+			return e, true
+		}
+	}
+	return Event{}, false
+}
+
+// Violations returns the rules broken so far.
+func (r *Recorder) Violations() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.violations...)
+}
+
+// AssertValid fails t if any rule was broken or a tool call was announced
+// but never completed.
+func (r *Recorder) AssertValid(t testing.TB) {
+	t.Helper()
+	for _, v := range r.Violations() {
+		t.Errorf("rule broken: %s", v)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, tool := range r.open {
+		t.Errorf("tool call %q (%s) never completed", id, tool)
+	}
+}
+
+// AssertTypes fails t unless the recorded types are exactly want.
+func (r *Recorder) AssertTypes(t testing.TB, want ...string) {
+	t.Helper()
+	got := r.Types()
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("event types:\n got %v\nwant %v", got, want)
+	}
+}
+
+// Completed asserts the run ended with agent_completed, that the rules
+// held, and returns final_response.
+func (r *Recorder) Completed(t testing.TB) string {
+	t.Helper()
+	r.AssertValid(t)
+	e, ok := r.Terminal()
+	if !ok || e.Type != TypeCompleted {
+		t.Fatalf("run did not complete; events: %s", r)
+	}
+	return e.Final
+}
+
+// Failed asserts the run ended with agent_error and returns its code and
+// message.
+func (r *Recorder) Failed(t testing.TB) (code, message string) {
+	t.Helper()
+	for _, v := range r.Violations() {
+		t.Errorf("rule broken: %s", v)
+	}
+	e, ok := r.Terminal()
+	if !ok || e.Type != TypeError {
+		t.Fatalf("run did not fail; events: %s", r)
+	}
+	return e.Code, e.Message
+}
+
+// String lists the events, one per line, for failure messages.
+func (r *Recorder) String() string {
+	var b strings.Builder
+	for _, e := range r.Events() {
+		b.WriteString("\n  " + e.Type)
+		switch e.Type {
+		case TypeThinking:
+			fmt.Fprintf(&b, " %q", e.Text)
+		case TypeToolExecuting:
+			fmt.Fprintf(&b, " %s %s %s", e.ToolCallID, e.Tool, e.Args)
+		case TypeToolCompleted:
+			fmt.Fprintf(&b, " %s %s ok=%v result=%s error=%q", e.ToolCallID, e.Tool, e.OK, e.Result, e.Error)
+		case TypeDelta:
+			fmt.Fprintf(&b, " %q", e.Delta)
+		case TypeCompleted:
+			fmt.Fprintf(&b, " %q", e.Final)
+		case TypeError:
+			fmt.Fprintf(&b, " %s %q", e.Code, e.Message)
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,289 @@
+package runs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/store"
+	"github.com/agentwire/agentwire/internal/stream"
+)
+
+// Stream event types of a run.
+const (
+	TypeUserMessage   = "user_message"
+	TypeAgentStarted  = "agent_started"
+	TypeThinking      = "agent_thinking"
+	TypeToolExecuting = "tool_executing"
+	TypeToolCompleted = "tool_completed"
+	TypeDelta         = "agent_message_delta"
+	TypeCompleted     = "agent_completed"
+	TypeError         = "agent_error"
+)
+
+// ErrUnknownToolCall is returned by ToolCompleted for a call id that was
+// never announced by ToolExecuting (or already completed).
+var ErrUnknownToolCall = errors.New("runs: tool_completed without its tool_executing")
+
+// emitter is the agent.Emitter of one run. Its mutex orders the run's events
+// and makes the terminal event final: after it every method returns
+// agent.ErrRunEnded and appends nothing. The lock is held across the stream
+// append (not socket I/O) so a run's events keep the order of the calls.
+type emitter struct {
+	m         *Manager
+	user      string
+	threadID  string
+	runID     string
+	messageID string // the assistant message the deltas build
+	started   time.Time
+
+	mu      sync.Mutex
+	last    stream.Event // the run's latest appended event
+	ended   bool
+	answer  strings.Builder
+	pending map[string]bool // tool calls executing
+}
+
+var _ agent.Emitter = (*emitter)(nil)
+
+// appendLocked appends one event of the run. Data is marshalled here, once.
+func (e *emitter) appendLocked(typ string, data any) error {
+	b, err := json.Marshal(data)
+	if err != nil {
+		return fmt.Errorf("runs: %s data: %w", typ, err)
+	}
+	return e.appendRawLocked(typ, b)
+}
+
+func (e *emitter) appendRawLocked(typ string, data json.RawMessage) error {
+	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	ev, err := e.m.stream.Append(ctx, e.user, stream.Record{Type: typ, ThreadID: e.threadID, RunID: e.runID, Data: data})
+	if err != nil {
+		e.m.log.Error("append run event", "user", e.user, "run", e.runID, "type", typ, "err", err)
+		return err
+	}
+	e.last = ev
+	return nil
+}
+
+// appendTimeout bounds one append of a run event.
+const appendTimeout = 10 * time.Second
+
+func (e *emitter) start(agentName string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.appendLocked(TypeAgentStarted, map[string]string{"agent": agentName})
+}
+
+func (e *emitter) Thinking(text string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return agent.ErrRunEnded
+	}
+	return e.appendLocked(TypeThinking, map[string]string{"text": text})
+}
+
+func (e *emitter) ToolExecuting(callID, tool string, args any) error {
+	if args == nil {
+		args = map[string]any{}
+	}
+	raw, err := json.Marshal(args)
+	if err != nil || len(raw) == 0 || raw[0] != '{' {
+		return fmt.Errorf("runs: tool args must be a JSON object")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return agent.ErrRunEnded
+	}
+	if callID == "" || tool == "" {
+		return errors.New("runs: tool_executing needs a call id and a tool name")
+	}
+	if e.pending == nil {
+		e.pending = make(map[string]bool)
+	}
+	if err := e.appendLocked(TypeToolExecuting, struct {
+		ToolCallID string          `json:"tool_call_id"`
+		Tool       string          `json:"tool"`
+		Args       json.RawMessage `json:"args"`
+	}{callID, tool, raw}); err != nil {
+		return err
+	}
+	e.pending[callID] = true
+	return nil
+}
+
+func (e *emitter) ToolCompleted(callID, tool string, ok bool, result any, d time.Duration, errMsg string) error {
+	raw, err := json.Marshal(result)
+	if err != nil {
+		return fmt.Errorf("runs: tool result: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return agent.ErrRunEnded
+	}
+	if !e.pending[callID] {
+		return ErrUnknownToolCall
+	}
+	delete(e.pending, callID)
+	return e.appendLocked(TypeToolCompleted, struct {
+		ToolCallID string          `json:"tool_call_id"`
+		Tool       string          `json:"tool"`
+		OK         bool            `json:"ok"`
+		Result     json.RawMessage `json:"result"`
+		DurationMS int64           `json:"duration_ms"`
+		Error      string          `json:"error,omitempty"`
+	}{callID, tool, ok, raw, d.Milliseconds(), errMsg})
+}
+
+func (e *emitter) Delta(text string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return agent.ErrRunEnded
+	}
+	if text == "" {
+		return nil
+	}
+	if err := e.appendLocked(TypeDelta, map[string]string{"message_id": e.messageID, "delta": text}); err != nil {
+		return err
+	}
+	e.answer.WriteString(text)
+	return nil
+}
+
+func (e *emitter) Complete(final string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return agent.ErrRunEnded
+	}
+	if final == "" {
+		final = e.answer.String()
+	}
+	return e.endLocked(store.RunCompleted, "", final)
+}
+
+func (e *emitter) Fail(code, message string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return agent.ErrRunEnded
+	}
+	if code == "" {
+		code = agent.CodeAgentFailed
+	}
+	return e.endLocked(statusFor(code), code, message)
+}
+
+// end is the runs package's own way to end a run (stop, timeout, an agent
+// that did not finish). It reports whether this call ended the run.
+func (e *emitter) end(code, message string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return false
+	}
+	_ = e.endLocked(statusFor(code), code, message)
+	return true
+}
+
+func statusFor(code string) store.RunStatus {
+	switch code {
+	case agent.CodeCancelled:
+		return store.RunCancelled
+	case agent.CodeTimeout:
+		return store.RunTimeout
+	}
+	return store.RunFailed
+}
+
+// endLocked stores the outcome, then appends the terminal event, so a client
+// that sees agent_completed finds the answer in the thread. The run is ended
+// even when storing or appending fails: nothing may follow a terminal.
+func (e *emitter) endLocked(status store.RunStatus, code, text string) error {
+	e.ended = true
+	e.pending = nil
+	defer e.m.release(e)
+	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	now := e.m.now()
+	dur := now.Sub(e.started).Milliseconds()
+	st := e.m.store
+	if status == store.RunCompleted {
+		if err := st.AddMessage(ctx, store.Message{ID: e.messageID, ThreadID: e.threadID, UserID: e.user,
+			Role: "assistant", Content: text, RunID: e.runID, CreatedAt: now}); err != nil {
+			e.m.log.Error("store answer", "user", e.user, "run", e.runID, "err", err)
+		}
+	}
+	errText := ""
+	if status != store.RunCompleted {
+		errText = text
+	}
+	if err := st.FinishRun(ctx, e.user, e.runID, status, now, code, errText); err != nil {
+		e.m.log.Error("finish run", "user", e.user, "run", e.runID, "err", err)
+	}
+	if status == store.RunCompleted {
+		return e.appendLocked(TypeCompleted, struct {
+			MessageID     string `json:"message_id"`
+			FinalResponse string `json:"final_response"`
+			DurationMS    int64  `json:"duration_ms"`
+		}{e.messageID, text, dur})
+	}
+	return e.appendLocked(TypeError, struct {
+		Code       string `json:"code"`
+		Message    string `json:"message"`
+		DurationMS int64  `json:"duration_ms"`
+	}{code, text, dur})
+}
+
+// publish appends an event an external agent sent for this run through the
+// publish API and returns it. Terminal types end the run as Complete and Fail
+// do.
+func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error) {
+	if err := e.publishEvent(typ, data); err != nil {
+		return stream.Event{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.last, nil
+}
+
+func (e *emitter) publishEvent(typ string, data json.RawMessage) error {
+	switch typ {
+	case TypeCompleted, TypeError:
+		var d struct {
+			FinalResponse string `json:"final_response"`
+			Code          string `json:"code"`
+			Message       string `json:"message"`
+		}
+		if len(data) > 0 {
+			if err := json.Unmarshal(data, &d); err != nil {
+				return fmt.Errorf("%w: data: %v", ErrBadEvent, err)
+			}
+		}
+		if typ == TypeCompleted {
+			return e.Complete(d.FinalResponse)
+		}
+		return e.Fail(d.Code, d.Message)
+	case TypeThinking, TypeToolExecuting, TypeToolCompleted, TypeDelta:
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.ended {
+			return agent.ErrRunEnded
+		}
+		return e.appendRawLocked(typ, data)
+	}
+	return fmt.Errorf("%w: %s cannot be published", ErrBadEvent, typ)
+}
+
+// ErrBadEvent is returned for a published event a run cannot take.
+var ErrBadEvent = errors.New("runs: event not accepted for this run")

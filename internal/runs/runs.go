@@ -1,0 +1,393 @@
+// Package runs owns the lifecycle of agent runs: a user_message becomes a
+// stored message, its echo on the user's stream, a run, an ack, and an agent
+// working in its own context. Whatever the agent does — finish, fail, return
+// early, panic, hang, or emit after its end — each run has exactly one
+// agent_started first and exactly one terminal event last, and nothing after.
+// A run does not depend on the connection that started it.
+package runs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/protocol"
+	"github.com/agentwire/agentwire/internal/store"
+	"github.com/agentwire/agentwire/internal/stream"
+)
+
+// Defaults of the contract.
+const (
+	DefaultMaxPerUser = 3
+	DefaultTimeout    = 5 * time.Minute
+	// IdempotencyWindow is how long a client_message_id is remembered.
+	IdempotencyWindow = 10 * time.Minute
+	// historyLimit bounds the earlier messages given to an agent.
+	historyLimit = 50
+)
+
+var errRunEnded = errors.New("run ended")
+
+// Errors callers branch on.
+var (
+	ErrNotFound    = errors.New("runs: no such run")
+	ErrNotRunning  = errors.New("runs: run is not running")
+	ErrTooManyRuns = errors.New("runs: too many concurrent runs")
+)
+
+// Config configures a Manager.
+type Config struct {
+	Stream     stream.Stream
+	Store      store.Store
+	Agent      agent.Agent
+	Logger     *slog.Logger
+	MaxPerUser int           // concurrent runs per user; 0 → DefaultMaxPerUser
+	Timeout    time.Duration // per run; 0 → DefaultTimeout
+	Now        func() time.Time
+}
+
+// Manager starts, tracks and ends runs. It implements the ws.Handler frames
+// user_message and stop_agent.
+type Manager struct {
+	stream     stream.Stream
+	store      store.Store
+	agent      agent.Agent
+	log        *slog.Logger
+	maxPerUser int
+	timeout    time.Duration
+	now        func() time.Time
+
+	mu      sync.Mutex
+	active  map[string]*active // by run id, until the terminal event
+	perUser map[string]int     // active runs per user, reserved before creation
+	closed  bool
+	wg      sync.WaitGroup // agent goroutines
+}
+
+// active is one running run.
+type active struct {
+	em     *emitter
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+}
+
+// New returns a Manager.
+func New(cfg Config) *Manager {
+	m := &Manager{
+		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
+		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
+		active: make(map[string]*active), perUser: make(map[string]int),
+	}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	if m.maxPerUser <= 0 {
+		m.maxPerUser = DefaultMaxPerUser
+	}
+	if m.timeout <= 0 {
+		m.timeout = DefaultTimeout
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	return m
+}
+
+// ack is what a client_message_id remembers: the first answer.
+type ack struct {
+	ThreadID  string `json:"thread_id"`
+	RunID     string `json:"run_id"`
+	MessageID string `json:"message_id"`
+}
+
+func perr(code, msg, ref string) *protocol.Error {
+	return &protocol.Error{Code: code, Message: msg, Ref: ref}
+}
+
+// UserMessage validates and stores the message, appends its echo, creates the
+// run, starts the agent and returns the ack. A client_message_id seen within
+// IdempotencyWindow returns the first ack and starts nothing.
+func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error) {
+	a := ack{ThreadID: f.ThreadID, RunID: ulid.Make().String(), MessageID: ulid.Make().String()}
+	newThread := a.ThreadID == ""
+	if newThread {
+		a.ThreadID = ulid.Make().String()
+	}
+	idemKey := ""
+	if f.ClientMessageID != "" {
+		idemKey = "client_message_id:" + f.ClientMessageID
+		val, _ := json.Marshal(a)
+		prev, claimed, err := m.store.ClaimIdempotencyKey(ctx, user, idemKey, val, IdempotencyWindow, m.now())
+		if err != nil {
+			m.log.Error("claim client_message_id", "user", user, "err", err)
+			return protocol.AckFrame{}, perr(protocol.CodeInternal, "message not accepted: store unavailable, retry", f.ID)
+		}
+		if !claimed {
+			var first ack
+			if err := json.Unmarshal(prev, &first); err != nil {
+				return protocol.AckFrame{}, perr(protocol.CodeInternal, "stored ack unreadable", f.ID)
+			}
+			return protocol.AckFrame{Ref: f.ID, ThreadID: first.ThreadID, RunID: first.RunID, MessageID: first.MessageID}, nil
+		}
+	}
+	fail := func(e *protocol.Error) (protocol.AckFrame, *protocol.Error) {
+		if idemKey != "" {
+			if err := m.store.ReleaseIdempotencyKey(context.WithoutCancel(ctx), user, idemKey); err != nil {
+				m.log.Error("release client_message_id", "user", user, "err", err)
+			}
+		}
+		return protocol.AckFrame{}, e
+	}
+
+	if !newThread {
+		if _, err := m.store.GetThread(ctx, user, a.ThreadID); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return fail(perr(protocol.CodeNotFound, "no such thread", f.ID))
+			}
+			m.log.Error("get thread", "user", user, "err", err)
+			return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
+		}
+	}
+	if err := m.reserve(user); err != nil {
+		if errors.Is(err, ErrTooManyRuns) {
+			return fail(perr(protocol.CodeTooManyRuns, fmt.Sprintf("at most %d runs at once: wait for one to finish or stop it", m.maxPerUser), f.ID))
+		}
+		return fail(perr(protocol.CodeInternal, "server shutting down, retry", f.ID))
+	}
+	started := false
+	defer func() {
+		if !started {
+			m.unreserve(user)
+		}
+	}()
+
+	now := m.now()
+	if newThread {
+		t := store.Thread{ID: a.ThreadID, UserID: user, Title: store.TitleFrom(f.Content), CreatedAt: now, UpdatedAt: now}
+		if err := m.store.CreateThread(ctx, t); err != nil {
+			m.log.Error("create thread", "user", user, "err", err)
+			return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
+		}
+	}
+	msg := store.Message{ID: a.MessageID, ThreadID: a.ThreadID, UserID: user, Role: "user", Content: f.Content, RunID: a.RunID, CreatedAt: now}
+	if err := m.store.AddMessage(ctx, msg); err != nil {
+		m.log.Error("store user message", "user", user, "err", err)
+		return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
+	}
+	history, err := m.store.ListMessages(ctx, user, a.ThreadID)
+	if err != nil {
+		m.log.Error("list messages", "user", user, "err", err)
+		return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
+	}
+	echo, _ := json.Marshal(struct {
+		MessageID       string `json:"message_id"`
+		Content         string `json:"content"`
+		ClientMessageID string `json:"client_message_id,omitempty"`
+	}{a.MessageID, f.Content, f.ClientMessageID})
+	if _, err := m.stream.Append(ctx, user, stream.Record{Type: TypeUserMessage, ThreadID: a.ThreadID, RunID: a.RunID, Data: echo}); err != nil {
+		m.log.Error("append user message", "user", user, "err", err)
+		return fail(perr(protocol.CodeInternal, "stream unavailable, retry", f.ID))
+	}
+	run := store.Run{ID: a.RunID, ThreadID: a.ThreadID, UserID: user, Agent: m.agent.Name(), Status: store.RunRunning,
+		UserMessageID: a.MessageID, StartedAt: now}
+	if err := m.store.CreateRun(ctx, run); err != nil {
+		m.log.Error("create run", "user", user, "err", err)
+		return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
+	}
+	em := &emitter{m: m, user: user, threadID: a.ThreadID, runID: a.RunID, messageID: ulid.Make().String(), started: now}
+	if err := em.start(m.agent.Name()); err != nil {
+		// Nothing of the run reached the stream: record it as failed.
+		_ = m.store.FinishRun(context.WithoutCancel(ctx), user, a.RunID, store.RunFailed, m.now(), agent.CodeAgentFailed, "stream unavailable")
+		return fail(perr(protocol.CodeInternal, "stream unavailable, retry", f.ID))
+	}
+	started = true
+	m.launch(em, history)
+	return protocol.AckFrame{Ref: f.ID, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
+}
+
+// StopAgent cancels a running run of user: it ends at once with agent_error
+// code cancelled, and the agent's context is cancelled. Stopping a run that
+// already ended is acknowledged and changes nothing.
+func (m *Manager) StopAgent(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error) {
+	r, err := m.store.GetRun(ctx, user, f.RunID)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return protocol.AckFrame{}, perr(protocol.CodeNotFound, "no such run", f.ID)
+		}
+		return protocol.AckFrame{}, perr(protocol.CodeInternal, "store unavailable, retry", f.ID)
+	}
+	m.end(user, f.RunID, agent.CodeCancelled, "stopped by the user")
+	return protocol.AckFrame{Ref: f.ID, ThreadID: r.ThreadID, RunID: r.ID}, nil
+}
+
+// end ends a local running run with code; false when it was not running here.
+func (m *Manager) end(user, runID, code, msg string) bool {
+	m.mu.Lock()
+	a := m.active[runID]
+	m.mu.Unlock()
+	if a == nil || a.em.user != user {
+		return false
+	}
+	ended := a.em.end(code, msg)
+	a.cancel(errors.New(code))
+	return ended
+}
+
+// Publish appends an event an external agent sent for a run of user that is
+// still running here, and returns it. It fails with ErrNotRunning otherwise.
+func (m *Manager) Publish(user, runID, typ string, data json.RawMessage) (stream.Event, error) {
+	m.mu.Lock()
+	a := m.active[runID]
+	m.mu.Unlock()
+	if a == nil || a.em.user != user {
+		return stream.Event{}, ErrNotRunning
+	}
+	ev, err := a.em.publish(typ, data)
+	if errors.Is(err, agent.ErrRunEnded) {
+		return ev, ErrNotRunning
+	}
+	return ev, err
+}
+
+func (m *Manager) reserve(user string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errors.New("runs: closed")
+	}
+	if m.perUser[user] >= m.maxPerUser {
+		return ErrTooManyRuns
+	}
+	m.perUser[user]++
+	return nil
+}
+
+func (m *Manager) unreserve(user string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.perUser[user] <= 1 {
+		delete(m.perUser, user)
+	} else {
+		m.perUser[user]--
+	}
+}
+
+// release is called once per run, by its terminal event.
+func (m *Manager) release(e *emitter) {
+	m.mu.Lock()
+	a := m.active[e.runID]
+	delete(m.active, e.runID)
+	m.mu.Unlock()
+	if a != nil {
+		if a.timer != nil {
+			a.timer.Stop()
+		}
+		a.cancel(errRunEnded) // the agent has nothing left to do
+	}
+	m.unreserve(e.user)
+}
+
+// launch starts the agent of a started run in its own context, which does
+// not derive from the request: the run outlives the connection.
+func (m *Manager) launch(em *emitter, history []store.Message) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	act := &active{em: em, cancel: cancel}
+	m.mu.Lock()
+	m.active[em.runID] = act
+	m.wg.Add(1)
+	m.mu.Unlock()
+
+	msgs := history
+	if len(msgs) > historyLimit {
+		msgs = msgs[len(msgs)-historyLimit:]
+	}
+	run := agent.Run{ID: em.runID, ThreadID: em.threadID, UserID: em.user, Messages: make([]agent.Message, 0, len(msgs))}
+	for _, h := range msgs {
+		run.Messages = append(run.Messages, agent.Message{Role: h.Role, Content: h.Content})
+	}
+	go m.execute(ctx, act, run)
+}
+
+func (m *Manager) execute(ctx context.Context, act *active, run agent.Run) {
+	defer m.wg.Done()
+	em := act.em
+	defer act.cancel(nil)
+	m.mu.Lock()
+	if m.active[run.ID] == act { // not already ended by a stop
+		act.timer = time.AfterFunc(m.timeout, func() {
+			if em.end(agent.CodeTimeout, fmt.Sprintf("the run took longer than %s", m.timeout)) {
+				act.cancel(errors.New(agent.CodeTimeout))
+			}
+		})
+	}
+	m.mu.Unlock()
+
+	err := m.safeRun(ctx, run, em)
+	switch {
+	case ctx.Err() != nil:
+		// Ended by stop, timeout or shutdown: the terminal event is out.
+		em.end(agent.CodeCancelled, "cancelled")
+	case err != nil:
+		m.log.Warn("agent failed", "user", em.user, "run", run.ID, "err", err)
+		em.end(agent.CodeAgentFailed, "the agent failed: "+err.Error())
+	default:
+		em.end(agent.CodeAgentFailed, "the agent returned without finishing")
+	}
+}
+
+// safeRun runs the agent, turning a panic into an error.
+func (m *Manager) safeRun(ctx context.Context, run agent.Run, em agent.Emitter) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			m.log.Error("agent panicked", "run", run.ID, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			err = errors.New("internal error in the agent")
+		}
+	}()
+	return m.agent.Run(ctx, run, em)
+}
+
+// Running returns the number of runs in progress on this manager.
+func (m *Manager) Running() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.active)
+}
+
+// Shutdown refuses new runs, waits for running ones until ctx is done, then
+// ends the rest with agent_error code cancelled and waits for their agents
+// to return (bounded by a short grace).
+func (m *Manager) Shutdown(ctx context.Context) {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+	done := make(chan struct{})
+	go func() { m.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	m.mu.Lock()
+	left := make([]*active, 0, len(m.active))
+	for _, a := range m.active {
+		left = append(left, a)
+	}
+	m.mu.Unlock()
+	for _, a := range left {
+		a.em.end(agent.CodeCancelled, "the server shut down during the run")
+		a.cancel(errors.New("shutdown"))
+	}
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		m.log.Warn("agents still running after shutdown", "runs", len(left))
+	}
+}

@@ -1,0 +1,387 @@
+package runs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/protocol"
+	"github.com/agentwire/agentwire/internal/store"
+	"github.com/agentwire/agentwire/internal/store/sqlite"
+	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/internal/stream/memory"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// agentFunc adapts a function to agent.Agent.
+type agentFunc func(ctx context.Context, run agent.Run, em agent.Emitter) error
+
+func (f agentFunc) Name() string { return "fake" }
+func (f agentFunc) Run(ctx context.Context, run agent.Run, em agent.Emitter) error {
+	return f(ctx, run, em)
+}
+
+type fixture struct {
+	m      *Manager
+	stream stream.Stream
+	store  store.Store
+}
+
+func newFixture(t *testing.T, a agent.Agent, cfg Config) *fixture {
+	t.Helper()
+	st := memory.New(memory.Options{})
+	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Stream, cfg.Store, cfg.Agent = st, db, a
+	m := New(cfg)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		m.Shutdown(ctx)
+		db.Close()
+		st.Close()
+	})
+	return &fixture{m: m, stream: st, store: db}
+}
+
+func (f *fixture) send(t *testing.T, user, content, cmid string) (protocol.AckFrame, *protocol.Error) {
+	t.Helper()
+	return f.m.UserMessage(context.Background(), user, &protocol.Frame{Type: protocol.TypeUserMessage, ID: "x", Content: content, ClientMessageID: cmid})
+}
+
+type ev struct {
+	Type  string
+	RunID string
+	Data  map[string]any
+}
+
+// waitTerminal polls the stream until run has a terminal event and returns
+// the run's events.
+func (f *fixture) waitTerminal(t *testing.T, user, runID string) []ev {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		evs := f.events(t, user, runID)
+		if n := len(evs); n > 0 && (evs[n-1].Type == TypeCompleted || evs[n-1].Type == TypeError) {
+			return evs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run %s has no terminal event: %v", runID, evs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (f *fixture) events(t *testing.T, user, runID string) []ev {
+	t.Helper()
+	all, _, err := f.stream.Since(context.Background(), user, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []ev
+	for _, e := range all {
+		if e.RunID != runID {
+			continue
+		}
+		var d map[string]any
+		_ = json.Unmarshal(e.Data, &d)
+		out = append(out, ev{Type: e.Type, RunID: e.RunID, Data: d})
+	}
+	return out
+}
+
+// checkOrder asserts the contract's per-run order.
+func checkOrder(t *testing.T, evs []ev) {
+	t.Helper()
+	started, terminal := 0, 0
+	open := map[string]bool{}
+	for i, e := range evs {
+		switch e.Type {
+		case TypeAgentStarted:
+			started++
+			if i != 1 { // after the user_message echo
+				t.Fatalf("agent_started at %d: %v", i, evs)
+			}
+		case TypeToolExecuting:
+			open[e.Data["tool_call_id"].(string)] = true
+		case TypeToolCompleted:
+			id := e.Data["tool_call_id"].(string)
+			if !open[id] {
+				t.Fatalf("tool_completed %s without tool_executing", id)
+			}
+			delete(open, id)
+		case TypeCompleted, TypeError:
+			terminal++
+			if i != len(evs)-1 {
+				t.Fatalf("events after the terminal: %v", evs)
+			}
+		}
+	}
+	if started != 1 || terminal != 1 {
+		t.Fatalf("started %d terminal %d: %v", started, terminal, evs)
+	}
+}
+
+func TestCompletedRunIsStored(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+		_ = em.Thinking("hmm")
+		_ = em.ToolExecuting("c1", "calculator", map[string]string{"expression": "1+1"})
+		_ = em.ToolCompleted("c1", "calculator", true, 2, time.Millisecond, "")
+		_ = em.Delta("it is ")
+		_ = em.Delta("2")
+		return em.Complete("")
+	}), Config{})
+	ack, perr := f.send(t, "ann", "what is 1+1", "")
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	evs := f.waitTerminal(t, "ann", ack.RunID)
+	checkOrder(t, evs)
+	last := evs[len(evs)-1]
+	if last.Type != TypeCompleted || last.Data["final_response"] != "it is 2" {
+		t.Fatalf("terminal %v", last)
+	}
+	msgs, err := f.store.ListMessages(context.Background(), "ann", ack.ThreadID)
+	if err != nil || len(msgs) != 2 || msgs[1].Role != "assistant" || msgs[1].Content != "it is 2" {
+		t.Fatalf("messages %+v %v", msgs, err)
+	}
+	r, err := f.store.GetRun(context.Background(), "ann", ack.RunID)
+	if err != nil || r.Status != store.RunCompleted || r.EndedAt.IsZero() {
+		t.Fatalf("run %+v %v", r, err)
+	}
+	threads, _ := f.store.ListThreads(context.Background(), "ann", 0)
+	if len(threads) != 1 || threads[0].Title != "what is 1+1" {
+		t.Fatalf("threads %+v", threads)
+	}
+}
+
+func TestMisbehavingAgentsAreContained(t *testing.T) {
+	t.Parallel()
+	lateErr := make(chan error, 1)
+	cases := []struct {
+		name     string
+		agent    agentFunc
+		wantCode string
+		status   store.RunStatus
+	}{
+		{"returns without finishing", func(ctx context.Context, run agent.Run, em agent.Emitter) error { return nil }, agent.CodeAgentFailed, store.RunFailed},
+		{"returns an error", func(ctx context.Context, run agent.Run, em agent.Emitter) error { return errors.New("model said no") }, agent.CodeAgentFailed, store.RunFailed},
+		{"panics", func(ctx context.Context, run agent.Run, em agent.Emitter) error { panic("boom") }, agent.CodeAgentFailed, store.RunFailed},
+		{"fails with its own code", func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			return em.Fail(agent.CodeAgentFailed, "no luck")
+		}, agent.CodeAgentFailed, store.RunFailed},
+		{"emits after its end", func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			_ = em.Complete("done")
+			err := em.Delta("late")
+			if err2 := em.Complete("again"); err2 == nil {
+				err = nil
+			}
+			lateErr <- err
+			return nil
+		}, "", store.RunCompleted},
+		{"tool_completed without tool_executing", func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			if err := em.ToolCompleted("nope", "calculator", true, 1, 0, ""); !errors.Is(err, ErrUnknownToolCall) {
+				return errors.New("unannounced tool_completed accepted")
+			}
+			return em.Complete("ok")
+		}, "", store.RunCompleted},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t, tc.agent, Config{})
+			ack, perr := f.send(t, "bob", "hi", "")
+			if perr != nil {
+				t.Fatal(perr)
+			}
+			evs := f.waitTerminal(t, "bob", ack.RunID)
+			time.Sleep(20 * time.Millisecond) // a late emit would land now
+			evs = f.events(t, "bob", ack.RunID)
+			checkOrder(t, evs)
+			if tc.wantCode != "" && evs[len(evs)-1].Data["code"] != tc.wantCode {
+				t.Fatalf("terminal %v", evs[len(evs)-1])
+			}
+			r, _ := f.store.GetRun(context.Background(), "bob", ack.RunID)
+			if r.Status != tc.status {
+				t.Fatalf("status %s, want %s", r.Status, tc.status)
+			}
+			if tc.name == "emits after its end" {
+				if err := <-lateErr; !errors.Is(err, agent.ErrRunEnded) {
+					t.Fatalf("late emit returned %v, want ErrRunEnded", err)
+				}
+			}
+			if f.m.Running() != 0 {
+				t.Fatalf("%d runs still active", f.m.Running())
+			}
+		})
+	}
+}
+
+// blocker waits for its context, or forever when ignoreCtx.
+func blocker(ignoreCtx bool, release <-chan struct{}) agentFunc {
+	return func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+		_ = em.Thinking("working")
+		if ignoreCtx {
+			<-release
+			_ = em.Delta("too late")
+			return nil
+		}
+		<-ctx.Done()
+		return ctx.Err()
+	}
+}
+
+func TestStopCancelsEvenAnAgentThatIgnoresIt(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	defer close(release)
+	for _, ignore := range []bool{false, true} {
+		f := newFixture(t, blocker(ignore, release), Config{})
+		ack, perr := f.send(t, "cid", "go", "")
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		if _, perr := f.m.StopAgent(context.Background(), "eve", &protocol.Frame{RunID: ack.RunID}); perr == nil || perr.Code != protocol.CodeNotFound {
+			t.Fatalf("another user stopped the run: %v", perr)
+		}
+		stopAck, perr := f.m.StopAgent(context.Background(), "cid", &protocol.Frame{RunID: ack.RunID, ID: "s"})
+		if perr != nil || stopAck.RunID != ack.RunID {
+			t.Fatalf("stop: %+v %v", stopAck, perr)
+		}
+		evs := f.waitTerminal(t, "cid", ack.RunID)
+		checkOrder(t, evs)
+		if evs[len(evs)-1].Data["code"] != agent.CodeCancelled {
+			t.Fatalf("terminal %v", evs[len(evs)-1])
+		}
+		r, _ := f.store.GetRun(context.Background(), "cid", ack.RunID)
+		if r.Status != store.RunCancelled {
+			t.Fatalf("status %s", r.Status)
+		}
+		// The slot is free again even if the agent has not returned.
+		if _, perr := f.send(t, "cid", "again", ""); perr != nil {
+			t.Fatalf("after stop: %v", perr)
+		}
+	}
+}
+
+func TestTimeout(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, blocker(false, nil), Config{Timeout: 100 * time.Millisecond})
+	ack, _ := f.send(t, "tim", "go", "")
+	evs := f.waitTerminal(t, "tim", ack.RunID)
+	checkOrder(t, evs)
+	if evs[len(evs)-1].Data["code"] != agent.CodeTimeout {
+		t.Fatalf("terminal %v", evs[len(evs)-1])
+	}
+	r, _ := f.store.GetRun(context.Background(), "tim", ack.RunID)
+	if r.Status != store.RunTimeout {
+		t.Fatalf("status %s", r.Status)
+	}
+}
+
+func TestTooManyRunsAndIdempotentResend(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, blocker(false, nil), Config{MaxPerUser: 2})
+	a1, _ := f.send(t, "dan", "one", "k1")
+	again, perr := f.send(t, "dan", "one", "k1")
+	if perr != nil || again.RunID != a1.RunID || again.ThreadID != a1.ThreadID || again.MessageID != a1.MessageID {
+		t.Fatalf("resend: %+v %v, first %+v", again, perr, a1)
+	}
+	if _, perr := f.send(t, "dan", "two", "k2"); perr != nil {
+		t.Fatal(perr)
+	}
+	if _, perr := f.send(t, "dan", "three", "k3"); perr == nil || perr.Code != protocol.CodeTooManyRuns {
+		t.Fatalf("third run: %v", perr)
+	}
+	if _, perr := f.send(t, "other", "mine", ""); perr != nil {
+		t.Fatalf("another user is limited by dan's runs: %v", perr)
+	}
+	if f.m.Running() != 3 {
+		t.Fatalf("running %d", f.m.Running())
+	}
+	// k3 was released when refused: it can be used once a slot frees.
+	_, _ = f.m.StopAgent(context.Background(), "dan", &protocol.Frame{RunID: a1.RunID})
+	f.waitTerminal(t, "dan", a1.RunID)
+	if _, perr := f.send(t, "dan", "three", "k3"); perr != nil {
+		t.Fatalf("k3 after a slot freed: %v", perr)
+	}
+}
+
+func TestUnknownThreadIsNotFound(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, blocker(false, nil), Config{})
+	a, _ := f.send(t, "own", "mine", "")
+	_, perr := f.m.UserMessage(context.Background(), "thief", &protocol.Frame{Content: "x", ThreadID: a.ThreadID})
+	if perr == nil || perr.Code != protocol.CodeNotFound {
+		t.Fatalf("another user's thread: %v", perr)
+	}
+	_, perr = f.m.UserMessage(context.Background(), "own", &protocol.Frame{Content: "x", ThreadID: "missing"})
+	if perr == nil || perr.Code != protocol.CodeNotFound {
+		t.Fatalf("missing thread: %v", perr)
+	}
+}
+
+func TestPublishToRunningRun(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, blocker(false, nil), Config{})
+	a, _ := f.send(t, "pub", "go", "")
+	if _, err := f.m.Publish("someone", a.RunID, TypeThinking, json.RawMessage(`{"text":"x"}`)); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("another user's run: %v", err)
+	}
+	if _, err := f.m.Publish("pub", a.RunID, TypeAgentStarted, nil); !errors.Is(err, ErrBadEvent) {
+		t.Fatalf("agent_started: %v", err)
+	}
+	if _, err := f.m.Publish("pub", a.RunID, TypeThinking, json.RawMessage(`{"text":"external"}`)); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := f.m.Publish("pub", a.RunID, TypeCompleted, json.RawMessage(`{"final_response":"from outside"}`))
+	if err != nil || ev.Type != TypeCompleted {
+		t.Fatalf("complete: %+v %v", ev, err)
+	}
+	if _, err := f.m.Publish("pub", a.RunID, TypeDelta, json.RawMessage(`{"delta":"late"}`)); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("after the end: %v", err)
+	}
+	evs := f.waitTerminal(t, "pub", a.RunID)
+	checkOrder(t, evs)
+}
+
+func TestManyUsersConcurrently(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+		_ = em.Delta(run.UserID)
+		return em.Complete("")
+	}), Config{})
+	var wg sync.WaitGroup
+	acks := make([]protocol.AckFrame, 50)
+	for i := range acks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, perr := f.send(t, "u"+strings.Repeat("x", i), "hi", "")
+			if perr != nil {
+				t.Error(perr)
+			}
+			acks[i] = a
+		}()
+	}
+	wg.Wait()
+	for i, a := range acks {
+		user := "u" + strings.Repeat("x", i)
+		evs := f.waitTerminal(t, user, a.RunID)
+		if evs[len(evs)-1].Data["final_response"] != user {
+			t.Fatalf("user %s got %v", user, evs[len(evs)-1])
+		}
+	}
+}

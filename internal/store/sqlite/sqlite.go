@@ -1,0 +1,496 @@
+// Package sqlite is the store.Store of a single agentwire process: one
+// SQLite file in the data directory, pure Go (modernc.org/sqlite, no cgo).
+//
+// Connections: SQLite admits one writer at a time. Rather than let several
+// pooled connections race for the write lock and sleep in the busy handler
+// (or fail with SQLITE_BUSY when a deferred transaction cannot upgrade its
+// read lock), every write goes through a pool of exactly one connection, so
+// writers queue in database/sql, in Go, and never contend inside SQLite. Its
+// transactions begin IMMEDIATE, so a read-then-write transaction holds the
+// write lock from its first statement. Reads use a separate pool of
+// read-only connections; in WAL mode they run concurrently with each other
+// and with the writer, on the last committed snapshot. busy_timeout still
+// covers the rare contention the queue cannot see: another process on the
+// same file and WAL checkpoints.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	msqlite "modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/agentwire/agentwire/internal/store"
+)
+
+// readConns is the size of the read pool. Reads are short indexed lookups;
+// a few connections keep them from queueing behind each other without
+// holding many page caches.
+const readConns = 4
+
+// busyTimeout is how long a connection waits for a lock held by another
+// connection or process before failing with SQLITE_BUSY.
+const busyTimeout = 5 * time.Second
+
+// Store is a store.Store backed by one SQLite file.
+type Store struct {
+	w *sql.DB // exactly one connection: every write
+	r *sql.DB // read-only connections
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens the database file at path, creating it with mode 0600 if it does
+// not exist (its directory must), and applies pending migrations. It fails
+// with store.ErrSchemaTooNew if a newer agentwire already migrated the file.
+func Open(ctx context.Context, path string) (*Store, error) {
+	if path == "" {
+		return nil, errors.New("sqlite: empty database path")
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	// SQLite would create the file with mode 0644 (less the umask); it holds
+	// every user's conversations, so create it first, private. SQLite gives
+	// the -wal and -shm files the mode of the database file.
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: create database file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("sqlite: create database file: %w", err)
+	}
+
+	w, err := openPool(ctx, abs, 1, url.Values{
+		"_pragma": {
+			fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()),
+			"journal_mode(WAL)",
+			"synchronous(NORMAL)",
+			"foreign_keys(1)",
+		},
+		"_txlock": {"immediate"},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := migrate(ctx, w); err != nil {
+		_ = w.Close()
+		return nil, err
+	}
+	// Opened after the writer switched the file to WAL: journal_mode is
+	// persistent, and a query_only connection could not change it.
+	r, err := openPool(ctx, abs, readConns, url.Values{
+		"_pragma": {
+			fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()),
+			"foreign_keys(1)",
+			"query_only(1)",
+		},
+	})
+	if err != nil {
+		_ = w.Close()
+		return nil, err
+	}
+	return &Store{w: w, r: r}, nil
+}
+
+// openPool opens a pool of at most n connections to the file at abs with the
+// given DSN parameters, and checks that one connection works.
+func openPool(ctx context.Context, abs string, n int, params url.Values) (*sql.DB, error) {
+	// A file: URI with the path escaped, so a '?' or '#' in the path cannot
+	// be taken for the start of the parameters.
+	dsn := (&url.URL{Scheme: "file", Path: filepath.ToSlash(abs), RawQuery: params.Encode()}).String()
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
+	}
+	db.SetMaxOpenConns(n)
+	db.SetMaxIdleConns(n)
+	db.SetConnMaxLifetime(0)
+	db.SetConnMaxIdleTime(0)
+	if err := db.PingContext(ctx); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
+	}
+	return db, nil
+}
+
+// Close closes both pools. It may be called more than once.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closeErr = errors.Join(s.r.Close(), s.w.Close())
+	})
+	return s.closeErr
+}
+
+// Ping checks that both pools can reach the database.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.r.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
+		return fmt.Errorf("sqlite: ping: %w", err)
+	}
+	if err := s.w.PingContext(ctx); err != nil {
+		return fmt.Errorf("sqlite: ping: %w", err)
+	}
+	return nil
+}
+
+// CreateThread implements store.Store.
+func (s *Store) CreateThread(ctx context.Context, t store.Thread) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	created := toMillis(t.CreatedAt, time.Now())
+	updated := created
+	if !t.UpdatedAt.IsZero() {
+		updated = t.UpdatedAt.UnixMilli()
+	}
+	_, err := s.w.ExecContext(ctx,
+		`INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)`,
+		t.ID, t.UserID, t.Title, created, updated)
+	if isUniqueViolation(err) {
+		return fmt.Errorf("sqlite: create thread %s: %w", t.ID, store.ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("sqlite: create thread: %w", err)
+	}
+	return nil
+}
+
+// GetThread implements store.Store.
+func (s *Store) GetThread(ctx context.Context, userID, threadID string) (store.Thread, error) {
+	row := s.r.QueryRowContext(ctx,
+		`SELECT id, user_id, title, created_at, updated_at FROM threads WHERE id = ? AND user_id = ?`,
+		threadID, userID)
+	t, err := scanThread(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Thread{}, fmt.Errorf("sqlite: thread %s: %w", threadID, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Thread{}, fmt.Errorf("sqlite: get thread: %w", err)
+	}
+	return t, nil
+}
+
+// ListThreads implements store.Store.
+func (s *Store) ListThreads(ctx context.Context, userID string, limit int) ([]store.Thread, error) {
+	if limit <= 0 {
+		limit = store.DefaultListLimit
+	}
+	rows, err := s.r.QueryContext(ctx,
+		`SELECT id, user_id, title, created_at, updated_at FROM threads
+		WHERE user_id = ? ORDER BY updated_at DESC, id DESC LIMIT ?`,
+		userID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list threads: %w", err)
+	}
+	ts, err := collect(rows, scanThread)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list threads: %w", err)
+	}
+	return ts, nil
+}
+
+// AddMessage implements store.Store.
+func (s *Store) AddMessage(ctx context.Context, m store.Message) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	created := toMillis(m.CreatedAt, time.Now())
+	return s.write(ctx, "add message", func(tx *sql.Tx) error {
+		if err := ownThread(ctx, tx, m.UserID, m.ThreadID); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx,
+			`INSERT INTO messages (id, thread_id, user_id, role, content, run_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			m.ID, m.ThreadID, m.UserID, m.Role, m.Content, m.RunID, created)
+		if isUniqueViolation(err) {
+			return fmt.Errorf("message %s: %w", m.ID, store.ErrConflict)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE threads SET updated_at = MAX(updated_at, ?) WHERE id = ?`, created, m.ThreadID)
+		return err
+	})
+}
+
+// ListMessages implements store.Store.
+func (s *Store) ListMessages(ctx context.Context, userID, threadID string) ([]store.Message, error) {
+	// One read transaction: the ownership check and the list see the same
+	// snapshot.
+	tx, err := s.r.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list messages: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if err := ownThread(ctx, tx, userID, threadID); err != nil {
+		return nil, fmt.Errorf("sqlite: list messages: %w", err)
+	}
+	rows, err := tx.QueryContext(ctx,
+		`SELECT id, thread_id, user_id, role, content, run_id, created_at FROM messages
+		WHERE thread_id = ? ORDER BY created_at, rowid`,
+		threadID)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list messages: %w", err)
+	}
+	msgs, err := collect(rows, func(sc scanner) (store.Message, error) {
+		var m store.Message
+		var created int64
+		err := sc.Scan(&m.ID, &m.ThreadID, &m.UserID, &m.Role, &m.Content, &m.RunID, &created)
+		m.CreatedAt = fromMillis(created)
+		return m, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list messages: %w", err)
+	}
+	return msgs, nil
+}
+
+// CreateRun implements store.Store.
+func (s *Store) CreateRun(ctx context.Context, r store.Run) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	started := toMillis(r.StartedAt, time.Now())
+	return s.write(ctx, "create run", func(tx *sql.Tx) error {
+		if err := ownThread(ctx, tx, r.UserID, r.ThreadID); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx,
+			`INSERT INTO runs (id, thread_id, user_id, agent, status, user_message_id, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			r.ID, r.ThreadID, r.UserID, r.Agent, string(store.RunRunning), r.UserMessageID, started)
+		if isUniqueViolation(err) {
+			return fmt.Errorf("run %s: %w", r.ID, store.ErrConflict)
+		}
+		return err
+	})
+}
+
+const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message`
+
+// GetRun implements store.Store.
+func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, error) {
+	row := s.r.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs WHERE id = ? AND user_id = ?`, runID, userID)
+	r, err := scanRun(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Run{}, fmt.Errorf("sqlite: run %s: %w", runID, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Run{}, fmt.Errorf("sqlite: get run: %w", err)
+	}
+	return r, nil
+}
+
+// FinishRun implements store.Store.
+func (s *Store) FinishRun(ctx context.Context, userID, runID string, status store.RunStatus, endedAt time.Time, errCode, errMsg string) error {
+	if !status.Terminal() {
+		return fmt.Errorf("%w: finish run with status %q", store.ErrInvalid, status)
+	}
+	ended := toMillis(endedAt, time.Now())
+	return s.write(ctx, "finish run", func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx,
+			`UPDATE runs SET status = ?, ended_at = ?, error_code = ?, error_message = ?
+			WHERE id = ? AND user_id = ? AND status = 'running'`,
+			string(status), ended, errCode, errMsg, runID, userID)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 1 {
+			return err
+		}
+		var exists bool
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM runs WHERE id = ? AND user_id = ?)`, runID, userID).Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotRunning)
+		}
+		return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+	})
+}
+
+// FinishAllRunning marks every run still running as failed with errCode and
+// errMsg, and returns how many it changed. A SQLite file belongs to one
+// process, so at start every run it finds running was cut short by the last
+// stop and would otherwise stay running forever.
+func (s *Store) FinishAllRunning(ctx context.Context, endedAt time.Time, errCode, errMsg string) (int, error) {
+	var n int64
+	err := s.write(ctx, "finish all running", func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx,
+			`UPDATE runs SET status = 'failed', ended_at = ?, error_code = ?, error_message = ? WHERE status = 'running'`,
+			toMillis(endedAt, time.Now()), errCode, errMsg)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return int(n), err
+}
+
+// ListRunning implements store.Store.
+func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, error) {
+	rows, err := s.r.QueryContext(ctx,
+		`SELECT `+runColumns+` FROM runs WHERE user_id = ? AND status = 'running' ORDER BY started_at, id`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list running: %w", err)
+	}
+	runs, err := collect(rows, scanRun)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list running: %w", err)
+	}
+	return runs, nil
+}
+
+// ClaimIdempotencyKey implements store.Store.
+func (s *Store) ClaimIdempotencyKey(ctx context.Context, userID, key string, value []byte, ttl time.Duration, now time.Time) ([]byte, bool, error) {
+	switch {
+	case userID == "" || key == "":
+		return nil, false, fmt.Errorf("%w: idempotency key without user or key", store.ErrInvalid)
+	case ttl <= 0:
+		return nil, false, fmt.Errorf("%w: idempotency ttl %v", store.ErrInvalid, ttl)
+	}
+	if value == nil {
+		value = []byte{}
+	}
+	nowMs := toMillis(now, time.Now())
+	var existing []byte
+	claimed := false
+	err := s.write(ctx, "claim idempotency key", func(tx *sql.Tx) error {
+		// Expired entries of this user go first, this key's included, so the
+		// insert below only meets a live entry. Only the user's own: now is
+		// the caller's clock.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE user_id = ? AND expires_at <= ?`, userID, nowMs); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx,
+			`INSERT INTO idempotency_keys (user_id, idem_key, value, expires_at) VALUES (?, ?, ?, ?)
+			ON CONFLICT (user_id, idem_key) DO NOTHING`,
+			userID, key, value, nowMs+ttl.Milliseconds())
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if claimed = n == 1; claimed {
+			return nil
+		}
+		return tx.QueryRowContext(ctx, `SELECT value FROM idempotency_keys WHERE user_id = ? AND idem_key = ?`, userID, key).Scan(&existing)
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return existing, claimed, nil
+}
+
+// ReleaseIdempotencyKey implements store.Store.
+func (s *Store) ReleaseIdempotencyKey(ctx context.Context, userID, key string) error {
+	if _, err := s.w.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE user_id = ? AND idem_key = ?`, userID, key); err != nil {
+		return fmt.Errorf("sqlite: release idempotency key: %w", err)
+	}
+	return nil
+}
+
+// write runs fn in a write transaction and commits it if fn returns nil.
+// Errors are prefixed with "sqlite: what: ".
+func (s *Store) write(ctx context.Context, what string, fn func(tx *sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil) // BEGIN IMMEDIATE: the writer DSN sets _txlock
+	if err != nil {
+		return fmt.Errorf("sqlite: %s: %w", what, err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if err := fn(tx); err != nil {
+		return fmt.Errorf("sqlite: %s: %w", what, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: %s: commit: %w", what, err)
+	}
+	return nil
+}
+
+// ownThread returns store.ErrNotFound unless userID owns threadID.
+func ownThread(ctx context.Context, tx *sql.Tx, userID, threadID string) error {
+	var exists bool
+	err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM threads WHERE id = ? AND user_id = ?)`, threadID, userID).Scan(&exists)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		return fmt.Errorf("thread %s: %w", threadID, store.ErrNotFound)
+	}
+	return nil
+}
+
+// isUniqueViolation reports whether err is a primary key or unique
+// constraint failure.
+func isUniqueViolation(err error) bool {
+	var se *msqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	c := se.Code()
+	return c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || c == sqlite3.SQLITE_CONSTRAINT_UNIQUE
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanThread(sc scanner) (store.Thread, error) {
+	var t store.Thread
+	var created, updated int64
+	err := sc.Scan(&t.ID, &t.UserID, &t.Title, &created, &updated)
+	t.CreatedAt, t.UpdatedAt = fromMillis(created), fromMillis(updated)
+	return t, err
+}
+
+func scanRun(sc scanner) (store.Run, error) {
+	var r store.Run
+	var status string
+	var started int64
+	var ended sql.NullInt64
+	err := sc.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &started, &ended, &r.ErrorCode, &r.ErrorMessage)
+	r.Status, r.StartedAt = store.RunStatus(status), fromMillis(started)
+	if ended.Valid {
+		r.EndedAt = fromMillis(ended.Int64)
+	}
+	return r, err
+}
+
+// collect scans every row with scan and closes rows.
+func collect[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) {
+	defer rows.Close()
+	out := []T{}
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// toMillis returns t, or def when t is zero, as unix milliseconds.
+// UnixMilli truncates toward zero, the same as Time.Truncate for every time
+// after 1970.
+func toMillis(t, def time.Time) int64 {
+	if t.IsZero() {
+		t = def
+	}
+	return t.UnixMilli()
+}
+
+func fromMillis(ms int64) time.Time { return time.UnixMilli(ms).UTC() }

@@ -1,0 +1,230 @@
+// Package store defines the durable records of agentwire: threads, their
+// messages, agent runs, and idempotency keys.
+//
+// Every read and write is scoped to a user, the isolation boundary of the
+// wire contract. A row owned by another user is reported exactly like a row
+// that does not exist (ErrNotFound), so callers cannot tell the two apart and
+// neither can their clients.
+//
+// Times are kept with millisecond precision: implementations truncate every
+// time they are given to TimePrecision and return times in UTC, so a value
+// read back equals the value written, truncated, on every backend.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrNotFound means the row does not exist or belongs to another user;
+	// callers must not be able to tell which.
+	ErrNotFound = errors.New("store: not found")
+	// ErrConflict means a row with the same id already exists.
+	ErrConflict = errors.New("store: conflict")
+	// ErrNotRunning means FinishRun found the run already finished.
+	ErrNotRunning = errors.New("store: run is not running")
+	// ErrInvalid means an argument is malformed: an empty id, an unknown
+	// role or status, a non-positive ttl. It is a bug in the caller.
+	ErrInvalid = errors.New("store: invalid argument")
+	// ErrSchemaTooNew means the database was migrated by a newer version of
+	// agentwire than this one; opening it would risk corrupting it.
+	ErrSchemaTooNew = errors.New("store: database schema is newer than this program")
+)
+
+// TimePrecision is the resolution of every stored time.
+const TimePrecision = time.Millisecond
+
+// DefaultListLimit is the number of threads ListThreads returns when given
+// no positive limit.
+const DefaultListLimit = 100
+
+// Thread is a conversation owned by one user.
+type Thread struct {
+	ID        string
+	UserID    string
+	Title     string
+	CreatedAt time.Time
+	// UpdatedAt is the time of the thread's newest message, or CreatedAt
+	// before the first one.
+	UpdatedAt time.Time
+}
+
+// Message roles.
+const (
+	RoleUser      = "user"
+	RoleAssistant = "assistant"
+)
+
+// Message is one message of a thread. UserID is the thread's owner for both
+// roles. RunID is the run the message belongs to: the run a user message
+// started, or the run that produced an assistant answer; it may be empty.
+type Message struct {
+	ID        string
+	ThreadID  string
+	UserID    string
+	Role      string // RoleUser or RoleAssistant
+	Content   string
+	RunID     string
+	CreatedAt time.Time
+}
+
+// RunStatus is the state of a run: RunRunning, then exactly one terminal
+// status.
+type RunStatus string
+
+// Run statuses, as they appear on the wire.
+const (
+	RunRunning   RunStatus = "running"
+	RunCompleted RunStatus = "completed"
+	RunFailed    RunStatus = "failed"
+	RunCancelled RunStatus = "cancelled"
+	RunTimeout   RunStatus = "timeout"
+)
+
+// Terminal reports whether s is one of the statuses a run ends with.
+func (s RunStatus) Terminal() bool {
+	switch s {
+	case RunCompleted, RunFailed, RunCancelled, RunTimeout:
+		return true
+	}
+	return false
+}
+
+// Run is one agent execution answering one user message in one thread.
+type Run struct {
+	ID            string
+	ThreadID      string
+	UserID        string
+	Agent         string
+	Status        RunStatus
+	UserMessageID string
+	StartedAt     time.Time
+	EndedAt       time.Time // zero while running
+	ErrorCode     string    // set by FinishRun, e.g. "agent_failed"
+	ErrorMessage  string
+}
+
+// Store persists threads, messages, runs and idempotency keys.
+// Implementations must be safe for concurrent use.
+//
+// A zero time passed to a create method means "now". IDs are opaque strings
+// chosen by the caller (ULIDs) and unique per kind of row across all users.
+type Store interface {
+	// CreateThread inserts t. Title is the caller's; see TitleFrom. A zero
+	// UpdatedAt becomes CreatedAt. ErrConflict if the id is taken.
+	CreateThread(ctx context.Context, t Thread) error
+	// GetThread returns the user's thread, or ErrNotFound.
+	GetThread(ctx context.Context, userID, threadID string) (Thread, error)
+	// ListThreads returns the user's threads, most recently updated first
+	// (ties: greater id first), at most limit of them (DefaultListLimit when
+	// limit <= 0).
+	ListThreads(ctx context.Context, userID string, limit int) ([]Thread, error)
+	// AddMessage inserts m into thread m.ThreadID, which must exist and be
+	// owned by m.UserID (else ErrNotFound), and moves the thread's UpdatedAt
+	// forward to m.CreatedAt (never backwards). ErrConflict if the id is
+	// taken.
+	AddMessage(ctx context.Context, m Message) error
+	// ListMessages returns the messages of the user's thread, oldest first
+	// (ties: insertion order). ErrNotFound if the user owns no such thread.
+	ListMessages(ctx context.Context, userID, threadID string) ([]Message, error)
+	// CreateRun inserts r as running in thread r.ThreadID, which must exist
+	// and be owned by r.UserID (else ErrNotFound). r.Status, EndedAt and the
+	// error fields are ignored. ErrConflict if the id is taken.
+	CreateRun(ctx context.Context, r Run) error
+	// GetRun returns the user's run, or ErrNotFound.
+	GetRun(ctx context.Context, userID, runID string) (Run, error)
+	// FinishRun moves the user's run from running to the terminal status,
+	// atomically: of concurrent calls at most one succeeds. ErrNotRunning if
+	// the run already ended, ErrNotFound if the user has no such run. A zero
+	// endedAt means now.
+	FinishRun(ctx context.Context, userID, runID string, status RunStatus, endedAt time.Time, errCode, errMsg string) error
+	// ListRunning returns the user's runs that are still running, oldest
+	// first.
+	ListRunning(ctx context.Context, userID string) ([]Run, error)
+	// ClaimIdempotencyKey atomically records value under (userID, key)
+	// unless a live entry exists, one recorded less than its ttl before now;
+	// then it returns that entry's value and claimed=false. Expired entries
+	// are replaced. Of concurrent claims of a free key exactly one wins.
+	ClaimIdempotencyKey(ctx context.Context, userID, key string, value []byte, ttl time.Duration, now time.Time) (existing []byte, claimed bool, err error)
+	// ReleaseIdempotencyKey forgets a claim whose work failed, so the key
+	// can be claimed again. Releasing a free key is not an error.
+	ReleaseIdempotencyKey(ctx context.Context, userID, key string) error
+	// Ping reports whether the database is reachable.
+	Ping(ctx context.Context) error
+	// Close releases the store's resources. It may be called more than once.
+	Close() error
+}
+
+// Title bounds used by TitleFrom.
+const (
+	MaxTitleRunes = 80
+	DefaultTitle  = "New conversation"
+)
+
+// TitleFrom derives a thread title from its first message: the first
+// non-blank line, trimmed, cut to at most MaxTitleRunes runes including a
+// trailing "…" when cut, or DefaultTitle when there is no text.
+func TitleFrom(content string) string {
+	line := ""
+	for l := range strings.Lines(content) {
+		if l = strings.TrimSpace(l); l != "" {
+			line = l
+			break
+		}
+	}
+	if line == "" {
+		return DefaultTitle
+	}
+	line = strings.ToValidUTF8(line, "\uFFFD")
+	if utf8.RuneCountInString(line) <= MaxTitleRunes {
+		return line
+	}
+	n := 0
+	for i := range line {
+		if n == MaxTitleRunes-1 {
+			return strings.TrimRightFunc(line[:i], unicode.IsSpace) + "…"
+		}
+		n++
+	}
+	return line // unreachable: the line has more runes than MaxTitleRunes
+}
+
+// Validate reports an ErrInvalid error if t lacks an id, owner or title.
+func (t Thread) Validate() error {
+	return required("thread", "id", t.ID, "user id", t.UserID, "title", t.Title)
+}
+
+// Validate reports an ErrInvalid error if m lacks an id, thread or owner, or
+// has an unknown role.
+func (m Message) Validate() error {
+	if err := required("message", "id", m.ID, "thread id", m.ThreadID, "user id", m.UserID); err != nil {
+		return err
+	}
+	if m.Role != RoleUser && m.Role != RoleAssistant {
+		return fmt.Errorf("%w: message role %q", ErrInvalid, m.Role)
+	}
+	return nil
+}
+
+// Validate reports an ErrInvalid error if r lacks an id, thread, owner or
+// agent.
+func (r Run) Validate() error {
+	return required("run", "id", r.ID, "thread id", r.ThreadID, "user id", r.UserID, "agent", r.Agent)
+}
+
+// required checks that every value of the (name, value) pairs is non-empty.
+func required(kind string, pairs ...string) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if pairs[i+1] == "" {
+			return fmt.Errorf("%w: %s without %s", ErrInvalid, kind, pairs[i])
+		}
+	}
+	return nil
+}
