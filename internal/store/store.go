@@ -228,3 +228,8 @@ func required(kind string, pairs ...string) error {
 	}
 	return nil
 }
+
+// ErrUnavailable means the database could not be reached: the connection was
+// refused, timed out or was lost, or the store is closed. The request may
+// succeed later; an HTTP layer answers 503. Backends wrap it.
+var ErrUnavailable = errors.New("store: database unavailable")

@@ -1,0 +1,652 @@
+// Package postgres is the store.Store shared by every node of an agentwire
+// cluster: one PostgreSQL database (one schema of it), reached with pgx.
+//
+// Migrations are applied by Open in one transaction holding a
+// transaction-scoped advisory lock, so nodes starting together apply each
+// migration exactly once (see migrate).
+//
+// Times are truncated to store.TimePrecision in Go before they are written
+// (timestamptz keeps microseconds; every backend must read back the same
+// value) and converted to UTC when read. A zero time given to a create method
+// means the caller's time.Now, not the database's, as in SQLite.
+//
+// Messages carry a bigserial column, seq: ListMessages orders by created_at,
+// then seq, so messages with equal times keep their insertion order.
+//
+// NUL bytes and invalid UTF-8: PostgreSQL text values cannot hold a NUL byte
+// (which a JSON "\u0000" decodes to) nor invalid UTF-8, both of which SQLite
+// stores as given. This package therefore
+//   - rejects them with store.ErrInvalid in identifiers: row ids, user ids,
+//     thread ids, run ids, agent names and idempotency keys. Rewriting an
+//     identifier could make two different ones equal, and thus cross the
+//     user isolation boundary; a read with such an id finds nothing
+//     (ErrNotFound, or an empty list);
+//   - replaces each NUL byte and each invalid UTF-8 sequence by U+FFFD in
+//     free text: titles, message content, run error codes and messages.
+//     Rejecting those would lose an agent's answer or leave a run running
+//     forever because its error message could not be stored, and U+FFFD
+//     shows where text was lost, as store.TitleFrom does.
+//
+// Idempotency values are bytea and kept byte for byte.
+//
+// Errors: a database that cannot be reached (connection refused, timed out,
+// reset, server shutting down) and a closed Store give errors wrapping
+// store.ErrUnavailable, so an HTTP layer can answer 503.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/agentwire/agentwire/internal/store"
+)
+
+// DefaultConnectTimeout bounds each attempt to connect to the database when
+// the URL sets no connect_timeout.
+const DefaultConnectTimeout = 5 * time.Second
+
+// Options configure Open. The zero value is usable.
+type Options struct {
+	// Schema holds the tables; it is created if missing. Default "public".
+	Schema string
+	// MaxConns bounds the connections this Store opens. Default
+	// max(4, runtime.NumCPU()), as pgxpool.
+	MaxConns int32
+	// Logger receives migration and connection events. Default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Store is a store.Store backed by PostgreSQL.
+type Store struct {
+	pool   *pgxpool.Pool
+	log    *slog.Logger
+	closed atomic.Bool
+
+	closeOnce sync.Once
+}
+
+var errClosed = fmt.Errorf("postgres: store is closed: %w", store.ErrUnavailable)
+
+var _ store.Store = (*Store)(nil)
+
+// Open connects to the database at url (a postgres:// URL or a key=value
+// DSN, as libpq), applies pending migrations, and returns a Store. It fails
+// with store.ErrSchemaTooNew if a newer agentwire migrated the schema, and
+// with an error wrapping store.ErrUnavailable if the database cannot be
+// reached.
+func Open(ctx context.Context, url string, opts Options) (*Store, error) {
+	if opts.Schema == "" {
+		opts.Schema = "public"
+	}
+	if !validID(opts.Schema) {
+		return nil, fmt.Errorf("postgres: %w: schema name %q", store.ErrInvalid, opts.Schema)
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = int32(max(4, runtime.NumCPU()))
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	pcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		// The error text masks the password.
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	cfg := pcfg.ConnConfig
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	// Every query runs in the store's schema, and only there: a missing
+	// table is an error, never a table of the same name in public.
+	cfg.RuntimeParams["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = "agentwire"
+	}
+	pcfg.MaxConns = opts.MaxConns
+	pcfg.MaxConnIdleTime = time.Minute
+	pcfg.MaxConnLifetime = time.Hour
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+
+	s := &Store{pool: pool, log: opts.Logger}
+	var applied []int
+	err = s.withConn(ctx, "open", func(c *pgx.Conn) error {
+		applied, err = migrate(ctx, c, opts.Schema)
+		return err
+	})
+	if err != nil {
+		s.pool.Close()
+		return nil, err
+	}
+	for _, v := range applied {
+		s.log.Info("postgres: applied migration", "schema", opts.Schema, "version", v)
+	}
+	return s, nil
+}
+
+// Close closes every connection, after waiting for the operations in
+// progress. Later calls fail with an error wrapping store.ErrUnavailable.
+// It may be called more than once.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		s.pool.Close() // waits for acquired connections to be released
+	})
+	return nil
+}
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	return s.withConn(ctx, "ping", func(c *pgx.Conn) error { return c.Ping(ctx) })
+}
+
+// CreateThread implements store.Store.
+func (s *Store) CreateThread(ctx context.Context, t store.Thread) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	if err := validIDs("thread", "id", t.ID, "user id", t.UserID); err != nil {
+		return err
+	}
+	created := toTime(t.CreatedAt, time.Now())
+	updated := created
+	if !t.UpdatedAt.IsZero() {
+		updated = toTime(t.UpdatedAt, created)
+	}
+	return s.withConn(ctx, "create thread", func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx,
+			`INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)`,
+			t.ID, t.UserID, cleanText(t.Title), created, updated)
+		if isUniqueViolation(err) {
+			return fmt.Errorf("thread %s: %w", t.ID, store.ErrConflict)
+		}
+		return err
+	})
+}
+
+const threadColumns = `id, user_id, title, created_at, updated_at`
+
+// GetThread implements store.Store.
+func (s *Store) GetThread(ctx context.Context, userID, threadID string) (store.Thread, error) {
+	if !validID(userID) || !validID(threadID) {
+		return store.Thread{}, fmt.Errorf("postgres: thread %q: %w", threadID, store.ErrNotFound)
+	}
+	var t store.Thread
+	err := s.withConn(ctx, "get thread", func(c *pgx.Conn) error {
+		var err error
+		t, err = scanThread(c.QueryRow(ctx, `SELECT `+threadColumns+` FROM threads WHERE id = $1 AND user_id = $2`, threadID, userID))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("thread %s: %w", threadID, store.ErrNotFound)
+		}
+		return err
+	})
+	return t, err
+}
+
+// ListThreads implements store.Store.
+func (s *Store) ListThreads(ctx context.Context, userID string, limit int) ([]store.Thread, error) {
+	if limit <= 0 {
+		limit = store.DefaultListLimit
+	}
+	if !validID(userID) {
+		return []store.Thread{}, nil
+	}
+	var ts []store.Thread
+	err := s.withConn(ctx, "list threads", func(c *pgx.Conn) error {
+		rows, err := c.Query(ctx,
+			`SELECT `+threadColumns+` FROM threads WHERE user_id = $1 ORDER BY updated_at DESC, id DESC LIMIT $2`,
+			userID, limit)
+		if err != nil {
+			return err
+		}
+		ts, err = collect(rows, scanThread)
+		return err
+	})
+	return ts, err
+}
+
+// AddMessage implements store.Store. The ownership check, the insert and
+// the thread's UpdatedAt move are one statement.
+func (s *Store) AddMessage(ctx context.Context, m store.Message) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	if err := validIDs("message", "id", m.ID, "thread id", m.ThreadID, "user id", m.UserID, "run id", m.RunID); err != nil {
+		return err
+	}
+	created := toTime(m.CreatedAt, time.Now())
+	return s.withConn(ctx, "add message", func(c *pgx.Conn) error {
+		tag, err := c.Exec(ctx, `
+WITH owned AS (
+	UPDATE threads SET updated_at = GREATEST(updated_at, $7)
+	WHERE id = $2 AND user_id = $3
+	RETURNING id
+)
+INSERT INTO messages (id, thread_id, user_id, role, content, run_id, created_at)
+SELECT $1, owned.id, $3, $4, $5, $6, $7 FROM owned`,
+			m.ID, m.ThreadID, m.UserID, m.Role, cleanText(m.Content), m.RunID, created)
+		switch {
+		case isUniqueViolation(err):
+			return fmt.Errorf("message %s: %w", m.ID, store.ErrConflict)
+		case err != nil:
+			return err
+		case tag.RowsAffected() == 0:
+			return fmt.Errorf("thread %s: %w", m.ThreadID, store.ErrNotFound)
+		}
+		return nil
+	})
+}
+
+// ListMessages implements store.Store.
+func (s *Store) ListMessages(ctx context.Context, userID, threadID string) ([]store.Message, error) {
+	if !validID(userID) || !validID(threadID) {
+		return nil, fmt.Errorf("postgres: thread %q: %w", threadID, store.ErrNotFound)
+	}
+	var msgs []store.Message
+	err := s.withConn(ctx, "list messages", func(c *pgx.Conn) error {
+		// One statement, one snapshot: the thread row (the ownership check)
+		// left-joined with its messages; no message means one row of NULLs.
+		rows, err := c.Query(ctx, `
+SELECT m.id, m.thread_id, m.user_id, m.role, m.content, m.run_id, m.created_at
+FROM threads t LEFT JOIN messages m ON m.thread_id = t.id
+WHERE t.id = $1 AND t.user_id = $2
+ORDER BY m.created_at, m.seq`,
+			threadID, userID)
+		if err != nil {
+			return err
+		}
+		found := false
+		msgs, err = collect(rows, func(row pgx.Row) (store.Message, error) {
+			found = true
+			var m store.Message
+			var id, thread, user, role, content, run *string
+			var created *time.Time
+			if err := row.Scan(&id, &thread, &user, &role, &content, &run, &created); err != nil {
+				return m, err
+			}
+			if id == nil {
+				return m, errSkip
+			}
+			m = store.Message{ID: *id, ThreadID: *thread, UserID: *user, Role: *role, Content: *content, RunID: *run, CreatedAt: created.UTC()}
+			return m, nil
+		})
+		if err == nil && !found {
+			return fmt.Errorf("thread %s: %w", threadID, store.ErrNotFound)
+		}
+		return err
+	})
+	return msgs, err
+}
+
+// CreateRun implements store.Store.
+func (s *Store) CreateRun(ctx context.Context, r store.Run) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	if err := validIDs("run", "id", r.ID, "thread id", r.ThreadID, "user id", r.UserID, "agent", r.Agent, "user message id", r.UserMessageID); err != nil {
+		return err
+	}
+	started := toTime(r.StartedAt, time.Now())
+	return s.withConn(ctx, "create run", func(c *pgx.Conn) error {
+		tag, err := c.Exec(ctx, `
+INSERT INTO runs (id, thread_id, user_id, agent, status, user_message_id, started_at)
+SELECT $1, id, user_id, $4, 'running', $5, $6 FROM threads WHERE id = $2 AND user_id = $3`,
+			r.ID, r.ThreadID, r.UserID, r.Agent, r.UserMessageID, started)
+		switch {
+		case isUniqueViolation(err):
+			return fmt.Errorf("run %s: %w", r.ID, store.ErrConflict)
+		case err != nil:
+			return err
+		case tag.RowsAffected() == 0:
+			return fmt.Errorf("thread %s: %w", r.ThreadID, store.ErrNotFound)
+		}
+		return nil
+	})
+}
+
+const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message`
+
+// GetRun implements store.Store.
+func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, error) {
+	if !validID(userID) || !validID(runID) {
+		return store.Run{}, fmt.Errorf("postgres: run %q: %w", runID, store.ErrNotFound)
+	}
+	var r store.Run
+	err := s.withConn(ctx, "get run", func(c *pgx.Conn) error {
+		var err error
+		r, err = scanRun(c.QueryRow(ctx, `SELECT `+runColumns+` FROM runs WHERE id = $1 AND user_id = $2`, runID, userID))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+		}
+		return err
+	})
+	return r, err
+}
+
+// FinishRun implements store.Store. The update only matches a running run,
+// and concurrent updates of one row wait for each other and re-check the
+// condition, so of concurrent calls exactly one changes the row.
+func (s *Store) FinishRun(ctx context.Context, userID, runID string, status store.RunStatus, endedAt time.Time, errCode, errMsg string) error {
+	if !status.Terminal() {
+		return fmt.Errorf("%w: finish run with status %q", store.ErrInvalid, status)
+	}
+	if !validID(userID) || !validID(runID) {
+		return fmt.Errorf("postgres: run %q: %w", runID, store.ErrNotFound)
+	}
+	ended := toTime(endedAt, time.Now())
+	return s.withConn(ctx, "finish run", func(c *pgx.Conn) error {
+		// The EXISTS sees the statement's snapshot, where the run exists if
+		// it existed when the update began.
+		var updated, exists bool
+		err := c.QueryRow(ctx, `
+WITH finished AS (
+	UPDATE runs SET status = $1, ended_at = $2, error_code = $3, error_message = $4
+	WHERE id = $5 AND user_id = $6 AND status = 'running'
+	RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM finished), EXISTS (SELECT 1 FROM runs WHERE id = $5 AND user_id = $6)`,
+			string(status), ended, cleanText(errCode), cleanText(errMsg), runID, userID).Scan(&updated, &exists)
+		switch {
+		case err != nil:
+			return err
+		case updated:
+			return nil
+		case exists:
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotRunning)
+		}
+		return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+	})
+}
+
+// ListRunning implements store.Store.
+func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, error) {
+	if !validID(userID) {
+		return []store.Run{}, nil
+	}
+	return s.listRuns(ctx, "list running",
+		`SELECT `+runColumns+` FROM runs WHERE user_id = $1 AND status = 'running' ORDER BY started_at, id`, userID)
+}
+
+// ListAllRunning returns the runs of every user that are still running,
+// oldest first. It is for a node taking over after another node was lost:
+// PostgreSQL is shared, so unlike sqlite.Store.FinishAllRunning a node
+// must not end the runs it finds, only those whose node is gone.
+func (s *Store) ListAllRunning(ctx context.Context) ([]store.Run, error) {
+	return s.listRuns(ctx, "list all running",
+		`SELECT `+runColumns+` FROM runs WHERE status = 'running' ORDER BY started_at, id`)
+}
+
+func (s *Store) listRuns(ctx context.Context, what, query string, args ...any) ([]store.Run, error) {
+	var runs []store.Run
+	err := s.withConn(ctx, what, func(c *pgx.Conn) error {
+		rows, err := c.Query(ctx, query, args...)
+		if err != nil {
+			return err
+		}
+		runs, err = collect(rows, scanRun)
+		return err
+	})
+	return runs, err
+}
+
+// maxClaimAttempts bounds the loop of ClaimIdempotencyKey; each pass but
+// the last lost a race with a release or an expiry of the key, which
+// concurrent callers cannot keep winning.
+const maxClaimAttempts = 4
+
+// ClaimIdempotencyKey implements store.Store.
+//
+// In one read-committed transaction: delete this user's expired entries
+// (only this user's, since now is the caller's clock), insert the claim with
+// ON CONFLICT DO NOTHING, and if another entry holds the key, read it. An
+// insert that meets another transaction's uncommitted insert of the same key
+// waits for it to end, so of concurrent claimers of a free key, on any
+// number of nodes, exactly one inserts and the others read its value. Each
+// statement sees what committed before it started, so if the entry read is
+// gone by then (released, or expired by this caller's clock), the claim is
+// tried again.
+func (s *Store) ClaimIdempotencyKey(ctx context.Context, userID, key string, value []byte, ttl time.Duration, now time.Time) ([]byte, bool, error) {
+	switch {
+	case userID == "" || key == "":
+		return nil, false, fmt.Errorf("%w: idempotency key without user or key", store.ErrInvalid)
+	case ttl <= 0:
+		return nil, false, fmt.Errorf("%w: idempotency ttl %v", store.ErrInvalid, ttl)
+	}
+	if err := validIDs("idempotency key", "user id", userID, "key", key); err != nil {
+		return nil, false, err
+	}
+	if value == nil {
+		value = []byte{}
+	}
+	at := toTime(now, time.Now())
+	expires := at.Add(ttl).Truncate(store.TimePrecision)
+	var existing []byte
+	claimed := false
+	err := s.inTx(ctx, "claim idempotency key", func(tx pgx.Tx) error {
+		existing, claimed = nil, false
+		for range maxClaimAttempts {
+			if _, err := tx.Exec(ctx, `DELETE FROM idempotency_keys WHERE user_id = $1 AND expires_at <= $2`, userID, at); err != nil {
+				return err
+			}
+			tag, err := tx.Exec(ctx, `
+INSERT INTO idempotency_keys (user_id, idem_key, value, expires_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (user_id, idem_key) DO NOTHING`, userID, key, value, expires)
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() == 1 {
+				claimed = true
+				return nil
+			}
+			err = tx.QueryRow(ctx, `SELECT value FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND expires_at > $3`,
+				userID, key, at).Scan(&existing)
+			if !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+		}
+		return fmt.Errorf("key %q changed hands %d times during the claim", key, maxClaimAttempts)
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return existing, claimed, nil
+}
+
+// ReleaseIdempotencyKey implements store.Store.
+func (s *Store) ReleaseIdempotencyKey(ctx context.Context, userID, key string) error {
+	if !validID(userID) || !validID(key) {
+		return nil // never stored
+	}
+	return s.withConn(ctx, "release idempotency key", func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, `DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2`, userID, key)
+		return err
+	})
+}
+
+// withConn runs fn on a connection of the pool. Errors are prefixed with
+// "postgres: what: " and, when the database could not be reached, wrap
+// store.ErrUnavailable.
+func (s *Store) withConn(ctx context.Context, what string, fn func(c *pgx.Conn) error) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	pc, err := s.pool.Acquire(ctx)
+	if err != nil {
+		if s.closed.Load() {
+			return errClosed
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("postgres: %s: %w", what, ctx.Err())
+		}
+		return fmt.Errorf("postgres: %s: %w: %w", what, store.ErrUnavailable, err)
+	}
+	defer pc.Release()
+	if err := fn(pc.Conn()); err != nil {
+		if pc.Conn().IsClosed() {
+			s.log.Debug("postgres: connection lost", "op", what, "err", err)
+		}
+		return fmt.Errorf("postgres: %s: %w", what, classify(ctx, err))
+	}
+	return nil
+}
+
+// maxTxAttempts bounds the retries of a transaction PostgreSQL aborted to
+// break a deadlock or a serialization failure.
+const maxTxAttempts = 3
+
+// inTx runs fn in a read-committed transaction and commits it if fn returns
+// nil, retrying it from the start if PostgreSQL aborted it to resolve a
+// deadlock or serialization failure.
+func (s *Store) inTx(ctx context.Context, what string, fn func(tx pgx.Tx) error) error {
+	return s.withConn(ctx, what, func(c *pgx.Conn) error {
+		var err error
+		for range maxTxAttempts {
+			if err = pgx.BeginFunc(ctx, c, fn); !isRetryable(err) {
+				return err
+			}
+		}
+		return err
+	})
+}
+
+// classify wraps store.ErrUnavailable around err if it says the database
+// could not be reached. The store's own sentinels and the caller's context
+// ending are returned as they are.
+func classify(ctx context.Context, err error) error {
+	if ctx.Err() != nil || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrConflict) ||
+		errors.Is(err, store.ErrNotRunning) || errors.Is(err, store.ErrInvalid) ||
+		errors.Is(err, store.ErrSchemaTooNew) || errors.Is(err, store.ErrUnavailable) {
+		return err
+	}
+	if unavailable(err) {
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	}
+	return err
+}
+
+func unavailable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case strings.HasPrefix(pgErr.Code, "08"), // connection exception
+			pgErr.Code == "53300", // too_many_connections
+			pgErr.Code == "57P01", // admin_shutdown
+			pgErr.Code == "57P02", // crash_shutdown
+			pgErr.Code == "57P03": // cannot_connect_now
+			return true
+		}
+		return false
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connectErr) || errors.As(err, &netErr) || pgconn.Timeout(err) ||
+		errors.Is(err, pgconn.ErrConnClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE)
+}
+
+// isRetryable reports whether PostgreSQL aborted the transaction to resolve
+// a conflict with another one.
+func isRetryable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
+}
+
+// isUniqueViolation reports whether err is a primary key or unique
+// constraint failure.
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}
+
+// validID reports whether s can be stored in a text column as it is: valid
+// UTF-8 without NUL bytes.
+func validID(s string) bool {
+	return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0
+}
+
+// validIDs reports an ErrInvalid error if a value of the (name, value)
+// pairs is not a valid id.
+func validIDs(kind string, pairs ...string) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if !validID(pairs[i+1]) {
+			return fmt.Errorf("%w: %s %s %q has a NUL byte or invalid UTF-8", store.ErrInvalid, kind, pairs[i], pairs[i+1])
+		}
+	}
+	return nil
+}
+
+// cleanText returns s with every NUL byte and every invalid UTF-8 sequence
+// replaced by U+FFFD, which PostgreSQL text can hold.
+func cleanText(s string) string {
+	if validID(s) {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
+
+// toTime returns t, or def when t is zero, truncated to store.TimePrecision
+// and in UTC.
+func toTime(t, def time.Time) time.Time {
+	if t.IsZero() {
+		t = def
+	}
+	return t.Truncate(store.TimePrecision).UTC()
+}
+
+func scanThread(row pgx.Row) (store.Thread, error) {
+	var t store.Thread
+	err := row.Scan(&t.ID, &t.UserID, &t.Title, &t.CreatedAt, &t.UpdatedAt)
+	t.CreatedAt, t.UpdatedAt = t.CreatedAt.UTC(), t.UpdatedAt.UTC()
+	return t, err
+}
+
+func scanRun(row pgx.Row) (store.Run, error) {
+	var r store.Run
+	var status string
+	var ended *time.Time
+	err := row.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &r.StartedAt, &ended, &r.ErrorCode, &r.ErrorMessage)
+	r.Status, r.StartedAt = store.RunStatus(status), r.StartedAt.UTC()
+	if ended != nil {
+		r.EndedAt = ended.UTC()
+	}
+	return r, err
+}
+
+// errSkip tells collect to leave a row out.
+var errSkip = errors.New("skip row")
+
+// collect scans every row with scan and closes rows. It returns an empty,
+// non-nil slice when there is no row.
+func collect[T any](rows pgx.Rows, scan func(pgx.Row) (T, error)) ([]T, error) {
+	defer rows.Close()
+	out := []T{}
+	for rows.Next() {
+		v, err := scan(rows)
+		if errors.Is(err, errSkip) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
