@@ -1,0 +1,370 @@
+package redis
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	rueidis "github.com/redis/rueidis"
+
+	"github.com/agentwire/agentwire/internal/stream"
+)
+
+// Defaults.
+const (
+	DefaultPrefix      = "aw"
+	DefaultDialTimeout = 2 * time.Second
+	// keyMargin is how much longer than MaxAge an idle user's keys live.
+	keyMargin = time.Minute
+	opTimeout = 5 * time.Second
+)
+
+// Options configure a Stream.
+type Options struct {
+	// URL is a redis:// (or rediss://, unix://) URL, e.g.
+	// redis://:password@host:6379/0.
+	URL string
+	// Retention bounds each user's history; zero fields take the stream
+	// package defaults.
+	Retention stream.Retention
+	// Prefix starts every key and channel name; default "aw". It must not
+	// contain '{' or '}'.
+	Prefix string
+	// Logger gets connection trouble and unrecoverable live gaps; nil
+	// discards.
+	Logger *slog.Logger
+	// DialTimeout bounds each connection attempt; default 2s.
+	DialTimeout time.Duration
+}
+
+// Stream is a stream.Stream on Redis. It is safe for concurrent use.
+type Stream struct {
+	client    rueidis.Client
+	log       *slog.Logger
+	prefix    string
+	maxEvents int
+	maxAge    time.Duration
+	keyTTL    string // ms, as a script argument
+	maxAgeUS  string
+	maxEvStr  string
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	done      chan struct{}
+	ctx       context.Context // cancelled by Close; bounds background work
+	cancel    context.CancelFunc
+	spawnMu   sync.RWMutex // held for reading while adding to wg
+	wg        sync.WaitGroup
+
+	fills atomic.Int64 // gap fills from the log (tests)
+
+	// live subscriptions, see subscribe.go
+	mu     sync.Mutex
+	subs   map[string]*userSub // by channel
+	ops    []subOp
+	opWake chan struct{}
+}
+
+var _ stream.Stream = (*Stream)(nil)
+
+// New connects to Redis and starts the node's pub/sub connection. An
+// unreachable Redis is not an error: the Stream keeps trying to connect and
+// its methods return errors wrapping stream.ErrUnavailable meanwhile.
+func New(ctx context.Context, opts Options) (*Stream, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	copt, err := rueidis.ParseURL(opts.URL)
+	if err != nil {
+		return nil, fmt.Errorf("redis stream: bad URL: %w", err)
+	}
+	prefix := opts.Prefix
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if strings.ContainsAny(prefix, "{}") {
+		return nil, errors.New("redis stream: prefix must not contain '{' or '}'")
+	}
+	dt := opts.DialTimeout
+	if dt <= 0 {
+		dt = DefaultDialTimeout
+	}
+	copt.Dialer = net.Dialer{Timeout: dt, KeepAlive: copt.Dialer.KeepAlive}
+	copt.ConnWriteTimeout = max(3*dt, 5*time.Second)
+	copt.DisableCache = true
+	copt.DisableRetry = true // this package retries where retrying is right
+	copt.ForceSingleClient = true
+	if len(copt.InitAddress) > 1 {
+		return nil, errors.New("redis stream: one address only (standalone or a cluster proxy)")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	client, err := rueidis.NewClient(copt)
+	if client == nil {
+		return nil, fmt.Errorf("%w: redis: %v", stream.ErrUnavailable, err)
+	}
+	if err != nil {
+		log.Warn("redis stream: Redis unreachable at start, will keep trying", "err", err)
+	}
+	s := &Stream{
+		client:    client,
+		log:       log,
+		prefix:    prefix,
+		maxEvents: opts.Retention.MaxEvents,
+		maxAge:    opts.Retention.MaxAge,
+		done:      make(chan struct{}),
+		subs:      make(map[string]*userSub),
+		opWake:    make(chan struct{}, 1),
+	}
+	if s.maxEvents <= 0 {
+		s.maxEvents = stream.DefaultMaxEvents
+	}
+	if s.maxAge <= 0 {
+		s.maxAge = stream.DefaultMaxAge
+	}
+	s.keyTTL = strconv.FormatInt((s.maxAge + keyMargin).Milliseconds(), 10)
+	s.maxAgeUS = strconv.FormatInt(s.maxAge.Microseconds(), 10)
+	s.maxEvStr = strconv.Itoa(s.maxEvents)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go s.runPubSub()
+	return s, nil
+}
+
+// keys of one user. The user id is base64url-encoded inside the hash tag,
+// so ids containing '}' or ':' can neither collide nor move the tag.
+func (s *Stream) userTag(user string) string {
+	return s.prefix + ":{u:" + base64.RawURLEncoding.EncodeToString([]byte(user)) + "}:"
+}
+
+func (s *Stream) channel(user string) string { return s.userTag(user) + "live" }
+
+func newEpoch() string { return ulid.Make().String() }
+
+// Append implements stream.Stream.
+func (s *Stream) Append(ctx context.Context, user string, rec stream.Record) (stream.Event, error) {
+	if err := s.check(ctx); err != nil {
+		return stream.Event{}, err
+	}
+	now := time.Now().UTC()
+	ev := stream.Event{TS: now, Record: rec}
+	tpl, pre, post, err := template(&ev)
+	if err != nil {
+		return stream.Event{}, err
+	}
+	tag := s.userTag(user)
+	keys := make([]string, 3, 4)
+	keys[0], keys[1], keys[2] = tag+"meta", tag+"log", tag+"live"
+	if rec.IdempotencyKey != "" {
+		keys = append(keys, tag+"idem:"+rec.IdempotencyKey)
+	}
+	args := []string{
+		newEpoch(),
+		rueidis.BinaryString(tpl),
+		strconv.Itoa(pre),
+		strconv.Itoa(post),
+		strconv.FormatInt(now.UnixMicro(), 10),
+		s.maxEvStr,
+		s.maxAgeUS,
+		s.keyTTL,
+		strconv.FormatInt(stream.IdempotencyWindow.Milliseconds(), 10),
+	}
+	res, err := appendScript.Exec(ctx, s.client, keys, args).ToArray()
+	if err != nil {
+		return stream.Event{}, s.wrap(ctx, "append", err)
+	}
+	if len(res) < 2 {
+		return stream.Event{}, errors.New("redis stream: bad append reply")
+	}
+	seqStr, err1 := res[0].ToString()
+	epoch, err2 := res[1].ToString()
+	seq, err3 := strconv.ParseUint(seqStr, 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return stream.Event{}, fmt.Errorf("redis stream: bad append reply: %w", err)
+	}
+	if len(res) == 3 { // idempotent repeat: the first event
+		f, err := res[2].AsBytes()
+		if err != nil {
+			return stream.Event{}, fmt.Errorf("redis stream: bad append reply: %w", err)
+		}
+		first, err := decodeFrame(f)
+		if err != nil {
+			return stream.Event{}, err
+		}
+		first.IdempotencyKey = rec.IdempotencyKey
+		return first, nil
+	}
+	ev.Seq, ev.Epoch = seq, epoch
+	ev.Frame = fill(tpl, pre, post, seq, epoch)
+	if n := len(rec.Data); n > 0 {
+		end := len(ev.Frame) - 1
+		ev.Data = ev.Frame[end-n : end : end]
+	}
+	return ev, nil
+}
+
+// Since implements stream.Stream.
+func (s *Stream) Since(ctx context.Context, user string, since uint64, epoch string) ([]stream.Event, stream.Position, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, stream.Position{}, err
+	}
+	pos, frames, err := s.read(ctx, user, strconv.FormatUint(since, 10), epoch)
+	if err != nil {
+		return nil, pos, err
+	}
+	oldest := pos.Head + 1
+	evs := make([]stream.Event, 0, len(frames))
+	for i, f := range frames {
+		ev, err := decodeFrame(f)
+		if err != nil {
+			return nil, pos, err
+		}
+		if i == 0 {
+			oldest = ev.Seq
+		}
+		if ev.Seq > pos.Head { // appended after the meta was read: not possible in one script, but cheap to guard
+			break
+		}
+		evs = append(evs, ev)
+	}
+	if err := resyncFor(pos, since, epoch, oldest); err != nil {
+		return nil, pos, err
+	}
+	return evs, pos, nil
+}
+
+// resyncFor is memory's rule: oldest is the oldest retained seq > since
+// (head+1 when none is).
+func resyncFor(pos stream.Position, since uint64, epoch string, oldest uint64) error {
+	switch {
+	case epoch != "" && epoch != pos.Epoch:
+		return &stream.ResyncError{Reason: stream.ReasonEpochChanged, Position: pos}
+	case since > pos.Head:
+		return &stream.ResyncError{Reason: stream.ReasonAhead, Position: pos}
+	case since+1 < oldest:
+		return &stream.ResyncError{Reason: stream.ReasonTooOld, Position: pos}
+	}
+	return nil
+}
+
+// Head implements stream.Stream. For a user without history it records the
+// epoch the first Append will use (with the idle TTL), so both agree.
+func (s *Stream) Head(ctx context.Context, user string) (stream.Position, error) {
+	if err := s.check(ctx); err != nil {
+		return stream.Position{}, err
+	}
+	pos, _, err := s.read(ctx, user, "-1", "")
+	return pos, err
+}
+
+func (s *Stream) read(ctx context.Context, user, since, epoch string) (stream.Position, [][]byte, error) {
+	tag := s.userTag(user)
+	cutoff := time.Now().Add(-s.maxAge).UnixMicro()
+	res, err := readScript.Exec(ctx, s.client,
+		[]string{tag + "meta", tag + "log"},
+		[]string{newEpoch(), s.keyTTL, since, epoch, strconv.FormatInt(cutoff, 10)},
+	).ToArray()
+	if err != nil {
+		return stream.Position{}, nil, s.wrap(ctx, "read", err)
+	}
+	if len(res) < 2 {
+		return stream.Position{}, nil, errors.New("redis stream: bad read reply")
+	}
+	e, err1 := res[0].ToString()
+	h, err2 := res[1].ToString()
+	head, err3 := strconv.ParseUint(h, 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return stream.Position{}, nil, fmt.Errorf("redis stream: bad read reply: %w", err)
+	}
+	pos := stream.Position{Epoch: e, Head: head}
+	frames := make([][]byte, 0, len(res)-2)
+	for _, m := range res[2:] {
+		f, err := m.AsBytes()
+		if err != nil {
+			return pos, nil, fmt.Errorf("redis stream: bad read reply: %w", err)
+		}
+		frames = append(frames, f)
+	}
+	return pos, frames, nil
+}
+
+// Ping implements stream.Stream.
+func (s *Stream) Ping(ctx context.Context) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	err := s.client.Do(ctx, s.client.B().Ping().Build()).Error()
+	return s.wrap(ctx, "ping", err)
+}
+
+// Close stops the pub/sub connection and every background goroutine and
+// closes the client. Later calls return stream.ErrClosed. Idempotent.
+func (s *Stream) Close() error {
+	s.closeOnce.Do(func() {
+		s.spawnMu.Lock()
+		s.closed.Store(true)
+		close(s.done)
+		s.cancel()
+		s.spawnMu.Unlock()
+		s.wg.Wait()
+		s.client.Close()
+	})
+	return nil
+}
+
+// spawn runs fn in a goroutine Close waits for; false once closed.
+func (s *Stream) spawn(fn func()) bool {
+	s.spawnMu.RLock()
+	defer s.spawnMu.RUnlock()
+	if s.closed.Load() {
+		return false
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+func (s *Stream) check(ctx context.Context) error {
+	if s.closed.Load() {
+		return stream.ErrClosed
+	}
+	return ctx.Err()
+}
+
+// wrap classifies a client error: ErrClosed after Close, the context's error
+// when it ended, a Redis error reply as such (but the transient ones as
+// ErrUnavailable), anything else (network) as ErrUnavailable.
+func (s *Stream) wrap(ctx context.Context, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if s.closed.Load() || errors.Is(err, rueidis.ErrClosing) {
+		return stream.ErrClosed
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("redis stream %s: %w", op, cerr)
+	}
+	if re, ok := rueidis.IsRedisErr(err); ok {
+		if re.IsLoading() || re.IsTryAgain() || re.IsClusterDown() || strings.HasPrefix(re.Error(), "MASTERDOWN") || strings.HasPrefix(re.Error(), "BUSY") {
+			return fmt.Errorf("%w: redis %s: %v", stream.ErrUnavailable, op, err)
+		}
+		return fmt.Errorf("redis stream %s: %w", op, err)
+	}
+	return fmt.Errorf("%w: redis %s: %v", stream.ErrUnavailable, op, err)
+}
+
+var errNoPubSub = errors.New("no pub/sub connection to Redis")

@@ -1,0 +1,519 @@
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	rueidis "github.com/redis/rueidis"
+	"go.uber.org/goleak"
+
+	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/internal/stream/streamtest"
+)
+
+const urlEnv = "AGENTWIRE_TEST_REDIS_URL"
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// runPrefix is unique to this test binary run, so parallel runs and other
+// data on the same Redis never collide; cleanup deletes its keys.
+var runPrefix = func() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "awtest-" + hex.EncodeToString(b[:])
+}()
+
+func redisURL(t testing.TB) string {
+	t.Helper()
+	u := os.Getenv(urlEnv)
+	if u == "" {
+		t.Skip("!!! " + urlEnv + " not set: Redis backend NOT TESTED !!!")
+	}
+	return u
+}
+
+// admin returns a plain client for test manipulation and deletes every key
+// of prefix when the test ends.
+func admin(t testing.TB, prefix string) rueidis.Client {
+	t.Helper()
+	opt, err := rueidis.ParseURL(redisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.DisableCache = true
+	c, err := rueidis.NewClient(opt)
+	if err != nil {
+		t.Fatalf("admin client: %v", err)
+	}
+	t.Cleanup(func() {
+		defer c.Close()
+		ctx := context.Background()
+		var cursor uint64
+		for {
+			res, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(prefix+":*").Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				t.Errorf("cleanup scan: %v", err)
+				return
+			}
+			if len(res.Elements) > 0 {
+				if err := c.Do(ctx, c.B().Del().Key(res.Elements...).Build()).Error(); err != nil {
+					t.Errorf("cleanup del: %v", err)
+				}
+			}
+			if cursor = res.Cursor; cursor == 0 {
+				return
+			}
+		}
+	})
+	return c
+}
+
+var nodeN atomic.Int64
+
+// newNode returns a Stream ("node") on the test Redis with prefix.
+func newNode(t testing.TB, prefix string, r stream.Retention) *Stream {
+	t.Helper()
+	s, err := New(t.Context(), Options{URL: redisURL(t), Retention: r, Prefix: prefix})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func testPrefix(t testing.TB) string {
+	return runPrefix + "-" + strconv.FormatInt(nodeN.Add(1), 10)
+}
+
+func TestConformance(t *testing.T) {
+	prefix := testPrefix(t)
+	admin(t, prefix)
+	streamtest.Run(t, func(t *testing.T, r stream.Retention) stream.Stream {
+		return newNode(t, prefix, r)
+	})
+}
+
+func rec(i int) stream.Record {
+	return stream.Record{Type: "note", ThreadID: "th", Data: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}
+}
+
+type collector struct {
+	mu  sync.Mutex
+	evs []stream.Event
+}
+
+func (c *collector) handle(ev stream.Event) {
+	c.mu.Lock()
+	c.evs = append(c.evs, ev)
+	c.mu.Unlock()
+}
+
+func (c *collector) events() []stream.Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.evs)
+}
+
+func (c *collector) waitLen(t *testing.T, n int, d time.Duration) []stream.Event {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		evs := c.events()
+		if len(evs) >= n {
+			return evs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %d events; got %d", n, len(evs))
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// checkInOrder: exactly seqs 1..n, each once, in order, one epoch.
+func checkInOrder(t *testing.T, evs []stream.Event, n int, epoch string) {
+	t.Helper()
+	if len(evs) != n {
+		t.Fatalf("%d events, want %d", len(evs), n)
+	}
+	for i, ev := range evs {
+		if ev.Seq != uint64(i+1) || ev.Epoch != epoch {
+			t.Fatalf("event #%d: seq %d epoch %q, want seq %d epoch %q", i, ev.Seq, ev.Epoch, i+1, epoch)
+		}
+	}
+}
+
+func TestTwoNodesLiveDelivery(t *testing.T) {
+	prefix := testPrefix(t)
+	admin(t, prefix)
+	a := newNode(t, prefix, stream.Retention{})
+	b := newNode(t, prefix, stream.Retention{})
+	const n = 300
+	u := "user-two-nodes"
+	var col collector
+	cancel, err := b.Subscribe(t.Context(), u, col.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+	var appended []stream.Event
+	for i := 1; i <= n; i++ {
+		ev, err := a.Append(t.Context(), u, rec(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		appended = append(appended, ev)
+	}
+	live := col.waitLen(t, n, 5*time.Second)
+	checkInOrder(t, live, n, appended[0].Epoch)
+	for i := range live {
+		if string(live[i].Frame) != string(appended[i].Frame) || live[i].Type != "note" || live[i].ThreadID != "th" {
+			t.Fatalf("seq %d: live %s, appended %s", i+1, live[i].Frame, appended[i].Frame)
+		}
+	}
+	// B replays what A appended, same bytes.
+	hist, pos, err := b.Since(t.Context(), u, 0, appended[0].Epoch)
+	if err != nil || pos.Head != n || len(hist) != n || string(hist[n-1].Frame) != string(appended[n-1].Frame) {
+		t.Fatalf("Since on B: %d events, %+v, %v", len(hist), pos, err)
+	}
+}
+
+// killPubSub kills every pub/sub connection of this test's nodes (and, on a
+// shared Redis, any other: they must all recover).
+func killPubSub(t *testing.T, c rueidis.Client) int {
+	t.Helper()
+	ctx := t.Context()
+	n, err := c.Do(ctx, c.B().ClientKill().TypePubsub().Build()).AsInt64()
+	if err != nil {
+		t.Fatalf("CLIENT KILL TYPE pubsub: %v", err)
+	}
+	// RESP3 clients with only sharded subscriptions are not always typed
+	// "pubsub": kill those by id too.
+	list, err := c.Do(ctx, c.B().ClientList().Build()).ToString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(list, "\n") {
+		var id string
+		subs := false
+		for _, f := range strings.Fields(line) {
+			k, v, _ := strings.Cut(f, "=")
+			switch k {
+			case "id":
+				id = v
+			case "sub", "psub", "ssub":
+				if v != "0" {
+					subs = true
+				}
+			}
+		}
+		if subs && id != "" {
+			if err := c.Do(ctx, c.B().Arbitrary("CLIENT", "KILL", "ID", id).Build()).Error(); err == nil {
+				n++
+			}
+		}
+	}
+	return int(n)
+}
+
+func TestPubSubKilledGapFill(t *testing.T) {
+	prefix := testPrefix(t)
+	adm := admin(t, prefix)
+	a := newNode(t, prefix, stream.Retention{})
+	b := newNode(t, prefix, stream.Retention{})
+	users := []string{"gap-1", "gap-2", "gap-3"}
+	cols := make([]*collector, len(users))
+	for i, u := range users {
+		cols[i] = &collector{}
+		cancel, err := b.Subscribe(t.Context(), u, cols[i].handle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cancel()
+	}
+	const n = 400
+	var wg sync.WaitGroup
+	epochs := make([]string, len(users))
+	for i, u := range users {
+		wg.Go(func() {
+			for j := 1; j <= n; j++ {
+				ev, err := a.Append(t.Context(), u, rec(j))
+				if err != nil {
+					t.Errorf("Append: %v", err)
+					return
+				}
+				epochs[i] = ev.Epoch
+				if j%20 == 0 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+		})
+	}
+	killed := 0
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+loop:
+	for {
+		select {
+		case <-done:
+			break loop
+		case <-time.After(15 * time.Millisecond):
+			killed += killPubSub(t, adm)
+		}
+	}
+	if t.Failed() {
+		return
+	}
+	if killed == 0 {
+		t.Fatal("no pub/sub connection was killed: the test tests nothing")
+	}
+	t.Logf("killed %d pub/sub connections during the appends; node B filled from the log %d times", killed, b.fills.Load())
+	for i := range users {
+		live := cols[i].waitLen(t, n, 10*time.Second)
+		time.Sleep(50 * time.Millisecond)
+		checkInOrder(t, cols[i].events(), n, epochs[i])
+		_ = live
+	}
+	// After the storm, live delivery still works.
+	ev, err := a.Append(t.Context(), users[0], rec(n+1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cols[0].waitLen(t, n+1, 5*time.Second); got[n].Seq != ev.Seq {
+		t.Fatalf("after kills: seq %d, want %d", got[n].Seq, ev.Seq)
+	}
+}
+
+func TestHistoryFlushedNewEpoch(t *testing.T) {
+	prefix := testPrefix(t)
+	adm := admin(t, prefix)
+	a := newNode(t, prefix, stream.Retention{})
+	b := newNode(t, prefix, stream.Retention{})
+	u := "flushed"
+	var col collector
+	cancel, err := b.Subscribe(t.Context(), u, col.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+	var old stream.Event
+	for i := 1; i <= 3; i++ {
+		if old, err = a.Append(t.Context(), u, rec(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	col.waitLen(t, 3, 5*time.Second)
+	tag := a.userTag(u)
+	if err := adm.Do(t.Context(), adm.B().Del().Key(tag+"meta", tag+"log").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := a.Append(t.Context(), u, rec(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Seq != 1 || ev.Epoch == old.Epoch || ev.Epoch == "" {
+		t.Fatalf("after flush: seq %d epoch %q, want seq 1 in a new epoch (old %q)", ev.Seq, ev.Epoch, old.Epoch)
+	}
+	_, _, err = b.Since(t.Context(), u, 3, old.Epoch)
+	var re *stream.ResyncError
+	if !errors.As(err, &re) || re.Reason != stream.ReasonEpochChanged || re.Position != (stream.Position{Epoch: ev.Epoch, Head: 1}) {
+		t.Fatalf("Since(3, old epoch) = %v, want epoch_changed at head 1 epoch %q", err, ev.Epoch)
+	}
+	// The live subscriber on B follows the new epoch from its seq 1.
+	live := col.waitLen(t, 4, 5*time.Second)
+	if live[3].Seq != 1 || live[3].Epoch != ev.Epoch {
+		t.Fatalf("live after flush: seq %d epoch %q", live[3].Seq, live[3].Epoch)
+	}
+}
+
+func TestUserIDsDoNotCollide(t *testing.T) {
+	prefix := testPrefix(t)
+	admin(t, prefix)
+	s := newNode(t, prefix, stream.Retention{})
+	users := []string{"a", "a}", "a}:meta", "a:b", "a}:b", "{u:a}", "u:a", "", "a\x00b", "ü}{"}
+	tags := map[string]string{}
+	for i, u := range users {
+		tag := s.userTag(u)
+		if other, dup := tags[tag]; dup {
+			t.Fatalf("users %q and %q share tag %q", u, other, tag)
+		}
+		tags[tag] = u
+		if strings.Count(tag, "{") != 1 || strings.Count(tag, "}") != 1 {
+			t.Fatalf("user %q: tag %q has more than one brace pair", u, tag)
+		}
+		for j := 0; j <= i; j++ {
+			if _, err := s.Append(t.Context(), u, rec(j)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i, u := range users {
+		pos, err := s.Head(t.Context(), u)
+		if err != nil || pos.Head != uint64(i+1) {
+			t.Fatalf("user %q: head %+v %v, want %d", u, pos, err, i+1)
+		}
+	}
+}
+
+func TestKeysExpireWhenIdle(t *testing.T) {
+	prefix := testPrefix(t)
+	adm := admin(t, prefix)
+	r := stream.Retention{MaxAge: time.Second}
+	s := newNode(t, prefix, r)
+	u := "ttl"
+	if _, err := s.Append(t.Context(), u, stream.Record{Type: "note", IdempotencyKey: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	tag := s.userTag(u)
+	for _, k := range []string{"meta", "log", "idem:k"} {
+		ms, err := adm.Do(t.Context(), adm.B().Pttl().Key(tag+k).Build()).AsInt64()
+		if err != nil || ms <= 0 {
+			t.Fatalf("PTTL %s = %d %v, want a TTL", k, ms, err)
+		}
+		max := (r.MaxAge + keyMargin).Milliseconds()
+		if k == "idem:k" {
+			max = stream.IdempotencyWindow.Milliseconds()
+		}
+		if ms > max {
+			t.Fatalf("PTTL %s = %d ms, want <= %d", k, ms, max)
+		}
+	}
+}
+
+func closedPortURL(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return "redis://" + addr + "/0"
+}
+
+func TestUnavailable(t *testing.T) {
+	redisURL(t) // same skip rule as the rest
+	start := time.Now()
+	s, err := New(t.Context(), Options{URL: closedPortURL(t), DialTimeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("New with Redis down: %v (want a Stream that reports unavailability)", err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if _, err := s.Append(ctx, "u", rec(1)); !errors.Is(err, stream.ErrUnavailable) {
+		t.Fatalf("Append: %v, want ErrUnavailable", err)
+	}
+	if err := s.Ping(ctx); !errors.Is(err, stream.ErrUnavailable) {
+		t.Fatalf("Ping: %v, want ErrUnavailable", err)
+	}
+	if _, _, err := s.Since(ctx, "u", 0, ""); !errors.Is(err, stream.ErrUnavailable) {
+		t.Fatalf("Since: %v, want ErrUnavailable", err)
+	}
+	if _, err := s.Subscribe(ctx, "u", func(stream.Event) {}); !errors.Is(err, stream.ErrUnavailable) {
+		t.Fatalf("Subscribe: %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("took %v to report unavailability", d)
+	}
+}
+
+func TestBadOptions(t *testing.T) {
+	if _, err := New(t.Context(), Options{URL: "redis://127.0.0.1:1/0", Prefix: "a{b"}); err == nil {
+		t.Fatal("prefix with a brace accepted")
+	}
+	if _, err := New(t.Context(), Options{URL: "http://x"}); err == nil {
+		t.Fatal("bad URL accepted")
+	}
+}
+
+func TestDecodeFrameRoundTrip(t *testing.T) {
+	for _, r := range []stream.Record{
+		{Type: "note"},
+		{Type: "x", ThreadID: `t"\<>`, RunID: "r\u2028é", Data: json.RawMessage(`{"a":"}"}`)},
+		{Type: "y", RunID: "r"},
+	} {
+		ev := stream.Event{Seq: 42, Epoch: "E1", TS: time.Date(2025, 1, 2, 3, 4, 5, 6000, time.UTC), Record: r}
+		tpl, pre, post, err := template(&stream.Event{TS: ev.TS, Record: r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := fill(tpl, pre, post, ev.Seq, ev.Epoch)
+		if want := stream.Encode(&ev); string(f) != string(want) {
+			t.Fatalf("fill = %s, want %s", f, want)
+		}
+		got, err := decodeFrame(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Seq != 42 || got.Epoch != "E1" || !got.TS.Equal(ev.TS) || got.Type != r.Type || got.ThreadID != r.ThreadID || got.RunID != r.RunID {
+			t.Fatalf("decoded %+v from %s", got, f)
+		}
+	}
+	for _, bad := range []string{"", "{}", `{"type":"a","seq":x}`, `{"type":"a","seq":1,"epoch":"e","ts":"bad","data":{}}`} {
+		if _, err := decodeFrame([]byte(bad)); err == nil {
+			t.Fatalf("decodeFrame(%q) accepted", bad)
+		}
+	}
+}
+
+func BenchmarkAppend(b *testing.B) {
+	prefix := testPrefix(b)
+	admin(b, prefix)
+	s := newNode(b, prefix, stream.Retention{})
+	var n atomic.Int64
+	r := stream.Record{Type: "agent_message_delta", ThreadID: "01JTHREAD", RunID: "01JRUN", Data: json.RawMessage(`{"message_id":"m1","delta":"hello world"}`)}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		u := "bench-" + strconv.FormatInt(n.Add(1), 10)
+		for pb.Next() {
+			if _, err := s.Append(context.Background(), u, r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkAppendDeliver: append on node A, delivered live on node B; an op
+// ends when B's handler has the event.
+func BenchmarkAppendDeliver(b *testing.B) {
+	prefix := testPrefix(b)
+	admin(b, prefix)
+	a := newNode(b, prefix, stream.Retention{})
+	nb := newNode(b, prefix, stream.Retention{})
+	u := "bench-deliver"
+	var got atomic.Int64
+	cancel, err := nb.Subscribe(context.Background(), u, func(stream.Event) { got.Add(1) })
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cancel()
+	r := stream.Record{Type: "agent_message_delta", ThreadID: "01JTHREAD", RunID: "01JRUN", Data: json.RawMessage(`{"message_id":"m1","delta":"hello world"}`)}
+	b.ReportAllocs()
+	b.ResetTimer()
+	base := got.Load()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := a.Append(context.Background(), u, r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	want := base + int64(b.N)
+	for got.Load() < want {
+		time.Sleep(50 * time.Microsecond)
+	}
+}

@@ -1,0 +1,103 @@
+package redis
+
+import rueidis "github.com/redis/rueidis"
+
+// appendScript is the whole of Append, atomic per user.
+//
+// KEYS: 1 meta, 2 log, 3 live channel, [4 idempotency key]
+// ARGV: 1 new epoch (used only when meta is missing), 2 frame template
+// (stream.Encode output with seq 0 and epoch ""), 3 template bytes before the
+// placeholder, 4 template offset after it, 5 ts in µs (the producer's clock),
+// 6 MaxEvents, 7 MaxAge in µs, 8 key TTL in ms, 9 idempotency TTL in ms.
+//
+// meta fields: e epoch, h head seq, t ts (µs) of the newest event, clamped so
+// it never decreases, n the time (µs) at which the oldest retained event
+// expires (a lower bound: the age scan runs only once t reaches it).
+// log entries: id <seq>-0, fields t (µs, non-decreasing) and f (frame).
+//
+// Returns {seq, epoch} for a new event, {seq, epoch, frame} for an
+// idempotent repeat.
+var appendScript = rueidis.NewLuaScript(`
+local meta, log = KEYS[1], KEYS[2]
+local m = redis.call('HMGET', meta, 'e', 'h', 't', 'n')
+local epoch = m[1]
+if KEYS[4] and epoch then
+  local d = redis.call('HMGET', KEYS[4], 'e', 's', 'f')
+  if d[1] == epoch then return {d[2], epoch, d[3]} end
+end
+if not epoch then
+  -- history is gone (never was, expired, evicted or flushed): new epoch,
+  -- and whatever log an older epoch left behind goes with it.
+  epoch = ARGV[1]
+  redis.call('DEL', log)
+  m = {epoch, nil, nil, nil}
+end
+local seq = (tonumber(m[2]) or 0) + 1
+local seqs = string.format('%d', seq)
+local tpl = ARGV[2]
+local frame = string.sub(tpl, 1, tonumber(ARGV[3])) .. ',"seq":' .. seqs .. ',"epoch":"' .. epoch .. '"' .. string.sub(tpl, tonumber(ARGV[4]) + 1)
+local t = tonumber(ARGV[5])
+local last = tonumber(m[3])
+if last and last > t then t = last end
+local ts = string.format('%d', t)
+redis.call('XADD', log, seqs .. '-0', 't', ts, 'f', frame)
+local maxEv = tonumber(ARGV[6])
+if seq > maxEv then redis.call('XTRIM', log, 'MAXLEN', maxEv) end
+local maxAge = tonumber(ARGV[7])
+local nxt = tonumber(m[4])
+if nxt == nil or nxt <= t then
+  local cutoff = t - maxAge
+  local start, minid = '-', nil
+  while true do
+    local r = redis.call('XRANGE', log, start, '+', 'COUNT', 8)
+    for _, e in ipairs(r) do
+      local et = tonumber(e[2][2])
+      if et >= cutoff then minid = e[1]; nxt = et + maxAge; break end
+    end
+    if minid or #r < 8 then break end
+    start = '(' .. r[#r][1]
+  end
+  if minid then redis.call('XTRIM', log, 'MINID', minid) end
+end
+redis.call('HSET', meta, 'e', epoch, 'h', seqs, 't', ts, 'n', string.format('%d', nxt))
+redis.call('PEXPIRE', meta, ARGV[8])
+redis.call('PEXPIRE', log, ARGV[8])
+if KEYS[4] then
+  redis.call('HSET', KEYS[4], 'e', epoch, 's', seqs, 'f', frame)
+  redis.call('PEXPIRE', KEYS[4], ARGV[9])
+end
+redis.call('SPUBLISH', KEYS[3], frame)
+return {seqs, epoch}
+`)
+
+// readScript serves Head and Since. A user without meta gets one now (epoch
+// ARGV[1], head 0, TTL ARGV[2] ms) so that the epoch Head reports is the one
+// the first Append uses.
+//
+// KEYS: 1 meta, 2 log
+// ARGV: 1 new epoch, 2 key TTL in ms, 3 since ("-1": position only),
+// 4 the epoch the caller expects ("" for any), 5 age cutoff in µs.
+//
+// Returns {epoch, head, frame…}: the retained frames with seq > since and
+// t >= cutoff, oldest first; none when the epoch differs or since >= head.
+var readScript = rueidis.NewLuaScript(`
+local m = redis.call('HMGET', KEYS[1], 'e', 'h')
+local epoch, head = m[1], m[2] or '0'
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', epoch, 'h', '0')
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('DEL', KEYS[2])
+  return {epoch, '0'}
+end
+local out = {epoch, head}
+if ARGV[3] == '-1' or (ARGV[4] ~= '' and ARGV[4] ~= epoch) or tonumber(ARGV[3]) >= tonumber(head) then
+  return out
+end
+local cutoff = tonumber(ARGV[5])
+local r = redis.call('XRANGE', KEYS[2], '(' .. ARGV[3] .. '-0', '+')
+for _, e in ipairs(r) do
+  if tonumber(e[2][2]) >= cutoff then out[#out + 1] = e[2][4] end
+end
+return out
+`)
