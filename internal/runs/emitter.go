@@ -196,6 +196,20 @@ func (e *emitter) end(code, message string) bool {
 	return true
 }
 
+// abandon ends the run here without a terminal event, because the store says
+// it ended elsewhere (reaped as lost by another node, which announced it).
+func (e *emitter) abandon() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return false
+	}
+	e.ended = true
+	e.pending = nil
+	e.m.release(e)
+	return true
+}
+
 func statusFor(code string) store.RunStatus {
 	switch code {
 	case agent.CodeCancelled:

@@ -52,6 +52,11 @@ type Config struct {
 	MaxPerUser int           // concurrent runs per user; 0 → DefaultMaxPerUser
 	Timeout    time.Duration // per run; 0 → DefaultTimeout
 	Now        func() time.Time
+	// Node identifies this process in run leases; "" → a random id.
+	Node string
+	// LeaseTTL, RenewEvery and ReapEvery tune node-loss detection; zero
+	// values take the defaults in lease.go.
+	LeaseTTL, RenewEvery, ReapEvery time.Duration
 }
 
 // Manager starts, tracks and ends runs. It implements the ws.Handler frames
@@ -64,6 +69,12 @@ type Manager struct {
 	maxPerUser int
 	timeout    time.Duration
 	now        func() time.Time
+	node       string
+	leaseTTL   time.Duration
+	renewEvery time.Duration
+	reapEvery  time.Duration
+	stopLoop   context.CancelFunc
+	loopWG     sync.WaitGroup
 
 	mu      sync.Mutex
 	active  map[string]*active // by run id, until the terminal event
@@ -98,8 +109,28 @@ func New(cfg Config) *Manager {
 	if m.now == nil {
 		m.now = time.Now
 	}
+	m.node, m.leaseTTL, m.renewEvery, m.reapEvery = cfg.Node, cfg.LeaseTTL, cfg.RenewEvery, cfg.ReapEvery
+	if m.node == "" {
+		m.node = ulid.Make().String()
+	}
+	if m.leaseTTL <= 0 {
+		m.leaseTTL = DefaultLeaseTTL
+	}
+	if m.renewEvery <= 0 {
+		m.renewEvery = DefaultRenewEvery
+	}
+	if m.reapEvery <= 0 {
+		m.reapEvery = DefaultReapEvery
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.stopLoop = cancel
+	m.loopWG.Add(1)
+	go m.leaseLoop(ctx)
 	return m
 }
+
+// Node returns the id this manager's runs are leased under.
+func (m *Manager) Node() string { return m.node }
 
 // ack is what a client_message_id remembers: the first answer.
 type ack struct {
@@ -197,7 +228,7 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 		return fail(perr(protocol.CodeInternal, "stream unavailable, retry", f.ID))
 	}
 	run := store.Run{ID: a.RunID, ThreadID: a.ThreadID, UserID: user, Agent: m.agent.Name(), Status: store.RunRunning,
-		UserMessageID: a.MessageID, StartedAt: now}
+		UserMessageID: a.MessageID, StartedAt: now, Node: m.node, LeaseUntil: now.Add(m.leaseTTL)}
 	if err := m.store.CreateRun(ctx, run); err != nil {
 		m.log.Error("create run", "user", user, "err", err)
 		return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
@@ -362,12 +393,16 @@ func (m *Manager) Running() int {
 }
 
 // Shutdown refuses new runs, waits for running ones until ctx is done, then
-// ends the rest with agent_error code cancelled and waits for their agents
-// to return (bounded by a short grace).
+// ends the rest with agent_error code cancelled, waits for their agents to
+// return (bounded by a short grace) and stops the lease loop.
 func (m *Manager) Shutdown(ctx context.Context) {
 	m.mu.Lock()
 	m.closed = true
 	m.mu.Unlock()
+	defer func() {
+		m.stopLoop()
+		m.loopWG.Wait()
+	}()
 	done := make(chan struct{})
 	go func() { m.wg.Wait(); close(done) }()
 	select {

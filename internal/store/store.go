@@ -109,6 +109,10 @@ type Run struct {
 	EndedAt       time.Time // zero while running
 	ErrorCode     string    // set by FinishRun, e.g. "agent_failed"
 	ErrorMessage  string
+	// Node is the id of the process running the run, and LeaseUntil the
+	// time until which that process vouches for it (see RenewLeases).
+	Node       string
+	LeaseUntil time.Time
 }
 
 // Store persists threads, messages, runs and idempotency keys.
@@ -136,8 +140,20 @@ type Store interface {
 	ListMessages(ctx context.Context, userID, threadID string) ([]Message, error)
 	// CreateRun inserts r as running in thread r.ThreadID, which must exist
 	// and be owned by r.UserID (else ErrNotFound). r.Status, EndedAt and the
-	// error fields are ignored. ErrConflict if the id is taken.
+	// error fields are ignored; r.Node and r.LeaseUntil are stored. ErrConflict
+	// if the id is taken.
 	CreateRun(ctx context.Context, r Run) error
+	// RenewLeases moves LeaseUntil to until for the runs among runIDs that
+	// node holds and that are still running, and returns the ids among runIDs
+	// that are not (ended elsewhere, or reaped as lost): node must stop
+	// emitting for those.
+	RenewLeases(ctx context.Context, node string, runIDs []string, until time.Time) (lost []string, err error)
+	// ReapExpired ends, as failed with errCode and errMsg at now, the running
+	// runs whose lease expired before now, at most limit of them (100 when
+	// limit <= 0), and returns them. Each run is returned to exactly one
+	// caller, however many reap concurrently: that caller announces its end.
+	// A zero now means the current time.
+	ReapExpired(ctx context.Context, now time.Time, errCode, errMsg string, limit int) ([]Run, error)
 	// GetRun returns the user's run, or ErrNotFound.
 	GetRun(ctx context.Context, userID, runID string) (Run, error)
 	// FinishRun moves the user's run from running to the terminal status,

@@ -67,6 +67,19 @@ CREATE TABLE idempotency_keys (
 	PRIMARY KEY (user_id, idem_key)
 );
 `,
+	// 2: run leases. node is the node running the run; lease_until the time
+	// until which it vouches for it. No lease is the epoch, not -infinity:
+	// like SQLite's 0 it sorts before every real lease, so runs left running
+	// by version 1 count as expired, and it scans into a time.Time (pgx
+	// refuses infinities), which the store maps back to the zero time. The
+	// partial index holds only running runs, the ones ReapExpired scans, in
+	// lease order; finished runs never enter it.
+	`
+ALTER TABLE runs
+	ADD COLUMN node        text COLLATE "C" NOT NULL DEFAULT '',
+	ADD COLUMN lease_until timestamptz NOT NULL DEFAULT 'epoch';
+CREATE INDEX runs_lease ON runs (lease_until) WHERE status = 'running';
+`,
 }
 
 // migrationLockClass is the first key of the advisory lock that serializes

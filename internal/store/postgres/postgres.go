@@ -301,15 +301,15 @@ func (s *Store) CreateRun(ctx context.Context, r store.Run) error {
 	if err := r.Validate(); err != nil {
 		return err
 	}
-	if err := validIDs("run", "id", r.ID, "thread id", r.ThreadID, "user id", r.UserID, "agent", r.Agent, "user message id", r.UserMessageID); err != nil {
+	if err := validIDs("run", "id", r.ID, "thread id", r.ThreadID, "user id", r.UserID, "agent", r.Agent, "user message id", r.UserMessageID, "node", r.Node); err != nil {
 		return err
 	}
 	started := toTime(r.StartedAt, time.Now())
 	return s.withConn(ctx, "create run", func(c *pgx.Conn) error {
 		tag, err := c.Exec(ctx, `
-INSERT INTO runs (id, thread_id, user_id, agent, status, user_message_id, started_at)
-SELECT $1, id, user_id, $4, 'running', $5, $6 FROM threads WHERE id = $2 AND user_id = $3`,
-			r.ID, r.ThreadID, r.UserID, r.Agent, r.UserMessageID, started)
+INSERT INTO runs (id, thread_id, user_id, agent, status, user_message_id, started_at, node, lease_until)
+SELECT $1, id, user_id, $4, 'running', $5, $6, $7, $8 FROM threads WHERE id = $2 AND user_id = $3`,
+			r.ID, r.ThreadID, r.UserID, r.Agent, r.UserMessageID, started, r.Node, leaseTime(r.LeaseUntil))
 		switch {
 		case isUniqueViolation(err):
 			return fmt.Errorf("run %s: %w", r.ID, store.ErrConflict)
@@ -322,7 +322,7 @@ SELECT $1, id, user_id, $4, 'running', $5, $6 FROM threads WHERE id = $2 AND use
 	})
 }
 
-const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message`
+const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until`
 
 // GetRun implements store.Store.
 func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, error) {
@@ -376,6 +376,92 @@ SELECT EXISTS (SELECT 1 FROM finished), EXISTS (SELECT 1 FROM runs WHERE id = $5
 	})
 }
 
+// RenewLeases implements store.Store, in one statement. An id with a NUL
+// byte or invalid UTF-8 cannot be stored, so it is lost without asking.
+func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, until time.Time) ([]string, error) {
+	if len(runIDs) == 0 {
+		return nil, nil
+	}
+	ids := make([]string, 0, len(runIDs))
+	for _, id := range runIDs {
+		if validID(id) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 || !validID(node) {
+		return lostRuns(runIDs, nil), nil
+	}
+	var renewed []string
+	err := s.withConn(ctx, "renew leases", func(c *pgx.Conn) error {
+		rows, err := c.Query(ctx, `
+UPDATE runs SET lease_until = $3
+WHERE id = ANY ($2) AND node = $1 AND status = 'running'
+RETURNING id`,
+			node, ids, leaseTime(until))
+		if err != nil {
+			return err
+		}
+		renewed, err = collect(rows, func(row pgx.Row) (string, error) {
+			var id string
+			return id, row.Scan(&id)
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return lostRuns(runIDs, renewed), nil
+}
+
+// defaultReapLimit is the number of runs ReapExpired ends when given no
+// positive limit, as the store.Store contract says.
+const defaultReapLimit = 100
+
+// lostRuns returns the ids of runIDs that are not in renewed, in the order
+// of runIDs, or nil if there is none.
+func lostRuns(runIDs, renewed []string) []string {
+	kept := make(map[string]struct{}, len(renewed))
+	for _, id := range renewed {
+		kept[id] = struct{}{}
+	}
+	var lost []string
+	for _, id := range runIDs {
+		if _, ok := kept[id]; !ok {
+			lost = append(lost, id)
+		}
+	}
+	return lost
+}
+
+// ReapExpired implements store.Store. The subquery locks the expired runs it
+// picks and skips those another transaction holds locked (another reaper's
+// pick, or a FinishRun in progress); a row updated and committed since the
+// statement's snapshot is re-checked once locked, and dropped if no longer
+// running. So concurrent reapers, on any number of nodes, pick disjoint sets
+// and each run is returned to one of them, and a reaper never waits for
+// another.
+//
+// The pick is an ARRAY sublink, not a plain IN (subquery): uncorrelated, it
+// runs once, as an init plan. PostgreSQL may plan an IN as a join that
+// rescans the subquery for each row updated; each rescan skips the rows the
+// statement already changed and picks the next expired ones, and the update
+// ends more than limit runs (seen in testing: 3 with limit 2).
+func (s *Store) ReapExpired(ctx context.Context, now time.Time, errCode, errMsg string, limit int) ([]store.Run, error) {
+	if limit <= 0 {
+		limit = defaultReapLimit
+	}
+	at := toTime(now, time.Now())
+	return s.listRuns(ctx, "reap expired", `
+UPDATE runs SET status = 'failed', ended_at = $1, error_code = $2, error_message = $3
+WHERE status = 'running' AND id = ANY (ARRAY (
+	SELECT id FROM runs WHERE status = 'running' AND lease_until < $1
+	ORDER BY lease_until LIMIT $4
+	FOR UPDATE SKIP LOCKED
+))
+RETURNING `+runColumns,
+		at, cleanText(errCode), cleanText(errMsg), limit)
+}
+
 // ListRunning implements store.Store.
 func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, error) {
 	if !validID(userID) {
@@ -386,9 +472,9 @@ func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, er
 }
 
 // ListAllRunning returns the runs of every user that are still running,
-// oldest first. It is for a node taking over after another node was lost:
-// PostgreSQL is shared, so unlike sqlite.Store.FinishAllRunning a node
-// must not end the runs it finds, only those whose node is gone.
+// oldest first, whatever their node. Ending the runs of a lost node is
+// ReapExpired's job: PostgreSQL is shared, so a node must not end the runs
+// it finds, only those whose lease expired.
 func (s *Store) ListAllRunning(ctx context.Context) ([]store.Run, error) {
 	return s.listRuns(ctx, "list all running",
 		`SELECT `+runColumns+` FROM runs WHERE status = 'running' ORDER BY started_at, id`)
@@ -611,6 +697,20 @@ func toTime(t, def time.Time) time.Time {
 	return t.Truncate(store.TimePrecision).UTC()
 }
 
+// noLease is the lease_until of a run without a lease (LeaseUntil zero),
+// the column's default: the epoch, which sorts before every real lease, so
+// such a run is expired for every reaper.
+var noLease = time.Unix(0, 0).UTC()
+
+// leaseTime returns a lease time as stored: truncated, in UTC, and noLease
+// for the zero time. scanRun maps noLease back to the zero time.
+func leaseTime(t time.Time) time.Time {
+	if t.IsZero() {
+		return noLease
+	}
+	return t.Truncate(store.TimePrecision).UTC()
+}
+
 func scanThread(row pgx.Row) (store.Thread, error) {
 	var t store.Thread
 	err := row.Scan(&t.ID, &t.UserID, &t.Title, &t.CreatedAt, &t.UpdatedAt)
@@ -622,10 +722,14 @@ func scanRun(row pgx.Row) (store.Run, error) {
 	var r store.Run
 	var status string
 	var ended *time.Time
-	err := row.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &r.StartedAt, &ended, &r.ErrorCode, &r.ErrorMessage)
+	var lease time.Time
+	err := row.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &r.StartedAt, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease)
 	r.Status, r.StartedAt = store.RunStatus(status), r.StartedAt.UTC()
 	if ended != nil {
 		r.EndedAt = ended.UTC()
+	}
+	if !lease.Equal(noLease) {
+		r.LeaseUntil = lease.UTC()
 	}
 	return r, err
 }

@@ -592,3 +592,76 @@ func TestConcurrentClaimsAcrossNodes(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentReapAcrossNodes: reapers on several stores (nodes) race to
+// end the expired runs of a lost node; each run is returned exactly once,
+// and runs without a lease (as left by schema version 1) count as expired.
+func TestConcurrentReapAcrossNodes(t *testing.T) {
+	t.Parallel()
+	schema := freshSchema(t)
+	const nodes, perNode, runs, limit = 4, 3, 60, 5
+	stores := make([]*Store, nodes)
+	for i := range stores {
+		stores[i] = open(t, schema)
+	}
+	c := t.Context()
+	if err := stores[0].CreateThread(c, store.Thread{ID: "t", UserID: "u", Title: "t"}); err != nil {
+		t.Fatalf("CreateThread: %v", err)
+	}
+	now := time.Now()
+	want := map[string]bool{}
+	for i := range runs {
+		r := store.Run{ID: fmt.Sprintf("r%02d", i), ThreadID: "t", UserID: "u", Agent: "demo", Node: "lost",
+			LeaseUntil: now.Add(-time.Duration(i) * time.Second)}
+		if i%10 == 0 {
+			r.Node, r.LeaseUntil = "", time.Time{}
+		}
+		if err := stores[i%nodes].CreateRun(c, r); err != nil {
+			t.Fatalf("CreateRun: %v", err)
+		}
+		want[r.ID] = true
+	}
+	if err := stores[0].CreateRun(c, store.Run{ID: "alive", ThreadID: "t", UserID: "u", Agent: "demo", Node: "n", LeaseUntil: now.Add(time.Minute)}); err != nil {
+		t.Fatalf("CreateRun: %v", err)
+	}
+	var mu sync.Mutex
+	got := map[string]int{}
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range nodes * perNode {
+		wg.Go(func() {
+			<-start
+			for {
+				reaped, err := stores[i%nodes].ReapExpired(c, now, "node_lost", "lost", limit)
+				if err != nil || len(reaped) > limit {
+					t.Errorf("reaper %d: %d runs, %v", i, len(reaped), err)
+					return
+				}
+				if len(reaped) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, r := range reaped {
+					got[r.ID]++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	for id := range want {
+		if got[id] != 1 {
+			t.Errorf("run %s returned %d times, want once", id, got[id])
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d runs reaped, want %d", len(got), len(want))
+	}
+	if r, err := stores[1].GetRun(c, "u", "alive"); err != nil || r.Status != store.RunRunning {
+		t.Errorf("unexpired run: %+v, %v; want running", r, err)
+	}
+	if n := queryInt(t, stores[0], `SELECT COUNT(*) FROM runs WHERE status = 'running'`); n != 1 {
+		t.Errorf("%d runs running after the reapers, want 1", n)
+	}
+}

@@ -63,6 +63,16 @@ CREATE TABLE idempotency_keys (
 	PRIMARY KEY (user_id, idem_key)
 ) STRICT, WITHOUT ROWID;
 `,
+	// 2: run leases. node is the process running the run; lease_until the
+	// time (unix ms) until which it vouches for it, 0 for no lease: runs
+	// left running by version 1 (a stopped process) have expired leases, so
+	// the first reaper ends them. The index serves ReapExpired: its range
+	// scan touches only running runs, oldest lease first.
+	`
+ALTER TABLE runs ADD COLUMN node TEXT NOT NULL DEFAULT '';
+ALTER TABLE runs ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX runs_status_lease ON runs (status, lease_until);
+`,
 }
 
 // migrate brings the schema of db to the newest version in one immediate

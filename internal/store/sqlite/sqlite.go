@@ -17,6 +17,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -154,7 +155,7 @@ func (s *Store) CreateThread(ctx context.Context, t store.Thread) error {
 	created := toMillis(t.CreatedAt, time.Now())
 	updated := created
 	if !t.UpdatedAt.IsZero() {
-		updated = t.UpdatedAt.UnixMilli()
+		updated = toMillis(t.UpdatedAt, t.UpdatedAt)
 	}
 	_, err := s.w.ExecContext(ctx,
 		`INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)`,
@@ -269,8 +270,8 @@ func (s *Store) CreateRun(ctx context.Context, r store.Run) error {
 			return err
 		}
 		_, err := tx.ExecContext(ctx,
-			`INSERT INTO runs (id, thread_id, user_id, agent, status, user_message_id, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-			r.ID, r.ThreadID, r.UserID, r.Agent, string(store.RunRunning), r.UserMessageID, started)
+			`INSERT INTO runs (id, thread_id, user_id, agent, status, user_message_id, started_at, node, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			r.ID, r.ThreadID, r.UserID, r.Agent, string(store.RunRunning), r.UserMessageID, started, r.Node, leaseMillis(r.LeaseUntil))
 		if isUniqueViolation(err) {
 			return fmt.Errorf("run %s: %w", r.ID, store.ErrConflict)
 		}
@@ -278,7 +279,7 @@ func (s *Store) CreateRun(ctx context.Context, r store.Run) error {
 	})
 }
 
-const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message`
+const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until`
 
 // GetRun implements store.Store.
 func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, error) {
@@ -321,23 +322,84 @@ func (s *Store) FinishRun(ctx context.Context, userID, runID string, status stor
 	})
 }
 
-// FinishAllRunning marks every run still running as failed with errCode and
-// errMsg, and returns how many it changed. A SQLite file belongs to one
-// process, so at start every run it finds running was cut short by the last
-// stop and would otherwise stay running forever.
-func (s *Store) FinishAllRunning(ctx context.Context, endedAt time.Time, errCode, errMsg string) (int, error) {
-	var n int64
-	err := s.write(ctx, "finish all running", func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx,
-			`UPDATE runs SET status = 'failed', ended_at = ?, error_code = ?, error_message = ? WHERE status = 'running'`,
-			toMillis(endedAt, time.Now()), errCode, errMsg)
+// RenewLeases implements store.Store, in one statement: the ids go in as a
+// JSON array, so any number of them is one bind parameter.
+func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, until time.Time) ([]string, error) {
+	if len(runIDs) == 0 {
+		return nil, nil
+	}
+	ids, err := json.Marshal(runIDs)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: renew leases: %w", err)
+	}
+	var renewed []string
+	err = s.write(ctx, "renew leases", func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx,
+			`UPDATE runs SET lease_until = ?
+			WHERE node = ? AND status = 'running' AND id IN (SELECT value FROM json_each(?))
+			RETURNING id`,
+			leaseMillis(until), node, string(ids))
 		if err != nil {
 			return err
 		}
-		n, err = res.RowsAffected()
+		renewed, err = collect(rows, func(sc scanner) (string, error) {
+			var id string
+			return id, sc.Scan(&id)
+		})
 		return err
 	})
-	return int(n), err
+	if err != nil {
+		return nil, err
+	}
+	return lostRuns(runIDs, renewed), nil
+}
+
+// defaultReapLimit is the number of runs ReapExpired ends when given no
+// positive limit, as the store.Store contract says.
+const defaultReapLimit = 100
+
+// lostRuns returns the ids of runIDs that are not in renewed, in the order
+// of runIDs, or nil if there is none.
+func lostRuns(runIDs, renewed []string) []string {
+	kept := make(map[string]struct{}, len(renewed))
+	for _, id := range renewed {
+		kept[id] = struct{}{}
+	}
+	var lost []string
+	for _, id := range runIDs {
+		if _, ok := kept[id]; !ok {
+			lost = append(lost, id)
+		}
+	}
+	return lost
+}
+
+// ReapExpired implements store.Store. Every write goes through the one
+// writer connection, and the update claims the runs it returns in the same
+// statement, so two reapers, in this process or another on the same file,
+// can never return the same run: the second sees it failed.
+func (s *Store) ReapExpired(ctx context.Context, now time.Time, errCode, errMsg string, limit int) ([]store.Run, error) {
+	if limit <= 0 {
+		limit = defaultReapLimit
+	}
+	at := toMillis(now, time.Now())
+	var reaped []store.Run
+	err := s.write(ctx, "reap expired", func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx,
+			`UPDATE runs SET status = 'failed', ended_at = ?, error_code = ?, error_message = ?
+			WHERE id IN (SELECT id FROM runs WHERE status = 'running' AND lease_until < ? ORDER BY lease_until LIMIT ?)
+			RETURNING `+runColumns,
+			at, errCode, errMsg, at, limit)
+		if err != nil {
+			return err
+		}
+		reaped, err = collect(rows, scanRun)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return reaped, nil
 }
 
 // ListRunning implements store.Store.
@@ -461,10 +523,14 @@ func scanRun(sc scanner) (store.Run, error) {
 	var status string
 	var started int64
 	var ended sql.NullInt64
-	err := sc.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &started, &ended, &r.ErrorCode, &r.ErrorMessage)
+	var lease int64
+	err := sc.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &started, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease)
 	r.Status, r.StartedAt = store.RunStatus(status), fromMillis(started)
 	if ended.Valid {
 		r.EndedAt = fromMillis(ended.Int64)
+	}
+	if lease != 0 {
+		r.LeaseUntil = fromMillis(lease)
 	}
 	return r, err
 }
@@ -483,14 +549,24 @@ func collect[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) 
 	return out, rows.Err()
 }
 
-// toMillis returns t, or def when t is zero, as unix milliseconds.
-// UnixMilli truncates toward zero, the same as Time.Truncate for every time
-// after 1970.
+// toMillis returns t, or def when t is zero, as unix milliseconds, truncated
+// as Time.Truncate does (down, also before 1970, where UnixMilli alone
+// would round toward zero).
 func toMillis(t, def time.Time) int64 {
 	if t.IsZero() {
 		t = def
 	}
-	return t.UnixMilli()
+	return t.Truncate(store.TimePrecision).UnixMilli()
+}
+
+// leaseMillis returns a lease time as stored: unix milliseconds, 0 for the
+// zero time (no lease, expired for every reaper). scanRun maps 0 back to the
+// zero time.
+func leaseMillis(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Truncate(store.TimePrecision).UnixMilli()
 }
 
 func fromMillis(ms int64) time.Time { return time.UnixMilli(ms).UTC() }

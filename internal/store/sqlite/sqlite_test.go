@@ -1,11 +1,12 @@
 package sqlite
 
 import (
-	"context"
 	"database/sql"
 	"errors"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -209,32 +210,55 @@ func TestPathWithURICharacters(t *testing.T) {
 	}
 }
 
-func TestFinishAllRunning(t *testing.T) {
-	ctx := context.Background()
-	s, err := Open(ctx, filepath.Join(t.TempDir(), "a.db"))
+// TestLeasesAfterUpgrade: a run left running by schema version 1 (by a
+// process that stopped) reads back with no node and no lease, and the first
+// reaper ends it; so does a run created without a lease.
+func TestLeasesAfterUpgrade(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "agentwire.db")
+	db, err := openPool(t.Context(), path, 1, url.Values{"_txlock": {"immediate"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	now := time.Now()
-	if err := s.CreateThread(ctx, store.Thread{ID: "t", UserID: "u", Title: "x", CreatedAt: now}); err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range []string{"r1", "r2"} {
-		if err := s.CreateRun(ctx, store.Run{ID: id, ThreadID: "t", UserID: "u", Agent: "demo", StartedAt: now}); err != nil {
-			t.Fatal(err)
+	for _, q := range []string{
+		`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)`,
+		migrations[0],
+		`INSERT INTO schema_migrations VALUES (1, 'then')`,
+		`INSERT INTO threads VALUES ('t', 'u', 'x', 1000, 1000)`,
+		`INSERT INTO runs (id, thread_id, user_id, agent, status, started_at) VALUES ('old', 't', 'u', 'demo', 'running', 1000)`,
+	} {
+		if _, err := db.ExecContext(t.Context(), q); err != nil {
+			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	if err := s.FinishRun(ctx, "u", "r2", store.RunCompleted, now, "", ""); err != nil {
+	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	n, err := s.FinishAllRunning(ctx, now, "node_lost", "stopped")
-	if err != nil || n != 1 {
-		t.Fatalf("FinishAllRunning = %d, %v; want 1", n, err)
+	s := open(t, path)
+	c := t.Context()
+	old, err := s.GetRun(c, "u", "old")
+	if err != nil || old.Node != "" || !old.LeaseUntil.IsZero() || old.Status != store.RunRunning {
+		t.Fatalf("run of version 1: %+v, %v; want running, no node, zero lease", old, err)
 	}
-	r1, _ := s.GetRun(ctx, "u", "r1")
-	r2, _ := s.GetRun(ctx, "u", "r2")
-	if r1.Status != store.RunFailed || r1.ErrorCode != "node_lost" || r2.Status != store.RunCompleted {
-		t.Fatalf("r1 %+v r2 %+v", r1, r2)
+	if err := s.CreateRun(c, store.Run{ID: "bare", ThreadID: "t", UserID: "u", Agent: "demo"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateRun(c, store.Run{ID: "alive", ThreadID: "t", UserID: "u", Agent: "demo", Node: "n", LeaseUntil: time.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	reaped, err := s.ReapExpired(c, time.Time{}, "node_lost", "stopped", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{}
+	for _, r := range reaped {
+		ids = append(ids, r.ID)
+		if r.Status != store.RunFailed || r.ErrorCode != "node_lost" || r.EndedAt.IsZero() {
+			t.Errorf("reaped %+v", r)
+		}
+	}
+	slices.Sort(ids)
+	if !slices.Equal(ids, []string{"bare", "old"}) {
+		t.Fatalf("ReapExpired = %v, want [bare old]", ids)
 	}
 }

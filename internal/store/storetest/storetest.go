@@ -16,7 +16,9 @@
 // itself on one store it got, so Close must be idempotent. Subtests run in
 // parallel and use user ids and row ids (ULIDs) no other run uses, so a
 // backend may hand every subtest the same database (e.g. one PostgreSQL
-// schema), as long as it is migrated.
+// schema), as long as it is migrated. ReapExpired acts on every user's
+// runs, so the subtests calling it run one at a time and reap at times
+// before 1970 (see reapBase): they never end another subtest's runs.
 //
 // What the suite does not check because it is backend specific: migrations,
 // file permissions, and behaviour across restarts.
@@ -67,6 +69,10 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"RunOwnership", s.testRunOwnership},
 		{"ListRunning", s.testListRunning},
 		{"ConcurrentFinishRun", s.testConcurrentFinish},
+		{"LeaseRoundTrip", s.testLeaseRoundTrip},
+		{"RenewLeases", s.testRenewLeases},
+		{"ReapExpired", s.testReapExpired},
+		{"ConcurrentReapers", s.testConcurrentReapers},
 		{"IdempotencyKeys", s.testIdempotency},
 		{"IdempotencyKeyExpiry", s.testIdempotencyExpiry},
 		{"IdempotencyKeyRelease", s.testIdempotencyRelease},
@@ -86,6 +92,11 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 type suite struct {
 	prefix   string
 	newStore func(t *testing.T) store.Store
+
+	// reapMu serializes the subtests that call ReapExpired, which ends the
+	// expired runs of every user: on a database shared by the subtests,
+	// one would take the runs another expects to reap. See reapBase.
+	reapMu sync.Mutex
 }
 
 // user returns an id unique to this run, subtest and name.
@@ -914,7 +925,8 @@ func checkRun(t *testing.T, got, want store.Run) {
 	if got.ID != want.ID || got.ThreadID != want.ThreadID || got.UserID != want.UserID || got.Agent != want.Agent ||
 		got.Status != want.Status || got.UserMessageID != want.UserMessageID ||
 		!sameTime(got.StartedAt, want.StartedAt) || !sameTime(got.EndedAt, want.EndedAt) ||
-		got.ErrorCode != want.ErrorCode || got.ErrorMessage != want.ErrorMessage {
+		got.ErrorCode != want.ErrorCode || got.ErrorMessage != want.ErrorMessage ||
+		got.Node != want.Node || !sameTime(got.LeaseUntil, want.LeaseUntil) {
 		t.Errorf("run\n got %+v\nwant %+v", got, want)
 	}
 }
@@ -941,4 +953,291 @@ func runIDs(runs []store.Run) []string {
 		out[i] = r.ID
 	}
 	return out
+}
+
+// reapBase is the "now" of the subtests that reap, with sub-millisecond
+// digits in a non-UTC zone. It is before 1970 so that their reaps cannot
+// end the runs of the other subtests, which may share the database: those
+// hold no lease (LeaseUntil zero, stored as the epoch or below) or a lease
+// near time.Now.
+//
+// That relies on a run without a lease sorting no earlier than 1970, true of
+// both backends (SQLite stores 0, PostgreSQL the epoch); a backend storing
+// it lower would see the reaping subtests end other subtests' runs.
+func reapBase() time.Time {
+	return time.Date(1960, 3, 1, 12, 0, 0, 123456789, time.UTC).In(time.FixedZone("UTC-5", -5*3600))
+}
+
+func (s *suite) testLeaseRoundTrip(t *testing.T) {
+	st := s.newStore(t)
+	u, node, t0 := s.user(t, "u"), s.user(t, "node"), base()
+	th := store.Thread{ID: id(), UserID: u, Title: "leases", CreatedAt: t0}
+	mustCreateThread(t, st, th)
+	lease := t0.Add(30*time.Second + 987654*time.Nanosecond)
+	leased := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: t0, Node: node, LeaseUntil: lease}
+	mustCreateRun(t, st, leased)
+	bare := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: t0.Add(time.Second)}
+	mustCreateRun(t, st, bare)
+
+	wantLeased := store.Run{ID: leased.ID, ThreadID: th.ID, UserID: u, Agent: "demo", Status: store.RunRunning,
+		StartedAt: stored(t0), Node: node, LeaseUntil: stored(lease)}
+	wantBare := store.Run{ID: bare.ID, ThreadID: th.ID, UserID: u, Agent: "demo", Status: store.RunRunning,
+		StartedAt: stored(bare.StartedAt)} // no node, and a zero LeaseUntil read back zero
+	checkRun(t, mustGetRun(t, st, u, leased.ID), wantLeased)
+	checkRun(t, mustGetRun(t, st, u, bare.ID), wantBare)
+	running := mustListRunning(t, st, u)
+	if len(running) != 2 {
+		t.Fatalf("ListRunning: %d runs, want 2", len(running))
+	}
+	checkRun(t, running[0], wantLeased)
+	checkRun(t, running[1], wantBare)
+
+	// Finishing a run keeps its node and lease.
+	end := t0.Add(time.Minute)
+	if err := st.FinishRun(ctx(t), u, leased.ID, store.RunCompleted, end, "", ""); err != nil {
+		t.Fatalf("FinishRun: %v", err)
+	}
+	wantLeased.Status, wantLeased.EndedAt = store.RunCompleted, stored(end)
+	checkRun(t, mustGetRun(t, st, u, leased.ID), wantLeased)
+}
+
+func (s *suite) testRenewLeases(t *testing.T) {
+	st, c := s.newStore(t), ctx(t)
+	u, other := s.user(t, "u"), s.user(t, "other")
+	node, foreign := s.user(t, "node"), s.user(t, "foreign")
+	t0 := base()
+	th := store.Thread{ID: id(), UserID: u, Title: "renew", CreatedAt: t0}
+	mustCreateThread(t, st, th)
+	oth := store.Thread{ID: id(), UserID: other, Title: "renew", CreatedAt: t0}
+	mustCreateThread(t, st, oth)
+	lease := t0.Add(time.Minute)
+	mk := func(th store.Thread, node string) store.Run {
+		r := store.Run{ID: id(), ThreadID: th.ID, UserID: th.UserID, Agent: "demo", StartedAt: t0, Node: node, LeaseUntil: lease}
+		mustCreateRun(t, st, r)
+		return r
+	}
+	a1, a2, ended := mk(th, node), mk(th, node), mk(th, node)
+	a3 := mk(oth, node) // the node's runs may belong to any user
+	f1 := mk(th, foreign)
+	if err := st.FinishRun(c, u, ended.ID, store.RunCompleted, t0.Add(time.Second), "", ""); err != nil {
+		t.Fatalf("FinishRun: %v", err)
+	}
+	unknown := id()
+
+	for _, ids := range [][]string{nil, {}} {
+		if lost, err := st.RenewLeases(c, node, ids, t0.Add(time.Hour)); err != nil || lost != nil {
+			t.Errorf("RenewLeases(%#v) = %v, %v; want nil, nil", ids, lost, err)
+		}
+	}
+
+	until := t0.Add(2*time.Minute + 456789*time.Nanosecond)
+	lost, err := st.RenewLeases(c, node, []string{a1.ID, ended.ID, f1.ID, a2.ID, unknown, a3.ID}, until)
+	if err != nil {
+		t.Fatalf("RenewLeases: %v", err)
+	}
+	slices.Sort(lost)
+	want := []string{ended.ID, f1.ID, unknown}
+	slices.Sort(want)
+	if !slices.Equal(lost, want) {
+		t.Fatalf("RenewLeases lost %v, want %v (ended, foreign, unknown)", lost, want)
+	}
+	for _, r := range []store.Run{a1, a2, a3} {
+		if got := mustGetRun(t, st, r.UserID, r.ID); !sameTime(got.LeaseUntil, stored(until)) || got.Status != store.RunRunning || got.Node != node {
+			t.Errorf("renewed run %s: lease %v status %q node %q; want lease %v, running, %q", r.ID, got.LeaseUntil, got.Status, got.Node, stored(until), node)
+		}
+	}
+	for _, r := range []store.Run{ended, f1} {
+		if got := mustGetRun(t, st, r.UserID, r.ID); !sameTime(got.LeaseUntil, stored(lease)) {
+			t.Errorf("run %s (not the node's or ended): lease %v, want it unchanged at %v", r.ID, got.LeaseUntil, stored(lease))
+		}
+	}
+
+	// A node that renews only its live runs loses none, and a lease may
+	// also be moved back.
+	if lost, err := st.RenewLeases(c, node, []string{a1.ID, a3.ID}, lease); err != nil || len(lost) != 0 {
+		t.Fatalf("RenewLeases of live runs: lost %v, %v; want none", lost, err)
+	}
+	if got := mustGetRun(t, st, u, a1.ID); !sameTime(got.LeaseUntil, stored(lease)) {
+		t.Errorf("lease %v after renewing to %v", got.LeaseUntil, stored(lease))
+	}
+	if got := mustGetRun(t, st, u, a2.ID); !sameTime(got.LeaseUntil, stored(until)) {
+		t.Errorf("lease of a run left out of the renewal: %v, want it unchanged at %v", got.LeaseUntil, stored(until))
+	}
+	// Another node cannot renew the node's runs.
+	if lost, err := st.RenewLeases(c, foreign, []string{a1.ID, f1.ID}, until); err != nil || !slices.Equal(lost, []string{a1.ID}) {
+		t.Fatalf("RenewLeases by another node: lost %v, %v; want [%s]", lost, err, a1.ID)
+	}
+}
+
+func (s *suite) testReapExpired(t *testing.T) {
+	st := s.newStore(t)
+	s.reapMu.Lock()
+	defer s.reapMu.Unlock()
+	c := ctx(t)
+	u, node := s.user(t, "u"), s.user(t, "node")
+	now := reapBase()
+	th := store.Thread{ID: id(), UserID: u, Title: "reap", CreatedAt: base()}
+	mustCreateThread(t, st, th)
+	mk := func(lease time.Time) store.Run {
+		r := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", UserMessageID: id(),
+			StartedAt: now.Add(-time.Hour), Node: node, LeaseUntil: lease}
+		mustCreateRun(t, st, r)
+		return r
+	}
+	var expired []store.Run
+	for i := range 3 {
+		expired = append(expired, mk(now.Add(-time.Duration(3-i)*time.Second)))
+	}
+	// Expired by less than the store's precision: now truncated is the same
+	// millisecond, so it is not before now.
+	sameMs := mk(now.Add(-100 * time.Microsecond))
+	fresh := mk(now.Add(time.Second))
+	done := mk(now.Add(-time.Minute))
+	if err := st.FinishRun(c, u, done.ID, store.RunCompleted, now.Add(-time.Second), "", ""); err != nil {
+		t.Fatalf("FinishRun: %v", err)
+	}
+
+	const code, msg = "node_lost", "the node running the run was lost: nodo perdido 💥"
+	first, err := st.ReapExpired(c, now, code, msg, 2)
+	if err != nil {
+		t.Fatalf("ReapExpired: %v", err)
+	}
+	if len(first) != 2 {
+		t.Fatalf("ReapExpired with limit 2 returned %d runs %v, want 2", len(first), runIDs(first))
+	}
+	rest, err := st.ReapExpired(c, now, code, msg, 0)
+	if err != nil {
+		t.Fatalf("ReapExpired: %v", err)
+	}
+	reaped := append(first, rest...)
+	got, want := runIDs(reaped), runIDs(expired)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("ReapExpired returned %v then %v, want the expired runs %v once each", runIDs(first), runIDs(rest), want)
+	}
+	for _, r := range reaped {
+		i := slices.IndexFunc(expired, func(e store.Run) bool { return e.ID == r.ID })
+		e := expired[i]
+		w := store.Run{ID: e.ID, ThreadID: th.ID, UserID: u, Agent: "demo", Status: store.RunFailed, UserMessageID: e.UserMessageID,
+			StartedAt: stored(e.StartedAt), EndedAt: stored(now), ErrorCode: code, ErrorMessage: msg,
+			Node: node, LeaseUntil: stored(e.LeaseUntil)}
+		checkRun(t, r, w)
+		checkRun(t, mustGetRun(t, st, u, r.ID), w)
+	}
+	if again, err := st.ReapExpired(c, now, code, msg, 0); err != nil || len(again) != 0 {
+		t.Fatalf("third ReapExpired: %v, %v; want nothing left to reap", runIDs(again), err)
+	}
+	for _, r := range []store.Run{sameMs, fresh} {
+		if got := mustGetRun(t, st, u, r.ID); got.Status != store.RunRunning || !got.EndedAt.IsZero() {
+			t.Errorf("unexpired run %s: status %q EndedAt %v, want running", r.ID, got.Status, got.EndedAt)
+		}
+	}
+	if got := mustGetRun(t, st, u, done.ID); got.Status != store.RunCompleted || got.ErrorCode != "" {
+		t.Errorf("completed run: status %q code %q after ReapExpired, want completed", got.Status, got.ErrorCode)
+	}
+
+	// A reaped run is lost to its node, and already ended.
+	lost, err := st.RenewLeases(c, node, []string{expired[0].ID, fresh.ID}, now.Add(time.Minute))
+	if err != nil || !slices.Equal(lost, []string{expired[0].ID}) {
+		t.Fatalf("RenewLeases after ReapExpired: lost %v, %v; want [%s]", lost, err, expired[0].ID)
+	}
+	if err := st.FinishRun(c, u, expired[1].ID, store.RunCompleted, time.Time{}, "", ""); !errors.Is(err, store.ErrNotRunning) {
+		t.Fatalf("FinishRun of a reaped run: %v, want ErrNotRunning", err)
+	}
+	// Once their leases pass, the other runs are reaped too.
+	later := now.Add(2 * time.Minute)
+	r, err := st.ReapExpired(c, later, code, msg, 0)
+	got, want = runIDs(r), []string{sameMs.ID, fresh.ID}
+	slices.Sort(got)
+	slices.Sort(want)
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("ReapExpired after the leases passed: %v, %v; want %v", got, err, want)
+	}
+}
+
+func (s *suite) testConcurrentReapers(t *testing.T) {
+	st := s.newStore(t)
+	s.reapMu.Lock()
+	defer s.reapMu.Unlock()
+	c := ctx(t)
+	u, now := s.user(t, "u"), reapBase()
+	th := store.Thread{ID: id(), UserID: u, Title: "reapers", CreatedAt: base()}
+	mustCreateThread(t, st, th)
+	const nodes, perNode, reapers, limit = 3, 15, 10, 4
+	byNode := make([][]string, nodes)
+	var want []string
+	for n := range nodes {
+		for i := range perNode {
+			r := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: now.Add(-time.Hour),
+				Node: fmt.Sprintf("%s-%d", s.user(t, "node"), n), LeaseUntil: now.Add(-time.Duration(i+1) * time.Millisecond)}
+			mustCreateRun(t, st, r)
+			byNode[n] = append(byNode[n], r.ID)
+			want = append(want, r.ID)
+		}
+	}
+	fresh := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", Node: s.user(t, "node"), LeaseUntil: now.Add(time.Hour)}
+	mustCreateRun(t, st, fresh)
+
+	results := make([][]store.Run, reapers)
+	errs := make([]error, reapers)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range reapers {
+		wg.Go(func() {
+			<-start
+			for {
+				runs, err := st.ReapExpired(c, now, "node_lost", fmt.Sprint("reaper ", i), limit)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				if len(runs) > limit {
+					errs[i] = fmt.Errorf("ReapExpired returned %d runs, more than the limit %d", len(runs), limit)
+					return
+				}
+				if len(runs) == 0 {
+					return
+				}
+				results[i] = append(results[i], runs...)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	seen := map[string]int{}
+	var got []string
+	for i, runs := range results {
+		if errs[i] != nil {
+			t.Fatalf("reaper %d: %v", i, errs[i])
+		}
+		for _, r := range runs {
+			if prev, dup := seen[r.ID]; dup {
+				t.Errorf("run %s returned to reapers %d and %d", r.ID, prev, i)
+			}
+			seen[r.ID] = i
+			got = append(got, r.ID)
+			if r.Status != store.RunFailed || r.ErrorMessage != fmt.Sprint("reaper ", i) {
+				t.Errorf("run %s returned to reaper %d with status %q message %q", r.ID, i, r.Status, r.ErrorMessage)
+			}
+			// What the store kept is what its reaper was told.
+			if g := mustGetRun(t, st, u, r.ID); g.Status != store.RunFailed || g.ErrorMessage != r.ErrorMessage {
+				t.Errorf("run %s stored with status %q message %q, but reaper %d got %q", r.ID, g.Status, g.ErrorMessage, i, r.ErrorMessage)
+			}
+		}
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("reapers returned %d runs, want each of the %d expired runs exactly once", len(got), len(want))
+	}
+	if g := mustGetRun(t, st, u, fresh.ID); g.Status != store.RunRunning {
+		t.Errorf("unexpired run: status %q after the reapers, want running", g.Status)
+	}
+	for n, ids := range byNode {
+		lost, err := st.RenewLeases(c, fmt.Sprintf("%s-%d", s.user(t, "node"), n), ids, now.Add(time.Hour))
+		if err != nil || len(lost) != len(ids) {
+			t.Errorf("node %d renewing its reaped runs: lost %d of %d, %v; want all lost", n, len(lost), len(ids), err)
+		}
+	}
 }

@@ -1,0 +1,106 @@
+package runs
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/stream"
+)
+
+// Lease defaults: a run's node renews its lease every DefaultRenewEvery for
+// DefaultLeaseTTL; every node reaps expired leases every DefaultReapEvery.
+// A run of a node that died ends with node_lost within TTL + ReapEvery (20 s).
+const (
+	DefaultLeaseTTL   = 15 * time.Second
+	DefaultRenewEvery = 5 * time.Second
+	DefaultReapEvery  = 5 * time.Second
+)
+
+// nodeLostMessage is the agent_error message of a reaped run.
+const nodeLostMessage = "the server running this run stopped; send the message again"
+
+// leaseLoop renews this node's leases and reaps other nodes' expired ones
+// until ctx is done.
+func (m *Manager) leaseLoop(ctx context.Context) {
+	defer m.loopWG.Done()
+	renew := time.NewTicker(m.renewEvery)
+	defer renew.Stop()
+	reap := time.NewTicker(m.reapEvery)
+	defer reap.Stop()
+	m.reap(ctx) // runs a previous process left behind
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-renew.C:
+			m.renew(ctx)
+		case <-reap.C:
+			m.reap(ctx)
+		}
+	}
+}
+
+// renew extends the leases of the runs active here. A run the store no
+// longer counts as ours (reaped as lost while we could not renew) is
+// abandoned silently: another node has announced its end.
+func (m *Manager) renew(ctx context.Context) {
+	m.mu.Lock()
+	ids := make([]string, 0, len(m.active))
+	for id := range m.active {
+		ids = append(ids, id)
+	}
+	m.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, m.renewEvery)
+	defer cancel()
+	lost, err := m.store.RenewLeases(cctx, m.node, ids, m.now().Add(m.leaseTTL))
+	if err != nil {
+		m.log.Warn("renew run leases", "runs", len(ids), "err", err)
+		return
+	}
+	for _, id := range lost {
+		m.mu.Lock()
+		a := m.active[id]
+		m.mu.Unlock()
+		if a != nil && a.em.abandon() {
+			m.log.Warn("run ended elsewhere while running here", "run", id)
+			a.cancel(errRunEnded)
+		}
+	}
+}
+
+// reap ends the runs whose node stopped renewing them. The store hands each
+// expired run to exactly one reaper, which announces its end.
+func (m *Manager) reap(ctx context.Context) {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, m.reapEvery)
+		lost, err := m.store.ReapExpired(cctx, m.now(), agent.CodeNodeLost, nodeLostMessage, 100)
+		cancel()
+		if err != nil {
+			m.log.Warn("reap expired runs", "err", err)
+			return
+		}
+		for _, r := range lost {
+			data, _ := json.Marshal(struct {
+				Code       string `json:"code"`
+				Message    string `json:"message"`
+				DurationMS int64  `json:"duration_ms"`
+			}{agent.CodeNodeLost, nodeLostMessage, m.now().Sub(r.StartedAt).Milliseconds()})
+			actx, acancel := context.WithTimeout(ctx, appendTimeout)
+			_, err := m.stream.Append(actx, r.UserID, stream.Record{Type: TypeError, ThreadID: r.ThreadID, RunID: r.ID, Data: data})
+			acancel()
+			if err != nil {
+				m.log.Error("announce lost run", "user", r.UserID, "run", r.ID, "err", err)
+			} else {
+				m.log.Warn("run lost with its node", "user", r.UserID, "run", r.ID, "node", r.Node)
+			}
+		}
+		if len(lost) < 100 {
+			return
+		}
+	}
+}
