@@ -260,43 +260,72 @@ func (e *emitter) endLocked(status store.RunStatus, code, text string) error {
 }
 
 // publish appends an event an external agent sent for this run through the
-// publish API and returns it. Terminal types end the run as Complete and Fail
-// do.
+// publish API and returns it, read under the same lock as the append so it
+// is this event and not a later one. Terminal types end the run as Complete
+// and Fail do.
 func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error) {
-	if err := e.publishEvent(typ, data); err != nil {
-		return stream.Event{}, err
+	var d struct {
+		FinalResponse string `json:"final_response"`
+		Code          string `json:"code"`
+		Message       string `json:"message"`
+		ToolCallID    string `json:"tool_call_id"`
+	}
+	switch typ {
+	case TypeCompleted, TypeError, TypeToolExecuting, TypeToolCompleted:
+		if len(data) > 0 {
+			if err := json.Unmarshal(data, &d); err != nil {
+				return stream.Event{}, fmt.Errorf("%w: data: %v", ErrBadEvent, err)
+			}
+		}
+	case TypeThinking, TypeDelta:
+	default:
+		return stream.Event{}, fmt.Errorf("%w: %s cannot be published", ErrBadEvent, typ)
+	}
+	if (typ == TypeToolExecuting || typ == TypeToolCompleted) && d.ToolCallID == "" {
+		return stream.Event{}, fmt.Errorf("%w: %s needs data.tool_call_id", ErrBadEvent, typ)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.last, nil
-}
-
-func (e *emitter) publishEvent(typ string, data json.RawMessage) error {
-	switch typ {
-	case TypeCompleted, TypeError:
-		var d struct {
-			FinalResponse string `json:"final_response"`
-			Code          string `json:"code"`
-			Message       string `json:"message"`
-		}
-		if len(data) > 0 {
-			if err := json.Unmarshal(data, &d); err != nil {
-				return fmt.Errorf("%w: data: %v", ErrBadEvent, err)
-			}
-		}
-		if typ == TypeCompleted {
-			return e.Complete(d.FinalResponse)
-		}
-		return e.Fail(d.Code, d.Message)
-	case TypeThinking, TypeToolExecuting, TypeToolCompleted, TypeDelta:
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		if e.ended {
-			return agent.ErrRunEnded
-		}
-		return e.appendRawLocked(typ, data)
+	if e.ended {
+		return stream.Event{}, agent.ErrRunEnded
 	}
-	return fmt.Errorf("%w: %s cannot be published", ErrBadEvent, typ)
+	var err error
+	switch typ {
+	case TypeCompleted:
+		final := d.FinalResponse
+		if final == "" {
+			final = e.answer.String()
+		}
+		err = e.endLocked(store.RunCompleted, "", final)
+	case TypeError:
+		if d.Code == "" {
+			d.Code = agent.CodeAgentFailed
+		}
+		err = e.endLocked(statusFor(d.Code), d.Code, d.Message)
+	case TypeToolExecuting:
+		if e.pending[d.ToolCallID] {
+			return stream.Event{}, fmt.Errorf("%w: tool call %s is already executing", ErrBadEvent, d.ToolCallID)
+		}
+		if err = e.appendRawLocked(typ, data); err == nil {
+			if e.pending == nil {
+				e.pending = make(map[string]bool)
+			}
+			e.pending[d.ToolCallID] = true
+		}
+	case TypeToolCompleted:
+		if !e.pending[d.ToolCallID] {
+			return stream.Event{}, ErrUnknownToolCall
+		}
+		if err = e.appendRawLocked(typ, data); err == nil {
+			delete(e.pending, d.ToolCallID)
+		}
+	default:
+		err = e.appendRawLocked(typ, data)
+	}
+	if err != nil {
+		return stream.Event{}, err
+	}
+	return e.last, nil
 }
 
 // ErrBadEvent is returned for a published event a run cannot take.
