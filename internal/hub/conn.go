@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/agentwire/agentwire/internal/protocol"
 	"github.com/agentwire/agentwire/internal/stream"
 )
 
@@ -17,13 +18,19 @@ const (
 )
 
 // Transport is what a connection needs of its socket. The WebSocket
-// implementation lives in package ws; an event-loop transport can replace it
-// without touching the hub.
+// implementation lives in package ws (an epoll event loop on Linux: an idle
+// connection has no reading goroutine).
 type Transport interface {
-	// WriteBatch writes each frame as one text message, in order.
+	// WriteBatch writes each frame as one text message, in order. Only the
+	// connection's single flush goroutine calls it, holding no hub lock; the
+	// transport serialises it with its own control frames (ping, pong,
+	// close), which never land inside a data frame.
 	WriteBatch(frames [][]byte) error
 	// Close sends a close frame with code and reason, best effort within a
-	// short deadline, then closes the socket, which ends its read loop.
+	// short deadline (it interrupts a batch write in flight), then closes the
+	// socket. The transport then unregisters the connection from the hub
+	// itself. Only the first call has an effect; it may be called from any
+	// goroutine.
 	Close(code int, reason string)
 }
 
@@ -185,10 +192,12 @@ func (c *Conn) deliver(ev stream.Event) {
 // offerLocked enqueues ev unless c already has it.
 func (c *Conn) offerLocked(ev *stream.Event, bounded bool) {
 	if ev.Epoch != c.epoch {
-		// The stream's history was lost and seq restarted: follow the new
-		// epoch from this event on. The client learns of it from the frame.
+		// The stream's history was lost (say Redis restarted) and seq
+		// restarted: tell the client, whose position is void, then follow the
+		// new epoch from this event on.
 		c.epoch = ev.Epoch
 		c.lastSeq = ev.Seq - 1
+		c.enqueueLocked(protocol.EncodeResync(ev.Epoch, c.lastSeq, string(stream.ReasonEpochChanged)), 0, bounded)
 	}
 	if ev.Seq <= c.lastSeq {
 		return

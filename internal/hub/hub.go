@@ -210,6 +210,24 @@ func (h *Hub) Count(user string) int {
 	return 0
 }
 
+// ConnIDs returns the ids of every local connection, by user.
+func (h *Hub) ConnIDs() map[string][]string {
+	out := make(map[string][]string)
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.RLock()
+		for user, e := range sh.users {
+			ids := make([]string, len(e.conns))
+			for j, c := range e.conns {
+				ids[j] = c.ID
+			}
+			out[user] = ids
+		}
+		sh.mu.RUnlock()
+	}
+	return out
+}
+
 // Users returns the number of users with at least one local connection.
 func (h *Hub) Users() int {
 	n := 0

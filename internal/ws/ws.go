@@ -1,8 +1,14 @@
 // Package ws is the /ws endpoint: authentication and origin policy before the
-// upgrade, the upgrade itself (gorilla/websocket), the read loop that decodes
-// and answers client frames, heartbeats, rate and error limits, and token
-// expiry. Outbound frames go through the hub's per-connection queue; this
-// package only supplies the socket (see transport.go).
+// upgrade, the upgrade itself (gobwas/ws), frame reading that decodes and
+// answers client frames, heartbeats, rate and error limits, and token expiry.
+// Outbound frames go through the hub's per-connection queue; this package only
+// supplies the socket (conn.go).
+//
+// On Linux an idle connection owns no goroutine and no read buffer: its socket
+// sits in an epoll set (poll_linux.go) and a goroutine is started only when
+// bytes arrive; heartbeats and token expiry of all connections run on one
+// timing wheel (wheel.go). Elsewhere, or for a socket that is not a plain
+// file descriptor, each connection has a reading goroutine (conn.readLoop).
 package ws
 
 import (
@@ -12,28 +18,25 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
-	"golang.org/x/time/rate"
+	"github.com/gobwas/ws"
 
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/hub"
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/protocol"
-	"github.com/agentwire/agentwire/internal/stream"
 )
 
 // Close codes of the contract (section 6) that this package sends.
 const (
 	CloseGoingAway     = 1001 // server shutting down
-	CloseTooBig        = 1009 // frame over max_message_bytes (gorilla sends it)
+	CloseProtocolError = 1002 // a frame breaking RFC 6455
+	CloseTooBig        = 1009 // message over max_message_bytes
 	CloseNoPong        = 4000 // no pong within the heartbeat timeout
 	CloseTokenExpired  = 4001 // the token's exp passed
 	CloseTooManyErrors = 4029 // too many errors in the error window
@@ -68,6 +71,12 @@ type Handler interface {
 	StopAgent(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error)
 }
 
+// ConnLimiter counts a user's connections across every node.
+type ConnLimiter interface {
+	Acquire(ctx context.Context, user, connID string, max int) (bool, error)
+	Release(ctx context.Context, user, connID string) error
+}
+
 // Config configures the endpoint. Zero values take the contract defaults.
 type Config struct {
 	Hub      *hub.Hub
@@ -84,6 +93,11 @@ type Config struct {
 	// Dev additionally allows http(s)://localhost, 127.0.0.1 and [::1] origins.
 	Dev bool
 
+	// Limiter, when set, holds the per-user connection limit for the whole
+	// cluster (MaxConnsPerUser connections); the hub still holds it per node.
+	Limiter         ConnLimiter
+	MaxConnsPerUser int
+
 	MaxMessageBytes int
 	PingInterval    time.Duration
 	PongTimeout     time.Duration
@@ -95,15 +109,18 @@ type Config struct {
 
 // Server serves /ws.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	upgrader websocket.Upgrader
-	origins  map[string]bool
-	anyOrig  bool
+	cfg       Config
+	log       *slog.Logger
+	origins   map[string]bool
+	anyOrig   bool
+	frameWait time.Duration // bound on reading the rest of a frame that has begun to arrive
+	wheel     *wheel        // heartbeats and token expiry of every connection
+	poll      pollSet       // epoll instances (Linux), started with the first connection
+	readLoops bool          // tests: read every connection with its own goroutine (the portable path)
 
 	mu       sync.Mutex
 	shutdown bool
-	wg       sync.WaitGroup // one per live read loop
+	wg       sync.WaitGroup // one per connection, from Register until it is closed and unregistered
 }
 
 // New returns the /ws endpoint.
@@ -146,21 +163,8 @@ func New(cfg Config) *Server {
 			s.origins[strings.ToLower(o)] = true
 		}
 	}
-	s.upgrader = websocket.Upgrader{
-		HandshakeTimeout: 10 * time.Second,
-		// Measured at 10k idle connections (see the commit that chose the
-		// library): net/http's hijacked 4 KiB buffers are not kept, and idle
-		// connections hold no write buffer: one is taken from the pool for
-		// each message and given back once it is written.
-		ReadBufferSize:  1024,
-		WriteBufferSize: 1024,
-		WriteBufferPool: &sync.Pool{},
-		Subprotocols:    []string{protocol.Version},
-		CheckOrigin:     func(*http.Request) bool { return true }, // checked before, with a JSON 403
-		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
-			writeError(w, status, "bad_request", reason.Error())
-		},
-	}
+	s.frameWait = cfg.PingInterval + cfg.PongTimeout
+	s.wheel = newWheel(wheelTick(cfg.PingInterval, cfg.PongTimeout))
 	return s
 }
 
@@ -199,9 +203,27 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 
-	t := &transport{}
-	c := s.cfg.Hub.NewConn(newID(), claims.Subject, t)
-	if err := s.cfg.Hub.Register(r.Context(), c); err != nil {
+	c := &conn{session: session{srv: s, user: claims.Subject}}
+	if !claims.ExpiresAt.IsZero() {
+		c.exp = s.wheel.at(claims.ExpiresAt)
+	}
+	c.hc = s.cfg.Hub.NewConn(newID(), claims.Subject, c)
+	if l := s.cfg.Limiter; l != nil {
+		ok, err := l.Acquire(r.Context(), claims.Subject, c.hc.ID, s.cfg.MaxConnsPerUser)
+		if err != nil || !ok {
+			s.wg.Done()
+			if err != nil {
+				s.log.Error("cluster connection limit", "user", claims.Subject, "err", err)
+				writeError(w, http.StatusServiceUnavailable, "unavailable", "cluster coordination unavailable, retry")
+				return
+			}
+			writeError(w, http.StatusTooManyRequests, "too_many_connections", "user already has the maximum number of connections")
+			return
+		}
+		c.limited = true
+	}
+	if err := s.cfg.Hub.Register(r.Context(), c.hc); err != nil {
+		c.release()
 		s.wg.Done()
 		if errors.Is(err, hub.ErrTooManyConnections) {
 			writeError(w, http.StatusTooManyRequests, "too_many_connections", "user already has the maximum number of connections")
@@ -211,26 +233,52 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "stream backend unavailable")
 		return
 	}
-	wsc, err := s.upgrader.Upgrade(w, r, nil)
+	if status, msg := checkHandshake(r); status != 0 {
+		if msg == errBadVersion {
+			w.Header().Set("Sec-WebSocket-Version", "13")
+		}
+		writeError(w, status, "bad_request", msg)
+		c.finish()
+		return
+	}
+	up := ws.HTTPUpgrader{Timeout: 10 * time.Second}
+	if offersSubprotocol(r, protocol.Version) {
+		// Answer agentwire.v1 only: a bearer.<JWT> offered with it is never
+		// echoed.
+		up.Header = http.Header{"Sec-Websocket-Protocol": {protocol.Version}}
+	}
+	nc, rw, _, err := up.Upgrade(r, w)
 	if err != nil {
-		// The upgrader has answered the client.
-		s.cfg.Hub.Unregister(c)
-		s.wg.Done()
+		// The upgrader has answered the client (checkHandshake leaves only a
+		// failed hijack or response write).
+		if nc != nil {
+			_ = nc.Close()
+		}
+		c.finish()
 		return
 	}
-	if !t.attach(wsc) {
-		s.cfg.Hub.Unregister(c)
-		s.wg.Done()
+	if n := rw.Reader.Buffered(); n > 0 {
+		// Frames the client sent right behind its handshake.
+		b, _ := rw.Reader.Peek(n)
+		c.pre = append([]byte(nil), b...)
+	}
+	if !c.attach(nc) {
+		c.finish()
 		return
 	}
-	sess := &session{srv: s, conn: c, t: t, ws: wsc, user: claims.Subject, exp: claims.ExpiresAt}
-	// The join runs here, on the request's goroutine, so the read loop's
-	// goroutine starts small and stays small while the connection idles.
-	if !sess.setup(resume, since, epoch) {
-		go sess.drainAndClean()
-		return
+	// The join runs here, on the request's goroutine, which ends right after:
+	// nothing of it stays with the idle connection.
+	if !c.setup(resume, since, epoch) {
+		return // closing with 1011: the close path finishes the connection
 	}
-	go sess.readLoop()
+	s.startReading(c)
+}
+
+// Drain stops accepting connections and leaves the open ones be.
+func (s *Server) Drain() {
+	s.mu.Lock()
+	s.shutdown = true
+	s.mu.Unlock()
 }
 
 // Shutdown stops accepting connections, closes every open one with 1001 after
@@ -244,6 +292,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.poll.stop()
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -291,7 +340,7 @@ func unauthorizedMessage(err error) string {
 func subprotocolToken(r *http.Request) (string, bool) {
 	var tok string
 	v1 := false
-	for _, p := range websocket.Subprotocols(r) {
+	for _, p := range subprotocols(r) {
 		switch {
 		case p == protocol.Version:
 			v1 = true
@@ -367,216 +416,4 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
-}
-
-// session is one upgraded connection's read side.
-type session struct {
-	srv  *Server
-	conn *hub.Conn
-	t    *transport
-	ws   *websocket.Conn
-	user string
-	exp  time.Time
-
-	limiter *rate.Limiter
-	errs    []time.Time // times of the latest errors, allocated on the first
-	aliases uint8       // bit per deprecated alias already announced
-	pingT   atomic.Pointer[time.Timer]
-	expT    *time.Timer
-}
-
-// setup joins the stream and arms the heartbeat and expiry timers.
-func (ss *session) setup(resume bool, since uint64, epoch string) bool {
-	s := ss.srv
-	cfg := &s.cfg
-	ss.ws.SetReadLimit(int64(cfg.MaxMessageBytes))
-	ss.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.RateBurst)
-
-	_, err := ss.conn.Join(context.Background(), resume, since, epoch, func(pos stream.Position) []byte {
-		return protocol.EncodeConnectionEstablished(protocol.ConnectionEstablished{
-			ConnectionID:        ss.conn.ID,
-			UserID:              ss.user,
-			Epoch:               pos.Epoch,
-			HeadSeq:             pos.Head,
-			HeartbeatIntervalMS: int(cfg.PingInterval / time.Millisecond),
-			MaxMessageBytes:     cfg.MaxMessageBytes,
-		})
-	}, resyncFrame)
-	if err != nil {
-		s.log.Error("join stream", "user", ss.user, "conn", ss.conn.ID, "err", err)
-		ss.conn.Close(hub.CloseInternal, "stream unavailable")
-		return false
-	}
-
-	if !ss.exp.IsZero() {
-		ss.expT = time.AfterFunc(time.Until(ss.exp), func() { ss.conn.Close(CloseTokenExpired, "token expired") })
-	}
-	deadline := cfg.PingInterval + cfg.PongTimeout
-	_ = ss.ws.SetReadDeadline(time.Now().Add(deadline))
-	ss.ws.SetPongHandler(func(string) error {
-		return ss.ws.SetReadDeadline(time.Now().Add(deadline))
-	})
-	ss.ws.SetPingHandler(func(data string) error {
-		err := ss.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(closeWait))
-		if errors.Is(err, websocket.ErrCloseSent) {
-			return nil
-		}
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return nil
-		}
-		return err
-	})
-	ss.pingT.Store(time.AfterFunc(cfg.PingInterval, ss.ping))
-	return true
-}
-
-func (ss *session) drainAndClean() {
-	defer ss.srv.wg.Done()
-	defer ss.cleanup()
-	ss.drain()
-}
-
-// readLoop reads and answers client frames until the socket closes.
-func (ss *session) readLoop() {
-	defer ss.srv.wg.Done()
-	defer ss.cleanup()
-	cfg := &ss.srv.cfg
-	ctx := context.Background()
-	m := cfg.Metrics
-	for {
-		mt, msg, err := ss.ws.ReadMessage()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() && ss.t.closeCode() == 0 {
-				m.Closes.WithLabelValues("4000").Inc()
-				ss.t.Close(CloseNoPong, "no pong within heartbeat timeout")
-			} else if errors.Is(err, websocket.ErrReadLimit) {
-				m.Closes.WithLabelValues("1009").Inc()
-			}
-			return
-		}
-		m.BytesIn.Add(float64(len(msg)))
-		if mt != websocket.TextMessage {
-			m.FramesIn.WithLabelValues("invalid").Inc()
-			ss.fail(&protocol.Error{Code: protocol.CodeBadJSON, Message: "frames must be JSON text messages"})
-			continue
-		}
-		if !ss.limiter.Allow() {
-			m.FramesIn.WithLabelValues("rate_limited").Inc()
-			ss.fail(&protocol.Error{Code: protocol.CodeRateLimited, Message: "too many frames: slow down"})
-			continue
-		}
-		f, perr := protocol.Decode(msg)
-		if perr != nil {
-			m.FramesIn.WithLabelValues("invalid").Inc()
-			ss.fail(perr)
-			continue
-		}
-		m.FramesIn.WithLabelValues(f.Type).Inc()
-		ss.handle(ctx, &f)
-	}
-}
-
-func resyncFrame(e *stream.ResyncError) []byte {
-	return protocol.EncodeResync(e.Position.Epoch, e.Position.Head, string(e.Reason))
-}
-
-func (ss *session) handle(ctx context.Context, f *protocol.Frame) {
-	if f.Alias != "" {
-		ss.srv.cfg.Metrics.Deprecated.WithLabelValues(f.Alias).Inc()
-		if bit := aliasBit(f.Alias); ss.aliases&bit == 0 {
-			ss.aliases |= bit
-			ss.conn.Send(protocol.EncodeDeprecation(f.Alias))
-		}
-	}
-	switch f.Type {
-	case protocol.TypePing:
-		ss.conn.Send(protocol.EncodePong(f.ID))
-	case protocol.TypeResume:
-		if _, err := ss.conn.Join(ctx, true, f.Since, f.Epoch, nil, resyncFrame); err != nil {
-			ss.srv.log.Error("resume", "user", ss.user, "conn", ss.conn.ID, "err", err)
-			ss.fail(&protocol.Error{Code: protocol.CodeInternal, Message: "stream unavailable, retry", Ref: f.ID})
-		}
-	case protocol.TypeUserMessage:
-		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.UserMessage(ctx, ss.user, f) })
-	case protocol.TypeStopAgent:
-		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.StopAgent(ctx, ss.user, f) })
-	}
-}
-
-// reply sends handle's ack, or its error, before any event it caused.
-func (ss *session) reply(handle func() (protocol.AckFrame, *protocol.Error)) {
-	var perr *protocol.Error
-	ss.conn.Reply(func() []byte {
-		ack, err := handle()
-		if err != nil {
-			perr = err
-			return nil
-		}
-		return protocol.EncodeAck(ack)
-	})
-	if perr != nil {
-		ss.fail(perr)
-	}
-}
-
-// fail sends an error frame and closes with 4029 when the connection has had
-// more than ErrorLimit errors within ErrorWindow.
-func (ss *session) fail(e *protocol.Error) {
-	cfg := &ss.srv.cfg
-	cfg.Metrics.ErrorsSent.WithLabelValues(e.Code).Inc()
-	ss.conn.Send(protocol.EncodeError(e))
-	now := time.Now()
-	if ss.errs == nil {
-		ss.errs = make([]time.Time, 0, cfg.ErrorLimit+1)
-	}
-	ss.errs = append(ss.errs, now)
-	if len(ss.errs) > cfg.ErrorLimit {
-		if now.Sub(ss.errs[0]) <= cfg.ErrorWindow {
-			ss.conn.Close(CloseTooManyErrors, "too many errors")
-		}
-		ss.errs = append(ss.errs[:0], ss.errs[1:]...)
-	}
-}
-
-func (ss *session) ping() {
-	err := ss.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait))
-	if err != nil {
-		return // the socket is closing; the read loop ends it
-	}
-	if t := ss.pingT.Load(); t != nil {
-		t.Reset(ss.srv.cfg.PingInterval)
-	}
-}
-
-// drain reads until the socket closes so the close handshake completes.
-func (ss *session) drain() {
-	_ = ss.ws.SetReadDeadline(time.Now().Add(closeWait))
-	for {
-		if _, _, err := ss.ws.ReadMessage(); err != nil {
-			return
-		}
-	}
-}
-
-func (ss *session) cleanup() {
-	if t := ss.pingT.Load(); t != nil {
-		t.Stop()
-	}
-	if ss.expT != nil {
-		ss.expT.Stop()
-	}
-	ss.srv.cfg.Hub.Unregister(ss.conn)
-	ss.conn.Close(1000, "")
-	ss.t.Close(1000, "")
-}
-
-func aliasBit(alias string) uint8 {
-	for i, a := range protocol.Aliases() {
-		if a == alias {
-			return 1 << i
-		}
-	}
-	return 0
 }

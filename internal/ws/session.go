@@ -1,0 +1,159 @@
+package ws
+
+import (
+	"context"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/time/rate"
+
+	"github.com/agentwire/agentwire/internal/hub"
+	"github.com/agentwire/agentwire/internal/protocol"
+	"github.com/agentwire/agentwire/internal/stream"
+)
+
+// session is what a connection does with complete client messages, whatever
+// the transport reads them: limits, decoding, answers. Its fields other than
+// srv, hc and user are used only by the goroutine reading the connection
+// (one at a time, see conn.rmu).
+type session struct {
+	srv  *Server
+	hc   *hub.Conn
+	user string
+
+	limiter *rate.Limiter // made at the first message: idle connections do not carry one
+	errs    []time.Time   // times of the latest errors, allocated on the first
+	aliases uint8         // bit per deprecated alias already announced
+}
+
+// join places the connection on the user's stream and queues
+// connection_established first. It reports false when the stream failed; the
+// connection is then closing with 1011.
+func (ss *session) join(resume bool, since uint64, epoch string) bool {
+	s := ss.srv
+	cfg := &s.cfg
+	_, err := ss.hc.Join(context.Background(), resume, since, epoch, func(pos stream.Position) []byte {
+		return protocol.EncodeConnectionEstablished(protocol.ConnectionEstablished{
+			ConnectionID:        ss.hc.ID,
+			UserID:              ss.user,
+			Epoch:               pos.Epoch,
+			HeadSeq:             pos.Head,
+			HeartbeatIntervalMS: int(cfg.PingInterval / time.Millisecond),
+			MaxMessageBytes:     cfg.MaxMessageBytes,
+		})
+	}, resyncFrame)
+	if err != nil {
+		s.log.Error("join stream", "user", ss.user, "conn", ss.hc.ID, "err", err)
+		ss.hc.Close(hub.CloseInternal, "stream unavailable")
+		return false
+	}
+	return true
+}
+
+// message handles one complete client data message (text unless binary is
+// set). msg is only valid during the call.
+func (ss *session) message(ctx context.Context, binary bool, msg []byte) {
+	cfg := &ss.srv.cfg
+	m := cfg.Metrics
+	m.BytesIn.Add(float64(len(msg)))
+	if binary {
+		m.FramesIn.WithLabelValues("invalid").Inc()
+		ss.fail(&protocol.Error{Code: protocol.CodeBadJSON, Message: "frames must be JSON text messages"})
+		return
+	}
+	if ss.limiter == nil {
+		ss.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.RateBurst) // starts full, as if made at connect
+	}
+	if !ss.limiter.Allow() {
+		m.FramesIn.WithLabelValues("rate_limited").Inc()
+		ss.fail(&protocol.Error{Code: protocol.CodeRateLimited, Message: "too many frames: slow down"})
+		return
+	}
+	// A text message that is not UTF-8 breaks RFC 6455, which would fail the
+	// connection (1007); the contract keeps it open with a bad_json error
+	// instead, as for any other frame that is not JSON.
+	if !utf8.Valid(msg) {
+		m.FramesIn.WithLabelValues("invalid").Inc()
+		ss.fail(&protocol.Error{Code: protocol.CodeBadJSON, Message: "frame is not valid UTF-8"})
+		return
+	}
+	f, perr := protocol.Decode(msg)
+	if perr != nil {
+		m.FramesIn.WithLabelValues("invalid").Inc()
+		ss.fail(perr)
+		return
+	}
+	m.FramesIn.WithLabelValues(f.Type).Inc()
+	ss.handle(ctx, &f)
+}
+
+func resyncFrame(e *stream.ResyncError) []byte {
+	return protocol.EncodeResync(e.Position.Epoch, e.Position.Head, string(e.Reason))
+}
+
+func (ss *session) handle(ctx context.Context, f *protocol.Frame) {
+	if f.Alias != "" {
+		ss.srv.cfg.Metrics.Deprecated.WithLabelValues(f.Alias).Inc()
+		if bit := aliasBit(f.Alias); ss.aliases&bit == 0 {
+			ss.aliases |= bit
+			ss.hc.Send(protocol.EncodeDeprecation(f.Alias))
+		}
+	}
+	switch f.Type {
+	case protocol.TypePing:
+		ss.hc.Send(protocol.EncodePong(f.ID))
+	case protocol.TypeResume:
+		if _, err := ss.hc.Join(ctx, true, f.Since, f.Epoch, nil, resyncFrame); err != nil {
+			ss.srv.log.Error("resume", "user", ss.user, "conn", ss.hc.ID, "err", err)
+			ss.fail(&protocol.Error{Code: protocol.CodeInternal, Message: "stream unavailable, retry", Ref: f.ID})
+		}
+	case protocol.TypeUserMessage:
+		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.UserMessage(ctx, ss.user, f) })
+	case protocol.TypeStopAgent:
+		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.StopAgent(ctx, ss.user, f) })
+	}
+}
+
+// reply sends handle's ack, or its error, before any event it caused.
+func (ss *session) reply(handle func() (protocol.AckFrame, *protocol.Error)) {
+	var perr *protocol.Error
+	ss.hc.Reply(func() []byte {
+		ack, err := handle()
+		if err != nil {
+			perr = err
+			return nil
+		}
+		return protocol.EncodeAck(ack)
+	})
+	if perr != nil {
+		ss.fail(perr)
+	}
+}
+
+// fail sends an error frame and closes with 4029 when the connection has had
+// more than ErrorLimit errors within ErrorWindow.
+func (ss *session) fail(e *protocol.Error) {
+	cfg := &ss.srv.cfg
+	cfg.Metrics.ErrorsSent.WithLabelValues(e.Code).Inc()
+	ss.hc.Send(protocol.EncodeError(e))
+	now := time.Now()
+	if ss.errs == nil {
+		ss.errs = make([]time.Time, 0, cfg.ErrorLimit+1)
+	}
+	ss.errs = append(ss.errs, now)
+	if len(ss.errs) > cfg.ErrorLimit {
+		if now.Sub(ss.errs[0]) <= cfg.ErrorWindow {
+			ss.hc.Close(CloseTooManyErrors, "too many errors")
+		}
+		ss.errs = append(ss.errs[:0], ss.errs[1:]...)
+	}
+}
+
+func aliasBit(alias string) uint8 {
+	for i, a := range protocol.Aliases() {
+		if a == alias {
+			return 1 << i
+		}
+	}
+	return 0
+}

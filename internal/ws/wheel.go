@@ -1,0 +1,145 @@
+package ws
+
+import (
+	"sync"
+	"time"
+)
+
+// wheel is a hashed timing wheel: the heartbeat and token-expiry timer of
+// every connection of a Server, in place of one or two runtime timers each.
+// A connection is on the wheel at most once, linked through its own fields
+// (no allocation per entry), and taken off when it closes; it is due at its next ping, its pong deadline or
+// its token expiry, whichever is first, rounded up to the tick. The wheel's
+// goroutine runs only while a connection is on it.
+type wheel struct {
+	base time.Time // the wheel's clock: nanoseconds since base (monotonic)
+	tick int64
+
+	mu      sync.Mutex
+	slots   [wheelSlots]*conn
+	cur     int64 // last tick processed
+	n       int   // connections on the wheel
+	running bool
+	due     []*conn // the goroutine's scratch
+}
+
+const wheelSlots = 512 // a power of two
+
+func newWheel(tick time.Duration) *wheel {
+	return &wheel{base: time.Now(), tick: int64(tick)}
+}
+
+// wheelTick is a tick fine enough for the heartbeat settings: an eighth of the
+// shorter of the two, between 1 ms and 250 ms.
+func wheelTick(ping, pong time.Duration) time.Duration {
+	return min(max(min(ping, pong)/8, time.Millisecond), 250*time.Millisecond)
+}
+
+func (w *wheel) now() int64 { return int64(time.Since(w.base)) }
+
+// at converts a wall-clock time to the wheel's clock (never 0).
+func (w *wheel) at(t time.Time) int64 {
+	if d := int64(t.Sub(w.base)); d != 0 {
+		return d
+	}
+	return 1
+}
+
+// schedule puts c on the wheel, due at (wheel clock), unless c is closed.
+// c must not be on it.
+func (w *wheel) schedule(c *conn, at int64) {
+	t := (at + w.tick - 1) / w.tick
+	w.mu.Lock()
+	if c.closed.Load() {
+		w.mu.Unlock() // finish sets closed before it takes c off: c stays off
+		return
+	}
+	if !w.running {
+		w.running = true
+		w.cur = w.now() / w.tick
+		go w.run()
+	}
+	if t <= w.cur {
+		t = w.cur + 1
+	}
+	c.wdue, c.won = t, true
+	s := &w.slots[t&(wheelSlots-1)]
+	c.wprev, c.wnext = nil, *s
+	if *s != nil {
+		(*s).wprev = c
+	}
+	*s = c
+	w.n++
+	w.mu.Unlock()
+}
+
+// remove takes c off the wheel (a closed connection): the wheel's goroutine
+// ends with the last connection, not a ping interval later.
+func (w *wheel) remove(c *conn) {
+	w.mu.Lock()
+	w.unlinkLocked(c)
+	w.mu.Unlock()
+}
+
+func (w *wheel) unlinkLocked(c *conn) {
+	if !c.won {
+		return
+	}
+	if c.wprev != nil {
+		c.wprev.wnext = c.wnext
+	} else {
+		w.slots[c.wdue&(wheelSlots-1)] = c.wnext
+	}
+	if c.wnext != nil {
+		c.wnext.wprev = c.wprev
+	}
+	c.wprev, c.wnext, c.won = nil, nil, false
+	w.n--
+}
+
+func (w *wheel) run() {
+	tk := time.NewTicker(time.Duration(w.tick))
+	defer tk.Stop()
+	for range tk.C {
+		if !w.advance() {
+			return
+		}
+	}
+}
+
+// advance processes the ticks up to now; it reports false (and the goroutine
+// ends) once no connection is left on the wheel.
+func (w *wheel) advance() bool {
+	now := w.now()
+	target := now / w.tick
+	w.mu.Lock()
+	due := w.due[:0]
+	for w.cur < target {
+		w.cur++
+		for c := w.slots[w.cur&(wheelSlots-1)]; c != nil; {
+			next := c.wnext
+			if c.wdue <= w.cur {
+				w.unlinkLocked(c)
+				due = append(due, c)
+			}
+			c = next
+		}
+	}
+	w.mu.Unlock()
+	for _, c := range due {
+		c.onTimer(now) // may schedule c again
+	}
+	clear(due)
+	if cap(due) > 4096 {
+		due = nil
+	}
+	w.mu.Lock()
+	w.due = due[:0]
+	if w.n == 0 {
+		w.running = false
+		w.mu.Unlock()
+		return false
+	}
+	w.mu.Unlock()
+	return true
+}
