@@ -1,0 +1,351 @@
+// Command runlatency measures agent runs end to end through agentwire on
+// loopback: U users, one WebSocket each, each in a closed loop sending
+// `what is 12*(3+4)?` and waiting for its run's agent_completed before the
+// next. Per run it records the time from sending the user_message to the ack,
+// to agent_started and to agent_completed.
+//
+//	go run ./bench/runlatency -users 100 -duration 10s
+//
+// Same-run baseline: the demo agent's own pace. Its run for this message is
+// 12 steps (2 thinking, 1 tool call, 8 answer chunks, complete) separated by
+// 11 pauses of min(demo.DefaultPace, 400 ms / 11) = 30 ms: 330 ms of sleeping
+// configured. The program also runs the demo agent in-process, with a
+// recording emitter (agenttest.Recorder) and the same U closed-loop callers,
+// and reports that run time's p50/p99 (timer slack under the same
+// concurrency). Gateway overhead = measured time to agent_completed − the
+// in-process agent time; ack and agent_started come before the agent's first
+// pause, so they are all gateway.
+//
+// The server is a subprocess (`agentwire serve --agent demo`), built with go
+// build unless -bin is given; everything is bounded by -timeout.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/agentwire/agentwire/bench/internal/benchproc"
+	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/agent/agenttest"
+	"github.com/agentwire/agentwire/internal/agent/demo"
+	"github.com/agentwire/agentwire/internal/auth"
+)
+
+const secret = "runlatency-benchmark-secret-0123456789abcdef"
+
+// The demo agent's pacing for an arithmetic message (internal/agent/demo):
+// thinking, thinking, calculator, calcChunks (8) deltas, complete = 12 steps,
+// 11 pauses, each min(Pace, maxNormalDuration (400 ms) / 11).
+const (
+	demoSteps      = 2 + 1 + 8 + 1
+	demoMaxPauses  = 400 * time.Millisecond
+	demoPauseCount = demoSteps - 1
+)
+
+func configuredPace() (pause, total time.Duration) {
+	pause = min(demo.DefaultPace, demoMaxPauses/demoPauseCount)
+	return pause, pause * demoPauseCount
+}
+
+type options struct {
+	users            int
+	duration, warmup time.Duration
+	baseline         time.Duration
+	message          string
+	sameThread       bool
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.users, "users", 100, "users, one WebSocket each, one run in flight each")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured duration")
+	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured warm-up before it")
+	flag.DurationVar(&o.baseline, "baseline", 3*time.Second, "duration of the in-process demo agent baseline")
+	flag.StringVar(&o.message, "message", "what is 12*(3+4)?", "the user message of every run")
+	flag.BoolVar(&o.sameThread, "same-thread", false, "keep each user's runs in one thread (history grows) instead of a new thread per run")
+	prebuilt := flag.String("bin", "", "use this agentwire binary instead of building ./cmd/agentwire")
+	timeout := flag.Duration("timeout", 2*time.Minute, "hard bound on the whole run")
+	flag.Parse()
+
+	var (
+		mu  sync.Mutex
+		srv *benchproc.Server
+	)
+	stop := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		srv.Stop()
+		srv = nil
+	}
+	time.AfterFunc(*timeout, func() {
+		fmt.Fprintf(os.Stderr, "runlatency: timeout %v reached, stopping\n", *timeout)
+		stop()
+		os.Exit(2)
+	})
+	fail := func(err error) {
+		fmt.Fprintln(os.Stderr, "runlatency:", err)
+		stop()
+		os.Exit(1)
+	}
+	if _, err := benchproc.RaiseNoFile(); err != nil {
+		fail(err)
+	}
+	tmp, err := os.MkdirTemp("", "runlatency-")
+	if err != nil {
+		fail(err)
+	}
+	defer os.RemoveAll(tmp)
+	bin := *prebuilt
+	if bin == "" {
+		if bin, err = benchproc.BuildAgentwire(context.Background(), tmp); err != nil {
+			fail(err)
+		}
+	}
+
+	pause, pace := configuredPace()
+	fmt.Printf("runlatency: %d users, one socket and one run in flight each, message %q\n", o.users, o.message)
+	fmt.Printf("demo agent configured pace: %d pauses × %v = %v\n", demoPauseCount, pause, pace)
+
+	// Baseline before and after, on an otherwise idle box: the demo agent
+	// alone, in-process.
+	printBase := func(when string, base []time.Duration) {
+		fmt.Printf("[baseline %s] demo agent in-process, %d closed-loop callers, %v: runs %d, runs/s %.1f, run time p50 %v p99 %v max %v\n",
+			when, o.users, o.baseline, len(base), float64(len(base))/o.baseline.Seconds(), q(base, 0.5), q(base, 0.99), q(base, 1))
+	}
+	base := agentBaseline(o)
+	printBase("before", base)
+
+	s, err := benchproc.Start("agentwire", bin, []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", tmp,
+		"--jwt-secret", secret, "--log-level", "warn", "--agent", "demo"}, 30*time.Second)
+	if err != nil {
+		fail(err)
+	}
+	mu.Lock()
+	srv = s
+	mu.Unlock()
+
+	res, err := measure(s.Addr, o)
+	if err != nil {
+		fail(err)
+	}
+	stop()
+	after := agentBaseline(o)
+	printBase("after", after)
+	base = append(base, after...)
+	slices.Sort(base)
+
+	window := o.duration.Seconds()
+	n := len(res.done)
+	fmt.Println()
+	fmt.Printf("RESULT runs %d in %v: runs/s %.1f (closed loop, %d users), errors %d\n", n, o.duration, float64(n)/window, o.users, res.errors)
+	fmt.Printf("RESULT send → ack             p50 %v p99 %v max %v\n", q(res.ack, 0.5), q(res.ack, 0.99), q(res.ack, 1))
+	fmt.Printf("RESULT send → agent_started   p50 %v p99 %v max %v\n", q(res.started, 0.5), q(res.started, 0.99), q(res.started, 1))
+	fmt.Printf("RESULT send → agent_completed p50 %v p99 %v max %v\n", q(res.done, 0.5), q(res.done, 0.99), q(res.done, 1))
+	fmt.Printf("RESULT baseline demo agent: configured %v; in-process (before+after) p50 %v p99 %v\n", pace, q(base, 0.5), q(base, 0.99))
+	fmt.Printf("RESULT gateway overhead on agent_completed (measured − in-process agent): p50 %v, p99 %v; vs configured pace: p50 %v, p99 %v\n",
+		q(res.done, 0.5)-q(base, 0.5), q(res.done, 0.99)-q(base, 0.99), q(res.done, 0.5)-pace, q(res.done, 0.99)-pace)
+	if ideal := float64(o.users) / pace.Seconds(); ideal > 0 {
+		fmt.Printf("RESULT runs/s vs ideal %d users ÷ %v = %.1f/s: %.2f\n", o.users, pace, ideal, float64(n)/window/ideal)
+	}
+}
+
+// agentBaseline runs the demo agent in-process with a recording emitter:
+// o.users closed-loop callers for o.baseline. It returns the sorted run
+// times.
+func agentBaseline(o options) []time.Duration {
+	a := demo.New(demo.Options{})
+	_, pace := configuredPace()
+	run := agent.Run{ID: "bench", ThreadID: "bench", UserID: "bench",
+		Messages: []agent.Message{{Role: "user", Content: o.message}}}
+	end := time.Now().Add(o.baseline)
+	var (
+		mu  sync.Mutex
+		out []time.Duration
+		wg  sync.WaitGroup
+	)
+	for i := range o.users {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Staggered over one run, as the gateway's users are in
+			// steady state, so that timers do not all fire at once.
+			time.Sleep(pace * time.Duration(i) / time.Duration(o.users))
+			for time.Now().Before(end) {
+				rec := &agenttest.Recorder{}
+				t0 := time.Now()
+				if err := a.Run(context.Background(), run, rec); err != nil {
+					fmt.Fprintln(os.Stderr, "baseline run:", err)
+					return
+				}
+				d := time.Since(t0)
+				if e, ok := rec.Terminal(); !ok || e.Type != agenttest.TypeCompleted {
+					fmt.Fprintln(os.Stderr, "baseline run did not complete:", rec)
+					return
+				}
+				mu.Lock()
+				out = append(out, d)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	slices.Sort(out)
+	return out
+}
+
+type results struct {
+	ack, started, done []time.Duration // sorted
+	errors             int64
+}
+
+type frame struct {
+	Type     string `json:"type"`
+	Ref      string `json:"ref"`
+	RunID    string `json:"run_id"`
+	ThreadID string `json:"thread_id"`
+	Code     string `json:"code"`
+	Message  string `json:"message"`
+	Data     struct {
+		FinalResponse string `json:"final_response"`
+		Code          string `json:"code"`
+	} `json:"data"`
+}
+
+// measure connects the users and runs the closed loops.
+func measure(addr string, o options) (*results, error) {
+	signer := auth.NewSigner([]byte(secret))
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	conns := make([]*websocket.Conn, o.users)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	}()
+	for u := range o.users {
+		tok, _, err := signer.Sign("user-"+strconv.Itoa(u), time.Hour, "", "")
+		if err != nil {
+			return nil, err
+		}
+		c, _, err := d.Dial("ws://"+addr+"/ws", http.Header{"Authorization": {"Bearer " + tok}})
+		if err != nil {
+			return nil, fmt.Errorf("dial user %d: %w", u, err)
+		}
+		conns[u] = c
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, msg, err := c.ReadMessage(); err != nil || !bytes.Contains(msg, []byte(`"connection_established"`)) {
+			return nil, fmt.Errorf("user %d: no connection_established (%v)", u, err)
+		}
+	}
+
+	start := time.Now()
+	from := start.Add(o.warmup)
+	to := from.Add(o.duration)
+	var (
+		mu       sync.Mutex
+		res      results
+		errs     atomic.Int64
+		firstErr atomic.Value
+		wg       sync.WaitGroup
+	)
+	report := func(err error) {
+		if errs.Add(1) == 1 {
+			firstErr.Store(err)
+		}
+	}
+	for u, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			threadID := ""
+			for n := 0; ; n++ {
+				t0 := time.Now()
+				if !t0.Before(to) {
+					return
+				}
+				id := "r" + strconv.Itoa(n)
+				m := map[string]string{"type": "user_message", "id": id, "content": o.message}
+				if o.sameThread && threadID != "" {
+					m["thread_id"] = threadID
+				}
+				b, _ := json.Marshal(m)
+				if err := c.WriteMessage(websocket.TextMessage, b); err != nil {
+					report(fmt.Errorf("user %d: send: %w", u, err))
+					return
+				}
+				var tAck, tStarted, tDone time.Duration
+				runID := ""
+				_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+				for tDone == 0 {
+					_, msg, err := c.ReadMessage()
+					now := time.Since(t0)
+					if err != nil {
+						report(fmt.Errorf("user %d: read: %w", u, err))
+						return
+					}
+					var f frame
+					if err := json.Unmarshal(msg, &f); err != nil {
+						report(fmt.Errorf("user %d: frame %q: %w", u, msg, err))
+						return
+					}
+					switch {
+					case f.Type == "ack" && f.Ref == id:
+						tAck, runID, threadID = now, f.RunID, f.ThreadID
+					case f.Type == "error" && f.Ref == id:
+						report(fmt.Errorf("user %d: error %s: %s", u, f.Code, f.Message))
+						tDone = -1 // next message
+					case runID == "" || f.RunID != runID:
+					case f.Type == "agent_started":
+						tStarted = now
+					case f.Type == "agent_completed":
+						tDone = now
+					case f.Type == "agent_error":
+						report(fmt.Errorf("user %d: agent_error %s", u, f.Data.Code))
+						tDone = -1
+					}
+				}
+				if tDone < 0 || t0.Before(from) {
+					continue
+				}
+				mu.Lock()
+				res.ack = append(res.ack, tAck)
+				res.started = append(res.started, tStarted)
+				res.done = append(res.done, tDone)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if e := firstErr.Load(); e != nil {
+		fmt.Fprintln(os.Stderr, "first error:", e)
+	}
+	res.errors = errs.Load()
+	slices.Sort(res.ack)
+	slices.Sort(res.started)
+	slices.Sort(res.done)
+	return &res, nil
+}
+
+// q is the p-quantile of sorted ds.
+func q(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p*float64(len(ds)))) - 1
+	i = min(max(i, 0), len(ds)-1)
+	return ds[i].Round(10 * time.Microsecond)
+}
