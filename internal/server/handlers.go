@@ -33,6 +33,9 @@ func handleReadyz(d *Deps) http.Handler {
 		defer cancel()
 		checks := map[string]string{"stream": "ok", "store": "ok"}
 		ready := true
+		if d.Draining != nil && d.Draining() {
+			checks["process"], ready = "draining", false
+		}
 		if err := d.Stream.Ping(ctx); err != nil {
 			checks["stream"], ready = "unreachable", false
 		}

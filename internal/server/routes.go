@@ -1,6 +1,10 @@
 package server
 
-import "net/http"
+import (
+	"net/http"
+
+	"github.com/agentwire/agentwire/web"
+)
 
 // addRoutes is the whole HTTP surface of agentwire, in one place.
 func addRoutes(mux *http.ServeMux, d *Deps) {
@@ -11,6 +15,7 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	mux.Handle("GET /api/v1/threads", handleThreads(d))
 	mux.Handle("GET /api/v1/threads/{id}/messages", handleMessages(d))
 	mux.Handle("GET /api/v1/runs/{id}", handleRun(d))
+	mux.Handle("GET /api/v1/config", handleConfig(d))
 	mux.Handle("POST /api/v1/publish", requireAPIKey(d, handlePublish(d)))
 
 	if d.DevLogin {
@@ -21,5 +26,7 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	mux.Handle("GET /readyz", handleReadyz(d))
 	mux.Handle("GET /metrics", d.Metrics.Handler())
 
+	mux.Handle("GET /{$}", web.Handler())
+	mux.Handle("GET /static/", web.Handler())
 	mux.Handle("/", handleNotFound())
 }

@@ -42,6 +42,9 @@ type Deps struct {
 	Audience string
 	// WS is the /ws endpoint.
 	WS http.Handler
+	// Draining reports that the process is shutting down: /readyz fails so
+	// load balancers stop sending new work. Nil means never.
+	Draining func() bool
 }
 
 // NewServer returns the complete HTTP handler.

@@ -1,0 +1,939 @@
+// agentwire client SDK: one WebSocket per client with authentication by ticket
+// or subprotocol token, automatic reconnect with exponential backoff and full
+// jitter, resume from the last seq/epoch, dedupe by seq, and sendMessage()
+// resolving with the ack. The wire contract is PROTOCOL.md (agentwire.v1).
+// No runtime dependencies: in Node, pass a WebSocket constructor (e.g. `ws`).
+
+/** The subprotocol and version this client speaks. */
+export const PROTOCOL = "agentwire.v1";
+
+// ---------------------------------------------------------------------------
+// Frames from the server (PROTOCOL.md section 4).
+
+/** First frame of every connection. */
+export interface ConnectionEstablishedFrame {
+  type: "connection_established";
+  connection_id: string;
+  user_id: string;
+  protocol: string;
+  epoch: string;
+  head_seq: number;
+  heartbeat_interval_ms: number;
+  max_message_bytes: number;
+}
+
+/** Fields every stream event carries. */
+export interface StreamEventBase<T extends string, D> {
+  type: T;
+  seq: number;
+  epoch: string;
+  /** RFC 3339, UTC. */
+  ts: string;
+  thread_id?: string;
+  run_id?: string;
+  data: D;
+}
+
+export interface UserMessageData {
+  message_id: string;
+  content: string;
+  client_message_id?: string;
+}
+export interface AgentStartedData {
+  agent: string;
+}
+export interface AgentThinkingData {
+  text: string;
+}
+export interface ToolExecutingData {
+  tool_call_id: string;
+  tool: string;
+  args: Record<string, unknown>;
+}
+export interface ToolCompletedData {
+  tool_call_id: string;
+  tool: string;
+  ok: boolean;
+  result: unknown;
+  duration_ms: number;
+  error?: string;
+}
+export interface AgentMessageDeltaData {
+  message_id: string;
+  delta: string;
+}
+export interface AgentCompletedData {
+  message_id: string;
+  final_response: string;
+  duration_ms: number;
+}
+/** `code` is one of `cancelled`, `timeout`, `agent_failed`, `too_many_runs`, … */
+export interface AgentErrorData {
+  code: string;
+  message: string;
+  duration_ms: number;
+}
+
+export type UserMessageEvent = StreamEventBase<"user_message", UserMessageData>;
+export type AgentStartedEvent = StreamEventBase<"agent_started", AgentStartedData>;
+export type AgentThinkingEvent = StreamEventBase<"agent_thinking", AgentThinkingData>;
+export type ToolExecutingEvent = StreamEventBase<"tool_executing", ToolExecutingData>;
+export type ToolCompletedEvent = StreamEventBase<"tool_completed", ToolCompletedData>;
+export type AgentMessageDeltaEvent = StreamEventBase<"agent_message_delta", AgentMessageDeltaData>;
+export type AgentCompletedEvent = StreamEventBase<"agent_completed", AgentCompletedData>;
+export type AgentErrorEvent = StreamEventBase<"agent_error", AgentErrorData>;
+/** An event given to POST /api/v1/publish: any type, any object as data. */
+export type PublishedEvent = StreamEventBase<string, Record<string, unknown>>;
+
+/** The stream events agentwire's runs produce, by type. */
+export interface AgentEventMap {
+  user_message: UserMessageEvent;
+  agent_started: AgentStartedEvent;
+  agent_thinking: AgentThinkingEvent;
+  tool_executing: ToolExecutingEvent;
+  tool_completed: ToolCompletedEvent;
+  agent_message_delta: AgentMessageDeltaEvent;
+  agent_completed: AgentCompletedEvent;
+  agent_error: AgentErrorEvent;
+}
+export type AgentEvent = AgentEventMap[keyof AgentEventMap];
+/** Any frame with a seq: an agent event or a published one. */
+export type StreamEvent = AgentEvent | PublishedEvent;
+
+/** Answer to a client frame that carried an `id`. */
+export interface AckFrame {
+  type: "ack";
+  ref: string;
+  thread_id?: string;
+  run_id?: string;
+  message_id?: string;
+}
+export interface PongFrame {
+  type: "pong";
+  ref?: string;
+}
+/** `code`: bad_json, unknown_type, invalid_message, not_found, rate_limited, too_many_runs, internal_error, … */
+export interface ErrorFrame {
+  type: "error";
+  code: string;
+  message: string;
+  ref?: string;
+}
+export interface ResyncRequiredFrame {
+  type: "resync_required";
+  epoch: string;
+  head_seq: number;
+  reason: string;
+}
+export interface DeprecationFrame {
+  type: "deprecation";
+  alias: string;
+  replacement: string;
+  message: string;
+}
+
+/** Frames that are not in the stream (no seq). */
+export interface ControlFrameMap {
+  connection_established: ConnectionEstablishedFrame;
+  ack: AckFrame;
+  pong: PongFrame;
+  error: ErrorFrame;
+  resync_required: ResyncRequiredFrame;
+  deprecation: DeprecationFrame;
+}
+export type ControlFrame = ControlFrameMap[keyof ControlFrameMap];
+export type ServerFrame = ControlFrame | StreamEvent;
+
+// ---------------------------------------------------------------------------
+// Frames from the client (PROTOCOL.md section 3).
+
+export interface UserMessageFrame {
+  type: "user_message";
+  id?: string;
+  content: string;
+  thread_id?: string;
+  client_message_id?: string;
+}
+export interface StopAgentFrame {
+  type: "stop_agent";
+  id?: string;
+  run_id: string;
+}
+export interface ResumeFrame {
+  type: "resume";
+  id?: string;
+  since?: number;
+  epoch?: string;
+}
+export interface PingFrame {
+  type: "ping";
+  id?: string;
+}
+export type ClientFrame = UserMessageFrame | StopAgentFrame | ResumeFrame | PingFrame;
+
+// ---------------------------------------------------------------------------
+// REST shapes (PROTOCOL.md section 7).
+
+export interface Thread {
+  id: string;
+  title: string;
+  created_at: string;
+  updated_at: string;
+}
+export interface Message {
+  id: string;
+  role: "user" | "assistant";
+  content: string;
+  run_id?: string;
+  created_at: string;
+}
+export interface Run {
+  id: string;
+  thread_id: string;
+  status: "running" | "completed" | "failed" | "cancelled" | "timeout";
+  started_at: string;
+  ended_at?: string;
+  agent?: string;
+  error_code?: string;
+  error_message?: string;
+}
+export interface TicketResponse {
+  ticket: string;
+  expires_at: string;
+}
+export interface EventsResponse {
+  epoch: string;
+  head_seq: number;
+  events: StreamEvent[];
+  resync_required?: boolean;
+  reason?: string;
+}
+
+// ---------------------------------------------------------------------------
+// Close codes (PROTOCOL.md section 6).
+
+export const CloseCode = {
+  Normal: 1000,
+  GoingAway: 1001,
+  Abnormal: 1006,
+  PolicyViolation: 1008,
+  TooLarge: 1009,
+  InternalError: 1011,
+  NoPong: 4000,
+  TokenExpired: 4001,
+  SlowConsumer: 4008,
+  TooManyErrors: 4029,
+} as const;
+
+// ---------------------------------------------------------------------------
+// Client.
+
+/** The smallest WebSocket surface the client uses (the browser's, or `ws`'s). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  readonly protocol: string;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string; wasClean?: boolean }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+export type FetchLike = (
+  input: string,
+  init?: { method?: string; headers?: Record<string, string>; body?: string },
+) => Promise<{ ok: boolean; status: number; json(): Promise<unknown> }>;
+
+/**
+ * Connection states: `connecting` (first connect), `connected`,
+ * `reconnecting` (waiting or dialing after a drop), `resumed` (connected
+ * again, continuing from the last seq), `closed` (close() or a close code
+ * the contract says not to retry: 1000, 1008, 1009).
+ */
+export type ConnectionState = "idle" | "connecting" | "connected" | "reconnecting" | "resumed" | "closed";
+
+export interface StateChange {
+  state: ConnectionState;
+  /** The close code that caused a reconnecting or closed state. */
+  code?: number;
+  reason?: string;
+  /** Milliseconds until the next attempt, when reconnecting. */
+  delayMs?: number;
+  attempt?: number;
+}
+
+/** Why the refresh hook was called. */
+export type RefreshReason = "expired" | "expiring" | "unauthorized";
+
+export interface ClientOptions {
+  /** Base URL of the server (http or https). Default: the page's origin. */
+  url?: string;
+  /** Returns the user's JWT. Called once at connect. */
+  getToken: () => string | Promise<string>;
+  /** Returns a fresh JWT: on close 4001, before the token's exp, and after a 401. Default: getToken. */
+  refreshToken?: (reason: RefreshReason) => string | Promise<string>;
+  /** "ticket" (POST /api/v1/tickets, then ?ticket=) or "subprotocol" (agentwire.v1, bearer.<JWT>). Default "ticket". */
+  auth?: "ticket" | "subprotocol";
+  /** WebSocket constructor. Default: globalThis.WebSocket. */
+  WebSocket?: WebSocketConstructor;
+  /** fetch. Default: globalThis.fetch. */
+  fetch?: FetchLike;
+  /** Resume position to start from (e.g. kept from an earlier page). Without it the client starts live from the head. */
+  since?: number;
+  epoch?: string;
+  /** First backoff ceiling in ms (default 500); doubles per failed attempt up to maxDelayMs (default 30000). */
+  initialDelayMs?: number;
+  maxDelayMs?: number;
+  /** Minimum wait after close 4029 (default 5000). */
+  tooManyErrorsDelayMs?: number;
+  /** How long sendMessage/stop/ping wait for their answer, across reconnects (default 15000). */
+  ackTimeoutMs?: number;
+  /** Refresh the token this long before its exp and reconnect with resume (default 30000; 0 disables). */
+  refreshBeforeExpMs?: number;
+  /** Application-level ping every this many ms (default 0: off; the server's protocol pings suffice). */
+  pingIntervalMs?: number;
+  /** Runs whose events are kept so onRun() registered late still sees them (default 100). */
+  runBufferRuns?: number;
+  /** Random source in [0, 1) for jitter (tests). */
+  random?: () => number;
+}
+
+/** A rejected sendMessage/stop/ping. `code` is the error frame's code, or `timeout`, `closed`. */
+export class AgentwireError extends Error {
+  readonly code: string;
+  readonly ref?: string;
+  constructor(code: string, message: string, ref?: string) {
+    super(message);
+    this.name = "AgentwireError";
+    this.code = code;
+    this.ref = ref;
+  }
+}
+
+export interface SendMessageOptions {
+  /** Omit to start a new thread. */
+  threadId?: string;
+  /** Idempotency key; generated when omitted. The same key within 10 min returns the first ack. */
+  clientMessageId?: string;
+  timeoutMs?: number;
+}
+
+/** The ack of a user_message: the ack frame plus the client_message_id sent. */
+export interface MessageAck extends AckFrame {
+  client_message_id: string;
+}
+
+type Handler<F> = (frame: F) => void;
+
+interface Pending {
+  frame: ClientFrame & { id: string };
+  resolve: (f: AckFrame | PongFrame) => void;
+  reject: (e: AgentwireError) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+const OPEN = 1;
+
+let idCounter = 0;
+
+function randomID(): string {
+  const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+  if (c?.randomUUID) return c.randomUUID();
+  let s = "";
+  for (let i = 0; i < 4; i++) s += Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, "0");
+  return s;
+}
+
+function frameID(): string {
+  idCounter = (idCounter + 1) % 1e9;
+  return "c" + idCounter.toString(36) + "-" + randomID().slice(0, 8);
+}
+
+/** The `exp` claim of a JWT in ms since the epoch, or undefined. The token is not verified. */
+export function tokenExpiry(token: string): number | undefined {
+  const part = token.split(".")[1];
+  if (!part) return undefined;
+  try {
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const padded = b64 + "=".repeat((4 - (b64.length % 4)) % 4);
+    const bin = atob(padded);
+    const bytes = Uint8Array.from(bin, (ch) => ch.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes)) as { exp?: unknown };
+    return typeof claims.exp === "number" ? claims.exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * AgentwireClient holds one connection to agentwire and keeps it up.
+ * Stream events reach handlers once each, in seq order, across reconnects.
+ */
+export class AgentwireClient {
+  private readonly opts: ClientOptions;
+  private readonly WS: WebSocketConstructor;
+  private readonly fetchFn: FetchLike;
+  private readonly base: string;
+  private readonly rand: () => number;
+
+  private ws: WebSocketLike | null = null;
+  private token: string | null = null;
+  private _state: ConnectionState = "idle";
+  private wanted = false; // connect() called and close() not
+  private everConnected = false;
+  private attempt = 0;
+  private seq = 0;
+  private epoch: string | undefined;
+  private hasPosition = false;
+  private connectedAt = 0;
+  private gapResumeSent = false;
+  private established: ConnectionEstablishedFrame | null = null;
+
+  private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  private refreshTimer: ReturnType<typeof setTimeout> | undefined;
+  private pingTimer: ReturnType<typeof setInterval> | undefined;
+  private firstConnect: { resolve: () => void; reject: (e: Error) => void } | null = null;
+
+  private readonly pending = new Map<string, Pending>();
+  private readonly typeHandlers = new Map<string, Set<Handler<never>>>();
+  private readonly runHandlers = new Map<string, Set<Handler<StreamEvent>>>();
+  private readonly runBuffer = new Map<string, StreamEvent[]>();
+  private readonly resyncHandlers = new Set<Handler<ResyncRequiredFrame>>();
+  private readonly stateHandlers = new Set<Handler<StateChange>>();
+
+  constructor(opts: ClientOptions) {
+    this.opts = opts;
+    const WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    const f = opts.fetch ?? (globalThis as { fetch?: FetchLike }).fetch;
+    if (!WS) throw new Error("agentwire: no WebSocket: pass options.WebSocket");
+    if (!f) throw new Error("agentwire: no fetch: pass options.fetch");
+    this.WS = WS;
+    this.fetchFn = f.bind(globalThis) as FetchLike;
+    const loc = (globalThis as { location?: { origin: string } }).location;
+    const base = opts.url ?? loc?.origin;
+    if (!base) throw new Error("agentwire: options.url is required outside a browser");
+    this.base = base.replace(/\/+$/, "");
+    this.rand = opts.random ?? Math.random;
+    if (opts.since !== undefined) {
+      this.seq = opts.since;
+      this.epoch = opts.epoch;
+      this.hasPosition = true;
+    }
+  }
+
+  /** The connection state. */
+  get state(): ConnectionState {
+    return this._state;
+  }
+
+  /** The last seq handled and its epoch: pass them as options.since/epoch to continue elsewhere. */
+  get position(): { since: number; epoch: string | undefined } {
+    return { since: this.seq, epoch: this.epoch };
+  }
+
+  /** The current connection's connection_established frame, or null while disconnected. */
+  get connection(): ConnectionEstablishedFrame | null {
+    return this.established;
+  }
+
+  /**
+   * Starts the connection and keeps it up until close(). Resolves on the
+   * first connection_established; rejects only if close() comes first or the
+   * server refuses for good (1008, 1009).
+   */
+  connect(): Promise<void> {
+    if (this.wanted) {
+      return this.everConnected && this.established ? Promise.resolve() : this.waitFirst();
+    }
+    this.wanted = true;
+    const p = this.waitFirst();
+    this.setState({ state: this.everConnected ? "reconnecting" : "connecting" });
+    void this.dial();
+    return p;
+  }
+
+  private waitFirst(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const prev = this.firstConnect;
+      this.firstConnect = {
+        resolve: () => {
+          prev?.resolve();
+          resolve();
+        },
+        reject: (e) => {
+          prev?.reject(e);
+          reject(e);
+        },
+      };
+    });
+  }
+
+  /** Closes the connection with 1000 and stops reconnecting. Pending requests reject with `closed`. */
+  close(): void {
+    this.wanted = false;
+    clearTimeout(this.reconnectTimer);
+    clearTimeout(this.refreshTimer);
+    clearInterval(this.pingTimer);
+    const ws = this.ws;
+    this.ws = null;
+    this.established = null;
+    if (ws) {
+      ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
+      try {
+        ws.close(CloseCode.Normal, "client closed");
+      } catch {
+        /* already closed */
+      }
+    }
+    for (const [id, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(new AgentwireError("closed", "client closed", id));
+    }
+    this.pending.clear();
+    this.firstConnect?.reject(new AgentwireError("closed", "client closed"));
+    this.firstConnect = null;
+    this.setState({ state: "closed", code: CloseCode.Normal });
+  }
+
+  // -- handlers ------------------------------------------------------------
+
+  /**
+   * Calls fn for every frame of type: a stream event type (`agent_started`,
+   * a published type, …), a control frame type (`ack`, `error`,
+   * `connection_established`, …), or `*` for every stream event. Returns a
+   * function that removes the handler.
+   */
+  on<K extends keyof AgentEventMap>(type: K, fn: Handler<AgentEventMap[K]>): () => void;
+  on<K extends keyof ControlFrameMap>(type: K, fn: Handler<ControlFrameMap[K]>): () => void;
+  on(type: "*", fn: Handler<StreamEvent>): () => void;
+  on(type: string, fn: Handler<PublishedEvent>): () => void;
+  on(type: string, fn: Handler<never>): () => void {
+    let set = this.typeHandlers.get(type);
+    if (!set) this.typeHandlers.set(type, (set = new Set()));
+    set.add(fn);
+    return () => {
+      set.delete(fn);
+    };
+  }
+
+  /**
+   * Calls fn for every stream event of run runId, in seq order. Events of the
+   * run that arrived before the call (kept for the last runBufferRuns runs)
+   * are delivered first, so registering right after sendMessage resolves
+   * misses nothing.
+   */
+  onRun(runId: string, fn: Handler<StreamEvent>): () => void {
+    let set = this.runHandlers.get(runId);
+    if (!set) this.runHandlers.set(runId, (set = new Set()));
+    set.add(fn);
+    for (const ev of this.runBuffer.get(runId) ?? []) fn(ev);
+    return () => {
+      set.delete(fn);
+      if (set.size === 0) this.runHandlers.delete(runId);
+    };
+  }
+
+  /**
+   * Calls fn when the server cannot replay what was missed (resync_required):
+   * reload state from REST. Events then continue live from frame.head_seq.
+   */
+  onResync(fn: Handler<ResyncRequiredFrame>): () => void {
+    this.resyncHandlers.add(fn);
+    return () => {
+      this.resyncHandlers.delete(fn);
+    };
+  }
+
+  /** Calls fn on every connection state change. */
+  onStateChange(fn: Handler<StateChange>): () => void {
+    this.stateHandlers.add(fn);
+    return () => {
+      this.stateHandlers.delete(fn);
+    };
+  }
+
+  // -- requests ------------------------------------------------------------
+
+  /**
+   * Sends a user_message and resolves with its ack (thread_id, run_id,
+   * message_id). Sent now if connected, else on the next connection; if the
+   * connection drops before the ack it is sent again with the same
+   * client_message_id, so the server starts the run once. Rejects with an
+   * AgentwireError on an error frame answering it, or on timeout.
+   */
+  async sendMessage(content: string, opts: SendMessageOptions = {}): Promise<MessageAck> {
+    const cmid = opts.clientMessageId ?? randomID();
+    const frame: UserMessageFrame & { id: string } = {
+      type: "user_message",
+      id: frameID(),
+      content,
+      client_message_id: cmid,
+    };
+    if (opts.threadId) frame.thread_id = opts.threadId;
+    const ack = (await this.request(frame, opts.timeoutMs)) as AckFrame;
+    return { ...ack, client_message_id: cmid };
+  }
+
+  /** Asks the server to stop run runId; resolves with the ack. The run then ends with agent_error `cancelled`. */
+  async stop(runId: string, timeoutMs?: number): Promise<AckFrame> {
+    return (await this.request({ type: "stop_agent", id: frameID(), run_id: runId }, timeoutMs)) as AckFrame;
+  }
+
+  /** Sends an application-level ping; resolves with the pong. */
+  async ping(timeoutMs?: number): Promise<PongFrame> {
+    return (await this.request({ type: "ping", id: frameID() }, timeoutMs)) as PongFrame;
+  }
+
+  private request(frame: ClientFrame & { id: string }, timeoutMs?: number): Promise<AckFrame | PongFrame> {
+    return new Promise((resolve, reject) => {
+      if (!this.wanted) {
+        reject(new AgentwireError("closed", "client is not connected: call connect() first", frame.id));
+        return;
+      }
+      const ms = timeoutMs ?? this.opts.ackTimeoutMs ?? 15000;
+      const timer = setTimeout(() => {
+        this.pending.delete(frame.id);
+        reject(new AgentwireError("timeout", `no answer to ${frame.type} within ${ms} ms`, frame.id));
+      }, ms);
+      this.pending.set(frame.id, { frame, resolve, reject, timer });
+      if (this.established && this.ws?.readyState === OPEN) this.ws.send(JSON.stringify(frame));
+    });
+  }
+
+  /**
+   * Asks the server to replay retained events after since (default: from the
+   * start of the retained history) on the open connection. Events already
+   * handled are dropped by seq, so handlers see only what they missed.
+   * Returns false when not connected.
+   */
+  requestReplay(since = 0): boolean {
+    if (!this.established || this.ws?.readyState !== OPEN) return false;
+    const frame: ResumeFrame = { type: "resume", since };
+    if (this.epoch) frame.epoch = this.epoch;
+    this.ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  // -- connection ----------------------------------------------------------
+
+  private async currentToken(): Promise<string> {
+    if (this.token === null) this.token = await this.opts.getToken();
+    return this.token;
+  }
+
+  private async refresh(reason: RefreshReason): Promise<void> {
+    const hook = this.opts.refreshToken ?? (() => this.opts.getToken());
+    this.token = await hook(reason);
+  }
+
+  private wsURL(query: Record<string, string>): string {
+    const u = new URL(this.base + "/ws");
+    u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+    for (const [k, v] of Object.entries(query)) u.searchParams.set(k, v);
+    return u.toString();
+  }
+
+  private async ticket(token: string): Promise<{ ticket?: string; status: number }> {
+    const res = await this.fetchFn(this.base + "/api/v1/tickets", {
+      method: "POST",
+      headers: { Authorization: "Bearer " + token },
+    });
+    if (!res.ok) return { status: res.status };
+    const body = (await res.json()) as TicketResponse;
+    return { ticket: body.ticket, status: res.status };
+  }
+
+  private async dial(): Promise<void> {
+    if (!this.wanted) return;
+    let ws: WebSocketLike;
+    try {
+      let token = await this.currentToken();
+      const exp = tokenExpiry(token);
+      if (exp !== undefined && exp <= Date.now()) {
+        await this.refresh("expired");
+        token = await this.currentToken();
+      }
+      const query: Record<string, string> = {};
+      if (this.hasPosition) {
+        query.since = String(this.seq);
+        if (this.epoch) query.epoch = this.epoch;
+      }
+      if ((this.opts.auth ?? "ticket") === "ticket") {
+        let t = await this.ticket(token);
+        if (t.status === 401) {
+          await this.refresh("unauthorized");
+          t = await this.ticket(await this.currentToken());
+        }
+        if (!t.ticket) throw new Error(`POST /api/v1/tickets answered ${t.status}`);
+        query.ticket = t.ticket;
+        if (!this.wanted) return;
+        ws = new this.WS(this.wsURL(query));
+      } else {
+        if (!this.wanted) return;
+        ws = new this.WS(this.wsURL(query), [PROTOCOL, "bearer." + token]);
+      }
+    } catch (err) {
+      if (!this.wanted) return;
+      this.scheduleReconnect(CloseCode.Abnormal, String((err as Error)?.message ?? err));
+      return;
+    }
+    this.ws = ws;
+    ws.onmessage = (ev) => {
+      if (this.ws !== ws) return;
+      if (typeof ev.data !== "string") return;
+      let frame: ServerFrame;
+      try {
+        frame = JSON.parse(ev.data) as ServerFrame;
+      } catch {
+        return;
+      }
+      this.handleFrame(frame);
+    };
+    ws.onerror = () => {
+      /* a close follows */
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.onSocketClose(ev.code, ev.reason);
+    };
+  }
+
+  private onSocketClose(code: number, reason: string): void {
+    const wasUp = this.established !== null;
+    this.ws = null;
+    this.established = null;
+    clearTimeout(this.refreshTimer);
+    clearInterval(this.pingTimer);
+    if (!this.wanted) return;
+    if (wasUp && Date.now() - this.connectedAt > 10000) this.attempt = 0;
+    switch (code) {
+      case CloseCode.Normal:
+      case CloseCode.PolicyViolation:
+      case CloseCode.TooLarge: {
+        // The contract: 1008 stop, 1009 fix the client; 1000 is a deliberate end.
+        this.wanted = false;
+        const err = new AgentwireError("closed", `connection closed with ${code}${reason ? ": " + reason : ""}`);
+        for (const [, p] of this.pending) {
+          clearTimeout(p.timer);
+          p.reject(err);
+        }
+        this.pending.clear();
+        this.firstConnect?.reject(err);
+        this.firstConnect = null;
+        this.setState({ state: "closed", code, reason });
+        return;
+      }
+      case CloseCode.TokenExpired: {
+        // The first 4001 reconnects at once with the fresh token; a repeat backs off.
+        const first = this.attempt === 0;
+        this.setState({ state: "reconnecting", code, reason, attempt: this.attempt });
+        this.refresh("expired").then(
+          () => this.scheduleReconnect(code, reason, first ? 0 : undefined),
+          () => this.scheduleReconnect(code, reason),
+        );
+        if (first) this.attempt++;
+        return;
+      }
+    }
+    // Before connection_established a 401 looks like 1006 to a browser: an
+    // expired token is the likely cause when exp has passed (checked in dial).
+    this.scheduleReconnect(code, reason);
+  }
+
+  /** Waits (full jitter over an exponential ceiling, or delayMs) and dials again with resume. */
+  private scheduleReconnect(code: number, reason: string, delayMs?: number): void {
+    if (!this.wanted) return;
+    clearTimeout(this.reconnectTimer);
+    const base = this.opts.initialDelayMs ?? 500;
+    const max = this.opts.maxDelayMs ?? 30000;
+    let delay = delayMs;
+    if (delay === undefined) {
+      const ceiling = Math.min(max, base * 2 ** Math.min(this.attempt, 20));
+      delay = Math.floor(this.rand() * ceiling);
+      if (code === CloseCode.TooManyErrors) {
+        const floor = this.opts.tooManyErrorsDelayMs ?? 5000;
+        delay = floor + Math.floor(this.rand() * Math.max(floor, ceiling));
+      }
+      this.attempt++;
+    }
+    this.setState({ state: "reconnecting", code, reason, delayMs: delay, attempt: this.attempt });
+    this.reconnectTimer = setTimeout(() => void this.dial(), delay);
+  }
+
+  private handleFrame(frame: ServerFrame): void {
+    switch (frame.type) {
+      case "connection_established":
+        this.onEstablished(frame as ConnectionEstablishedFrame);
+        return;
+      case "resync_required": {
+        const f = frame as ResyncRequiredFrame;
+        this.epoch = f.epoch;
+        this.seq = f.head_seq;
+        this.hasPosition = true;
+        for (const fn of this.resyncHandlers) fn(f);
+        this.emitType(f);
+        return;
+      }
+      case "ack":
+      case "pong": {
+        const f = frame as AckFrame | PongFrame;
+        const p = f.ref !== undefined ? this.pending.get(f.ref) : undefined;
+        if (p) {
+          this.pending.delete(f.ref as string);
+          clearTimeout(p.timer);
+          p.resolve(f);
+        }
+        this.emitType(f);
+        return;
+      }
+      case "error": {
+        const f = frame as ErrorFrame;
+        const p = f.ref !== undefined ? this.pending.get(f.ref) : undefined;
+        if (p) {
+          this.pending.delete(f.ref as string);
+          clearTimeout(p.timer);
+          p.reject(new AgentwireError(f.code, f.message, f.ref));
+        }
+        this.emitType(f);
+        return;
+      }
+    }
+    const ev = frame as StreamEvent;
+    if (typeof ev.seq !== "number") {
+      this.emitType(frame); // deprecation and other control frames
+      return;
+    }
+    this.onEvent(ev);
+  }
+
+  private onEstablished(f: ConnectionEstablishedFrame): void {
+    const resumed = this.everConnected;
+    this.established = f;
+    this.connectedAt = Date.now();
+    this.gapResumeSent = false;
+    if (!this.hasPosition || this.epoch === undefined) {
+      // Live from the head: a resume asked for (since without epoch) keeps its seq.
+      if (!this.hasPosition) this.seq = f.head_seq;
+      this.epoch = f.epoch;
+      this.hasPosition = true;
+    }
+    this.everConnected = true;
+    this.setState({ state: resumed ? "resumed" : "connected" });
+    this.emitType(f);
+    for (const [, p] of this.pending) this.ws?.send(JSON.stringify(p.frame));
+    this.armRefresh();
+    this.armPing();
+    this.firstConnect?.resolve();
+    this.firstConnect = null;
+  }
+
+  private onEvent(ev: StreamEvent): void {
+    if (ev.epoch === this.epoch && ev.seq <= this.seq) return; // seen
+    if (ev.epoch !== this.epoch) {
+      // A new epoch without resync_required (only when none was known).
+      this.epoch = ev.epoch;
+    } else if (ev.seq > this.seq + 1 && this.ws?.readyState === OPEN) {
+      // A gap the contract rules out; ask for it (once) rather than lose it.
+      if (!this.gapResumeSent) {
+        this.gapResumeSent = true;
+        const resume: ResumeFrame = { type: "resume", since: this.seq, epoch: this.epoch };
+        this.ws.send(JSON.stringify(resume));
+      }
+      return;
+    }
+    this.gapResumeSent = false;
+    this.seq = ev.seq;
+    if (ev.run_id) {
+      let buf = this.runBuffer.get(ev.run_id);
+      if (!buf) {
+        this.runBuffer.set(ev.run_id, (buf = []));
+        const limit = this.opts.runBufferRuns ?? 100;
+        while (this.runBuffer.size > limit) {
+          const oldest = this.runBuffer.keys().next().value as string;
+          this.runBuffer.delete(oldest);
+        }
+      }
+      buf.push(ev);
+    }
+    this.emitType(ev);
+    for (const fn of this.typeHandlers.get("*") ?? []) this.safe(fn as Handler<StreamEvent>, ev);
+    if (ev.run_id) {
+      for (const fn of this.runHandlers.get(ev.run_id) ?? []) this.safe(fn, ev);
+    }
+  }
+
+  private emitType(f: ServerFrame): void {
+    for (const fn of this.typeHandlers.get(f.type) ?? []) this.safe(fn as Handler<ServerFrame>, f);
+  }
+
+  private safe<F>(fn: Handler<F>, f: F): void {
+    try {
+      fn(f);
+    } catch (err) {
+      // A failing handler must not stop delivery to the others.
+      setTimeout(() => {
+        throw err;
+      });
+    }
+  }
+
+  private setState(change: StateChange): void {
+    this._state = change.state;
+    for (const fn of this.stateHandlers) this.safe(fn, change);
+  }
+
+  private armRefresh(): void {
+    clearTimeout(this.refreshTimer);
+    const lead = this.opts.refreshBeforeExpMs ?? 30000;
+    if (lead <= 0 || this.token === null) return;
+    const exp = tokenExpiry(this.token);
+    if (exp === undefined) return;
+    const ms = Math.max(0, exp - lead - Date.now());
+    this.refreshTimer = setTimeout(() => void this.refreshAndReconnect(), ms);
+  }
+
+  /** Gets a fresh token before exp and moves to a new connection with resume. */
+  private async refreshAndReconnect(): Promise<void> {
+    try {
+      await this.refresh("expiring");
+    } catch {
+      return; // 4001 at exp will try again
+    }
+    const ws = this.ws;
+    if (!this.wanted || !ws) return;
+    this.ws = null;
+    this.established = null;
+    clearInterval(this.pingTimer);
+    ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
+    try {
+      ws.close(CloseCode.Normal, "token refresh");
+    } catch {
+      /* already closed */
+    }
+    this.scheduleReconnect(CloseCode.TokenExpired, "token refresh", 0);
+  }
+
+  private armPing(): void {
+    clearInterval(this.pingTimer);
+    const every = this.opts.pingIntervalMs ?? 0;
+    if (every <= 0) return;
+    this.pingTimer = setInterval(() => {
+      const ws = this.ws;
+      if (!ws || !this.established) return;
+      this.ping(every).catch((err: AgentwireError) => {
+        // No pong in time: this socket is dead even if it looks open.
+        if (err.code === "timeout" && this.ws === ws) {
+          ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
+          try {
+            ws.close(CloseCode.Normal, "no pong");
+          } catch {
+            /* already closed */
+          }
+          this.onSocketClose(CloseCode.NoPong, "no pong");
+        }
+      });
+    }, every);
+  }
+}

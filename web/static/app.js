@@ -1,0 +1,496 @@
+// The agentwire chat page. Plain ES modules, no framework: the SDK
+// (/static/agentwire.js, built from clients/js) keeps the socket up, resumes
+// and dedupes; this file turns threads, history and live events into DOM.
+// Every text from the server goes through textContent, never innerHTML.
+import { AgentwireClient, tokenExpiry } from "/static/agentwire.js";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "agentwire.token";
+
+const app = {
+  config: { dev: false },
+  token: null,
+  user: "",
+  client: null,
+  threads: [],
+  current: null, // thread id, or null for a new conversation
+  loading: false, // history of the current thread in flight
+  live: new Map(), // thread id → stream events received on this page
+  runs: new Map(), // run id → RunView of the current thread
+};
+
+// ---------------------------------------------------------------- helpers
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children) if (c) e.append(c);
+  return e;
+}
+
+function fmtMs(ms) {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+}
+
+function short(v, max = 200) {
+  const s = typeof v === "string" ? v : JSON.stringify(v);
+  return s.length > max ? s.slice(0, max - 1) + "…" : s;
+}
+
+function subject(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4))).sub || "";
+  } catch {
+    return "";
+  }
+}
+
+async function api(path, opts = {}) {
+  const headers = { ...(opts.headers || {}) };
+  if (app.token) headers.Authorization = "Bearer " + app.token;
+  if (opts.body) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, { ...opts, headers });
+  let body = null;
+  try {
+    body = await res.json();
+  } catch {
+    /* not JSON */
+  }
+  if (!res.ok) {
+    const err = new Error(body?.error?.message || `${path}: HTTP ${res.status}`);
+    err.status = res.status;
+    throw err;
+  }
+  return body;
+}
+
+function showError(where, err) {
+  $(where).textContent = err ? String(err.message || err) : "";
+}
+
+// ---------------------------------------------------------------- login
+
+async function init() {
+  try {
+    app.config = await api("/api/v1/config");
+  } catch {
+    app.config = { dev: false };
+  }
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  const exp = saved ? tokenExpiry(saved) : undefined;
+  if (saved && (exp === undefined || exp > Date.now() + 5000)) {
+    start(saved);
+  } else {
+    showLogin();
+  }
+}
+
+function showLogin(message) {
+  $("app").hidden = true;
+  $("logout").hidden = true;
+  $("who").hidden = true;
+  $("login").hidden = false;
+  $("dev-login").hidden = !app.config.dev;
+  $("token-login").hidden = app.config.dev;
+  showError("login-error", message);
+  (app.config.dev ? $("dev-user") : $("token-input")).focus();
+}
+
+async function devLogin(user) {
+  const res = await fetch("/auth/dev-login", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ user_id: user }),
+  });
+  const body = await res.json().catch(() => null);
+  if (!res.ok) throw new Error(body?.error?.message || `dev login: HTTP ${res.status}`);
+  return body.token;
+}
+
+$("dev-login").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    start(await devLogin($("dev-user").value.trim()));
+  } catch (err) {
+    showError("login-error", err);
+  }
+});
+
+$("token-login").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const tok = $("token-input").value.trim();
+  const exp = tokenExpiry(tok);
+  if (!subject(tok) || (exp !== undefined && exp <= Date.now())) {
+    showError("login-error", "That is not a valid, unexpired JWT.");
+    return;
+  }
+  start(tok);
+});
+
+$("logout").addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  app.client?.close();
+  app.client = null;
+  app.token = null;
+  app.live.clear();
+  renderConn({ state: "idle" });
+  showLogin();
+});
+
+async function refreshToken() {
+  // A dev token is renewed by logging in again; a pasted token cannot be.
+  if (app.config.dev && app.user) {
+    app.token = await devLogin(app.user);
+    sessionStorage.setItem(TOKEN_KEY, app.token);
+    return app.token;
+  }
+  showLogin("Your token expired: paste a new one.");
+  throw new Error("token expired");
+}
+
+// ---------------------------------------------------------------- session
+
+async function start(token) {
+  app.token = token;
+  app.user = subject(token);
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("who").hidden = false;
+  $("who").textContent = app.user;
+  $("logout").hidden = false;
+  showError("login-error");
+
+  app.client?.close();
+  const client = new AgentwireClient({ getToken: () => app.token, refreshToken });
+  app.client = client;
+  client.onStateChange(renderConn);
+  client.on("*", onEvent);
+  client.onResync(() => {
+    // What was missed is gone from the stream: the store has it.
+    app.live.clear();
+    loadThreads();
+    openThread(app.current, false);
+  });
+  client.connect().catch((err) => showError("chat-error", err));
+
+  await loadThreads();
+  const fromHash = decodeURIComponent(location.hash.slice(1));
+  openThread(app.threads.some((t) => t.id === fromHash) ? fromHash : null, false);
+  $("composer-input").focus();
+}
+
+const connText = {
+  idle: "Not connected",
+  connecting: "Connecting…",
+  connected: "Connected",
+  reconnecting: "Reconnecting…",
+  resumed: "Resumed",
+  closed: "Disconnected",
+};
+
+function renderConn(s) {
+  const c = $("conn");
+  c.dataset.state = s.state;
+  let text = connText[s.state] || s.state;
+  if (s.state === "reconnecting" && s.delayMs > 1500) text += ` (in ${Math.round(s.delayMs / 1000)} s)`;
+  if (s.state === "closed" && s.code && s.code !== 1000) text += ` (${s.code})`;
+  c.textContent = text;
+}
+
+// ---------------------------------------------------------------- threads
+
+async function loadThreads() {
+  try {
+    const { threads } = await api("/api/v1/threads");
+    app.threads = threads;
+  } catch (err) {
+    if (err.status === 401) return showLogin("Please sign in again.");
+    showError("chat-error", err);
+  }
+  renderThreads();
+}
+
+// At most one reload of the list per 300 ms, however many events ask for it.
+let threadsTimer;
+function loadThreadsSoon() {
+  if (threadsTimer) return;
+  threadsTimer = setTimeout(() => {
+    threadsTimer = undefined;
+    loadThreads();
+  }, 300);
+}
+
+function renderThreads() {
+  const cur = app.threads.find((t) => t.id === app.current);
+  if (cur) $("chat-title").textContent = cur.title || "Conversation";
+  const list = $("thread-list");
+  list.replaceChildren();
+  if (app.threads.length === 0) {
+    list.append(el("li", { class: "empty", text: "No conversations yet." }));
+  }
+  for (const t of app.threads) {
+    const b = el("button", { type: "button", class: "thread", "data-thread-id": t.id },
+      el("span", { class: "thread-title", text: t.title || "Untitled" }),
+      el("time", { datetime: t.updated_at, text: new Date(t.updated_at).toLocaleString() }));
+    if (t.id === app.current) b.setAttribute("aria-current", "true");
+    b.addEventListener("click", () => openThread(t.id, true));
+    list.append(el("li", {}, b));
+  }
+}
+
+$("new-thread").addEventListener("click", () => openThread(null, true));
+
+async function openThread(id, focus) {
+  app.current = id;
+  app.runs.clear();
+  const box = $("messages");
+  box.replaceChildren();
+  showError("chat-error");
+  history.replaceState(null, "", id ? "#" + encodeURIComponent(id) : location.pathname);
+  const t = app.threads.find((x) => x.id === id);
+  $("chat-title").textContent = id ? t?.title || "Conversation" : "New conversation";
+  renderThreads();
+  if (focus) $("composer-input").focus();
+  if (!id) return;
+
+  app.loading = true;
+  box.setAttribute("aria-busy", "true");
+  try {
+    const { messages } = await api(`/api/v1/threads/${encodeURIComponent(id)}/messages`);
+    if (app.current !== id) return;
+    // Runs this page saw start are drawn from their events, timeline included.
+    const seen = new Set((app.live.get(id) || []).filter((ev) => ev.type === "agent_started").map((ev) => ev.run_id));
+    for (const m of messages) {
+      if (m.role === "user") addUserMessage(m.id, m.content);
+      else if (m.run_id && seen.has(m.run_id)) runView(m.run_id);
+      else if (m.run_id) runView(m.run_id).fromHistory(m.content);
+      else addUserMessage(m.id, m.content, "assistant");
+    }
+  } catch (err) {
+    if (app.current === id) showError("chat-error", err);
+  } finally {
+    if (app.current === id) {
+      app.loading = false;
+      box.removeAttribute("aria-busy");
+      for (const ev of app.live.get(id) || []) applyEvent(ev);
+      scrollDown();
+    }
+  }
+}
+
+// ---------------------------------------------------------------- events
+
+function onEvent(ev) {
+  if (!ev.thread_id) return;
+  let list = app.live.get(ev.thread_id);
+  if (!list) app.live.set(ev.thread_id, (list = []));
+  list.push(ev);
+  if (!app.threads.some((t) => t.id === ev.thread_id) || ev.type === "user_message") loadThreadsSoon();
+  if (ev.thread_id === app.current && !app.loading) {
+    applyEvent(ev);
+    scrollDown();
+  }
+}
+
+function applyEvent(ev) {
+  if (ev.type === "user_message") {
+    addUserMessage(ev.data.message_id, ev.data.content);
+    return;
+  }
+  if (ev.run_id) runView(ev.run_id).apply(ev);
+}
+
+function addUserMessage(id, content, role = "user") {
+  const box = $("messages");
+  if (box.querySelector(`[data-message-id="${CSS.escape(id)}"]`)) return;
+  box.append(el("article", { class: `msg ${role}`, "data-message-id": id, "aria-label": role === "user" ? "You" : "Agent" },
+    el("p", { class: "who-label", text: role === "user" ? "You" : "Agent" }),
+    el("p", { class: "body", text: content })));
+}
+
+function scrollDown() {
+  const box = $("messages");
+  box.scrollTop = box.scrollHeight;
+}
+
+// A run of the current thread: a header with status and time, a timeline of
+// steps (one line per event, tool results folded into their call's line),
+// and the answer, which screen readers announce once it is complete.
+class RunView {
+  constructor(runId) {
+    this.runId = runId;
+    this.seqs = new Set();
+    this.tools = new Map();
+    this.answer = "";
+    this.done = false;
+    this.historic = false;
+    this.startedAt = undefined;
+
+    this.status = el("span", { class: "status", text: "running" });
+    this.clock = el("span", { class: "clock", text: "" });
+    this.stopBtn = el("button", { type: "button", class: "stop", text: "Stop", "aria-label": "Stop this run" });
+    this.stopBtn.addEventListener("click", () => this.stop());
+    this.timeline = el("ol", { class: "timeline", "aria-label": "Steps" });
+    this.answerEl = el("div", { class: "answer", "aria-live": "polite", "aria-busy": "true", "aria-label": "Answer" });
+    this.root = el("article", { class: "run running", "data-run-id": runId, "aria-label": "Agent run" },
+      el("header", { class: "run-head" }, el("span", { class: "who-label", text: "Agent" }), this.status, this.clock, this.stopBtn),
+      this.timeline, this.answerEl);
+    $("messages").append(this.root);
+  }
+
+  fromHistory(content) {
+    if (this.seqs.size > 0) return;
+    this.historic = true;
+    this.finish("completed", "");
+    this.answer = content;
+    this.answerEl.textContent = content;
+    this.timeline.hidden = true;
+  }
+
+  line(ev, cls, text) {
+    const li = el("li", { class: `ev ${cls}`, "data-seq": ev.seq, "data-type": ev.type });
+    const t = Date.parse(ev.ts);
+    if (this.startedAt === undefined) this.startedAt = t;
+    li.append(el("span", { class: "at", text: `+${fmtMs(Math.max(0, t - this.startedAt))}` }), el("span", { class: "what", text }));
+    this.timeline.append(li);
+    return li;
+  }
+
+  apply(ev) {
+    if (this.historic || this.seqs.has(ev.seq)) return;
+    this.seqs.add(ev.seq);
+    const d = ev.data || {};
+    switch (ev.type) {
+      case "agent_started":
+        this.startedAt = Date.parse(ev.ts);
+        this.localStart = performance.now();
+        this.line(ev, "started", `Started${d.agent ? ` (${d.agent})` : ""}`);
+        tick();
+        break;
+      case "agent_thinking":
+        this.line(ev, "thinking", `Thinking: ${d.text}`);
+        break;
+      case "tool_executing": {
+        const li = this.line(ev, "tool running", "");
+        const what = li.querySelector(".what");
+        what.replaceChildren(
+          el("span", { class: "tool-name", text: `Tool ${d.tool}` }),
+          el("code", { class: "tool-args", text: short(d.args ?? {}) }),
+          el("span", { class: "tool-result", text: "running…" }));
+        this.tools.set(d.tool_call_id, li);
+        break;
+      }
+      case "tool_completed": {
+        let li = this.tools.get(d.tool_call_id);
+        if (!li) {
+          li = this.line(ev, "tool", "");
+          li.querySelector(".what").append(el("span", { class: "tool-name", text: `Tool ${d.tool}` }), el("code", { class: "tool-args" }), el("span", { class: "tool-result" }));
+        }
+        li.classList.remove("running");
+        li.classList.add(d.ok ? "ok" : "failed");
+        li.dataset.completedSeq = ev.seq;
+        li.querySelector(".tool-result").textContent =
+          `${d.ok ? "→ " + short(d.result) : "failed: " + (d.error || short(d.result))} · ${fmtMs(d.duration_ms ?? 0)}`;
+        break;
+      }
+      case "agent_message_delta":
+        if (this.done) break;
+        this.answer += d.delta ?? "";
+        this.answerEl.textContent = this.answer;
+        break;
+      case "agent_completed":
+        this.answer = d.final_response ?? this.answer;
+        this.answerEl.textContent = this.answer;
+        this.line(ev, "completed", `Completed in ${fmtMs(d.duration_ms ?? 0)}`);
+        this.finish("completed", fmtMs(d.duration_ms ?? 0));
+        break;
+      case "agent_error":
+        this.line(ev, "error", `${d.code === "cancelled" ? "Stopped" : "Error"}: ${d.code}${d.message ? ` (${d.message})` : ""}`);
+        this.finish(d.code === "cancelled" ? "cancelled" : "failed", fmtMs(d.duration_ms ?? 0));
+        break;
+      default:
+        this.line(ev, "other", `${ev.type}: ${short(d)}`);
+    }
+  }
+
+  finish(status, total) {
+    this.done = true;
+    this.root.classList.remove("running");
+    this.root.classList.add(status);
+    this.status.textContent = status;
+    this.clock.textContent = total ? `total ${total}` : "";
+    this.answerEl.setAttribute("aria-busy", "false");
+    if (this.stopBtn.contains(document.activeElement)) $("composer-input").focus();
+    this.stopBtn.remove();
+  }
+
+  async stop() {
+    this.stopBtn.disabled = true;
+    try {
+      await app.client.stop(this.runId);
+    } catch (err) {
+      this.stopBtn.disabled = false;
+      showError("chat-error", err);
+    }
+  }
+}
+
+function runView(runId) {
+  let v = app.runs.get(runId);
+  if (!v) app.runs.set(runId, (v = new RunView(runId)));
+  return v;
+}
+
+// One timer updates the elapsed time of every running run.
+let ticker;
+function tick() {
+  if (ticker) return;
+  ticker = setInterval(() => {
+    let any = false;
+    for (const v of app.runs.values()) {
+      if (v.done || v.localStart === undefined) continue;
+      any = true;
+      v.clock.textContent = fmtMs(performance.now() - v.localStart);
+    }
+    if (!any) {
+      clearInterval(ticker);
+      ticker = undefined;
+    }
+  }, 100);
+}
+
+// ---------------------------------------------------------------- composer
+
+$("composer").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const input = $("composer-input");
+  const content = input.value.trim();
+  if (!content || !app.client) return;
+  input.value = "";
+  showError("chat-error");
+  try {
+    const ack = await app.client.sendMessage(content, { threadId: app.current ?? undefined });
+    if (app.current === null) await openThread(ack.thread_id, false);
+    loadThreadsSoon();
+  } catch (err) {
+    input.value = content;
+    showError("chat-error", err);
+  }
+});
+
+$("composer-input").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+
+init();
