@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
@@ -19,13 +21,17 @@ import (
 	"github.com/agentwire/agentwire/internal/agent/openai"
 	"github.com/agentwire/agentwire/internal/agent/tools"
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/cluster"
 	"github.com/agentwire/agentwire/internal/hub"
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/server"
+	"github.com/agentwire/agentwire/internal/store"
+	"github.com/agentwire/agentwire/internal/store/postgres"
 	"github.com/agentwire/agentwire/internal/store/sqlite"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
+	redisstream "github.com/agentwire/agentwire/internal/stream/redis"
 	"github.com/agentwire/agentwire/internal/ws"
 )
 
@@ -38,6 +44,8 @@ type serveFlags struct {
 	openaiAPIKey   string
 	openaiModel    string
 	agentURL       string
+	redisURL       string
+	databaseURL    string
 	maxRuns        int
 	runTimeout     time.Duration
 	drainTimeout   time.Duration
@@ -67,6 +75,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	f.String(&o.openaiBaseURL, "openai-base-url", "AGENTWIRE_OPENAI_BASE_URL", openai.DefaultBaseURL, "OpenAI-compatible API root (--agent openai)")
 	f.String(&o.openaiAPIKey, "openai-api-key", "AGENTWIRE_OPENAI_API_KEY", "", "API key of the OpenAI-compatible endpoint (--agent openai)")
 	f.String(&o.openaiModel, "openai-model", "AGENTWIRE_OPENAI_MODEL", "", "model name (--agent openai)")
+	f.String(&o.redisURL, "redis-url", "AGENTWIRE_REDIS_URL", "", "redis://… shared by every node: streams, tickets and connection limits (default: in memory, one node)")
+	f.String(&o.databaseURL, "database-url", "AGENTWIRE_DATABASE_URL", "", "postgres://… shared by every node (default: SQLite in --data-dir)")
 	f.String(&o.agentURL, "agent-url", "AGENTWIRE_AGENT_URL", "", "URL the http agent POSTs runs to (--agent http)")
 	f.Int(&o.maxRuns, "max-runs-per-user", "AGENTWIRE_MAX_RUNS_PER_USER", runs.DefaultMaxPerUser, "concurrent runs one user may have; more answer too_many_runs")
 	f.Duration(&o.runTimeout, "run-timeout", "AGENTWIRE_RUN_TIMEOUT", runs.DefaultTimeout, "a run still going after this ends with agent_error timeout")
@@ -111,34 +121,53 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer verifier.Close()
 
 	m := metrics.New()
-	st := memory.New(memory.Options{Retention: stream.Retention{MaxEvents: o.retentionEvents, MaxAge: o.retentionAge}})
-	defer st.Close()
-	if err := os.MkdirAll(o.keys.dataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
+	retention := stream.Retention{MaxEvents: o.retentionEvents, MaxAge: o.retentionAge}
+	var (
+		st      stream.Stream
+		tickets auth.TicketStore = auth.NewTickets(auth.TicketTTL, nil)
+		conns   *cluster.Conns
+	)
+	if o.redisURL != "" {
+		rs, err := redisstream.New(ctx, redisstream.Options{URL: o.redisURL, Retention: retention, Logger: log})
+		if err != nil {
+			return err
+		}
+		st = rs
+		rc, err := cluster.Connect(o.redisURL)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		tickets = cluster.NewTickets(rc, redisstream.DefaultPrefix, auth.TicketTTL)
+		conns = cluster.NewConns(rc, redisstream.DefaultPrefix, 0)
+	} else {
+		st = memory.New(memory.Options{Retention: retention})
 	}
-	db, err := sqlite.Open(ctx, filepath.Join(o.keys.dataDir, "agentwire.db"))
+	defer st.Close()
+	db, err := openStore(ctx, &o, log)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if n, err := db.FinishAllRunning(ctx, time.Now(), agent.CodeNodeLost, "the server stopped during the run"); err != nil {
-		return err
-	} else if n > 0 {
-		log.Warn("runs interrupted by the last stop marked failed", "runs", n)
-	}
 	runner := runs.New(runs.Config{Stream: st, Store: db, Agent: ag, Logger: log, MaxPerUser: o.maxRuns, Timeout: o.runTimeout})
 	h := hub.New(hub.Config{Stream: st, Metrics: m, Logger: log, MaxConnsPerUser: o.maxConnsPerUser, MaxQueueBytes: o.maxQueueBytes})
-	tickets := auth.NewTickets(auth.TicketTTL, nil)
-	wsSrv := ws.New(ws.Config{
+	wsCfg := ws.Config{
 		Hub: h, Verifier: verifier, Tickets: tickets, Handler: runner, Metrics: m, Logger: log,
-		AllowedOrigins: splitList(o.allowedOrigins), Dev: o.dev,
+		AllowedOrigins: splitList(o.allowedOrigins), Dev: o.dev, MaxConnsPerUser: o.maxConnsPerUser,
 		MaxMessageBytes: o.maxMessageBytes, PingInterval: o.pingInterval, PongTimeout: o.pongTimeout,
 		RateLimit: o.rateLimit, RateBurst: o.rateBurst,
-	})
+	}
+	if conns != nil {
+		wsCfg.Limiter = conns
+		stopRefresh := refreshConns(conns, h, log)
+		defer stopRefresh()
+	}
+	wsSrv := ws.New(wsCfg)
+	var draining atomic.Bool
 	deps := server.Deps{
 		Logger: log, Metrics: m, Stream: st, Store: db, Runs: runner, Verifier: verifier, Tickets: tickets,
 		APIKeys: auth.NewAPIKeys(splitList(o.apiKeys)), DevLogin: o.dev,
-		Issuer: o.keys.issuer, Audience: o.keys.audience, WS: wsSrv,
+		Issuer: o.keys.issuer, Audience: o.keys.audience, WS: wsSrv, Draining: draining.Load,
 	}
 	if secret != nil {
 		deps.Signer = auth.NewSigner(secret)
@@ -168,6 +197,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	case <-ctx.Done():
 	}
+	draining.Store(true)
+	wsSrv.Drain()
 	log.Info("shutting down: draining runs", "runs", runner.Running(), "drain_timeout", o.drainTimeout.String())
 	dctx, dcancel := context.WithTimeout(context.Background(), o.drainTimeout)
 	runner.Shutdown(dctx)
@@ -184,6 +215,47 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	<-serveErr
 	return nil
+}
+
+// refreshConns keeps this node's entries in the cluster-wide connection
+// count alive, every third of their TTL, until the returned stop is called.
+func refreshConns(conns *cluster.Conns, h *hub.Hub, log *slog.Logger) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(conns.TTL() / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				ctx, cancel := context.WithTimeout(context.Background(), conns.TTL()/3)
+				if err := conns.Refresh(ctx, h.ConnIDs()); err != nil {
+					log.Warn("refresh cluster connection counts", "err", err)
+				}
+				cancel()
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// openStore opens PostgreSQL when --database-url names it, else the SQLite
+// file in the data dir.
+func openStore(ctx context.Context, o *serveFlags, log *slog.Logger) (store.Store, error) {
+	switch {
+	case strings.HasPrefix(o.databaseURL, "postgres://"), strings.HasPrefix(o.databaseURL, "postgresql://"):
+		return postgres.Open(ctx, o.databaseURL, postgres.Options{Logger: log})
+	case o.databaseURL != "":
+		return nil, errors.New("--database-url: want postgres://…; without it the SQLite file in --data-dir is used")
+	}
+	if err := os.MkdirAll(o.keys.dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	return sqlite.Open(ctx, filepath.Join(o.keys.dataDir, "agentwire.db"))
 }
 
 // newAgent builds the agent --agent names.
