@@ -32,6 +32,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -73,7 +74,8 @@ func main() {
 	flag.Float64Var(&o.factor, "factor", 1.4, "rate multiplier between -max steps")
 	flag.DurationVar(&o.p99Limit, "p99-limit", 5*time.Millisecond, "p99 bound of -max")
 	skipFixed := flag.Bool("skip-fixed", false, "skip the fixed-rate run (with -max)")
-	only := flag.String("only", "", "run only agentwire or relay")
+	only := flag.String("only", "", "run only agentwire, relay or redis")
+	redisURL := flag.String("redis-url", "", "also measure two agentwire nodes sharing this Redis: publish to one, read on the other")
 	prebuilt := flag.String("bin", "", "use this agentwire binary instead of building ./cmd/agentwire")
 	timeout := flag.Duration("timeout", 4*time.Minute, "hard bound on the whole run")
 	serveRelay := flag.Bool("serve-relay", false, "internal: run the relay baseline")
@@ -132,14 +134,28 @@ func main() {
 		name string
 		bin  string
 		args []string
+		pub  []string // a second node to publish to (the Redis pair), nil for one node
+	}
+	nodeArgs := func(dir string, extra ...string) []string {
+		return append([]string{"serve", "--addr", "127.0.0.1:0", "--data-dir", dir,
+			"--jwt-secret", secret, "--api-keys", apiKey, "--log-level", "warn", "--max-connections-per-user", "100000"}, extra...)
 	}
 	var targets []target
 	if *only == "" || *only == "agentwire" {
-		targets = append(targets, target{"agentwire", bin, []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", tmp,
-			"--jwt-secret", secret, "--api-keys", apiKey, "--log-level", "warn", "--max-connections-per-user", "100000"}})
+		targets = append(targets, target{name: "agentwire", bin: bin, args: nodeArgs(tmp)})
 	}
 	if *only == "" || *only == "relay" {
-		targets = append(targets, target{"relay", self, []string{"-serve-relay", "-addr", "127.0.0.1:0"}})
+		targets = append(targets, target{name: "relay", bin: self, args: []string{"-serve-relay", "-addr", "127.0.0.1:0"}})
+	}
+	if *redisURL != "" && (*only == "" || *only == "redis") {
+		for _, d := range []string{"a", "b"} {
+			if err := os.MkdirAll(filepath.Join(tmp, d), 0o700); err != nil {
+				fail(err)
+			}
+		}
+		targets = append(targets, target{name: "redis", bin: bin,
+			args: nodeArgs(filepath.Join(tmp, "a"), "--redis-url", *redisURL),
+			pub:  nodeArgs(filepath.Join(tmp, "b"), "--redis-url", *redisURL)})
 	}
 	fmt.Printf("latency: %d users, %d connections, %d publishers, payload %d B\n", o.users, totalConns(o.users), o.publishers, o.payload)
 	// Both servers run side by side (the idle one costs nothing) and the
@@ -159,6 +175,16 @@ func main() {
 		cl, err := connect(t.name, srv.Addr, o)
 		if err != nil {
 			fail(err)
+		}
+		if t.pub != nil {
+			pub, err := benchproc.Start(t.name+"-pub", t.bin, t.pub, 30*time.Second)
+			if err != nil {
+				fail(err)
+			}
+			mu.Lock()
+			running = append(running, pub)
+			mu.Unlock()
+			cl.pubAddr = pub.Addr
 		}
 		clients = append(clients, cl)
 	}
@@ -217,8 +243,14 @@ func main() {
 				a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)))
 		}
 	}
+	if a, r := fixed["agentwire"], fixed["redis"]; a != nil && r != nil {
+		fmt.Printf("RESULT fixed target %.0f/s: redis 2 nodes publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
+			o.rate, r.pubRate(), r.delRate(), r.q(0.5), r.q(0.99), r.q(1), r.errors(), r.lost())
+		fmt.Printf("RESULT ratio redis-2-nodes/memory-1-node: delivered/s %.2f, p50 %.2f, p99 %.2f\n",
+			r.delRate()/a.delRate(), ratio(r.q(0.5), a.q(0.5)), ratio(r.q(0.99), a.q(0.99)))
+	}
 	if o.max {
-		for _, name := range []string{"agentwire", "relay"} {
+		for _, name := range []string{"agentwire", "relay", "redis"} {
 			if _, ok := maxHeld[name]; !ok {
 				continue
 			}
@@ -250,7 +282,8 @@ func connsOf(user int) int { return 1 + user%3 }
 // client holds the WebSocket readers and the HTTP publishers of one server.
 type client struct {
 	name    string
-	addr    string
+	addr    string // where the WebSocket readers connect
+	pubAddr string // where events are published ("" → addr)
 	o       options
 	conns   []*reader
 	http    *http.Client
@@ -449,7 +482,11 @@ func (cl *client) run(rate float64, warmup, window time.Duration) *stats {
 }
 
 func (cl *client) publish(body []byte) (bool, error) {
-	req, err := http.NewRequest(http.MethodPost, "http://"+cl.addr+"/api/v1/publish", bytes.NewReader(body))
+	addr := cl.addr
+	if cl.pubAddr != "" {
+		addr = cl.pubAddr
+	}
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/api/v1/publish", bytes.NewReader(body))
 	if err != nil {
 		return false, err
 	}
