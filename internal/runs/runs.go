@@ -143,9 +143,12 @@ func perr(code, msg, ref string) *protocol.Error {
 	return &protocol.Error{Code: code, Message: msg, Ref: ref}
 }
 
-// UserMessage validates and stores the message, appends its echo, creates the
-// run, starts the agent and returns the ack. A client_message_id seen within
-// IdempotencyWindow returns the first ack and starts nothing.
+// UserMessage claims the client_message_id, reserves a run slot, stores the
+// thread (when new), the message and the run in one store transaction
+// (store.StartRun), appends the echo and agent_started, starts the agent
+// and returns the ack. A client_message_id seen within IdempotencyWindow
+// returns the first ack and starts nothing; one whose message fails is
+// released.
 func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error) {
 	a := ack{ThreadID: f.ThreadID, RunID: ulid.Make().String(), MessageID: ulid.Make().String()}
 	newThread := a.ThreadID == ""
@@ -178,15 +181,6 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 		return protocol.AckFrame{}, e
 	}
 
-	if !newThread {
-		if _, err := m.store.GetThread(ctx, user, a.ThreadID); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return fail(perr(protocol.CodeNotFound, "no such thread", f.ID))
-			}
-			m.log.Error("get thread", "user", user, "err", err)
-			return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
-		}
-	}
 	if err := m.reserve(user); err != nil {
 		if errors.Is(err, ErrTooManyRuns) {
 			return fail(perr(protocol.CodeTooManyRuns, fmt.Sprintf("at most %d runs at once: wait for one to finish or stop it", m.maxPerUser), f.ID))
@@ -200,22 +194,22 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 		}
 	}()
 
+	// The thread (new, or the user's: checked inside), the message and the
+	// run, in one store transaction; it also reads the agent's context.
 	now := m.now()
+	var thread *store.Thread
 	if newThread {
-		t := store.Thread{ID: a.ThreadID, UserID: user, Title: store.TitleFrom(f.Content), CreatedAt: now, UpdatedAt: now}
-		if err := m.store.CreateThread(ctx, t); err != nil {
-			m.log.Error("create thread", "user", user, "err", err)
-			return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
-		}
+		thread = &store.Thread{ID: a.ThreadID, UserID: user, Title: store.TitleFrom(f.Content), CreatedAt: now, UpdatedAt: now}
 	}
-	msg := store.Message{ID: a.MessageID, ThreadID: a.ThreadID, UserID: user, Role: "user", Content: f.Content, RunID: a.RunID, CreatedAt: now}
-	if err := m.store.AddMessage(ctx, msg); err != nil {
-		m.log.Error("store user message", "user", user, "err", err)
-		return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
-	}
-	history, err := m.store.ListMessages(ctx, user, a.ThreadID)
+	msg := store.Message{ID: a.MessageID, ThreadID: a.ThreadID, UserID: user, Role: store.RoleUser, Content: f.Content, RunID: a.RunID, CreatedAt: now}
+	run := store.Run{ID: a.RunID, ThreadID: a.ThreadID, UserID: user, Agent: m.agent.Name(), Status: store.RunRunning,
+		UserMessageID: a.MessageID, StartedAt: now, Node: m.node, LeaseUntil: now.Add(m.leaseTTL)}
+	history, err := m.store.StartRun(ctx, thread, msg, run, historyLimit)
 	if err != nil {
-		m.log.Error("list messages", "user", user, "err", err)
+		if !newThread && errors.Is(err, store.ErrNotFound) {
+			return fail(perr(protocol.CodeNotFound, "no such thread", f.ID))
+		}
+		m.log.Error("start run", "user", user, "err", err)
 		return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
 	}
 	echo, _ := json.Marshal(struct {
@@ -225,23 +219,27 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 	}{a.MessageID, f.Content, f.ClientMessageID})
 	if _, err := m.stream.Append(ctx, user, stream.Record{Type: TypeUserMessage, ThreadID: a.ThreadID, RunID: a.RunID, Data: echo}); err != nil {
 		m.log.Error("append user message", "user", user, "err", err)
+		// Nothing of the run reached the stream: record it as failed.
+		m.failUnstarted(ctx, user, a.RunID)
 		return fail(perr(protocol.CodeInternal, "stream unavailable, retry", f.ID))
-	}
-	run := store.Run{ID: a.RunID, ThreadID: a.ThreadID, UserID: user, Agent: m.agent.Name(), Status: store.RunRunning,
-		UserMessageID: a.MessageID, StartedAt: now, Node: m.node, LeaseUntil: now.Add(m.leaseTTL)}
-	if err := m.store.CreateRun(ctx, run); err != nil {
-		m.log.Error("create run", "user", user, "err", err)
-		return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
 	}
 	em := &emitter{m: m, user: user, threadID: a.ThreadID, runID: a.RunID, messageID: ulid.Make().String(), started: now}
 	if err := em.start(m.agent.Name()); err != nil {
-		// Nothing of the run reached the stream: record it as failed.
-		_ = m.store.FinishRun(context.WithoutCancel(ctx), user, a.RunID, store.RunFailed, m.now(), agent.CodeAgentFailed, "stream unavailable")
+		m.failUnstarted(ctx, user, a.RunID)
 		return fail(perr(protocol.CodeInternal, "stream unavailable, retry", f.ID))
 	}
 	started = true
 	m.launch(em, history)
 	return protocol.AckFrame{Ref: f.ID, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
+}
+
+// failUnstarted records as failed a run stored by StartRun whose
+// agent_started could not be appended: nobody will end it otherwise (until
+// its lease expires and a reaper does, announcing an end nobody saw begin).
+func (m *Manager) failUnstarted(ctx context.Context, user, runID string) {
+	if err := m.store.FinishRun(context.WithoutCancel(ctx), user, runID, store.RunFailed, m.now(), agent.CodeAgentFailed, "stream unavailable"); err != nil {
+		m.log.Error("fail unstarted run", "user", user, "run", runID, "err", err)
+	}
 }
 
 // StopAgent cancels a running run of user: it ends at once with agent_error

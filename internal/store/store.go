@@ -143,6 +143,27 @@ type Store interface {
 	// error fields are ignored; r.Node and r.LeaseUntil are stored. ErrConflict
 	// if the id is taken.
 	CreateRun(ctx context.Context, r Run) error
+	// StartRun records a user message and the run answering it in one
+	// transaction, and returns the agent's context. The thread is m.ThreadID,
+	// owned by m.UserID:
+	//   - newThread non-nil: it is created as by CreateThread (its ID and
+	//     UserID must be m's; ErrConflict if the id is taken);
+	//   - newThread nil: it must exist and be owned by m.UserID, else
+	//     ErrNotFound.
+	//
+	// m is inserted as by AddMessage (Role must be RoleUser, RunID must be
+	// r.ID), moving the thread's UpdatedAt forward to m.CreatedAt, and r as
+	// by CreateRun (running, with its Node and LeaseUntil; ThreadID and
+	// UserID must be m's, UserMessageID must be m.ID). A mismatch is
+	// ErrInvalid. ErrConflict if the id of the thread, m or r is taken.
+	//
+	// It returns the thread's messages in ListMessages order (oldest first),
+	// m included as stored, at most historyLimit of the newest (all of them
+	// when historyLimit <= 0), as seen by the transaction.
+	//
+	// Nothing is written when it fails: no thread, message or run is left
+	// without the others.
+	StartRun(ctx context.Context, newThread *Thread, m Message, r Run, historyLimit int) ([]Message, error)
 	// RenewLeases moves LeaseUntil to until for the runs among runIDs that
 	// node holds and that are still running, and returns the ids among runIDs
 	// that are not (ended elsewhere, or reaped as lost): node must stop
@@ -233,6 +254,35 @@ func (m Message) Validate() error {
 // agent.
 func (r Run) Validate() error {
 	return required("run", "id", r.ID, "thread id", r.ThreadID, "user id", r.UserID, "agent", r.Agent)
+}
+
+// ValidateStartRun reports an ErrInvalid error unless the arguments of
+// Store.StartRun are valid and agree with each other: m a user message of
+// r, r its run, in the same thread and of the same user as newThread when
+// it is not nil.
+func ValidateStartRun(newThread *Thread, m Message, r Run) error {
+	if newThread != nil {
+		if err := newThread.Validate(); err != nil {
+			return err
+		}
+	}
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case m.Role != RoleUser:
+		return fmt.Errorf("%w: start run with a message of role %q", ErrInvalid, m.Role)
+	case r.ThreadID != m.ThreadID || r.UserID != m.UserID:
+		return fmt.Errorf("%w: start run: run and message of different threads or users", ErrInvalid)
+	case m.RunID != r.ID || r.UserMessageID != m.ID:
+		return fmt.Errorf("%w: start run: message and run do not refer to each other", ErrInvalid)
+	case newThread != nil && (newThread.ID != m.ThreadID || newThread.UserID != m.UserID):
+		return fmt.Errorf("%w: start run: new thread is not the message's", ErrInvalid)
+	}
+	return nil
 }
 
 // required checks that every value of the (name, value) pairs is non-empty.

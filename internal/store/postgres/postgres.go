@@ -322,6 +322,124 @@ SELECT $1, id, user_id, $4, 'running', $5, $6, $7, $8 FROM threads WHERE id = $2
 	})
 }
 
+const messageColumns = `id, thread_id, user_id, role, content, run_id, created_at`
+
+// StartRun implements store.Store in one round trip: the statements go in
+// one batch, which PostgreSQL runs as one implicit transaction, committed
+// after the last statement and rolled back by any error. Each statement but
+// the first also checks the thread's owner, so when the first finds no
+// thread of the user, the others write nothing either. For a new thread
+// the history is m alone and nothing is read.
+func (s *Store) StartRun(ctx context.Context, newThread *store.Thread, m store.Message, r store.Run, historyLimit int) ([]store.Message, error) {
+	if err := store.ValidateStartRun(newThread, m, r); err != nil {
+		return nil, err
+	}
+	if err := validIDs("message", "id", m.ID, "thread id", m.ThreadID, "user id", m.UserID, "run id", m.RunID); err != nil {
+		return nil, err
+	}
+	if err := validIDs("run", "id", r.ID, "agent", r.Agent, "node", r.Node); err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	m.CreatedAt, m.Content = toTime(m.CreatedAt, now), cleanText(m.Content)
+	r.StartedAt = toTime(r.StartedAt, now)
+	var nt store.Thread
+	if newThread != nil {
+		nt = *newThread
+		nt.CreatedAt, nt.Title = toTime(nt.CreatedAt, now), cleanText(nt.Title)
+		if nt.UpdatedAt.IsZero() {
+			nt.UpdatedAt = nt.CreatedAt
+		}
+		nt.UpdatedAt = toTime(nt.UpdatedAt, now)
+		if m.CreatedAt.After(nt.UpdatedAt) {
+			nt.UpdatedAt = m.CreatedAt
+		}
+	}
+
+	var history []store.Message
+	err := s.withConn(ctx, "start run", func(c *pgx.Conn) error {
+		var err error
+		for range maxTxAttempts {
+			b := &pgx.Batch{}
+			if newThread != nil {
+				b.Queue(`INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)`,
+					nt.ID, nt.UserID, nt.Title, nt.CreatedAt, nt.UpdatedAt)
+			} else {
+				b.Queue(`UPDATE threads SET updated_at = GREATEST(updated_at, $3) WHERE id = $1 AND user_id = $2`,
+					m.ThreadID, m.UserID, m.CreatedAt)
+			}
+			b.Queue(`
+INSERT INTO messages (id, thread_id, user_id, role, content, run_id, created_at)
+SELECT $1, id, user_id, $4, $5, $6, $7 FROM threads WHERE id = $2 AND user_id = $3`,
+				m.ID, m.ThreadID, m.UserID, m.Role, m.Content, m.RunID, m.CreatedAt)
+			b.Queue(`
+INSERT INTO runs (id, thread_id, user_id, agent, status, user_message_id, started_at, node, lease_until)
+SELECT $1, id, user_id, $4, 'running', $5, $6, $7, $8 FROM threads WHERE id = $2 AND user_id = $3`,
+				r.ID, r.ThreadID, r.UserID, r.Agent, r.UserMessageID, r.StartedAt, r.Node, leaseTime(r.LeaseUntil))
+			if newThread == nil {
+				// LIMIT NULL is no limit.
+				b.Queue(`
+SELECT `+messageColumns+` FROM (
+	SELECT `+messageColumns+`, seq FROM messages WHERE thread_id = $1
+	ORDER BY created_at DESC, seq DESC LIMIT CASE WHEN $2::bigint > 0 THEN $2::bigint END
+) h ORDER BY created_at, seq`,
+					m.ThreadID, int64(historyLimit))
+			}
+			if history, err = startRunBatch(ctx, c, b, newThread != nil, m, r); !isRetryable(err) {
+				break
+			}
+		}
+		if err == nil && newThread != nil {
+			history = []store.Message{m}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return history, nil
+}
+
+// startRunBatch sends the batch of StartRun and reads its results: the
+// history when the batch ends with a query, else nil.
+func startRunBatch(ctx context.Context, c *pgx.Conn, b *pgx.Batch, newThread bool, m store.Message, r store.Run) (history []store.Message, err error) {
+	br := c.SendBatch(ctx, b)
+	defer func() {
+		if cerr := br.Close(); err == nil && cerr != nil {
+			history, err = nil, cerr
+		}
+	}()
+	tag, err := br.Exec()
+	switch {
+	case newThread && isUniqueViolation(err):
+		return nil, fmt.Errorf("thread %s: %w", m.ThreadID, store.ErrConflict)
+	case err != nil:
+		return nil, err
+	case tag.RowsAffected() == 0:
+		// Nothing was written, and nothing will be: the other statements
+		// find no thread of the user either.
+		return nil, fmt.Errorf("thread %s: %w", m.ThreadID, store.ErrNotFound)
+	}
+	if _, err := br.Exec(); isUniqueViolation(err) {
+		return nil, fmt.Errorf("message %s: %w", m.ID, store.ErrConflict)
+	} else if err != nil {
+		return nil, err
+	}
+	if _, err := br.Exec(); isUniqueViolation(err) {
+		return nil, fmt.Errorf("run %s: %w", r.ID, store.ErrConflict)
+	} else if err != nil {
+		return nil, err
+	}
+	if newThread {
+		return nil, nil
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, scanMessage)
+}
+
 const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until`
 
 // GetRun implements store.Store.
@@ -716,6 +834,13 @@ func scanThread(row pgx.Row) (store.Thread, error) {
 	err := row.Scan(&t.ID, &t.UserID, &t.Title, &t.CreatedAt, &t.UpdatedAt)
 	t.CreatedAt, t.UpdatedAt = t.CreatedAt.UTC(), t.UpdatedAt.UTC()
 	return t, err
+}
+
+func scanMessage(row pgx.Row) (store.Message, error) {
+	var m store.Message
+	err := row.Scan(&m.ID, &m.ThreadID, &m.UserID, &m.Role, &m.Content, &m.RunID, &m.CreatedAt)
+	m.CreatedAt = m.CreatedAt.UTC()
+	return m, err
 }
 
 func scanRun(row pgx.Row) (store.Run, error) {

@@ -246,13 +246,7 @@ func (s *Store) ListMessages(ctx context.Context, userID, threadID string) ([]st
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list messages: %w", err)
 	}
-	msgs, err := collect(rows, func(sc scanner) (store.Message, error) {
-		var m store.Message
-		var created int64
-		err := sc.Scan(&m.ID, &m.ThreadID, &m.UserID, &m.Role, &m.Content, &m.RunID, &created)
-		m.CreatedAt = fromMillis(created)
-		return m, err
-	})
+	msgs, err := collect(rows, scanMessage)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list messages: %w", err)
 	}
@@ -277,6 +271,91 @@ func (s *Store) CreateRun(ctx context.Context, r store.Run) error {
 		}
 		return err
 	})
+}
+
+// StartRun implements store.Store: one write transaction on the writer
+// connection. For a new thread the history is m alone and nothing is read.
+func (s *Store) StartRun(ctx context.Context, newThread *store.Thread, m store.Message, r store.Run, historyLimit int) ([]store.Message, error) {
+	if err := store.ValidateStartRun(newThread, m, r); err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	created := toMillis(m.CreatedAt, now)
+	started := toMillis(r.StartedAt, now)
+	var history []store.Message
+	err := s.write(ctx, "start run", func(tx *sql.Tx) error {
+		if newThread != nil {
+			tCreated := toMillis(newThread.CreatedAt, now)
+			tUpdated := tCreated
+			if !newThread.UpdatedAt.IsZero() {
+				tUpdated = toMillis(newThread.UpdatedAt, now)
+			}
+			_, err := tx.ExecContext(ctx,
+				`INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)`,
+				newThread.ID, newThread.UserID, newThread.Title, tCreated, max(tUpdated, created))
+			if isUniqueViolation(err) {
+				return fmt.Errorf("thread %s: %w", newThread.ID, store.ErrConflict)
+			}
+			if err != nil {
+				return err
+			}
+		} else {
+			// The ownership check and the UpdatedAt move in one statement.
+			res, err := tx.ExecContext(ctx,
+				`UPDATE threads SET updated_at = MAX(updated_at, ?) WHERE id = ? AND user_id = ?`,
+				created, m.ThreadID, m.UserID)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 0 {
+				return fmt.Errorf("thread %s: %w", m.ThreadID, store.ErrNotFound)
+			}
+		}
+		_, err := tx.ExecContext(ctx,
+			`INSERT INTO messages (id, thread_id, user_id, role, content, run_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			m.ID, m.ThreadID, m.UserID, m.Role, m.Content, m.RunID, created)
+		if isUniqueViolation(err) {
+			return fmt.Errorf("message %s: %w", m.ID, store.ErrConflict)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx,
+			`INSERT INTO runs (id, thread_id, user_id, agent, status, user_message_id, started_at, node, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			r.ID, r.ThreadID, r.UserID, r.Agent, string(store.RunRunning), r.UserMessageID, started, r.Node, leaseMillis(r.LeaseUntil))
+		if isUniqueViolation(err) {
+			return fmt.Errorf("run %s: %w", r.ID, store.ErrConflict)
+		}
+		if err != nil {
+			return err
+		}
+		if newThread != nil {
+			m.CreatedAt = fromMillis(created)
+			history = []store.Message{m}
+			return nil
+		}
+		limit := int64(historyLimit)
+		if limit <= 0 {
+			limit = -1 // no limit
+		}
+		rows, err := tx.QueryContext(ctx,
+			`SELECT id, thread_id, user_id, role, content, run_id, created_at FROM (
+				SELECT rowid AS seq, id, thread_id, user_id, role, content, run_id, created_at FROM messages
+				WHERE thread_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?
+			) ORDER BY created_at, seq`,
+			m.ThreadID, limit)
+		if err != nil {
+			return err
+		}
+		history, err = collect(rows, scanMessage)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return history, nil
 }
 
 const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until`
@@ -516,6 +595,14 @@ func scanThread(sc scanner) (store.Thread, error) {
 	err := sc.Scan(&t.ID, &t.UserID, &t.Title, &created, &updated)
 	t.CreatedAt, t.UpdatedAt = fromMillis(created), fromMillis(updated)
 	return t, err
+}
+
+func scanMessage(sc scanner) (store.Message, error) {
+	var m store.Message
+	var created int64
+	err := sc.Scan(&m.ID, &m.ThreadID, &m.UserID, &m.Role, &m.Content, &m.RunID, &created)
+	m.CreatedAt = fromMillis(created)
+	return m, err
 }
 
 func scanRun(sc scanner) (store.Run, error) {

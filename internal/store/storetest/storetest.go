@@ -78,6 +78,12 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"IdempotencyKeyRelease", s.testIdempotencyRelease},
 		{"ConcurrentClaims", s.testConcurrentClaims},
 		{"ConcurrentWrites", s.testConcurrentWrites},
+		{"StartRunNewThread", s.testStartRunNewThread},
+		{"StartRunExistingThread", s.testStartRunExistingThread},
+		{"StartRunHistoryLimit", s.testStartRunHistoryLimit},
+		{"StartRunOwnership", s.testStartRunOwnership},
+		{"StartRunAtomicity", s.testStartRunAtomicity},
+		{"StartRunInvalid", s.testStartRunInvalid},
 		{"InvalidArguments", s.testInvalid},
 		{"PingAndClose", s.testPingAndClose},
 	}
