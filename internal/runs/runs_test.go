@@ -206,9 +206,9 @@ func TestMisbehavingAgentsAreContained(t *testing.T) {
 			if perr != nil {
 				t.Fatal(perr)
 			}
-			evs := f.waitTerminal(t, "bob", ack.RunID)
+			f.waitTerminal(t, "bob", ack.RunID)
 			time.Sleep(20 * time.Millisecond) // a late emit would land now
-			evs = f.events(t, "bob", ack.RunID)
+			evs := f.events(t, "bob", ack.RunID)
 			checkOrder(t, evs)
 			if tc.wantCode != "" && evs[len(evs)-1].Data["code"] != tc.wantCode {
 				t.Fatalf("terminal %v", evs[len(evs)-1])

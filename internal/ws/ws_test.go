@@ -694,8 +694,15 @@ func TestWriteBatch(t *testing.T) {
 	data, pings := 0, 0
 	for data < 3*len(frames) || pings < 50 {
 		_ = b.SetReadDeadline(time.Now().Add(5 * time.Second))
-		f, err := ws.ReadFrame(br)
+		h, err := ws.ReadHeader(br)
 		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Length > 1<<20 {
+			t.Fatalf("frame of %d bytes", h.Length)
+		}
+		f := ws.Frame{Header: h, Payload: make([]byte, h.Length)}
+		if _, err := io.ReadFull(br, f.Payload); err != nil {
 			t.Fatal(err)
 		}
 		switch f.Header.OpCode {
