@@ -46,6 +46,9 @@ type serveFlags struct {
 	agentURL       string
 	redisURL       string
 	databaseURL    string
+	databaseSchema string
+	runLeaseTTL    time.Duration
+	runLeaseRenew  time.Duration
 	maxRuns        int
 	runTimeout     time.Duration
 	drainTimeout   time.Duration
@@ -77,6 +80,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	f.String(&o.openaiModel, "openai-model", "AGENTWIRE_OPENAI_MODEL", "", "model name (--agent openai)")
 	f.String(&o.redisURL, "redis-url", "AGENTWIRE_REDIS_URL", "", "redis://… shared by every node: streams, tickets and connection limits (default: in memory, one node)")
 	f.String(&o.databaseURL, "database-url", "AGENTWIRE_DATABASE_URL", "", "postgres://… shared by every node (default: SQLite in --data-dir)")
+	f.String(&o.databaseSchema, "database-schema", "AGENTWIRE_DATABASE_SCHEMA", "public", "PostgreSQL schema holding agentwire's tables; created if missing (--database-url postgres://…)")
+	f.Duration(&o.runLeaseTTL, "run-lease-ttl", "AGENTWIRE_RUN_LEASE_TTL", runs.DefaultLeaseTTL, "how long a run's lease lasts unrenewed; a run of a dead node ends with node_lost about this long after its last renewal")
+	f.Duration(&o.runLeaseRenew, "run-lease-renew", "AGENTWIRE_RUN_LEASE_RENEW", runs.DefaultRenewEvery, "how often a node renews its runs' leases and reaps expired ones; keep well under --run-lease-ttl")
 	f.String(&o.agentURL, "agent-url", "AGENTWIRE_AGENT_URL", "", "URL the http agent POSTs runs to (--agent http)")
 	f.Int(&o.maxRuns, "max-runs-per-user", "AGENTWIRE_MAX_RUNS_PER_USER", runs.DefaultMaxPerUser, "concurrent runs one user may have; more answer too_many_runs")
 	f.Duration(&o.runTimeout, "run-timeout", "AGENTWIRE_RUN_TIMEOUT", runs.DefaultTimeout, "a run still going after this ends with agent_error timeout")
@@ -106,7 +112,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	if o.maxRuns <= 0 || o.runTimeout <= 0 || o.drainTimeout < 0 || o.maxConnsPerUser <= 0 || o.maxQueueBytes <= 0 || o.maxMessageBytes <= 0 || o.retentionEvents <= 0 ||
-		o.retentionAge <= 0 || o.rateLimit <= 0 || o.rateBurst <= 0 || o.pingInterval <= 0 || o.pongTimeout <= 0 {
+		o.retentionAge <= 0 || o.rateLimit <= 0 || o.rateBurst <= 0 || o.pingInterval <= 0 || o.pongTimeout <= 0 ||
+		o.runLeaseTTL <= 0 || o.runLeaseRenew <= 0 {
 		return errors.New("limits, retention and heartbeat settings must be positive")
 	}
 
@@ -149,7 +156,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer db.Close()
-	runner := runs.New(runs.Config{Stream: st, Store: db, Agent: ag, Logger: log, MaxPerUser: o.maxRuns, Timeout: o.runTimeout})
+	runner := runs.New(runs.Config{Stream: st, Store: db, Agent: ag, Logger: log, MaxPerUser: o.maxRuns, Timeout: o.runTimeout,
+		LeaseTTL: o.runLeaseTTL, RenewEvery: o.runLeaseRenew, ReapEvery: o.runLeaseRenew})
 	h := hub.New(hub.Config{Stream: st, Metrics: m, Logger: log, MaxConnsPerUser: o.maxConnsPerUser, MaxQueueBytes: o.maxQueueBytes})
 	wsCfg := ws.Config{
 		Hub: h, Verifier: verifier, Tickets: tickets, Handler: runner, Metrics: m, Logger: log,
@@ -203,6 +211,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	dctx, dcancel := context.WithTimeout(context.Background(), o.drainTimeout)
 	runner.Shutdown(dctx)
 	dcancel()
+	settle, cancelSettle := context.WithTimeout(context.Background(), 2*time.Second)
+	h.Settle(settle) // this node's last events come back through the stream before its sockets close
+	cancelSettle()
 	log.Info("shutting down: closing sockets with 1001")
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
 	defer cancel()
@@ -248,7 +259,7 @@ func refreshConns(conns *cluster.Conns, h *hub.Hub, log *slog.Logger) (stop func
 func openStore(ctx context.Context, o *serveFlags, log *slog.Logger) (store.Store, error) {
 	switch {
 	case strings.HasPrefix(o.databaseURL, "postgres://"), strings.HasPrefix(o.databaseURL, "postgresql://"):
-		return postgres.Open(ctx, o.databaseURL, postgres.Options{Logger: log})
+		return postgres.Open(ctx, o.databaseURL, postgres.Options{Schema: o.databaseSchema, Logger: log})
 	case o.databaseURL != "":
 		return nil, errors.New("--database-url: want postgres://…; without it the SQLite file in --data-dir is used")
 	}

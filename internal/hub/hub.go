@@ -15,6 +15,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/stream"
@@ -238,6 +239,59 @@ func (h *Hub) Users() int {
 		sh.mu.RUnlock()
 	}
 	return n
+}
+
+// Settle waits until every local connection has received (queued) the events
+// its user's stream held when Settle was called, or ctx ends. Before a
+// shutdown it lets events this node appended, which come back through the
+// stream's live delivery (Redis pub/sub), reach its own sockets before they
+// close.
+func (h *Hub) Settle(ctx context.Context) {
+	type target struct {
+		c    *Conn
+		head uint64
+	}
+	byUser := map[string][]*Conn{}
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.RLock()
+		for user, e := range sh.users {
+			byUser[user] = append([]*Conn(nil), e.conns...)
+		}
+		sh.mu.RUnlock()
+	}
+	var targets []target
+	for user, conns := range byUser {
+		pos, err := h.stream.Head(ctx, user)
+		if err != nil {
+			return // the backend is gone: nothing more will come anyway
+		}
+		for _, c := range conns {
+			targets = append(targets, target{c, pos.Head})
+		}
+	}
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for len(targets) > 0 {
+		left := targets[:0]
+		for _, tg := range targets {
+			tg.c.mu.Lock()
+			behind := !tg.c.closing && tg.c.epoch != "" && tg.c.lastSeq < tg.head
+			tg.c.mu.Unlock()
+			if behind {
+				left = append(left, tg)
+			}
+		}
+		targets = left
+		if len(targets) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // CloseAll closes every connection with code after its queued frames are
