@@ -231,20 +231,14 @@ func (e *emitter) endLocked(status store.RunStatus, code, text string) error {
 	defer cancel()
 	now := e.m.now()
 	dur := now.Sub(e.started).Milliseconds()
-	st := e.m.store
+	fin := finish{user: e.user, runID: e.runID, status: status, at: now, code: code}
 	if status == store.RunCompleted {
-		if err := st.AddMessage(ctx, store.Message{ID: e.messageID, ThreadID: e.threadID, UserID: e.user,
-			Role: "assistant", Content: text, RunID: e.runID, CreatedAt: now}); err != nil {
-			e.m.log.Error("store answer", "user", e.user, "run", e.runID, "err", err)
-		}
+		fin.answer = &store.Message{ID: e.messageID, ThreadID: e.threadID, UserID: e.user,
+			Role: store.RoleAssistant, Content: text, RunID: e.runID, CreatedAt: now}
+	} else {
+		fin.msg = text
 	}
-	errText := ""
-	if status != store.RunCompleted {
-		errText = text
-	}
-	if err := st.FinishRun(ctx, e.user, e.runID, status, now, code, errText); err != nil {
-		e.m.log.Error("finish run", "user", e.user, "run", e.runID, "err", err)
-	}
+	e.m.record(ctx, fin)
 	if status == store.RunCompleted {
 		return e.appendLocked(TypeCompleted, struct {
 			MessageID     string `json:"message_id"`

@@ -3,9 +3,11 @@ package runs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
 )
 
@@ -42,13 +44,76 @@ func (m *Manager) leaseLoop(ctx context.Context) {
 	}
 }
 
-// renew extends the leases of the runs active here. A run the store no
-// longer counts as ours (reaped as lost while we could not renew) is
-// abandoned silently: another node has announced its end.
-func (m *Manager) renew(ctx context.Context) {
+// finish is the outcome of an ended run, as the store records it.
+type finish struct {
+	user, runID string
+	status      store.RunStatus
+	at          time.Time
+	code, msg   string
+	answer      *store.Message // the assistant message of a completed run
+}
+
+// record stores an ended run's outcome. When the store cannot take it, the
+// run stays running there, so the lease loop keeps its lease alive and
+// retries: otherwise a reaper would announce node_lost after the terminal
+// event the user already saw.
+func (m *Manager) record(ctx context.Context, f finish) {
+	if err := m.store1(ctx, f); err != nil {
+		m.log.Warn("store run outcome, will retry", "user", f.user, "run", f.runID, "err", err)
+		m.mu.Lock()
+		m.unfinished[f.runID] = f
+		m.mu.Unlock()
+	}
+}
+
+// store1 writes f once. A run already ended in the store (reaped, or a
+// retry after a lost answer) counts as done.
+func (m *Manager) store1(ctx context.Context, f finish) error {
+	if f.answer != nil {
+		if err := m.store.AddMessage(ctx, *f.answer); err != nil && !errors.Is(err, store.ErrConflict) {
+			return err
+		}
+	}
+	err := m.store.FinishRun(ctx, f.user, f.runID, f.status, f.at, f.code, f.msg)
+	if errors.Is(err, store.ErrNotRunning) || errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// retryUnfinished retries the outcomes the store could not take.
+func (m *Manager) retryUnfinished(ctx context.Context) {
 	m.mu.Lock()
-	ids := make([]string, 0, len(m.active))
+	pending := make([]finish, 0, len(m.unfinished))
+	for _, f := range m.unfinished {
+		pending = append(pending, f)
+	}
+	m.mu.Unlock()
+	for _, f := range pending {
+		cctx, cancel := context.WithTimeout(ctx, m.renewEvery)
+		err := m.store1(cctx, f)
+		cancel()
+		if err != nil {
+			return // still unreachable: the leases are renewed below when it answers
+		}
+		m.mu.Lock()
+		delete(m.unfinished, f.runID)
+		m.mu.Unlock()
+	}
+}
+
+// renew extends the leases of the runs active here and of ended runs whose
+// outcome is not stored yet. A run the store no longer counts as ours
+// (reaped as lost while we could not renew) is abandoned silently: another
+// node has announced its end.
+func (m *Manager) renew(ctx context.Context) {
+	m.retryUnfinished(ctx)
+	m.mu.Lock()
+	ids := make([]string, 0, len(m.active)+len(m.unfinished))
 	for id := range m.active {
+		ids = append(ids, id)
+	}
+	for id := range m.unfinished {
 		ids = append(ids, id)
 	}
 	m.mu.Unlock()
@@ -65,6 +130,7 @@ func (m *Manager) renew(ctx context.Context) {
 	for _, id := range lost {
 		m.mu.Lock()
 		a := m.active[id]
+		delete(m.unfinished, id) // ended in the store after all
 		m.mu.Unlock()
 		if a != nil && a.em.abandon() {
 			m.log.Warn("run ended elsewhere while running here", "run", id)

@@ -76,11 +76,14 @@ type Manager struct {
 	stopLoop   context.CancelFunc
 	loopWG     sync.WaitGroup
 
-	mu      sync.Mutex
-	active  map[string]*active // by run id, until the terminal event
-	perUser map[string]int     // active runs per user, reserved before creation
-	closed  bool
-	wg      sync.WaitGroup // agent goroutines
+	mu     sync.Mutex
+	active map[string]*active // by run id, until the terminal event
+	// unfinished are ended runs whose outcome the store has not taken yet
+	// (it was unreachable): the lease loop keeps their leases and retries.
+	unfinished map[string]finish
+	perUser    map[string]int // active runs per user, reserved before creation
+	closed     bool
+	wg         sync.WaitGroup // agent goroutines
 }
 
 // active is one running run.
@@ -95,7 +98,7 @@ func New(cfg Config) *Manager {
 	m := &Manager{
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
-		active: make(map[string]*active), perUser: make(map[string]int),
+		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish),
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -237,9 +240,8 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 // agent_started could not be appended: nobody will end it otherwise (until
 // its lease expires and a reaper does, announcing an end nobody saw begin).
 func (m *Manager) failUnstarted(ctx context.Context, user, runID string) {
-	if err := m.store.FinishRun(context.WithoutCancel(ctx), user, runID, store.RunFailed, m.now(), agent.CodeAgentFailed, "stream unavailable"); err != nil {
-		m.log.Error("fail unstarted run", "user", user, "run", runID, "err", err)
-	}
+	m.record(context.WithoutCancel(ctx), finish{user: user, runID: runID, status: store.RunFailed, at: m.now(),
+		code: agent.CodeAgentFailed, msg: "stream unavailable"})
 }
 
 // StopAgent cancels a running run of user: it ends at once with agent_error

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -383,5 +384,74 @@ func TestManyUsersConcurrently(t *testing.T) {
 		if evs[len(evs)-1].Data["final_response"] != user {
 			t.Fatalf("user %s got %v", user, evs[len(evs)-1])
 		}
+	}
+}
+
+// flakyStore fails FinishRun while failing is set, as a store that went away
+// right when a run ended.
+type flakyStore struct {
+	store.Store
+	failing atomic.Bool
+}
+
+func (f *flakyStore) FinishRun(ctx context.Context, userID, runID string, status store.RunStatus, endedAt time.Time, errCode, errMsg string) error {
+	if f.failing.Load() {
+		return store.ErrUnavailable
+	}
+	return f.Store.FinishRun(ctx, userID, runID, status, endedAt, errCode, errMsg)
+}
+
+func TestOutcomeRetriedAndNeverReapedTwice(t *testing.T) {
+	t.Parallel()
+	st := memory.New(memory.Options{})
+	defer st.Close()
+	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	flaky := &flakyStore{Store: db}
+	flaky.failing.Store(true)
+	fast := Config{Stream: st, Store: flaky, LeaseTTL: 200 * time.Millisecond, RenewEvery: 40 * time.Millisecond, ReapEvery: 40 * time.Millisecond}
+	cfgA := fast
+	cfgA.Agent = agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error { return em.Complete("done") })
+	a := New(cfgA)
+	cfgB := fast // another node on the same store, reaping
+	cfgB.Agent = cfgA.Agent
+	b := New(cfgB)
+	defer func() {
+		for _, m := range []*Manager{a, b} {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			m.Shutdown(ctx)
+			cancel()
+		}
+	}()
+	ack, perr := a.UserMessage(context.Background(), "fay", &protocol.Frame{Content: "hi"})
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	f := &fixture{m: a, stream: st, store: db}
+	f.waitTerminal(t, "fay", ack.RunID)
+	time.Sleep(600 * time.Millisecond) // three lease TTLs with the outcome unstored
+	if r, _ := db.GetRun(context.Background(), "fay", ack.RunID); r.Status != store.RunRunning {
+		t.Fatalf("status %s while the store refused the outcome: the lease lapsed", r.Status)
+	}
+	flaky.failing.Store(false)
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		r, _ := db.GetRun(context.Background(), "fay", ack.RunID)
+		if r.Status == store.RunCompleted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status %s after the store came back", r.Status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	evs := f.events(t, "fay", ack.RunID)
+	checkOrder(t, evs)
+	if msgs, _ := db.ListMessages(context.Background(), "fay", ack.ThreadID); len(msgs) != 2 {
+		t.Fatalf("%d messages: the answer was not stored on retry", len(msgs))
 	}
 }
