@@ -77,7 +77,7 @@ type conn struct {
 
 type msgBuf struct{ b []byte }
 
-var msgBufs = sync.Pool{New: func() any { return &msgBuf{b: make([]byte, 0, 512)} }}
+func newMsgBuf() any { return &msgBuf{b: make([]byte, 0, 512)} }
 
 // readBuf is what a goroutine reading frames needs: lent from a pool for one
 // readable event on the epoll path.
@@ -88,11 +88,11 @@ type readBuf struct {
 	ctl [ws.MaxControlFramePayloadSize]byte
 }
 
-var readBufs = sync.Pool{New: func() any {
+func newReadBuf() any {
 	rb := &readBuf{}
 	rb.br = bufio.NewReaderSize(&rb.sr, readBufSize)
 	return rb
-}}
+}
 
 // sockReader reads the socket for the buffered reader: first the bytes left
 // over from the handshake, then the socket. With bound set (epoll path: the
@@ -154,7 +154,7 @@ func (c *conn) setup(resume bool, since uint64, epoch string) bool {
 // single flush goroutine calls it; control frames written meanwhile wait for
 // the batch (wmu), so they never land inside a data frame.
 func (c *conn) WriteBatch(frames [][]byte) error {
-	bb := batchBufs.Get().(*batchBuf)
+	bb := c.srv.batchBufs.Get().(*batchBuf)
 	need := len(frames) * maxServerHeader
 	if cap(bb.hdr) < need {
 		bb.hdr = make([]byte, 0, need)
@@ -192,7 +192,7 @@ func (c *conn) WriteBatch(frames [][]byte) error {
 		bufs, hdr = nil, nil // give a burst's memory back
 	}
 	bb.hdr, bb.bufs = hdr[:0], bufs[:0]
-	batchBufs.Put(bb)
+	c.srv.batchBufs.Put(bb)
 	return err
 }
 
@@ -202,7 +202,7 @@ type batchBuf struct {
 	bufs net.Buffers
 }
 
-var batchBufs = sync.Pool{New: func() any { return &batchBuf{} }}
+func newBatchBuf() any { return &batchBuf{} }
 
 // maxServerHeader is the largest header of an unmasked frame.
 const maxServerHeader = 10
@@ -412,7 +412,7 @@ func (c *conn) readFrame(rb *readBuf) error {
 		c.msgOp = h.OpCode
 	}
 	if c.msg == nil {
-		c.msg = msgBufs.Get().(*msgBuf)
+		c.msg = c.srv.msgBufs.Get().(*msgBuf)
 	}
 	start := len(c.msg.b)
 	c.msg.b, err = readPayload(rb.br, c.msg.b, h.Length)
@@ -430,7 +430,7 @@ func (c *conn) readFrame(rb *readBuf) error {
 	c.message(context.Background(), c.msgOp == ws.OpBinary, mb.b)
 	if cap(mb.b) <= 2*c.srv.cfg.MaxMessageBytes {
 		mb.b = mb.b[:0]
-		msgBufs.Put(mb)
+		c.srv.msgBufs.Put(mb)
 	}
 	return nil
 }

@@ -49,8 +49,6 @@ type poller struct {
 	conns      map[uint64]*conn
 }
 
-var connIDs atomic.Uint64 // 0 is the pollers' stop event
-
 const armEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 
 // pollersPerProc: one epoll set per this many Ps (at least one). Dispatch is
@@ -163,7 +161,7 @@ func (s *Server) startReading(c *conn) {
 		if rc, err := sc.SyscallConn(); err == nil {
 			if p := s.poll.get(s); p != nil {
 				c.smu.Lock() // untrack may read it from another goroutine
-				c.ps = pollState{rc: rc, p: p, id: connIDs.Add(1)}
+				c.ps = pollState{rc: rc, p: p, id: s.connIDs.Add(1)}
 				c.smu.Unlock()
 				p.mu.Lock()
 				p.conns[c.ps.id] = c
@@ -190,7 +188,7 @@ func (s *Server) startReading(c *conn) {
 // then re-arms the socket.
 func (c *conn) serveReadable() {
 	c.rmu.Lock()
-	rb := readBufs.Get().(*readBuf)
+	rb := c.srv.readBufs.Get().(*readBuf)
 	rb.sr = sockReader{c: c, bound: true}
 	rb.br.Reset(&rb.sr)
 	err := c.readFrames(rb)
@@ -199,7 +197,7 @@ func (c *conn) serveReadable() {
 	}
 	rb.br.Reset(nil)
 	rb.sr = sockReader{}
-	readBufs.Put(rb)
+	c.srv.readBufs.Put(rb)
 	if err == nil {
 		c.arm() // under rmu: the next event's goroutine sees this one's writes
 	}

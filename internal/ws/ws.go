@@ -22,6 +22,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -118,6 +119,11 @@ type Server struct {
 	poll      pollSet       // epoll instances (Linux), started with the first connection
 	readLoops bool          // tests: read every connection with its own goroutine (the portable path)
 
+	// Buffers lent per message, per readable event and per batch, and the
+	// epoll connection ids (0 is the pollers' stop event).
+	msgBufs, readBufs, batchBufs sync.Pool
+	connIDs                      atomic.Uint64
+
 	mu       sync.Mutex
 	shutdown bool
 	wg       sync.WaitGroup // one per connection, from Register until it is closed and unregistered
@@ -153,6 +159,7 @@ func New(cfg Config) *Server {
 		cfg.Metrics = metrics.New()
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, origins: map[string]bool{}}
+	s.msgBufs.New, s.readBufs.New, s.batchBufs.New = newMsgBuf, newReadBuf, newBatchBuf
 	for _, o := range cfg.AllowedOrigins {
 		o = strings.TrimRight(strings.TrimSpace(o), "/")
 		switch o {

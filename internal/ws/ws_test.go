@@ -669,6 +669,7 @@ func TestWriteBatch(t *testing.T) {
 	defer a.Close()
 	defer b.Close()
 	srv := &Server{}
+	srv.batchBufs.New = newBatchBuf
 	c := &conn{session: session{srv: srv}, nc: a}
 	var frames [][]byte
 	for i := range 300 {
