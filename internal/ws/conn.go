@@ -405,7 +405,7 @@ func (c *conn) readFrame(rb *readBuf) error {
 	}
 	if h.Length > int64(c.srv.cfg.MaxMessageBytes-have) {
 		c.srv.cfg.Metrics.Closes.WithLabelValues("1009").Inc()
-		c.terminate(closeBody(CloseTooBig, "message too big"))
+		c.terminateLingering(closeBody(CloseTooBig, "message too big"))
 		return errDone
 	}
 	if h.OpCode != ws.OpContinuation {
@@ -466,8 +466,49 @@ func (c *conn) readControl(rb *readBuf, h ws.Header) error {
 }
 
 func (c *conn) protocolError() error {
-	c.terminate(closeBody(CloseProtocolError, "protocol error"))
+	c.terminateLingering(closeBody(CloseProtocolError, "protocol error"))
 	return errDone
+}
+
+// terminateLingering closes for something the client sent, from the reading
+// goroutine, while the rest of what it sent may still be arriving. Closing
+// a socket with unread input makes the kernel answer with a reset, which can
+// destroy the close frame before the client reads it; so the write side is
+// shut after the close frame and the input discarded until the client
+// closes too, for closeWait at most.
+func (c *conn) terminateLingering(body []byte) {
+	c.smu.Lock()
+	nc := c.nc
+	c.smu.Unlock()
+	hc, ok := nc.(interface{ CloseWrite() error })
+	if !ok {
+		c.terminate(body)
+		return
+	}
+	c.smu.Lock()
+	if c.closed.Load() {
+		c.smu.Unlock()
+		return
+	}
+	c.closed.Store(true)
+	c.closeBody = body
+	c.smu.Unlock()
+	_ = nc.SetWriteDeadline(time.Now().Add(closeWait))
+	c.wmu.Lock()
+	if !c.wbroken {
+		var buf [2 + ws.MaxControlFramePayloadSize]byte
+		frame := append(appendHeader(buf[:0], ws.OpClose, len(body)), body...)
+		if _, err := nc.Write(frame); err != nil {
+			c.wbroken = true
+		}
+	}
+	c.wbroken = true // nothing more may be written after the close frame
+	c.wmu.Unlock()
+	_ = hc.CloseWrite()
+	_ = nc.SetReadDeadline(time.Now().Add(closeWait))
+	_, _ = io.Copy(io.Discard, io.LimitReader(nc, 4<<20))
+	_ = nc.Close()
+	c.finish()
 }
 
 // readPayload appends n bytes from br to b, growing b as bytes arrive rather
