@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,6 +67,7 @@ type serveFlags struct {
 	pingInterval    time.Duration
 	pongTimeout     time.Duration
 	shutdownTimeout time.Duration
+	debugAddr       string
 }
 
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -99,6 +101,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	f.Int(&o.rateBurst, "rate-burst", "AGENTWIRE_RATE_BURST", ws.DefaultRateBurst, "burst of client frames per connection")
 	f.Duration(&o.pingInterval, "ping-interval", "AGENTWIRE_PING_INTERVAL", ws.DefaultPingInterval, "server ping interval")
 	f.Duration(&o.pongTimeout, "pong-timeout", "AGENTWIRE_PONG_TIMEOUT", ws.DefaultPongTimeout, "close with 4000 when no pong arrives this long after a ping")
+	f.String(&o.debugAddr, "debug-addr", "AGENTWIRE_DEBUG_ADDR", "", "serve Go's pprof profiles on this separate address (e.g. 127.0.0.1:6060); off when empty")
 	f.Duration(&o.shutdownTimeout, "shutdown-timeout", "AGENTWIRE_SHUTDOWN_TIMEOUT", 10*time.Second, "how long SIGTERM waits for sockets to close")
 	if err := f.parse(args); err != nil {
 		return err
@@ -195,6 +198,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	if o.debugAddr != "" {
+		stopDebug, err := serveDebug(o.debugAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stopDebug()
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- httpSrv.Serve(ln) }()
 	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
@@ -252,6 +262,25 @@ func refreshConns(conns *cluster.Conns, h *hub.Hub, log *slog.Logger) (stop func
 		}
 	}()
 	return func() { close(done); wg.Wait() }
+}
+
+// serveDebug serves net/http/pprof on its own listener, never on the public
+// one: profiles reveal internals and cost CPU.
+func serveDebug(addr string, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--debug-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.Info("pprof listening", "addr", ln.Addr().String())
+	return func() { _ = srv.Close() }, nil
 }
 
 // openStore opens PostgreSQL when --database-url names it, else the SQLite
