@@ -1,4 +1,4 @@
-// Package cli is agentwire's command line: `serve` and `token`. Every flag is
+// Package cli is agentwire's command line: `serve`, `token` and `verify`. Every flag is
 // also read from the AGENTWIRE_… environment variable named in its help.
 package cli
 
@@ -27,6 +27,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return serve(ctx, args[1:], getenv, stdout, stderr)
 	case "token":
 		return token(ctx, args[1:], getenv, stdout, stderr)
+	case "verify":
+		return verify(ctx, args[1:], getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return nil
@@ -44,6 +46,8 @@ Usage:
   agentwire serve [flags]          run the gateway (agentwire serve -h lists the flags)
   agentwire token --user U [--ttl 1h]
                                    print a token signed with serve's key
+  agentwire verify [--url U] (--token JWT | --dev-user U)
+                                   check a running deployment end to end
 `)
 }
 

@@ -1,0 +1,725 @@
+// Package client is the Go SDK for agentwire's wire contract (agentwire.v1):
+// one WebSocket that stays up, with authentication by bearer header or
+// single-use ticket, automatic reconnect with exponential backoff and full
+// jitter, resume from the last seq and epoch, dedupe by seq, requests matched
+// to their answers by id, and small helpers for the HTTP API.
+//
+// A Conn delivers the user's stream events in seq order, each once, across
+// reconnects, on the channel returned by Events:
+//
+//	c, err := client.Dial(ctx, client.Options{URL: "http://127.0.0.1:8080", Token: tokenFunc})
+//	if err != nil { … }
+//	defer c.Close()
+//	ack, err := c.SendMessage(ctx, "what is 12*(3+4)?", client.SendOptions{})
+//	for ev := range c.Events() {
+//		if ev.RunID == ack.RunID && ev.Terminal() { break }
+//	}
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Defaults of Options.
+const (
+	DefaultEventBuffer          = 256
+	DefaultSlowConsumerTimeout  = 10 * time.Second
+	DefaultInitialBackoff       = 500 * time.Millisecond
+	DefaultMaxBackoff           = 30 * time.Second
+	DefaultTooManyErrorsBackoff = 5 * time.Second
+	handshakeTimeout            = 10 * time.Second
+	writeTimeout                = 10 * time.Second
+	stableAfter                 = 10 * time.Second // a connection up this long resets the backoff
+)
+
+// Options configure a Conn. URL and Token are required.
+type Options struct {
+	// URL is the server's base URL, http://host:port or https://host:port
+	// (a path prefix is kept). The socket is URL + "/ws" as ws:// or wss://.
+	URL string
+	// Token returns the user's JWT. It is called at the first connect, again
+	// after close 4001 (token expired) or a 401, and otherwise the token is
+	// reused for every reconnect and HTTP call.
+	Token func(ctx context.Context) (string, error)
+	// UseTicket authenticates each connect with a single-use ticket
+	// (POST /api/v1/tickets, then ?ticket=) instead of the Authorization header.
+	UseTicket bool
+	// HTTPClient makes the HTTP calls; nil means http.DefaultClient. The TLS
+	// config of its *http.Transport, if any, is also used for the socket.
+	HTTPClient *http.Client
+	// Logger receives connection lifecycle records (never a token or a
+	// message body); nil discards them.
+	Logger *slog.Logger
+	// Resume, when set, makes the first connect continue after that
+	// position; without it the Conn starts live from the stream's head.
+	Resume *Position
+	// EventBuffer is the capacity of the Events channel (default 256).
+	EventBuffer int
+	// SlowConsumerTimeout is how long the read loop waits for room in a full
+	// Events channel before it drops the connection (default 10 s); see Events.
+	SlowConsumerTimeout time.Duration
+	// InitialBackoff is the first reconnect delay ceiling (default 500 ms);
+	// it doubles per failed attempt up to MaxBackoff (default 30 s). The
+	// delay is uniformly random below the ceiling (full jitter).
+	InitialBackoff, MaxBackoff time.Duration
+	// TooManyErrorsBackoff is the least wait after close 4029 (default 5 s).
+	TooManyErrorsBackoff time.Duration
+	// OnFrame, when set, is called on the read goroutine with every frame
+	// received, in order, before the Conn handles it (for tracing and
+	// conformance checks). It must return quickly and not keep raw.
+	OnFrame func(raw []byte)
+}
+
+// SendOptions are the optional fields of a user_message.
+type SendOptions struct {
+	// ThreadID is the thread to post in; empty starts a new thread.
+	ThreadID string
+	// ClientMessageID is the idempotency key; generated when empty. The same
+	// key within 10 minutes returns the first ack and starts nothing new.
+	ClientMessageID string
+}
+
+// Conn is a connection to agentwire that keeps itself up until Close. Its
+// methods are safe for concurrent use.
+type Conn struct {
+	opts   Options
+	base   string // http(s)://host:port[/prefix], no trailing slash
+	wsURL  string
+	hc     *http.Client
+	dialer *websocket.Dialer
+	log    *slog.Logger
+	events chan Event
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the Conn has stopped
+	ids    atomic.Uint64
+
+	tmu   sync.Mutex // serialises Token calls
+	token string
+
+	mu      sync.Mutex
+	ws      *websocket.Conn // the current established socket, or nil
+	est     ConnectionEstablished
+	pos     Position
+	hasPos  bool
+	pending map[string]*pending
+	nextN   uint64
+	stopped bool
+	err     error
+
+	wmu sync.Mutex // one writer at a time on ws
+}
+
+type pending struct {
+	n     uint64 // send order
+	frame []byte
+	done  chan result
+}
+
+type result struct {
+	f   wireFrame
+	err error
+}
+
+// errSlowConsumer ends a read loop whose consumer left Events full too long.
+var errSlowConsumer = errors.New("events consumer too slow")
+
+// Dial connects to the server and returns once the first
+// connection_established has arrived; ctx bounds that first connect only.
+// An error means no Conn: a refused handshake is a *HTTPError. After Dial the
+// Conn reconnects on its own until Close or a close code that says stop.
+func Dial(ctx context.Context, opts Options) (*Conn, error) {
+	if opts.Token == nil {
+		return nil, errors.New("client: Options.Token is required")
+	}
+	u, err := url.Parse(strings.TrimRight(opts.URL, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("client: Options.URL %q: want http(s)://host:port", opts.URL)
+	}
+	c := &Conn{opts: opts, base: u.String(), hc: opts.HTTPClient, log: opts.Logger, pending: map[string]*pending{}, done: make(chan struct{})}
+	ws := *u
+	ws.Scheme = map[string]string{"http": "ws", "https": "wss"}[u.Scheme]
+	ws.Path += "/ws"
+	c.wsURL = ws.String()
+	if c.hc == nil {
+		c.hc = http.DefaultClient
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.dialer = &websocket.Dialer{Proxy: http.ProxyFromEnvironment, HandshakeTimeout: handshakeTimeout}
+	if t, ok := c.hc.Transport.(*http.Transport); ok && t.TLSClientConfig != nil {
+		c.dialer.TLSClientConfig = t.TLSClientConfig.Clone()
+	}
+	defaultDur(&c.opts.SlowConsumerTimeout, DefaultSlowConsumerTimeout)
+	defaultDur(&c.opts.InitialBackoff, DefaultInitialBackoff)
+	defaultDur(&c.opts.MaxBackoff, DefaultMaxBackoff)
+	defaultDur(&c.opts.TooManyErrorsBackoff, DefaultTooManyErrorsBackoff)
+	if c.opts.EventBuffer <= 0 {
+		c.opts.EventBuffer = DefaultEventBuffer
+	}
+	c.events = make(chan Event, c.opts.EventBuffer)
+	if r := opts.Resume; r != nil {
+		c.pos, c.hasPos = *r, true
+	}
+
+	conn, est, err := c.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.attach(conn, est)
+	go c.run(conn, est)
+	return c, nil
+}
+
+func defaultDur(p *time.Duration, d time.Duration) {
+	if *p <= 0 {
+		*p = d
+	}
+}
+
+// Events returns the channel of stream events (and resync_required notices),
+// in seq order, each seq once. It is closed when the Conn stops.
+//
+// Slow consumers: the channel holds Options.EventBuffer events. When it is
+// full the read loop waits up to Options.SlowConsumerTimeout for room; after
+// that it drops the connection, waits until the channel is half empty, and
+// reconnects with resume from the last event it put on the channel. Nothing
+// is lost or repeated, provided the server still retains the events (else
+// a resync_required notice follows).
+func (c *Conn) Events() <-chan Event { return c.events }
+
+// Done is closed when the Conn has stopped: after Close, or after the
+// server closed with 1000, 1008 or 1009.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err is why the Conn stopped: nil while running, after Close and after a
+// 1000 close; a *CloseError after 1008 or 1009.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Position is the last seq put on Events and its epoch; give it as
+// Options.Resume to continue elsewhere. It moves just after an event is put
+// on Events, so it may briefly lag the event a consumer has just received;
+// for an exact hand-over keep the Seq and Epoch of the last event processed.
+func (c *Conn) Position() Position {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pos
+}
+
+// Established is the connection_established frame of the current (or last)
+// connection.
+func (c *Conn) Established() ConnectionEstablished {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.est
+}
+
+// Close stops the Conn: it closes the socket with 1000, fails pending
+// requests with ErrClosed, closes Events and returns once the Conn's
+// goroutine has exited. It is safe to call more than once.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	ws := c.ws
+	c.mu.Unlock()
+	if ws != nil && c.ctx.Err() == nil {
+		// WriteControl may run concurrently with a writer holding wmu.
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseNormal, ""), time.Now().Add(time.Second))
+	}
+	c.cancel() // closes the socket, see run
+	<-c.done
+	return nil
+}
+
+// SendMessage sends a user_message and returns its ack. If the connection
+// drops before the ack, the same frame (same client_message_id) is sent again
+// on the next connection, so the server starts the run once. An error frame
+// answering it is a *Error; ctx bounds the wait.
+func (c *Conn) SendMessage(ctx context.Context, content string, opts SendOptions) (Ack, error) {
+	cmid := opts.ClientMessageID
+	if cmid == "" {
+		cmid = randomID()
+	}
+	f, err := c.request(ctx, clientFrame{Type: "user_message", Content: content, ThreadID: opts.ThreadID, ClientMessageID: cmid})
+	if err != nil {
+		return Ack{}, err
+	}
+	return Ack{Ref: f.Ref, ThreadID: f.ThreadID, RunID: f.RunID, MessageID: f.MessageID, ClientMessageID: cmid}, nil
+}
+
+// Stop asks the server to stop run runID and returns the ack; the run then
+// ends with agent_error code cancelled (a run already ended is acknowledged
+// and unchanged). An unknown or foreign run is a *Error with Code not_found.
+func (c *Conn) Stop(ctx context.Context, runID string) (Ack, error) {
+	f, err := c.request(ctx, clientFrame{Type: "stop_agent", RunID: runID})
+	if err != nil {
+		return Ack{}, err
+	}
+	return Ack{Ref: f.Ref, ThreadID: f.ThreadID, RunID: f.RunID, MessageID: f.MessageID}, nil
+}
+
+// Ping sends an application-level ping and waits for its pong.
+func (c *Conn) Ping(ctx context.Context) error {
+	_, err := c.request(ctx, clientFrame{Type: "ping"})
+	return err
+}
+
+// request sends f with a fresh id (now if connected, else on the next
+// connection, and again after every reconnect until answered) and waits for
+// the ack, pong or error frame whose ref is that id.
+func (c *Conn) request(ctx context.Context, f clientFrame) (wireFrame, error) {
+	f.ID = "g" + strconv.FormatUint(c.ids.Add(1), 36) + "-" + randomID()[:8]
+	b, err := json.Marshal(f)
+	if err != nil {
+		return wireFrame{}, err
+	}
+	p := &pending{frame: b, done: make(chan result, 1)}
+	c.mu.Lock()
+	if c.stopped {
+		err := c.err
+		c.mu.Unlock()
+		if err == nil {
+			err = ErrClosed
+		}
+		return wireFrame{}, err
+	}
+	c.nextN++
+	p.n = c.nextN
+	c.pending[f.ID] = p
+	ws := c.ws
+	c.mu.Unlock()
+	if ws != nil {
+		c.write(ws, b)
+	}
+	select {
+	case r := <-p.done:
+		return r.f, r.err
+	case <-ctx.Done():
+		c.mu.Lock()
+		delete(c.pending, f.ID)
+		c.mu.Unlock()
+		return wireFrame{}, ctx.Err()
+	}
+}
+
+// write sends one text frame; a failure shows up in the read loop as a close.
+func (c *Conn) write(ws *websocket.Conn, b []byte) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = ws.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if err := ws.WriteMessage(websocket.TextMessage, b); err != nil {
+		c.log.Debug("agentwire: write failed", "err", err)
+	}
+}
+
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// currentToken returns the cached token, asking Options.Token when there is none.
+func (c *Conn) currentToken(ctx context.Context) (string, error) {
+	c.tmu.Lock()
+	defer c.tmu.Unlock()
+	if c.token != "" {
+		return c.token, nil
+	}
+	tok, err := c.opts.Token(ctx)
+	if err != nil {
+		return "", fmt.Errorf("client: token: %w", err)
+	}
+	if tok == "" {
+		return "", errors.New("client: token: Options.Token returned an empty token")
+	}
+	c.token = tok
+	return tok, nil
+}
+
+// invalidateToken makes the next currentToken call Options.Token, unless
+// another caller has already replaced tok.
+func (c *Conn) invalidateToken(tok string) {
+	c.tmu.Lock()
+	defer c.tmu.Unlock()
+	if c.token == tok {
+		c.token = ""
+	}
+}
+
+// connect opens one socket and reads its connection_established.
+func (c *Conn) connect(ctx context.Context) (*websocket.Conn, ConnectionEstablished, error) {
+	var est ConnectionEstablished
+	tok, err := c.currentToken(ctx)
+	if err != nil {
+		return nil, est, err
+	}
+	q := url.Values{}
+	c.mu.Lock()
+	if c.hasPos {
+		q.Set("since", strconv.FormatUint(c.pos.Seq, 10))
+		if c.pos.Epoch != "" {
+			q.Set("epoch", c.pos.Epoch)
+		}
+	}
+	c.mu.Unlock()
+	h := http.Header{}
+	if c.opts.UseTicket {
+		var t struct {
+			Ticket string `json:"ticket"`
+		}
+		if err := c.do(ctx, http.MethodPost, "/api/v1/tickets", &t); err != nil {
+			return nil, est, fmt.Errorf("client: ticket: %w", err)
+		}
+		q.Set("ticket", t.Ticket)
+	} else {
+		h.Set("Authorization", "Bearer "+tok)
+	}
+	u := c.wsURL
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	ws, resp, err := c.dialer.DialContext(ctx, u, h)
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			var body [4096]byte
+			n, _ := resp.Body.Read(body[:])
+			he := httpError(resp.StatusCode, body[:n])
+			if he.Status == http.StatusUnauthorized {
+				c.invalidateToken(tok)
+			}
+			return nil, est, fmt.Errorf("client: connect %s: %w", c.wsURL, he)
+		}
+		return nil, est, fmt.Errorf("client: connect %s: %w", c.wsURL, err)
+	}
+	stop := context.AfterFunc(ctx, func() { ws.Close() })
+	defer stop()
+	_ = ws.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	_, b, err := ws.ReadMessage()
+	if err != nil {
+		ws.Close()
+		return nil, est, fmt.Errorf("client: connect: reading connection_established: %w", err)
+	}
+	if c.opts.OnFrame != nil {
+		c.opts.OnFrame(b)
+	}
+	var typ struct {
+		Type string `json:"type"`
+	}
+	if json.Unmarshal(b, &typ) != nil || typ.Type != "connection_established" || json.Unmarshal(b, &est) != nil {
+		ws.Close()
+		return nil, est, fmt.Errorf("client: connect: first frame %.200q is not connection_established", b)
+	}
+	return ws, est, nil
+}
+
+// attach makes ws the current socket and sends every unanswered request on it.
+func (c *Conn) attach(ws *websocket.Conn, est ConnectionEstablished) {
+	c.mu.Lock()
+	c.est = est
+	if !c.hasPos {
+		c.pos, c.hasPos = Position{Seq: est.HeadSeq, Epoch: est.Epoch}, true
+	} else if c.pos.Epoch == "" {
+		c.pos.Epoch = est.Epoch
+	}
+	c.ws = ws
+	resend := make([]*pending, 0, len(c.pending))
+	for _, p := range c.pending {
+		resend = append(resend, p)
+	}
+	c.mu.Unlock()
+	sortPending(resend)
+	for _, p := range resend {
+		c.write(ws, p.frame)
+	}
+	c.log.Info("agentwire: connected", "conn", est.ConnectionID, "user", est.UserID, "head_seq", est.HeadSeq)
+}
+
+func sortPending(ps []*pending) {
+	for i := 1; i < len(ps); i++ {
+		for j := i; j > 0 && ps[j].n < ps[j-1].n; j-- {
+			ps[j], ps[j-1] = ps[j-1], ps[j]
+		}
+	}
+}
+
+// detach forgets ws as the current socket and closes it.
+func (c *Conn) detach(ws *websocket.Conn) {
+	c.mu.Lock()
+	if c.ws == ws {
+		c.ws = nil
+	}
+	c.mu.Unlock()
+	ws.Close()
+}
+
+// run is the Conn's one goroutine: it reads the current socket, and when it
+// ends decides, from the close code, to stop or to reconnect with resume.
+func (c *Conn) run(ws *websocket.Conn, est ConnectionEstablished) {
+	defer close(c.done)
+	attempt := 0
+	for {
+		upAt := time.Now()
+		unhook := context.AfterFunc(c.ctx, func() { ws.Close() })
+		code, reason, err := c.read(ws, est)
+		unhook()
+		c.detach(ws)
+		if c.ctx.Err() != nil {
+			c.stop(nil)
+			return
+		}
+		if time.Since(upAt) > stableAfter {
+			attempt = 0
+		}
+		c.log.Info("agentwire: disconnected", "conn", est.ConnectionID, "code", code, "reason", reason, "err", err)
+		var delay time.Duration
+		switch code {
+		case CloseNormal:
+			c.stop(nil)
+			return
+		case ClosePolicyViolation, CloseTooLarge:
+			c.stop(&CloseError{Code: code, Reason: reason})
+			return
+		case CloseTokenExpired:
+			c.invalidateToken(c.cachedToken())
+			if attempt > 0 { // a repeat backs off; the first reconnects at once
+				delay = c.backoff(attempt, code)
+			}
+			attempt++
+		default:
+			if errors.Is(err, errSlowConsumer) {
+				if !c.waitForRoom() {
+					c.stop(nil)
+					return
+				}
+				break // reconnect at once: the server is fine, we were slow
+			}
+			delay = c.backoff(attempt, code)
+			attempt++
+		}
+		for {
+			if !c.sleep(delay) {
+				c.stop(nil)
+				return
+			}
+			ws, est, err = c.connect(c.ctx)
+			if err == nil {
+				break
+			}
+			if c.ctx.Err() != nil {
+				c.stop(nil)
+				return
+			}
+			c.log.Warn("agentwire: reconnect failed", "attempt", attempt, "err", err)
+			var he *HTTPError
+			code = CloseAbnormal
+			if errors.As(err, &he) && he.Status == http.StatusTooManyRequests {
+				code = CloseTooManyErrors
+			}
+			delay = c.backoff(attempt, code)
+			attempt++
+		}
+		c.attach(ws, est)
+	}
+}
+
+func (c *Conn) cachedToken() string {
+	c.tmu.Lock()
+	defer c.tmu.Unlock()
+	return c.token
+}
+
+// backoff is full jitter over an exponential ceiling; after 4029 (or a 429)
+// at least TooManyErrorsBackoff.
+func (c *Conn) backoff(attempt int, code int) time.Duration {
+	ceiling := c.opts.MaxBackoff
+	if attempt < 30 {
+		ceiling = min(c.opts.MaxBackoff, c.opts.InitialBackoff<<attempt)
+	}
+	d := time.Duration(mrand.Int64N(int64(ceiling) + 1))
+	if code == CloseTooManyErrors {
+		floor := c.opts.TooManyErrorsBackoff
+		d = floor + time.Duration(mrand.Int64N(int64(max(floor, ceiling))+1))
+	}
+	return d
+}
+
+// sleep waits d; false when Close came first.
+func (c *Conn) sleep(d time.Duration) bool {
+	if d <= 0 {
+		return c.ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.ctx.Done():
+		return false
+	}
+}
+
+// waitForRoom waits until Events is at most half full; false when Close came first.
+func (c *Conn) waitForRoom() bool {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for len(c.events) > cap(c.events)/2 {
+		select {
+		case <-t.C:
+		case <-c.ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+// stop ends the Conn: pending requests fail, Events closes.
+func (c *Conn) stop(err error) {
+	c.cancel()
+	c.mu.Lock()
+	c.stopped = true
+	c.err = err
+	if err == nil {
+		err = ErrClosed
+	}
+	for id, p := range c.pending {
+		p.done <- result{err: err}
+		delete(c.pending, id)
+	}
+	c.mu.Unlock()
+	close(c.events)
+	c.log.Info("agentwire: stopped", "err", c.err)
+}
+
+// read handles frames from ws until it ends, returning the close code
+// (1006 without a close frame), its reason and the read error.
+func (c *Conn) read(ws *websocket.Conn, est ConnectionEstablished) (int, string, error) {
+	idle := 2*time.Duration(est.HeartbeatIntervalMS)*time.Millisecond + 10*time.Second
+	if est.HeartbeatIntervalMS <= 0 {
+		idle = 70 * time.Second
+	}
+	ws.SetPingHandler(func(data string) error {
+		_ = ws.SetReadDeadline(time.Now().Add(idle))
+		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(writeTimeout))
+		if errors.Is(err, websocket.ErrCloseSent) {
+			return nil
+		}
+		return err
+	})
+	gapResumeSent := false
+	for {
+		_ = ws.SetReadDeadline(time.Now().Add(idle))
+		_, b, err := ws.ReadMessage()
+		if err != nil {
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				return ce.Code, ce.Text, err
+			}
+			return CloseAbnormal, "", err
+		}
+		if c.opts.OnFrame != nil {
+			c.opts.OnFrame(b)
+		}
+		var f wireFrame
+		if err := json.Unmarshal(b, &f); err != nil {
+			c.log.Warn("agentwire: frame is not JSON", "err", err)
+			continue
+		}
+		switch f.Type {
+		case "ack", "pong", "error":
+			c.answer(f)
+		case TypeResyncRequired:
+			rr := &ResyncRequired{Epoch: f.Epoch, HeadSeq: f.HeadSeq, Reason: f.Reason}
+			c.log.Warn("agentwire: resync required", "epoch", f.Epoch, "head_seq", f.HeadSeq, "reason", f.Reason)
+			if err := c.deliver(Event{Type: TypeResyncRequired, Epoch: f.Epoch, Resync: rr}, Position{Seq: f.HeadSeq, Epoch: f.Epoch}); err != nil {
+				return CloseSlowConsumer, "slow consumer", err
+			}
+		case "deprecation":
+			c.log.Warn("agentwire: deprecated frame type", "alias", f.Alias)
+		default:
+			if f.Seq == 0 {
+				c.log.Debug("agentwire: frame ignored", "type", f.Type)
+				continue
+			}
+			pos := c.Position()
+			switch {
+			case f.Epoch == pos.Epoch && f.Seq <= pos.Seq:
+				continue // seen
+			case f.Epoch == pos.Epoch && f.Seq > pos.Seq+1:
+				// A gap the contract rules out: ask for it once rather than lose it.
+				if !gapResumeSent {
+					gapResumeSent = true
+					since := pos.Seq
+					rb, _ := json.Marshal(clientFrame{Type: "resume", Since: &since, Epoch: pos.Epoch})
+					c.write(ws, rb)
+				}
+				continue
+			}
+			gapResumeSent = false
+			if err := c.deliver(f.event(), Position{Seq: f.Seq, Epoch: f.Epoch}); err != nil {
+				return CloseSlowConsumer, "slow consumer", err
+			}
+		}
+	}
+}
+
+// deliver puts ev on Events and then moves the position to pos.
+func (c *Conn) deliver(ev Event, pos Position) error {
+	select {
+	case c.events <- ev:
+	default:
+		t := time.NewTimer(c.opts.SlowConsumerTimeout)
+		defer t.Stop()
+		select {
+		case c.events <- ev:
+		case <-c.ctx.Done():
+			return ErrClosed
+		case <-t.C:
+			c.log.Warn("agentwire: events consumer too slow, reconnecting", "seq", c.Position().Seq)
+			return errSlowConsumer
+		}
+	}
+	c.mu.Lock()
+	c.pos = pos
+	c.mu.Unlock()
+	return nil
+}
+
+// answer completes the request that f references.
+func (c *Conn) answer(f wireFrame) {
+	c.mu.Lock()
+	p := c.pending[f.Ref]
+	delete(c.pending, f.Ref)
+	c.mu.Unlock()
+	if p == nil {
+		if f.Type == "error" {
+			c.log.Warn("agentwire: error frame", "code", f.Code, "message", f.Message, "ref", f.Ref)
+		}
+		return
+	}
+	if f.Type == "error" {
+		p.done <- result{err: &Error{Code: f.Code, Message: f.Message, Ref: f.Ref}}
+		return
+	}
+	p.done <- result{f: f}
+}

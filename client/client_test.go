@@ -1,0 +1,498 @@
+package client_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/agentwire/agentwire/client"
+	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/cli"
+)
+
+const testSecret = "client-test-secret-0123456789abcdef"
+
+// server is `agentwire serve` running in this test process (as in internal/e2e).
+type server struct {
+	t      testing.TB
+	URL    string
+	signer *auth.Signer
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startServer(t testing.TB, args ...string) *server {
+	t.Helper()
+	base := []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--dev",
+		"--jwt-secret", testSecret, "--log-level", "error"}
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	s := &server{t: t, signer: auth.NewSigner([]byte(testSecret)), cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		err := cli.Run(ctx, append(base, args...), func(string) string { return "" }, pw, io.Discard)
+		pw.CloseWithError(fmt.Errorf("server exited: %v", err))
+		s.done <- err
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		cancel()
+		t.Fatalf("server did not start: %v", err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	s.URL = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *server) stop() {
+	s.cancel()
+	select {
+	case err := <-s.done:
+		s.done <- err
+	case <-time.After(20 * time.Second):
+		s.t.Errorf("server did not stop within 20 s")
+	}
+}
+
+func (s *server) tokenTTL(user string, ttl time.Duration) string {
+	tok, _, err := s.signer.Sign(user, ttl, "", "")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return tok
+}
+
+// tokenFunc returns a Token option for user that counts its calls.
+func (s *server) tokenFunc(user string, calls *atomic.Int32) func(context.Context) (string, error) {
+	return func(context.Context) (string, error) {
+		if calls != nil {
+			calls.Add(1)
+		}
+		return s.tokenTTL(user, time.Hour), nil
+	}
+}
+
+// dial connects with a private HTTP transport, closed with the Conn.
+func dial(t *testing.T, opts client.Options) *client.Conn {
+	t.Helper()
+	tr := &http.Transport{}
+	opts.HTTPClient = &http.Client{Transport: tr}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, opts)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		tr.CloseIdleConnections()
+	})
+	return c
+}
+
+// untilTerminal collects events of run runID (and every event before the
+// run's, with allSeq) until its terminal event.
+func untilTerminal(t *testing.T, c *client.Conn, runID string) (run, all []client.Event) {
+	t.Helper()
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case ev, ok := <-c.Events():
+			if !ok {
+				t.Fatalf("events closed: %v", c.Err())
+			}
+			all = append(all, ev)
+			if ev.RunID != runID {
+				continue
+			}
+			run = append(run, ev)
+			if ev.Terminal() {
+				return run, all
+			}
+		case <-timeout:
+			t.Fatalf("no terminal event for run %s; got %d events", runID, len(run))
+		}
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func checkContiguous(t *testing.T, evs []client.Event) {
+	t.Helper()
+	for i := 1; i < len(evs); i++ {
+		if evs[i].Seq != evs[i-1].Seq+1 {
+			t.Fatalf("seq %d follows %d (%s after %s)", evs[i].Seq, evs[i-1].Seq, evs[i].Type, evs[i-1].Type)
+		}
+	}
+}
+
+func TestGoldenPath(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	for _, ticket := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ticket=%v", ticket), func(t *testing.T) {
+			user := fmt.Sprintf("golden-%v", ticket)
+			c := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc(user, nil), UseTicket: ticket})
+			if est := c.Established(); est.UserID != user || est.Protocol != client.Protocol || est.Epoch == "" {
+				t.Fatalf("established %+v", est)
+			}
+			ctx := ctxT(t)
+			ack, err := c.SendMessage(ctx, "what is 12*(3+4)?", client.SendOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ack.RunID == "" || ack.ThreadID == "" || ack.MessageID == "" || ack.ClientMessageID == "" {
+				t.Fatalf("ack %+v", ack)
+			}
+			_, all := untilTerminal(t, c, ack.RunID)
+			checkContiguous(t, all)
+			var types []string
+			for _, ev := range all {
+				types = append(types, ev.Type)
+				if ev.Epoch == "" || ev.TS.IsZero() || ev.ThreadID != ack.ThreadID {
+					t.Errorf("event %+v lacks epoch, ts or thread", ev)
+				}
+			}
+			if types[0] != client.TypeUserMessage || types[1] != client.TypeAgentStarted {
+				t.Fatalf("types %v", types)
+			}
+			if um, ok := all[0].UserMessage(); !ok || um.ClientMessageID != ack.ClientMessageID || um.Content != "what is 12*(3+4)?" {
+				t.Fatalf("echo %+v", um)
+			}
+			done, ok := all[len(all)-1].AgentCompleted()
+			if !ok || !strings.Contains(done.FinalResponse, "84") {
+				t.Fatalf("last event %s %s", all[len(all)-1].Type, all[len(all)-1].Data)
+			}
+			var tool client.ToolCompleted
+			for _, ev := range all {
+				if tc, ok := ev.ToolCompleted(); ok {
+					tool = tc
+				}
+			}
+			if tool.Tool != "calculator" || !tool.OK || string(tool.Result) == "" {
+				t.Fatalf("tool_completed %+v", tool)
+			}
+			if err := c.Ping(ctx); err != nil {
+				t.Fatal(err)
+			}
+
+			threads, err := c.Threads(ctx)
+			if err != nil || len(threads) != 1 || threads[0].ID != ack.ThreadID {
+				t.Fatalf("threads %+v, %v", threads, err)
+			}
+			msgs, err := c.Messages(ctx, ack.ThreadID)
+			if err != nil || len(msgs) != 2 || msgs[1].Role != "assistant" || !strings.Contains(msgs[1].Content, "84") {
+				t.Fatalf("messages %+v, %v", msgs, err)
+			}
+			run, err := c.Run(ctx, ack.RunID)
+			if err != nil || run.Status != "completed" || run.ThreadID != ack.ThreadID {
+				t.Fatalf("run %+v, %v", run, err)
+			}
+			var he *client.HTTPError
+			if _, err := c.Run(ctx, "no-such-run"); !errors.As(err, &he) || he.Status != 404 {
+				t.Fatalf("unknown run: %v", err)
+			}
+
+			// The same client_message_id again: the first ack, no new run.
+			again, err := c.SendMessage(ctx, "what is 12*(3+4)?", client.SendOptions{ClientMessageID: ack.ClientMessageID})
+			if err != nil || again.RunID != ack.RunID {
+				t.Fatalf("resend: %+v, %v (first %+v)", again, err, ack)
+			}
+		})
+	}
+}
+
+// proxy is a TCP relay that can cut every connection through it.
+type proxy struct {
+	ln       net.Listener
+	upstream string
+	mu       sync.Mutex
+	conns    []net.Conn
+	accepted atomic.Int32
+	wg       sync.WaitGroup
+}
+
+func newProxy(t *testing.T, upstream string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, upstream: upstream}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		ln.Close()
+		p.cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *proxy) URL() string { return "http://" + p.ln.Addr().String() }
+
+func (p *proxy) accept() {
+	defer p.wg.Done()
+	for {
+		down, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", p.upstream)
+		if err != nil {
+			down.Close()
+			continue
+		}
+		p.accepted.Add(1)
+		p.mu.Lock()
+		p.conns = append(p.conns, down, up)
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go func() { defer p.wg.Done(); _, _ = io.Copy(up, down); up.Close() }()
+		go func() { defer p.wg.Done(); _, _ = io.Copy(down, up); down.Close() }()
+	}
+}
+
+// cut closes every connection through the proxy, as a network failure would.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func TestResumeAfterCutMidRun(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	p := newProxy(t, strings.TrimPrefix(s.URL, "http://"))
+	c := dial(t, client.Options{URL: p.URL(), Token: s.tokenFunc("cut", nil), InitialBackoff: 50 * time.Millisecond})
+	ctx := ctxT(t)
+	ack, err := c.SendMessage(ctx, "slow: what is 12*(3+4)?", client.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []client.Event
+	for len(all) < 3 {
+		select {
+		case ev := <-c.Events():
+			all = append(all, ev)
+		case <-ctx.Done():
+			t.Fatal("no events")
+		}
+	}
+	p.cut()
+	_, rest := untilTerminal(t, c, ack.RunID)
+	all = append(all, rest...)
+	checkContiguous(t, all)
+	if p.accepted.Load() < 2 {
+		t.Fatalf("%d connections through the proxy, want a reconnect", p.accepted.Load())
+	}
+	if all[0].Type != client.TypeUserMessage || all[len(all)-1].Type != client.TypeAgentCompleted {
+		t.Fatalf("first %s, last %s", all[0].Type, all[len(all)-1].Type)
+	}
+	for deadline := time.Now().Add(2 * time.Second); c.Position().Seq != all[len(all)-1].Seq; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("position %d, last seq %d", c.Position().Seq, all[len(all)-1].Seq)
+		}
+	}
+
+	// A request sent while the connection is down is answered after the reconnect.
+	p.cut()
+	if err := c.Ping(ctx); err != nil {
+		t.Fatalf("ping across a cut: %v", err)
+	}
+}
+
+func TestResyncOnWrongEpoch(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	c := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc("resync", nil), Resume: &client.Position{Seq: 3, Epoch: "not-the-epoch"}})
+	select {
+	case ev := <-c.Events():
+		if ev.Type != client.TypeResyncRequired || ev.Resync == nil || ev.Resync.Epoch != c.Established().Epoch {
+			t.Fatalf("first event %+v, want resync_required", ev)
+		}
+		if pos := c.Position(); pos.Epoch != ev.Resync.Epoch || pos.Seq != ev.Resync.HeadSeq {
+			t.Fatalf("position %+v after %+v", pos, ev.Resync)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no resync_required")
+	}
+	// Live events continue after it.
+	ack, err := c.SendMessage(ctxT(t), "hello", client.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	untilTerminal(t, c, ack.RunID)
+}
+
+func TestTokenExpiredGetsFreshToken(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	var calls atomic.Int32
+	token := func(context.Context) (string, error) {
+		if calls.Add(1) == 1 {
+			return s.tokenTTL("expiring", 2*time.Second), nil // closed with 4001 within about 2 s
+		}
+		return s.tokenTTL("expiring", time.Hour), nil
+	}
+	c := dial(t, client.Options{URL: s.URL, Token: token})
+	first := c.Established().ConnectionID
+	deadline := time.Now().Add(8 * time.Second)
+	for c.Established().ConnectionID == first {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reconnect after the token expired (Token called %d times)", calls.Load())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("Token called %d times, want 2", n)
+	}
+	ack, err := c.SendMessage(ctxT(t), "what is 1+1?", client.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	untilTerminal(t, c, ack.RunID)
+}
+
+func TestErrorFrameIsTypedError(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	c := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc("errors", nil)})
+	ctx := ctxT(t)
+	for name, call := range map[string]func() error{
+		"unknown thread": func() error {
+			_, err := c.SendMessage(ctx, "hi", client.SendOptions{ThreadID: "no-such-thread"})
+			return err
+		},
+		"unknown run": func() error { _, err := c.Stop(ctx, "no-such-run"); return err },
+	} {
+		var fe *client.Error
+		if err := call(); !errors.As(err, &fe) || fe.Code != "not_found" || fe.Ref == "" {
+			t.Errorf("%s: %v, want *client.Error not_found", name, err)
+		}
+	}
+	var fe *client.Error
+	if _, err := c.SendMessage(ctx, "", client.SendOptions{}); !errors.As(err, &fe) || fe.Code != "invalid_message" {
+		t.Errorf("empty content: %v, want invalid_message", err)
+	}
+	// The connection stays usable.
+	if err := c.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStop(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	c := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc("stopper", nil)})
+	ctx := ctxT(t)
+	ack, err := c.SendMessage(ctx, "slow please", client.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Stop(ctx, ack.RunID); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := untilTerminal(t, c, ack.RunID)
+	if e, ok := run[len(run)-1].AgentError(); !ok || e.Code != "cancelled" {
+		t.Fatalf("terminal %s %s", run[len(run)-1].Type, run[len(run)-1].Data)
+	}
+}
+
+func TestDialRefused(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	ctx := ctxT(t)
+	_, err := client.Dial(ctx, client.Options{URL: s.URL, Token: func(context.Context) (string, error) { return "not-a-jwt", nil }})
+	var he *client.HTTPError
+	if !errors.As(err, &he) || he.Status != 401 || he.Code != "unauthorized" {
+		t.Fatalf("bad token: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	start := time.Now()
+	if _, err := client.Dial(ctx, client.Options{URL: "http://" + addr, Token: s.tokenFunc("x", nil)}); err == nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("closed port: %v after %v", err, time.Since(start))
+	}
+}
+
+// TestNoGoroutineLeft is not parallel: while it runs, parallel tests are
+// parked, so goroutines it did not start are recorded by IgnoreCurrent.
+func TestNoGoroutineLeft(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	s := startServer(t)
+	p := newProxy(t, strings.TrimPrefix(s.URL, "http://"))
+	tr := &http.Transport{}
+	ctx := ctxT(t)
+	c, err := client.Dial(ctx, client.Options{URL: p.URL(), Token: s.tokenFunc("leak", nil), UseTicket: true,
+		HTTPClient: &http.Client{Transport: tr}, InitialBackoff: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := c.SendMessage(ctx, "slow 1+1", client.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-c.Events()
+	p.cut() // a reconnect happens too
+	untilTerminal(t, c, ack.RunID)
+	if _, err := c.Threads(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	c.Close()
+	if _, ok := <-c.Events(); ok {
+		t.Fatal("events still open after Close")
+	}
+	if err := c.Ping(ctx); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("ping after Close: %v", err)
+	}
+	tr.CloseIdleConnections()
+	s.stop()
+	p.ln.Close()
+	p.cut()
+	p.wg.Wait()
+	goleak.VerifyNone(t, ignore)
+}
+
+func TestSlowConsumerLosesNothing(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	c := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc("slowpoke", nil), EventBuffer: 2, SlowConsumerTimeout: 50 * time.Millisecond})
+	first := c.Established().ConnectionID
+	ctx := ctxT(t)
+	ack, err := c.SendMessage(ctx, "what is 12*(3+4)?", client.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(800 * time.Millisecond) // the run (about 400 ms) ends while nobody reads
+	_, all := untilTerminal(t, c, ack.RunID)
+	checkContiguous(t, all)
+	if all[0].Type != client.TypeUserMessage {
+		t.Fatalf("first event %s", all[0].Type)
+	}
+	if c.Established().ConnectionID == first {
+		t.Fatal("the slow consumer did not make the Conn reconnect")
+	}
+}

@@ -1,0 +1,118 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Thread is one conversation of the user (GET /api/v1/threads).
+type Thread struct {
+	ID        string    `json:"id"`
+	Title     string    `json:"title"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Message is one message of a thread; Role is "user" or "assistant".
+type Message struct {
+	ID        string    `json:"id"`
+	Role      string    `json:"role"`
+	Content   string    `json:"content"`
+	RunID     string    `json:"run_id,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Run is one agent execution (GET /api/v1/runs/{id}); Status is running,
+// completed, failed, cancelled or timeout. Agent, ErrorCode and ErrorMessage
+// are agentwire's additions to the contract.
+type Run struct {
+	ID           string     `json:"id"`
+	ThreadID     string     `json:"thread_id"`
+	Status       string     `json:"status"`
+	StartedAt    time.Time  `json:"started_at"`
+	EndedAt      *time.Time `json:"ended_at,omitempty"`
+	Agent        string     `json:"agent,omitempty"`
+	ErrorCode    string     `json:"error_code,omitempty"`
+	ErrorMessage string     `json:"error_message,omitempty"`
+}
+
+// Threads lists the user's threads. A non-2xx answer is a *HTTPError.
+func (c *Conn) Threads(ctx context.Context) ([]Thread, error) {
+	var out struct {
+		Threads []Thread `json:"threads"`
+	}
+	err := c.do(ctx, http.MethodGet, "/api/v1/threads", &out)
+	return out.Threads, err
+}
+
+// Messages lists the messages of thread threadID, oldest first. A thread that
+// does not exist or belongs to someone else is a *HTTPError with Status 404.
+func (c *Conn) Messages(ctx context.Context, threadID string) ([]Message, error) {
+	var out struct {
+		Messages []Message `json:"messages"`
+	}
+	err := c.do(ctx, http.MethodGet, "/api/v1/threads/"+url.PathEscape(threadID)+"/messages", &out)
+	return out.Messages, err
+}
+
+// Run returns run runID. A run that does not exist or belongs to someone else
+// is a *HTTPError with Status 404.
+func (c *Conn) Run(ctx context.Context, runID string) (Run, error) {
+	var out Run
+	err := c.do(ctx, http.MethodGet, "/api/v1/runs/"+url.PathEscape(runID), &out)
+	return out, err
+}
+
+// do sends an authenticated request and decodes a 2xx JSON answer into out.
+// After a 401 it asks Options.Token for a fresh token and tries once more.
+func (c *Conn) do(ctx context.Context, method, path string, out any) error {
+	for try := 0; ; try++ {
+		tok, err := c.currentToken(ctx)
+		if err != nil {
+			return err
+		}
+		req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Accept", "application/json")
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			return fmt.Errorf("agentwire: %s %s: %w", method, path, err)
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+		resp.Body.Close()
+		if err != nil {
+			return fmt.Errorf("agentwire: %s %s: %w", method, path, err)
+		}
+		if resp.StatusCode == http.StatusUnauthorized && try == 0 {
+			c.invalidateToken(tok)
+			continue
+		}
+		if resp.StatusCode/100 != 2 {
+			return httpError(resp.StatusCode, body)
+		}
+		if err := json.Unmarshal(body, out); err != nil {
+			return fmt.Errorf("agentwire: %s %s: answer is not JSON: %w", method, path, err)
+		}
+		return nil
+	}
+}
+
+// httpError builds a *HTTPError from the contract's error body, if any.
+func httpError(status int, body []byte) *HTTPError {
+	var e struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal(body, &e)
+	return &HTTPError{Status: status, Code: e.Error.Code, Message: e.Error.Message}
+}

@@ -1,0 +1,152 @@
+package cli_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/cli"
+)
+
+// startVerifyServer runs `agentwire serve --dev` (demo agent) in-process on a
+// free port and returns its URL; it stops when the test ends.
+func startVerifyServer(t *testing.T) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	args := []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--dev", "--log-level", "error"}
+	go func() {
+		err := cli.Run(ctx, args, func(string) string { return "" }, pw, io.Discard)
+		pw.CloseWithError(fmt.Errorf("server exited: %v", err))
+		done <- err
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		cancel()
+		t.Fatalf("server did not start: %v", err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Errorf("server did not stop within 20 s")
+		}
+	})
+	return strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
+}
+
+func runVerify(t *testing.T, env map[string]string, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	getenv := func(k string) string { return env[k] }
+	err := cli.Run(context.Background(), append([]string{"verify"}, args...), getenv, &out, io.Discard)
+	return out.String(), err
+}
+
+var summary = regexp.MustCompile(`(?m)^(\d+) passed, (\d+) failed\n\z`)
+
+func TestVerifyPasses(t *testing.T) {
+	t.Parallel()
+	url := startVerifyServer(t)
+	out, err := runVerify(t, map[string]string{"AGENTWIRE_URL": url}, "--dev-user", "verify-alice", "--timeout", "20s")
+	t.Logf("\n%s", out)
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	m := summary.FindStringSubmatch(out)
+	if m == nil || m[2] != "0" || m[1] == "0" {
+		t.Fatalf("summary line missing or not N passed, 0 failed")
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if !strings.HasPrefix(line, "ok   ") && !summary.MatchString(line+"\n") {
+			t.Errorf("unexpected line %q", line)
+		}
+	}
+	for _, want := range []string{"GET /healthz", "GET /readyz", "ticket auth", "seq strictly +1", "second tab", "second user sees nothing", "resume with since=", "ping/pong"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no check %q", want)
+		}
+	}
+}
+
+func TestVerifyWithToken(t *testing.T) {
+	t.Parallel()
+	url := startVerifyServer(t)
+	// A token from dev-login, given as AGENTWIRE_TOKEN: no isolation check,
+	// the same golden path; --expect '' skips the content check.
+	resp, err := http.Post(url+"/auth/dev-login", "application/json", strings.NewReader(`{"user_id":"tok-user"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var login struct {
+		Token string `json:"token"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&login)
+	resp.Body.Close()
+	if err != nil || login.Token == "" {
+		t.Fatalf("dev-login: %v", err)
+	}
+	out, err := runVerify(t, map[string]string{"AGENTWIRE_TOKEN": login.Token}, "--url", url, "--expect", "", "--message", "hello there")
+	if err != nil {
+		t.Fatalf("verify: %v\n%s", err, out)
+	}
+	if strings.Contains(out, "contains") || strings.Contains(out, "second user") || !strings.HasSuffix(out, " passed, 0 failed\n") {
+		t.Errorf("output:\n%s", out)
+	}
+}
+
+func TestVerifyFailingAgent(t *testing.T) {
+	t.Parallel()
+	url := startVerifyServer(t)
+	out, err := runVerify(t, nil, "--url", url, "--dev-user", "verify-bob", "--message", "please fail", "--timeout", "20s")
+	t.Logf("\n%s", out)
+	if err == nil || cli.ExitCode(err) == 0 {
+		t.Fatalf("verify passed against a failing agent")
+	}
+	if !strings.Contains(out, "FAIL agent_completed") || !strings.Contains(out, "agent_failed") {
+		t.Errorf("no FAIL line naming agent_failed")
+	}
+	if m := summary.FindStringSubmatch(out); m == nil || m[2] == "0" {
+		t.Errorf("summary does not count the failure")
+	}
+}
+
+func TestVerifyClosedPort(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	start := time.Now()
+	out, err := runVerify(t, nil, "--url", "http://"+addr, "--dev-user", "x")
+	if err == nil {
+		t.Fatalf("verify passed against a closed port:\n%s", out)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v", d)
+	}
+	if !strings.Contains(err.Error(), "cannot reach") || !strings.Contains(out, "FAIL GET /healthz") || !strings.HasSuffix(out, "0 passed, 1 failed\n") {
+		t.Errorf("err %v, output:\n%s", err, out)
+	}
+}
+
+func TestVerifyNeedsAUser(t *testing.T) {
+	t.Parallel()
+	if _, err := runVerify(t, nil, "--url", "http://127.0.0.1:1"); err == nil {
+		t.Fatal("verify without --token or --dev-user did not fail")
+	}
+}
