@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -207,7 +208,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- httpSrv.Serve(ln) }()
-	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
+	fmt.Fprintf(stdout, "listening on http://%s\n", dialable(ln.Addr()))
 	log.Info("agentwire started", "addr", ln.Addr().String(), "dev", o.dev, "agent", o.agent, "api_keys", deps.APIKeys.Len())
 
 	select {
@@ -262,6 +263,17 @@ func refreshConns(conns *cluster.Conns, h *hub.Hub, log *slog.Logger) (stop func
 		}
 	}()
 	return func() { close(done); wg.Wait() }
+}
+
+// dialable is the listener's address as a client on this machine reaches
+// it: a wildcard host (":0", "0.0.0.0", "[::]") is printed as 127.0.0.1,
+// which every such listener accepts.
+func dialable(a net.Addr) string {
+	t, ok := a.(*net.TCPAddr)
+	if !ok || !t.IP.IsUnspecified() {
+		return a.String()
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(t.Port))
 }
 
 // serveDebug serves net/http/pprof on its own listener, never on the public
