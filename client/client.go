@@ -84,6 +84,11 @@ type Options struct {
 	// received, in order, before the Conn handles it (for tracing and
 	// conformance checks). It must return quickly and not keep raw.
 	OnFrame func(raw []byte)
+	// OnDisconnect, when set, is called on the read goroutine each time an
+	// established connection ends, with the close code (0 when the socket
+	// failed without a close frame), the reason and the read error, before
+	// the Conn reconnects or stops. It must return quickly.
+	OnDisconnect func(code int, reason string, err error)
 }
 
 // SendOptions are the optional fields of a user_message.
@@ -492,6 +497,9 @@ func (c *Conn) run(ws *websocket.Conn, est ConnectionEstablished) {
 			attempt = 0
 		}
 		c.log.Info("agentwire: disconnected", "conn", est.ConnectionID, "code", code, "reason", reason, "err", err)
+		if c.opts.OnDisconnect != nil {
+			c.opts.OnDisconnect(code, reason, err)
+		}
 		var delay time.Duration
 		switch code {
 		case CloseNormal:

@@ -43,6 +43,7 @@ import (
 
 	"github.com/agentwire/agentwire/bench/internal/benchproc"
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/loadgen"
 )
 
 const (
@@ -339,8 +340,6 @@ func connect(name, addr string, o options) (*client, error) {
 	return cl, nil
 }
 
-var tKey = []byte(`"t":`)
-
 func (cl *client) read(r *reader) {
 	for {
 		_, msg, err := r.c.ReadMessage()
@@ -351,14 +350,9 @@ func (cl *client) read(r *reader) {
 			}
 			return
 		}
-		i := bytes.Index(msg, tKey)
-		if i < 0 {
+		sent, _, ok := loadgen.ParseTick(msg)
+		if !ok {
 			continue
-		}
-		j := i + len(tKey)
-		var sent int64
-		for ; j < len(msg) && msg[j] >= '0' && msg[j] <= '9'; j++ {
-			sent = sent*10 + int64(msg[j]-'0')
 		}
 		r.mu.Lock()
 		if sent >= r.from && sent < r.to {
@@ -391,12 +385,7 @@ func (s *stats) errors() int64    { return s.httpErrs + s.readErrs }
 func (s *stats) lost() int64      { return s.expected - int64(len(s.lat)) }
 
 func (s *stats) q(p float64) time.Duration {
-	if len(s.lat) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(p*float64(len(s.lat)))) - 1
-	i = min(max(i, 0), len(s.lat)-1)
-	return time.Duration(s.lat[i]).Round(time.Microsecond)
+	return time.Duration(loadgen.Quantile(s.lat, p)).Round(time.Microsecond)
 }
 
 func (s *stats) held(limit time.Duration) bool {
@@ -423,48 +412,26 @@ func (cl *client) run(rate float64, warmup, window time.Duration) *stats {
 	var (
 		published, expected, httpErrs atomic.Int64
 		nextUser                      atomic.Int64
-		wg                            sync.WaitGroup
 		firstErr                      atomic.Value
 	)
-	p := cl.o.publishers
-	interval := time.Duration(float64(p) / rate * 1e9)
-	for g := 0; g < p; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
-			next := start.Add(interval * time.Duration(g) / time.Duration(p))
-			var buf bytes.Buffer
-			for {
-				now := time.Now()
-				if d := next.Sub(now); d > 0 {
-					time.Sleep(d)
-				} else if d < -100*time.Millisecond {
-					next = now // too far behind: drop the backlog, stay closed-loop
-				}
-				if !next.Before(to) {
-					return
-				}
-				next = next.Add(interval)
-				u := int(nextUser.Add(1)-1) % cl.o.users
-				sent := time.Now().UnixNano()
-				buf.Reset()
-				fmt.Fprintf(&buf, `{"user_id":"user-%d","type":"bench.tick","data":{"t":%d,"pad":"%s"}}`, u, sent, cl.body)
-				ok, err := cl.publish(buf.Bytes())
-				if sent < from.UnixNano() || sent >= to.UnixNano() {
-					continue
-				}
-				if !ok {
-					if httpErrs.Add(1) == 1 {
-						firstErr.Store(err)
-					}
-					continue
-				}
-				published.Add(1)
-				expected.Add(int64(connsOf(u)))
+	bufs := make([][]byte, cl.o.publishers)
+	loadgen.Pace(start, to, rate, cl.o.publishers, nil, func(g int) {
+		u := int(nextUser.Add(1)-1) % cl.o.users
+		sent := time.Now().UnixNano()
+		bufs[g] = loadgen.AppendPublish(bufs[g][:0], "user-"+strconv.Itoa(u), "bench.tick", sent, 0, cl.body)
+		ok, err := cl.publish(bufs[g])
+		if sent < from.UnixNano() || sent >= to.UnixNano() {
+			return
+		}
+		if !ok {
+			if httpErrs.Add(1) == 1 {
+				firstErr.Store(err)
 			}
-		}(g)
-	}
-	wg.Wait()
+			return
+		}
+		published.Add(1)
+		expected.Add(int64(connsOf(u)))
+	})
 	time.Sleep(time.Second) // let the last deliveries arrive
 	st := &stats{target: rate, window: window, published: published.Load(), expected: expected.Load(),
 		httpErrs: httpErrs.Load(), readErrs: cl.readErr.Load() - readErr0}

@@ -26,7 +26,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"math"
 	"net/http"
 	"os"
 	"slices"
@@ -42,6 +41,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent/agenttest"
 	"github.com/agentwire/agentwire/internal/agent/demo"
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/loadgen"
 )
 
 const secret = "runlatency-benchmark-secret-0123456789abcdef"
@@ -342,10 +342,5 @@ func measure(addr string, o options) (*results, error) {
 
 // q is the p-quantile of sorted ds.
 func q(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(p*float64(len(ds)))) - 1
-	i = min(max(i, 0), len(ds)-1)
-	return ds[i].Round(10 * time.Microsecond)
+	return loadgen.Quantile(ds, p).Round(10 * time.Microsecond)
 }

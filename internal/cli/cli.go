@@ -1,5 +1,6 @@
-// Package cli is agentwire's command line: `serve`, `token` and `verify`. Every flag is
-// also read from the AGENTWIRE_… environment variable named in its help.
+// Package cli is agentwire's command line: `serve`, `token`, `verify` and
+// `bench`. Every flag is also read from the AGENTWIRE_… environment variable
+// named in its help.
 package cli
 
 import (
@@ -29,6 +30,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return token(ctx, args[1:], getenv, stdout, stderr)
 	case "verify":
 		return verify(ctx, args[1:], getenv, stdout, stderr)
+	case "bench":
+		return bench(ctx, args[1:], getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return nil
@@ -48,6 +51,8 @@ Usage:
                                    print a token signed with serve's key
   agentwire verify [--url U] (--token JWT | --dev-user U)
                                    check a running deployment end to end
+  agentwire bench [--url U] (--token-secret S | --dev) [--mode publish|runs]
+                                   load test a running deployment (agentwire bench -h)
 `)
 }
 

@@ -21,10 +21,17 @@ import (
 // free port and returns its URL; it stops when the test ends.
 func startVerifyServer(t *testing.T) string {
 	t.Helper()
+	return startServer(t)
+}
+
+// startServer runs `agentwire serve --dev` with extra flags in-process on a
+// free port and returns its URL; it stops when the test ends.
+func startServer(t *testing.T, extra ...string) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
-	args := []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--dev", "--log-level", "error"}
+	args := append([]string{"serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--dev", "--log-level", "error"}, extra...)
 	go func() {
 		err := cli.Run(ctx, args, func(string) string { return "" }, pw, io.Discard)
 		pw.CloseWithError(fmt.Errorf("server exited: %v", err))
