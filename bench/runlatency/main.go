@@ -42,6 +42,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent/demo"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/loadgen"
+	"github.com/agentwire/agentwire/internal/protocol"
 )
 
 const secret = "runlatency-benchmark-secret-0123456789abcdef"
@@ -191,7 +192,7 @@ func agentBaseline(o options) []time.Duration {
 					return
 				}
 				d := time.Since(t0)
-				if e, ok := rec.Terminal(); !ok || e.Type != agenttest.TypeCompleted {
+				if e, ok := rec.Terminal(); !ok || e.Type != protocol.TypeAgentCompleted {
 					fmt.Fprintln(os.Stderr, "baseline run did not complete:", rec)
 					return
 				}

@@ -20,6 +20,18 @@ const (
 	TypePing        = "ping"
 )
 
+// Stream event types of a run (contract section 4). A run's user_message
+// echo has type TypeUserMessage.
+const (
+	TypeAgentStarted      = "agent_started"
+	TypeAgentThinking     = "agent_thinking"
+	TypeToolExecuting     = "tool_executing"
+	TypeToolCompleted     = "tool_completed"
+	TypeAgentMessageDelta = "agent_message_delta"
+	TypeAgentCompleted    = "agent_completed"
+	TypeAgentError        = "agent_error"
+)
+
 // Server frame types that are not stream events.
 const (
 	TypeAck                   = "ack"

@@ -10,20 +10,9 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/protocol"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
-)
-
-// Stream event types of a run.
-const (
-	TypeUserMessage   = "user_message"
-	TypeAgentStarted  = "agent_started"
-	TypeThinking      = "agent_thinking"
-	TypeToolExecuting = "tool_executing"
-	TypeToolCompleted = "tool_completed"
-	TypeDelta         = "agent_message_delta"
-	TypeCompleted     = "agent_completed"
-	TypeError         = "agent_error"
 )
 
 // ErrUnknownToolCall is returned by ToolCompleted for a call id that was
@@ -78,7 +67,7 @@ const appendTimeout = 10 * time.Second
 func (e *emitter) start(agentName string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.appendLocked(TypeAgentStarted, map[string]string{"agent": agentName})
+	return e.appendLocked(protocol.TypeAgentStarted, map[string]string{"agent": agentName})
 }
 
 func (e *emitter) Thinking(text string) error {
@@ -87,7 +76,7 @@ func (e *emitter) Thinking(text string) error {
 	if e.ended {
 		return agent.ErrRunEnded
 	}
-	return e.appendLocked(TypeThinking, map[string]string{"text": text})
+	return e.appendLocked(protocol.TypeAgentThinking, map[string]string{"text": text})
 }
 
 func (e *emitter) ToolExecuting(callID, tool string, args any) error {
@@ -109,7 +98,7 @@ func (e *emitter) ToolExecuting(callID, tool string, args any) error {
 	if e.pending == nil {
 		e.pending = make(map[string]bool)
 	}
-	if err := e.appendLocked(TypeToolExecuting, struct {
+	if err := e.appendLocked(protocol.TypeToolExecuting, struct {
 		ToolCallID string          `json:"tool_call_id"`
 		Tool       string          `json:"tool"`
 		Args       json.RawMessage `json:"args"`
@@ -134,7 +123,7 @@ func (e *emitter) ToolCompleted(callID, tool string, ok bool, result any, d time
 		return ErrUnknownToolCall
 	}
 	delete(e.pending, callID)
-	return e.appendLocked(TypeToolCompleted, struct {
+	return e.appendLocked(protocol.TypeToolCompleted, struct {
 		ToolCallID string          `json:"tool_call_id"`
 		Tool       string          `json:"tool"`
 		OK         bool            `json:"ok"`
@@ -153,7 +142,7 @@ func (e *emitter) Delta(text string) error {
 	if text == "" {
 		return nil
 	}
-	if err := e.appendLocked(TypeDelta, map[string]string{"message_id": e.messageID, "delta": text}); err != nil {
+	if err := e.appendLocked(protocol.TypeAgentMessageDelta, map[string]string{"message_id": e.messageID, "delta": text}); err != nil {
 		return err
 	}
 	e.answer.WriteString(text)
@@ -240,13 +229,13 @@ func (e *emitter) endLocked(status store.RunStatus, code, text string) error {
 	}
 	e.m.record(ctx, fin)
 	if status == store.RunCompleted {
-		return e.appendLocked(TypeCompleted, struct {
+		return e.appendLocked(protocol.TypeAgentCompleted, struct {
 			MessageID     string `json:"message_id"`
 			FinalResponse string `json:"final_response"`
 			DurationMS    int64  `json:"duration_ms"`
 		}{e.messageID, text, dur})
 	}
-	return e.appendLocked(TypeError, struct {
+	return e.appendLocked(protocol.TypeAgentError, struct {
 		Code       string `json:"code"`
 		Message    string `json:"message"`
 		DurationMS int64  `json:"duration_ms"`
@@ -265,17 +254,17 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 		ToolCallID    string `json:"tool_call_id"`
 	}
 	switch typ {
-	case TypeCompleted, TypeError, TypeToolExecuting, TypeToolCompleted:
+	case protocol.TypeAgentCompleted, protocol.TypeAgentError, protocol.TypeToolExecuting, protocol.TypeToolCompleted:
 		if len(data) > 0 {
 			if err := json.Unmarshal(data, &d); err != nil {
 				return stream.Event{}, fmt.Errorf("%w: data: %v", ErrBadEvent, err)
 			}
 		}
-	case TypeThinking, TypeDelta:
+	case protocol.TypeAgentThinking, protocol.TypeAgentMessageDelta:
 	default:
 		return stream.Event{}, fmt.Errorf("%w: %s cannot be published", ErrBadEvent, typ)
 	}
-	if (typ == TypeToolExecuting || typ == TypeToolCompleted) && d.ToolCallID == "" {
+	if (typ == protocol.TypeToolExecuting || typ == protocol.TypeToolCompleted) && d.ToolCallID == "" {
 		return stream.Event{}, fmt.Errorf("%w: %s needs data.tool_call_id", ErrBadEvent, typ)
 	}
 	e.mu.Lock()
@@ -285,18 +274,18 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 	}
 	var err error
 	switch typ {
-	case TypeCompleted:
+	case protocol.TypeAgentCompleted:
 		final := d.FinalResponse
 		if final == "" {
 			final = e.answer.String()
 		}
 		err = e.endLocked(store.RunCompleted, "", final)
-	case TypeError:
+	case protocol.TypeAgentError:
 		if d.Code == "" {
 			d.Code = agent.CodeAgentFailed
 		}
 		err = e.endLocked(statusFor(d.Code), d.Code, d.Message)
-	case TypeToolExecuting:
+	case protocol.TypeToolExecuting:
 		if e.pending[d.ToolCallID] {
 			return stream.Event{}, fmt.Errorf("%w: tool call %s is already executing", ErrBadEvent, d.ToolCallID)
 		}
@@ -306,7 +295,7 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 			}
 			e.pending[d.ToolCallID] = true
 		}
-	case TypeToolCompleted:
+	case protocol.TypeToolCompleted:
 		if !e.pending[d.ToolCallID] {
 			return stream.Event{}, ErrUnknownToolCall
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/protocol"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
 )
@@ -157,7 +158,7 @@ func (m *Manager) reap(ctx context.Context) {
 				DurationMS int64  `json:"duration_ms"`
 			}{agent.CodeNodeLost, nodeLostMessage, m.now().Sub(r.StartedAt).Milliseconds()})
 			actx, acancel := context.WithTimeout(ctx, appendTimeout)
-			_, err := m.stream.Append(actx, r.UserID, stream.Record{Type: TypeError, ThreadID: r.ThreadID, RunID: r.ID, Data: data})
+			_, err := m.stream.Append(actx, r.UserID, stream.Record{Type: protocol.TypeAgentError, ThreadID: r.ThreadID, RunID: r.ID, Data: data})
 			acancel()
 			if err != nil {
 				m.log.Error("announce lost run", "user", r.UserID, "run", r.ID, "err", err)

@@ -220,7 +220,7 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 		Content         string `json:"content"`
 		ClientMessageID string `json:"client_message_id,omitempty"`
 	}{a.MessageID, f.Content, f.ClientMessageID})
-	if _, err := m.stream.Append(ctx, user, stream.Record{Type: TypeUserMessage, ThreadID: a.ThreadID, RunID: a.RunID, Data: echo}); err != nil {
+	if _, err := m.stream.Append(ctx, user, stream.Record{Type: protocol.TypeUserMessage, ThreadID: a.ThreadID, RunID: a.RunID, Data: echo}); err != nil {
 		m.log.Error("append user message", "user", user, "err", err)
 		// Nothing of the run reached the stream: record it as failed.
 		m.failUnstarted(ctx, user, a.RunID)

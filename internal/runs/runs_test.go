@@ -74,7 +74,7 @@ func (f *fixture) waitTerminal(t *testing.T, user, runID string) []ev {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		evs := f.events(t, user, runID)
-		if n := len(evs); n > 0 && (evs[n-1].Type == TypeCompleted || evs[n-1].Type == TypeError) {
+		if n := len(evs); n > 0 && (evs[n-1].Type == protocol.TypeAgentCompleted || evs[n-1].Type == protocol.TypeAgentError) {
 			return evs
 		}
 		if time.Now().After(deadline) {
@@ -109,20 +109,20 @@ func checkOrder(t *testing.T, evs []ev) {
 	open := map[string]bool{}
 	for i, e := range evs {
 		switch e.Type {
-		case TypeAgentStarted:
+		case protocol.TypeAgentStarted:
 			started++
 			if i != 1 { // after the user_message echo
 				t.Fatalf("agent_started at %d: %v", i, evs)
 			}
-		case TypeToolExecuting:
+		case protocol.TypeToolExecuting:
 			open[e.Data["tool_call_id"].(string)] = true
-		case TypeToolCompleted:
+		case protocol.TypeToolCompleted:
 			id := e.Data["tool_call_id"].(string)
 			if !open[id] {
 				t.Fatalf("tool_completed %s without tool_executing", id)
 			}
 			delete(open, id)
-		case TypeCompleted, TypeError:
+		case protocol.TypeAgentCompleted, protocol.TypeAgentError:
 			terminal++
 			if i != len(evs)-1 {
 				t.Fatalf("events after the terminal: %v", evs)
@@ -151,7 +151,7 @@ func TestCompletedRunIsStored(t *testing.T) {
 	evs := f.waitTerminal(t, "ann", ack.RunID)
 	checkOrder(t, evs)
 	last := evs[len(evs)-1]
-	if last.Type != TypeCompleted || last.Data["final_response"] != "it is 2" {
+	if last.Type != protocol.TypeAgentCompleted || last.Data["final_response"] != "it is 2" {
 		t.Fatalf("terminal %v", last)
 	}
 	msgs, err := f.store.ListMessages(context.Background(), "ann", ack.ThreadID)
@@ -338,20 +338,20 @@ func TestPublishToRunningRun(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, blocker(false, nil), Config{})
 	a, _ := f.send(t, "pub", "go", "")
-	if _, err := f.m.Publish("someone", a.RunID, TypeThinking, json.RawMessage(`{"text":"x"}`)); !errors.Is(err, ErrNotRunning) {
+	if _, err := f.m.Publish("someone", a.RunID, protocol.TypeAgentThinking, json.RawMessage(`{"text":"x"}`)); !errors.Is(err, ErrNotRunning) {
 		t.Fatalf("another user's run: %v", err)
 	}
-	if _, err := f.m.Publish("pub", a.RunID, TypeAgentStarted, nil); !errors.Is(err, ErrBadEvent) {
+	if _, err := f.m.Publish("pub", a.RunID, protocol.TypeAgentStarted, nil); !errors.Is(err, ErrBadEvent) {
 		t.Fatalf("agent_started: %v", err)
 	}
-	if _, err := f.m.Publish("pub", a.RunID, TypeThinking, json.RawMessage(`{"text":"external"}`)); err != nil {
+	if _, err := f.m.Publish("pub", a.RunID, protocol.TypeAgentThinking, json.RawMessage(`{"text":"external"}`)); err != nil {
 		t.Fatal(err)
 	}
-	ev, err := f.m.Publish("pub", a.RunID, TypeCompleted, json.RawMessage(`{"final_response":"from outside"}`))
-	if err != nil || ev.Type != TypeCompleted {
+	ev, err := f.m.Publish("pub", a.RunID, protocol.TypeAgentCompleted, json.RawMessage(`{"final_response":"from outside"}`))
+	if err != nil || ev.Type != protocol.TypeAgentCompleted {
 		t.Fatalf("complete: %+v %v", ev, err)
 	}
-	if _, err := f.m.Publish("pub", a.RunID, TypeDelta, json.RawMessage(`{"delta":"late"}`)); !errors.Is(err, ErrNotRunning) {
+	if _, err := f.m.Publish("pub", a.RunID, protocol.TypeAgentMessageDelta, json.RawMessage(`{"delta":"late"}`)); !errors.Is(err, ErrNotRunning) {
 		t.Fatalf("after the end: %v", err)
 	}
 	evs := f.waitTerminal(t, "pub", a.RunID)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/protocol"
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/stream"
 )
@@ -132,8 +133,8 @@ var publishType = regexp.MustCompile(`^[a-z][a-z0-9_.]{0,63}$`)
 // reservedType reports the stream events agentwire's own runs produce.
 func reservedType(t string) bool {
 	switch t {
-	case runs.TypeUserMessage, runs.TypeAgentStarted, runs.TypeThinking, runs.TypeToolExecuting,
-		runs.TypeToolCompleted, runs.TypeDelta, runs.TypeCompleted, runs.TypeError:
+	case protocol.TypeUserMessage, protocol.TypeAgentStarted, protocol.TypeAgentThinking, protocol.TypeToolExecuting,
+		protocol.TypeToolCompleted, protocol.TypeAgentMessageDelta, protocol.TypeAgentCompleted, protocol.TypeAgentError:
 		return true
 	}
 	return false

@@ -11,16 +11,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
-)
-
-// Event types, as in the wire contract.
-const (
-	TypeThinking      = "agent_thinking"
-	TypeToolExecuting = "tool_executing"
-	TypeToolCompleted = "tool_completed"
-	TypeDelta         = "agent_message_delta"
-	TypeCompleted     = "agent_completed"
-	TypeError         = "agent_error"
+	"github.com/agentwire/agentwire/internal/protocol"
 )
 
 // ErrOrder is returned (wrapped) by a Recorder method called against the
@@ -70,7 +61,7 @@ var _ agent.Emitter = (*Recorder)(nil)
 
 // Thinking records agent_thinking.
 func (r *Recorder) Thinking(text string) error {
-	return r.record(Event{Type: TypeThinking, Text: text})
+	return r.record(Event{Type: protocol.TypeAgentThinking, Text: text})
 }
 
 // ToolExecuting records tool_executing.
@@ -82,7 +73,7 @@ func (r *Recorder) ToolExecuting(callID, tool string, args any) error {
 	if callID == "" || tool == "" {
 		return r.violate(fmt.Sprintf("tool_executing with empty tool_call_id %q or tool %q", callID, tool))
 	}
-	return r.record(Event{Type: TypeToolExecuting, ToolCallID: callID, Tool: tool, Args: b})
+	return r.record(Event{Type: protocol.TypeToolExecuting, ToolCallID: callID, Tool: tool, Args: b})
 }
 
 // ToolCompleted records tool_completed.
@@ -91,23 +82,23 @@ func (r *Recorder) ToolCompleted(callID, tool string, ok bool, result any, d tim
 	if err != nil {
 		return r.violate(fmt.Sprintf("tool_completed %q: result does not encode: %v", callID, err))
 	}
-	return r.record(Event{Type: TypeToolCompleted, ToolCallID: callID, Tool: tool, OK: ok, Result: b, Duration: d, Error: errMsg})
+	return r.record(Event{Type: protocol.TypeToolCompleted, ToolCallID: callID, Tool: tool, OK: ok, Result: b, Duration: d, Error: errMsg})
 }
 
 // Delta records agent_message_delta.
 func (r *Recorder) Delta(text string) error {
-	return r.record(Event{Type: TypeDelta, Delta: text})
+	return r.record(Event{Type: protocol.TypeAgentMessageDelta, Delta: text})
 }
 
 // Complete records agent_completed; an empty final becomes the
 // concatenated deltas, as in the runs package.
 func (r *Recorder) Complete(final string) error {
-	return r.record(Event{Type: TypeCompleted, Final: final})
+	return r.record(Event{Type: protocol.TypeAgentCompleted, Final: final})
 }
 
 // Fail records agent_error.
 func (r *Recorder) Fail(code, message string) error {
-	return r.record(Event{Type: TypeError, Code: code, Message: message})
+	return r.record(Event{Type: protocol.TypeAgentError, Code: code, Message: message})
 }
 
 // End ends the run from outside, as the runs package does on stop_agent or
@@ -135,7 +126,7 @@ func (r *Recorder) record(e Event) error {
 		return agent.ErrRunEnded
 	}
 	switch e.Type {
-	case TypeToolExecuting:
+	case protocol.TypeToolExecuting:
 		if r.seen[e.ToolCallID] {
 			r.mu.Unlock()
 			return r.violate(fmt.Sprintf("tool_executing %q announced twice", e.ToolCallID))
@@ -144,21 +135,21 @@ func (r *Recorder) record(e Event) error {
 			r.open, r.seen = map[string]string{}, map[string]bool{}
 		}
 		r.open[e.ToolCallID], r.seen[e.ToolCallID] = e.Tool, true
-	case TypeToolCompleted:
+	case protocol.TypeToolCompleted:
 		tool, ok := r.open[e.ToolCallID]
 		if !ok || tool != e.Tool {
 			r.mu.Unlock()
 			return r.violate(fmt.Sprintf("tool_completed %q (%s) without its tool_executing", e.ToolCallID, e.Tool))
 		}
 		delete(r.open, e.ToolCallID)
-	case TypeDelta:
+	case protocol.TypeAgentMessageDelta:
 		r.deltas.WriteString(e.Delta)
-	case TypeCompleted:
+	case protocol.TypeAgentCompleted:
 		if e.Final == "" {
 			e.Final = r.deltas.String()
 		}
 		r.ended = true
-	case TypeError:
+	case protocol.TypeAgentError:
 		r.ended = true
 	}
 	r.events = append(r.events, e)
@@ -216,7 +207,7 @@ func (r *Recorder) Terminal() (Event, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if n := len(r.events); n > 0 {
-		if e := r.events[n-1]; e.Type == TypeCompleted || e.Type == TypeError {
+		if e := r.events[n-1]; e.Type == protocol.TypeAgentCompleted || e.Type == protocol.TypeAgentError {
 			return e, true
 		}
 	}
@@ -259,7 +250,7 @@ func (r *Recorder) Completed(t testing.TB) string {
 	t.Helper()
 	r.AssertValid(t)
 	e, ok := r.Terminal()
-	if !ok || e.Type != TypeCompleted {
+	if !ok || e.Type != protocol.TypeAgentCompleted {
 		t.Fatalf("run did not complete; events: %s", r)
 	}
 	return e.Final
@@ -273,7 +264,7 @@ func (r *Recorder) Failed(t testing.TB) (code, message string) {
 		t.Errorf("rule broken: %s", v)
 	}
 	e, ok := r.Terminal()
-	if !ok || e.Type != TypeError {
+	if !ok || e.Type != protocol.TypeAgentError {
 		t.Fatalf("run did not fail; events: %s", r)
 	}
 	return e.Code, e.Message
@@ -285,17 +276,17 @@ func (r *Recorder) String() string {
 	for _, e := range r.Events() {
 		b.WriteString("\n  " + e.Type)
 		switch e.Type {
-		case TypeThinking:
+		case protocol.TypeAgentThinking:
 			fmt.Fprintf(&b, " %q", e.Text)
-		case TypeToolExecuting:
+		case protocol.TypeToolExecuting:
 			fmt.Fprintf(&b, " %s %s %s", e.ToolCallID, e.Tool, e.Args)
-		case TypeToolCompleted:
+		case protocol.TypeToolCompleted:
 			fmt.Fprintf(&b, " %s %s ok=%v result=%s error=%q", e.ToolCallID, e.Tool, e.OK, e.Result, e.Error)
-		case TypeDelta:
+		case protocol.TypeAgentMessageDelta:
 			fmt.Fprintf(&b, " %q", e.Delta)
-		case TypeCompleted:
+		case protocol.TypeAgentCompleted:
 			fmt.Fprintf(&b, " %q", e.Final)
-		case TypeError:
+		case protocol.TypeAgentError:
 			fmt.Fprintf(&b, " %s %q", e.Code, e.Message)
 		}
 	}

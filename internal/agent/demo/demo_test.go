@@ -13,6 +13,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/agenttest"
 	"github.com/agentwire/agentwire/internal/agent/demo"
+	"github.com/agentwire/agentwire/internal/protocol"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -45,10 +46,10 @@ func TestArithmetic(t *testing.T) {
 		t.Errorf("deltas %q != final %q", rec.Text(), final)
 	}
 	types := rec.Types()
-	if types[0] != agenttest.TypeThinking || types[len(types)-1] != agenttest.TypeCompleted {
+	if types[0] != protocol.TypeAgentThinking || types[len(types)-1] != protocol.TypeAgentCompleted {
 		t.Errorf("types = %v", types)
 	}
-	exec, done := rec.Of(agenttest.TypeToolExecuting), rec.Of(agenttest.TypeToolCompleted)
+	exec, done := rec.Of(protocol.TypeToolExecuting), rec.Of(protocol.TypeToolCompleted)
 	if len(exec) != 1 || len(done) != 1 {
 		t.Fatalf("tool events: %s", &rec)
 	}
@@ -58,7 +59,7 @@ func TestArithmetic(t *testing.T) {
 	if !done[0].OK || string(done[0].Result) != "84" || done[0].ToolCallID != exec[0].ToolCallID {
 		t.Errorf("tool_completed = %+v", done[0])
 	}
-	if n := len(rec.Of(agenttest.TypeDelta)); n < 3 {
+	if n := len(rec.Of(protocol.TypeAgentMessageDelta)); n < 3 {
 		t.Errorf("%d deltas, want several", n)
 	}
 }
@@ -91,10 +92,10 @@ func TestAnswers(t *testing.T) {
 			if !strings.Contains(final, tt.contains) || rec.Text() != final {
 				t.Errorf("final = %q (deltas %q), want %q", final, rec.Text(), tt.contains)
 			}
-			if got := len(rec.Of(agenttest.TypeToolExecuting)) == 1; got != tt.tool {
+			if got := len(rec.Of(protocol.TypeToolExecuting)) == 1; got != tt.tool {
 				t.Errorf("tool call = %v, want %v", got, tt.tool)
 			}
-			if n := len(rec.Of(agenttest.TypeDelta)); n < 2 || n > 16 {
+			if n := len(rec.Of(protocol.TypeAgentMessageDelta)); n < 2 || n > 16 {
 				t.Errorf("%d deltas", n)
 			}
 		})
@@ -112,7 +113,7 @@ func TestFail(t *testing.T) {
 		if code != agent.CodeAgentFailed || !strings.Contains(message, "fail") {
 			t.Errorf("%q: agent_error %s %q", msg, code, message)
 		}
-		if len(rec.Of(agenttest.TypeThinking)) == 0 || len(rec.Of(agenttest.TypeDelta)) != 0 || len(rec.Of(agenttest.TypeToolExecuting)) != 0 {
+		if len(rec.Of(protocol.TypeAgentThinking)) == 0 || len(rec.Of(protocol.TypeAgentMessageDelta)) != 0 || len(rec.Of(protocol.TypeToolExecuting)) != 0 {
 			t.Errorf("%q: events %s", msg, &rec)
 		}
 	}
@@ -179,7 +180,7 @@ func TestCancel(t *testing.T) {
 	defer cancel()
 	var rec agenttest.Recorder
 	rec.OnEvent = func(e agenttest.Event) {
-		if e.Type == agenttest.TypeDelta {
+		if e.Type == protocol.TypeAgentMessageDelta {
 			cancel()
 		}
 	}
@@ -192,7 +193,7 @@ func TestCancel(t *testing.T) {
 	if d := time.Since(start); d > 1500*time.Millisecond {
 		t.Errorf("took %v after cancel", d)
 	}
-	if n := len(rec.Of(agenttest.TypeDelta)); n != 1 {
+	if n := len(rec.Of(protocol.TypeAgentMessageDelta)); n != 1 {
 		t.Errorf("%d deltas after cancel at the first", n)
 	}
 	if _, ok := rec.Terminal(); ok {
@@ -204,7 +205,7 @@ func TestStopsWhenRunEnded(t *testing.T) {
 	t.Parallel()
 	var rec agenttest.Recorder
 	rec.OnEvent = func(e agenttest.Event) {
-		if e.Type == agenttest.TypeToolCompleted {
+		if e.Type == protocol.TypeToolCompleted {
 			rec.End()
 		}
 	}
@@ -212,7 +213,7 @@ func TestStopsWhenRunEnded(t *testing.T) {
 	if !errors.Is(err, agent.ErrRunEnded) {
 		t.Fatalf("err = %v, want ErrRunEnded", err)
 	}
-	if last := rec.Types()[len(rec.Types())-1]; last != agenttest.TypeToolCompleted {
+	if last := rec.Types()[len(rec.Types())-1]; last != protocol.TypeToolCompleted {
 		t.Errorf("events after the end: %s", &rec)
 	}
 }

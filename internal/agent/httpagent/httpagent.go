@@ -43,6 +43,7 @@ import (
 
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/internal/sse"
+	"github.com/agentwire/agentwire/internal/protocol"
 )
 
 // DefaultTimeout bounds one run's request, streamed answer included.
@@ -290,11 +291,11 @@ func (r *relay) handle(line []byte, name string) error {
 	}
 	f := e.Fields
 	switch e.Type {
-	case "agent_started":
+	case protocol.TypeAgentStarted:
 		return nil
-	case "agent_thinking":
+	case protocol.TypeAgentThinking:
 		return r.emit(r.em.Thinking(f.Text))
-	case "tool_executing":
+	case protocol.TypeToolExecuting:
 		if f.ToolCallID == "" || f.Tool == "" {
 			return failf("agent service sent tool_executing without tool_call_id or tool (#%d)", r.line)
 		}
@@ -313,7 +314,7 @@ func (r *relay) handle(line []byte, name string) error {
 		r.seen[f.ToolCallID] = true
 		r.open[f.ToolCallID] = openCall{tool: f.Tool, start: time.Now()}
 		return r.emit(r.em.ToolExecuting(f.ToolCallID, f.Tool, args))
-	case "tool_completed":
+	case protocol.TypeToolCompleted:
 		call, ok := r.open[f.ToolCallID]
 		if !ok {
 			return failf("agent service sent tool_completed for tool_call_id %q without its tool_executing", f.ToolCallID)
@@ -336,18 +337,18 @@ func (r *relay) handle(line []byte, name string) error {
 			result = f.Result
 		}
 		return r.emit(r.em.ToolCompleted(f.ToolCallID, call.tool, succeeded, result, d, errMsg))
-	case "agent_message_delta":
+	case protocol.TypeAgentMessageDelta:
 		if f.Delta == "" {
 			return nil
 		}
 		return r.emit(r.em.Delta(f.Delta))
-	case "agent_completed":
+	case protocol.TypeAgentCompleted:
 		r.ended = true
 		if err := r.emit(r.em.Complete(f.FinalResponse)); err != nil {
 			return err
 		}
 		return errStop
-	case "agent_error":
+	case protocol.TypeAgentError:
 		msg := f.Message
 		if msg == "" {
 			msg = errorText(f.Error)

@@ -18,6 +18,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/agenttest"
 	"github.com/agentwire/agentwire/internal/agent/httpagent"
+	"github.com/agentwire/agentwire/internal/protocol"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -77,7 +78,7 @@ func checkFull(t *testing.T, rec *agenttest.Recorder) {
 	if got := rec.Completed(t); got != "It is 84." {
 		t.Errorf("final = %q", got)
 	}
-	ex, co := rec.Of(agenttest.TypeToolExecuting)[0], rec.Of(agenttest.TypeToolCompleted)[0]
+	ex, co := rec.Of(protocol.TypeToolExecuting)[0], rec.Of(protocol.TypeToolCompleted)[0]
 	if ex.ToolCallID != "c1" || ex.Tool != "calculator" || string(ex.Args) != `{"expression":"12*(3+4)"}` {
 		t.Errorf("tool_executing = %+v", ex)
 	}
@@ -154,11 +155,11 @@ func TestServiceError(t *testing.T) {
 	if code != agent.CodeAgentFailed || msg != "upstream model is overloaded" {
 		t.Errorf("agent_error %s %q", code, msg)
 	}
-	co := rec.Of(agenttest.TypeToolCompleted)[0]
+	co := rec.Of(protocol.TypeToolCompleted)[0]
 	if co.OK || co.Error != "index offline" || co.Tool != "search" || string(co.Result) != "null" {
 		t.Errorf("tool_completed = %+v", co)
 	}
-	if ex := rec.Of(agenttest.TypeToolExecuting)[0]; string(ex.Args) != "{}" {
+	if ex := rec.Of(protocol.TypeToolExecuting)[0]; string(ex.Args) != "{}" {
 		t.Errorf("args = %s", ex.Args)
 	}
 }
@@ -245,7 +246,7 @@ func TestTimeout(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("took %v", d)
 	}
-	if len(rec.Of(agenttest.TypeThinking)) != 1 {
+	if len(rec.Of(protocol.TypeAgentThinking)) != 1 {
 		t.Errorf("events before the timeout lost:%s", rec)
 	}
 }

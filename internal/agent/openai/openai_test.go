@@ -20,6 +20,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent/agenttest"
 	"github.com/agentwire/agentwire/internal/agent/openai"
 	"github.com/agentwire/agentwire/internal/agent/tools"
+	"github.com/agentwire/agentwire/internal/protocol"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -145,7 +146,7 @@ func TestPlainAnswer(t *testing.T) {
 	if got := rec.Completed(t); got != "Hello!" {
 		t.Errorf("final = %q", got)
 	}
-	if th := rec.Of(agenttest.TypeThinking)[0].Text; !strings.Contains(th, "test-model") {
+	if th := rec.Of(protocol.TypeAgentThinking)[0].Text; !strings.Contains(th, "test-model") {
 		t.Errorf("thinking = %q", th)
 	}
 	req := f.requests()[0]
@@ -201,7 +202,7 @@ func TestToolRound(t *testing.T) {
 	if got := rec.Completed(t); got != "Let me compute.\n\nIt is 84." || rec.Text() != got {
 		t.Errorf("final = %q, deltas %q", got, rec.Text())
 	}
-	ex, co := rec.Of(agenttest.TypeToolExecuting)[0], rec.Of(agenttest.TypeToolCompleted)[0]
+	ex, co := rec.Of(protocol.TypeToolExecuting)[0], rec.Of(protocol.TypeToolCompleted)[0]
 	if ex.ToolCallID != "call_1" || ex.Tool != "calculator" || string(ex.Args) != `{"expression":"12*(3+4)"}` {
 		t.Errorf("tool_executing = %+v", ex)
 	}
@@ -243,7 +244,7 @@ func TestParallelToolCalls(t *testing.T) {
 	rec := run(t, a, userRun("two things"))
 	rec.AssertTypes(t, "agent_thinking", "tool_executing", "tool_completed", "tool_executing", "tool_completed", "agent_message_delta", "agent_completed")
 	rec.Completed(t)
-	co := rec.Of(agenttest.TypeToolCompleted)
+	co := rec.Of(protocol.TypeToolCompleted)
 	if co[0].ToolCallID != "call_a" || string(co[0].Result) != "1024" || co[1].ToolCallID != "call_b" || string(co[1].Result) != `{"time":"2024-01-02T04:04:05+01:00","timezone":"Europe/Paris"}` {
 		t.Errorf("tool results:%s", rec)
 	}
@@ -267,7 +268,7 @@ func TestUnknownToolAndToolError(t *testing.T) {
 	if rec.Completed(t) != "Sorry." {
 		t.Errorf("final %q", rec.Completed(t))
 	}
-	co := rec.Of(agenttest.TypeToolCompleted)
+	co := rec.Of(protocol.TypeToolCompleted)
 	if co[0].OK || co[0].Error != "unknown tool" || co[1].OK || co[1].Error != "division by zero" {
 		t.Errorf("tool_completed:%s", rec)
 	}
@@ -294,11 +295,11 @@ func TestToolRoundLimit(t *testing.T) {
 	if n := len(f.requests()); n != 3 {
 		t.Errorf("%d requests, want 3", n)
 	}
-	if n := len(rec.Of(agenttest.TypeToolCompleted)); n != 2 {
+	if n := len(rec.Of(protocol.TypeToolCompleted)); n != 2 {
 		t.Errorf("%d tool calls, want 2", n)
 	}
 	// Ids the model left out are generated, distinct per call.
-	ex := rec.Of(agenttest.TypeToolExecuting)
+	ex := rec.Of(protocol.TypeToolExecuting)
 	if ex[0].ToolCallID == "" || ex[0].ToolCallID == ex[1].ToolCallID {
 		t.Errorf("call ids %q %q", ex[0].ToolCallID, ex[1].ToolCallID)
 	}
@@ -417,7 +418,7 @@ func TestCancelMidStream(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	rec := &agenttest.Recorder{OnEvent: func(e agenttest.Event) {
-		if e.Type == agenttest.TypeDelta {
+		if e.Type == protocol.TypeAgentMessageDelta {
 			cancel()
 		}
 	}}
@@ -435,14 +436,14 @@ func TestStopsWhenRunEnded(t *testing.T) {
 	a, _ := newAgent(t, f, nil)
 	rec := &agenttest.Recorder{}
 	rec.OnEvent = func(e agenttest.Event) {
-		if e.Type == agenttest.TypeDelta {
+		if e.Type == protocol.TypeAgentMessageDelta {
 			rec.End()
 		}
 	}
 	if err := a.Run(context.Background(), userRun("hi"), rec); !errors.Is(err, agent.ErrRunEnded) {
 		t.Fatalf("err = %v", err)
 	}
-	if n := len(rec.Of(agenttest.TypeDelta)); n != 1 {
+	if n := len(rec.Of(protocol.TypeAgentMessageDelta)); n != 1 {
 		t.Errorf("%d deltas after the end", n)
 	}
 }
