@@ -26,7 +26,8 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	mux.Handle("GET /readyz", handleReadyz(d))
 	mux.Handle("GET /metrics", d.Metrics.Handler())
 
-	mux.Handle("GET /{$}", web.Handler())
-	mux.Handle("GET /static/", web.Handler())
+	page := web.Handler()
+	mux.Handle("GET /{$}", page)
+	mux.Handle("GET /static/", page)
 	mux.Handle("/", handleNotFound())
 }
