@@ -585,6 +585,17 @@ func TestHTTPAPI(t *testing.T) {
 		}
 	})
 
+	t.Run("wrong method is a JSON 405", func(t *testing.T) {
+		for _, c := range []struct{ method, path string }{{"GET", "/api/v1/publish"}, {"DELETE", "/api/v1/runs/x"}, {"POST", "/healthz"}} {
+			var e struct {
+				Error struct{ Code string } `json:"error"`
+			}
+			if code := s.do(c.method, c.path, "", nil, &e); code != 405 || e.Error.Code != "method_not_allowed" {
+				t.Errorf("%s %s: %d %q", c.method, c.path, code, e.Error.Code)
+			}
+		}
+	})
+
 	t.Run("operational", func(t *testing.T) {
 		if code := s.do("GET", "/healthz", "", nil, nil); code != 200 {
 			t.Fatalf("healthz %d", code)

@@ -26,6 +26,15 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	mux.Handle("GET /readyz", handleReadyz(d))
 	mux.Handle("GET /metrics", d.Metrics.Handler())
 
+	// Any other method on an API path: a JSON 405, not the mux's plain text.
+	for path, allow := range map[string]string{
+		"/ws": "GET", "/api/v1/tickets": "POST", "/api/v1/events": "GET", "/api/v1/threads": "GET",
+		"/api/v1/threads/{id}/messages": "GET", "/api/v1/runs/{id}": "GET", "/api/v1/config": "GET",
+		"/api/v1/publish": "POST", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
+	} {
+		mux.Handle(path, handleMethodNotAllowed(allow))
+	}
+
 	page := web.Handler()
 	mux.Handle("GET /{$}", page)
 	mux.Handle("GET /static/", page)
