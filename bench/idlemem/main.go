@@ -15,7 +15,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"flag"
 	"fmt"
 	"net/http"
@@ -54,46 +53,15 @@ func main() {
 		return
 	}
 
-	var (
-		mu      sync.Mutex
-		running []*benchproc.Server
-	)
-	stopAll := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, s := range running {
-			s.Stop()
-		}
-		running = nil
-	}
-	time.AfterFunc(*timeout, func() {
-		fmt.Fprintf(os.Stderr, "idlemem: timeout %v reached, stopping\n", *timeout)
-		stopAll()
-		os.Exit(2)
-	})
-	fail := func(err error) {
-		fmt.Fprintln(os.Stderr, "idlemem:", err)
-		stopAll()
-		os.Exit(1)
-	}
-
-	lim, err := benchproc.RaiseNoFile()
-	if err != nil {
-		fail(err)
-	}
+	run, lim := benchproc.NewRun("idlemem", *timeout)
+	defer run.Close()
+	fail := run.Fail
 	if need := uint64(*conns) + 200; lim < need {
 		fail(fmt.Errorf("open-files limit %d < %d needed for -conns %d", lim, need, *conns))
 	}
-	tmp, err := os.MkdirTemp("", "idlemem-")
-	if err != nil {
-		fail(err)
-	}
-	defer os.RemoveAll(tmp)
-	bin := *prebuilt
-	if bin == "" {
-		if bin, err = benchproc.BuildAgentwire(context.Background(), tmp); err != nil {
-			fail(err)
-		}
+	bin := ""
+	if *only != "baseline" {
+		bin = run.Binary(*prebuilt)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -103,9 +71,7 @@ func main() {
 	fmt.Printf("idlemem: %d idle connections per server, idle %v, GOMAXPROCS of servers default, nofile %d\n", *conns, *idle, lim)
 	var base, aw *result
 	if *only == "" || *only == "baseline" {
-		base, err = measure("baseline", self, []string{"-serve-baseline", "-addr", "127.0.0.1:0"}, *conns, *concurrency, *settle, *idle, nil,
-			func(s *benchproc.Server) { mu.Lock(); running = append(running, s); mu.Unlock() })
-		stopAll()
+		base, err = measure(run, "baseline", self, []string{"-serve-baseline", "-addr", "127.0.0.1:0"}, *conns, *concurrency, *settle, *idle, nil)
 		if err != nil {
 			fail(err)
 		}
@@ -120,11 +86,9 @@ func main() {
 				fail(err)
 			}
 		}
-		args := []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", tmp, "--jwt-secret", secret,
+		args := []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", run.Tmp, "--jwt-secret", secret,
 			"--log-level", "warn", "--max-connections-per-user", "100000"}
-		aw, err = measure("agentwire", bin, args, *conns, *concurrency, *settle, *idle, tokens,
-			func(s *benchproc.Server) { mu.Lock(); running = append(running, s); mu.Unlock() })
-		stopAll()
+		aw, err = measure(run, "agentwire", bin, args, *conns, *concurrency, *settle, *idle, tokens)
 		if err != nil {
 			fail(err)
 		}
@@ -176,13 +140,10 @@ func (r *result) print() {
 // measure starts a server, reads its RSS, opens n idle connections (with
 // tokens[i] as bearer token when tokens is set, then waiting for
 // connection_established), idles, reads RSS again, closes everything.
-func measure(name, bin string, args []string, n, concurrency int, settle, idle time.Duration, tokens []string, track func(*benchproc.Server)) (*result, error) {
-	srv, err := benchproc.Start(name, bin, args, 30*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	track(srv)
+func measure(run *benchproc.Run, name, bin string, args []string, n, concurrency int, settle, idle time.Duration, tokens []string) (*result, error) {
+	srv := run.Start(name, bin, args, 30*time.Second)
 	defer srv.Stop()
+	var err error
 	time.Sleep(settle)
 	r := &result{name: name, n: n}
 	if r.rssBefore, err = benchproc.RSSKiB(srv.Pid()); err != nil {

@@ -22,7 +22,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -90,45 +89,17 @@ func main() {
 		return
 	}
 
-	var (
-		mu      sync.Mutex
-		running []*benchproc.Server
-	)
-	stopAll := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, s := range running {
-			s.Stop()
-		}
-		running = nil
-	}
-	time.AfterFunc(*timeout, func() {
-		fmt.Fprintf(os.Stderr, "latency: timeout %v reached, stopping\n", *timeout)
-		stopAll()
-		os.Exit(2)
-	})
-	fail := func(err error) {
-		fmt.Fprintln(os.Stderr, "latency:", err)
-		stopAll()
-		os.Exit(1)
-	}
-	if _, err := benchproc.RaiseNoFile(); err != nil {
-		fail(err)
-	}
-	tmp, err := os.MkdirTemp("", "latency-")
-	if err != nil {
-		fail(err)
-	}
-	defer os.RemoveAll(tmp)
+	run, _ := benchproc.NewRun("latency", *timeout)
+	defer run.Close()
+	fail := run.Fail
+	tmp := run.Tmp
 	self, err := os.Executable()
 	if err != nil {
 		fail(err)
 	}
-	bin := *prebuilt
-	if bin == "" && *only != "relay" {
-		if bin, err = benchproc.BuildAgentwire(context.Background(), tmp); err != nil {
-			fail(err)
-		}
+	bin := ""
+	if *only != "relay" {
+		bin = run.Binary(*prebuilt)
 	}
 
 	type target struct {
@@ -166,26 +137,13 @@ func main() {
 	maxHeld := map[string]*stats{}
 	var clients []*client
 	for _, t := range targets {
-		srv, err := benchproc.Start(t.name, t.bin, t.args, 30*time.Second)
-		if err != nil {
-			fail(err)
-		}
-		mu.Lock()
-		running = append(running, srv)
-		mu.Unlock()
+		srv := run.Start(t.name, t.bin, t.args, 30*time.Second)
 		cl, err := connect(t.name, srv.Addr, o)
 		if err != nil {
 			fail(err)
 		}
 		if t.pub != nil {
-			pub, err := benchproc.Start(t.name+"-pub", t.bin, t.pub, 30*time.Second)
-			if err != nil {
-				fail(err)
-			}
-			mu.Lock()
-			running = append(running, pub)
-			mu.Unlock()
-			cl.pubAddr = pub.Addr
+			cl.pubAddr = run.Start(t.name+"-pub", t.bin, t.pub, 30*time.Second).Addr
 		}
 		clients = append(clients, cl)
 	}
@@ -231,7 +189,7 @@ func main() {
 	for _, cl := range clients {
 		cl.close()
 	}
-	stopAll()
+	run.Close()
 
 	fmt.Println()
 	if a, r := fixed["agentwire"], fixed["relay"]; a != nil {

@@ -81,40 +81,10 @@ func main() {
 	timeout := flag.Duration("timeout", 2*time.Minute, "hard bound on the whole run")
 	flag.Parse()
 
-	var (
-		mu  sync.Mutex
-		srv *benchproc.Server
-	)
-	stop := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		srv.Stop()
-		srv = nil
-	}
-	time.AfterFunc(*timeout, func() {
-		fmt.Fprintf(os.Stderr, "runlatency: timeout %v reached, stopping\n", *timeout)
-		stop()
-		os.Exit(2)
-	})
-	fail := func(err error) {
-		fmt.Fprintln(os.Stderr, "runlatency:", err)
-		stop()
-		os.Exit(1)
-	}
-	if _, err := benchproc.RaiseNoFile(); err != nil {
-		fail(err)
-	}
-	tmp, err := os.MkdirTemp("", "runlatency-")
-	if err != nil {
-		fail(err)
-	}
-	defer os.RemoveAll(tmp)
-	bin := *prebuilt
-	if bin == "" {
-		if bin, err = benchproc.BuildAgentwire(context.Background(), tmp); err != nil {
-			fail(err)
-		}
-	}
+	run, _ := benchproc.NewRun("runlatency", *timeout)
+	defer run.Close()
+	fail := run.Fail
+	bin := run.Binary(*prebuilt)
 
 	pause, pace := configuredPace()
 	fmt.Printf("runlatency: %d users, one socket and one run in flight each, message %q\n", o.users, o.message)
@@ -129,20 +99,13 @@ func main() {
 	base := agentBaseline(o)
 	printBase("before", base)
 
-	s, err := benchproc.Start("agentwire", bin, []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", tmp,
+	s := run.Start("agentwire", bin, []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", run.Tmp,
 		"--jwt-secret", secret, "--log-level", "warn", "--agent", "demo"}, 30*time.Second)
-	if err != nil {
-		fail(err)
-	}
-	mu.Lock()
-	srv = s
-	mu.Unlock()
-
 	res, err := measure(s.Addr, o)
 	if err != nil {
 		fail(err)
 	}
-	stop()
+	s.Stop()
 	after := agentBaseline(o)
 	printBase("after", after)
 	base = append(base, after...)
