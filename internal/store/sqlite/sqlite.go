@@ -157,16 +157,47 @@ func (s *Store) CreateThread(ctx context.Context, t store.Thread) error {
 	if !t.UpdatedAt.IsZero() {
 		updated = toMillis(t.UpdatedAt, t.UpdatedAt)
 	}
-	_, err := s.w.ExecContext(ctx,
-		`INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)`,
-		t.ID, t.UserID, t.Title, created, updated)
-	if isUniqueViolation(err) {
-		return fmt.Errorf("sqlite: create thread %s: %w", t.ID, store.ErrConflict)
-	}
-	if err != nil {
+	if err := insertThread(ctx, s.w, &t, created, updated); err != nil {
 		return fmt.Errorf("sqlite: create thread: %w", err)
 	}
 	return nil
+}
+
+// execer is a *sql.DB or a *sql.Tx.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// insertThread, insertMessage and insertRun are the one place each row is
+// written; times are unix milliseconds already.
+func insertThread(ctx context.Context, x execer, t *store.Thread, created, updated int64) error {
+	_, err := x.ExecContext(ctx,
+		`INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)`,
+		t.ID, t.UserID, t.Title, created, updated)
+	if isUniqueViolation(err) {
+		return fmt.Errorf("thread %s: %w", t.ID, store.ErrConflict)
+	}
+	return err
+}
+
+func insertMessage(ctx context.Context, x execer, m *store.Message, created int64) error {
+	_, err := x.ExecContext(ctx,
+		`INSERT INTO messages (id, thread_id, user_id, role, content, run_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		m.ID, m.ThreadID, m.UserID, m.Role, m.Content, m.RunID, created)
+	if isUniqueViolation(err) {
+		return fmt.Errorf("message %s: %w", m.ID, store.ErrConflict)
+	}
+	return err
+}
+
+func insertRun(ctx context.Context, x execer, r *store.Run, started int64) error {
+	_, err := x.ExecContext(ctx,
+		`INSERT INTO runs (id, thread_id, user_id, agent, status, user_message_id, started_at, node, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.ID, r.ThreadID, r.UserID, r.Agent, string(store.RunRunning), r.UserMessageID, started, r.Node, leaseMillis(r.LeaseUntil))
+	if isUniqueViolation(err) {
+		return fmt.Errorf("run %s: %w", r.ID, store.ErrConflict)
+	}
+	return err
 }
 
 // GetThread implements store.Store.
@@ -213,16 +244,10 @@ func (s *Store) AddMessage(ctx context.Context, m store.Message) error {
 		if err := ownThread(ctx, tx, m.UserID, m.ThreadID); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx,
-			`INSERT INTO messages (id, thread_id, user_id, role, content, run_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-			m.ID, m.ThreadID, m.UserID, m.Role, m.Content, m.RunID, created)
-		if isUniqueViolation(err) {
-			return fmt.Errorf("message %s: %w", m.ID, store.ErrConflict)
-		}
-		if err != nil {
+		if err := insertMessage(ctx, tx, &m, created); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE threads SET updated_at = MAX(updated_at, ?) WHERE id = ?`, created, m.ThreadID)
+		_, err := tx.ExecContext(ctx, `UPDATE threads SET updated_at = MAX(updated_at, ?) WHERE id = ?`, created, m.ThreadID)
 		return err
 	})
 }
@@ -263,13 +288,7 @@ func (s *Store) CreateRun(ctx context.Context, r store.Run) error {
 		if err := ownThread(ctx, tx, r.UserID, r.ThreadID); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx,
-			`INSERT INTO runs (id, thread_id, user_id, agent, status, user_message_id, started_at, node, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			r.ID, r.ThreadID, r.UserID, r.Agent, string(store.RunRunning), r.UserMessageID, started, r.Node, leaseMillis(r.LeaseUntil))
-		if isUniqueViolation(err) {
-			return fmt.Errorf("run %s: %w", r.ID, store.ErrConflict)
-		}
-		return err
+		return insertRun(ctx, tx, &r, started)
 	})
 }
 
@@ -290,13 +309,7 @@ func (s *Store) StartRun(ctx context.Context, newThread *store.Thread, m store.M
 			if !newThread.UpdatedAt.IsZero() {
 				tUpdated = toMillis(newThread.UpdatedAt, now)
 			}
-			_, err := tx.ExecContext(ctx,
-				`INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)`,
-				newThread.ID, newThread.UserID, newThread.Title, tCreated, max(tUpdated, created))
-			if isUniqueViolation(err) {
-				return fmt.Errorf("thread %s: %w", newThread.ID, store.ErrConflict)
-			}
-			if err != nil {
+			if err := insertThread(ctx, tx, newThread, tCreated, max(tUpdated, created)); err != nil {
 				return err
 			}
 		} else {
@@ -313,22 +326,10 @@ func (s *Store) StartRun(ctx context.Context, newThread *store.Thread, m store.M
 				return fmt.Errorf("thread %s: %w", m.ThreadID, store.ErrNotFound)
 			}
 		}
-		_, err := tx.ExecContext(ctx,
-			`INSERT INTO messages (id, thread_id, user_id, role, content, run_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-			m.ID, m.ThreadID, m.UserID, m.Role, m.Content, m.RunID, created)
-		if isUniqueViolation(err) {
-			return fmt.Errorf("message %s: %w", m.ID, store.ErrConflict)
-		}
-		if err != nil {
+		if err := insertMessage(ctx, tx, &m, created); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx,
-			`INSERT INTO runs (id, thread_id, user_id, agent, status, user_message_id, started_at, node, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			r.ID, r.ThreadID, r.UserID, r.Agent, string(store.RunRunning), r.UserMessageID, started, r.Node, leaseMillis(r.LeaseUntil))
-		if isUniqueViolation(err) {
-			return fmt.Errorf("run %s: %w", r.ID, store.ErrConflict)
-		}
-		if err != nil {
+		if err := insertRun(ctx, tx, &r, started); err != nil {
 			return err
 		}
 		if newThread != nil {
