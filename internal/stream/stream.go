@@ -119,3 +119,20 @@ const (
 	DefaultMaxAge     = 10 * time.Minute
 	IdempotencyWindow = 10 * time.Minute
 )
+
+// CheckResume applies the replay rule every backend shares: a client at
+// (since, epoch) can be served by a stream at pos whose oldest retained seq
+// is oldest (pos.Head+1 when none is retained) unless the epoch differs
+// ("" matches any), since is ahead of the head, or events after since are
+// gone. It returns the *ResyncError to answer, or nil.
+func CheckResume(pos Position, since uint64, epoch string, oldest uint64) error {
+	switch {
+	case epoch != "" && epoch != pos.Epoch:
+		return &ResyncError{Reason: ReasonEpochChanged, Position: pos}
+	case since > pos.Head:
+		return &ResyncError{Reason: ReasonAhead, Position: pos}
+	case since+1 < oldest:
+		return &ResyncError{Reason: ReasonTooOld, Position: pos}
+	}
+	return nil
+}

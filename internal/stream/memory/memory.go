@@ -237,7 +237,7 @@ func (s *Stream) Since(ctx context.Context, userID string, since uint64, epoch s
 	}
 	if u == nil {
 		pos := stream.Position{Epoch: s.epoch(gen)}
-		if err := resyncFor(pos, since, epoch, 1); err != nil {
+		if err := stream.CheckResume(pos, since, epoch, 1); err != nil {
 			return nil, pos, err
 		}
 		return []stream.Event{}, pos, nil
@@ -250,7 +250,7 @@ func (s *Stream) Since(ctx context.Context, userID string, since uint64, epoch s
 	s.trim(u, s.now())
 	pos := stream.Position{Epoch: u.epoch, Head: u.head}
 	oldest := u.head - uint64(u.n) + 1
-	if err := resyncFor(pos, since, epoch, oldest); err != nil {
+	if err := stream.CheckResume(pos, since, epoch, oldest); err != nil {
 		return nil, pos, err
 	}
 	out := make([]stream.Event, u.head-since)
@@ -259,20 +259,6 @@ func (s *Stream) Since(ctx context.Context, userID string, since uint64, epoch s
 		out[i] = u.ring[(u.start+first+i)%len(u.ring)]
 	}
 	return out, pos, nil
-}
-
-// resyncFor says whether a client at (since, epoch) can be served by a stream
-// at pos whose oldest retained seq is oldest (head+1 when none is).
-func resyncFor(pos stream.Position, since uint64, epoch string, oldest uint64) error {
-	switch {
-	case epoch != "" && epoch != pos.Epoch:
-		return &stream.ResyncError{Reason: stream.ReasonEpochChanged, Position: pos}
-	case since > pos.Head:
-		return &stream.ResyncError{Reason: stream.ReasonAhead, Position: pos}
-	case since+1 < oldest:
-		return &stream.ResyncError{Reason: stream.ReasonTooOld, Position: pos}
-	}
-	return nil
 }
 
 // Head implements stream.Stream. It creates no state for an unknown user.

@@ -238,24 +238,10 @@ func (s *Stream) Since(ctx context.Context, user string, since uint64, epoch str
 		}
 		evs = append(evs, ev)
 	}
-	if err := resyncFor(pos, since, epoch, oldest); err != nil {
+	if err := stream.CheckResume(pos, since, epoch, oldest); err != nil {
 		return nil, pos, err
 	}
 	return evs, pos, nil
-}
-
-// resyncFor is memory's rule: oldest is the oldest retained seq > since
-// (head+1 when none is).
-func resyncFor(pos stream.Position, since uint64, epoch string, oldest uint64) error {
-	switch {
-	case epoch != "" && epoch != pos.Epoch:
-		return &stream.ResyncError{Reason: stream.ReasonEpochChanged, Position: pos}
-	case since > pos.Head:
-		return &stream.ResyncError{Reason: stream.ReasonAhead, Position: pos}
-	case since+1 < oldest:
-		return &stream.ResyncError{Reason: stream.ReasonTooOld, Position: pos}
-	}
-	return nil
 }
 
 // Head implements stream.Stream. For a user without history it records the
