@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -120,11 +121,30 @@ func openPool(ctx context.Context, abs string, n int, params url.Values) (*sql.D
 	db.SetMaxIdleConns(n)
 	db.SetConnMaxLifetime(0)
 	db.SetConnMaxIdleTime(0)
-	if err := db.PingContext(ctx); err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
+	// A connection's first statements (switching a new file to WAL) can be
+	// refused at once with SQLITE_BUSY while another process opens the same
+	// file, before the busy timeout applies: retry within that timeout.
+	deadline := time.Now().Add(busyTimeout)
+	for {
+		err := db.PingContext(ctx)
+		if err == nil {
+			return db, nil
+		}
+		if !isBusy(err) || time.Now().After(deadline) || ctx.Err() != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return db, nil
+}
+
+// isBusy reports SQLITE_BUSY ("database is locked"), extended codes included.
+func isBusy(err error) bool {
+	var se *msqlite.Error
+	if errors.As(err, &se) {
+		return se.Code()&0xff == sqlite3.SQLITE_BUSY
+	}
+	return strings.Contains(err.Error(), "SQLITE_BUSY") // wrapped by database/sql as text
 }
 
 // Close closes both pools. It may be called more than once.
