@@ -45,6 +45,10 @@ const TimePrecision = time.Millisecond
 // no positive limit.
 const DefaultListLimit = 100
 
+// DefaultReapLimit is the number of runs ReapExpired ends when given no
+// positive limit.
+const DefaultReapLimit = 100
+
 // Thread is a conversation owned by one user.
 type Thread struct {
 	ID        string
@@ -170,7 +174,7 @@ type Store interface {
 	// emitting for those.
 	RenewLeases(ctx context.Context, node string, runIDs []string, until time.Time) (lost []string, err error)
 	// ReapExpired ends, as failed with errCode and errMsg at now, the running
-	// runs whose lease expired before now, at most limit of them (100 when
+	// runs whose lease expired before now, at most limit of them (DefaultReapLimit when
 	// limit <= 0), and returns them. Each run is returned to exactly one
 	// caller, however many reap concurrently: that caller announces its end.
 	// A zero now means the current time.
@@ -299,3 +303,20 @@ func required(kind string, pairs ...string) error {
 // refused, timed out or was lost, or the store is closed. The request may
 // succeed later; an HTTP layer answers 503. Backends wrap it.
 var ErrUnavailable = errors.New("store: database unavailable")
+
+// LostRuns returns the ids of runIDs that are not in renewed, in the order
+// of runIDs, or nil if there is none: what RenewLeases reports as lost once
+// a backend knows which runs it renewed.
+func LostRuns(runIDs, renewed []string) []string {
+	kept := make(map[string]struct{}, len(renewed))
+	for _, id := range renewed {
+		kept[id] = struct{}{}
+	}
+	var lost []string
+	for _, id := range runIDs {
+		if _, ok := kept[id]; !ok {
+			lost = append(lost, id)
+		}
+	}
+	return lost
+}

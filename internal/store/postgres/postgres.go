@@ -507,7 +507,7 @@ func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, u
 		}
 	}
 	if len(ids) == 0 || !validID(node) {
-		return lostRuns(runIDs, nil), nil
+		return store.LostRuns(runIDs, nil), nil
 	}
 	var renewed []string
 	err := s.withConn(ctx, "renew leases", func(c *pgx.Conn) error {
@@ -528,27 +528,7 @@ RETURNING id`,
 	if err != nil {
 		return nil, err
 	}
-	return lostRuns(runIDs, renewed), nil
-}
-
-// defaultReapLimit is the number of runs ReapExpired ends when given no
-// positive limit, as the store.Store contract says.
-const defaultReapLimit = 100
-
-// lostRuns returns the ids of runIDs that are not in renewed, in the order
-// of runIDs, or nil if there is none.
-func lostRuns(runIDs, renewed []string) []string {
-	kept := make(map[string]struct{}, len(renewed))
-	for _, id := range renewed {
-		kept[id] = struct{}{}
-	}
-	var lost []string
-	for _, id := range runIDs {
-		if _, ok := kept[id]; !ok {
-			lost = append(lost, id)
-		}
-	}
-	return lost
+	return store.LostRuns(runIDs, renewed), nil
 }
 
 // ReapExpired implements store.Store. The subquery locks the expired runs it
@@ -566,7 +546,7 @@ func lostRuns(runIDs, renewed []string) []string {
 // ends more than limit runs (seen in testing: 3 with limit 2).
 func (s *Store) ReapExpired(ctx context.Context, now time.Time, errCode, errMsg string, limit int) ([]store.Run, error) {
 	if limit <= 0 {
-		limit = defaultReapLimit
+		limit = store.DefaultReapLimit
 	}
 	at := toTime(now, time.Now())
 	return s.listRuns(ctx, "reap expired", `

@@ -451,27 +451,7 @@ func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, u
 	if err != nil {
 		return nil, err
 	}
-	return lostRuns(runIDs, renewed), nil
-}
-
-// defaultReapLimit is the number of runs ReapExpired ends when given no
-// positive limit, as the store.Store contract says.
-const defaultReapLimit = 100
-
-// lostRuns returns the ids of runIDs that are not in renewed, in the order
-// of runIDs, or nil if there is none.
-func lostRuns(runIDs, renewed []string) []string {
-	kept := make(map[string]struct{}, len(renewed))
-	for _, id := range renewed {
-		kept[id] = struct{}{}
-	}
-	var lost []string
-	for _, id := range runIDs {
-		if _, ok := kept[id]; !ok {
-			lost = append(lost, id)
-		}
-	}
-	return lost
+	return store.LostRuns(runIDs, renewed), nil
 }
 
 // ReapExpired implements store.Store. Every write goes through the one
@@ -480,7 +460,7 @@ func lostRuns(runIDs, renewed []string) []string {
 // can never return the same run: the second sees it failed.
 func (s *Store) ReapExpired(ctx context.Context, now time.Time, errCode, errMsg string, limit int) ([]store.Run, error) {
 	if limit <= 0 {
-		limit = defaultReapLimit
+		limit = store.DefaultReapLimit
 	}
 	at := toMillis(now, time.Now())
 	var reaped []store.Run
