@@ -1,7 +1,6 @@
 package client_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -18,7 +17,7 @@ import (
 
 	"github.com/agentwire/agentwire/client"
 	"github.com/agentwire/agentwire/internal/auth"
-	"github.com/agentwire/agentwire/internal/cli"
+	"github.com/agentwire/agentwire/internal/testserver"
 )
 
 const testSecret = "client-test-secret-0123456789abcdef"
@@ -28,41 +27,13 @@ type server struct {
 	t      testing.TB
 	URL    string
 	signer *auth.Signer
-	cancel context.CancelFunc
-	done   chan error
+	stop   func() error
 }
 
 func startServer(t testing.TB, args ...string) *server {
 	t.Helper()
-	base := []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--dev",
-		"--jwt-secret", testSecret, "--log-level", "error"}
-	ctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	s := &server{t: t, signer: auth.NewSigner([]byte(testSecret)), cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		err := cli.Run(ctx, append(base, args...), func(string) string { return "" }, pw, io.Discard)
-		pw.CloseWithError(fmt.Errorf("server exited: %v", err))
-		s.done <- err
-	}()
-	line, err := bufio.NewReader(pr).ReadString('\n')
-	if err != nil {
-		cancel()
-		t.Fatalf("server did not start: %v", err)
-	}
-	go func() { _, _ = io.Copy(io.Discard, pr) }()
-	s.URL = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
-	t.Cleanup(s.stop)
-	return s
-}
-
-func (s *server) stop() {
-	s.cancel()
-	select {
-	case err := <-s.done:
-		s.done <- err
-	case <-time.After(20 * time.Second):
-		s.t.Errorf("server did not stop within 20 s")
-	}
+	ts := testserver.Start(t, append([]string{"--dev", "--jwt-secret", testSecret, "--log-level", "error"}, args...)...)
+	return &server{t: t, URL: ts.URL, signer: auth.NewSigner([]byte(testSecret)), stop: ts.Stop}
 }
 
 func (s *server) tokenTTL(user string, ttl time.Duration) string {

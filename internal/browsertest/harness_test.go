@@ -29,7 +29,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/agentwire/agentwire/internal/cli"
+	"github.com/agentwire/agentwire/internal/testserver"
 )
 
 // testTimeout bounds each browser test.
@@ -38,60 +38,13 @@ const testTimeout = 60 * time.Second
 // ---------------------------------------------------------------- server
 
 type server struct {
-	URL    string
-	cancel context.CancelFunc
-	done   chan error
-	stderr *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	URL string
 }
 
 // startServer runs `agentwire serve --dev` on a free port until the test ends.
 func startServer(t *testing.T) *server {
 	t.Helper()
-	args := []string{"serve", "--dev", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--log-level", "warn"}
-	ctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	s := &server{cancel: cancel, done: make(chan error, 1), stderr: &syncBuffer{}}
-	go func() {
-		err := cli.Run(ctx, args, func(string) string { return "" }, pw, s.stderr)
-		pw.CloseWithError(fmt.Errorf("server exited: %v", err))
-		s.done <- err
-	}()
-	line, err := bufio.NewReader(pr).ReadString('\n')
-	if err != nil {
-		cancel()
-		t.Fatalf("server did not start: %v\n%s", err, s.stderr.String())
-	}
-	go func() { _, _ = io.Copy(io.Discard, pr) }()
-	s.URL = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
-	if !strings.HasPrefix(s.URL, "http://") {
-		t.Fatalf("first line %q is not 'listening on http://…'", line)
-	}
-	t.Cleanup(func() {
-		s.cancel()
-		select {
-		case <-s.done:
-		case <-time.After(20 * time.Second):
-			t.Errorf("server did not stop within 20 s")
-		}
-	})
-	return s
+	return &server{URL: testserver.Start(t, "--dev", "--log-level", "warn").URL}
 }
 
 // devToken logs user in through POST /auth/dev-login.

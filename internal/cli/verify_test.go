@@ -1,11 +1,9 @@
 package cli_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +13,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/cli"
+	"github.com/agentwire/agentwire/internal/testserver"
 )
 
 // startVerifyServer runs `agentwire serve --dev` (demo agent) in-process on a
@@ -28,30 +27,7 @@ func startVerifyServer(t *testing.T) string {
 // free port and returns its URL; it stops when the test ends.
 func startServer(t *testing.T, extra ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	args := append([]string{"serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--dev", "--log-level", "error"}, extra...)
-	go func() {
-		err := cli.Run(ctx, args, func(string) string { return "" }, pw, io.Discard)
-		pw.CloseWithError(fmt.Errorf("server exited: %v", err))
-		done <- err
-	}()
-	line, err := bufio.NewReader(pr).ReadString('\n')
-	if err != nil {
-		cancel()
-		t.Fatalf("server did not start: %v", err)
-	}
-	go func() { _, _ = io.Copy(io.Discard, pr) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Errorf("server did not stop within 20 s")
-		}
-	})
-	return strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
+	return testserver.Start(t, append([]string{"--dev", "--log-level", "error"}, extra...)...).URL
 }
 
 func runVerify(t *testing.T, env map[string]string, args ...string) (string, error) {

@@ -246,7 +246,7 @@ func (e *clusterEnv) startNode(name, redisURL string, args ...string) *node {
 		t.Fatalf("node %s: first line %q, want 'listening on http://HOST:PORT'; stderr:\n%s", name, line, n.stderr.String())
 	}
 	n.server = &server{t: t, URL: "http://" + addr, WSURL: "ws://" + addr + "/ws",
-		signer: auth.NewSigner([]byte(testSecret)), cancel: func() {}, done: make(chan error, 1), stderr: n.stderr}
+		signer: auth.NewSigner([]byte(testSecret))}
 	return n
 }
 

@@ -4,9 +4,7 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,7 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/agentwire/agentwire/internal/auth"
-	"github.com/agentwire/agentwire/internal/cli"
+	"github.com/agentwire/agentwire/internal/testserver"
 )
 
 const (
@@ -34,9 +32,7 @@ type server struct {
 	URL    string // http://127.0.0.1:port
 	WSURL  string // ws://127.0.0.1:port/ws
 	signer *auth.Signer
-	cancel context.CancelFunc
-	done   chan error
-	stderr *syncBuffer
+	stopFn func() error // stops it as SIGTERM does; nil for a process stopped by other means
 }
 
 type syncBuffer struct {
@@ -60,44 +56,18 @@ func (s *syncBuffer) String() string {
 // flags win) and stops it when the test ends.
 func startServer(t testing.TB, args ...string) *server {
 	t.Helper()
-	base := []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--dev",
-		"--jwt-secret", testSecret, "--api-keys", testAPIKey, "--log-level", "warn"}
-	ctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	s := &server{t: t, signer: auth.NewSigner([]byte(testSecret)), cancel: cancel, done: make(chan error, 1), stderr: &syncBuffer{}}
-	env := func(string) string { return "" }
-	go func() {
-		err := cli.Run(ctx, append(base, args...), env, pw, s.stderr)
-		pw.CloseWithError(fmt.Errorf("server exited: %v", err))
-		s.done <- err
-	}()
-	line, err := bufio.NewReader(pr).ReadString('\n')
-	if err != nil {
-		cancel()
-		t.Fatalf("server did not start: %v\n%s", err, s.stderr.String())
-	}
-	go func() { _, _ = io.Copy(io.Discard, pr) }()
-	addr := strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
-	if !strings.HasPrefix(addr, "http://") {
-		t.Fatalf("first line %q is not 'listening on http://…'", line)
-	}
-	s.URL = addr
-	s.WSURL = "ws://" + strings.TrimPrefix(addr, "http://") + "/ws"
-	t.Cleanup(func() { s.stop() })
-	return s
+	base := []string{"--dev", "--jwt-secret", testSecret, "--api-keys", testAPIKey, "--log-level", "warn"}
+	ts := testserver.Start(t, append(base, args...)...)
+	return &server{t: t, URL: ts.URL, WSURL: "ws://" + strings.TrimPrefix(ts.URL, "http://") + "/ws",
+		signer: auth.NewSigner([]byte(testSecret)), stopFn: ts.Stop}
 }
 
 // stop cancels the server as SIGTERM does and waits for it to return.
 func (s *server) stop() error {
-	s.cancel()
-	select {
-	case err := <-s.done:
-		s.done <- err
-		return err
-	case <-time.After(20 * time.Second):
-		s.t.Errorf("server did not stop within 20 s")
+	if s.stopFn == nil {
 		return nil
 	}
+	return s.stopFn()
 }
 
 func (s *server) token(user string) string {

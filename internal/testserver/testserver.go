@@ -1,0 +1,92 @@
+// Package testserver runs `agentwire serve` inside a test process, on a free
+// loopback port, the way the tests of several packages need it: through
+// cli.Run, as a user would start it, stopped like SIGTERM when the test ends.
+package testserver
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/cli"
+)
+
+// Server is one running `agentwire serve`.
+type Server struct {
+	// URL is http://127.0.0.1:PORT, from the "listening on" line.
+	URL string
+
+	t      testing.TB
+	cancel context.CancelFunc
+	done   chan error
+	stderr syncBuffer
+}
+
+// Start runs `agentwire serve --addr 127.0.0.1:0 --data-dir <temp dir>` plus
+// args (later flags win) with an empty environment, waits for its
+// "listening on" line, and stops it when the test ends.
+func Start(t testing.TB, args ...string) *Server {
+	t.Helper()
+	argv := append([]string{"serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir()}, args...)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{t: t, cancel: cancel, done: make(chan error, 1)}
+	pr, pw := io.Pipe()
+	go func() {
+		err := cli.Run(ctx, argv, func(string) string { return "" }, pw, &s.stderr)
+		pw.CloseWithError(fmt.Errorf("server exited: %v", err))
+		s.done <- err
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		cancel()
+		t.Fatalf("server did not start: %v\n%s", err, s.Stderr())
+	}
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	s.URL = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
+	if !strings.HasPrefix(s.URL, "http://") {
+		cancel()
+		t.Fatalf("first line %q is not 'listening on http://…'", line)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	return s
+}
+
+// Stop cancels the server as SIGTERM does and returns what serve returned
+// (nil for a clean shutdown). Calling it again returns the same.
+func (s *Server) Stop() error {
+	s.cancel()
+	select {
+	case err := <-s.done:
+		s.done <- err
+		return err
+	case <-time.After(20 * time.Second):
+		s.t.Errorf("server did not stop within 20 s")
+		return nil
+	}
+}
+
+// Stderr returns what the server logged so far.
+func (s *Server) Stderr() string { return s.stderr.String() }
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
