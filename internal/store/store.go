@@ -168,6 +168,11 @@ type Store interface {
 	// Nothing is written when it fails: no thread, message or run is left
 	// without the others.
 	StartRun(ctx context.Context, newThread *Thread, m Message, r Run, historyLimit int) ([]Message, error)
+	// DiscardRun deletes the user's running run, the user message that
+	// started it and, when withThread is set, its thread if no message is
+	// left in it, in one transaction: it undoes a StartRun whose message
+	// was then refused. ErrNotFound if the user has no such running run.
+	DiscardRun(ctx context.Context, userID, runID string, withThread bool) error
 	// RenewLeases moves LeaseUntil to until for the runs among runIDs that
 	// node holds and that are still running, and returns the ids among runIDs
 	// that are not (ended elsewhere, or reaped as lost): node must stop

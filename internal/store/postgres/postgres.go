@@ -494,6 +494,31 @@ SELECT EXISTS (SELECT 1 FROM finished), EXISTS (SELECT 1 FROM runs WHERE id = $5
 	})
 }
 
+// DiscardRun implements store.Store.
+func (s *Store) DiscardRun(ctx context.Context, userID, runID string, withThread bool) error {
+	if !validID(userID) || !validID(runID) {
+		return fmt.Errorf("postgres: run %q: %w", runID, store.ErrNotFound)
+	}
+	return s.inTx(ctx, "discard run", func(tx pgx.Tx) error {
+		var threadID, messageID string
+		err := tx.QueryRow(ctx, `DELETE FROM runs WHERE id = $1 AND user_id = $2 AND status = 'running' RETURNING thread_id, user_message_id`,
+			runID, userID).Scan(&threadID, &messageID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+		} else if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM messages WHERE id = $1 AND user_id = $2`, messageID, userID); err != nil {
+			return err
+		}
+		if withThread {
+			_, err = tx.Exec(ctx, `DELETE FROM threads WHERE id = $1 AND user_id = $2 AND NOT EXISTS (SELECT 1 FROM messages WHERE thread_id = $1)`,
+				threadID, userID)
+		}
+		return err
+	})
+}
+
 // RenewLeases implements store.Store, in one statement. An id with a NUL
 // byte or invalid UTF-8 cannot be stored, so it is lost without asking.
 func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, until time.Time) ([]string, error) {
@@ -667,8 +692,33 @@ func (s *Store) ReleaseIdempotencyKey(ctx context.Context, userID, key string) e
 
 // withConn runs fn on a connection of the pool. Errors are prefixed with
 // "postgres: what: " and, when the database could not be reached, wrap
-// store.ErrUnavailable.
+// store.ErrUnavailable. When the connection turns out to have been cut
+// before fn took effect (see lostBefore), fn runs again on a fresh one: a
+// database that dropped its connections but is up answers the first call.
 func (s *Store) withConn(ctx context.Context, what string, fn func(c *pgx.Conn) error) error {
+	var err error
+	for range maxLostAttempts {
+		if err = s.withConn1(ctx, what, fn); !errors.Is(err, errLostBefore) {
+			return err
+		}
+		// Its siblings in the pool were most likely cut at the same time
+		// (a restart, pg_terminate_backend): drop them all, then try again
+		// on a fresh connection.
+		s.pool.Reset()
+	}
+	return err
+}
+
+// maxLostAttempts bounds the tries of an operation whose connection turned
+// out to be dead before the operation took effect.
+const maxLostAttempts = 3
+
+// errLostBefore marks an error of a connection that was found dead before
+// the operation took effect: trying again on another connection is safe,
+// whatever the operation.
+var errLostBefore = errors.New("connection lost before the operation took effect")
+
+func (s *Store) withConn1(ctx context.Context, what string, fn func(c *pgx.Conn) error) error {
 	if s.closed.Load() {
 		return errClosed
 	}
@@ -686,10 +736,25 @@ func (s *Store) withConn(ctx context.Context, what string, fn func(c *pgx.Conn) 
 	if err := fn(pc.Conn()); err != nil {
 		if pc.Conn().IsClosed() {
 			s.log.Debug("postgres: connection lost", "op", what, "err", err)
+			if ctx.Err() == nil && lostBefore(err) {
+				return fmt.Errorf("postgres: %s: %w: %w", what, errLostBefore, classify(ctx, err))
+			}
 		}
 		return fmt.Errorf("postgres: %s: %w", what, classify(ctx, err))
 	}
 	return nil
+}
+
+// lostBefore reports whether err says the connection was gone before the
+// server ran (or committed) anything: nothing was sent, or the server had
+// ended the session (pg_terminate_backend, a shutdown), which rolls back
+// whatever it had not committed.
+func lostBefore(err error) bool {
+	if pgconn.SafeToRetry(err) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03")
 }
 
 // maxTxAttempts bounds the retries of a transaction PostgreSQL aborted to

@@ -454,6 +454,28 @@ func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, u
 	return store.LostRuns(runIDs, renewed), nil
 }
 
+// DiscardRun implements store.Store.
+func (s *Store) DiscardRun(ctx context.Context, userID, runID string, withThread bool) error {
+	return s.write(ctx, "discard run", func(tx *sql.Tx) error {
+		var threadID, messageID string
+		err := tx.QueryRowContext(ctx, `DELETE FROM runs WHERE id = ? AND user_id = ? AND status = 'running' RETURNING thread_id, user_message_id`,
+			runID, userID).Scan(&threadID, &messageID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+		} else if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM messages WHERE id = ? AND user_id = ?`, messageID, userID); err != nil {
+			return err
+		}
+		if withThread {
+			_, err = tx.ExecContext(ctx, `DELETE FROM threads WHERE id = ? AND user_id = ? AND NOT EXISTS (SELECT 1 FROM messages WHERE thread_id = ?)`,
+				threadID, userID, threadID)
+		}
+		return err
+	})
+}
+
 // ReapExpired implements store.Store. Every write goes through the one
 // writer connection, and the update claims the runs it returns in the same
 // statement, so two reapers, in this process or another on the same file,

@@ -336,3 +336,60 @@ func (s *suite) testStartRunInvalid(t *testing.T) {
 		t.Errorf("%d runs after invalid StartRun calls, want none", len(running))
 	}
 }
+
+// testDiscardRun: a refused message's run, message and new thread go; an
+// existing thread and its other messages stay; a finished run, another
+// user's run and an unknown run are ErrNotFound and change nothing.
+func (s *suite) testDiscardRun(t *testing.T) {
+	st, c := s.newStore(t), ctx(t)
+	u, other, node, t0 := s.user(t, "u"), s.user(t, "other"), s.user(t, "node"), base()
+
+	// A new thread: everything goes.
+	th := store.Thread{ID: id(), UserID: u, Title: "new", CreatedAt: t0}
+	m, r := startArgs(u, th.ID, node, t0)
+	if _, err := st.StartRun(c, &th, m, r, 0); err != nil {
+		t.Fatalf("StartRun: %v", err)
+	}
+	if err := st.DiscardRun(c, other, r.ID, true); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("DiscardRun of another user's run: %v, want ErrNotFound", err)
+	}
+	mustGetRun(t, st, u, r.ID)
+	if err := st.DiscardRun(c, u, r.ID, true); err != nil {
+		t.Fatalf("DiscardRun: %v", err)
+	}
+	if _, err := st.GetRun(c, u, r.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetRun after DiscardRun: %v, want ErrNotFound", err)
+	}
+	if _, err := st.GetThread(c, u, th.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetThread after DiscardRun of its only message: %v, want ErrNotFound", err)
+	}
+	if err := st.DiscardRun(c, u, r.ID, true); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("DiscardRun twice: %v, want ErrNotFound", err)
+	}
+
+	// An existing thread: only the run and its message go.
+	th2 := store.Thread{ID: id(), UserID: u, Title: "chat", CreatedAt: t0}
+	mustCreateThread(t, st, th2)
+	first, firstRun := startArgs(u, th2.ID, node, t0.Add(time.Second))
+	if _, err := st.StartRun(c, nil, first, firstRun, 0); err != nil {
+		t.Fatalf("StartRun: %v", err)
+	}
+	if err := st.FinishRun(c, u, firstRun.ID, store.RunCompleted, t0.Add(2*time.Second), "", ""); err != nil {
+		t.Fatalf("FinishRun: %v", err)
+	}
+	if err := st.DiscardRun(c, u, firstRun.ID, false); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("DiscardRun of a finished run: %v, want ErrNotFound", err)
+	}
+	m2, r2 := startArgs(u, th2.ID, node, t0.Add(3*time.Second))
+	if _, err := st.StartRun(c, nil, m2, r2, 0); err != nil {
+		t.Fatalf("StartRun: %v", err)
+	}
+	if err := st.DiscardRun(c, u, r2.ID, false); err != nil {
+		t.Fatalf("DiscardRun: %v", err)
+	}
+	checkMessages(t, "ListMessages after DiscardRun", mustListMessages(t, st, u, th2.ID), []store.Message{first})
+	mustGetRun(t, st, u, firstRun.ID)
+	if running := mustListRunning(t, st, u); len(running) != 0 {
+		t.Fatalf("ListRunning after DiscardRun: %v, want none", runIDs(running))
+	}
+}

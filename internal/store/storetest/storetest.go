@@ -84,6 +84,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"StartRunOwnership", s.testStartRunOwnership},
 		{"StartRunAtomicity", s.testStartRunAtomicity},
 		{"StartRunInvalid", s.testStartRunInvalid},
+		{"DiscardRun", s.testDiscardRun},
 		{"InvalidArguments", s.testInvalid},
 		{"PingAndClose", s.testPingAndClose},
 	}
