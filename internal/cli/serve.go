@@ -81,13 +81,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	f.String(&o.openaiBaseURL, "openai-base-url", "AGENTWIRE_OPENAI_BASE_URL", openai.DefaultBaseURL, "OpenAI-compatible API root (--agent openai)")
 	f.String(&o.openaiAPIKey, "openai-api-key", "AGENTWIRE_OPENAI_API_KEY", "", "API key of the OpenAI-compatible endpoint (--agent openai)")
 	f.String(&o.openaiModel, "openai-model", "AGENTWIRE_OPENAI_MODEL", "", "model name (--agent openai)")
-	f.String(&o.redisURL, "redis-url", "AGENTWIRE_REDIS_URL", "", "redis://… shared by every node: streams, tickets and connection limits (default: in memory, one node)")
+	f.String(&o.redisURL, "redis-url", "AGENTWIRE_REDIS_URL", "", "redis://… shared by every node: streams, tickets, connection and run limits, stop requests (default: in memory, one node)")
 	f.String(&o.databaseURL, "database-url", "AGENTWIRE_DATABASE_URL", "", "postgres://… shared by every node (default: SQLite in --data-dir)")
 	f.String(&o.databaseSchema, "database-schema", "AGENTWIRE_DATABASE_SCHEMA", "public", "PostgreSQL schema holding agentwire's tables; created if missing (--database-url postgres://…)")
 	f.Duration(&o.runLeaseTTL, "run-lease-ttl", "AGENTWIRE_RUN_LEASE_TTL", runs.DefaultLeaseTTL, "how long a run's lease lasts unrenewed; a run of a dead node ends with node_lost about this long after its last renewal")
 	f.Duration(&o.runLeaseRenew, "run-lease-renew", "AGENTWIRE_RUN_LEASE_RENEW", runs.DefaultRenewEvery, "how often a node renews its runs' leases and reaps expired ones; keep well under --run-lease-ttl")
 	f.String(&o.agentURL, "agent-url", "AGENTWIRE_AGENT_URL", "", "URL the http agent POSTs runs to (--agent http)")
-	f.Int(&o.maxRuns, "max-runs-per-user", "AGENTWIRE_MAX_RUNS_PER_USER", runs.DefaultMaxPerUser, "concurrent runs one user may have; more answer too_many_runs")
+	f.Int(&o.maxRuns, "max-runs-per-user", "AGENTWIRE_MAX_RUNS_PER_USER", runs.DefaultMaxPerUser, "concurrent runs one user may have (across the cluster with --redis-url); more answer too_many_runs")
 	f.Duration(&o.runTimeout, "run-timeout", "AGENTWIRE_RUN_TIMEOUT", runs.DefaultTimeout, "a run still going after this ends with agent_error timeout")
 	f.Duration(&o.drainTimeout, "drain-timeout", "AGENTWIRE_DRAIN_TIMEOUT", 10*time.Second, "on SIGTERM, how long running runs may finish before they are cancelled")
 	f.String(&o.apiKeys, "api-keys", "AGENTWIRE_API_KEYS", "", "comma-separated API keys for the server endpoints (POST /api/v1/publish)")
@@ -136,7 +136,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	var (
 		st      stream.Stream
 		tickets auth.TicketStore = auth.NewTickets(auth.TicketTTL, nil)
-		conns   *cluster.Conns
+		conns   *cluster.Slots
+		runCfg  = runs.Config{MaxPerUser: o.maxRuns, Timeout: o.runTimeout,
+			LeaseTTL: o.runLeaseTTL, RenewEvery: o.runLeaseRenew, ReapEvery: o.runLeaseRenew}
 	)
 	if o.redisURL != "" {
 		rs, err := redisstream.New(ctx, redisstream.Options{URL: o.redisURL, Retention: retention, Logger: log})
@@ -151,6 +153,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		defer rc.Close()
 		tickets = cluster.NewTickets(rc, redisstream.DefaultPrefix, auth.TicketTTL)
 		conns = cluster.NewConns(rc, redisstream.DefaultPrefix, 0)
+		// A run's slot lives as long as its lease: the runs of a node that
+		// died stop counting when a reaper may end them.
+		runCfg.Slots = cluster.NewRuns(rc, redisstream.DefaultPrefix, o.runLeaseTTL)
+		runCfg.Stops = cluster.NewStops(rc, redisstream.DefaultPrefix)
 	} else {
 		st = memory.New(memory.Options{Retention: retention})
 	}
@@ -160,8 +166,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer db.Close()
-	runner := runs.New(runs.Config{Stream: st, Store: db, Agent: ag, Logger: log, MaxPerUser: o.maxRuns, Timeout: o.runTimeout,
-		LeaseTTL: o.runLeaseTTL, RenewEvery: o.runLeaseRenew, ReapEvery: o.runLeaseRenew})
+	runCfg.Stream, runCfg.Store, runCfg.Agent, runCfg.Logger = st, db, ag, log
+	runner := runs.New(runCfg)
 	h := hub.New(hub.Config{Stream: st, Metrics: m, Logger: log, MaxConnsPerUser: o.maxConnsPerUser, MaxQueueBytes: o.maxQueueBytes})
 	wsCfg := ws.Config{
 		Hub: h, Verifier: verifier, Tickets: tickets, Handler: runner, Metrics: m, Logger: log,
@@ -241,7 +247,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 // refreshConns keeps this node's entries in the cluster-wide connection
 // count alive, every third of their TTL, until the returned stop is called.
-func refreshConns(conns *cluster.Conns, h *hub.Hub, log *slog.Logger) (stop func()) {
+func refreshConns(conns *cluster.Slots, h *hub.Hub, log *slog.Logger) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -1,9 +1,12 @@
 // Package cluster holds what several agentwire nodes must agree on beyond
 // the stream and the store, kept in the Redis they share: single-use connect
-// tickets and the per-user connection limit.
+// tickets, the per-user connection and run limits, and stop requests for a
+// run sent to the node that runs it.
 //
 // Keys share the stream's layout: <prefix>:{u:<base64url(user)>}:conns for a
-// user's connections (one hash slot per user on Redis Cluster) and
+// user's connections, <prefix>:{u:<base64url(user)>}:runs for their runs
+// (one hash slot per user on Redis Cluster), <prefix>:node:<id>:stop for the
+// pub/sub channel of a node's stop requests and
 // <prefix>:ticket:<sha256(ticket)> for tickets, so a key dump never holds a
 // usable ticket.
 package cluster
@@ -142,32 +145,45 @@ func (t *Tickets) Redeem(ctx context.Context, ticket string) (auth.Claims, error
 	return c, nil
 }
 
-// Conns counts each user's connections across the cluster in a sorted set
-// of connection ids scored by expiry. A node refreshes the entries of its
-// live connections (Refresh, every TTL/3); a node that dies leaves entries
-// that expire within TTL, so its users regain their full limit by then.
-type Conns struct {
+// Slots counts what each user holds across the cluster — connections
+// (NewConns) or runs (NewRuns) — in a sorted set of ids scored by expiry. A
+// node refreshes the entries it holds (Refresh, well within TTL); a node
+// that dies leaves entries that expire within TTL, so its users regain
+// their full limit by then.
+type Slots struct {
 	client rueidis.Client
 	prefix string
+	kind   string // the key's last part: "conns" or "runs"
 	ttl    time.Duration
 }
 
 // DefaultConnTTL is how long a connection entry lives without a refresh.
 const DefaultConnTTL = 90 * time.Second
 
-// NewConns returns the cluster-wide connection counter.
-func NewConns(client rueidis.Client, prefix string, ttl time.Duration) *Conns {
+// NewConns returns the cluster-wide connection counter (DefaultConnTTL when
+// ttl <= 0).
+func NewConns(client rueidis.Client, prefix string, ttl time.Duration) *Slots {
 	if ttl <= 0 {
 		ttl = DefaultConnTTL
 	}
-	return &Conns{client: client, prefix: prefix, ttl: ttl}
+	return &Slots{client: client, prefix: prefix, kind: "conns", ttl: ttl}
+}
+
+// NewRuns returns the cluster-wide run counter: its ids are run ids, which
+// the node running them refreshes at every lease renewal; ttl is the run
+// lease's.
+func NewRuns(client rueidis.Client, prefix string, ttl time.Duration) *Slots {
+	if ttl <= 0 {
+		ttl = DefaultConnTTL
+	}
+	return &Slots{client: client, prefix: prefix, kind: "runs", ttl: ttl}
 }
 
 // TTL is how long an entry lives without a refresh.
-func (c *Conns) TTL() time.Duration { return c.ttl }
+func (c *Slots) TTL() time.Duration { return c.ttl }
 
-func (c *Conns) key(user string) string {
-	return c.prefix + ":{u:" + base64.RawURLEncoding.EncodeToString([]byte(user)) + "}:conns"
+func (c *Slots) key(user string) string {
+	return c.prefix + ":{u:" + base64.RawURLEncoding.EncodeToString([]byte(user)) + "}:" + c.kind
 }
 
 // acquireScript drops expired entries, then adds the connection unless the
@@ -196,9 +212,9 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 `)
 
-// Acquire records connection id of user unless the user already has max
-// live connections in the cluster; it reports whether it did.
-func (c *Conns) Acquire(ctx context.Context, user, id string, max int) (bool, error) {
+// Acquire records id of user unless the user already holds max live
+// entries in the cluster; it reports whether it did.
+func (c *Slots) Acquire(ctx context.Context, user, id string, max int) (bool, error) {
 	n, err := acquireScript.Exec(ctx, c.client, []string{c.key(user)},
 		[]string{id, strconv.Itoa(max), strconv.FormatInt(c.ttl.Milliseconds(), 10)}).AsInt64()
 	if err != nil {
@@ -207,14 +223,14 @@ func (c *Conns) Acquire(ctx context.Context, user, id string, max int) (bool, er
 	return n == 1, nil
 }
 
-// Release forgets connection id of user.
-func (c *Conns) Release(ctx context.Context, user, id string) error {
+// Release forgets id of user.
+func (c *Slots) Release(ctx context.Context, user, id string) error {
 	return unavailable(c.client.Do(ctx, c.client.B().Zrem().Key(c.key(user)).Member(id).Build()).Error())
 }
 
-// Refresh keeps the entries of live connections, given as user → ids, in
-// one pipelined round of script calls.
-func (c *Conns) Refresh(ctx context.Context, live map[string][]string) error {
+// Refresh keeps the entries still held, given as user → ids, in one
+// pipelined round of script calls.
+func (c *Slots) Refresh(ctx context.Context, live map[string][]string) error {
 	if len(live) == 0 {
 		return nil
 	}
@@ -229,4 +245,57 @@ func (c *Conns) Refresh(ctx context.Context, live map[string][]string) error {
 		}
 	}
 	return nil
+}
+
+// Stops carries stop requests for a run to the node that runs it, over
+// Redis pub/sub: each node listens on its own channel (Listen) and any node
+// sends to it (Send). A request reaches the node within a round trip; one
+// sent while the node is not subscribed is not delivered, which Send
+// reports.
+type Stops struct {
+	client rueidis.Client
+	prefix string
+}
+
+// NewStops returns the stop channel of the nodes sharing client.
+func NewStops(client rueidis.Client, prefix string) *Stops {
+	return &Stops{client: client, prefix: prefix}
+}
+
+func (s *Stops) channel(node string) string { return s.prefix + ":node:" + node + ":stop" }
+
+type stopRequest struct {
+	User  string `json:"u"`
+	RunID string `json:"r"`
+}
+
+// Send asks node to stop user's run runID. It reports whether a subscriber
+// of node's channel received it.
+func (s *Stops) Send(ctx context.Context, node, user, runID string) (bool, error) {
+	msg, _ := json.Marshal(stopRequest{User: user, RunID: runID})
+	n, err := s.client.Do(ctx, s.client.B().Publish().Channel(s.channel(node)).Message(rueidis.BinaryString(msg)).Build()).AsInt64()
+	if err != nil {
+		return false, unavailable(err)
+	}
+	return n > 0, nil
+}
+
+// Listen calls stop for every request sent to node until ctx is done,
+// subscribing again (after 100 ms) whenever the connection is lost.
+// It returns when ctx is done.
+func (s *Stops) Listen(ctx context.Context, node string, stop func(user, runID string)) {
+	for ctx.Err() == nil {
+		// Receive returns when the connection is lost (or ctx is done).
+		_ = s.client.Receive(ctx, s.client.B().Subscribe().Channel(s.channel(node)).Build(), func(m rueidis.PubSubMessage) {
+			var r stopRequest
+			if json.Unmarshal([]byte(m.Message), &r) == nil && r.User != "" && r.RunID != "" {
+				stop(r.User, r.RunID)
+			}
+		})
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -50,16 +50,24 @@ func (e *emitter) appendLocked(typ string, data any) error {
 }
 
 func (e *emitter) appendRawLocked(typ string, data json.RawMessage) error {
+	return e.appendRecordLocked(stream.Record{Type: typ, ThreadID: e.threadID, RunID: e.runID, Data: data})
+}
+
+func (e *emitter) appendRecordLocked(rec stream.Record) error {
 	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
 	defer cancel()
-	ev, err := e.m.stream.Append(ctx, e.user, stream.Record{Type: typ, ThreadID: e.threadID, RunID: e.runID, Data: data})
+	ev, err := e.m.stream.Append(ctx, e.user, rec)
 	if err != nil {
-		e.m.log.Error("append run event", "user", e.user, "run", e.runID, "type", typ, "err", err)
-		return err
+		e.m.log.Error("append run event", "user", e.user, "run", e.runID, "type", rec.Type, "err", err)
+		return fmt.Errorf("%w: %w", errStream, err)
 	}
 	e.last = ev
 	return nil
 }
+
+// errStream wraps a failed append of a run event: the run was cut short
+// by the stream, not by its agent.
+var errStream = errors.New("runs: stream unavailable")
 
 // appendTimeout bounds one append of a run event.
 const appendTimeout = 10 * time.Second
@@ -67,7 +75,7 @@ const appendTimeout = 10 * time.Second
 func (e *emitter) start(agentName string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.appendLocked(protocol.TypeAgentStarted, map[string]string{"agent": agentName})
+	return e.appendRecordLocked(startRecord(e.threadID, e.runID, agentName))
 }
 
 func (e *emitter) Thinking(text string) error {
@@ -195,6 +203,7 @@ func (e *emitter) abandon() bool {
 	}
 	e.ended = true
 	e.pending = nil
+	e.m.releaseSlot(e.user, e.runID)
 	e.m.release(e)
 	return true
 }
@@ -209,9 +218,12 @@ func statusFor(code string) store.RunStatus {
 	return store.RunFailed
 }
 
-// endLocked stores the outcome, then appends the terminal event, so a client
-// that sees agent_completed finds the answer in the thread. The run is ended
-// even when storing or appending fails: nothing may follow a terminal.
+// endLocked stores the outcome, frees the run's cluster slot, then appends
+// the terminal event, so a client that sees agent_completed finds the answer
+// in the thread and may start its next run at once. The run is ended even
+// when storing or appending fails: nothing may follow a terminal. A store
+// that fails is retried by the lease loop, a stream that fails by resend,
+// under the run's end key, until they take it.
 func (e *emitter) endLocked(status store.RunStatus, code, text string) error {
 	e.ended = true
 	e.pending = nil
@@ -228,18 +240,28 @@ func (e *emitter) endLocked(status store.RunStatus, code, text string) error {
 		fin.msg = text
 	}
 	e.m.record(ctx, fin)
+	e.m.releaseSlot(e.user, e.runID)
+	rec := stream.Record{ThreadID: e.threadID, RunID: e.runID, IdempotencyKey: endKey(e.runID)}
 	if status == store.RunCompleted {
-		return e.appendLocked(protocol.TypeAgentCompleted, struct {
+		rec.Type = protocol.TypeAgentCompleted
+		rec.Data, _ = json.Marshal(struct {
 			MessageID     string `json:"message_id"`
 			FinalResponse string `json:"final_response"`
 			DurationMS    int64  `json:"duration_ms"`
 		}{e.messageID, text, dur})
+	} else {
+		rec.Type = protocol.TypeAgentError
+		rec.Data, _ = json.Marshal(struct {
+			Code       string `json:"code"`
+			Message    string `json:"message"`
+			DurationMS int64  `json:"duration_ms"`
+		}{code, text, dur})
 	}
-	return e.appendLocked(protocol.TypeAgentError, struct {
-		Code       string `json:"code"`
-		Message    string `json:"message"`
-		DurationMS int64  `json:"duration_ms"`
-	}{code, text, dur})
+	if err := e.appendRecordLocked(rec); err != nil {
+		e.m.resend(e.user, rec)
+		return err
+	}
+	return nil
 }
 
 // publish appends an event an external agent sent for this run through the

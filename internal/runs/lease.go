@@ -103,16 +103,18 @@ func (m *Manager) retryUnfinished(ctx context.Context) {
 	}
 }
 
-// renew extends the leases of the runs active here and of ended runs whose
-// outcome is not stored yet. A run the store no longer counts as ours
+// renew extends the leases (and cluster run slots) of the runs active here,
+// and the leases of ended runs whose outcome is not stored yet. A run the store no longer counts as ours
 // (reaped as lost while we could not renew) is abandoned silently: another
 // node has announced its end.
 func (m *Manager) renew(ctx context.Context) {
 	m.retryUnfinished(ctx)
 	m.mu.Lock()
 	ids := make([]string, 0, len(m.active)+len(m.unfinished))
-	for id := range m.active {
+	held := make(map[string][]string)
+	for id, a := range m.active {
 		ids = append(ids, id)
+		held[a.em.user] = append(held[a.em.user], id)
 	}
 	for id := range m.unfinished {
 		ids = append(ids, id)
@@ -120,6 +122,13 @@ func (m *Manager) renew(ctx context.Context) {
 	m.mu.Unlock()
 	if len(ids) == 0 {
 		return
+	}
+	if m.slots != nil && len(held) > 0 {
+		sctx, scancel := context.WithTimeout(ctx, m.renewEvery)
+		if err := m.slots.Refresh(sctx, held); err != nil {
+			m.log.Warn("refresh cluster run slots", "runs", len(ids), "err", err)
+		}
+		scancel()
 	}
 	cctx, cancel := context.WithTimeout(ctx, m.renewEvery)
 	defer cancel()
@@ -140,6 +149,89 @@ func (m *Manager) renew(ctx context.Context) {
 	}
 }
 
+// announceLost appends the end of a reaped run: its echo and agent_started
+// first, in case its node died between storing the run and appending them
+// (under the run's keys, so they are not repeated when they are there),
+// then agent_error node_lost under its end key (a no-op when the node
+// appended its terminal event but died before storing the outcome). The
+// three are retried until the stream takes them.
+func (m *Manager) announceLost(ctx context.Context, r store.Run) {
+	recs := make([]stream.Record, 0, 3)
+	lctx, cancel := context.WithTimeout(ctx, m.reapEvery)
+	msgs, err := m.store.ListMessages(lctx, r.UserID, r.ThreadID)
+	cancel()
+	if err != nil {
+		m.log.Warn("read a lost run's message", "user", r.UserID, "run", r.ID, "err", err)
+	}
+	for _, msg := range msgs {
+		if msg.ID == r.UserMessageID {
+			recs = append(recs, echoRecord(r.ThreadID, r.ID, msg.ID, msg.Content, ""))
+		}
+	}
+	recs = append(recs, startRecord(r.ThreadID, r.ID, r.Agent))
+	data, _ := json.Marshal(struct {
+		Code       string `json:"code"`
+		Message    string `json:"message"`
+		DurationMS int64  `json:"duration_ms"`
+	}{agent.CodeNodeLost, nodeLostMessage, m.now().Sub(r.StartedAt).Milliseconds()})
+	recs = append(recs, stream.Record{Type: protocol.TypeAgentError, ThreadID: r.ThreadID, RunID: r.ID, Data: data, IdempotencyKey: endKey(r.ID)})
+	if err := m.appendAll(ctx, r.UserID, recs); err != nil {
+		m.log.Error("announce lost run, will retry", "user", r.UserID, "run", r.ID, "err", err)
+		m.resend(r.UserID, recs...)
+	}
+}
+
+// appendAll appends recs in order, each under its own timeout.
+func (m *Manager) appendAll(ctx context.Context, user string, recs []stream.Record) error {
+	for _, rec := range recs {
+		actx, cancel := context.WithTimeout(ctx, appendTimeout)
+		_, err := m.stream.Append(actx, user, rec)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Pauses between the tries of resend.
+const (
+	resendFirstPause = 100 * time.Millisecond
+	resendMaxPause   = 2 * time.Second
+)
+
+// resend appends recs (each with an idempotency key, so a try the stream
+// took but did not confirm is not repeated), in order, in the background,
+// until the stream takes them all or the manager shuts down: a run's
+// terminal event is never dropped because the stream was away for a while.
+func (m *Manager) resend(user string, recs ...stream.Record) {
+	m.mu.Lock()
+	if m.loopStopped {
+		m.mu.Unlock()
+		m.log.Error("run events lost at shutdown", "user", user, "events", len(recs))
+		return
+	}
+	m.loopWG.Add(1)
+	m.mu.Unlock()
+	go func() {
+		defer m.loopWG.Done()
+		pause := resendFirstPause
+		for {
+			select {
+			case <-m.loopCtx.Done():
+				m.log.Error("run events lost at shutdown", "user", user, "run", recs[0].RunID, "events", len(recs))
+				return
+			case <-time.After(pause):
+			}
+			if err := m.appendAll(m.loopCtx, user, recs); err == nil {
+				m.log.Info("run events appended after a stream outage", "user", user, "run", recs[0].RunID, "events", len(recs))
+				return
+			}
+			pause = min(2*pause, resendMaxPause)
+		}
+	}()
+}
+
 // reap ends the runs whose node stopped renewing them. The store hands each
 // expired run to exactly one reaper, which announces its end.
 func (m *Manager) reap(ctx context.Context) {
@@ -152,19 +244,8 @@ func (m *Manager) reap(ctx context.Context) {
 			return
 		}
 		for _, r := range lost {
-			data, _ := json.Marshal(struct {
-				Code       string `json:"code"`
-				Message    string `json:"message"`
-				DurationMS int64  `json:"duration_ms"`
-			}{agent.CodeNodeLost, nodeLostMessage, m.now().Sub(r.StartedAt).Milliseconds()})
-			actx, acancel := context.WithTimeout(ctx, appendTimeout)
-			_, err := m.stream.Append(actx, r.UserID, stream.Record{Type: protocol.TypeAgentError, ThreadID: r.ThreadID, RunID: r.ID, Data: data})
-			acancel()
-			if err != nil {
-				m.log.Error("announce lost run", "user", r.UserID, "run", r.ID, "err", err)
-			} else {
-				m.log.Warn("run lost with its node", "user", r.UserID, "run", r.ID, "node", r.Node)
-			}
+			m.log.Warn("run lost with its node", "user", r.UserID, "run", r.ID, "node", r.Node)
+			m.announceLost(ctx, r)
 		}
 		if len(lost) < 100 {
 			return

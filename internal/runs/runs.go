@@ -57,6 +57,34 @@ type Config struct {
 	// LeaseTTL, RenewEvery and ReapEvery tune node-loss detection; zero
 	// values take the defaults in lease.go.
 	LeaseTTL, RenewEvery, ReapEvery time.Duration
+	// Slots, when set, holds the per-user run limit for the whole cluster
+	// (MaxPerUser runs); the manager still holds it per node. Its entries
+	// are run ids, refreshed with the leases.
+	Slots Slots
+	// Stops, when set, carries a stop for a run of another node to that
+	// node.
+	Stops Stops
+
+	// crashAfterStore, in tests, makes UserMessage return right after the
+	// run is stored, as a node killed at that moment would.
+	crashAfterStore func() bool
+}
+
+// Slots counts each user's runs across the cluster (cluster.Slots). An
+// entry lives its TTL unless refreshed, so the runs of a node that died
+// stop counting by themselves.
+type Slots interface {
+	Acquire(ctx context.Context, user, runID string, max int) (bool, error)
+	Release(ctx context.Context, user, runID string) error
+	Refresh(ctx context.Context, held map[string][]string) error
+}
+
+// Stops routes stop requests between nodes (cluster.Stops): Send delivers
+// to the node running the run and reports whether it was listening; Listen
+// calls stop for every request sent to node until ctx is done.
+type Stops interface {
+	Send(ctx context.Context, node, user, runID string) (bool, error)
+	Listen(ctx context.Context, node string, stop func(user, runID string))
 }
 
 // Manager starts, tracks and ends runs. It implements the ws.Handler frames
@@ -73,8 +101,12 @@ type Manager struct {
 	leaseTTL   time.Duration
 	renewEvery time.Duration
 	reapEvery  time.Duration
+	slots      Slots
+	stops      Stops
+	crash      func() bool
+	loopCtx    context.Context // done at the end of Shutdown
 	stopLoop   context.CancelFunc
-	loopWG     sync.WaitGroup
+	loopWG     sync.WaitGroup // lease loop, stop listener, resends
 
 	mu     sync.Mutex
 	active map[string]*active // by run id, until the terminal event
@@ -83,7 +115,10 @@ type Manager struct {
 	unfinished map[string]finish
 	perUser    map[string]int // active runs per user, reserved before creation
 	closed     bool
-	wg         sync.WaitGroup // agent goroutines
+	// loopStopped is set when Shutdown stops the loop: no resend may
+	// start after it.
+	loopStopped bool
+	wg          sync.WaitGroup // agent goroutines
 }
 
 // active is one running run.
@@ -98,6 +133,7 @@ func New(cfg Config) *Manager {
 	m := &Manager{
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
+		slots: cfg.Slots, stops: cfg.Stops, crash: cfg.crashAfterStore,
 		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish),
 	}
 	if m.log == nil {
@@ -126,9 +162,16 @@ func New(cfg Config) *Manager {
 		m.reapEvery = DefaultReapEvery
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m.stopLoop = cancel
+	m.loopCtx, m.stopLoop = ctx, cancel
 	m.loopWG.Add(1)
 	go m.leaseLoop(ctx)
+	if m.stops != nil {
+		m.loopWG.Add(1)
+		go func() {
+			defer m.loopWG.Done()
+			m.stops.Listen(ctx, m.node, m.stopLocal)
+		}()
+	}
 	return m
 }
 
@@ -184,9 +227,12 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 		return protocol.AckFrame{}, e
 	}
 
+	tooMany := func() (protocol.AckFrame, *protocol.Error) {
+		return fail(perr(protocol.CodeTooManyRuns, fmt.Sprintf("at most %d runs at once: wait for one to finish or stop it", m.maxPerUser), f.ID))
+	}
 	if err := m.reserve(user); err != nil {
 		if errors.Is(err, ErrTooManyRuns) {
-			return fail(perr(protocol.CodeTooManyRuns, fmt.Sprintf("at most %d runs at once: wait for one to finish or stop it", m.maxPerUser), f.ID))
+			return tooMany()
 		}
 		return fail(perr(protocol.CodeInternal, "server shutting down, retry", f.ID))
 	}
@@ -196,6 +242,21 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 			m.unreserve(user)
 		}
 	}()
+	if m.slots != nil {
+		ok, err := m.slots.Acquire(ctx, user, a.RunID, m.maxPerUser)
+		if err != nil {
+			m.log.Error("acquire cluster run slot", "user", user, "err", err)
+			return fail(perr(protocol.CodeInternal, "message not accepted: run limit unavailable, retry", f.ID))
+		}
+		if !ok {
+			return tooMany()
+		}
+		defer func() {
+			if !started {
+				m.releaseSlot(user, a.RunID)
+			}
+		}()
+	}
 
 	// The thread (new, or the user's: checked inside), the message and the
 	// run, in one store transaction; it also reads the agent's context.
@@ -215,33 +276,56 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 		m.log.Error("start run", "user", user, "err", err)
 		return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
 	}
-	echo, _ := json.Marshal(struct {
-		MessageID       string `json:"message_id"`
-		Content         string `json:"content"`
-		ClientMessageID string `json:"client_message_id,omitempty"`
-	}{a.MessageID, f.Content, f.ClientMessageID})
-	if _, err := m.stream.Append(ctx, user, stream.Record{Type: protocol.TypeUserMessage, ThreadID: a.ThreadID, RunID: a.RunID, Data: echo}); err != nil {
-		m.log.Error("append user message", "user", user, "err", err)
-		// Nothing of the run reached the stream: record it as failed.
-		m.failUnstarted(ctx, user, a.RunID)
-		return fail(perr(protocol.CodeInternal, "stream unavailable, retry", f.ID))
+	if m.crash != nil && m.crash() {
+		return protocol.AckFrame{}, perr(protocol.CodeInternal, "crashed (test)", f.ID)
+	}
+	if _, err := m.stream.Append(ctx, user, echoRecord(a.ThreadID, a.RunID, a.MessageID, f.Content, f.ClientMessageID)); err != nil {
+		m.log.Error("append user message", "user", user, "run", a.RunID, "err", err)
+		m.discard(ctx, user, a.RunID, newThread)
+		return fail(perr(protocol.CodeInternal, "message not accepted: stream unavailable, retry", f.ID))
 	}
 	em := &emitter{m: m, user: user, threadID: a.ThreadID, runID: a.RunID, messageID: ulid.Make().String(), started: now}
 	if err := em.start(m.agent.Name()); err != nil {
-		m.failUnstarted(ctx, user, a.RunID)
-		return fail(perr(protocol.CodeInternal, "stream unavailable, retry", f.ID))
+		m.discard(ctx, user, a.RunID, newThread)
+		return fail(perr(protocol.CodeInternal, "message not accepted: stream unavailable, retry", f.ID))
 	}
 	started = true
 	m.launch(em, history)
 	return protocol.AckFrame{Ref: f.ID, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
 }
 
-// failUnstarted records as failed a run stored by StartRun whose
-// agent_started could not be appended: nobody will end it otherwise (until
-// its lease expires and a reaper does, announcing an end nobody saw begin).
-func (m *Manager) failUnstarted(ctx context.Context, user, runID string) {
-	m.record(context.WithoutCancel(ctx), finish{user: user, runID: runID, status: store.RunFailed, at: m.now(),
-		code: agent.CodeAgentFailed, msg: "stream unavailable"})
+// Idempotency keys of a run's start and end on the stream: the node that
+// runs it, a retry and a reaper append them under the same keys, so each is
+// in the stream once, whoever gets there first.
+func echoKey(runID string) string  { return "agentwire:run:" + runID + ":echo" }
+func startKey(runID string) string { return "agentwire:run:" + runID + ":start" }
+func endKey(runID string) string   { return "agentwire:run:" + runID + ":end" }
+
+// echoRecord is the user_message event that starts a run.
+func echoRecord(threadID, runID, messageID, content, clientMessageID string) stream.Record {
+	echo, _ := json.Marshal(struct {
+		MessageID       string `json:"message_id"`
+		Content         string `json:"content"`
+		ClientMessageID string `json:"client_message_id,omitempty"`
+	}{messageID, content, clientMessageID})
+	return stream.Record{Type: protocol.TypeUserMessage, ThreadID: threadID, RunID: runID, Data: echo, IdempotencyKey: echoKey(runID)}
+}
+
+// startRecord is a run's agent_started event.
+func startRecord(threadID, runID, agentName string) stream.Record {
+	data, _ := json.Marshal(map[string]string{"agent": agentName})
+	return stream.Record{Type: protocol.TypeAgentStarted, ThreadID: threadID, RunID: runID, Data: data, IdempotencyKey: startKey(runID)}
+}
+
+// discard forgets a run stored by StartRun whose start could not be
+// appended: the message was refused, so its run, the message and a thread
+// made for it go. When the store cannot take that either, the run stays
+// running without a lease renewal, and a reaper later appends its start
+// and node_lost: it reads whole.
+func (m *Manager) discard(ctx context.Context, user, runID string, withThread bool) {
+	if err := m.store.DiscardRun(context.WithoutCancel(ctx), user, runID, withThread); err != nil {
+		m.log.Error("discard refused run", "user", user, "run", runID, "err", err)
+	}
 }
 
 // StopAgent cancels a running run of user: it ends at once with agent_error
@@ -255,8 +339,49 @@ func (m *Manager) StopAgent(ctx context.Context, user string, f *protocol.Frame)
 		}
 		return protocol.AckFrame{}, perr(protocol.CodeInternal, "store unavailable, retry", f.ID)
 	}
-	m.end(user, f.RunID, agent.CodeCancelled, "stopped by the user")
+	if !m.end(user, f.RunID, agent.CodeCancelled, stoppedMessage) && r.Status == store.RunRunning && r.Node != m.node && m.stops != nil {
+		if err := m.sendStop(ctx, r); err != nil {
+			m.log.Error("send stop to the run's node", "user", user, "run", r.ID, "node", r.Node, "err", err)
+			return protocol.AckFrame{}, perr(protocol.CodeInternal, "stop not delivered, retry", f.ID)
+		}
+	}
 	return protocol.AckFrame{Ref: f.ID, ThreadID: r.ThreadID, RunID: r.ID}, nil
+}
+
+const stoppedMessage = "stopped by the user"
+
+// sendStopTries bounds the attempts at reaching a run's node that is not
+// listening (its subscription is being restored): one every
+// sendStopPause, for about a second; after that the node is taken for dead
+// and its reaper ends the run.
+const (
+	sendStopTries = 10
+	sendStopPause = 100 * time.Millisecond
+)
+
+// sendStop delivers a stop to the node running r.
+func (m *Manager) sendStop(ctx context.Context, r store.Run) error {
+	for i := range sendStopTries {
+		delivered, err := m.stops.Send(ctx, r.Node, r.UserID, r.ID)
+		if err != nil || delivered {
+			return err
+		}
+		if i == sendStopTries-1 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(sendStopPause):
+		}
+	}
+	m.log.Warn("stop: the run's node is not listening", "user", r.UserID, "run", r.ID, "node", r.Node)
+	return nil
+}
+
+// stopLocal ends a run of this node at another node's request.
+func (m *Manager) stopLocal(user, runID string) {
+	m.end(user, runID, agent.CodeCancelled, stoppedMessage)
 }
 
 // end ends a local running run with code; false when it was not running here.
@@ -299,6 +424,19 @@ func (m *Manager) reserve(user string) error {
 	}
 	m.perUser[user]++
 	return nil
+}
+
+// releaseSlot frees a run's entry in the cluster-wide count. When Redis
+// does not answer, the entry expires with the lease TTL.
+func (m *Manager) releaseSlot(user, runID string) {
+	if m.slots == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := m.slots.Release(ctx, user, runID); err != nil {
+		m.log.Warn("release cluster run slot", "user", user, "run", runID, "err", err)
+	}
 }
 
 func (m *Manager) unreserve(user string) {
@@ -366,9 +504,14 @@ func (m *Manager) execute(ctx context.Context, act *active, run agent.Run) {
 	case ctx.Err() != nil:
 		// Ended by stop, timeout or shutdown: the terminal event is out.
 		em.end(agent.CodeCancelled, "cancelled")
+	case errors.Is(err, errStream):
+		m.log.Warn("run cut short by the stream", "user", em.user, "run", run.ID, "err", err)
+		em.end(agent.CodeAgentFailed, "the event stream was unavailable during the run; send the message again")
 	case err != nil:
+		// The error may carry an agent service's address or a driver's
+		// words: it goes to the log, not to the user.
 		m.log.Warn("agent failed", "user", em.user, "run", run.ID, "err", err)
-		em.end(agent.CodeAgentFailed, "the agent failed: "+err.Error())
+		em.end(agent.CodeAgentFailed, "the agent failed")
 	default:
 		em.end(agent.CodeAgentFailed, "the agent returned without finishing")
 	}
@@ -400,6 +543,9 @@ func (m *Manager) Shutdown(ctx context.Context) {
 	m.closed = true
 	m.mu.Unlock()
 	defer func() {
+		m.mu.Lock()
+		m.loopStopped = true
+		m.mu.Unlock()
 		m.stopLoop()
 		m.loopWG.Wait()
 	}()

@@ -455,3 +455,121 @@ func TestOutcomeRetriedAndNeverReapedTwice(t *testing.T) {
 		t.Fatalf("%d messages: the answer was not stored on retry", len(msgs))
 	}
 }
+
+// TestRunOfANodeKilledBeforeItsStartReadsWhole: node a stores a run and
+// dies before appending its echo and agent_started (fault injection, not
+// timing). Node b's reaper ends it: the stream reads echo, agent_started,
+// agent_error node_lost, in that order, each once, though b's reaper and a
+// retry may both try.
+func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
+	t.Parallel()
+	st := memory.New(memory.Options{})
+	defer st.Close()
+	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	never := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+		t.Error("the agent of a run whose node died ran")
+		return nil
+	})
+	fast := Config{Stream: st, Store: db, Agent: never, LeaseTTL: 200 * time.Millisecond, RenewEvery: 40 * time.Millisecond, ReapEvery: 40 * time.Millisecond}
+	cfgA := fast
+	cfgA.crashAfterStore = func() bool { return true }
+	a := New(cfgA)
+	defer a.Shutdown(context.Background())
+	_, perr := a.UserMessage(context.Background(), "gus", &protocol.Frame{Content: "hello there"})
+	if perr == nil {
+		t.Fatal("the crashed node answered an ack")
+	}
+	runs, err := db.ListRunning(context.Background(), "gus")
+	if err != nil || len(runs) != 1 {
+		t.Fatalf("ListRunning: %v %v, want the one stored run", runs, err)
+	}
+	b := New(fast) // the survivor, reaping
+	defer b.Shutdown(context.Background())
+	f := &fixture{m: b, stream: st, store: db}
+	evs := f.waitTerminal(t, "gus", runs[0].ID)
+	checkOrder(t, evs)
+	if evs[0].Type != protocol.TypeUserMessage || evs[0].Data["content"] != "hello there" {
+		t.Fatalf("first event %v, want the user_message echo", evs[0])
+	}
+	if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != agent.CodeNodeLost {
+		t.Fatalf("last event %v, want agent_error node_lost", last)
+	}
+}
+
+// failingStream fails every Append while failing is set, as a stream
+// backend that went away.
+type failingStream struct {
+	stream.Stream
+	failing atomic.Bool
+}
+
+func (s *failingStream) Append(ctx context.Context, user string, rec stream.Record) (stream.Event, error) {
+	if s.failing.Load() {
+		return stream.Event{}, errors.New("dial tcp 127.0.0.1:6390: connect: connection refused")
+	}
+	return s.Stream.Append(ctx, user, rec)
+}
+
+// TestTerminalEventRetriedUntilTheStreamTakesIt: the stream fails while a
+// run ends; the terminal event arrives, once, when it is back, and no
+// user-visible message carries the driver's error. A message refused while
+// the stream is down leaves no row behind.
+func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
+	t.Parallel()
+	mem := memory.New(memory.Options{})
+	defer mem.Close()
+	fs := &failingStream{Stream: mem}
+	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	release := make(chan struct{})
+	ag := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+		<-release
+		if err := em.Thinking("still here"); err != nil {
+			return err
+		}
+		return em.Complete("done")
+	})
+	m := New(Config{Stream: fs, Store: db, Agent: ag})
+	defer m.Shutdown(context.Background())
+	ack, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "hi"})
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	fs.failing.Store(true)
+	close(release)
+	var r store.Run
+	deadline := time.Now().Add(5 * time.Second)
+	for r, _ = db.GetRun(context.Background(), "hal", ack.RunID); r.Status == store.RunRunning; r, _ = db.GetRun(context.Background(), "hal", ack.RunID) {
+		if time.Now().After(deadline) {
+			t.Fatal("the run did not end while the stream was down")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if strings.Contains(r.ErrorMessage, "127.0.0.1") || strings.Contains(r.ErrorMessage, "dial") {
+		t.Fatalf("the run's error message carries the driver's error: %q", r.ErrorMessage)
+	}
+	// Refused while the stream is down: nothing stored.
+	if _, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "refused"}); perr == nil {
+		t.Fatal("a message was accepted while the stream was down")
+	}
+	if threads, _ := db.ListThreads(context.Background(), "hal", 0); len(threads) != 1 {
+		t.Fatalf("%d threads after a refused message, want 1", len(threads))
+	}
+	if running, _ := db.ListRunning(context.Background(), "hal"); len(running) != 0 {
+		t.Fatalf("running runs after a refused message: %v", running)
+	}
+	fs.failing.Store(false)
+	f := &fixture{m: m, stream: mem, store: db}
+	evs := f.waitTerminal(t, "hal", ack.RunID)
+	checkOrder(t, evs)
+	if last := evs[len(evs)-1]; strings.Contains(last.Data["message"].(string), "127.0.0.1") {
+		t.Fatalf("terminal event carries the driver's error: %v", last)
+	}
+}
