@@ -157,18 +157,23 @@ func (m *Manager) renew(ctx context.Context) {
 // three are retried until the stream takes them.
 func (m *Manager) announceLost(ctx context.Context, r store.Run) {
 	recs := make([]stream.Record, 0, 3)
-	lctx, cancel := context.WithTimeout(ctx, m.reapEvery)
-	msgs, err := m.store.ListMessages(lctx, r.UserID, r.ThreadID)
-	cancel()
-	if err != nil {
-		m.log.Warn("read a lost run's message", "user", r.UserID, "run", r.ID, "err", err)
-	}
-	for _, msg := range msgs {
-		if msg.ID == r.UserMessageID {
-			recs = append(recs, echoRecord(r.ThreadID, r.ID, msg.ID, msg.Content, ""))
+	// The start's keys are remembered for stream.IdempotencyWindow: a run
+	// older than that (less a margin for the node's clock) was started long
+	// before its node died, and appending its start again would repeat it.
+	if m.now().Sub(r.StartedAt) < stream.IdempotencyWindow-time.Minute {
+		lctx, cancel := context.WithTimeout(ctx, m.reapEvery)
+		msgs, err := m.store.ListMessages(lctx, r.UserID, r.ThreadID)
+		cancel()
+		if err != nil {
+			m.log.Warn("read a lost run's message", "user", r.UserID, "run", r.ID, "err", err)
 		}
+		for _, msg := range msgs {
+			if msg.ID == r.UserMessageID {
+				recs = append(recs, echoRecord(r.ThreadID, r.ID, msg.ID, msg.Content, ""))
+			}
+		}
+		recs = append(recs, startRecord(r.ThreadID, r.ID, r.Agent))
 	}
-	recs = append(recs, startRecord(r.ThreadID, r.ID, r.Agent))
 	data, _ := json.Marshal(struct {
 		Code       string `json:"code"`
 		Message    string `json:"message"`
@@ -202,7 +207,8 @@ const (
 
 // resend appends recs (each with an idempotency key, so a try the stream
 // took but did not confirm is not repeated), in order, in the background,
-// until the stream takes them all or the manager shuts down: a run's
+// until the stream takes them all or the manager shuts down (which gives
+// them a short grace): a run's
 // terminal event is never dropped because the stream was away for a while.
 func (m *Manager) resend(user string, recs ...stream.Record) {
 	m.mu.Lock()
@@ -211,10 +217,10 @@ func (m *Manager) resend(user string, recs ...stream.Record) {
 		m.log.Error("run events lost at shutdown", "user", user, "events", len(recs))
 		return
 	}
-	m.loopWG.Add(1)
+	m.resendWG.Add(1)
 	m.mu.Unlock()
 	go func() {
-		defer m.loopWG.Done()
+		defer m.resendWG.Done()
 		pause := resendFirstPause
 		for {
 			select {

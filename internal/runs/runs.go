@@ -106,7 +106,8 @@ type Manager struct {
 	crash      func() bool
 	loopCtx    context.Context // done at the end of Shutdown
 	stopLoop   context.CancelFunc
-	loopWG     sync.WaitGroup // lease loop, stop listener, resends
+	loopWG     sync.WaitGroup // lease loop, stop listener
+	resendWG   sync.WaitGroup // resend goroutines
 
 	mu     sync.Mutex
 	active map[string]*active // by run id, until the terminal event
@@ -528,6 +529,10 @@ func (m *Manager) safeRun(ctx context.Context, run agent.Run, em agent.Emitter) 
 	return m.agent.Run(ctx, run, em)
 }
 
+// shutdownResendGrace is how long Shutdown lets run events the stream
+// refused be retried before it gives them up.
+const shutdownResendGrace = 2 * time.Second
+
 // Running returns the number of runs in progress on this manager.
 func (m *Manager) Running() int {
 	m.mu.Lock()
@@ -543,11 +548,19 @@ func (m *Manager) Shutdown(ctx context.Context) {
 	m.closed = true
 	m.mu.Unlock()
 	defer func() {
+		// Terminal events still waiting for the stream get a short grace.
+		resent := make(chan struct{})
+		go func() { m.resendWG.Wait(); close(resent) }()
+		select {
+		case <-resent:
+		case <-time.After(shutdownResendGrace):
+		}
 		m.mu.Lock()
 		m.loopStopped = true
 		m.mu.Unlock()
 		m.stopLoop()
 		m.loopWG.Wait()
+		m.resendWG.Wait() // no resend starts any more; the rest give up now
 	}()
 	done := make(chan struct{})
 	go func() { m.wg.Wait(); close(done) }()
