@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -465,5 +466,57 @@ func TestSlowConsumerLosesNothing(t *testing.T) {
 	}
 	if c.Established().ConnectionID == first {
 		t.Fatal("the slow consumer did not make the Conn reconnect")
+	}
+}
+
+// Messages and Threads follow the server's pages: a thread of over 1 MiB
+// comes back whole, in order.
+func TestRESTFollowsPages(t *testing.T) {
+	s := startServer(t, "--max-runs-per-user", "100", "--rate-burst", "100")
+	c := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc("pager", nil)})
+	go func() {
+		for range c.Events() { // keep the bounded channel from holding acks back
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const n = 34 // 34 x 32000 bytes: over one page's 1 MiB
+	thread := ""
+	var want []string
+	for i := range n {
+		content := fmt.Sprintf("%04d", i) + strings.Repeat("x", 32000-4)
+		ack, err := c.SendMessage(ctx, content, client.SendOptions{ThreadID: thread})
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		thread = ack.ThreadID
+		want = append(want, ack.MessageID)
+	}
+	var msgs []client.Message
+	for {
+		var err error
+		if msgs, err = c.Messages(ctx, thread); err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) == 2*n { // every answer stored
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d messages, want %d", len(msgs), 2*n)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	var got []string
+	for _, m := range msgs {
+		if m.Role == "user" {
+			got = append(got, m.ID)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("user messages %v, want %v", got, want)
+	}
+	if threads, err := c.Threads(ctx); err != nil || len(threads) != 1 || threads[0].ID != thread {
+		t.Fatalf("threads %+v, %v", threads, err)
 	}
 }

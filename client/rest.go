@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -41,23 +42,70 @@ type Run struct {
 	ErrorMessage string     `json:"error_message,omitempty"`
 }
 
-// Threads lists the user's threads. A non-2xx answer is a *HTTPError.
+// Threads lists all the user's threads, most recently updated first,
+// following the server's pages. A non-2xx answer is a *HTTPError.
 func (c *Conn) Threads(ctx context.Context) ([]Thread, error) {
-	var out struct {
-		Threads []Thread `json:"threads"`
-	}
-	err := c.do(ctx, http.MethodGet, "/api/v1/threads", &out)
-	return out.Threads, err
+	var all []Thread
+	err := c.pages(ctx, "/api/v1/threads?limit=1000", func(body []byte) (string, error) {
+		var out struct {
+			Threads []Thread `json:"threads"`
+			Next    string   `json:"next"`
+		}
+		err := json.Unmarshal(body, &out)
+		all = append(all, out.Threads...)
+		return out.Next, err
+	})
+	return all, err
 }
 
-// Messages lists the messages of thread threadID, oldest first. A thread that
-// does not exist or belongs to someone else is a *HTTPError with Status 404.
+// Messages lists all the messages of thread threadID, oldest first,
+// following the server's pages. A thread that does not exist or belongs to
+// someone else is a *HTTPError with Status 404.
 func (c *Conn) Messages(ctx context.Context, threadID string) ([]Message, error) {
-	var out struct {
-		Messages []Message `json:"messages"`
+	var all []Message
+	err := c.pages(ctx, "/api/v1/threads/"+url.PathEscape(threadID)+"/messages?limit=1000", func(body []byte) (string, error) {
+		var out struct {
+			Messages []Message `json:"messages"`
+			Next     string    `json:"next"`
+		}
+		err := json.Unmarshal(body, &out)
+		all = append(all, out.Messages...)
+		return out.Next, err
+	})
+	return all, err
+}
+
+// pages GETs path, then path&after=<next> while the answer has a next,
+// giving each answer to page. A 429 (too many list requests in flight for
+// this user) waits a second and asks again.
+func (c *Conn) pages(ctx context.Context, path string, page func(body []byte) (next string, err error)) error {
+	next := ""
+	for {
+		p := path
+		if next != "" {
+			p += "&after=" + url.QueryEscape(next)
+		}
+		var raw json.RawMessage
+		err := c.do(ctx, http.MethodGet, p, &raw)
+		var he *HTTPError
+		if errors.As(err, &he) && he.Status == http.StatusTooManyRequests {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if next, err = page(raw); err != nil {
+			return fmt.Errorf("agentwire: GET %s: %w", p, err)
+		}
+		if next == "" {
+			return nil
+		}
 	}
-	err := c.do(ctx, http.MethodGet, "/api/v1/threads/"+url.PathEscape(threadID)+"/messages", &out)
-	return out.Messages, err
 }
 
 // Run returns run runID. A run that does not exist or belongs to someone else

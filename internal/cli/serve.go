@@ -69,6 +69,8 @@ type serveFlags struct {
 	pongTimeout     time.Duration
 	shutdownTimeout time.Duration
 	debugAddr       string
+	readTimeout     time.Duration
+	writeTimeout    time.Duration
 }
 
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -103,6 +105,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	f.Duration(&o.pingInterval, "ping-interval", "AGENTWIRE_PING_INTERVAL", ws.DefaultPingInterval, "server ping interval")
 	f.Duration(&o.pongTimeout, "pong-timeout", "AGENTWIRE_PONG_TIMEOUT", ws.DefaultPongTimeout, "close with 4000 when no pong arrives this long after a ping")
 	f.String(&o.debugAddr, "debug-addr", "AGENTWIRE_DEBUG_ADDR", "", "serve Go's pprof profiles on this separate address (e.g. 127.0.0.1:6060); off when empty")
+	f.Duration(&o.readTimeout, "read-timeout", "AGENTWIRE_READ_TIMEOUT", server.DefaultBodyTimeout, "a request body must arrive within this (its headers within 10 s, or this if shorter); WebSockets are not affected")
+	f.Duration(&o.writeTimeout, "write-timeout", "AGENTWIRE_WRITE_TIMEOUT", server.DefaultWriteTimeout, "each write of an HTTP answer must complete within this: a client that stops reading is cut; WebSockets are not affected")
 	f.Duration(&o.shutdownTimeout, "shutdown-timeout", "AGENTWIRE_SHUTDOWN_TIMEOUT", 10*time.Second, "how long SIGTERM waits for sockets to close")
 	if err := f.parse(args); err != nil {
 		return err
@@ -117,7 +121,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	if o.maxRuns <= 0 || o.runTimeout <= 0 || o.drainTimeout < 0 || o.maxConnsPerUser <= 0 || o.maxQueueBytes <= 0 || o.maxMessageBytes <= 0 || o.retentionEvents <= 0 ||
 		o.retentionAge <= 0 || o.rateLimit <= 0 || o.rateBurst <= 0 || o.pingInterval <= 0 || o.pongTimeout <= 0 ||
-		o.runLeaseTTL <= 0 || o.runLeaseRenew <= 0 {
+		o.runLeaseTTL <= 0 || o.runLeaseRenew <= 0 || o.readTimeout <= 0 || o.writeTimeout <= 0 {
 		return errors.New("limits, retention and heartbeat settings must be positive")
 	}
 
@@ -186,6 +190,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Logger: log, Metrics: m, Stream: st, Store: db, Runs: runner, Verifier: verifier, Tickets: tickets,
 		APIKeys: auth.NewAPIKeys(splitList(o.apiKeys)), DevLogin: o.dev,
 		Issuer: o.keys.issuer, Audience: o.keys.audience, WS: wsSrv, Draining: draining.Load,
+		BodyTimeout: o.readTimeout, WriteTimeout: o.writeTimeout,
 	}
 	if secret != nil {
 		deps.Signer = auth.NewSigner(secret)
@@ -199,8 +204,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	httpSrv := &http.Server{
-		Handler:           server.NewServer(deps),
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler: server.NewServer(deps),
+		// Bodies and answers are bounded per request by the handler (see
+		// server.DefaultBodyTimeout); ReadTimeout and WriteTimeout would also
+		// bound a long answer and the WebSocket upgrade.
+		ReadHeaderTimeout: min(10*time.Second, o.readTimeout),
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),

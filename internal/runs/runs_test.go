@@ -154,7 +154,7 @@ func TestCompletedRunIsStored(t *testing.T) {
 	if last.Type != protocol.TypeAgentCompleted || last.Data["final_response"] != "it is 2" {
 		t.Fatalf("terminal %v", last)
 	}
-	msgs, err := f.store.ListMessages(context.Background(), "ann", ack.ThreadID)
+	msgs, _, err := f.store.ListMessages(context.Background(), "ann", ack.ThreadID, store.MessageQuery{})
 	if err != nil || len(msgs) != 2 || msgs[1].Role != "assistant" || msgs[1].Content != "it is 2" {
 		t.Fatalf("messages %+v %v", msgs, err)
 	}
@@ -162,7 +162,7 @@ func TestCompletedRunIsStored(t *testing.T) {
 	if err != nil || r.Status != store.RunCompleted || r.EndedAt.IsZero() {
 		t.Fatalf("run %+v %v", r, err)
 	}
-	threads, _ := f.store.ListThreads(context.Background(), "ann", 0)
+	threads, _, _ := f.store.ListThreads(context.Background(), "ann", store.ThreadQuery{})
 	if len(threads) != 1 || threads[0].Title != "what is 1+1" {
 		t.Fatalf("threads %+v", threads)
 	}
@@ -451,7 +451,7 @@ func TestOutcomeRetriedAndNeverReapedTwice(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	evs := f.events(t, "fay", ack.RunID)
 	checkOrder(t, evs)
-	if msgs, _ := db.ListMessages(context.Background(), "fay", ack.ThreadID); len(msgs) != 2 {
+	if msgs, _, _ := db.ListMessages(context.Background(), "fay", ack.ThreadID, store.MessageQuery{}); len(msgs) != 2 {
 		t.Fatalf("%d messages: the answer was not stored on retry", len(msgs))
 	}
 }

@@ -10,10 +10,12 @@ import (
 func addRoutes(mux *http.ServeMux, d *Deps) {
 	mux.Handle("GET /ws", d.WS)
 
+	// The list endpoints share a per-user bound of requests in flight.
+	reads := newReadLimiter(d.MaxReadsPerUser)
 	mux.Handle("POST /api/v1/tickets", handleTickets(d))
-	mux.Handle("GET /api/v1/events", handleEvents(d))
-	mux.Handle("GET /api/v1/threads", handleThreads(d))
-	mux.Handle("GET /api/v1/threads/{id}/messages", handleMessages(d))
+	mux.Handle("GET /api/v1/events", limitReads(d, reads, handleEvents(d)))
+	mux.Handle("GET /api/v1/threads", limitReads(d, reads, handleThreads(d)))
+	mux.Handle("GET /api/v1/threads/{id}/messages", limitReads(d, reads, handleMessages(d)))
 	mux.Handle("GET /api/v1/runs/{id}", handleRun(d))
 	mux.Handle("GET /api/v1/config", handleConfig(d))
 	mux.Handle("POST /api/v1/publish", requireAPIKey(d, handlePublish(d)))

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/agentwire/agentwire/internal/auth"
@@ -45,6 +46,12 @@ type Deps struct {
 	// Draining reports that the process is shutting down: /readyz fails so
 	// load balancers stop sending new work. Nil means never.
 	Draining func() bool
+	// BodyTimeout and WriteTimeout bound every request but the WebSocket
+	// upgrade (see withDeadlines); MaxReadsPerUser bounds one user's list
+	// requests in flight (see limitReads). Zero means the Default….
+	BodyTimeout     time.Duration
+	WriteTimeout    time.Duration
+	MaxReadsPerUser int
 }
 
 // NewServer returns the complete HTTP handler.
@@ -55,9 +62,18 @@ func NewServer(d Deps) http.Handler {
 	if d.DevTTL <= 0 {
 		d.DevTTL = 12 * time.Hour
 	}
+	if d.BodyTimeout <= 0 {
+		d.BodyTimeout = DefaultBodyTimeout
+	}
+	if d.WriteTimeout <= 0 {
+		d.WriteTimeout = DefaultWriteTimeout
+	}
+	if d.MaxReadsPerUser <= 0 {
+		d.MaxReadsPerUser = DefaultMaxReadsPerUser
+	}
 	mux := http.NewServeMux()
 	addRoutes(mux, &d)
-	return secureHeaders(mux)
+	return withDeadlines(d.BodyTimeout, d.WriteTimeout, secureHeaders(mux))
 }
 
 // apiError is the contract's error body.
@@ -70,11 +86,43 @@ type errorBody struct {
 	Message string `json:"message"`
 }
 
+// writeJSON answers v as JSON. API JSON is not HTML: < > & are written as
+// they are, not as \u003c escapes (six bytes for one).
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}
+
+// writeList answers {"<name>":[…],"next":…,"has_more":…} item by item, so
+// the answer is never held whole in memory: each item is encoded into the
+// response's buffer, which the server flushes to the socket as it fills.
+// next is null when empty.
+func writeList[T any](w http.ResponseWriter, name string, items []T, next string, item func(T) any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_, _ = io.WriteString(w, `{"`+name+`":[`)
+	for i, it := range items {
+		if i > 0 {
+			_, _ = io.WriteString(w, ",")
+		}
+		if err := enc.Encode(item(it)); err != nil {
+			return // the client is gone or too slow (write deadline): the connection closes
+		}
+	}
+	_, _ = io.WriteString(w, `],"next":`)
+	if next == "" {
+		_, _ = io.WriteString(w, "null")
+	} else {
+		_ = enc.Encode(next)
+	}
+	_, _ = io.WriteString(w, `,"has_more":`+strconv.FormatBool(next != "")+"}\n")
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
@@ -120,8 +168,16 @@ func jsonErrText(err error) string {
 	return "malformed"
 }
 
-// userFromRequest verifies the bearer JWT of a user endpoint.
+// claimsKey is the context key of the claims a middleware (limitReads)
+// already verified for the request.
+type claimsKey struct{}
+
+// userFromRequest verifies the bearer JWT of a user endpoint, once: claims a
+// middleware verified are taken from the request's context.
 func userFromRequest(d *Deps, w http.ResponseWriter, r *http.Request) (auth.Claims, bool) {
+	if c, ok := r.Context().Value(claimsKey{}).(auth.Claims); ok {
+		return c, true
+	}
 	tok, ok := auth.BearerToken(r)
 	if !ok {
 		d.Metrics.AuthFailures.WithLabelValues("missing").Inc()

@@ -1,8 +1,11 @@
 package server
 
 import (
+	"encoding/base64"
 	"errors"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/agentwire/agentwire/internal/store"
@@ -46,41 +49,127 @@ func storeFailed(d *Deps, w http.ResponseWriter, user, what string, err error) {
 	writeError(w, http.StatusServiceUnavailable, "unavailable", "store unavailable, retry")
 }
 
+// Paging of the list endpoints: limit is the page size (defaultPageLimit
+// when absent, at most maxPageLimit), and a messages page also stops after
+// pageBytes of content (at least one message), so no page is built bigger
+// than about a MiB whatever the limit.
+const (
+	defaultPageLimit = store.DefaultListLimit
+	maxPageLimit     = 1000
+	pageBytes        = 1 << 20
+)
+
+// pageLimit parses the limit query parameter. It writes the error answer
+// itself and reports false.
+func pageLimit(w http.ResponseWriter, r *http.Request) (int, bool) {
+	s := r.URL.Query().Get("limit")
+	if s == "" {
+		return defaultPageLimit, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > maxPageLimit {
+		writeError(w, http.StatusBadRequest, "invalid_request", "limit must be an integer from 1 to 1000")
+		return 0, false
+	}
+	return n, true
+}
+
+// encodeThreadCursor makes the opaque `next` of GET /api/v1/threads: the
+// position (updated_at, id) of the page's last thread, base64url.
+func encodeThreadCursor(t store.Thread) string {
+	raw := strconv.FormatInt(t.UpdatedAt.UnixMilli(), 10) + "." + t.ID
+	return base64.RawURLEncoding.EncodeToString([]byte(raw))
+}
+
+func decodeThreadCursor(s string) (store.ThreadCursor, bool) {
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return store.ThreadCursor{}, false
+	}
+	ms, id, ok := strings.Cut(string(raw), ".")
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if !ok || err != nil || id == "" {
+		return store.ThreadCursor{}, false
+	}
+	return store.ThreadCursor{UpdatedAt: time.UnixMilli(n).UTC(), ID: id}, true
+}
+
+// handleThreads lists the user's threads, most recently updated first, a
+// page at a time: `next` is an opaque cursor to pass as `after`. The cursor
+// is a position, so paging never repeats a thread; a thread updated while
+// a client pages moves to the front, where a reload finds it.
 func handleThreads(d *Deps) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		claims, ok := userFromRequest(d, w, r)
 		if !ok {
 			return
 		}
-		threads, err := d.Store.ListThreads(r.Context(), claims.Subject, 100)
+		limit, ok := pageLimit(w, r)
+		if !ok {
+			return
+		}
+		q := store.ThreadQuery{Limit: limit}
+		if s := r.URL.Query().Get("after"); s != "" {
+			if q.After, ok = decodeThreadCursor(s); !ok {
+				writeError(w, http.StatusBadRequest, "invalid_request", "after must be the next of a previous page")
+				return
+			}
+		}
+		threads, more, err := d.Store.ListThreads(r.Context(), claims.Subject, q)
 		if err != nil {
 			storeFailed(d, w, claims.Subject, "threads", err)
 			return
 		}
-		out := make([]threadJSON, 0, len(threads))
-		for _, t := range threads {
-			out = append(out, threadJSON{ID: t.ID, Title: t.Title, CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.UpdatedAt.UTC()})
+		next := ""
+		if more {
+			next = encodeThreadCursor(threads[len(threads)-1])
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"threads": out})
+		writeList(w, "threads", threads, next, func(t store.Thread) any {
+			return threadJSON{ID: t.ID, Title: t.Title, CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.UpdatedAt.UTC()}
+		})
 	})
 }
 
+// handleMessages lists a thread's messages oldest first, a page at a time:
+// from the first message, after the message `after`, or the messages just
+// before the message `before`. `next` continues in the same direction:
+// pass it as `after` (or as `before` when paging with before).
 func handleMessages(d *Deps) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		claims, ok := userFromRequest(d, w, r)
 		if !ok {
 			return
 		}
-		msgs, err := d.Store.ListMessages(r.Context(), claims.Subject, r.PathValue("id"))
+		limit, ok := pageLimit(w, r)
+		if !ok {
+			return
+		}
+		qs := r.URL.Query()
+		q := store.MessageQuery{After: qs.Get("after"), Before: qs.Get("before"), Limit: limit, MaxBytes: pageBytes}
+		if q.After != "" && q.Before != "" {
+			writeError(w, http.StatusBadRequest, "invalid_request", "after and before cannot be used together")
+			return
+		}
+		msgs, more, err := d.Store.ListMessages(r.Context(), claims.Subject, r.PathValue("id"), q)
+		if errors.Is(err, store.ErrBadCursor) {
+			writeError(w, http.StatusBadRequest, "invalid_request", "after and before must be the id of a message of this thread")
+			return
+		}
 		if err != nil {
 			storeFailed(d, w, claims.Subject, "thread", err)
 			return
 		}
-		out := make([]messageJSON, 0, len(msgs))
-		for _, m := range msgs {
-			out = append(out, messageJSON{ID: m.ID, Role: m.Role, Content: m.Content, RunID: m.RunID, CreatedAt: m.CreatedAt.UTC()})
+		next := ""
+		switch {
+		case !more:
+		case q.Before != "":
+			next = msgs[0].ID
+		default:
+			next = msgs[len(msgs)-1].ID
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"messages": out})
+		writeList(w, "messages", msgs, next, func(m store.Message) any {
+			return messageJSON{ID: m.ID, Role: m.Role, Content: m.Content, RunID: m.RunID, CreatedAt: m.CreatedAt.UTC()}
+		})
 	})
 }
 

@@ -33,6 +33,9 @@ var (
 	// ErrInvalid means an argument is malformed: an empty id, an unknown
 	// role or status, a non-positive ttl. It is a bug in the caller.
 	ErrInvalid = errors.New("store: invalid argument")
+	// ErrBadCursor means a page cursor (MessageQuery.After or Before) is not
+	// a message of the thread being listed.
+	ErrBadCursor = errors.New("store: cursor is not in the list")
 	// ErrSchemaTooNew means the database was migrated by a newer version of
 	// agentwire than this one; opening it would risk corrupting it.
 	ErrSchemaTooNew = errors.New("store: database schema is newer than this program")
@@ -41,9 +44,71 @@ var (
 // TimePrecision is the resolution of every stored time.
 const TimePrecision = time.Millisecond
 
-// DefaultListLimit is the number of threads ListThreads returns when given
-// no positive limit.
+// DefaultListLimit is the page size of ListThreads and ListMessages when
+// given no positive limit.
 const DefaultListLimit = 100
+
+// ThreadCursor is a position in ListThreads order (UpdatedAt descending,
+// then ID descending): the UpdatedAt and ID of the last thread of a page.
+// The zero ThreadCursor is the start, before the newest thread.
+type ThreadCursor struct {
+	UpdatedAt time.Time
+	ID        string
+}
+
+// ThreadQuery selects one page of a user's threads.
+type ThreadQuery struct {
+	// After: the page holds the threads that come after this position in
+	// ListThreads order. A position, not a row: a thread updated since the
+	// previous page moved to the front and is not listed again.
+	After ThreadCursor
+	// Limit is the most threads in the page (DefaultListLimit when <= 0).
+	Limit int
+}
+
+// MessageQuery selects one page of a thread's messages. At most one of
+// After and Before is set (else ErrInvalid); with neither the page starts at
+// the thread's first message.
+type MessageQuery struct {
+	// After is a message id of the thread: the page is the messages right
+	// after it, oldest first.
+	After string
+	// Before is a message id of the thread: the page is the messages right
+	// before it (the newest Limit of them), still oldest first.
+	Before string
+	// Limit is the most messages in the page (DefaultListLimit when <= 0).
+	Limit int
+	// MaxBytes bounds the total length of the page's contents: a message
+	// that would take the total over it is left for the next page, unless
+	// it is the page's first one. No bound when <= 0.
+	MaxBytes int
+}
+
+// PageLimit is q.Limit, or DefaultListLimit when it is not positive.
+func (q MessageQuery) PageLimit() int {
+	if q.Limit <= 0 {
+		return DefaultListLimit
+	}
+	return q.Limit
+}
+
+// Admit reports whether the next message, with content of size bytes, joins
+// a page that holds n messages whose contents total bytes. When it reports
+// false the page is complete and more messages lie beyond it.
+func (q MessageQuery) Admit(n, total, size int) bool {
+	if n >= q.PageLimit() {
+		return false
+	}
+	return n == 0 || q.MaxBytes <= 0 || total+size <= q.MaxBytes
+}
+
+// Validate reports ErrInvalid when both cursors are set.
+func (q MessageQuery) Validate() error {
+	if q.After != "" && q.Before != "" {
+		return fmt.Errorf("%w: message query with both after and before", ErrInvalid)
+	}
+	return nil
+}
 
 // DefaultReapLimit is the number of runs ReapExpired ends when given no
 // positive limit.
@@ -130,18 +195,24 @@ type Store interface {
 	CreateThread(ctx context.Context, t Thread) error
 	// GetThread returns the user's thread, or ErrNotFound.
 	GetThread(ctx context.Context, userID, threadID string) (Thread, error)
-	// ListThreads returns the user's threads, most recently updated first
-	// (ties: greater id first), at most limit of them (DefaultListLimit when
-	// limit <= 0).
-	ListThreads(ctx context.Context, userID string, limit int) ([]Thread, error)
+	// ListThreads returns one page of the user's threads, most recently
+	// updated first (ties: greater id first): those after q.After, at most
+	// q.Limit of them. more reports that threads remain after the page; the
+	// last thread's UpdatedAt and ID are the cursor of the next page.
+	ListThreads(ctx context.Context, userID string, q ThreadQuery) (threads []Thread, more bool, err error)
 	// AddMessage inserts m into thread m.ThreadID, which must exist and be
 	// owned by m.UserID (else ErrNotFound), and moves the thread's UpdatedAt
 	// forward to m.CreatedAt (never backwards). ErrConflict if the id is
 	// taken.
 	AddMessage(ctx context.Context, m Message) error
-	// ListMessages returns the messages of the user's thread, oldest first
-	// (ties: insertion order). ErrNotFound if the user owns no such thread.
-	ListMessages(ctx context.Context, userID, threadID string) ([]Message, error)
+	// ListMessages returns one page of the messages of the user's thread
+	// (see MessageQuery), oldest first (ties: insertion order). more reports
+	// that messages remain beyond the page in its direction: after its last
+	// message (q.Before empty) or before its first (q.Before set).
+	// ErrNotFound if the user owns no such thread, else ErrBadCursor if
+	// q.After or q.Before is not a message of it. Pages are read with an
+	// index range scan from the cursor, whatever the thread's length.
+	ListMessages(ctx context.Context, userID, threadID string, q MessageQuery) (msgs []Message, more bool, err error)
 	// CreateRun inserts r as running in thread r.ThreadID, which must exist
 	// and be owned by r.UserID (else ErrNotFound). r.Status, EndedAt and the
 	// error fields are ignored; r.Node and r.LeaseUntil are stored. ErrConflict

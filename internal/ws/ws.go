@@ -264,6 +264,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.finish()
 		return
 	}
+	// The socket is ours now: nothing of the HTTP server's per-request
+	// deadlines (a write deadline left by an earlier request on a
+	// keep-alive connection) may cut it. Heartbeats and per-write deadlines
+	// bound it from here.
+	_ = nc.SetDeadline(time.Time{})
 	if n := rw.Reader.Buffered(); n > 0 {
 		// Frames the client sent right behind its handshake.
 		b, _ := rw.Reader.Peek(n)

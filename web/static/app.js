@@ -205,12 +205,35 @@ function renderConn(s) {
   c.textContent = text;
 }
 
+// Every item of a paged list endpoint: its pages follow `next` until there
+// is none. A 429 (too many lists in flight for this user) waits the second
+// the server asks for and retries; stillWanted() false stops with null.
+async function apiAll(path, key, stillWanted = () => true) {
+  const items = [];
+  let after = null;
+  for (;;) {
+    const url = after ? `${path}&after=${encodeURIComponent(after)}` : path;
+    let page;
+    try {
+      page = await api(url);
+    } catch (err) {
+      if (err.status !== 429) throw err;
+      await new Promise((r) => setTimeout(r, 1000));
+      if (!stillWanted()) return null;
+      continue;
+    }
+    if (!stillWanted()) return null;
+    items.push(...page[key]);
+    if (!page.next) return items;
+    after = page.next;
+  }
+}
+
 // ---------------------------------------------------------------- threads
 
 async function loadThreads() {
   try {
-    const { threads } = await api("/api/v1/threads");
-    app.threads = threads;
+    app.threads = await apiAll("/api/v1/threads?limit=1000", "threads");
   } catch (err) {
     if (err.status === 401) return showLogin("Please sign in again.");
     showError("chat-error", err);
@@ -264,8 +287,9 @@ async function openThread(id, focus) {
   app.loading = true;
   box.setAttribute("aria-busy", "true");
   try {
-    const { messages } = await api(`/api/v1/threads/${encodeURIComponent(id)}/messages`);
-    if (app.current !== id) return;
+    const messages = await apiAll(`/api/v1/threads/${encodeURIComponent(id)}/messages?limit=1000`, "messages",
+      () => app.current === id);
+    if (messages === null || app.current !== id) return;
     // Runs this page saw start are drawn from their events, timeline included.
     const seen = new Set((app.live.get(id) || []).filter((ev) => ev.type === "agent_started").map((ev) => ev.run_id));
     for (const m of messages) {

@@ -42,6 +42,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -201,26 +202,43 @@ func (s *Store) GetThread(ctx context.Context, userID, threadID string) (store.T
 	return t, err
 }
 
-// ListThreads implements store.Store.
-func (s *Store) ListThreads(ctx context.Context, userID string, limit int) ([]store.Thread, error) {
+// ListThreads implements store.Store: a range scan of threads_user_updated
+// from the cursor.
+func (s *Store) ListThreads(ctx context.Context, userID string, q store.ThreadQuery) ([]store.Thread, bool, error) {
+	limit := q.Limit
 	if limit <= 0 {
 		limit = store.DefaultListLimit
 	}
-	if !validID(userID) {
-		return []store.Thread{}, nil
+	if !validID(userID) || (q.After.ID != "" && !validID(q.After.ID)) {
+		return []store.Thread{}, false, nil
 	}
 	var ts []store.Thread
 	err := s.withConn(ctx, "list threads", func(c *pgx.Conn) error {
-		rows, err := c.Query(ctx,
-			`SELECT `+threadColumns+` FROM threads WHERE user_id = $1 ORDER BY updated_at DESC, id DESC LIMIT $2`,
-			userID, limit)
+		var rows pgx.Rows
+		var err error
+		if q.After.ID == "" {
+			rows, err = c.Query(ctx,
+				`SELECT `+threadColumns+` FROM threads WHERE user_id = $1 ORDER BY updated_at DESC, id DESC LIMIT $2`,
+				userID, limit+1)
+		} else {
+			rows, err = c.Query(ctx,
+				`SELECT `+threadColumns+` FROM threads WHERE user_id = $1 AND (updated_at, id) < ($2, $3)
+				ORDER BY updated_at DESC, id DESC LIMIT $4`,
+				userID, q.After.UpdatedAt.Truncate(store.TimePrecision), q.After.ID, limit+1)
+		}
 		if err != nil {
 			return err
 		}
 		ts, err = collect(rows, scanThread)
 		return err
 	})
-	return ts, err
+	if err != nil {
+		return nil, false, err
+	}
+	if len(ts) > limit {
+		return ts[:limit], true, nil
+	}
+	return ts, false, nil
 }
 
 // AddMessage implements store.Store. The ownership check, the insert and
@@ -255,45 +273,79 @@ SELECT $1, owned.id, $3, $4, $5, $6, $7 FROM owned`,
 	})
 }
 
-// ListMessages implements store.Store.
-func (s *Store) ListMessages(ctx context.Context, userID, threadID string) ([]store.Message, error) {
+// ListMessages implements store.Store: the ownership check and the
+// cursor's position in one statement, then a range scan of
+// messages_thread_created from that position, forward, or backward for
+// q.Before. Messages are never deleted, so the two statements need no
+// shared snapshot.
+func (s *Store) ListMessages(ctx context.Context, userID, threadID string, q store.MessageQuery) ([]store.Message, bool, error) {
+	if err := q.Validate(); err != nil {
+		return nil, false, err
+	}
 	if !validID(userID) || !validID(threadID) {
-		return nil, fmt.Errorf("postgres: thread %q: %w", threadID, store.ErrNotFound)
+		return nil, false, fmt.Errorf("postgres: thread %q: %w", threadID, store.ErrNotFound)
+	}
+	cursor := q.After + q.Before
+	if cursor != "" && !validID(cursor) {
+		return nil, false, fmt.Errorf("postgres: message %q: %w", cursor, store.ErrBadCursor)
 	}
 	var msgs []store.Message
+	var more bool
 	err := s.withConn(ctx, "list messages", func(c *pgx.Conn) error {
-		// One statement, one snapshot: the thread row (the ownership check)
-		// left-joined with its messages; no message means one row of NULLs.
-		rows, err := c.Query(ctx, `
-SELECT m.id, m.thread_id, m.user_id, m.role, m.content, m.run_id, m.created_at
-FROM threads t LEFT JOIN messages m ON m.thread_id = t.id
-WHERE t.id = $1 AND t.user_id = $2
-ORDER BY m.created_at, m.seq`,
-			threadID, userID)
+		var created *time.Time
+		var seq *int64
+		err := c.QueryRow(ctx, `
+SELECT m.created_at, m.seq FROM threads t LEFT JOIN messages m ON m.id = $3 AND m.thread_id = t.id
+WHERE t.id = $1 AND t.user_id = $2`,
+			threadID, userID, cursor).Scan(&created, &seq)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			return fmt.Errorf("thread %s: %w", threadID, store.ErrNotFound)
+		case err != nil:
+			return err
+		case cursor != "" && created == nil:
+			return fmt.Errorf("message %q: %w", cursor, store.ErrBadCursor)
+		}
+		const cols = `SELECT id, thread_id, user_id, role, content, run_id, created_at FROM messages`
+		limit := q.PageLimit() + 1 // one more tells whether there is more
+		var rows pgx.Rows
+		switch {
+		case cursor == "":
+			rows, err = c.Query(ctx, cols+` WHERE thread_id = $1 ORDER BY created_at, seq LIMIT $2`, threadID, limit)
+		case q.After != "":
+			rows, err = c.Query(ctx, cols+` WHERE thread_id = $1 AND (created_at, seq) > ($2, $3)
+				ORDER BY created_at, seq LIMIT $4`, threadID, *created, *seq, limit)
+		default:
+			rows, err = c.Query(ctx, cols+` WHERE thread_id = $1 AND (created_at, seq) < ($2, $3)
+				ORDER BY created_at DESC, seq DESC LIMIT $4`, threadID, *created, *seq, limit)
+		}
 		if err != nil {
 			return err
 		}
-		found := false
-		msgs, err = collect(rows, func(row pgx.Row) (store.Message, error) {
-			found = true
-			var m store.Message
-			var id, thread, user, role, content, run *string
-			var created *time.Time
-			if err := row.Scan(&id, &thread, &user, &role, &content, &run, &created); err != nil {
-				return m, err
+		defer rows.Close()
+		msgs, more = []store.Message{}, false
+		total := 0
+		for rows.Next() {
+			m, err := scanMessage(rows)
+			if err != nil {
+				return err
 			}
-			if id == nil {
-				return m, errSkip
+			if !q.Admit(len(msgs), total, len(m.Content)) {
+				more = true
+				break
 			}
-			m = store.Message{ID: *id, ThreadID: *thread, UserID: *user, Role: *role, Content: *content, RunID: *run, CreatedAt: created.UTC()}
-			return m, nil
-		})
-		if err == nil && !found {
-			return fmt.Errorf("thread %s: %w", threadID, store.ErrNotFound)
+			msgs, total = append(msgs, m), total+len(m.Content)
 		}
-		return err
+		rows.Close()
+		return rows.Err()
 	})
-	return msgs, err
+	if err != nil {
+		return nil, false, err
+	}
+	if q.Before != "" {
+		slices.Reverse(msgs)
+	}
+	return msgs, more, nil
 }
 
 // CreateRun implements store.Store.
@@ -781,7 +833,7 @@ func (s *Store) inTx(ctx context.Context, what string, fn func(tx pgx.Tx) error)
 // ending are returned as they are.
 func classify(ctx context.Context, err error) error {
 	if ctx.Err() != nil || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrConflict) ||
-		errors.Is(err, store.ErrNotRunning) || errors.Is(err, store.ErrInvalid) ||
+		errors.Is(err, store.ErrNotRunning) || errors.Is(err, store.ErrInvalid) || errors.Is(err, store.ErrBadCursor) ||
 		errors.Is(err, store.ErrSchemaTooNew) || errors.Is(err, store.ErrUnavailable) {
 		return err
 	}
@@ -904,9 +956,6 @@ func scanRun(row pgx.Row) (store.Run, error) {
 	return r, err
 }
 
-// errSkip tells collect to leave a row out.
-var errSkip = errors.New("skip row")
-
 // collect scans every row with scan and closes rows. It returns an empty,
 // non-nil slice when there is no row.
 func collect[T any](rows pgx.Rows, scan func(pgx.Row) (T, error)) ([]T, error) {
@@ -914,9 +963,6 @@ func collect[T any](rows pgx.Rows, scan func(pgx.Row) (T, error)) ([]T, error) {
 	out := []T{}
 	for rows.Next() {
 		v, err := scan(rows)
-		if errors.Is(err, errSkip) {
-			continue
-		}
 		if err != nil {
 			return nil, err
 		}

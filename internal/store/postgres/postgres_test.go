@@ -229,7 +229,7 @@ func TestNULAndInvalidUTF8(t *testing.T) {
 		}
 		i++
 	}
-	msgs, err := s.ListMessages(c, u, th.ID)
+	msgs, _, err := s.ListMessages(c, u, th.ID, store.MessageQuery{})
 	if err != nil || len(msgs) != len(contents) {
 		t.Fatalf("ListMessages: %d messages, %v; want %d", len(msgs), err, len(contents))
 	}
@@ -277,7 +277,7 @@ func TestNULAndInvalidUTF8(t *testing.T) {
 	if _, err := s.GetThread(c, u, th.ID+"\x00"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetThread with a NUL: %v, want ErrNotFound", err)
 	}
-	if _, err := s.ListMessages(c, u+"\x00", th.ID); !errors.Is(err, store.ErrNotFound) {
+	if _, _, err := s.ListMessages(c, u+"\x00", th.ID, store.MessageQuery{}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("ListMessages with a NUL: %v, want ErrNotFound", err)
 	}
 	if _, err := s.GetRun(c, u, r.ID+"\x00"); !errors.Is(err, store.ErrNotFound) {
@@ -286,7 +286,7 @@ func TestNULAndInvalidUTF8(t *testing.T) {
 	if err := s.FinishRun(c, u, r.ID+"\x00", store.RunFailed, time.Time{}, "", ""); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("FinishRun with a NUL: %v, want ErrNotFound", err)
 	}
-	if list, err := s.ListThreads(c, u+"\x00", 0); err != nil || len(list) != 0 {
+	if list, _, err := s.ListThreads(c, u+"\x00", store.ThreadQuery{}); err != nil || len(list) != 0 {
 		t.Errorf("ListThreads with a NUL: %d, %v; want none", len(list), err)
 	}
 	if list, err := s.ListRunning(c, "\xff"); err != nil || len(list) != 0 {

@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -235,23 +236,37 @@ func (s *Store) GetThread(ctx context.Context, userID, threadID string) (store.T
 	return t, nil
 }
 
-// ListThreads implements store.Store.
-func (s *Store) ListThreads(ctx context.Context, userID string, limit int) ([]store.Thread, error) {
+// ListThreads implements store.Store: a range scan of threads_user_updated
+// from the cursor.
+func (s *Store) ListThreads(ctx context.Context, userID string, q store.ThreadQuery) ([]store.Thread, bool, error) {
+	limit := q.Limit
 	if limit <= 0 {
 		limit = store.DefaultListLimit
 	}
-	rows, err := s.r.QueryContext(ctx,
-		`SELECT id, user_id, title, created_at, updated_at FROM threads
-		WHERE user_id = ? ORDER BY updated_at DESC, id DESC LIMIT ?`,
-		userID, limit)
+	var rows *sql.Rows
+	var err error
+	if q.After.ID == "" {
+		rows, err = s.r.QueryContext(ctx,
+			`SELECT id, user_id, title, created_at, updated_at FROM threads
+			WHERE user_id = ? ORDER BY updated_at DESC, id DESC LIMIT ?`,
+			userID, limit+1)
+	} else {
+		rows, err = s.r.QueryContext(ctx,
+			`SELECT id, user_id, title, created_at, updated_at FROM threads
+			WHERE user_id = ? AND (updated_at, id) < (?, ?) ORDER BY updated_at DESC, id DESC LIMIT ?`,
+			userID, toMillis(q.After.UpdatedAt, time.Time{}), q.After.ID, limit+1)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list threads: %w", err)
+		return nil, false, fmt.Errorf("sqlite: list threads: %w", err)
 	}
 	ts, err := collect(rows, scanThread)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list threads: %w", err)
+		return nil, false, fmt.Errorf("sqlite: list threads: %w", err)
 	}
-	return ts, nil
+	if len(ts) > limit {
+		return ts[:limit], true, nil
+	}
+	return ts, false, nil
 }
 
 // AddMessage implements store.Store.
@@ -272,30 +287,77 @@ func (s *Store) AddMessage(ctx context.Context, m store.Message) error {
 	})
 }
 
-// ListMessages implements store.Store.
-func (s *Store) ListMessages(ctx context.Context, userID, threadID string) ([]store.Message, error) {
-	// One read transaction: the ownership check and the list see the same
-	// snapshot.
+// ListMessages implements store.Store: a range scan of
+// messages_thread_created (whose entries carry the rowid) from the cursor,
+// forward, or backward for q.Before.
+func (s *Store) ListMessages(ctx context.Context, userID, threadID string, q store.MessageQuery) ([]store.Message, bool, error) {
+	if err := q.Validate(); err != nil {
+		return nil, false, err
+	}
+	msgs, more, err := s.listMessages(ctx, userID, threadID, q)
+	if err != nil {
+		return nil, false, fmt.Errorf("sqlite: list messages: %w", err)
+	}
+	return msgs, more, nil
+}
+
+func (s *Store) listMessages(ctx context.Context, userID, threadID string, q store.MessageQuery) ([]store.Message, bool, error) {
+	// One read transaction: the ownership check, the cursor and the page
+	// see the same snapshot.
 	tx, err := s.r.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list messages: %w", err)
+		return nil, false, err
 	}
 	defer func() { _ = tx.Rollback() }()
 	if err := ownThread(ctx, tx, userID, threadID); err != nil {
-		return nil, fmt.Errorf("sqlite: list messages: %w", err)
+		return nil, false, err
 	}
-	rows, err := tx.QueryContext(ctx,
-		`SELECT id, thread_id, user_id, role, content, run_id, created_at FROM messages
-		WHERE thread_id = ? ORDER BY created_at, rowid`,
-		threadID)
+	const cols = `SELECT id, thread_id, user_id, role, content, run_id, created_at FROM messages`
+	limit := q.PageLimit() + 1 // one more tells whether there is more
+	var rows *sql.Rows
+	if cursor := q.After + q.Before; cursor == "" {
+		rows, err = tx.QueryContext(ctx, cols+` WHERE thread_id = ? ORDER BY created_at, rowid LIMIT ?`, threadID, limit)
+	} else {
+		var created, rowid int64
+		err = tx.QueryRowContext(ctx, `SELECT created_at, rowid FROM messages WHERE id = ? AND thread_id = ?`,
+			cursor, threadID).Scan(&created, &rowid)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, false, fmt.Errorf("message %s: %w", cursor, store.ErrBadCursor)
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if q.After != "" {
+			rows, err = tx.QueryContext(ctx, cols+` WHERE thread_id = ? AND (created_at, rowid) > (?, ?)
+				ORDER BY created_at, rowid LIMIT ?`, threadID, created, rowid, limit)
+		} else {
+			rows, err = tx.QueryContext(ctx, cols+` WHERE thread_id = ? AND (created_at, rowid) < (?, ?)
+				ORDER BY created_at DESC, rowid DESC LIMIT ?`, threadID, created, rowid, limit)
+		}
+	}
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list messages: %w", err)
+		return nil, false, err
 	}
-	msgs, err := collect(rows, scanMessage)
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: list messages: %w", err)
+	defer rows.Close()
+	msgs, total, more := []store.Message{}, 0, false
+	for rows.Next() {
+		m, err := scanMessage(rows)
+		if err != nil {
+			return nil, false, err
+		}
+		if !q.Admit(len(msgs), total, len(m.Content)) {
+			more = true
+			break
+		}
+		msgs, total = append(msgs, m), total+len(m.Content)
 	}
-	return msgs, nil
+	if err := rows.Err(); err != nil {
+		return nil, false, err
+	}
+	if q.Before != "" {
+		slices.Reverse(msgs)
+	}
+	return msgs, more, nil
 }
 
 // CreateRun implements store.Store.

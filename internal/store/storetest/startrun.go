@@ -118,7 +118,7 @@ func (s *suite) testStartRunExistingThread(t *testing.T) {
 	checkThread(t, mustGetThread(t, st, u, th.ID), store.Thread{ID: th.ID, UserID: u, Title: "chat", CreatedAt: stored(t0), UpdatedAt: stored(at)})
 	other := store.Thread{ID: id(), UserID: u, Title: "other", CreatedAt: t0.Add(3 * time.Second)}
 	mustCreateThread(t, st, other)
-	if list, err := st.ListThreads(c, u, 0); err != nil || !slices.Equal(threadIDs(list), []string{th.ID, other.ID}) {
+	if list, err := listThreads(c, st, u, 0); err != nil || !slices.Equal(threadIDs(list), []string{th.ID, other.ID}) {
 		t.Fatalf("ListThreads = %v, %v; want the bumped thread first", threadIDs(list), err)
 	}
 

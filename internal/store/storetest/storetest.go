@@ -63,6 +63,9 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ListThreadsOrderAndLimit", s.testListThreadsOrder},
 		{"ListThreadsDefaultLimit", s.testListThreadsDefaultLimit},
 		{"MessagesOldestFirst", s.testMessages},
+		{"MessagePages", s.testMessagePages},
+		{"MessagePageBytes", s.testMessagePageBytes},
+		{"ThreadPages", s.testThreadPages},
 		{"UnicodeAndLargeContent", s.testContent},
 		{"RunLifecycle", s.testRunLifecycle},
 		{"RunTerminalStatuses", s.testRunStatuses},
@@ -143,7 +146,7 @@ func (s *suite) testThreadRoundTrip(t *testing.T) {
 	th2.CreatedAt, th2.UpdatedAt = stored(t0), stored(t0.Add(time.Minute))
 	checkThread(t, mustGetThread(t, st, u, th2.ID), th2)
 
-	list, err := st.ListThreads(c, u, 0)
+	list, err := listThreads(c, st, u, 0)
 	if err != nil {
 		t.Fatalf("ListThreads: %v", err)
 	}
@@ -182,7 +185,7 @@ func (s *suite) testThreadOwnership(t *testing.T) {
 	if _, err := st.GetThread(c, mallory, th.ID); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetThread by another user: %v, want ErrNotFound", err)
 	}
-	if msgs, err := st.ListMessages(c, mallory, th.ID); !errors.Is(err, store.ErrNotFound) {
+	if msgs, _, err := st.ListMessages(c, mallory, th.ID, store.MessageQuery{}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("ListMessages by another user: %d messages, %v; want ErrNotFound", len(msgs), err)
 	}
 	intruder := store.Message{ID: id(), ThreadID: th.ID, UserID: mallory, Role: store.RoleUser, Content: "hi", CreatedAt: t0.Add(time.Hour)}
@@ -193,7 +196,7 @@ func (s *suite) testThreadOwnership(t *testing.T) {
 	if err := st.CreateRun(c, run); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("CreateRun in another user's thread: %v, want ErrNotFound", err)
 	}
-	if list, err := st.ListThreads(c, mallory, 0); err != nil || len(list) != 0 {
+	if list, err := listThreads(c, st, mallory, 0); err != nil || len(list) != 0 {
 		t.Errorf("ListThreads of another user: %d threads, %v; want none", len(list), err)
 	}
 	if runs, err := st.ListRunning(c, mallory); err != nil || len(runs) != 0 {
@@ -220,7 +223,7 @@ func (s *suite) testMissingThread(t *testing.T) {
 	if _, err := st.GetThread(c, u, missing); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetThread: %v, want ErrNotFound", err)
 	}
-	if _, err := st.ListMessages(c, u, missing); !errors.Is(err, store.ErrNotFound) {
+	if _, _, err := st.ListMessages(c, u, missing, store.MessageQuery{}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("ListMessages: %v, want ErrNotFound", err)
 	}
 	m := store.Message{ID: id(), ThreadID: missing, UserID: u, Role: store.RoleUser, Content: "x"}
@@ -237,7 +240,7 @@ func (s *suite) testMissingThread(t *testing.T) {
 	if err := st.FinishRun(c, u, id(), store.RunCompleted, time.Time{}, "", ""); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("FinishRun: %v, want ErrNotFound", err)
 	}
-	if list, err := st.ListThreads(c, u, 10); err != nil || len(list) != 0 {
+	if list, err := listThreads(c, st, u, 10); err != nil || len(list) != 0 {
 		t.Errorf("ListThreads of a new user: %d threads, %v; want none", len(list), err)
 	}
 }
@@ -286,7 +289,7 @@ func (s *suite) testListThreadsOrder(t *testing.T) {
 	}
 	list := func(limit int) []string {
 		t.Helper()
-		got, err := st.ListThreads(c, u, limit)
+		got, err := listThreads(c, st, u, limit)
 		if err != nil {
 			t.Fatalf("ListThreads(%d): %v", limit, err)
 		}
@@ -329,7 +332,7 @@ func (s *suite) testListThreadsDefaultLimit(t *testing.T) {
 		mustCreateThread(t, st, store.Thread{ID: id(), UserID: u, Title: "t", CreatedAt: t0.Add(time.Duration(i) * time.Millisecond)})
 	}
 	for _, limit := range []int{0, -5} {
-		got, err := st.ListThreads(c, u, limit)
+		got, err := listThreads(c, st, u, limit)
 		if err != nil {
 			t.Fatalf("ListThreads(%d): %v", limit, err)
 		}
@@ -340,7 +343,7 @@ func (s *suite) testListThreadsDefaultLimit(t *testing.T) {
 			t.Fatalf("ListThreads(%d) starts with UpdatedAt %v, want the newest", limit, got[0].UpdatedAt)
 		}
 	}
-	if got, err := st.ListThreads(c, u, n+10); err != nil || len(got) != n {
+	if got, err := listThreads(c, st, u, n+10); err != nil || len(got) != n {
 		t.Fatalf("ListThreads(%d): %d threads, %v; want %d", n+10, len(got), err, n)
 	}
 }
@@ -761,7 +764,7 @@ func (s *suite) testConcurrentWrites(t *testing.T) {
 					t.Errorf("ClaimIdempotencyKey: %v", err)
 					return
 				}
-				if _, err := st.ListThreads(c, u, 0); err != nil {
+				if _, err := listThreads(c, st, u, 0); err != nil {
 					t.Errorf("ListThreads: %v", err)
 					return
 				}
@@ -775,7 +778,7 @@ func (s *suite) testConcurrentWrites(t *testing.T) {
 	if got := mustListMessages(t, st, u, shared.ID); len(got) != writers*per {
 		t.Fatalf("shared thread has %d messages, want %d", len(got), writers*per)
 	}
-	if list, err := st.ListThreads(c, u, 0); err != nil || len(list) != writers+1 {
+	if list, err := listThreads(c, st, u, 0); err != nil || len(list) != writers+1 {
 		t.Fatalf("ListThreads: %d threads, %v; want %d", len(list), err, writers+1)
 	}
 	if runs := mustListRunning(t, st, u); len(runs) != 0 {
@@ -868,13 +871,31 @@ func mustAddMessage(t *testing.T, st store.Store, m store.Message) {
 	}
 }
 
+// mustListMessages returns every message of the thread, page after page.
 func mustListMessages(t *testing.T, st store.Store, u, threadID string) []store.Message {
 	t.Helper()
-	msgs, err := st.ListMessages(ctx(t), u, threadID)
-	if err != nil {
-		t.Fatalf("ListMessages: %v", err)
+	all := []store.Message{}
+	q := store.MessageQuery{Limit: 7}
+	for {
+		msgs, more, err := st.ListMessages(ctx(t), u, threadID, q)
+		if err != nil {
+			t.Fatalf("ListMessages: %v", err)
+		}
+		all = append(all, msgs...)
+		if !more {
+			return all
+		}
+		if len(msgs) == 0 {
+			t.Fatalf("ListMessages: an empty page with more")
+		}
+		q.After = msgs[len(msgs)-1].ID
 	}
-	return msgs
+}
+
+// listThreads is the first page of ListThreads with limit.
+func listThreads(c context.Context, st store.Store, u string, limit int) ([]store.Thread, error) {
+	ts, _, err := st.ListThreads(c, u, store.ThreadQuery{Limit: limit})
+	return ts, err
 }
 
 func mustCreateRun(t *testing.T, st store.Store, r store.Run) {

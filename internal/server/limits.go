@@ -1,0 +1,143 @@
+package server
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Defaults of the per-request bounds (Deps.BodyTimeout, Deps.WriteTimeout,
+// Deps.MaxReadsPerUser).
+const (
+	// DefaultBodyTimeout bounds how long a request body may take to arrive,
+	// from the end of its headers: a 128 KiB body needs about 4 KiB/s.
+	DefaultBodyTimeout = 30 * time.Second
+	// DefaultWriteTimeout bounds each write of a response: a client that
+	// takes no byte of it for this long is cut. A client reading a long
+	// answer steadily is not, however long the whole answer takes.
+	DefaultWriteTimeout = 30 * time.Second
+	// DefaultMaxReadsPerUser is how many list requests (threads, messages,
+	// events) one user may have in flight on one node.
+	DefaultMaxReadsPerUser = 4
+)
+
+// withDeadlines bounds every HTTP request but the WebSocket upgrade: its
+// body must arrive within body of the handler's start, and each write of
+// its answer must complete within write. The read deadline is lifted as
+// soon as the body has been read to its end: net/http keeps reading the
+// idle connection in the background to notice a client going away, and a
+// deadline there would cancel a long answer. A request without a body
+// gets no read deadline (its headers were bounded by ReadHeaderTimeout).
+//
+// /ws is left unwrapped, since the upgrader needs the server's own
+// ResponseWriter to hijack the connection; a body sent to it is bounded
+// all the same (an upgrade has none). The ws package clears what deadlines
+// are left on the connection once it owns it.
+func withDeadlines(body, write time.Duration, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		if r.Body != nil && r.Body != http.NoBody {
+			_ = rc.SetReadDeadline(time.Now().Add(body))
+			r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
+		}
+		if r.URL.Path == "/ws" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(&deadlineWriter{ResponseWriter: w, rc: rc, d: write}, r)
+		// What the handler left in the buffer is flushed after it returns.
+		_ = rc.SetWriteDeadline(time.Now().Add(write))
+	})
+}
+
+// deadlineBody lifts the read deadline once the body has been read whole.
+type deadlineBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	done bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && !b.done {
+		b.done = true
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
+
+// deadlineWriter gives each write of a response its own deadline, so a
+// stalled reader is cut after d and a slow but steady one is not.
+type deadlineWriter struct {
+	http.ResponseWriter
+	rc *http.ResponseController
+	d  time.Duration
+}
+
+func (w *deadlineWriter) Write(p []byte) (int, error) {
+	_ = w.rc.SetWriteDeadline(time.Now().Add(w.d))
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *deadlineWriter) Flush() {
+	_ = w.rc.SetWriteDeadline(time.Now().Add(w.d))
+	_ = w.rc.Flush()
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// readLimiter counts the heavy reads each user has in flight on this node.
+type readLimiter struct {
+	max int
+	mu  sync.Mutex
+	n   map[string]int
+}
+
+func newReadLimiter(max int) *readLimiter {
+	return &readLimiter{max: max, n: make(map[string]int)}
+}
+
+// acquire takes one of user's slots, or reports false when all are taken.
+func (l *readLimiter) acquire(user string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[user] >= l.max {
+		return false
+	}
+	l.n[user]++
+	return true
+}
+
+func (l *readLimiter) release(user string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[user] <= 1 {
+		delete(l.n, user) // idle users cost no memory
+		return
+	}
+	l.n[user]--
+}
+
+// limitReads authenticates the user of a list endpoint and bounds how many
+// such requests the user has in flight: one more answers 429
+// too_many_requests with Retry-After: 1. A page is at most about a MiB, so
+// this bounds what one user's slow readers can hold. The verified claims
+// travel in the context, so the handler does not verify the token again.
+func limitReads(d *Deps, l *readLimiter, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		claims, ok := userFromRequest(d, w, r)
+		if !ok {
+			return
+		}
+		if !l.acquire(claims.Subject) {
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusTooManyRequests, "too_many_requests", "too many list requests in flight for this user, retry")
+			return
+		}
+		defer l.release(claims.Subject)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), claimsKey{}, claims)))
+	})
+}
