@@ -243,6 +243,21 @@ func (s *soak) drive(stop <-chan struct{}) (stopTabs func()) {
 		tabWG.Add(1)
 		go tb.run(tabStop, &tabWG)
 	}
+	// Every tab is connected before the first event, so each tab's view
+	// starts at seq 1.
+	if !waitFor(2*time.Minute, func() bool {
+		for _, tb := range s.tabs {
+			tb.mu.Lock()
+			n := len(tb.estab)
+			tb.mu.Unlock()
+			if n == 0 {
+				return false
+			}
+		}
+		return true
+	}) {
+		s.t.Errorf("tabs not all connected within 2 minutes")
+	}
 	byUser := map[string][]*tab{}
 	for _, tb := range s.tabs {
 		byUser[tb.user] = append(byUser[tb.user], tb)
@@ -329,7 +344,21 @@ func (s *soak) drive(stop <-chan struct{}) (stopTabs func()) {
 
 	<-stop
 	loadWG.Wait()
-	return func() { close(tabStop); tabWG.Wait() }
+	return func() {
+		close(tabStop)
+		done := make(chan struct{})
+		go func() { tabWG.Wait(); close(done) }()
+		for {
+			for _, tb := range s.tabs { // a tab blocks in its read until its socket goes
+				tb.drop()
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
 }
 
 // fault is one entry of the schedule.

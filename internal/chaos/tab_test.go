@@ -148,6 +148,11 @@ func (tb *tab) read(c *websocket.Conn) {
 				tb.s.violate(invOtherUser, "%s: connection_established for user %q", tb.name, f.UserID)
 			}
 			tb.estab = append(tb.estab, f)
+			if tb.epoch == "" {
+				// Resume from the start of this epoch after a drop, even
+				// when no event has arrived yet.
+				tb.epoch = f.Epoch
+			}
 		case f.Type == "resync_required":
 			tb.frames = append(tb.frames, got{f, now, tb.connN})
 			tb.epoch, tb.last = f.Epoch, f.HeadSeq
