@@ -138,7 +138,7 @@ func TestChaosSQLiteDiskFull(t *testing.T) {
 		return "sqlite", os.Remove(filler)
 	}
 	s.play(plan, inject, d)
-	s.finish(s.stopTabs, nil, false, s.start)
+	s.finish(s.stopTabs, s.restStored, false, s.start)
 	if !s.nodes[0].alive() {
 		t.Errorf("node exited on its own; stderr tail:\n%s", tail(s.nodes[0].stderr.String(), 3000))
 	}

@@ -329,12 +329,16 @@ func check(in checkInput) []violation {
 	sort.Strings(ids)
 	for _, id := range ids {
 		ri := runs[id]
+		evs := events[id]
 		desc := fmt.Sprintf("run %s (user %s, %s", id, ri.user, ri.how)
 		if !ri.sent.IsZero() {
-			desc += fmt.Sprintf(", %q, during %s", ri.content, during(in.faults, ri.sent, ri.acked))
+			end := ri.acked
+			if len(evs) > 0 && evs[len(evs)-1].TS.After(end) {
+				end = evs[len(evs)-1].TS
+			}
+			desc += fmt.Sprintf(", %q, during %s", ri.content, during(in.faults, ri.sent, end))
 		}
 		desc += ")"
-		evs := events[id]
 		var started, terms []frame
 		firstRun := -1 // first event of the run other than the user_message echo
 		for i, f := range evs {

@@ -441,6 +441,46 @@ func (s *soak) play(plan []fault, inject func(f fault) (string, error), d time.D
 	s.stopTabs = s.drive(stop)
 }
 
+// restStored lists, through the user endpoints, every run a stored user
+// message names (GET /api/v1/threads, then each thread's messages): the
+// runs a store without direct access (SQLite in the node's data dir) kept.
+func (s *soak) restStored() ([]storedRun, error) {
+	var out []storedRun
+	n := s.nodes[0]
+	for _, u := range s.users {
+		code, b := s.do("GET", n.url()+"/api/v1/threads", s.token(u), nil)
+		var ts struct {
+			Threads []struct {
+				ID string `json:"id"`
+			} `json:"threads"`
+		}
+		if code != 200 || json.Unmarshal(b, &ts) != nil {
+			return nil, fmt.Errorf("threads of %s: status %d", u, code)
+		}
+		for _, th := range ts.Threads {
+			code, b := s.do("GET", n.url()+"/api/v1/threads/"+th.ID+"/messages", s.token(u), nil)
+			var ms struct {
+				Messages []struct {
+					Role  string `json:"role"`
+					RunID string `json:"run_id"`
+				} `json:"messages"`
+			}
+			if code != 200 || json.Unmarshal(b, &ms) != nil {
+				return nil, fmt.Errorf("messages of thread %s of %s: status %d", th.ID, u, code)
+			}
+			for _, m := range ms.Messages {
+				if m.Role == "user" && m.RunID != "" {
+					var r restRun
+					_, rb := s.do("GET", n.url()+"/api/v1/runs/"+m.RunID, s.token(u), nil)
+					_ = json.Unmarshal(rb, &r)
+					out = append(out, storedRun{ID: m.RunID, User: u, Status: r.Status, ErrorCode: r.ErrorCode})
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
 // finish waits for the runs to end, makes every tab resume one last time,
 // reads the server's history and checks every invariant; it prints the
 // summary and fails the test on any violation.

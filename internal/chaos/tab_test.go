@@ -17,6 +17,7 @@ type frame struct {
 	Type     string          `json:"type"`
 	Seq      uint64          `json:"seq"`
 	Epoch    string          `json:"epoch"`
+	TS       time.Time       `json:"ts"`
 	ThreadID string          `json:"thread_id"`
 	RunID    string          `json:"run_id"`
 	Data     json.RawMessage `json:"data"`
