@@ -65,6 +65,7 @@ type soak struct {
 	mu         sync.Mutex
 	violations []violation
 	errs       map[string]int // error answers by kind
+	errAt      []timedErr     // the same, timed, for the per-fault figures
 	pubs       []*pubRec
 	runs       []*runRec
 	faults     []faultRec
@@ -105,9 +106,16 @@ func (s *soak) token(user string) string {
 
 func (s *soak) count(c *atomic.Int64) { c.Add(1) }
 
+// timedErr is one error answer (or refused connect) and when it came.
+type timedErr struct {
+	kind string
+	at   time.Time
+}
+
 func (s *soak) countErr(kind string) {
 	s.mu.Lock()
 	s.errs[kind]++
+	s.errAt = append(s.errAt, timedErr{kind, time.Now()})
 	s.mu.Unlock()
 }
 
@@ -696,8 +704,16 @@ func (s *soak) summary(in checkInput, vs []violation, start, settled time.Time) 
 				}
 			}
 		}
-		fmt.Fprintf(&b, "  fault %-13s %-8s at +%5.1fs, held %5.1fs: %4d publishes, ack p99 %s, delivery recovered in %s\n",
-			f.kind, f.target, f.start.Sub(start).Seconds(), f.healed.Sub(f.start).Seconds(), len(fl), p99(fl).Round(time.Millisecond), recovery.Round(time.Millisecond))
+		errs := map[string]int{}
+		s.mu.Lock()
+		for _, e := range s.errAt {
+			if !e.at.Before(f.start) && !e.at.After(f.healed.Add(2*time.Second)) {
+				errs[e.kind]++
+			}
+		}
+		s.mu.Unlock()
+		fmt.Fprintf(&b, "  fault %-13s %-8s at +%5.1fs, held %5.1fs: %4d publishes, ack p99 %s, delivery recovered in %s; errors until heal+2s %v\n",
+			f.kind, f.target, f.start.Sub(start).Seconds(), f.healed.Sub(f.start).Seconds(), len(fl), p99(fl).Round(time.Millisecond), recovery.Round(time.Millisecond), errs)
 	}
 	by := map[string]int{}
 	for _, v := range vs {
@@ -709,6 +725,9 @@ func (s *soak) summary(in checkInput, vs []violation, start, settled time.Time) 
 	s.t.Log(b.String())
 	if dir := os.Getenv("AGENTWIRE_ARTIFACTS"); dir != "" {
 		name := strings.NewReplacer("/", "_").Replace(s.t.Name())
+		for _, v := range vs { // every violation, not only the first of each kind
+			fmt.Fprintf(&b, "VIOLATION %s: %s\n", v.inv, v.msg)
+		}
 		_ = os.WriteFile(filepath.Join(dir, "chaos-"+name+".txt"), []byte(b.String()), 0o644)
 	}
 }

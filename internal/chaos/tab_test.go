@@ -106,6 +106,7 @@ func (tb *tab) dial() (*websocket.Conn, error) {
 		tb.mu.Lock()
 		tb.dialErrs[why]++
 		tb.mu.Unlock()
+		tb.s.countErr("connect " + why)
 		return nil, err
 	}
 	tb.mu.Lock()
