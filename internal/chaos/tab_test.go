@@ -53,7 +53,6 @@ type tab struct {
 	estab    []frame
 	pending  map[string]chan frame // acks/errors by ref
 	dialErrs map[string]int        // "status 503", "refused", …
-	closed   bool
 }
 
 func newTab(s *soak, user string, i int, node func() *node) *tab {
