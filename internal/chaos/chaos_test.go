@@ -50,6 +50,9 @@ func TestChaosCluster(t *testing.T) {
 	s.addTabs()
 
 	kinds := []string{"redis_kill", "node_kill", "pg_terminate", "redis_pause", "partition"}
+	if *flagFaults != "" {
+		kinds = strings.Split(*flagFaults, ",")
+	}
 	plan := schedule(s.rng(1), kinds, nNodes, d-3*time.Second, func(kind string, r *rand.Rand) time.Duration {
 		switch kind {
 		case "pg_terminate":

@@ -25,6 +25,7 @@ var (
 	flagSeed     = flag.Uint64("chaos.seed", 0, "seed of the fault schedule and of every random choice (0: random, printed at start)")
 	flagUsers    = flag.Int("chaos.users", 24, "users, each with two tabs")
 	flagRate     = flag.Int("chaos.rate", 80, "publishes per second (attempted; closed loop under 16 publishers)")
+	flagFaults   = flag.String("chaos.faults", "", "comma-separated fault kinds the cluster test draws from (default all: redis_kill,node_kill,pg_terminate,redis_pause,partition)")
 )
 
 // load is what a soak drives besides its faults.
