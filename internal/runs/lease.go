@@ -162,16 +162,27 @@ func (m *Manager) announceLost(ctx context.Context, r store.Run) {
 	// before its node died, and appending its start again would repeat it.
 	if m.now().Sub(r.StartedAt) < stream.IdempotencyWindow-time.Minute {
 		lctx, cancel := context.WithTimeout(ctx, m.reapEvery)
-		msgs, err := m.store.ListMessages(lctx, r.UserID, r.ThreadID)
-		cancel()
-		if err != nil {
-			m.log.Warn("read a lost run's message", "user", r.UserID, "run", r.ID, "err", err)
-		}
-		for _, msg := range msgs {
-			if msg.ID == r.UserMessageID {
-				recs = append(recs, echoRecord(r.ThreadID, r.ID, msg.ID, msg.Content, ""))
+		// The run's message is among the thread's newest: page back from the end.
+		q := store.MessageQuery{Limit: 1000}
+	pages:
+		for {
+			msgs, more, err := m.store.ListMessages(lctx, r.UserID, r.ThreadID, q)
+			if err != nil {
+				m.log.Warn("read a lost run's message", "user", r.UserID, "run", r.ID, "err", err)
+				break
 			}
+			for _, msg := range msgs {
+				if msg.ID == r.UserMessageID {
+					recs = append(recs, echoRecord(r.ThreadID, r.ID, msg.ID, msg.Content, ""))
+					break pages
+				}
+			}
+			if !more || len(msgs) == 0 {
+				break
+			}
+			q.After = msgs[len(msgs)-1].ID
 		}
+		cancel()
 		recs = append(recs, startRecord(r.ThreadID, r.ID, r.Agent))
 	}
 	data, _ := json.Marshal(struct {

@@ -559,7 +559,7 @@ func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 	if _, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "refused"}); perr == nil {
 		t.Fatal("a message was accepted while the stream was down")
 	}
-	if threads, _ := db.ListThreads(context.Background(), "hal", 0); len(threads) != 1 {
+	if threads, _, _ := db.ListThreads(context.Background(), "hal", store.ThreadQuery{}); len(threads) != 1 {
 		t.Fatalf("%d threads after a refused message, want 1", len(threads))
 	}
 	if running, _ := db.ListRunning(context.Background(), "hal"); len(running) != 0 {
