@@ -82,7 +82,7 @@ func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string
 		resync *stream.ResyncError
 	)
 	if resume {
-		events, pos, err = c.hub.stream.Since(ctx, c.User, since, epoch)
+		events, pos, err = c.hub.stream.Since(ctx, c.User, since, epoch, stream.Limit{})
 		if errors.As(err, &resync) {
 			pos, err = resync.Position, nil
 		}
