@@ -42,7 +42,7 @@ var _ agent.Emitter = (*emitter)(nil)
 
 // appendLocked appends one event of the run. Data is marshalled here, once.
 func (e *emitter) appendLocked(typ string, data any) error {
-	b, err := json.Marshal(data)
+	b, err := stream.MarshalData(data)
 	if err != nil {
 		return fmt.Errorf("runs: %s data: %w", typ, err)
 	}
@@ -83,7 +83,7 @@ func (e *emitter) ToolExecuting(callID, tool string, args any) error {
 	if args == nil {
 		args = map[string]any{}
 	}
-	raw, err := json.Marshal(args)
+	raw, err := stream.MarshalData(args)
 	if err != nil || len(raw) == 0 || raw[0] != '{' {
 		return fmt.Errorf("runs: tool args must be a JSON object")
 	}
@@ -110,7 +110,7 @@ func (e *emitter) ToolExecuting(callID, tool string, args any) error {
 }
 
 func (e *emitter) ToolCompleted(callID, tool string, ok bool, result any, d time.Duration, errMsg string) error {
-	raw, err := json.Marshal(result)
+	raw, err := stream.MarshalData(result)
 	if err != nil {
 		return fmt.Errorf("runs: tool result: %w", err)
 	}

@@ -215,7 +215,7 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 		m.log.Error("start run", "user", user, "err", err)
 		return fail(perr(protocol.CodeInternal, "store unavailable, retry", f.ID))
 	}
-	echo, _ := json.Marshal(struct {
+	echo, _ := stream.MarshalData(struct {
 		MessageID       string `json:"message_id"`
 		Content         string `json:"content"`
 		ClientMessageID string `json:"client_message_id,omitempty"`
