@@ -145,7 +145,11 @@ func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string
 		c.placePageLocked(events)
 		if stream.More(events, pos) && !c.closing {
 			c.replay, c.onResync = true, onResync
-			return pos, nil // the writer reads on and releases pending
+			if !c.writing { // the writer reads on and releases pending
+				c.writing = true
+				go c.flushFn()
+			}
+			return pos, nil
 		}
 		if c.lastSeq < pos.Head {
 			c.lastSeq = pos.Head
@@ -157,10 +161,12 @@ func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string
 	return pos, nil
 }
 
-// pageLimitLocked bounds the next replay page by the room left in the queue
-// (pending live events count); the stream returns at least one event.
+// pageLimitLocked bounds the next replay page by half the room left in the
+// queue (pending live events count), so that the live events arriving while
+// a page waits for the writer have room too; the stream returns at least one
+// event.
 func (c *Conn) pageLimitLocked() stream.Limit {
-	return stream.Limit{MaxBytes: max(c.hub.maxQueue-c.queued, 1)}
+	return stream.Limit{MaxBytes: max((c.hub.maxQueue-c.queued)/2, 1)}
 }
 
 // placePageLocked queues a replay page, counted against the bound, and
@@ -208,7 +214,11 @@ func (c *Conn) nextPage() {
 	case errors.As(err, &resync):
 		// Trimmed (or reset) while the client was reading: tell it, then
 		// go on live from the head, as a join would have.
-		c.enqueueLocked(c.onResync(resync), 0, false)
+		frame := protocol.EncodeResync(resync.Position.Epoch, resync.Position.Head, string(resync.Reason))
+		if c.onResync != nil {
+			frame = c.onResync(resync)
+		}
+		c.enqueueLocked(frame, 0, false)
 		c.epoch, c.lastSeq = resync.Position.Epoch, resync.Position.Head
 	case err != nil:
 		c.hub.log.Error("replay page", "user", c.User, "conn", c.ID, "err", err)

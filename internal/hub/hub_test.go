@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -400,6 +401,48 @@ func TestReplayOfNonReaderBoundedAndResumeRefused(t *testing.T) {
 			t.Fatalf("resume after the replay was written: %v", err)
 		}
 		time.Sleep(time.Millisecond)
+	}
+	h.Unregister(c)
+}
+
+// History expired under a paged replay: the client is told resync_required
+// and continues live from the head, as a join would have told it.
+func TestPagedReplayOverExpiredHistory(t *testing.T) {
+	t.Parallel()
+	var skew atomic.Int64
+	st := memory.New(memory.Options{
+		Retention: stream.Retention{MaxAge: time.Hour},
+		Now:       func() time.Time { return time.Now().Add(time.Duration(skew.Load())) },
+	})
+	t.Cleanup(func() { st.Close() })
+	h := New(Config{Stream: st, MaxQueueBytes: 4 << 10})
+	appendPadded(t, st, "u", 300)
+	g := &gatedTransport{fakeTransport: newFake(), gate: make(chan struct{})}
+	c := h.NewConn("c", "u", g)
+	if err := h.Register(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	join(t, c, true, 0)
+	skew.Store(int64(2 * time.Hour)) // everything after the first page is gone
+	close(g.gate)
+	var n int
+	for {
+		frames := g.waitFrames(t, n+1)
+		n = len(frames)
+		if string(frames[n-1]) == `{"type":"resync_required"}` {
+			break
+		}
+		if got := seqs(t, frames[n-1:]); len(got) == 1 && got[0] > 300 {
+			t.Fatalf("frame %q before resync_required", frames[n-1])
+		}
+	}
+	appendPadded(t, st, "u", 1) // seq 301, live
+	frames := g.waitFrames(t, n+1)
+	if got := seqs(t, frames[n:]); len(frames) != n+1 || len(got) != 1 || got[0] != 301 {
+		t.Fatalf("after resync_required: %q, want seq 301", frames[n:])
+	}
+	if code := g.closeCode(); code != 0 {
+		t.Fatalf("closed with %d", code)
 	}
 	h.Unregister(c)
 }
