@@ -315,3 +315,31 @@ func TestRetentionBytes(t *testing.T) {
 		})
 	}
 }
+
+// TestNoHTMLEscaping: frames and API answers carry < > & as they are (an
+// HTML-escaped '<' takes six bytes in the stream, every queue and replay).
+func TestNoHTMLEscaping(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	user := "escape-" + randID()
+	c, _ := s.connect(user)
+	defer c.c.Close()
+	const content = "is 1<2 && 3>2?"
+	c.send(map[string]any{"type": "user_message", "id": "m1", "content": content})
+	echo := c.readUntil("user_message")
+	if !strings.Contains(string(echo.raw), `"is 1<2 && 3>2?"`) {
+		t.Fatalf("user_message echo is escaped: %s", echo.raw)
+	}
+	c.readUntil("agent_completed")
+	req, _ := http.NewRequest("GET", s.URL+"/api/v1/threads/"+echo.ThreadID+"/messages", nil)
+	req.Header.Set("Authorization", "Bearer "+s.token(user))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"is 1<2 && 3>2?"`) {
+		t.Fatalf("GET messages: %d %s", resp.StatusCode, b)
+	}
+}
