@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -92,9 +93,13 @@ func argsObject(args json.RawMessage) (any, error) {
 	if err := json.Unmarshal(args, &obj); err != nil || obj == nil {
 		return map[string]string{"raw": string(args)}, errors.New("arguments are not a JSON object")
 	}
-	// Compact, so the event holds one canonical encoding whatever the source.
-	b, _ := json.Marshal(obj)
-	return json.RawMessage(b), nil
+	// Compact, so the event holds one canonical encoding whatever the source,
+	// and without HTML escapes (<, > and & would take six bytes each).
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(obj)
+	return json.RawMessage(bytes.TrimSuffix(b.Bytes(), []byte{'\n'})), nil
 }
 
 // safeCall runs the tool, turning a panic into an error: a broken tool must

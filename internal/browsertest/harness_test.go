@@ -73,7 +73,7 @@ type event struct {
 // events returns every retained event of the token's user.
 func (s *server) events(t *testing.T, token string) []event {
 	t.Helper()
-	req, _ := http.NewRequest("GET", s.URL+"/api/v1/events?since=0", nil)
+	req, _ := http.NewRequest("GET", s.URL+"/api/v1/events?since=0&limit=1000", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -63,6 +63,7 @@ type serveFlags struct {
 	maxMessageBytes int
 	retentionEvents int
 	retentionAge    time.Duration
+	retentionBytes  int
 	rateLimit       float64
 	rateBurst       int
 	pingInterval    time.Duration
@@ -100,6 +101,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	f.Int(&o.maxMessageBytes, "max-message-bytes", "AGENTWIRE_MAX_MESSAGE_BYTES", ws.DefaultMaxMessageBytes, "largest client frame; a larger one closes with 1009")
 	f.Int(&o.retentionEvents, "retention-events", "AGENTWIRE_RETENTION_EVENTS", stream.DefaultMaxEvents, "events kept per user for resume")
 	f.Duration(&o.retentionAge, "retention-age", "AGENTWIRE_RETENTION_AGE", stream.DefaultMaxAge, "how long events are kept for resume")
+	f.Int(&o.retentionBytes, "retention-bytes", "AGENTWIRE_RETENTION_BYTES", stream.DefaultMaxBytes, "frame bytes kept per user for resume; the oldest events go first")
 	f.Float(&o.rateLimit, "rate-limit", "AGENTWIRE_RATE_LIMIT", ws.DefaultRateLimit, "client frames per second per connection")
 	f.Int(&o.rateBurst, "rate-burst", "AGENTWIRE_RATE_BURST", ws.DefaultRateBurst, "burst of client frames per connection")
 	f.Duration(&o.pingInterval, "ping-interval", "AGENTWIRE_PING_INTERVAL", ws.DefaultPingInterval, "server ping interval")
@@ -119,7 +121,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
-	if o.maxRuns <= 0 || o.runTimeout <= 0 || o.drainTimeout < 0 || o.maxConnsPerUser <= 0 || o.maxQueueBytes <= 0 || o.maxMessageBytes <= 0 || o.retentionEvents <= 0 ||
+	if o.maxRuns <= 0 || o.runTimeout <= 0 || o.drainTimeout < 0 || o.maxConnsPerUser <= 0 || o.maxQueueBytes <= 0 || o.maxMessageBytes <= 0 || o.retentionEvents <= 0 || o.retentionBytes <= 0 ||
 		o.retentionAge <= 0 || o.rateLimit <= 0 || o.rateBurst <= 0 || o.pingInterval <= 0 || o.pongTimeout <= 0 ||
 		o.runLeaseTTL <= 0 || o.runLeaseRenew <= 0 || o.readTimeout <= 0 || o.writeTimeout <= 0 {
 		return errors.New("limits, retention and heartbeat settings must be positive")
@@ -136,7 +138,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer verifier.Close()
 
 	m := metrics.New()
-	retention := stream.Retention{MaxEvents: o.retentionEvents, MaxAge: o.retentionAge}
+	retention := stream.Retention{MaxEvents: o.retentionEvents, MaxAge: o.retentionAge, MaxBytes: o.retentionBytes}
 	var (
 		st      stream.Stream
 		tickets auth.TicketStore = auth.NewTickets(auth.TicketTTL, nil)

@@ -269,25 +269,33 @@ func checkContiguous(t testing.TB, evs []frame, first uint64) {
 	}
 }
 
-// eventsOf returns the user's retained stream through GET /api/v1/events.
+// eventsOf returns the user's retained stream through GET /api/v1/events,
+// following next from page to page.
 func (s *server) eventsOf(tok string) []frame {
 	s.t.Helper()
-	var out struct {
-		Epoch   string            `json:"epoch"`
-		HeadSeq uint64            `json:"head_seq"`
-		Events  []json.RawMessage `json:"events"`
-	}
-	if code := s.do("GET", "/api/v1/events?since=0", tok, nil, &out); code != 200 {
-		s.t.Fatalf("GET /api/v1/events: %d", code)
-	}
-	fs := make([]frame, 0, len(out.Events))
-	for _, raw := range out.Events {
-		var f frame
-		if err := json.Unmarshal(raw, &f); err != nil {
-			s.t.Fatalf("event %s: %v", raw, err)
+	var fs []frame
+	for since := uint64(0); ; {
+		var out struct {
+			Epoch   string            `json:"epoch"`
+			HeadSeq uint64            `json:"head_seq"`
+			Events  []json.RawMessage `json:"events"`
+			Next    *uint64           `json:"next"`
 		}
-		f.raw = raw
-		fs = append(fs, f)
+		if code := s.do("GET", fmt.Sprintf("/api/v1/events?since=%d&limit=1000", since), tok, nil, &out); code != 200 {
+			s.t.Fatalf("GET /api/v1/events: %d", code)
+		}
+		for _, raw := range out.Events {
+			var f frame
+			if err := json.Unmarshal(raw, &f); err != nil {
+				s.t.Fatalf("event %s: %v", raw, err)
+			}
+			f.raw = raw
+			fs = append(fs, f)
+		}
+		if out.Next == nil {
+			break
+		}
+		since = *out.Next
 	}
 	return fs
 }

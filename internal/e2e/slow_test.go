@@ -175,7 +175,7 @@ func TestSlowConsumerClosed4008(t *testing.T) {
 	var ev struct {
 		Events []frame `json:"events"`
 	}
-	if code := s.do("GET", fmt.Sprintf("/api/v1/events?since=%d&epoch=%s", last, epoch), tokSlow, nil, &ev); code != 200 {
+	if code := s.do("GET", fmt.Sprintf("/api/v1/events?since=%d&epoch=%s&limit=1000", last, epoch), tokSlow, nil, &ev); code != 200 {
 		t.Fatalf("events: %d", code)
 	}
 	if len(ev.Events) != int(published["slow"]-last) || ev.Events[0].Seq != last+1 || ev.Events[len(ev.Events)-1].Seq != published["slow"] {

@@ -17,6 +17,13 @@ const (
 	CloseInternal     = 1011
 )
 
+// ErrReplayBusy is returned by Join while the connection's previous replay
+// is not fully written yet: a client cannot stack replays.
+var ErrReplayBusy = errors.New("hub: a replay is still in progress")
+
+// pageTimeout bounds one read of a replay page from the stream.
+const pageTimeout = 10 * time.Second
+
 // Transport is what a connection needs of its socket. The WebSocket
 // implementation lives in package ws (an epoll event loop on Linux: an idle
 // connection has no reading goroutine).
@@ -56,7 +63,15 @@ type Conn struct {
 	lastSeq       uint64
 	epoch         string
 	joining       bool           // live events go to pending until Join places the replay
-	pending       []stream.Event // live events received while joining
+	pending       []stream.Event // live events received while joining or replaying
+	// replay is set while pages of a replay remain to be read: the writer
+	// reads the next one after lastSeq once the queue is empty, so a replay
+	// never holds more than a queue's worth. Live events wait in pending
+	// meanwhile.
+	replay        bool
+	replayQueued  bool // frames of a replay are in queue
+	replayWriting bool // frames of a replay are being written
+	onResync      func(*stream.ResyncError) []byte
 	writing       bool
 	closing       bool // a close is queued or done: accept nothing more
 	code          int
@@ -69,10 +84,22 @@ type Conn struct {
 // event that arrived meanwhile, with no gap and no duplicate. With resume
 // false the connection continues live from the current head.
 // onResync builds the resync_required frame for a *stream.ResyncError.
+//
+// The replay is read page by page, each counted against the queue bound:
+// Join queues the first page, the connection's writer reads the next one
+// each time the queue has been written out, so a client that does not read
+// holds at most a queue's worth of it, and one that reads gets all of it
+// however large. Join fails with ErrReplayBusy, changing nothing, while the
+// connection's previous replay is not written yet.
 func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string,
 	prefix func(stream.Position) []byte, onResync func(*stream.ResyncError) []byte) (stream.Position, error) {
 	c.mu.Lock()
+	if c.replay || c.replayQueued || c.replayWriting {
+		c.mu.Unlock()
+		return stream.Position{}, ErrReplayBusy
+	}
 	c.joining = true
+	lim := c.pageLimitLocked()
 	c.mu.Unlock()
 
 	var (
@@ -82,7 +109,7 @@ func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string
 		resync *stream.ResyncError
 	)
 	if resume {
-		events, pos, err = c.hub.stream.Since(ctx, c.User, since, epoch)
+		events, pos, err = c.hub.stream.Since(ctx, c.User, since, epoch, lim)
 		if errors.As(err, &resync) {
 			pos, err = resync.Position, nil
 		}
@@ -115,8 +142,14 @@ func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string
 		c.lastSeq = pos.Head
 	case resume:
 		c.lastSeq = since
-		for i := range events {
-			c.offerLocked(&events[i], false)
+		c.placePageLocked(events)
+		if stream.More(events, pos) && !c.closing {
+			c.replay, c.onResync = true, onResync
+			if !c.writing { // the writer reads on and releases pending
+				c.writing = true
+				go c.flushFn()
+			}
+			return pos, nil
 		}
 		if c.lastSeq < pos.Head {
 			c.lastSeq = pos.Head
@@ -126,6 +159,89 @@ func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string
 	}
 	c.releasePendingLocked()
 	return pos, nil
+}
+
+// pageLimitLocked bounds the next replay page by half the room left in the
+// queue (pending live events count), so that the live events arriving while
+// a page waits for the writer have room too; the stream returns at least one
+// event.
+func (c *Conn) pageLimitLocked() stream.Limit {
+	return stream.Limit{MaxBytes: max((c.hub.maxQueue-c.queued)/2, 1)}
+}
+
+// placePageLocked queues a replay page, counted against the bound, and
+// forgets the held live events it covers.
+func (c *Conn) placePageLocked(events []stream.Event) {
+	for i := range events {
+		c.offerLocked(&events[i], true)
+		if c.closing {
+			return
+		}
+	}
+	c.replayQueued = c.replayQueued || len(c.queue) > 0
+	keep := c.pending[:0]
+	for _, ev := range c.pending {
+		if ev.Epoch == c.epoch && ev.Seq <= c.lastSeq {
+			c.queued -= len(ev.Frame)
+			continue
+		}
+		keep = append(keep, ev)
+	}
+	clear(c.pending[len(keep):])
+	c.pending = keep
+}
+
+// nextPage reads the replay page after lastSeq and queues it; on the last
+// page it releases the live events held meanwhile. Only the writer calls it,
+// with the queue empty.
+func (c *Conn) nextPage() {
+	c.mu.Lock()
+	since, epoch, lim := c.lastSeq, c.epoch, c.pageLimitLocked()
+	c.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), pageTimeout)
+	events, pos, err := c.hub.stream.Since(ctx, c.User, since, epoch, lim)
+	cancel()
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		c.replay = false
+		return
+	}
+	var resync *stream.ResyncError
+	switch {
+	case errors.As(err, &resync):
+		// Trimmed (or reset) while the client was reading: tell it, then
+		// go on live from the head, as a join would have.
+		frame := protocol.EncodeResync(resync.Position.Epoch, resync.Position.Head, string(resync.Reason))
+		if c.onResync != nil {
+			frame = c.onResync(resync)
+		}
+		c.enqueueLocked(frame, 0, false)
+		c.epoch, c.lastSeq = resync.Position.Epoch, resync.Position.Head
+	case err != nil:
+		c.hub.log.Error("replay page", "user", c.User, "conn", c.ID, "err", err)
+		c.replay = false
+		c.closing, c.code, c.reason, c.pending = true, CloseInternal, "stream unavailable", nil
+		return
+	default:
+		c.placePageLocked(events)
+		if c.closing {
+			c.replay = false
+			return
+		}
+		if stream.More(events, pos) {
+			return
+		}
+		if c.lastSeq < pos.Head {
+			c.lastSeq = pos.Head
+		}
+	}
+	c.replay, c.onResync = false, nil
+	if !c.joining {
+		c.releasePendingLocked()
+	}
 }
 
 // Reply runs handle while holding back the live events that arrive meanwhile,
@@ -156,7 +272,9 @@ func (c *Conn) Reply(handle func() []byte) {
 	if frame != nil {
 		c.enqueueLocked(frame, 0, true)
 	}
-	c.releasePendingLocked()
+	if !c.replay { // else the replay's last page releases them
+		c.releasePendingLocked()
+	}
 }
 
 // releasePendingLocked queues the events held while joining.
@@ -178,7 +296,7 @@ func (c *Conn) deliver(ev stream.Event) {
 	if c.closing {
 		return
 	}
-	if c.joining {
+	if c.joining || c.replay {
 		c.pending = append(c.pending, ev)
 		c.queued += len(ev.Frame)
 		if c.queued > c.hub.maxQueue {
@@ -218,11 +336,11 @@ func (c *Conn) Send(frame []byte) bool {
 	return !c.closing
 }
 
-// enqueueLocked queues frame. Bounded frames (live events and replies) count
-// against the queue's bound; the replay and the frames that open a join do
-// not: they are bounded by the stream's retention, and counting them would
-// make a resume after 4008 (which always misses at least a full queue) fail
-// the same way forever.
+// enqueueLocked queues frame. Bounded frames (events, replayed or live, and
+// replies) count against the queue's bound; the few frames that open a join
+// do not. A replay larger than the bound still gets through (a resume after
+// 4008 always misses at least a full queue) because it is queued page by
+// page as the queue is written, see Join.
 func (c *Conn) enqueueLocked(frame []byte, ts int64, bounded bool) {
 	if c.closing && c.code == 0 {
 		return // overflowed or failed: nothing more goes out
@@ -251,6 +369,7 @@ func (c *Conn) overflowLocked() {
 	c.closing = true
 	clear(c.queue)
 	c.queue, c.spare, c.pending, c.queued, c.queuedBounded = nil, nil, nil, 0, 0
+	c.replay, c.replayQueued = false, false
 	c.hub.metrics.QueueOverflows.Inc()
 	c.hub.metrics.Closes.WithLabelValues("4008").Inc()
 	c.hub.log.Info("slow consumer closed", "user", c.User, "conn", c.ID)
@@ -280,6 +399,11 @@ func (c *Conn) Close(code int, reason string) {
 func (c *Conn) flush() {
 	for {
 		c.mu.Lock()
+		if len(c.queue) == 0 && c.replay && !c.closing {
+			c.mu.Unlock()
+			c.nextPage()
+			continue
+		}
 		if len(c.queue) == 0 {
 			c.writing = false
 			code, reason := c.code, c.reason
@@ -302,6 +426,7 @@ func (c *Conn) flush() {
 		}
 		c.queued -= c.queuedBounded
 		c.queuedBounded = 0
+		c.replayWriting, c.replayQueued = c.replayQueued, false
 		c.mu.Unlock()
 
 		err := c.t.WriteBatch(batch)
@@ -317,6 +442,7 @@ func (c *Conn) flush() {
 		if c.spare == nil {
 			c.spare = batch[:0]
 		}
+		c.replayWriting = false
 		c.mu.Unlock()
 		if err != nil {
 			c.mu.Lock()

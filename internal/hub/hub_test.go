@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -275,6 +276,173 @@ func TestCloseWritesQueuedFramesFirst(t *testing.T) {
 			t.Fatalf("close code %d", ft.closeCode())
 		}
 		time.Sleep(time.Millisecond)
+	}
+	h.Unregister(c)
+}
+
+// gatedTransport writes a batch only when the test lets it, and records the
+// largest batch it was handed.
+type gatedTransport struct {
+	*fakeTransport
+	gate     chan struct{}
+	mu       sync.Mutex
+	maxBatch int
+}
+
+func (g *gatedTransport) WriteBatch(frames [][]byte) error {
+	n := 0
+	for _, f := range frames {
+		n += len(f)
+	}
+	g.mu.Lock()
+	g.maxBatch = max(g.maxBatch, n)
+	g.mu.Unlock()
+	<-g.gate
+	return g.fakeTransport.WriteBatch(frames)
+}
+
+func appendPadded(t *testing.T, st stream.Stream, user string, n int) {
+	t.Helper()
+	data := json.RawMessage(fmt.Sprintf(`{"pad":"%0200d"}`, 0))
+	for i := 0; i < n; i++ {
+		if _, err := st.Append(context.Background(), user, stream.Record{Type: "e", Data: data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A replay many times the queue bound reaches a reading client whole, page
+// by page, never more than the bound queued at once, with live events that
+// arrive meanwhile after it: no gap, no duplicate.
+func TestPagedReplayBoundedAndJoinedWithLive(t *testing.T) {
+	t.Parallel()
+	const maxQueue = 4 << 10
+	h, st := newHub(t, Config{MaxQueueBytes: maxQueue})
+	appendPadded(t, st, "u", 300) // ~80 KiB: 20 queues' worth
+	g := &gatedTransport{fakeTransport: newFake(), gate: make(chan struct{})}
+	c := h.NewConn("c", "u", g)
+	if err := h.Register(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	join(t, c, true, 0)
+
+	// While the client reads slowly, live events keep coming.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 20; i++ {
+			g.gate <- struct{}{}
+			_, _ = st.Append(context.Background(), "u", stream.Record{Type: "e"})
+		}
+	}()
+	wg.Wait()
+	close(g.gate)
+	frames := g.waitFrames(t, 1+320)
+	got := seqs(t, frames)
+	if len(got) != 320 {
+		t.Fatalf("got %d events, want 320", len(got))
+	}
+	for i, s := range got {
+		if s != uint64(i+1) {
+			t.Fatalf("event %d has seq %d (all: %v)", i, s, got)
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.maxBatch > maxQueue+100 {
+		t.Fatalf("a batch of %d bytes was queued at once, bound %d", g.maxBatch, maxQueue)
+	}
+	h.Unregister(c)
+}
+
+// A client that does not read makes the hub hold at most a queue's worth of
+// a large replay, and a second resume meanwhile is refused without changing
+// anything.
+func TestReplayOfNonReaderBoundedAndResumeRefused(t *testing.T) {
+	t.Parallel()
+	const maxQueue = 4 << 10
+	h, st := newHub(t, Config{MaxQueueBytes: maxQueue})
+	appendPadded(t, st, "u", 300)
+	g := &gatedTransport{fakeTransport: newFake(), gate: make(chan struct{})}
+	c := h.NewConn("c", "u", g)
+	if err := h.Register(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	join(t, c, true, 0)
+	for range 3 {
+		_, err := c.Join(context.Background(), true, 0, "", nil, func(*stream.ResyncError) []byte { return []byte(`{"type":"resync_required"}`) })
+		if !errors.Is(err, ErrReplayBusy) {
+			t.Fatalf("resume during a replay: %v, want ErrReplayBusy", err)
+		}
+	}
+	c.mu.Lock()
+	queued := 0
+	for _, f := range c.queue {
+		queued += len(f)
+	}
+	c.mu.Unlock()
+	if queued > maxQueue+100 {
+		t.Fatalf("%d bytes queued for a client that reads nothing, bound %d", queued, maxQueue)
+	}
+	close(g.gate)
+	got := seqs(t, g.waitFrames(t, 1+300))
+	if len(got) != 300 || got[0] != 1 || got[299] != 300 {
+		t.Fatalf("after the refused resumes: %d events, want the one replay of 300", len(got))
+	}
+	// Written out: a resume is accepted again.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := c.Join(context.Background(), true, 299, "", nil, nil)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrReplayBusy) || time.Now().After(deadline) {
+			t.Fatalf("resume after the replay was written: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	h.Unregister(c)
+}
+
+// History expired under a paged replay: the client is told resync_required
+// and continues live from the head, as a join would have told it.
+func TestPagedReplayOverExpiredHistory(t *testing.T) {
+	t.Parallel()
+	var skew atomic.Int64
+	st := memory.New(memory.Options{
+		Retention: stream.Retention{MaxAge: time.Hour},
+		Now:       func() time.Time { return time.Now().Add(time.Duration(skew.Load())) },
+	})
+	t.Cleanup(func() { st.Close() })
+	h := New(Config{Stream: st, MaxQueueBytes: 4 << 10})
+	appendPadded(t, st, "u", 300)
+	g := &gatedTransport{fakeTransport: newFake(), gate: make(chan struct{})}
+	c := h.NewConn("c", "u", g)
+	if err := h.Register(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	join(t, c, true, 0)
+	skew.Store(int64(2 * time.Hour)) // everything after the first page is gone
+	close(g.gate)
+	var n int
+	for {
+		frames := g.waitFrames(t, n+1)
+		n = len(frames)
+		if string(frames[n-1]) == `{"type":"resync_required"}` {
+			break
+		}
+		if got := seqs(t, frames[n-1:]); len(got) == 1 && got[0] > 300 {
+			t.Fatalf("frame %q before resync_required", frames[n-1])
+		}
+	}
+	appendPadded(t, st, "u", 1) // seq 301, live
+	frames := g.waitFrames(t, n+1)
+	if got := seqs(t, frames[n:]); len(frames) != n+1 || len(got) != 1 || got[0] != 301 {
+		t.Fatalf("after resync_required: %q, want seq 301", frames[n:])
+	}
+	if code := g.closeCode(); code != 0 {
+		t.Fatalf("closed with %d", code)
 	}
 	h.Unregister(c)
 }

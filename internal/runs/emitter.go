@@ -42,7 +42,7 @@ var _ agent.Emitter = (*emitter)(nil)
 
 // appendLocked appends one event of the run. Data is marshalled here, once.
 func (e *emitter) appendLocked(typ string, data any) error {
-	b, err := json.Marshal(data)
+	b, err := stream.MarshalData(data)
 	if err != nil {
 		return fmt.Errorf("runs: %s data: %w", typ, err)
 	}
@@ -91,7 +91,7 @@ func (e *emitter) ToolExecuting(callID, tool string, args any) error {
 	if args == nil {
 		args = map[string]any{}
 	}
-	raw, err := json.Marshal(args)
+	raw, err := stream.MarshalData(args)
 	if err != nil || len(raw) == 0 || raw[0] != '{' {
 		return fmt.Errorf("runs: tool args must be a JSON object")
 	}
@@ -118,7 +118,7 @@ func (e *emitter) ToolExecuting(callID, tool string, args any) error {
 }
 
 func (e *emitter) ToolCompleted(callID, tool string, ok bool, result any, d time.Duration, errMsg string) error {
-	raw, err := json.Marshal(result)
+	raw, err := stream.MarshalData(result)
 	if err != nil {
 		return fmt.Errorf("runs: tool result: %w", err)
 	}
@@ -244,14 +244,14 @@ func (e *emitter) endLocked(status store.RunStatus, code, text string) error {
 	rec := stream.Record{ThreadID: e.threadID, RunID: e.runID, IdempotencyKey: endKey(e.runID)}
 	if status == store.RunCompleted {
 		rec.Type = protocol.TypeAgentCompleted
-		rec.Data, _ = json.Marshal(struct {
+		rec.Data, _ = stream.MarshalData(struct {
 			MessageID     string `json:"message_id"`
 			FinalResponse string `json:"final_response"`
 			DurationMS    int64  `json:"duration_ms"`
 		}{e.messageID, text, dur})
 	} else {
 		rec.Type = protocol.TypeAgentError
-		rec.Data, _ = json.Marshal(struct {
+		rec.Data, _ = stream.MarshalData(struct {
 			Code       string `json:"code"`
 			Message    string `json:"message"`
 			DurationMS int64  `json:"duration_ms"`

@@ -2,7 +2,6 @@ package runs
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"time"
 
@@ -185,7 +184,7 @@ func (m *Manager) announceLost(ctx context.Context, r store.Run) {
 		cancel()
 		recs = append(recs, startRecord(r.ThreadID, r.ID, r.Agent))
 	}
-	data, _ := json.Marshal(struct {
+	data, _ := stream.MarshalData(struct {
 		Code       string `json:"code"`
 		Message    string `json:"message"`
 		DurationMS int64  `json:"duration_ms"`

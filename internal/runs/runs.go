@@ -304,7 +304,7 @@ func endKey(runID string) string   { return "agentwire:run:" + runID + ":end" }
 
 // echoRecord is the user_message event that starts a run.
 func echoRecord(threadID, runID, messageID, content, clientMessageID string) stream.Record {
-	echo, _ := json.Marshal(struct {
+	echo, _ := stream.MarshalData(struct {
 		MessageID       string `json:"message_id"`
 		Content         string `json:"content"`
 		ClientMessageID string `json:"client_message_id,omitempty"`
@@ -314,7 +314,7 @@ func echoRecord(threadID, runID, messageID, content, clientMessageID string) str
 
 // startRecord is a run's agent_started event.
 func startRecord(threadID, runID, agentName string) stream.Record {
-	data, _ := json.Marshal(map[string]string{"agent": agentName})
+	data, _ := stream.MarshalData(map[string]string{"agent": agentName})
 	return stream.Record{Type: protocol.TypeAgentStarted, ThreadID: threadID, RunID: runID, Data: data, IdempotencyKey: startKey(runID)}
 }
 

@@ -86,7 +86,7 @@ func (f *fixture) waitTerminal(t *testing.T, user, runID string) []ev {
 
 func (f *fixture) events(t *testing.T, user, runID string) []ev {
 	t.Helper()
-	all, _, err := f.stream.Since(context.Background(), user, 0, "")
+	all, _, err := f.stream.Since(context.Background(), user, 0, "", stream.Limit{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -82,9 +83,22 @@ func handleTickets(d *Deps) http.Handler {
 	})
 }
 
-// handleEvents serves the replay rule of /ws over plain HTTP. A position the
-// stream cannot serve answers 200 with no events, "resync_required": true and
-// the reason, so a polling client reloads and continues from head_seq.
+// Paging of GET /api/v1/events.
+const (
+	defaultEventsLimit = 100
+	maxEventsLimit     = 1000
+	// eventsPageBytes bounds what one stream read holds while the answer is
+	// written: a response of many large events is read and sent piece by
+	// piece, never built whole.
+	eventsPageBytes = 256 << 10
+)
+
+// handleEvents serves the replay rule of /ws over plain HTTP, at most limit
+// events (default 100, at most 1000) per request; "next" is the since of the
+// next request when more events remain. A position the stream cannot serve
+// answers 200 with no events, "resync_required": true and the reason, so a
+// polling client reloads and continues from head_seq. The answer is written
+// as the stream is read.
 func handleEvents(d *Deps) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		claims, ok := userFromRequest(d, w, r)
@@ -101,37 +115,81 @@ func handleEvents(d *Deps) http.Handler {
 			}
 			since = n
 		}
-		events, pos, err := d.Stream.Since(r.Context(), claims.Subject, since, q.Get("epoch"))
+		limit := defaultEventsLimit
+		if s := q.Get("limit"); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 || n > maxEventsLimit {
+				writeError(w, http.StatusBadRequest, "invalid_request", "limit must be an integer from 1 to 1000")
+				return
+			}
+			limit = n
+		}
+		epoch := q.Get("epoch")
+		user := claims.Subject
+		lim := stream.Limit{MaxEvents: limit, MaxBytes: eventsPageBytes}
+		events, pos, err := d.Stream.Since(r.Context(), user, since, epoch, lim)
 		var resync *stream.ResyncError
 		switch {
 		case errors.As(err, &resync):
 			pos = resync.Position
 		case err != nil:
-			d.Logger.Error("read events", "user", claims.Subject, "err", err)
+			d.Logger.Error("read events", "user", user, "err", err)
 			writeError(w, http.StatusServiceUnavailable, "unavailable", "stream backend unavailable, retry")
 			return
 		}
-		// The frames are JSON already: splice them in rather than re-encode.
-		var b bytes.Buffer
-		b.WriteString(`{"epoch":`)
-		b.Write(stream.AppendString(nil, pos.Epoch))
-		b.WriteString(`,"head_seq":`)
-		b.WriteString(strconv.FormatUint(pos.Head, 10))
-		if resync != nil {
-			b.WriteString(`,"resync_required":true,"reason":`)
-			b.Write(stream.AppendString(nil, string(resync.Reason)))
-		}
-		b.WriteString(`,"events":[`)
-		for i := range events {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.Write(events[i].Frame)
-		}
-		b.WriteString("]}\n")
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
-		_, _ = w.Write(b.Bytes())
+		bw := bufio.NewWriterSize(w, 32<<10)
+		// The frames are JSON already: splice them in rather than re-encode.
+		var b []byte
+		b = append(b, `{"epoch":`...)
+		b = stream.AppendString(b, pos.Epoch)
+		b = append(b, `,"head_seq":`...)
+		b = strconv.AppendUint(b, pos.Head, 10)
+		if resync != nil {
+			b = append(b, `,"resync_required":true,"reason":`...)
+			b = stream.AppendString(b, string(resync.Reason))
+		}
+		b = append(b, `,"events":[`...)
+		_, _ = bw.Write(b)
+
+		// Every page stops at the head first reported, so the answer is one
+		// consistent view: events up to head_seq.
+		sent, last := 0, since
+		for resync == nil {
+			for _, ev := range events {
+				if ev.Seq > pos.Head {
+					break
+				}
+				if sent > 0 {
+					_ = bw.WriteByte(',')
+				}
+				_, _ = bw.Write(ev.Frame)
+				sent++
+				last = ev.Seq
+			}
+			if sent >= limit || last >= pos.Head || len(events) == 0 {
+				break
+			}
+			lim.MaxEvents = limit - sent
+			events, _, err = d.Stream.Since(r.Context(), user, last, epoch, lim)
+			if err != nil {
+				// The status is sent: end the answer here; next leads the
+				// client to the same read again (or to resync_required).
+				if !errors.Is(err, stream.ErrResync) {
+					d.Logger.Error("read events", "user", user, "err", err)
+				}
+				break
+			}
+		}
+		b = append(b[:0], ']')
+		if resync == nil && last < pos.Head {
+			b = append(b, `,"next":`...)
+			b = strconv.AppendUint(b, last, 10)
+		}
+		b = append(b, "}\n"...)
+		_, _ = bw.Write(b)
+		_ = bw.Flush()
 	})
 }
 

@@ -1,6 +1,8 @@
 package stream
 
 import (
+	"bytes"
+	"encoding/json"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -44,15 +46,18 @@ func Encode(ev *Event) []byte {
 
 const hexDigits = "0123456789abcdef"
 
-// AppendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD, and
-// <, > and & are escaped as encoding/json does, so a frame is safe to embed.
+// AppendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD.
+// <, > and & are kept as they are: frames go to WebSocket and API clients,
+// not into HTML, and escaping them made each one six bytes. U+2028 and
+// U+2029 are escaped, as encoding/json does, for JavaScript parsers that
+// predate ES2019.
 func AppendString(b []byte, s string) []byte {
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+			if c >= 0x20 && c != '"' && c != '\\' {
 				i++
 				continue
 			}
@@ -92,4 +97,17 @@ func AppendString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
+}
+
+// MarshalData encodes v as encoding/json does, without its HTML escaping of
+// <, > and &: it is what producers use for Record.Data, for the reason
+// given at AppendString.
+func MarshalData(v any) (json.RawMessage, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte{'\n'}), nil
 }

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 	"time"
@@ -51,5 +52,36 @@ func BenchmarkEncode(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = Encode(&ev)
+	}
+}
+
+// Frames are JSON for WebSocket and API clients, not HTML: <, > and & stay
+// one byte each (escaped they take six), and the result is still JSON.
+func TestNoHTMLEscaping(t *testing.T) {
+	t.Parallel()
+	const s = `<b>&amp;</b>`
+	data, err := MarshalData(map[string]any{"content": s, "raw": json.RawMessage(`{"x":"<&>"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"content":"<b>&amp;</b>","raw":{"x":"<&>"}}`; string(data) != want {
+		t.Fatalf("MarshalData = %s, want %s", data, want)
+	}
+	ev := Event{Seq: 1, Epoch: "e", TS: time.Now(), Record: Record{Type: "x", ThreadID: s, Data: data}}
+	b := Encode(&ev)
+	var got struct {
+		ThreadID string `json:"thread_id"`
+		Data     struct {
+			Content string `json:"content"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("frame %q is not JSON: %v", b, err)
+	}
+	if got.ThreadID != s || got.Data.Content != s {
+		t.Fatalf("round trip: %+v", got)
+	}
+	if bytes.Contains(b, []byte(`\u00`)) {
+		t.Fatalf("frame %s has escapes", b)
 	}
 }

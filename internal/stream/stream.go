@@ -90,10 +90,12 @@ type Stream interface {
 	// Append assigns the record the user's next seq and delivers it to the
 	// user's live subscribers in seq order.
 	Append(ctx context.Context, user string, rec Record) (Event, error)
-	// Since returns the retained events with seq > since, in order, and the
-	// current position. An empty epoch matches any epoch. When the epoch
-	// differs or events after since are gone it returns a *ResyncError.
-	Since(ctx context.Context, user string, since uint64, epoch string) ([]Event, Position, error)
+	// Since returns the retained events with seq > since, in order, at most
+	// one page of them as bounded by lim, and the current position; more
+	// remain when More(events, pos) holds (ask again from the last seq). An
+	// empty epoch matches any epoch. When the epoch differs or events after
+	// since are gone it returns a *ResyncError.
+	Since(ctx context.Context, user string, since uint64, epoch string, lim Limit) ([]Event, Position, error)
 	// Head returns the user's current position.
 	Head(ctx context.Context, user string) (Position, error)
 	// Subscribe calls h for every event appended to user's stream from now on,
@@ -107,18 +109,61 @@ type Stream interface {
 	Close() error
 }
 
-// Retention bounds how much history a stream keeps per user.
+// Retention bounds how much history a stream keeps per user. Each bound
+// drops the oldest events first; the newest event is always kept.
 type Retention struct {
 	MaxEvents int           // keep at most this many newest events (default 1000)
 	MaxAge    time.Duration // drop events older than this (default 10 min)
+	MaxBytes  int           // keep at most this many frame bytes (default 4 MiB)
 }
 
 // Retention and idempotency defaults of the contract.
 const (
 	DefaultMaxEvents  = 1000
 	DefaultMaxAge     = 10 * time.Minute
+	DefaultMaxBytes   = 4 << 20
 	IdempotencyWindow = 10 * time.Minute
 )
+
+// Limit bounds one Since call, so that no read holds more than a page of a
+// user's history in memory: a reader that wants more asks again from the
+// last seq it got. Zero fields take the defaults.
+type Limit struct {
+	MaxEvents int // at most this many events (default DefaultPageEvents)
+	// MaxBytes stops the page before the event whose frame would take it
+	// over this many bytes (default DefaultPageBytes). The first event is
+	// returned whatever its size, so paging always makes progress.
+	MaxBytes int
+}
+
+// Page defaults.
+const (
+	DefaultPageEvents = 1000
+	DefaultPageBytes  = 1 << 20
+)
+
+// Norm returns l with its zero fields set to the defaults.
+func (l Limit) Norm() Limit {
+	if l.MaxEvents <= 0 {
+		l.MaxEvents = DefaultPageEvents
+	}
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = DefaultPageBytes
+	}
+	return l
+}
+
+// Fits reports whether a page already holding n events of size bytes may
+// take one more event of frame bytes.
+func (l Limit) Fits(n, size, frame int) bool {
+	return n == 0 || (n < l.MaxEvents && size+frame <= l.MaxBytes)
+}
+
+// More reports whether events retained after the page evs that Since
+// returned with pos remain to be read.
+func More(evs []Event, pos Position) bool {
+	return len(evs) > 0 && evs[len(evs)-1].Seq < pos.Head
+}
 
 // CheckResume applies the replay rule every backend shares: a client at
 // (since, epoch) can be served by a stream at pos whose oldest retained seq

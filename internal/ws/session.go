@@ -2,6 +2,7 @@ package ws
 
 import (
 	"context"
+	"errors"
 	"time"
 	"unicode/utf8"
 
@@ -103,7 +104,12 @@ func (ss *session) handle(ctx context.Context, f *protocol.Frame) {
 	case protocol.TypePing:
 		ss.hc.Send(protocol.EncodePong(f.ID))
 	case protocol.TypeResume:
-		if _, err := ss.hc.Join(ctx, true, f.Since, f.Epoch, nil, resyncFrame); err != nil {
+		_, err := ss.hc.Join(ctx, true, f.Since, f.Epoch, nil, resyncFrame)
+		switch {
+		case errors.Is(err, hub.ErrReplayBusy):
+			// Each replay is a copy of the history: one at a time.
+			ss.fail(&protocol.Error{Code: protocol.CodeRateLimited, Message: "the previous resume is still being replayed", Ref: f.ID})
+		case err != nil:
 			ss.srv.log.Error("resume", "user", ss.user, "conn", ss.hc.ID, "err", err)
 			ss.fail(&protocol.Error{Code: protocol.CodeInternal, Message: "stream unavailable, retry", Ref: f.ID})
 		}

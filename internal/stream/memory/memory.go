@@ -8,7 +8,8 @@
 // Users are spread over 64 shards by an FNV-1a hash of the user id. A shard's
 // mutex guards only its map of user records; each record has its own mutex,
 // under which Append assigns the seq, encodes the frame once, stores it in a
-// ring buffer bounded by Retention.MaxEvents and calls the user's live
+// ring buffer bounded by Retention.MaxEvents (and its frames' bytes by
+// Retention.MaxBytes, oldest dropped first) and calls the user's live
 // handlers, so live order is seq order and two users never wait on each
 // other. Handlers must not block and must not call back into the Stream for
 // the same user, except for the cancel func of a subscription, which is safe
@@ -80,7 +81,7 @@ const (
 // Options configure a Stream.
 type Options struct {
 	// Retention bounds each user's history; zero fields take
-	// stream.DefaultMaxEvents and stream.DefaultMaxAge.
+	// stream.DefaultMaxEvents, stream.DefaultMaxAge and stream.DefaultMaxBytes.
 	Retention stream.Retention
 	// Now is the clock; nil means time.Now. Tests pass a fake one.
 	Now func() time.Time
@@ -90,6 +91,7 @@ type Options struct {
 type Stream struct {
 	maxEvents  int
 	maxAge     time.Duration
+	maxBytes   int
 	sweepEvery time.Duration
 	now        func() time.Time
 	base       string // epoch prefix, a ULID drawn by New
@@ -120,6 +122,7 @@ type user struct {
 	ring  []stream.Event
 	start int
 	n     int
+	bytes int // frame bytes of the retained events
 
 	keys  map[string]stream.Event // idempotency key → first event
 	keyQ  []keyEntry              // keys in append order, for expiry
@@ -144,6 +147,7 @@ func New(opts Options) *Stream {
 	s := &Stream{
 		maxEvents: opts.Retention.MaxEvents,
 		maxAge:    opts.Retention.MaxAge,
+		maxBytes:  opts.Retention.MaxBytes,
 		now:       opts.Now,
 		base:      ulid.Make().String(),
 	}
@@ -152,6 +156,9 @@ func New(opts Options) *Stream {
 	}
 	if s.maxAge <= 0 {
 		s.maxAge = stream.DefaultMaxAge
+	}
+	if s.maxBytes <= 0 {
+		s.maxBytes = stream.DefaultMaxBytes
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -226,7 +233,7 @@ func (s *Stream) appendLocked(u *user, rec stream.Record, now time.Time) stream.
 }
 
 // Since implements stream.Stream.
-func (s *Stream) Since(ctx context.Context, userID string, since uint64, epoch string) ([]stream.Event, stream.Position, error) {
+func (s *Stream) Since(ctx context.Context, userID string, since uint64, epoch string, lim stream.Limit) ([]stream.Event, stream.Position, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, stream.Position{}, err
 	}
@@ -253,10 +260,17 @@ func (s *Stream) Since(ctx context.Context, userID string, since uint64, epoch s
 	if err := stream.CheckResume(pos, since, epoch, oldest); err != nil {
 		return nil, pos, err
 	}
-	out := make([]stream.Event, u.head-since)
+	lim = lim.Norm()
 	first := int(since + 1 - oldest)
-	for i := range out {
-		out[i] = u.ring[(u.start+first+i)%len(u.ring)]
+	out := make([]stream.Event, 0, min(u.head-since, uint64(lim.MaxEvents)))
+	size := 0
+	for i := first; i < u.n; i++ {
+		ev := &u.ring[(u.start+i)%len(u.ring)]
+		if !lim.Fits(len(out), size, len(ev.Frame)) {
+			break
+		}
+		size += len(ev.Frame)
+		out = append(out, *ev)
 	}
 	return out, pos, nil
 }
@@ -398,11 +412,19 @@ func (s *Stream) epoch(gen uint64) string {
 }
 
 // push stores ev as the newest event, overwriting the oldest one when the
-// ring holds maxEvents. The ring grows by doubling so that users with little
-// history cost little memory.
+// ring holds maxEvents, then drops the oldest events while the retained
+// frames exceed maxBytes (the newest stays). The ring grows by doubling so
+// that users with little history cost little memory.
 func (s *Stream) push(u *user, ev stream.Event) {
+	defer func() {
+		for u.bytes > s.maxBytes && u.n > 1 {
+			u.dropOldest()
+		}
+	}()
+	u.bytes += len(ev.Frame)
 	if u.n == len(u.ring) {
 		if u.n == s.maxEvents {
+			u.bytes -= len(u.ring[u.start].Frame)
 			u.ring[u.start] = ev
 			u.start = (u.start + 1) % len(u.ring)
 			return
@@ -421,13 +443,19 @@ func (s *Stream) push(u *user, ev stream.Event) {
 func (s *Stream) trim(u *user, now time.Time) {
 	cutoff := now.Add(-s.maxAge)
 	for u.n > 0 && u.ring[u.start].TS.Before(cutoff) {
-		u.ring[u.start] = stream.Event{}
-		u.start = (u.start + 1) % len(u.ring)
-		u.n--
+		u.dropOldest()
 	}
 	if u.n == 0 && u.ring != nil {
 		u.ring, u.start = nil, 0
 	}
+}
+
+// dropOldest forgets the oldest retained event.
+func (u *user) dropOldest() {
+	u.bytes -= len(u.ring[u.start].Frame)
+	u.ring[u.start] = stream.Event{}
+	u.start = (u.start + 1) % len(u.ring)
+	u.n--
 }
 
 // maxKeys bounds the idempotency keys a user holds: each keeps its event's

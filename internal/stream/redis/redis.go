@@ -56,6 +56,7 @@ type Stream struct {
 	keyTTL    string // ms, as a script argument
 	maxAgeUS  string
 	maxEvStr  string
+	maxBStr   string
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -136,6 +137,11 @@ func New(ctx context.Context, opts Options) (*Stream, error) {
 	s.keyTTL = strconv.FormatInt((s.maxAge + keyMargin).Milliseconds(), 10)
 	s.maxAgeUS = strconv.FormatInt(s.maxAge.Microseconds(), 10)
 	s.maxEvStr = strconv.Itoa(s.maxEvents)
+	maxBytes := opts.Retention.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = stream.DefaultMaxBytes
+	}
+	s.maxBStr = strconv.Itoa(maxBytes)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.runPubSub()
@@ -179,6 +185,7 @@ func (s *Stream) Append(ctx context.Context, user string, rec stream.Record) (st
 		s.maxAgeUS,
 		s.keyTTL,
 		strconv.FormatInt(stream.IdempotencyWindow.Milliseconds(), 10),
+		s.maxBStr,
 	}
 	res, err := appendScript.Exec(ctx, s.client, keys, args).ToArray()
 	if err != nil {
@@ -215,11 +222,11 @@ func (s *Stream) Append(ctx context.Context, user string, rec stream.Record) (st
 }
 
 // Since implements stream.Stream.
-func (s *Stream) Since(ctx context.Context, user string, since uint64, epoch string) ([]stream.Event, stream.Position, error) {
+func (s *Stream) Since(ctx context.Context, user string, since uint64, epoch string, lim stream.Limit) ([]stream.Event, stream.Position, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, stream.Position{}, err
 	}
-	pos, frames, err := s.read(ctx, user, strconv.FormatUint(since, 10), epoch)
+	pos, frames, err := s.read(ctx, user, strconv.FormatUint(since, 10), epoch, lim.Norm())
 	if err != nil {
 		return nil, pos, err
 	}
@@ -250,16 +257,17 @@ func (s *Stream) Head(ctx context.Context, user string) (stream.Position, error)
 	if err := s.check(ctx); err != nil {
 		return stream.Position{}, err
 	}
-	pos, _, err := s.read(ctx, user, "-1", "")
+	pos, _, err := s.read(ctx, user, "-1", "", stream.Limit{}.Norm())
 	return pos, err
 }
 
-func (s *Stream) read(ctx context.Context, user, since, epoch string) (stream.Position, [][]byte, error) {
+func (s *Stream) read(ctx context.Context, user, since, epoch string, lim stream.Limit) (stream.Position, [][]byte, error) {
 	tag := s.userTag(user)
 	cutoff := time.Now().Add(-s.maxAge).UnixMicro()
 	res, err := readScript.Exec(ctx, s.client,
 		[]string{tag + "meta", tag + "log"},
-		[]string{newEpoch(), s.keyTTL, since, epoch, strconv.FormatInt(cutoff, 10)},
+		[]string{newEpoch(), s.keyTTL, since, epoch, strconv.FormatInt(cutoff, 10),
+			strconv.Itoa(lim.MaxEvents), strconv.Itoa(lim.MaxBytes)},
 	).ToArray()
 	if err != nil {
 		return stream.Position{}, nil, s.wrap(ctx, "read", err)

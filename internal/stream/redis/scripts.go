@@ -8,18 +8,24 @@ import rueidis "github.com/redis/rueidis"
 // ARGV: 1 new epoch (used only when meta is missing), 2 frame template
 // (stream.Encode output with seq 0 and epoch ""), 3 template bytes before the
 // placeholder, 4 template offset after it, 5 ts in µs (the producer's clock),
-// 6 MaxEvents, 7 MaxAge in µs, 8 key TTL in ms, 9 idempotency TTL in ms.
+// 6 MaxEvents, 7 MaxAge in µs, 8 key TTL in ms, 9 idempotency TTL in ms,
+// 10 MaxBytes.
 //
 // meta fields: e epoch, h head seq, t ts (µs) of the newest event, clamped so
 // it never decreases, n the time (µs) at which the oldest retained event
-// expires (a lower bound: the age scan runs only once t reaches it).
+// expires (a lower bound: the age scan runs only once t reaches it), b the
+// frame bytes the log holds.
+//
+// The oldest entries are dropped while the log holds more than MaxEvents,
+// more than MaxBytes (the newest entry always stays) or, when the age scan is
+// due, entries older than MaxAge; b follows every entry added or dropped.
 // log entries: id <seq>-0, fields t (µs, non-decreasing) and f (frame).
 //
 // Returns {seq, epoch} for a new event, {seq, epoch, frame} for an
 // idempotent repeat.
 var appendScript = rueidis.NewLuaScript(`
 local meta, log = KEYS[1], KEYS[2]
-local m = redis.call('HMGET', meta, 'e', 'h', 't', 'n')
+local m = redis.call('HMGET', meta, 'e', 'h', 't', 'n', 'b')
 local epoch = m[1]
 if KEYS[4] and epoch then
   local d = redis.call('HMGET', KEYS[4], 'e', 's', 'f')
@@ -30,7 +36,7 @@ if not epoch then
   -- and whatever log an older epoch left behind goes with it.
   epoch = ARGV[1]
   redis.call('DEL', log)
-  m = {epoch, nil, nil, nil}
+  m = {epoch, nil, nil, nil, nil}
 end
 local seq = (tonumber(m[2]) or 0) + 1
 local seqs = string.format('%d', seq)
@@ -41,25 +47,34 @@ local last = tonumber(m[3])
 if last and last > t then t = last end
 local ts = string.format('%d', t)
 redis.call('XADD', log, seqs .. '-0', 't', ts, 'f', frame)
-local maxEv = tonumber(ARGV[6])
-if seq > maxEv then redis.call('XTRIM', log, 'MAXLEN', maxEv) end
-local maxAge = tonumber(ARGV[7])
+local bytes = (tonumber(m[5]) or 0) + #frame
+local maxEv, maxAge, maxB = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[10])
+local n = redis.call('XLEN', log)
 local nxt = tonumber(m[4])
-if nxt == nil or nxt <= t then
+local ageDue = nxt == nil or nxt <= t
+if ageDue or n > maxEv or bytes > maxB then
+  -- Walk from the oldest entry, dropping while a bound is exceeded; the
+  -- entry just added is never dropped (its t is the newest, n > 1).
   local cutoff = t - maxAge
   local start, minid = '-', nil
   while true do
     local r = redis.call('XRANGE', log, start, '+', 'COUNT', 8)
     for _, e in ipairs(r) do
       local et = tonumber(e[2][2])
-      if et >= cutoff then minid = e[1]; nxt = et + maxAge; break end
+      if n > maxEv or (bytes > maxB and n > 1) or (ageDue and et < cutoff) then
+        n, bytes = n - 1, bytes - #e[2][4]
+      else
+        minid = e[1]
+        if ageDue then nxt = et + maxAge end
+        break
+      end
     end
     if minid or #r < 8 then break end
     start = '(' .. r[#r][1]
   end
   if minid then redis.call('XTRIM', log, 'MINID', minid) end
 end
-redis.call('HSET', meta, 'e', epoch, 'h', seqs, 't', ts, 'n', string.format('%d', nxt))
+redis.call('HSET', meta, 'e', epoch, 'h', seqs, 't', ts, 'n', string.format('%d', nxt), 'b', string.format('%d', bytes))
 redis.call('PEXPIRE', meta, ARGV[8])
 redis.call('PEXPIRE', log, ARGV[8])
 if KEYS[4] then
@@ -76,10 +91,13 @@ return {seqs, epoch}
 //
 // KEYS: 1 meta, 2 log
 // ARGV: 1 new epoch, 2 key TTL in ms, 3 since ("-1": position only),
-// 4 the epoch the caller expects ("" for any), 5 age cutoff in µs.
+// 4 the epoch the caller expects ("" for any), 5 age cutoff in µs,
+// 6 max events, 7 max bytes (the first frame is returned whatever its size).
 //
 // Returns {epoch, head, frame…}: the retained frames with seq > since and
-// t >= cutoff, oldest first; none when the epoch differs or since >= head.
+// t >= cutoff, oldest first, at most one page of them; none when the epoch
+// differs or since >= head. The log is read in small chunks so that the
+// script never holds much more than the page.
 var readScript = rueidis.NewLuaScript(`
 local m = redis.call('HMGET', KEYS[1], 'e', 'h')
 local epoch, head = m[1], m[2] or '0'
@@ -94,10 +112,21 @@ local out = {epoch, head}
 if ARGV[3] == '-1' or (ARGV[4] ~= '' and ARGV[4] ~= epoch) or tonumber(ARGV[3]) >= tonumber(head) then
   return out
 end
-local cutoff = tonumber(ARGV[5])
-local r = redis.call('XRANGE', KEYS[2], '(' .. ARGV[3] .. '-0', '+')
-for _, e in ipairs(r) do
-  if tonumber(e[2][2]) >= cutoff then out[#out + 1] = e[2][4] end
+local cutoff, maxN, maxB = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local start, n, size = '(' .. ARGV[3] .. '-0', 0, 0
+while n < maxN do
+  local chunk = math.min(maxN - n, 32)
+  local r = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', chunk)
+  for _, e in ipairs(r) do
+    if tonumber(e[2][2]) >= cutoff then
+      local f = e[2][4]
+      if n > 0 and size + #f > maxB then return out end
+      n, size = n + 1, size + #f
+      out[#out + 1] = f
+    end
+  end
+  if #r < chunk then break end
+  start = '(' .. r[#r][1]
 end
 return out
 `)

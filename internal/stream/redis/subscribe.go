@@ -312,7 +312,7 @@ func (s *Stream) fillLoop(u *userSub) {
 
 		s.fills.Add(1)
 		ctx, cancel := context.WithTimeout(s.ctx, opTimeout)
-		evs, pos, err := s.Since(ctx, u.user, last, epoch)
+		evs, pos, err := s.Since(ctx, u.user, last, epoch, stream.Limit{})
 		cancel()
 		var re *stream.ResyncError
 		switch {
@@ -350,6 +350,11 @@ func (s *Stream) fillLoop(u *userSub) {
 			if ev.Epoch == u.epoch && ev.Seq == u.last+1 {
 				u.deliverLocked(ev)
 			}
+		}
+		if stream.More(evs, pos) {
+			// One page at a time: read on from where this one ended.
+			u.mu.Unlock()
+			continue
 		}
 		more := u.drainLocked(start, u.refill)
 		if !more {

@@ -60,6 +60,8 @@ func Run(t *testing.T, newStream func(t *testing.T, r stream.Retention) stream.S
 		{"SinceAhead", s.testSinceAhead},
 		{"RetentionByCount", s.testRetentionCount},
 		{"RetentionByAge", s.testRetentionAge},
+		{"RetentionByBytes", s.testRetentionBytes},
+		{"SincePages", s.testSincePages},
 		{"UserIsolation", s.testIsolation},
 		{"ConcurrentAppends", s.testConcurrentAppends},
 		{"SubscribeThenSinceJoin", s.testJoin},
@@ -233,7 +235,7 @@ func (s *suite) testSinceHead(t *testing.T) {
 	st := s.newStream(t, stream.Retention{})
 	u := s.user(t, "u")
 	appended := appendN(t, st, u, 3)
-	evs, pos, err := st.Since(t.Context(), u, 3, appended[0].Epoch)
+	evs, pos, err := st.Since(t.Context(), u, 3, appended[0].Epoch, stream.Limit{})
 	if err != nil || len(evs) != 0 || pos.Head != 3 {
 		t.Fatalf("Since(head) = %d events, %+v, %v; want none, head 3, nil", len(evs), pos, err)
 	}
@@ -256,7 +258,7 @@ func (s *suite) testSinceWrongEpoch(t *testing.T) {
 	u := s.user(t, "u")
 	appended := appendN(t, st, u, 5)
 	for _, since := range []uint64{0, 2, 5} {
-		_, _, err := st.Since(t.Context(), u, since, appended[0].Epoch+"-stale")
+		_, _, err := st.Since(t.Context(), u, since, appended[0].Epoch+"-stale", stream.Limit{})
 		wantResync(t, err, stream.ReasonEpochChanged, stream.Position{Epoch: appended[0].Epoch, Head: 5})
 	}
 }
@@ -265,12 +267,12 @@ func (s *suite) testSinceAhead(t *testing.T) {
 	st := s.newStream(t, stream.Retention{})
 	u := s.user(t, "u")
 	appended := appendN(t, st, u, 5)
-	_, _, err := st.Since(t.Context(), u, 6, appended[0].Epoch)
+	_, _, err := st.Since(t.Context(), u, 6, appended[0].Epoch, stream.Limit{})
 	wantResync(t, err, stream.ReasonAhead, stream.Position{Epoch: appended[0].Epoch, Head: 5})
 
 	unknown := s.user(t, "unknown")
 	pos := mustHead(t, st, unknown)
-	_, _, err = st.Since(t.Context(), unknown, 1, "")
+	_, _, err = st.Since(t.Context(), unknown, 1, "", stream.Limit{})
 	wantResync(t, err, stream.ReasonAhead, stream.Position{Epoch: pos.Epoch, Head: 0})
 }
 
@@ -281,7 +283,7 @@ func (s *suite) testRetentionCount(t *testing.T) {
 	epoch := appended[0].Epoch
 	want := stream.Position{Epoch: epoch, Head: 25}
 	for _, since := range []uint64{0, 1, 14} {
-		_, _, err := st.Since(t.Context(), u, since, epoch)
+		_, _, err := st.Since(t.Context(), u, since, epoch, stream.Limit{})
 		wantResync(t, err, stream.ReasonTooOld, want)
 	}
 	evs, _ := mustSince(t, st, u, 15, epoch)
@@ -305,7 +307,7 @@ func (s *suite) testRetentionAge(t *testing.T) {
 	}
 	want := stream.Position{Epoch: old[0].Epoch, Head: 5}
 	for _, since := range []uint64{0, 2} {
-		_, _, err := st.Since(t.Context(), u, since, old[0].Epoch)
+		_, _, err := st.Since(t.Context(), u, since, old[0].Epoch, stream.Limit{})
 		wantResync(t, err, stream.ReasonTooOld, want)
 	}
 	evs, _ := mustSince(t, st, u, 3, old[0].Epoch)
@@ -317,8 +319,107 @@ func (s *suite) testRetentionAge(t *testing.T) {
 	// reports once everything expired is up to the backend (a backend may
 	// drop the whole stream and start a new epoch).
 	time.Sleep(maxAge + maxAge/2)
-	if evs, _, err := st.Since(t.Context(), u, 3, ""); !errors.Is(err, stream.ErrResync) {
+	if evs, _, err := st.Since(t.Context(), u, 3, "", stream.Limit{}); !errors.Is(err, stream.ErrResync) {
 		t.Fatalf("Since(3) after every event expired = seqs %v, %v; want ErrResync", seqs(evs), err)
+	}
+}
+
+// bigRec is a record whose frame is a little over size bytes.
+func bigRec(i, size int) stream.Record {
+	return stream.Record{Type: "note", Data: json.RawMessage(fmt.Sprintf(`{"i":%d,"pad":"%s"}`, i, strings.Repeat("x", size)))}
+}
+
+func (s *suite) testRetentionBytes(t *testing.T) {
+	const maxBytes = 10_000
+	st := s.newStream(t, stream.Retention{MaxBytes: maxBytes})
+	u := s.user(t, "u")
+	var appended []stream.Event
+	for i := 1; i <= 30; i++ {
+		appended = append(appended, mustAppend(t, st, u, bigRec(i, 1000)))
+	}
+	epoch := appended[0].Epoch
+	// Each frame takes 1000 to 1250 bytes, so 8 or 9 fit in 10,000: the
+	// newest ones, oldest dropped first.
+	var first uint64
+	for since := uint64(0); since <= 22; since++ {
+		evs, _, err := st.Since(t.Context(), u, since, epoch, stream.Limit{})
+		if err == nil {
+			first = since
+			total := 0
+			for _, ev := range evs {
+				total += len(ev.Frame)
+			}
+			if total > maxBytes {
+				t.Fatalf("Since(%d) holds %d frame bytes, retention is %d", since, total, maxBytes)
+			}
+			if !sameEvents(evs, appended[since:]) {
+				t.Fatalf("Since(%d) = seqs %v, want %d..30", since, seqs(evs), since+1)
+			}
+			break
+		}
+		wantResync(t, err, stream.ReasonTooOld, stream.Position{Epoch: epoch, Head: 30})
+	}
+	if first < 21 || first > 22 {
+		t.Fatalf("Since(%d) is the oldest position served, want 21 or 22 (8 or 9 events of 1 KiB in 10,000 bytes)", first)
+	}
+
+	// One event over the bound is kept alone: the newest always stays.
+	huge := mustAppend(t, st, u, bigRec(31, 2*maxBytes))
+	if evs, _ := mustSince(t, st, u, 30, epoch); !sameEvents(evs, []stream.Event{huge}) {
+		t.Fatalf("Since(30) after a huge event = seqs %v, want [31]", seqs(evs))
+	}
+	_, _, err := st.Since(t.Context(), u, 29, epoch, stream.Limit{})
+	wantResync(t, err, stream.ReasonTooOld, stream.Position{Epoch: epoch, Head: 31})
+	// And it goes as soon as newer events need the room.
+	next := mustAppend(t, st, u, bigRec(32, 100))
+	if evs, _ := mustSince(t, st, u, 31, epoch); !sameEvents(evs, []stream.Event{next}) {
+		t.Fatalf("Since(31) = seqs %v, want [32]", seqs(evs))
+	}
+}
+
+func (s *suite) testSincePages(t *testing.T) {
+	st := s.newStream(t, stream.Retention{})
+	u := s.user(t, "u")
+	var appended []stream.Event
+	for i := 1; i <= 40; i++ {
+		appended = append(appended, mustAppend(t, st, u, bigRec(i, 100)))
+	}
+	epoch := appended[0].Epoch
+	size := len(appended[0].Frame)
+	for _, lim := range []stream.Limit{
+		{MaxEvents: 7},
+		{MaxBytes: 3*size + size/2},
+		{MaxEvents: 5, MaxBytes: 1}, // the first event always comes
+		{},
+	} {
+		var got []stream.Event
+		since, calls := uint64(0), 0
+		for {
+			evs, pos, err := st.Since(t.Context(), u, since, epoch, lim)
+			if err != nil {
+				t.Fatalf("%+v: Since(%d): %v", lim, since, err)
+			}
+			calls++
+			n, b := lim.Norm().MaxEvents, lim.Norm().MaxBytes
+			total := 0
+			for _, ev := range evs {
+				total += len(ev.Frame)
+			}
+			if len(evs) > n || (len(evs) > 1 && total > b) || len(evs) == 0 && since < 40 {
+				t.Fatalf("%+v: Since(%d) = %d events, %d bytes", lim, since, len(evs), total)
+			}
+			got = append(got, evs...)
+			if !stream.More(evs, pos) {
+				break
+			}
+			since = evs[len(evs)-1].Seq
+		}
+		if !sameEvents(got, appended) {
+			t.Fatalf("%+v: pages = seqs %v, want 1..40", lim, seqs(got))
+		}
+		if lim != (stream.Limit{}) && calls < 4 {
+			t.Fatalf("%+v: %d calls, want pages", lim, calls)
+		}
 	}
 }
 
@@ -549,7 +650,7 @@ func (s *suite) testHeadBeforeFirstAppend(t *testing.T) {
 	if pos.Head != 0 || pos.Epoch == "" {
 		t.Fatalf("Head of an unknown user = %+v, want head 0 and an epoch", pos)
 	}
-	evs, p2, err := st.Since(t.Context(), u, 0, pos.Epoch)
+	evs, p2, err := st.Since(t.Context(), u, 0, pos.Epoch, stream.Limit{})
 	if err != nil || len(evs) != 0 || p2 != pos {
 		t.Fatalf("Since(0, E) before any event = %d events, %+v, %v; want none, %+v, nil", len(evs), p2, err, pos)
 	}
@@ -600,7 +701,7 @@ func (s *suite) testPingAndClose(t *testing.T) {
 		"Ping": st.Ping(ctx),
 	}
 	_, checks["Append"] = st.Append(ctx, u, rec(2))
-	_, _, checks["Since"] = st.Since(ctx, u, 0, "")
+	_, _, checks["Since"] = st.Since(ctx, u, 0, "", stream.Limit{})
 	_, checks["Head"] = st.Head(ctx, u)
 	_, checks["Subscribe"] = st.Subscribe(ctx, u, func(stream.Event) {})
 	for name, err := range checks {
@@ -644,7 +745,7 @@ func mustHead(t *testing.T, st stream.Stream, u string) stream.Position {
 
 func mustSince(t *testing.T, st stream.Stream, u string, since uint64, epoch string) ([]stream.Event, stream.Position) {
 	t.Helper()
-	evs, pos, err := st.Since(t.Context(), u, since, epoch)
+	evs, pos, err := st.Since(t.Context(), u, since, epoch, stream.Limit{})
 	if err != nil {
 		t.Fatalf("Since(%d, %q): %v", since, epoch, err)
 	}
