@@ -1,0 +1,131 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Regression tests of the hardening issue's edge items: what enters at the
+// doors (publish, client frames) and how it fails.
+
+// TestPublishInvalidUTF8 sends raw 0xff bytes inside data: the publish is
+// refused and nothing reaches the stream, so no later resume carries a text
+// frame compliant clients must fail on (1007).
+func TestPublishInvalidUTF8(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	for name, body := range map[string]string{
+		"in data":    "{\"user_id\":\"utf\",\"type\":\"x.y\",\"data\":{\"s\":\"a\xffb\"}}",
+		"in a key":   "{\"user_id\":\"utf\",\"type\":\"x.y\",\"data\":{\"\xc3\":1}}",
+		"in user_id": "{\"user_id\":\"u\xfe\",\"type\":\"x.y\",\"data\":{}}",
+	} {
+		var e struct {
+			Error struct{ Code string } `json:"error"`
+		}
+		if code := s.do("POST", "/api/v1/publish", testAPIKey, body, &e); code != 400 || e.Error.Code != "invalid_json" {
+			t.Errorf("%s: status %d code %q, want 400 invalid_json", name, code, e.Error.Code)
+		}
+	}
+	var ev struct {
+		HeadSeq uint64            `json:"head_seq"`
+		Events  []json.RawMessage `json:"events"`
+	}
+	s.do("GET", "/api/v1/events?since=0", s.token("utf"), nil, &ev)
+	if ev.HeadSeq != 0 || len(ev.Events) != 0 {
+		t.Fatalf("refused publishes appended: head %d, %d events", ev.HeadSeq, len(ev.Events))
+	}
+	// A resume gets only valid UTF-8 from now on.
+	s.publish("utf", "x.y", map[string]any{"s": "ok é"})
+	c, _ := s.connect("utf", withQuery("since=0"))
+	f := c.read()
+	if f.Type != "x.y" || !utf8.Valid(f.raw) {
+		t.Fatalf("replayed %q", f.raw)
+	}
+}
+
+// TestPublishControlCharsInIDs refuses ids a store could not keep (NUL in
+// PostgreSQL text) with the same 400 on every backend.
+func TestPublishControlCharsInIDs(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	for _, field := range []string{"user_id", "thread_id", "run_id", "idempotency_key"} {
+		body := map[string]any{"user_id": "ctl", "type": "x.y", "data": map[string]any{}}
+		body[field] = "a\x00b"
+		var e struct {
+			Error struct{ Code string } `json:"error"`
+		}
+		if code := s.do("POST", "/api/v1/publish", testAPIKey, body, &e); code != 400 || e.Error.Code != "invalid_request" {
+			t.Errorf("NUL in %s: status %d code %q, want 400 invalid_request", field, code, e.Error.Code)
+		}
+	}
+}
+
+// TestNULInClientFrames sends ids and content holding NUL: every store
+// answers invalid_message (PostgreSQL used to fail with internal_error), and
+// the connection stays usable.
+func TestNULInClientFrames(t *testing.T) {
+	t.Parallel()
+	backends := map[string][]string{"sqlite": nil}
+	if durl := os.Getenv(databaseURLEnv); durl != "" {
+		backends["postgres"] = []string{"--database-url", durl, "--database-schema", pgSchema(t, durl)}
+	} else {
+		t.Logf("!!! %s unset: the PostgreSQL path of this test is NOT TESTED !!!", databaseURLEnv)
+	}
+	for name, args := range backends {
+		t.Run(name, func(t *testing.T) {
+			s := startServer(t, args...)
+			c, _ := s.connect("nul")
+			for i, fr := range []map[string]any{
+				{"type": "user_message", "content": "hi", "client_message_id": "k\x00"},
+				{"type": "user_message", "content": "hi", "thread_id": "\x00"},
+				{"type": "user_message", "content": "a\x00b"},
+				{"type": "stop_agent", "run_id": "r\x00"},
+			} {
+				fr["id"] = "f" + string(rune('0'+i))
+				c.send(fr)
+				got := c.read()
+				if got.Type != "error" || got.Code != "invalid_message" || got.Ref != fr["id"] {
+					t.Errorf("%v: got %s, want error invalid_message", fr, got.raw)
+				}
+			}
+			c.send(map[string]any{"type": "ping", "id": "p"})
+			if got := c.read(); got.Type != "pong" {
+				t.Fatalf("after the refusals: %s", got.raw)
+			}
+		})
+	}
+}
+
+// pgSchema is a fresh PostgreSQL schema name for one test, dropped at
+// cleanup (serve creates it).
+func pgSchema(t *testing.T, durl string) string {
+	t.Helper()
+	if _, err := url.Parse(durl); err != nil {
+		t.Fatalf("%s: %v", databaseURLEnv, err)
+	}
+	schema := "awtest_" + randID()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, durl)
+		if err != nil {
+			t.Logf("drop schema %s: %v", schema, err)
+			return
+		}
+		defer c.Close(ctx)
+		if _, err := c.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`); err != nil {
+			t.Logf("drop schema %s: %v", schema, err)
+		}
+	})
+	return schema
+}
+
+var _ = strings.TrimSpace
