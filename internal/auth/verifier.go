@@ -8,6 +8,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -170,6 +171,29 @@ var errSubject = errors.New("sub missing or longer than 256 bytes")
 // Validate after the signature is verified, with the other claim checks.
 type tokenClaims struct {
 	jwt.RegisteredClaims
+}
+
+// errNumericDate is a time claim that is not a JSON number.
+var errNumericDate = errors.New("exp, nbf and iat must be JSON numbers (RFC 7519 NumericDate)")
+
+// UnmarshalJSON refuses time claims given as strings, which jwt's
+// NumericDate would otherwise accept ("exp":"1700000000").
+func (c *tokenClaims) UnmarshalJSON(b []byte) error {
+	var times struct {
+		Exp, Nbf, Iat json.RawMessage
+	}
+	if err := json.Unmarshal(b, &times); err != nil {
+		return err
+	}
+	for _, raw := range []json.RawMessage{times.Exp, times.Nbf, times.Iat} {
+		if raw == nil || string(raw) == "null" {
+			continue
+		}
+		if raw[0] != '-' && (raw[0] < '0' || raw[0] > '9') {
+			return errNumericDate
+		}
+	}
+	return json.Unmarshal(b, &c.RegisteredClaims)
 }
 
 func (c tokenClaims) Validate() error {

@@ -71,6 +71,9 @@ type serveFlags struct {
 	debugAddr       string
 }
 
+// minSecretBytes is the shortest HS256 secret serve accepts without --dev.
+const minSecretBytes = 32
+
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	f := newFlagSet("serve", getenv, stderr)
 	var o serveFlags
@@ -124,6 +127,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	authCfg, secret, err := o.keys.keys()
 	if err != nil {
 		return err
+	}
+	if n := len(authCfg.Secret); n > 0 && n < minSecretBytes {
+		// RFC 7518 3.2: an HS256 key must have at least 256 bits; a short
+		// secret can be brute-forced from any one token.
+		if !o.dev {
+			return fmt.Errorf("--jwt-secret is %d bytes: HS256 needs at least %d (a shorter one is accepted only with --dev)", n, minSecretBytes)
+		}
+		log.Warn("--jwt-secret is shorter than 32 bytes: accepted only because of --dev", "bytes", n)
 	}
 	verifier, err := auth.NewVerifier(ctx, authCfg)
 	if err != nil {
