@@ -3,9 +3,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"net/url"
 	"os"
-	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -128,4 +128,49 @@ func pgSchema(t *testing.T, durl string) string {
 	return schema
 }
 
-var _ = strings.TrimSpace
+
+
+// TestHTTPAgentInvalidUTF8 has an agent service put raw 0xff bytes in every
+// field it fills: the frames stay UTF-8 and the run ends properly.
+func TestHTTPAgentInvalidUTF8(t *testing.T) {
+	t.Parallel()
+	for _, prefix := range []string{"", "data: "} {
+		name := map[string]string{"": "ndjson", "data: ": "sse"}[prefix]
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			fake := newFakeService(t, func(w http.ResponseWriter, _ *http.Request, _ []byte, _ int) {
+				if prefix == "" {
+					w.Header().Set("Content-Type", "application/x-ndjson")
+				} else {
+					w.Header().Set("Content-Type", "text/event-stream")
+				}
+				writeLines(w, prefix,
+					"{\"type\":\"agent_thinking\",\"data\":{\"text\":\"th\xffink\"}}",
+					"{\"type\":\"tool_executing\",\"data\":{\"tool_call_id\":\"c1\",\"tool\":\"t\xfe\",\"args\":{\"q\":\"a\xffb\",\"\xc3\":1}}}",
+					"{\"type\":\"tool_completed\",\"data\":{\"tool_call_id\":\"c1\",\"ok\":false,\"result\":[\"r\xff\"],\"error\":{\"message\":\"e\xff\"}}}",
+					"{\"type\":\"agent_message_delta\",\"data\":{\"delta\":\"d\xff\"}}",
+					"{\"type\":\"agent_completed\",\"data\":{\"final_response\":\"f\xff\"}}",
+				)
+			})
+			s := startServer(t, "--agent", "http", "--agent-url", fake.URL+"/run")
+			c, _ := s.connect("utf-" + name)
+			ack := c.ack("u1", "hello", nil)
+			frames := c.untilTerminal(ack.RunID, 10*time.Second)
+			if last := frames[len(frames)-1]; last.Type != "agent_completed" {
+				t.Fatalf("run ended with %s", last.raw)
+			}
+			for _, f := range frames {
+				if !utf8.Valid(f.raw) {
+					t.Errorf("frame is not UTF-8: %q", f.raw)
+				}
+			}
+			// A resume replays the same, valid, bytes.
+			r, _ := s.connect("utf-"+name, withQuery("since=0"))
+			for range frames {
+				if f := r.read(); !utf8.Valid(f.raw) {
+					t.Errorf("replayed frame is not UTF-8: %q", f.raw)
+				}
+			}
+		})
+	}
+}
