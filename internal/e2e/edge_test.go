@@ -128,8 +128,6 @@ func pgSchema(t *testing.T, durl string) string {
 	return schema
 }
 
-
-
 // TestHTTPAgentInvalidUTF8 has an agent service put raw 0xff bytes in every
 // field it fills: the frames stay UTF-8 and the run ends properly.
 func TestHTTPAgentInvalidUTF8(t *testing.T) {
@@ -172,5 +170,62 @@ func TestHTTPAgentInvalidUTF8(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTicketSurvivesRefusedConnect: a connect refused for its origin, the
+// connection limit or a bad handshake does not spend its ticket; the one
+// that succeeds does.
+func TestTicketSurvivesRefusedConnect(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, "--max-connections-per-user", "1")
+	var tk struct {
+		Ticket string `json:"ticket"`
+	}
+	if code := s.do("POST", "/api/v1/tickets", s.token("tix"), nil, &tk); code != 200 || tk.Ticket == "" {
+		t.Fatalf("tickets: %d %+v", code, tk)
+	}
+	first, _ := s.connect("tix")
+
+	if _, resp, err := s.dial(withQuery("ticket="+tk.Ticket), withOrigin("https://evil.example")); err == nil || resp == nil || resp.StatusCode != 403 {
+		t.Fatalf("bad origin: err %v resp %v", err, resp)
+	}
+	if _, resp, err := s.dial(withQuery("ticket=" + tk.Ticket)); err == nil || resp == nil || resp.StatusCode != 429 {
+		t.Fatalf("over the limit: err %v resp %v", err, resp)
+	}
+	// A handshake the upgrader would refuse (version 12).
+	req, _ := http.NewRequest("GET", s.URL+"/ws?ticket="+tk.Ticket, nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "12")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	first.c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == 400 {
+			break
+		}
+		if resp.StatusCode != 429 || time.Now().After(deadline) {
+			t.Fatalf("bad handshake: status %d", resp.StatusCode)
+		}
+		time.Sleep(10 * time.Millisecond) // the first connection is still closing
+	}
+
+	c, resp, err := s.dial(withQuery("ticket=" + tk.Ticket))
+	if err != nil {
+		t.Fatalf("the ticket did not survive the refusals: %v (resp %v)", err, resp)
+	}
+	defer c.c.Close()
+	if f := c.read(); f.Type != "connection_established" || f.UserID != "tix" {
+		t.Fatalf("first frame %s", f.raw)
+	}
+	// Single use still: a second connect with it fails.
+	if _, resp, err := s.dial(withQuery("ticket=" + tk.Ticket)); err == nil || resp == nil || resp.StatusCode != 401 {
+		t.Fatalf("second use: err %v resp %v", err, resp)
 	}
 }

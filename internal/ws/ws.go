@@ -59,9 +59,12 @@ type Authenticator interface {
 	Verify(ctx context.Context, token string) (auth.Claims, error)
 }
 
-// TicketRedeemer consumes a single-use connect ticket.
+// TicketRedeemer consumes a single-use connect ticket. Peek reads it
+// without consuming it: a connect refused by a later check (origin,
+// connection limit, handshake) leaves the ticket usable.
 type TicketRedeemer interface {
 	Redeem(ctx context.Context, ticket string) (auth.Claims, error)
+	Peek(ctx context.Context, ticket string) (auth.Claims, error)
 }
 
 // Handler acts on the client frames that reach beyond the connection. user is
@@ -184,7 +187,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, "forbidden_origin", "origin not allowed")
 		return
 	}
-	claims, err := s.authenticate(r)
+	claims, ticket, err := s.authenticate(r)
 	if err != nil {
 		m.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
 		writeError(w, http.StatusUnauthorized, "unauthorized", unauthorizedMessage(err))
@@ -248,6 +251,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.finish()
 		return
 	}
+	if ticket != "" {
+		// Every check that could refuse the connect has passed: only now
+		// is the ticket spent, atomically, so of racing connects one wins.
+		if _, err := s.cfg.Tickets.Redeem(r.Context(), ticket); err != nil {
+			m.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
+			writeError(w, http.StatusUnauthorized, "unauthorized", unauthorizedMessage(err))
+			c.finish()
+			return
+		}
+	}
 	up := ws.HTTPUpgrader{Timeout: 10 * time.Second}
 	if offersSubprotocol(r, protocol.Version) {
 		// Answer agentwire.v1 only: a bearer.<JWT> offered with it is never
@@ -306,24 +319,29 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-func (s *Server) authenticate(r *http.Request) (auth.Claims, error) {
+// authenticate returns the connect's claims. For a ticket it only peeks:
+// ServeHTTP redeems it once every other check has passed.
+func (s *Server) authenticate(r *http.Request) (c auth.Claims, ticket string, err error) {
 	q := r.URL.Query()
 	if q.Has("token") || q.Has("access_token") || q.Has("jwt") {
-		return auth.Claims{}, errJWTInQuery
+		return auth.Claims{}, "", errJWTInQuery
 	}
 	if ticket := q.Get("ticket"); ticket != "" {
 		if s.cfg.Tickets == nil {
-			return auth.Claims{}, auth.ErrTicket
+			return auth.Claims{}, "", auth.ErrTicket
 		}
-		return s.cfg.Tickets.Redeem(r.Context(), ticket)
+		c, err := s.cfg.Tickets.Peek(r.Context(), ticket)
+		return c, ticket, err
 	}
 	if tok, ok := auth.BearerToken(r); ok {
-		return s.cfg.Verifier.Verify(r.Context(), tok)
+		c, err := s.cfg.Verifier.Verify(r.Context(), tok)
+		return c, "", err
 	}
 	if tok, ok := subprotocolToken(r); ok {
-		return s.cfg.Verifier.Verify(r.Context(), tok)
+		c, err := s.cfg.Verifier.Verify(r.Context(), tok)
+		return c, "", err
 	}
-	return auth.Claims{}, auth.ErrMissing
+	return auth.Claims{}, "", auth.ErrMissing
 }
 
 var errJWTInQuery = errors.New("a JWT is never accepted in the query string: use the Authorization header, the bearer.<JWT> subprotocol or a ticket")
