@@ -427,7 +427,9 @@ func (c *conn) readFrame(rb *readBuf) error {
 	c.fragmented = false
 	mb := c.msg
 	c.msg = nil
-	c.message(context.Background(), c.msgOp == ws.OpBinary, mb.b)
+	ctx, cancel := c.srv.opContext()
+	c.message(ctx, c.msgOp == ws.OpBinary, mb.b)
+	cancel()
 	if cap(mb.b) <= 2*c.srv.cfg.MaxMessageBytes {
 		mb.b = mb.b[:0]
 		c.srv.msgBufs.Put(mb)

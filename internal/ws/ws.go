@@ -52,6 +52,9 @@ const (
 	DefaultRateBurst       = 40
 	DefaultErrorLimit      = 20 // errors tolerated in ErrorWindow; one more closes with 4029
 	DefaultErrorWindow     = 10 * time.Second
+	// DefaultOpTimeout bounds what one client frame or join does in the
+	// store and the stream, so a hung backend cannot pin a reader.
+	DefaultOpTimeout = 10 * time.Second
 )
 
 // Authenticator verifies a bearer JWT.
@@ -109,6 +112,9 @@ type Config struct {
 	RateBurst       int
 	ErrorLimit      int
 	ErrorWindow     time.Duration
+	// OpTimeout bounds each client frame's and each join's calls into the
+	// store and stream (0: DefaultOpTimeout).
+	OpTimeout time.Duration
 }
 
 // Server serves /ws.
@@ -126,6 +132,11 @@ type Server struct {
 	// epoll connection ids (0 is the pollers' stop event).
 	msgBufs, readBufs, batchBufs sync.Pool
 	connIDs                      atomic.Uint64
+
+	// base is the parent of every frame's and join's context; Shutdown
+	// cancels it.
+	base     context.Context
+	stopBase context.CancelFunc
 
 	mu       sync.Mutex
 	shutdown bool
@@ -155,6 +166,9 @@ func New(cfg Config) *Server {
 	if cfg.ErrorWindow <= 0 {
 		cfg.ErrorWindow = DefaultErrorWindow
 	}
+	if cfg.OpTimeout <= 0 {
+		cfg.OpTimeout = DefaultOpTimeout
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -162,6 +176,7 @@ func New(cfg Config) *Server {
 		cfg.Metrics = metrics.New()
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, origins: map[string]bool{}}
+	s.base, s.stopBase = context.WithCancel(context.Background())
 	s.msgBufs.New, s.readBufs.New, s.batchBufs.New = newMsgBuf, newReadBuf, newBatchBuf
 	for _, o := range cfg.AllowedOrigins {
 		o = strings.TrimRight(strings.TrimSpace(o), "/")
@@ -294,6 +309,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.startReading(c)
 }
 
+// opContext is the context of one client frame or join: cancelled at
+// Shutdown and after OpTimeout.
+func (s *Server) opContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(s.base, s.cfg.OpTimeout)
+}
+
 // Drain stops accepting connections and leaves the open ones be.
 func (s *Server) Drain() {
 	s.mu.Lock()
@@ -307,6 +328,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.shutdown = true
 	s.mu.Unlock()
+	s.stopBase()
 	s.cfg.Hub.CloseAll(CloseGoingAway, "server shutting down")
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()

@@ -753,3 +753,44 @@ func counterValue(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// hungHandler stands for a store that never answers: it returns only when
+// the frame's context ends, reporting whether that context had a deadline.
+type hungHandler struct {
+	nopHandler
+	deadline chan bool
+}
+
+func (h hungHandler) UserMessage(ctx context.Context, _ string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error) {
+	_, ok := ctx.Deadline()
+	h.deadline <- ok
+	<-ctx.Done()
+	return protocol.AckFrame{}, &protocol.Error{Code: protocol.CodeInternal, Message: "store unavailable, retry", Ref: f.ID}
+}
+
+// TestHungStoreCallIsBounded: a client frame whose store call hangs gets its
+// answer after OpTimeout, and the connection's reader is free again.
+func TestHungStoreCallIsBounded(t *testing.T) {
+	both(t, func(t *testing.T, loops bool) {
+		h := hungHandler{deadline: make(chan bool, 1)}
+		s := newTestServer(t, loops, func(c *Config) {
+			c.Handler = h
+			c.OpTimeout = 200 * time.Millisecond
+		})
+		c := s.dial(t, "hung", "", nil)
+		c.write(frame(ws.OpText, true, []byte(`{"type":"user_message","id":"m1","content":"hi"}`)))
+		select {
+		case ok := <-h.deadline:
+			if !ok {
+				t.Fatal("the frame's context has no deadline")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the frame never reached the handler")
+		}
+		if m := c.readJSON(); m["type"] != "error" || m["code"] != "internal_error" || m["ref"] != "m1" {
+			t.Fatalf("answer %v", m)
+		}
+		c.write(frame(ws.OpText, true, pingJSON("after")))
+		c.expectPong("after")
+	})
+}
