@@ -171,6 +171,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer db.Close()
+	if o.databaseURL == "" {
+		// The SQLite file belongs to this process alone: runs it still has
+		// as running were cut short by the previous one (ARCHITECTURE.md).
+		n, err := runs.EndLeftovers(ctx, db, st, log)
+		if err != nil {
+			return fmt.Errorf("end the runs the last process left running: %w", err)
+		}
+		if n > 0 {
+			log.Warn("runs left running by the previous process ended with node_lost", "runs", n)
+		}
+	}
 	runner := runs.New(runs.Config{Stream: st, Store: db, Agent: ag, Logger: log, MaxPerUser: o.maxRuns, Timeout: o.runTimeout,
 		LeaseTTL: o.runLeaseTTL, RenewEvery: o.runLeaseRenew, ReapEvery: o.runLeaseRenew})
 	h := hub.New(hub.Config{Stream: st, Metrics: m, Logger: log, MaxConnsPerUser: o.maxConnsPerUser, MaxQueueBytes: o.maxQueueBytes})

@@ -1,16 +1,23 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/agentwire/agentwire/internal/auth"
 )
 
 // Regression tests of the hardening issue's edge items: what enters at the
@@ -227,5 +234,83 @@ func TestTicketSurvivesRefusedConnect(t *testing.T) {
 	// Single use still: a second connect with it fails.
 	if _, resp, err := s.dial(withQuery("ticket=" + tk.Ticket)); err == nil || resp == nil || resp.StatusCode != 401 {
 		t.Fatalf("second use: err %v resp %v", err, resp)
+	}
+}
+
+// startProcess runs the agentwire binary's serve on dataDir (SQLite, memory
+// stream) and returns it once it listens; it is killed at cleanup.
+func startProcess(t *testing.T, dataDir string) *node {
+	t.Helper()
+	bin := agentwireBinary(t)
+	n := &node{name: "sqlite", stderr: &syncBuffer{}, done: make(chan struct{})}
+	n.cmd = exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--data-dir", dataDir, "--dev",
+		"--jwt-secret", testSecret, "--api-keys", testAPIKey, "--log-level", "warn")
+	n.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	n.cmd.Stderr = n.stderr
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdout, err := n.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 1)
+	go func() {
+		br := bufio.NewReader(stdout)
+		line, _ := br.ReadString('\n')
+		lines <- line
+		_, _ = io.Copy(io.Discard, br)
+		n.err = n.cmd.Wait()
+		close(n.done)
+	}()
+	t.Cleanup(func() {
+		n.kill()
+		if t.Failed() {
+			t.Logf("stderr:\n%s", n.stderr.String())
+		}
+	})
+	var line string
+	select {
+	case line = <-lines:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no 'listening on' line within 30 s; stderr:\n%s", n.stderr.String())
+	}
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening on http://")
+	if !ok {
+		t.Fatalf("first line %q; stderr:\n%s", line, n.stderr.String())
+	}
+	n.server = &server{t: t, URL: "http://" + addr, WSURL: "ws://" + addr + "/ws", signer: auth.NewSigner([]byte(testSecret))}
+	return n
+}
+
+// TestKilledSingleNodeRunsEndAtRestart kills -9 a single-node (SQLite)
+// process mid-run and restarts it on the same data dir: the run is failed
+// with node_lost at once, not ~15 s later when its lease expires.
+func TestKilledSingleNodeRunsEndAtRestart(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("builds and starts the binary")
+	}
+	dir := t.TempDir()
+	a := startProcess(t, dir)
+	c, _ := a.connect("kill9")
+	ack := c.ack("m1", "slow: what is 2+2?", nil)
+	a.kill()
+	if _, ok := a.exited(0); !ok {
+		t.Fatal("the process survived kill -9")
+	}
+
+	b := startProcess(t, dir)
+	var run struct {
+		Status    string `json:"status"`
+		ErrorCode string `json:"error_code"`
+		EndedAt   string `json:"ended_at"`
+	}
+	if code := b.do("GET", "/api/v1/runs/"+ack.RunID, b.token("kill9"), nil, &run); code != 200 {
+		t.Fatalf("GET run: %d", code)
+	}
+	if run.Status != "failed" || run.ErrorCode != "node_lost" || run.EndedAt == "" {
+		t.Fatalf("run after restart: %+v, want failed node_lost", run)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
@@ -152,22 +153,51 @@ func (m *Manager) reap(ctx context.Context) {
 			return
 		}
 		for _, r := range lost {
-			data, _ := json.Marshal(struct {
-				Code       string `json:"code"`
-				Message    string `json:"message"`
-				DurationMS int64  `json:"duration_ms"`
-			}{agent.CodeNodeLost, nodeLostMessage, m.now().Sub(r.StartedAt).Milliseconds()})
-			actx, acancel := context.WithTimeout(ctx, appendTimeout)
-			_, err := m.stream.Append(actx, r.UserID, stream.Record{Type: protocol.TypeAgentError, ThreadID: r.ThreadID, RunID: r.ID, Data: data})
-			acancel()
-			if err != nil {
-				m.log.Error("announce lost run", "user", r.UserID, "run", r.ID, "err", err)
-			} else {
-				m.log.Warn("run lost with its node", "user", r.UserID, "run", r.ID, "node", r.Node)
-			}
+			announceLost(ctx, m.stream, m.log, r, m.now())
 		}
 		if len(lost) < 100 {
 			return
+		}
+	}
+}
+
+// announceLost appends the agent_error node_lost of a reaped run.
+func announceLost(ctx context.Context, s stream.Stream, log *slog.Logger, r store.Run, now time.Time) {
+	data, _ := json.Marshal(struct {
+		Code       string `json:"code"`
+		Message    string `json:"message"`
+		DurationMS int64  `json:"duration_ms"`
+	}{agent.CodeNodeLost, nodeLostMessage, now.Sub(r.StartedAt).Milliseconds()})
+	actx, acancel := context.WithTimeout(ctx, appendTimeout)
+	_, err := s.Append(actx, r.UserID, stream.Record{Type: protocol.TypeAgentError, ThreadID: r.ThreadID, RunID: r.ID, Data: data})
+	acancel()
+	if err != nil {
+		log.Error("announce lost run", "user", r.UserID, "run", r.ID, "err", err)
+	} else {
+		log.Warn("run lost with its node", "user", r.UserID, "run", r.ID, "node", r.Node)
+	}
+}
+
+// EndLeftovers ends, as failed with node_lost, every run st still has as
+// running, whatever its lease, and announces each on s. It is for a store
+// no other process shares (SQLite), called at start before any run begins:
+// such runs were cut short by the previous process, whose leases may not
+// have expired yet (a kill -9 and a quick restart).
+func EndLeftovers(ctx context.Context, st store.Store, s stream.Stream, log *slog.Logger) (int, error) {
+	// Past every lease a process could have taken.
+	later := time.Now().Add(100 * 365 * 24 * time.Hour)
+	n := 0
+	for {
+		lost, err := st.ReapExpired(ctx, later, agent.CodeNodeLost, nodeLostMessage, 100)
+		if err != nil {
+			return n, err
+		}
+		for _, r := range lost {
+			announceLost(ctx, s, log, r, time.Now())
+		}
+		n += len(lost)
+		if len(lost) < 100 {
+			return n, nil
 		}
 	}
 }
