@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -59,6 +60,11 @@ type Config struct {
 	JWKSMinRefresh time.Duration
 	// JWKSRefresh is the interval of the periodic JWKS refresh; 0 means 1 h.
 	JWKSRefresh time.Duration
+	// JWKSWait bounds how long a Verify waits for a JWKS fetch caused by an
+	// unknown kid (the fetch, shared by all who need it, goes on); 0 means 5 s.
+	JWKSWait time.Duration
+	// Logger receives JWKS fetch failures (with the URL, never a token).
+	Logger *slog.Logger
 }
 
 // Verifier checks tokens against one key source. It is safe for concurrent
@@ -154,6 +160,15 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Claims, error) {
 		return Claims{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return Claims{Subject: c.Subject, ExpiresAt: c.ExpiresAt.Time}, nil
+}
+
+// JWKSStatus returns the error of the last JWKS fetch: nil when it
+// succeeded or no JWKS is configured.
+func (v *Verifier) JWKSStatus() error {
+	if v.jwks == nil {
+		return nil
+	}
+	return v.jwks.status()
 }
 
 // Close stops the JWKS refresh goroutine and waits for it to end. It is

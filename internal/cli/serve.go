@@ -136,11 +136,15 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 		log.Warn("--jwt-secret is shorter than 32 bytes: accepted only because of --dev", "bytes", n)
 	}
+	authCfg.Logger = log
 	verifier, err := auth.NewVerifier(ctx, authCfg)
 	if err != nil {
 		return err
 	}
 	defer verifier.Close()
+	if err := verifier.JWKSStatus(); err != nil {
+		log.Error("!!! JWKS unreachable at start: every token is refused until it answers; agentwire keeps trying (see the JWKS fetch failed line)")
+	}
 
 	m := metrics.New()
 	retention := stream.Retention{MaxEvents: o.retentionEvents, MaxAge: o.retentionAge}
@@ -202,6 +206,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Logger: log, Metrics: m, Stream: st, Store: db, Runs: runner, Verifier: verifier, Tickets: tickets,
 		APIKeys: auth.NewAPIKeys(splitList(o.apiKeys)), DevLogin: o.dev,
 		Issuer: o.keys.issuer, Audience: o.keys.audience, WS: wsSrv, Draining: draining.Load,
+	}
+	if authCfg.JWKSURL != "" {
+		deps.JWKS = verifier.JWKSStatus
 	}
 	if secret != nil {
 		deps.Signer = auth.NewSigner(secret)

@@ -3,21 +3,26 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/testserver"
 )
 
 // Regression tests of the hardening issue's edge items: what enters at the
@@ -312,5 +317,63 @@ func TestKilledSingleNodeRunsEndAtRestart(t *testing.T) {
 	}
 	if run.Status != "failed" || run.ErrorCode != "node_lost" || run.EndedAt == "" {
 		t.Fatalf("run after restart: %+v, want failed node_lost", run)
+	}
+}
+
+// TestJWKSFailureInReadyz: a JWKS that cannot be fetched is a loud line at
+// start and shows in /readyz's checks (which stay 200: cached keys verify).
+func TestJWKSFailureInReadyz(t *testing.T) {
+	t.Parallel()
+	var down atomic.Bool
+	down.Store(true)
+	idp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "down", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"k"}]}`))
+	}))
+	t.Cleanup(idp.Close)
+	ts := testserver.Start(t, "--jwks-url", idp.URL, "--log-level", "warn")
+	if !strings.Contains(ts.Stderr(), "JWKS unreachable at start") || !strings.Contains(ts.Stderr(), idp.URL) {
+		t.Errorf("no loud start line with the URL in:\n%s", ts.Stderr())
+	}
+	readyz := func() (int, map[string]string) {
+		resp, err := http.Get(ts.URL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Checks map[string]string `json:"checks"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body.Checks
+	}
+	if code, checks := readyz(); code != 200 || checks["jwks"] != "last fetch failed" {
+		t.Fatalf("/readyz with the JWKS down: %d %v", code, checks)
+	}
+	down.Store(false)
+	// An unknown kid makes the next fetch; it now succeeds.
+	// (EdDSA: the only algorithms a JWKS verifier looks keys up for.)
+	_, priv, _ := ed25519.GenerateKey(nil)
+	jt := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.MapClaims{"sub": "x", "exp": time.Now().Add(time.Hour).Unix()})
+	jt.Header["kid"] = "unknown"
+	tok, _ := jt.SignedString(priv)
+	deadline := time.Now().Add(30 * time.Second) // unknown kids fetch at most every 5 s
+	for {
+		req, _ := http.NewRequest("POST", ts.URL+"/api/v1/tickets", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+		if _, checks := readyz(); checks["jwks"] == "ok" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz never showed the JWKS back")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

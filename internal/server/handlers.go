@@ -52,6 +52,14 @@ func handleReadyz(d *Deps) http.Handler {
 		if err := d.Store.Ping(ctx); err != nil {
 			checks["store"], ready = "unreachable", false
 		}
+		if d.JWKS != nil {
+			// Detail only: cached keys still verify, and every node shares
+			// the one JWKS, so taking this node out would help no one.
+			checks["jwks"] = "ok"
+			if d.JWKS() != nil {
+				checks["jwks"] = "last fetch failed"
+			}
+		}
 		if !ready {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "checks": checks})
 			return

@@ -45,6 +45,9 @@ type Deps struct {
 	// Draining reports that the process is shutting down: /readyz fails so
 	// load balancers stop sending new work. Nil means never.
 	Draining func() bool
+	// JWKS reports the last JWKS fetch's failure (nil: fine), shown by
+	// /readyz; nil when no JWKS is configured.
+	JWKS func() error
 }
 
 // NewServer returns the complete HTTP handler.
