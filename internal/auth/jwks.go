@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +27,7 @@ const (
 	defaultJWKSMinRefresh = 5 * time.Second
 	defaultJWKSRefresh    = time.Hour
 	defaultJWKSTimeout    = 10 * time.Second
+	defaultJWKSWait       = 5 * time.Second
 	maxJWKSBytes          = 1 << 20
 	maxJWKSKeys           = 64
 )
@@ -38,25 +41,39 @@ type jwkKey struct {
 	key crypto.PublicKey
 }
 
-// jwks is a cached JSON Web Key Set. Fetches are serialised by sem; a fetch
-// caused by an unknown kid happens at most once per minRefresh, and a
-// goroutine refreshes the set every interval until close.
+// jwks is a cached JSON Web Key Set. At most one fetch runs at a time,
+// detached from the requests that wait for it (bounded by the HTTP client's
+// timeout and close); every caller needing a fetch while one runs shares it
+// and waits at most wait. A fetch caused by an unknown kid starts at most
+// once per minRefresh, and a goroutine refreshes the set every interval
+// until close.
 type jwks struct {
 	url        string
 	client     *http.Client
 	minRefresh time.Duration
+	wait       time.Duration
 	now        func() time.Time
+	log        *slog.Logger
 
-	mu   sync.RWMutex
-	keys []jwkKey // replaced whole on each successful fetch
+	mu      sync.RWMutex
+	keys    []jwkKey // replaced whole on each successful fetch
+	lastErr error    // of the last fetch; nil after a success
 
-	sem       chan struct{} // held while fetching; guards lastFetch
-	lastFetch time.Time     // start of the last fetch attempt, failed or not
+	fmu       sync.Mutex // guards inflight, lastFetch and the fetch goroutines' start
+	inflight  *fetchCall
+	lastFetch time.Time // start of the last fetch, failed or not
+	fetches   sync.WaitGroup
 
 	ctx    context.Context // ends with close
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the refresh goroutine has returned
 	once   sync.Once
+}
+
+// fetchCall is one fetch that any number of callers wait for.
+type fetchCall struct {
+	done chan struct{}
+	err  error // set before done is closed
 }
 
 func newJWKS(ctx context.Context, cfg Config, now func() time.Time) (*jwks, error) {
@@ -67,8 +84,9 @@ func newJWKS(ctx context.Context, cfg Config, now func() time.Time) (*jwks, erro
 		url:        cfg.JWKSURL,
 		client:     cfg.HTTPClient,
 		minRefresh: cfg.JWKSMinRefresh,
+		wait:       cfg.JWKSWait,
 		now:        now,
-		sem:        make(chan struct{}, 1),
+		log:        cfg.Logger,
 		done:       make(chan struct{}),
 	}
 	if j.client == nil {
@@ -77,6 +95,12 @@ func newJWKS(ctx context.Context, cfg Config, now func() time.Time) (*jwks, erro
 	if j.minRefresh <= 0 {
 		j.minRefresh = defaultJWKSMinRefresh
 	}
+	if j.wait <= 0 {
+		j.wait = defaultJWKSWait
+	}
+	if j.log == nil {
+		j.log = slog.New(slog.DiscardHandler)
+	}
 	interval := cfg.JWKSRefresh
 	if interval <= 0 {
 		interval = defaultJWKSRefresh
@@ -84,8 +108,8 @@ func newJWKS(ctx context.Context, cfg Config, now func() time.Time) (*jwks, erro
 	j.ctx, j.cancel = context.WithCancel(context.Background())
 
 	// A failed first fetch is not fatal: the identity provider may come up
-	// after us, and the next unknown kid fetches again.
-	_ = j.refresh(ctx, true)
+	// after us, and the next unknown kid fetches again. Status reports it.
+	_ = j.refresh(ctx, true, 0)
 
 	go j.loop(interval)
 	return j, nil
@@ -100,19 +124,32 @@ func (j *jwks) loop(interval time.Duration) {
 		case <-j.ctx.Done():
 			return
 		case <-t.C:
-			_ = j.refresh(j.ctx, true)
+			_ = j.refresh(j.ctx, true, 0)
 		}
 	}
 }
 
 func (j *jwks) close() {
-	j.once.Do(j.cancel)
+	j.once.Do(func() {
+		j.fmu.Lock()
+		j.cancel() // no fetch starts after this
+		j.fmu.Unlock()
+	})
 	<-j.done
+	j.fetches.Wait()
+}
+
+// status returns the error of the last fetch, nil when it succeeded.
+func (j *jwks) status() error {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	return j.lastErr
 }
 
 // keyfunc returns the keys of the set that may verify t: those of t's
 // algorithm with t's kid (all of that algorithm when t has no kid). When none
-// is cached it fetches the set again, subject to the rate limit.
+// is cached it fetches the set again, subject to the rate limit, waiting at
+// most j.wait for it.
 func (j *jwks) keyfunc(ctx context.Context) jwt.Keyfunc {
 	return func(t *jwt.Token) (any, error) {
 		alg := t.Method.Alg()
@@ -123,7 +160,7 @@ func (j *jwks) keyfunc(ctx context.Context) jwt.Keyfunc {
 		if set := j.lookup(kid, alg); len(set.Keys) > 0 {
 			return set, nil
 		}
-		if err := j.refresh(ctx, false); err != nil {
+		if err := j.refresh(ctx, false, j.wait); err != nil {
 			return nil, fmt.Errorf("%w: %w", errNoKey, err)
 		}
 		if set := j.lookup(kid, alg); len(set.Keys) > 0 {
@@ -145,40 +182,78 @@ func (j *jwks) lookup(kid, alg string) jwt.VerificationKeySet {
 	return set
 }
 
-// refresh fetches the set unless force is false and a fetch started less
-// than minRefresh ago. Callers that waited for a concurrent fetch therefore
-// do not fetch again and just look up its result. On failure the cached keys
-// are kept.
-func (j *jwks) refresh(ctx context.Context, force bool) error {
-	select {
-	case j.sem <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-j.sem }()
+var errJWKSWait = errors.New("JWKS fetch still running")
 
+// refresh waits for the fetch in flight, or starts one unless force is false
+// and a fetch started less than minRefresh ago (then it returns nil at once:
+// the caller just looks up that fetch's result). It waits at most wait (no
+// bound when 0) and ctx; the fetch itself goes on for the callers after it.
+// On failure the cached keys are kept.
+func (j *jwks) refresh(ctx context.Context, force bool, wait time.Duration) error {
+	j.fmu.Lock()
 	if j.ctx.Err() != nil {
+		j.fmu.Unlock()
 		return errors.New("verifier closed")
 	}
-	now := j.now()
-	if !force && !j.lastFetch.IsZero() && now.Sub(j.lastFetch) < j.minRefresh {
-		return nil
+	call := j.inflight
+	if call == nil {
+		now := j.now()
+		if !force && !j.lastFetch.IsZero() && now.Sub(j.lastFetch) < j.minRefresh {
+			j.fmu.Unlock()
+			return nil
+		}
+		j.lastFetch = now
+		call = &fetchCall{done: make(chan struct{})}
+		j.inflight = call
+		j.fetches.Add(1)
+		go j.run(call)
 	}
-	j.lastFetch = now
+	j.fmu.Unlock()
 
-	// Close must abort a fetch started on behalf of a request.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(j.ctx, cancel)()
-
-	keys, err := j.fetch(ctx)
-	if err != nil {
-		return err
+	var timeout <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timeout = t.C
 	}
+	select {
+	case <-call.done:
+		return call.err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timeout:
+		return errJWKSWait
+	}
+}
+
+// run performs one fetch for everyone waiting on call.
+func (j *jwks) run(call *fetchCall) {
+	defer j.fetches.Done()
+	keys, err := j.fetch(j.ctx)
 	j.mu.Lock()
-	j.keys = keys
+	if err == nil {
+		j.keys = keys
+	}
+	j.lastErr = err
 	j.mu.Unlock()
-	return nil
+	if err != nil && j.ctx.Err() == nil {
+		j.log.Error("JWKS fetch failed; tokens signed by keys not cached are refused until it answers",
+			"url", redactedURL(j.url), "err", err)
+	}
+	j.fmu.Lock()
+	j.inflight = nil
+	j.fmu.Unlock()
+	call.err = err
+	close(call.done)
+}
+
+// redactedURL hides a password in u, if any.
+func redactedURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable)"
+	}
+	return p.Redacted()
 }
 
 func (j *jwks) fetch(ctx context.Context) ([]jwkKey, error) {

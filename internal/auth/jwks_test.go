@@ -3,8 +3,11 @@ package auth
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -367,4 +370,118 @@ func FuzzParseJWKS(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestJWKSSlowFetchShared: with the JWKS endpoint hanging, concurrent
+// verifies of unknown kids share one fetch and each returns within
+// JWKSWait, not one fetch timeout after the other. The endpoint blocks
+// until the test releases it.
+func TestJWKSSlowFetchShared(t *testing.T) {
+	t.Parallel()
+	k := getKeys()
+	release := make(chan struct{})
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			w.Write(jwksDoc(t, jwkOf(t, "k1", &k.ec.PublicKey)))
+			return
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		w.Write(jwksDoc(t, jwkOf(t, "k1", &k.ec.PublicKey), jwkOf(t, "k2", &k.ec.PublicKey)))
+	}))
+	defer srv.Close()
+	var logs syncBuf
+	v, err := NewVerifier(t.Context(), Config{JWKSURL: srv.URL, HTTPClient: srv.Client(), JWKSMinRefresh: time.Nanosecond,
+		JWKSWait: 300 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	defer close(release)
+
+	const n = 4
+	errs := make(chan error, n)
+	start := time.Now()
+	for i := range n {
+		go func() {
+			_, err := v.Verify(context.Background(), sign(t, jwt.SigningMethodES256, k.ec, fmt.Sprintf("unknown-%d", i), valid(nil)))
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; !errors.Is(err, ErrInvalid) {
+			t.Fatalf("unknown kid during a hung fetch: %v, want ErrInvalid", err)
+		}
+	}
+	// Each waited at most 300 ms; sequential fetches would need n times the
+	// client's timeout. Generous for a loaded machine, far below n × 300 ms.
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("%d verifies took %v", n, d)
+	}
+	if got := hits.Load(); got != 2 {
+		t.Fatalf("JWKS requests = %d, want 2 (start + one shared fetch)", got)
+	}
+	release <- struct{}{} // the shared fetch completes
+	tok := sign(t, jwt.SigningMethodES256, k.ec, "k2", valid(nil))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := v.Verify(context.Background(), tok); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("k2 after the fetch completed: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestJWKSFailureReported: a failed fetch is logged with the URL and shown
+// by JWKSStatus until a fetch succeeds.
+func TestJWKSFailureReported(t *testing.T) {
+	t.Parallel()
+	k := getKeys()
+	srv := newJWKSServer(t, jwksDoc(t, jwkOf(t, "k1", &k.ec.PublicKey)))
+	srv.status.Store(http.StatusInternalServerError)
+	var logs syncBuf
+	cfg := srv.config()
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	v, err := NewVerifier(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if v.JWKSStatus() == nil {
+		t.Fatal("JWKSStatus nil after a failed start fetch")
+	}
+	if out := logs.String(); !strings.Contains(out, "JWKS fetch failed") || !strings.Contains(out, srv.URL) {
+		t.Fatalf("log %q lacks the failure and its URL", out)
+	}
+	srv.status.Store(http.StatusOK)
+	tok := sign(t, jwt.SigningMethodES256, k.ec, "k1", valid(nil))
+	if _, err := v.Verify(t.Context(), tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.JWKSStatus(); err != nil {
+		t.Fatalf("JWKSStatus after a success: %v", err)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

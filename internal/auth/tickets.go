@@ -29,6 +29,10 @@ type TicketStore interface {
 	// unknown, used or expired, and ErrExpired when the token behind it has
 	// expired since.
 	Redeem(ctx context.Context, ticket string) (Claims, error)
+	// Peek returns the claims of ticket without consuming it, with Redeem's
+	// errors, so that a connect can run the checks that may refuse it
+	// before it spends the ticket.
+	Peek(ctx context.Context, ticket string) (Claims, error)
 }
 
 // Tickets is the in-memory TicketStore. Expired tickets are purged as new
@@ -102,6 +106,24 @@ func (t *Tickets) Redeem(ctx context.Context, ticket string) (Claims, error) {
 	t.mu.Lock()
 	e, ok := t.tickets[ticket]
 	delete(t.tickets, ticket)
+	t.mu.Unlock()
+	switch {
+	case !ok || !now.Before(e.expires):
+		return Claims{}, ErrTicket
+	case !now.Before(e.claims.ExpiresAt):
+		return Claims{}, fmt.Errorf("%w: the token behind the ticket expired", ErrExpired)
+	}
+	return e.claims, nil
+}
+
+// Peek returns ticket's claims without consuming it; see TicketStore.
+func (t *Tickets) Peek(ctx context.Context, ticket string) (Claims, error) {
+	if ticket == "" {
+		return Claims{}, ErrMissing
+	}
+	now := t.now()
+	t.mu.Lock()
+	e, ok := t.tickets[ticket]
 	t.mu.Unlock()
 	switch {
 	case !ok || !now.Before(e.expires):

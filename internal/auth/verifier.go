@@ -8,9 +8,11 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -58,6 +60,11 @@ type Config struct {
 	JWKSMinRefresh time.Duration
 	// JWKSRefresh is the interval of the periodic JWKS refresh; 0 means 1 h.
 	JWKSRefresh time.Duration
+	// JWKSWait bounds how long a Verify waits for a JWKS fetch caused by an
+	// unknown kid (the fetch, shared by all who need it, goes on); 0 means 5 s.
+	JWKSWait time.Duration
+	// Logger receives JWKS fetch failures (with the URL, never a token).
+	Logger *slog.Logger
 }
 
 // Verifier checks tokens against one key source. It is safe for concurrent
@@ -155,6 +162,15 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Claims, error) {
 	return Claims{Subject: c.Subject, ExpiresAt: c.ExpiresAt.Time}, nil
 }
 
+// JWKSStatus returns the error of the last JWKS fetch: nil when it
+// succeeded or no JWKS is configured.
+func (v *Verifier) JWKSStatus() error {
+	if v.jwks == nil {
+		return nil
+	}
+	return v.jwks.status()
+}
+
 // Close stops the JWKS refresh goroutine and waits for it to end. It is
 // idempotent; Verify keeps working on the cached keys afterwards but never
 // fetches again.
@@ -170,6 +186,29 @@ var errSubject = errors.New("sub missing or longer than 256 bytes")
 // Validate after the signature is verified, with the other claim checks.
 type tokenClaims struct {
 	jwt.RegisteredClaims
+}
+
+// errNumericDate is a time claim that is not a JSON number.
+var errNumericDate = errors.New("exp, nbf and iat must be JSON numbers (RFC 7519 NumericDate)")
+
+// UnmarshalJSON refuses time claims given as strings, which jwt's
+// NumericDate would otherwise accept ("exp":"1700000000").
+func (c *tokenClaims) UnmarshalJSON(b []byte) error {
+	var times struct {
+		Exp, Nbf, Iat json.RawMessage
+	}
+	if err := json.Unmarshal(b, &times); err != nil {
+		return err
+	}
+	for _, raw := range []json.RawMessage{times.Exp, times.Nbf, times.Iat} {
+		if raw == nil || string(raw) == "null" {
+			continue
+		}
+		if raw[0] != '-' && (raw[0] < '0' || raw[0] > '9') {
+			return errNumericDate
+		}
+	}
+	return json.Unmarshal(b, &c.RegisteredClaims)
 }
 
 func (c tokenClaims) Validate() error {

@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -63,6 +64,10 @@ func TestVerify(t *testing.T) {
 		{"expired and wrong key", hs, sign(t, jwt.SigningMethodHS256, []byte("another secret of enough length!"), "", valid(jwt.MapClaims{"exp": past})), ErrInvalid},
 		{"missing exp", hs, sign(t, jwt.SigningMethodHS256, hsSecret, "", valid(jwt.MapClaims{"exp": nil})), ErrInvalid},
 		{"exp not a number", hs, sign(t, jwt.SigningMethodHS256, hsSecret, "", valid(jwt.MapClaims{"exp": "tomorrow"})), ErrInvalid},
+		{"exp a numeric string", hs, sign(t, jwt.SigningMethodHS256, hsSecret, "", valid(jwt.MapClaims{"exp": strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)})), ErrInvalid},
+		{"nbf a numeric string", hs, sign(t, jwt.SigningMethodHS256, hsSecret, "", valid(jwt.MapClaims{"nbf": "0"})), ErrInvalid},
+		{"iat a numeric string", hs, sign(t, jwt.SigningMethodHS256, hsSecret, "", valid(jwt.MapClaims{"iat": "0"})), ErrInvalid},
+		{"exp fractional", hs, sign(t, jwt.SigningMethodHS256, hsSecret, "", valid(jwt.MapClaims{"exp": float64(time.Now().Add(time.Hour).Unix()) + 0.5})), nil},
 		{"missing sub", hs, sign(t, jwt.SigningMethodHS256, hsSecret, "", valid(jwt.MapClaims{"sub": nil})), ErrInvalid},
 		{"empty sub", hs, sign(t, jwt.SigningMethodHS256, hsSecret, "", valid(jwt.MapClaims{"sub": ""})), ErrInvalid},
 		{"sub too long", hs, sign(t, jwt.SigningMethodHS256, hsSecret, "", valid(jwt.MapClaims{"sub": strings.Repeat("a", MaxSubject+1)})), ErrInvalid},

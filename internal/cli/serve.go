@@ -74,6 +74,9 @@ type serveFlags struct {
 	writeTimeout    time.Duration
 }
 
+// minSecretBytes is the shortest HS256 secret serve accepts without --dev.
+const minSecretBytes = 32
+
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	f := newFlagSet("serve", getenv, stderr)
 	var o serveFlags
@@ -131,11 +134,23 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	if n := len(authCfg.Secret); n > 0 && n < minSecretBytes {
+		// RFC 7518 3.2: an HS256 key must have at least 256 bits; a short
+		// secret can be brute-forced from any one token.
+		if !o.dev {
+			return fmt.Errorf("--jwt-secret is %d bytes: HS256 needs at least %d (a shorter one is accepted only with --dev)", n, minSecretBytes)
+		}
+		log.Warn("--jwt-secret is shorter than 32 bytes: accepted only because of --dev", "bytes", n)
+	}
+	authCfg.Logger = log
 	verifier, err := auth.NewVerifier(ctx, authCfg)
 	if err != nil {
 		return err
 	}
 	defer verifier.Close()
+	if err := verifier.JWKSStatus(); err != nil {
+		log.Error("!!! JWKS unreachable at start: every token is refused until it answers; agentwire keeps trying (see the JWKS fetch failed line)")
+	}
 
 	m := metrics.New()
 	retention := stream.Retention{MaxEvents: o.retentionEvents, MaxAge: o.retentionAge, MaxBytes: o.retentionBytes}
@@ -174,6 +189,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer db.Close()
 	runCfg.Stream, runCfg.Store, runCfg.Agent, runCfg.Logger = st, db, ag, log
 	runner := runs.New(runCfg)
+	if o.databaseURL == "" {
+		// The SQLite file belongs to this process alone: runs it still has
+		// as running were cut short by the previous one (ARCHITECTURE.md).
+		n, err := runner.EndLeftovers(ctx)
+		if err != nil {
+			return fmt.Errorf("end the runs the last process left running: %w", err)
+		}
+		if n > 0 {
+			log.Warn("runs left running by the previous process ended with node_lost", "runs", n)
+		}
+	}
 	h := hub.New(hub.Config{Stream: st, Metrics: m, Logger: log, MaxConnsPerUser: o.maxConnsPerUser, MaxQueueBytes: o.maxQueueBytes})
 	wsCfg := ws.Config{
 		Hub: h, Verifier: verifier, Tickets: tickets, Handler: runner, Metrics: m, Logger: log,
@@ -193,6 +219,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		APIKeys: auth.NewAPIKeys(splitList(o.apiKeys)), DevLogin: o.dev,
 		Issuer: o.keys.issuer, Audience: o.keys.audience, WS: wsSrv, Draining: draining.Load,
 		BodyTimeout: o.readTimeout, WriteTimeout: o.writeTimeout,
+	}
+	if authCfg.JWKSURL != "" {
+		deps.JWKS = verifier.JWKSStatus
 	}
 	if secret != nil {
 		deps.Signer = auth.NewSigner(secret)

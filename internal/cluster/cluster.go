@@ -118,13 +118,27 @@ func (t *Tickets) Issue(ctx context.Context, c auth.Claims) (string, time.Time, 
 
 // Redeem implements auth.TicketStore.
 func (t *Tickets) Redeem(ctx context.Context, ticket string) (auth.Claims, error) {
+	return t.read(ctx, ticket, true)
+}
+
+// Peek implements auth.TicketStore.
+func (t *Tickets) Peek(ctx context.Context, ticket string) (auth.Claims, error) {
+	return t.read(ctx, ticket, false)
+}
+
+// read reads ticket's claims, consuming the ticket (GETDEL) when consume.
+func (t *Tickets) read(ctx context.Context, ticket string, consume bool) (auth.Claims, error) {
 	if ticket == "" {
 		return auth.Claims{}, auth.ErrMissing
 	}
 	if len(ticket) > 128 {
 		return auth.Claims{}, auth.ErrTicket
 	}
-	raw, err := t.client.Do(ctx, t.client.B().Getdel().Key(t.key(ticket)).Build()).AsBytes()
+	cmd := t.client.B().Get().Key(t.key(ticket)).Build()
+	if consume {
+		cmd = t.client.B().Getdel().Key(t.key(ticket)).Build()
+	}
+	raw, err := t.client.Do(ctx, cmd).AsBytes()
 	if rueidis.IsRedisNil(err) {
 		return auth.Claims{}, auth.ErrTicket
 	}

@@ -449,6 +449,7 @@ func (c *Conn) flush() {
 			c.closing = true
 			c.queue, c.pending, c.queued, c.queuedBounded, c.writing = nil, nil, 0, 0, false
 			c.mu.Unlock()
+			c.hub.metrics.Closes.WithLabelValues("1011").Inc()
 			c.t.Close(CloseInternal, "write failed")
 			return
 		}
@@ -461,6 +462,8 @@ func closeLabel(code int) string {
 		return "1000"
 	case 1001:
 		return "1001"
+	case 1002:
+		return "1002"
 	case 1008:
 		return "1008"
 	case 1009:

@@ -10,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
+	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
 )
@@ -445,4 +448,44 @@ func TestPagedReplayOverExpiredHistory(t *testing.T) {
 		t.Fatalf("closed with %d", code)
 	}
 	h.Unregister(c)
+}
+
+// failingTransport fails every write, as a socket the peer reset does.
+type failingTransport struct{ *fakeTransport }
+
+func (f *failingTransport) WriteBatch([][]byte) error { return errors.New("connection reset by peer") }
+
+// TestWriteFailureCounts1011: a write that fails closes with 1011, and
+// agentwire_closes_total counts it.
+func TestWriteFailureCounts1011(t *testing.T) {
+	m := metrics.New()
+	h, _ := newHub(t, Config{Metrics: m})
+	ft := &failingTransport{fakeTransport: newFake()}
+	c := h.NewConn("c1", "u", ft)
+	if err := h.Register(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	defer h.Unregister(c)
+	c.Send([]byte(`{"type":"x"}`))
+	deadline := time.Now().Add(5 * time.Second)
+	for ft.closeCode() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no close after a failed write")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if code := ft.closeCode(); code != CloseInternal {
+		t.Fatalf("close code %d, want 1011", code)
+	}
+	if got := counterValue(m.Closes.WithLabelValues("1011")); got != 1 {
+		t.Fatalf("agentwire_closes_total{code=\"1011\"} = %v, want 1", got)
+	}
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetCounter().GetValue()
 }

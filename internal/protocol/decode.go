@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -19,7 +20,9 @@ import (
 //     not invalid_message, because the type is what says which fields a frame
 //     needs: until it is known no other field can be missing or wrong;
 //   - invalid_message: a field the frame's type uses is missing, of the wrong
-//     JSON type or out of bounds; the Message names the field.
+//     JSON type or out of bounds; the Message names the field. Decoded text
+//     never holds NUL (no store can keep it), and ids (id, thread_id,
+//     client_message_id, run_id, epoch) hold no control character at all.
 //
 // From the "id" check on, Error.Ref carries the frame's id when it is valid.
 //
@@ -193,7 +196,7 @@ func decodeUserMessage(f *Frame, r *rawFrame) *Error {
 
 func decodeContentAndThread(f *Frame, r *rawFrame) *Error {
 	var e *Error
-	if f.Content, e = requiredString(r.content, "content", MaxContentBytes, f.ID); e != nil {
+	if f.Content, e = requiredText(r.content, "content", MaxContentBytes, f.ID); e != nil {
 		return e
 	}
 	f.ThreadID, e = optionalString(r.threadID, "thread_id", MaxKeyBytes, f.ID)
@@ -231,7 +234,7 @@ func decodeLegacyContentAndThread(f *Frame, r *rawFrame) *Error {
 		{p.userRequest, "payload.user_request"},
 	}
 	for _, c := range candidates {
-		if f.Content, e = optionalString(c.raw, c.name, MaxContentBytes, f.ID); e != nil {
+		if f.Content, e = optionalText(c.raw, c.name, MaxContentBytes, f.ID); e != nil {
 			return e
 		}
 		if f.Content != "" {
@@ -271,9 +274,28 @@ func isNull(raw []byte) bool {
 	return len(raw) == 0 || raw[0] == 'n'
 }
 
-// optionalString decodes the string member field from raw. Absent and null
-// give "". The length limit applies to the decoded string.
+// optionalString decodes the id member field from raw: absent and null give
+// "". The length limit applies to the decoded string, which must not hold a
+// control character (see isKey).
 func optionalString(raw []byte, field string, limit int, ref string) (string, *Error) {
+	s, e := decodeString(raw, field, limit, ref)
+	if e == nil && !isKey(s) {
+		return "", invalid(ref, `field "`+field+`" must not contain control characters`)
+	}
+	return s, e
+}
+
+// optionalText is optionalString for free text (content), where only NUL is
+// refused: no store can keep it (PostgreSQL text), and newlines are text.
+func optionalText(raw []byte, field string, limit int, ref string) (string, *Error) {
+	s, e := decodeString(raw, field, limit, ref)
+	if e == nil && strings.IndexByte(s, 0) >= 0 {
+		return "", invalid(ref, `field "`+field+`" must not contain NUL`)
+	}
+	return s, e
+}
+
+func decodeString(raw []byte, field string, limit int, ref string) (string, *Error) {
 	if isNull(raw) {
 		return "", nil
 	}
@@ -293,13 +315,35 @@ func optionalString(raw []byte, field string, limit int, ref string) (string, *E
 	return string(s), nil
 }
 
+// isKey reports whether the id s has no C0 control character nor DEL: ids
+// end up in database keys (PostgreSQL refuses NUL in text), logs and URLs,
+// where a control character only hides what the id is.
+func isKey(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// requiredText is optionalText for a member that must be a non-empty
+// string.
+func requiredText(raw []byte, field string, limit int, ref string) (string, *Error) {
+	return required(raw, field, limit, ref, optionalText)
+}
+
 // requiredString is optionalString for a member that must be a non-empty
 // string.
 func requiredString(raw []byte, field string, limit int, ref string) (string, *Error) {
+	return required(raw, field, limit, ref, optionalString)
+}
+
+func required(raw []byte, field string, limit int, ref string, opt func([]byte, string, int, string) (string, *Error)) (string, *Error) {
 	if isNull(raw) {
 		return "", invalid(ref, `missing field "`+field+`"`)
 	}
-	s, e := optionalString(raw, field, limit, ref)
+	s, e := opt(raw, field, limit, ref)
 	if e == nil && s == "" {
 		e = invalid(ref, `field "`+field+`" must not be empty`)
 	}

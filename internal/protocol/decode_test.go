@@ -152,6 +152,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"id too long", `{"type":"ping","id":"` + over(MaxIDBytes) + `"}`, CodeInvalidMessage, "", "id"},
 		{"id too long escaped", `{"type":"ping","id":"` + strings.Repeat(`\u00e9`, 33) + `"}`, CodeInvalidMessage, "", "id"},
 		{"bad id beats unknown type", `{"type":"nope","id":true}`, CodeInvalidMessage, "", "id"},
+		{"id with NUL", `{"type":"ping","id":"a\u0000"}`, CodeInvalidMessage, "", "id"},
+		{"id with DEL", `{"type":"ping","id":"a\u007f"}`, CodeInvalidMessage, "", "id"},
 
 		// unknown_type
 		{"missing type", `{"id":"a","content":"x"}`, CodeUnknownType, "a", "type"},
@@ -182,6 +184,15 @@ func TestDecodeErrors(t *testing.T) {
 		{"thread_id too long", `{"type":"user_message","id":"a","content":"x","thread_id":"` + over(MaxKeyBytes) + `"}`, CodeInvalidMessage, "a", "thread_id"},
 		{"client_message_id number", `{"type":"user_message","id":"a","content":"x","client_message_id":1}`, CodeInvalidMessage, "a", "client_message_id"},
 		{"client_message_id too long", `{"type":"user_message","id":"a","content":"x","client_message_id":"` + over(MaxKeyBytes) + `"}`, CodeInvalidMessage, "a", "client_message_id"},
+		// NUL and control characters: PostgreSQL refuses NUL in text, so every
+		// store must see the same refusal here.
+		{"client_message_id with NUL", `{"type":"user_message","id":"a","content":"x","client_message_id":"k\u0000"}`, CodeInvalidMessage, "a", "client_message_id"},
+		{"client_message_id with newline", `{"type":"user_message","id":"a","content":"x","client_message_id":"k\n"}`, CodeInvalidMessage, "a", "client_message_id"},
+		{"thread_id with NUL", `{"type":"user_message","id":"a","content":"x","thread_id":"\u0000"}`, CodeInvalidMessage, "a", "thread_id"},
+		{"content with NUL", `{"type":"user_message","id":"a","content":"x\u0000y"}`, CodeInvalidMessage, "a", "content"},
+		{"legacy payload content with NUL", `{"type":"chat","id":"a","payload":{"text":"\u0000"}}`, CodeInvalidMessage, "a", "payload.text"},
+		{"run_id with NUL", `{"type":"stop_agent","id":"a","run_id":"r\u0000"}`, CodeInvalidMessage, "a", "run_id"},
+		{"epoch with tab", `{"type":"resume","id":"a","epoch":"e\t"}`, CodeInvalidMessage, "a", "epoch"},
 
 		// stop_agent
 		{"run_id missing", `{"type":"stop_agent","id":"a"}`, CodeInvalidMessage, "a", "run_id"},

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"strconv"
+	"strings"
 	"testing"
 	"unicode/utf8"
 )
@@ -28,6 +29,7 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"resume","since":-1}`,
 		`{"type":"resume","since":1e3}`,
 		`{"type":"user_message","content":"\ud800\u00e9\n"}`,
+		`{"type":"user_message","content":"x","client_message_id":"k\u0000"}`,
 		`{"\u0074ype":"p\u0069ng"}`,
 		`{"type":"ping","x":[[[[[[[[{"a":"]}"}]]]]]]]]}`,
 		"{\"type\":\"user_message\",\"content\":\"\xff\"}",
@@ -81,6 +83,14 @@ func FuzzDecode(f *testing.F) {
 			if !utf8.ValidString(s) {
 				t.Fatalf("invalid UTF-8 in %+v", fr)
 			}
+		}
+		for _, s := range []string{fr.ID, fr.ThreadID, fr.ClientMessageID, fr.RunID, fr.Epoch} {
+			if strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+				t.Fatalf("control character in an id of %+v", fr)
+			}
+		}
+		if strings.IndexByte(fr.Content, 0) >= 0 {
+			t.Fatalf("NUL in content of %+v", fr)
 		}
 		if len(fr.ID) > MaxIDBytes || len(fr.ThreadID) > MaxKeyBytes || len(fr.ClientMessageID) > MaxKeyBytes ||
 			len(fr.RunID) > MaxKeyBytes || len(fr.Epoch) > MaxKeyBytes {

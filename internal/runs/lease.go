@@ -161,7 +161,7 @@ func (m *Manager) announceLost(ctx context.Context, r store.Run) {
 	// before its node died, and appending its start again would repeat it.
 	if m.now().Sub(r.StartedAt) < stream.IdempotencyWindow-time.Minute {
 		lctx, cancel := context.WithTimeout(ctx, m.reapEvery)
-		// The run's message is among the thread's newest: page back from the end.
+		// Page through the thread until the run's message.
 		q := store.MessageQuery{Limit: 1000}
 	pages:
 		for {
@@ -251,20 +251,38 @@ func (m *Manager) resend(user string, recs ...stream.Record) {
 // reap ends the runs whose node stopped renewing them. The store hands each
 // expired run to exactly one reaper, which announces its end.
 func (m *Manager) reap(ctx context.Context) {
+	if _, err := m.reapBefore(ctx, m.now()); err != nil {
+		m.log.Warn("reap expired runs", "err", err)
+	}
+}
+
+// EndLeftovers ends, as failed with node_lost, every run the store still has
+// as running, whatever its lease, and announces each as the reaper does. It
+// is for a store no other process shares (SQLite), called at start before
+// any run begins: such runs were cut short by the previous process, whose
+// leases may not have expired yet (a kill -9 and a quick restart).
+func (m *Manager) EndLeftovers(ctx context.Context) (int, error) {
+	return m.reapBefore(ctx, m.now().Add(100*365*24*time.Hour)) // past every lease a process could take
+}
+
+// reapBefore ends the running runs whose lease expires before t, a page at
+// a time, and announces each.
+func (m *Manager) reapBefore(ctx context.Context, t time.Time) (int, error) {
+	n := 0
 	for {
 		cctx, cancel := context.WithTimeout(ctx, m.reapEvery)
-		lost, err := m.store.ReapExpired(cctx, m.now(), agent.CodeNodeLost, nodeLostMessage, 100)
+		lost, err := m.store.ReapExpired(cctx, t, agent.CodeNodeLost, nodeLostMessage, 100)
 		cancel()
 		if err != nil {
-			m.log.Warn("reap expired runs", "err", err)
-			return
+			return n, err
 		}
 		for _, r := range lost {
 			m.log.Warn("run lost with its node", "user", r.UserID, "run", r.ID, "node", r.Node)
 			m.announceLost(ctx, r)
 		}
+		n += len(lost)
 		if len(lost) < 100 {
-			return
+			return n, nil
 		}
 	}
 }

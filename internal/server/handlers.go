@@ -6,10 +6,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"regexp"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/protocol"
@@ -50,6 +52,14 @@ func handleReadyz(d *Deps) http.Handler {
 		}
 		if err := d.Store.Ping(ctx); err != nil {
 			checks["store"], ready = "unreachable", false
+		}
+		if d.JWKS != nil {
+			// Detail only: cached keys still verify, and every node shares
+			// the one JWKS, so taking this node out would help no one.
+			checks["jwks"] = "ok"
+			if d.JWKS() != nil {
+				checks["jwks"] = "last fetch failed"
+			}
 		}
 		if !ready {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "checks": checks})
@@ -250,11 +260,28 @@ func handlePublish(d *Deps) http.Handler {
 		Epoch string `json:"epoch"`
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// JSON is UTF-8 (RFC 8259), and encoding/json lets other bytes
+		// through inside data: one such byte appended to the stream would go
+		// out in every later text frame of the user, which compliant clients
+		// must fail (1007), so the whole body is checked first.
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+		if err != nil {
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", "request body over 128 KiB")
+			return
+		}
+		if !utf8.Valid(body) {
+			writeError(w, http.StatusBadRequest, "invalid_json", "request body is not valid UTF-8")
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		var req request
 		if !decodeBody(w, r, &req) {
 			return
 		}
 		switch {
+		case !isKey(req.UserID) || !isKey(req.ThreadID) || !isKey(req.RunID) || !isKey(req.IdempotencyKey):
+			writeError(w, http.StatusBadRequest, "invalid_request", "user_id, thread_id, run_id and idempotency_key must not contain control characters")
+			return
 		case req.UserID == "" || len(req.UserID) > maxUserID:
 			writeError(w, http.StatusBadRequest, "invalid_request", "user_id is required (1-256 bytes)")
 			return
@@ -297,6 +324,18 @@ func handlePublish(d *Deps) http.Handler {
 		d.Metrics.Published.Inc()
 		writeJSON(w, http.StatusOK, response{Seq: ev.Seq, Epoch: ev.Epoch})
 	})
+}
+
+// isKey reports whether the id s has no C0 control character nor DEL (the
+// rule client frames follow too): PostgreSQL refuses NUL in text, and a
+// control character in an id only hides what it is.
+func isKey(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 var devUser = regexp.MustCompile(`^[A-Za-z0-9_.@-]{1,64}$`)

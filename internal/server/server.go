@@ -52,6 +52,9 @@ type Deps struct {
 	BodyTimeout     time.Duration
 	WriteTimeout    time.Duration
 	MaxReadsPerUser int
+	// JWKS reports the last JWKS fetch's failure (nil: fine), shown by
+	// /readyz; nil when no JWKS is configured.
+	JWKS func() error
 }
 
 // NewServer returns the complete HTTP handler.

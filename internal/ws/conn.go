@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -404,8 +405,7 @@ func (c *conn) readFrame(rb *readBuf) error {
 		have = len(c.msg.b)
 	}
 	if h.Length > int64(c.srv.cfg.MaxMessageBytes-have) {
-		c.srv.cfg.Metrics.Closes.WithLabelValues("1009").Inc()
-		c.terminateLingering(closeBody(CloseTooBig, "message too big"))
+		c.terminateLingering(CloseTooBig, "message too big")
 		return errDone
 	}
 	if h.OpCode != ws.OpContinuation {
@@ -427,7 +427,9 @@ func (c *conn) readFrame(rb *readBuf) error {
 	c.fragmented = false
 	mb := c.msg
 	c.msg = nil
-	c.message(context.Background(), c.msgOp == ws.OpBinary, mb.b)
+	ctx, cancel := c.srv.opContext()
+	c.message(ctx, c.msgOp == ws.OpBinary, mb.b)
+	cancel()
 	if cap(mb.b) <= 2*c.srv.cfg.MaxMessageBytes {
 		mb.b = mb.b[:0]
 		c.srv.msgBufs.Put(mb)
@@ -466,7 +468,7 @@ func (c *conn) readControl(rb *readBuf, h ws.Header) error {
 }
 
 func (c *conn) protocolError() error {
-	c.terminateLingering(closeBody(CloseProtocolError, "protocol error"))
+	c.terminateLingering(CloseProtocolError, "protocol error")
 	return errDone
 }
 
@@ -476,12 +478,17 @@ func (c *conn) protocolError() error {
 // destroy the close frame before the client reads it; so the write side is
 // shut after the close frame and the input discarded until the client
 // closes too, for closeWait at most.
-func (c *conn) terminateLingering(body []byte) {
+// The close is counted in agentwire_closes_total when it is the first.
+func (c *conn) terminateLingering(code int, reason string) {
+	body := closeBody(code, reason)
 	c.smu.Lock()
 	nc := c.nc
 	c.smu.Unlock()
 	hc, ok := nc.(interface{ CloseWrite() error })
 	if !ok {
+		if !c.closed.Load() {
+			c.srv.cfg.Metrics.Closes.WithLabelValues(strconv.Itoa(code)).Inc()
+		}
 		c.terminate(body)
 		return
 	}
@@ -493,6 +500,7 @@ func (c *conn) terminateLingering(body []byte) {
 	c.closed.Store(true)
 	c.closeBody = body
 	c.smu.Unlock()
+	c.srv.cfg.Metrics.Closes.WithLabelValues(strconv.Itoa(code)).Inc()
 	_ = nc.SetWriteDeadline(time.Now().Add(closeWait))
 	c.wmu.Lock()
 	if !c.wbroken {

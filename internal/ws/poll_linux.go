@@ -133,6 +133,7 @@ func (p *poller) run(s *Server) {
 			}
 			p.mu.Unlock()
 			for _, c := range all {
+				c.srv.cfg.Metrics.Closes.WithLabelValues("1011").Inc()
 				go c.Close(1011, "internal error")
 			}
 			time.Sleep(10 * time.Millisecond)
@@ -225,6 +226,7 @@ func (c *conn) arm() {
 	}
 	if cerr != nil {
 		c.srv.log.Error("epoll_ctl", "conn", c.hc.ID, "err", cerr)
+		c.srv.cfg.Metrics.Closes.WithLabelValues("1011").Inc()
 		go c.Close(1011, "internal error")
 	}
 }

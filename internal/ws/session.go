@@ -33,7 +33,9 @@ type session struct {
 func (ss *session) join(resume bool, since uint64, epoch string) bool {
 	s := ss.srv
 	cfg := &s.cfg
-	_, err := ss.hc.Join(context.Background(), resume, since, epoch, func(pos stream.Position) []byte {
+	ctx, cancel := s.opContext()
+	defer cancel()
+	_, err := ss.hc.Join(ctx, resume, since, epoch, func(pos stream.Position) []byte {
 		return protocol.EncodeConnectionEstablished(protocol.ConnectionEstablished{
 			ConnectionID:        ss.hc.ID,
 			UserID:              ss.user,

@@ -52,6 +52,9 @@ const (
 	DefaultRateBurst       = 40
 	DefaultErrorLimit      = 20 // errors tolerated in ErrorWindow; one more closes with 4029
 	DefaultErrorWindow     = 10 * time.Second
+	// DefaultOpTimeout bounds what one client frame or join does in the
+	// store and the stream, so a hung backend cannot pin a reader.
+	DefaultOpTimeout = 10 * time.Second
 )
 
 // Authenticator verifies a bearer JWT.
@@ -59,9 +62,12 @@ type Authenticator interface {
 	Verify(ctx context.Context, token string) (auth.Claims, error)
 }
 
-// TicketRedeemer consumes a single-use connect ticket.
+// TicketRedeemer consumes a single-use connect ticket. Peek reads it
+// without consuming it: a connect refused by a later check (origin,
+// connection limit, handshake) leaves the ticket usable.
 type TicketRedeemer interface {
 	Redeem(ctx context.Context, ticket string) (auth.Claims, error)
+	Peek(ctx context.Context, ticket string) (auth.Claims, error)
 }
 
 // Handler acts on the client frames that reach beyond the connection. user is
@@ -106,6 +112,9 @@ type Config struct {
 	RateBurst       int
 	ErrorLimit      int
 	ErrorWindow     time.Duration
+	// OpTimeout bounds each client frame's and each join's calls into the
+	// store and stream (0: DefaultOpTimeout).
+	OpTimeout time.Duration
 }
 
 // Server serves /ws.
@@ -123,6 +132,11 @@ type Server struct {
 	// epoll connection ids (0 is the pollers' stop event).
 	msgBufs, readBufs, batchBufs sync.Pool
 	connIDs                      atomic.Uint64
+
+	// base is the parent of every frame's and join's context; Shutdown
+	// cancels it.
+	base     context.Context
+	stopBase context.CancelFunc
 
 	mu       sync.Mutex
 	shutdown bool
@@ -152,6 +166,9 @@ func New(cfg Config) *Server {
 	if cfg.ErrorWindow <= 0 {
 		cfg.ErrorWindow = DefaultErrorWindow
 	}
+	if cfg.OpTimeout <= 0 {
+		cfg.OpTimeout = DefaultOpTimeout
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -159,6 +176,7 @@ func New(cfg Config) *Server {
 		cfg.Metrics = metrics.New()
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, origins: map[string]bool{}}
+	s.base, s.stopBase = context.WithCancel(context.Background())
 	s.msgBufs.New, s.readBufs.New, s.batchBufs.New = newMsgBuf, newReadBuf, newBatchBuf
 	for _, o := range cfg.AllowedOrigins {
 		o = strings.TrimRight(strings.TrimSpace(o), "/")
@@ -184,7 +202,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, "forbidden_origin", "origin not allowed")
 		return
 	}
-	claims, err := s.authenticate(r)
+	claims, ticket, err := s.authenticate(r)
 	if err != nil {
 		m.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
 		writeError(w, http.StatusUnauthorized, "unauthorized", unauthorizedMessage(err))
@@ -248,6 +266,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.finish()
 		return
 	}
+	if ticket != "" {
+		// Every check that could refuse the connect has passed: only now
+		// is the ticket spent, atomically, so of racing connects one wins.
+		if _, err := s.cfg.Tickets.Redeem(r.Context(), ticket); err != nil {
+			m.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
+			writeError(w, http.StatusUnauthorized, "unauthorized", unauthorizedMessage(err))
+			c.finish()
+			return
+		}
+	}
 	up := ws.HTTPUpgrader{Timeout: 10 * time.Second}
 	if offersSubprotocol(r, protocol.Version) {
 		// Answer agentwire.v1 only: a bearer.<JWT> offered with it is never
@@ -286,6 +314,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.startReading(c)
 }
 
+// opContext is the context of one client frame or join: cancelled at
+// Shutdown and after OpTimeout.
+func (s *Server) opContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(s.base, s.cfg.OpTimeout)
+}
+
 // Drain stops accepting connections and leaves the open ones be.
 func (s *Server) Drain() {
 	s.mu.Lock()
@@ -299,6 +333,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.shutdown = true
 	s.mu.Unlock()
+	s.stopBase()
 	s.cfg.Hub.CloseAll(CloseGoingAway, "server shutting down")
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
@@ -311,24 +346,29 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-func (s *Server) authenticate(r *http.Request) (auth.Claims, error) {
+// authenticate returns the connect's claims. For a ticket it only peeks:
+// ServeHTTP redeems it once every other check has passed.
+func (s *Server) authenticate(r *http.Request) (c auth.Claims, ticket string, err error) {
 	q := r.URL.Query()
 	if q.Has("token") || q.Has("access_token") || q.Has("jwt") {
-		return auth.Claims{}, errJWTInQuery
+		return auth.Claims{}, "", errJWTInQuery
 	}
 	if ticket := q.Get("ticket"); ticket != "" {
 		if s.cfg.Tickets == nil {
-			return auth.Claims{}, auth.ErrTicket
+			return auth.Claims{}, "", auth.ErrTicket
 		}
-		return s.cfg.Tickets.Redeem(r.Context(), ticket)
+		c, err := s.cfg.Tickets.Peek(r.Context(), ticket)
+		return c, ticket, err
 	}
 	if tok, ok := auth.BearerToken(r); ok {
-		return s.cfg.Verifier.Verify(r.Context(), tok)
+		c, err := s.cfg.Verifier.Verify(r.Context(), tok)
+		return c, "", err
 	}
 	if tok, ok := subprotocolToken(r); ok {
-		return s.cfg.Verifier.Verify(r.Context(), tok)
+		c, err := s.cfg.Verifier.Verify(r.Context(), tok)
+		return c, "", err
 	}
-	return auth.Claims{}, auth.ErrMissing
+	return auth.Claims{}, "", auth.ErrMissing
 }
 
 var errJWTInQuery = errors.New("a JWT is never accepted in the query string: use the Authorization header, the bearer.<JWT> subprotocol or a ticket")

@@ -11,11 +11,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/hub"
@@ -501,9 +504,18 @@ func TestFramesThatClose(t *testing.T) {
 		for i, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {
 				c := s.dial(t, fmt.Sprintf("user-%d", i), "", nil)
+				closes := s.srv.cfg.Metrics.Closes.WithLabelValues(strconv.Itoa(tc.code))
+				before := counterValue(closes)
 				c.write(tc.frames...)
 				if code := c.expectClose(); code != tc.code {
 					t.Fatalf("close code %d, want %d", code, tc.code)
+				}
+				// Closes the server decides are counted (before the close frame
+				// is written); echoes of the client's close are not.
+				if server := tc.code == 1002 || tc.code == 1009; server {
+					if got := counterValue(closes) - before; got != 1 {
+						t.Errorf("agentwire_closes_total{code=%q} rose by %v, want 1", strconv.Itoa(tc.code), got)
+					}
 				}
 				waitCount(t, s.srv, fmt.Sprintf("user-%d", i), 0)
 			})
@@ -732,4 +744,53 @@ func TestWheel(t *testing.T) {
 	if got := wheelTick(200*time.Millisecond, 200*time.Millisecond); got != 25*time.Millisecond {
 		t.Fatalf("tick %v", got)
 	}
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// hungHandler stands for a store that never answers: it returns only when
+// the frame's context ends, reporting whether that context had a deadline.
+type hungHandler struct {
+	nopHandler
+	deadline chan bool
+}
+
+func (h hungHandler) UserMessage(ctx context.Context, _ string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error) {
+	_, ok := ctx.Deadline()
+	h.deadline <- ok
+	<-ctx.Done()
+	return protocol.AckFrame{}, &protocol.Error{Code: protocol.CodeInternal, Message: "store unavailable, retry", Ref: f.ID}
+}
+
+// TestHungStoreCallIsBounded: a client frame whose store call hangs gets its
+// answer after OpTimeout, and the connection's reader is free again.
+func TestHungStoreCallIsBounded(t *testing.T) {
+	both(t, func(t *testing.T, loops bool) {
+		h := hungHandler{deadline: make(chan bool, 1)}
+		s := newTestServer(t, loops, func(c *Config) {
+			c.Handler = h
+			c.OpTimeout = 200 * time.Millisecond
+		})
+		c := s.dial(t, "hung", "", nil)
+		c.write(frame(ws.OpText, true, []byte(`{"type":"user_message","id":"m1","content":"hi"}`)))
+		select {
+		case ok := <-h.deadline:
+			if !ok {
+				t.Fatal("the frame's context has no deadline")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the frame never reached the handler")
+		}
+		if m := c.readJSON(); m["type"] != "error" || m["code"] != "internal_error" || m["ref"] != "m1" {
+			t.Fatalf("answer %v", m)
+		}
+		c.write(frame(ws.OpText, true, pingJSON("after")))
+		c.expectPong("after")
+	})
 }

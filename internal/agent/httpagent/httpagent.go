@@ -239,8 +239,14 @@ type Fields struct {
 }
 
 // Decode parses one event, nested ({"type","data":{…}}) or flat. name is
-// the SSE event name, used when the JSON has no "type".
+// the SSE event name, used when the JSON has no "type". Bytes that are not
+// UTF-8 become U+FFFD first: encoding/json would carry them into args,
+// result and error verbatim, and from there into text frames that
+// compliant clients must fail (1007), on every later resume too.
 func Decode(line []byte, name string) (Event, error) {
+	if !utf8.Valid(line) {
+		line = bytes.ToValidUTF8(line, []byte("\uFFFD"))
+	}
 	var head struct {
 		Type string          `json:"type"`
 		Data json.RawMessage `json:"data"`
