@@ -9,6 +9,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,15 +38,53 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return verify(ctx, args[1:], getenv, stdout, stderr)
 	case "bench":
 		return bench(ctx, args[1:], getenv, stdout, stderr)
+	case "version", "-version", "--version":
+		_, err := fmt.Fprintln(stdout, "agentwire", version(), "("+runtime.Version()+")")
+		return err
 	case "help", "-h", "--help":
 		usage(stdout)
 		return nil
 	}
-	usage(stderr)
-	return fmt.Errorf("unknown command %q", args[0])
+	return usageError{fmt.Errorf("unknown command %q\nrun 'agentwire help' for the commands", args[0])}
 }
 
 var errUsage = errors.New("no command given")
+
+// usageError is a mistake on the command line: exit code 2, and no wall of
+// usage text (the message carries one hint line).
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// version is the module version the binary was built at (a tag, or a
+// pseudo-version from the VCS revision), else the revision itself.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if rev == "" {
+		return "devel"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	return "devel-" + rev + dirty
+}
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `agentwire: a real-time gateway between AI agents and the people who use them.
@@ -53,6 +97,7 @@ Usage:
                                    check a running deployment end to end
   agentwire bench [--url U] (--token-secret S | --dev) [--mode publish|runs]
                                    load test a running deployment (agentwire bench -h)
+  agentwire version                print the version
 `)
 }
 
@@ -62,12 +107,16 @@ type flagSet struct {
 	*flag.FlagSet
 	getenv func(string) string
 	envErr []error
+	stderr io.Writer
 }
 
 func newFlagSet(name string, getenv func(string) string, stderr io.Writer) *flagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	return &flagSet{FlagSet: fs, getenv: getenv}
+	// flag would print the whole list of flags after any mistake; parse
+	// prints it only for -h and answers a mistake with one hint line.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return &flagSet{FlagSet: fs, getenv: getenv, stderr: stderr}
 }
 
 func (f *flagSet) env(name string) (string, bool) {
@@ -122,9 +171,9 @@ func (f *flagSet) Float(p *float64, name, env string, def float64, usage string)
 
 func (f *flagSet) Duration(p *time.Duration, name, env string, def time.Duration, usage string) {
 	if v, ok := f.env(env); ok {
-		d, err := time.ParseDuration(v)
+		d, err := parseDuration(v)
 		if err != nil {
-			f.envErr = append(f.envErr, fmt.Errorf("%s=%q: want a duration like 10m", env, v))
+			f.envErr = append(f.envErr, fmt.Errorf("%s=%q: %w", env, v, err))
 		} else {
 			def = d
 		}
@@ -132,17 +181,86 @@ func (f *flagSet) Duration(p *time.Duration, name, env string, def time.Duration
 	f.DurationVar(p, name, def, usage+" ["+env+"]")
 }
 
-func (f *flagSet) parse(args []string) error {
-	if err := f.Parse(args); err != nil {
+// DurationVar is flag's, with an error that says what to write.
+func (f *flagSet) DurationVar(p *time.Duration, name string, def time.Duration, usage string) {
+	*p = def
+	f.Var((*durationValue)(p), name, usage)
+}
+
+type durationValue time.Duration
+
+func (d *durationValue) String() string { return time.Duration(*d).String() }
+
+func (d *durationValue) Set(s string) error {
+	v, err := parseDuration(s)
+	if err != nil {
 		return err
 	}
+	*d = durationValue(v)
+	return nil
+}
+
+// parseDuration is time.ParseDuration; a bare number gets an error saying
+// that a unit is needed rather than "missing unit in duration".
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err == nil {
+		return d, nil
+	}
+	if _, nerr := strconv.ParseFloat(s, 64); nerr == nil && s != "0" {
+		return 0, fmt.Errorf("a duration needs a unit: write %ss (or %sms, %sm, %sh)", s, s, s, s)
+	}
+	return 0, errors.New("want a duration with a unit, like 500ms, 25s or 10m")
+}
+
+func (f *flagSet) parse(args []string) error {
+	if err := f.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			f.printDefaults()
+			return err
+		}
+		return f.hint(err)
+	}
 	if len(f.envErr) > 0 {
-		return errors.Join(f.envErr...)
+		return usageError{errors.Join(f.envErr...)}
 	}
 	if f.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", f.Arg(0))
+		return f.hint(fmt.Errorf("unexpected argument %q", f.Arg(0)))
 	}
 	return nil
+}
+
+// hint turns a mistake on the command line into its error plus one line
+// saying where the flags are listed.
+func (f *flagSet) hint(err error) error {
+	return usageError{fmt.Errorf("%s: %w\nrun 'agentwire %s -h' to list its flags", f.Name(), err, f.Name())}
+}
+
+// printDefaults is flag.PrintDefaults, naming durationValue's type.
+func (f *flagSet) printDefaults() {
+	w := f.stderr
+	fmt.Fprintf(w, "Usage of agentwire %s:\n", f.Name())
+	f.VisitAll(func(fl *flag.Flag) {
+		typ, usage := flag.UnquoteUsage(fl)
+		if _, ok := fl.Value.(*durationValue); ok {
+			typ = "duration"
+		}
+		line := "  -" + fl.Name
+		if typ != "" {
+			line += " " + typ
+		}
+		line += "\n    \t" + strings.ReplaceAll(usage, "\n", "\n    \t")
+		switch fl.DefValue {
+		case "", "0", "0s", "false":
+		default:
+			if typ == "string" {
+				line += fmt.Sprintf(" (default %q)", fl.DefValue)
+			} else {
+				line += fmt.Sprintf(" (default %v)", fl.DefValue)
+			}
+		}
+		fmt.Fprintln(w, line)
+	})
 }
 
 // keyFlags are the flags that choose how tokens are verified and signed,
@@ -179,7 +297,7 @@ func (k *keyFlags) keys() (auth.Config, []byte, error) {
 	case n == 0:
 		secret, err := auth.LoadOrCreateSecret(k.dataDir)
 		if err != nil {
-			return cfg, nil, err
+			return cfg, nil, fmt.Errorf("--data-dir %s: %w", k.dataDir, err)
 		}
 		cfg.Secret = secret
 	}
@@ -198,19 +316,30 @@ func token(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	if user == "" {
-		return errors.New("--user is required")
+		return usageError{errors.New("--user is required")}
+	}
+	if k.publicKeyFile != "" || k.jwksURL != "" {
+		return errors.New("agentwire token signs HS256 only: it needs --jwt-secret or the generated secret, not a public key or JWKS")
+	}
+	// token only ever reads the secret serve uses: a new one here would sign
+	// tokens that no server accepts.
+	source := "--jwt-secret [AGENTWIRE_JWT_SECRET]"
+	if k.secret == "" {
+		path := filepath.Join(k.dataDir, auth.SecretFile)
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("no JWT secret: %s does not exist; pass the server's --jwt-secret, or the --data-dir of a server that has started once (it creates the secret)", path)
+		}
+		source = path
 	}
 	_, secret, err := k.keys()
 	if err != nil {
 		return err
 	}
-	if secret == nil {
-		return errors.New("agentwire token signs HS256 only: it needs --jwt-secret or the generated secret, not a public key or JWKS")
-	}
 	tok, _, err := auth.NewSigner(secret).Sign(user, ttl, k.issuer, k.audience)
 	if err != nil {
 		return err
 	}
+	fmt.Fprintln(stderr, "agentwire: signed with the secret from", source)
 	_, err = fmt.Fprintln(stdout, tok)
 	return err
 }

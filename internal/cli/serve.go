@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
@@ -232,7 +233,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	ln, err := net.Listen("tcp", o.addr)
 	if err != nil {
-		return err
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("--addr %s: address already in use (another agentwire?); stop it or pick another address with --addr, e.g. --addr 127.0.0.1:8081", o.addr)
+		}
+		return fmt.Errorf("--addr %s: %w", o.addr, err)
 	}
 	httpSrv := &http.Server{
 		Handler: server.NewServer(deps),
@@ -350,9 +354,13 @@ func openStore(ctx context.Context, o *serveFlags, log *slog.Logger) (store.Stor
 		return nil, errors.New("--database-url: want postgres://…; without it the SQLite file in --data-dir is used")
 	}
 	if err := os.MkdirAll(o.keys.dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
+		return nil, fmt.Errorf("--data-dir %s: %w", o.keys.dataDir, err)
 	}
-	return sqlite.Open(ctx, filepath.Join(o.keys.dataDir, "agentwire.db"))
+	db, err := sqlite.Open(ctx, filepath.Join(o.keys.dataDir, "agentwire.db"))
+	if err != nil {
+		return nil, fmt.Errorf("--data-dir %s: %w", o.keys.dataDir, err)
+	}
+	return db, nil
 }
 
 // newAgent builds the agent --agent names.
@@ -397,7 +405,7 @@ func ExitCode(err error) int {
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, errUsage):
+	case errors.Is(err, errUsage), errors.As(err, new(usageError)):
 		return 2
 	}
 	return 1
