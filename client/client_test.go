@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -74,16 +75,20 @@ func dial(t *testing.T, opts client.Options) *client.Conn {
 }
 
 // untilTerminal collects events of run runID (and every event before the
-// run's, with allSeq) until its terminal event.
+// run's, with allSeq) until its terminal event. It fails when no event
+// comes for 10 s: a slow machine may take as long as events keep coming.
 func untilTerminal(t *testing.T, c *client.Conn, runID string) (run, all []client.Event) {
 	t.Helper()
-	timeout := time.After(15 * time.Second)
+	const idle = 10 * time.Second
+	timeout := time.NewTimer(idle)
+	defer timeout.Stop()
 	for {
 		select {
 		case ev, ok := <-c.Events():
 			if !ok {
 				t.Fatalf("events closed: %v", c.Err())
 			}
+			timeout.Reset(idle)
 			all = append(all, ev)
 			if ev.RunID != runID {
 				continue
@@ -92,14 +97,16 @@ func untilTerminal(t *testing.T, c *client.Conn, runID string) (run, all []clien
 			if ev.Terminal() {
 				return run, all
 			}
-		case <-timeout:
-			t.Fatalf("no terminal event for run %s; got %d events", runID, len(run))
+		case <-timeout.C:
+			t.Fatalf("no event for %v and no terminal event for run %s; got %d events", idle, runID, len(run))
 		}
 	}
 }
 
+// ctxT is a test's request context; its deadline only guards against a
+// hang, not a slow machine.
 func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -278,7 +285,9 @@ func TestResumeAfterCutMidRun(t *testing.T) {
 	if all[0].Type != client.TypeUserMessage || all[len(all)-1].Type != client.TypeAgentCompleted {
 		t.Fatalf("first %s, last %s", all[0].Type, all[len(all)-1].Type)
 	}
-	for deadline := time.Now().Add(2 * time.Second); c.Position().Seq != all[len(all)-1].Seq; time.Sleep(10 * time.Millisecond) {
+	// The Conn moves its position right after the event is taken: a hang
+	// guard, not a measure.
+	for deadline := time.Now().Add(10 * time.Second); c.Position().Seq != all[len(all)-1].Seq; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("position %d, last seq %d", c.Position().Seq, all[len(all)-1].Seq)
 		}
@@ -451,14 +460,23 @@ func TestNoGoroutineLeft(t *testing.T) {
 func TestSlowConsumerLosesNothing(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
-	c := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc("slowpoke", nil), EventBuffer: 2, SlowConsumerTimeout: 50 * time.Millisecond})
+	dropped := &logSignal{msg: "events consumer too slow", ch: make(chan struct{})}
+	c := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc("slowpoke", nil), EventBuffer: 2, SlowConsumerTimeout: 50 * time.Millisecond,
+		Logger: slog.New(dropped)})
 	first := c.Established().ConnectionID
 	ctx := ctxT(t)
 	ack, err := c.SendMessage(ctx, "what is 12*(3+4)?", client.SendOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(800 * time.Millisecond) // the run (about 400 ms) ends while nobody reads
+	// Nobody reads until the Conn has given up on this reader (its 2-event
+	// buffer stayed full for 50 ms): its log record is the signal, where a
+	// pause of 800 ms assumed the run and the drop would fit in it.
+	select {
+	case <-dropped.ch:
+	case <-ctx.Done():
+		t.Fatal("the Conn did not drop the connection of a consumer that does not read")
+	}
 	_, all := untilTerminal(t, c, ack.RunID)
 	checkContiguous(t, all)
 	if all[0].Type != client.TypeUserMessage {
@@ -520,3 +538,23 @@ func TestRESTFollowsPages(t *testing.T) {
 		t.Fatalf("threads %+v, %v", threads, err)
 	}
 }
+
+// logSignal is a slog.Handler that closes ch at the first record whose
+// message contains msg: a test waits on what the Conn reports, not on time.
+type logSignal struct {
+	msg  string
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (h *logSignal) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *logSignal) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, h.msg) {
+		h.once.Do(func() { close(h.ch) })
+	}
+	return nil
+}
+
+func (h *logSignal) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *logSignal) WithGroup(string) slog.Handler      { return h }

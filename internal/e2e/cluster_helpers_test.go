@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -170,6 +171,49 @@ func (e *clusterEnv) cutPostgres() int {
 		e.t.Fatalf("pg_terminate_backend: %v", err)
 	}
 	return n
+}
+
+// reapRound returns once the nodes have run a whole reap round after the
+// call: it inserts a run of a fresh tracer user whose lease expired long
+// ago (as a node that died would leave it) and waits, through via, for the
+// node_lost a reaper appends for it. Two calls in a row prove that at
+// least one round started and ended in between: the deterministic form of
+// "wait a few reap intervals".
+func (e *clusterEnv) reapRound(via *node) {
+	e.t.Helper()
+	user := e.user("tracer-" + randID())
+	runID, threadID := "tracer-run-"+randID(), "tracer-thread-"+randID()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, e.adminURL)
+	if err != nil {
+		e.t.Fatalf("admin connection: %v", err)
+	}
+	defer c.Close(ctx)
+	schema := pgx.Identifier{e.schema}.Sanitize()
+	now := time.Now()
+	if _, err := c.Exec(ctx, `INSERT INTO `+schema+`.threads (id, user_id, title, created_at, updated_at) VALUES ($1, $2, 'tracer', $3, $3)`,
+		threadID, user, now); err != nil {
+		e.t.Fatalf("tracer thread: %v", err)
+	}
+	if _, err := c.Exec(ctx, `INSERT INTO `+schema+`.runs (id, thread_id, user_id, agent, status, started_at, node, lease_until)
+		VALUES ($1, $2, $3, 'tracer', 'running', $4, 'tracer-node', 'epoch')`, runID, threadID, user, now); err != nil {
+		e.t.Fatalf("tracer run: %v", err)
+	}
+	tok := via.token(user)
+	reaped := func() bool {
+		for _, f := range via.eventsOf(tok) {
+			if f.RunID == runID && f.Type == "agent_error" {
+				return true
+			}
+		}
+		return false
+	}
+	// Reaping is timer driven and nothing else moves meanwhile: the bound is
+	// plain time, far above the reap interval of the cluster tests.
+	if !waitFor(30*time.Second, reaped) {
+		e.t.Fatalf("no reaper took the tracer run %s", runID)
+	}
 }
 
 func randID() string {
@@ -429,32 +473,15 @@ func streamFrames(fs []frame) []frame {
 	return out
 }
 
-// collect reads frames from c for d (no failure when nothing comes) and
-// returns them with the error that ended the read (nil at the deadline).
-func (c *client) collect(d time.Duration) ([]frame, error) {
-	deadline := time.Now().Add(d)
-	var out []frame
-	for {
-		f, err := c.readWithin(time.Until(deadline))
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return out, nil
-			}
-			return out, err
-		}
-		out = append(out, f)
-	}
-}
-
-// readUntilFn reads frames until ok holds for one, within d, and returns
-// every frame read (the matching one last).
-func (c *client) readUntilFn(d time.Duration, what string, ok func(frame) bool) []frame {
+// readUntilFn reads frames until ok holds for one and returns every frame
+// read (the matching one last). It fails when no frame comes for idle.
+func (c *client) readUntilFn(idle time.Duration, what string, ok func(frame) bool) []frame {
 	c.t.Helper()
-	deadline := time.Now().Add(d)
+	p := newProgressDeadline(idle)
 	var out []frame
 	for {
-		f := c.readBy(deadline, what)
+		f := c.readBy(p.next(), what)
+		p.progress()
 		out = append(out, f)
 		if ok(f) {
 			return out
@@ -468,12 +495,13 @@ func (c *client) readUntilFn(d time.Duration, what string, ok func(frame) bool) 
 // deadline passes).
 type pumped struct {
 	t      testing.TB
+	c      *client // for sending; its reads belong to the pump
 	frames chan frame
 	err    error // the error that ended the pump, once frames is closed
 }
 
 func (c *client) pump() *pumped {
-	p := &pumped{t: c.t, frames: make(chan frame, 1024)}
+	p := &pumped{t: c.t, c: c, frames: make(chan frame, 1024)}
 	_ = c.c.SetReadDeadline(time.Time{})
 	go func() {
 		defer close(p.frames)
@@ -510,20 +538,49 @@ func (p *pumped) read() frame {
 	return f
 }
 
-// quiet returns every frame that arrives within d, and whether the
-// connection is still open at the end.
-func (p *pumped) quiet(d time.Duration) ([]frame, bool) {
-	deadline := time.After(d)
+// until returns the frames that arrive before the first one ok holds for.
+// It fails the test when the connection ends first or when no frame comes
+// for 5 s.
+func (p *pumped) until(what string, ok func(frame) bool) []frame {
+	p.t.Helper()
 	var out []frame
 	for {
-		select {
-		case f, ok := <-p.frames:
-			if !ok {
-				return out, false
-			}
-			out = append(out, f)
-		case <-deadline:
-			return out, true
+		f, open := p.next(5 * time.Second)
+		if !open {
+			p.t.Fatalf("waiting for %s: connection ended (%v) after %s", what, p.err, dump(out))
 		}
+		if ok(f) {
+			return out
+		}
+		out = append(out, f)
 	}
+}
+
+var pingN atomic.Int64
+
+// pingBarrier sends a ping and returns the frames that arrive before its
+// pong: what the server had queued for this socket when it read the ping.
+// It needs nothing but the node this socket is on (not Redis), and fails
+// the test if the connection ends instead.
+func (p *pumped) pingBarrier() []frame {
+	p.t.Helper()
+	id := fmt.Sprintf("barrier-%d", pingN.Add(1))
+	p.c.send(map[string]string{"type": "ping", "id": id})
+	return p.until("pong "+id, func(f frame) bool { return f.Type == "pong" && f.Ref == id })
+}
+
+// probe publishes one marker for user through n and reads each of ps
+// until it, returning the frames that arrived before it on any of them:
+// everything appended for user before the marker.
+func (n *node) probePumped(user string, ps ...*pumped) []frame {
+	n.t.Helper()
+	nonce := fmt.Sprintf("probe-%d", probeN.Add(1))
+	n.publish(user, "test.probe", map[string]string{"nonce": nonce})
+	var before []frame
+	for _, p := range ps {
+		before = append(before, p.until("probe "+nonce, func(f frame) bool {
+			return f.Type == "test.probe" && strings.Contains(string(f.Data), nonce)
+		})...)
+	}
+	return before
 }

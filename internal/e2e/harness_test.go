@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -303,4 +304,61 @@ func asCloseError(err error, target **websocket.CloseError) bool {
 // signRaw signs arbitrary claims with the test secret (HS256).
 func signRaw(claims map[string]any) (string, error) {
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims(claims)).SignedString([]byte(testSecret))
+}
+
+// hangGuard bounds every progress-based wait: it only stops a test that
+// livelocks (progress reported forever, the goal never reached), so it is
+// far beyond what any loaded machine needs.
+const hangGuard = 3 * time.Minute
+
+// progressDeadline is the deadline of a wait whose length depends on the
+// machine's speed (a publish flood, a run of many steps): it expires only
+// when nothing moved for idle, or at hangGuard. Safe for concurrent use.
+type progressDeadline struct {
+	idle time.Duration
+	hard time.Time
+	last atomic.Int64 // UnixNano of the last progress
+}
+
+func newProgressDeadline(idle time.Duration) *progressDeadline {
+	p := &progressDeadline{idle: idle, hard: time.Now().Add(hangGuard)}
+	p.progress()
+	return p
+}
+
+// progress records that something moved: the deadline restarts.
+func (p *progressDeadline) progress() { p.last.Store(time.Now().UnixNano()) }
+
+// expired reports whether nothing moved for idle (or the hang guard passed).
+func (p *progressDeadline) expired() bool {
+	now := time.Now()
+	return now.After(p.hard) || now.Sub(time.Unix(0, p.last.Load())) > p.idle
+}
+
+// next is when the deadline expires if nothing moves before then.
+func (p *progressDeadline) next() time.Time {
+	t := time.Unix(0, p.last.Load()).Add(p.idle)
+	if t.After(p.hard) {
+		return p.hard
+	}
+	return t
+}
+
+// waitProgress polls cond every 10 ms until it holds. It gives up when
+// mark (a measure of progress, e.g. frames received so far) has not changed
+// for idle: a slow machine gets as long as it keeps moving.
+func waitProgress(idle time.Duration, mark func() int64, cond func() bool) bool {
+	p := newProgressDeadline(idle)
+	seen := mark()
+	for !cond() {
+		if m := mark(); m != seen {
+			seen = m
+			p.progress()
+		}
+		if p.expired() {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }

@@ -33,6 +33,7 @@ func TestIsolationManyUsers(t *testing.T) {
 		c      *websocket.Conn
 		epoch  string
 		got    atomic.Int64
+		ended  atomic.Bool // the user's end marker arrived
 		mu     sync.Mutex
 		failed string // first violation seen
 	}
@@ -82,6 +83,11 @@ func TestIsolationManyUsers(t *testing.T) {
 			switch err := json.Unmarshal(b, &f); {
 			case err != nil:
 				bad = fmt.Sprintf("frame %q is not JSON", b)
+			case k.ended.Load():
+				bad = fmt.Sprintf("frame after the end marker: %s", b)
+			case f.Type == "iso.end" && f.Data.User == k.user && f.Seq == last+1:
+				k.ended.Store(true)
+				continue
 			case f.Type != "iso":
 				bad = fmt.Sprintf("unexpected frame %s", b)
 			case f.Data.User != k.user:
@@ -185,23 +191,44 @@ func TestIsolationManyUsers(t *testing.T) {
 	}
 	t.Logf("%d events published to %d users over %d sockets", total.Load(), users, len(socks))
 
-	caughtUp := func() bool {
-		for i, k := range socks {
-			if k.got.Load() < int64(published[i/connsPer]) {
+	// A barrier instead of a pause: every publish above has returned, so
+	// whatever it put on any socket's queue is ahead of the end marker
+	// published now to each user. A socket that has its marker has had
+	// everything it was ever going to get (a stray frame of another user
+	// included); the reader flags anything after it.
+	for _, name := range names {
+		if _, _, err := api.publish(name, "iso.end", map[string]any{"user": name}); err != nil {
+			t.Fatalf("end marker for %s: %v", name, err)
+		}
+	}
+	received := func() int64 {
+		var n int64
+		for _, k := range socks {
+			n += k.got.Load()
+			if k.ended.Load() {
+				n++
+			}
+		}
+		return n
+	}
+	allEnded := func() bool {
+		for _, k := range socks {
+			if !k.ended.Load() {
 				return false
 			}
 		}
 		return true
 	}
-	if !waitFor(20*time.Second, caughtUp) {
+	if !waitProgress(10*time.Second, received, allEnded) {
 		for i, k := range socks {
-			if g := k.got.Load(); g < int64(published[i/connsPer]) {
-				t.Errorf("socket %d of %s got %d of %d events", i%connsPer, k.user, g, published[i/connsPer])
+			if !k.ended.Load() {
+				k.mu.Lock()
+				t.Errorf("socket %d of %s got %d of %d events and no end marker (first violation: %q)", i%connsPer, k.user, k.got.Load(), published[i/connsPer], k.failed)
+				k.mu.Unlock()
 			}
 		}
 		t.FailNow()
 	}
-	time.Sleep(200 * time.Millisecond) // anything extra would arrive now
 	bad := 0
 	for i, k := range socks {
 		k.mu.Lock()

@@ -109,13 +109,16 @@ func (c *client) readBy(deadline time.Time, what string) frame {
 }
 
 // untilTerminal reads frames until the terminal event of runID and returns
-// every frame read (of any type, the terminal one last).
-func (c *client) untilTerminal(runID string, within time.Duration) []frame {
+// every frame read (of any type, the terminal one last). It fails when no
+// frame comes for idle: a run on a slow machine may take as long as its
+// events keep coming.
+func (c *client) untilTerminal(runID string, idle time.Duration) []frame {
 	c.t.Helper()
-	deadline := time.Now().Add(within)
+	p := newProgressDeadline(idle)
 	var out []frame
 	for {
-		f := c.readBy(deadline, "the end of run "+runID)
+		f := c.readBy(p.next(), "the end of run "+runID)
+		p.progress()
 		out = append(out, f)
 		if isTerminal(f) && f.RunID == runID {
 			return out
@@ -124,13 +127,14 @@ func (c *client) untilTerminal(runID string, within time.Duration) []frame {
 }
 
 // untilReply reads frames until the ack or error with ref, returning it and
-// the frames read before it.
-func (c *client) untilReply(ref string, within time.Duration) (frame, []frame) {
+// the frames read before it. It fails when no frame comes for idle.
+func (c *client) untilReply(ref string, idle time.Duration) (frame, []frame) {
 	c.t.Helper()
-	deadline := time.Now().Add(within)
+	p := newProgressDeadline(idle)
 	var before []frame
 	for {
-		f := c.readBy(deadline, "the reply to "+ref)
+		f := c.readBy(p.next(), "the reply to "+ref)
+		p.progress()
 		if (f.Type == "ack" || f.Type == "error") && f.Ref == ref {
 			return f, before
 		}
@@ -160,16 +164,47 @@ func (s *server) probe(user string, cs ...*client) []frame {
 	s.t.Helper()
 	nonce := fmt.Sprintf("probe-%d", probeN.Add(1))
 	s.publish(user, "test.probe", map[string]string{"nonce": nonce})
-	deadline := time.Now().Add(5 * time.Second)
+	p := newProgressDeadline(5 * time.Second)
 	var before []frame
 	for _, c := range cs {
 		for {
-			f := c.readBy(deadline, "probe "+nonce)
+			f := c.readBy(p.next(), "probe "+nonce)
+			p.progress()
 			if f.Type == "test.probe" && strings.Contains(string(f.Data), nonce) {
 				break
 			}
 			before = append(before, f)
 		}
+	}
+	return before
+}
+
+// stopAndDrain stops the server as SIGTERM does and reads each of cs until
+// the server closes it with 1001, returning the frames that came first on
+// any of them. A graceful stop waits for every agent to return and queues
+// the stream's last events before it closes the sockets, so these are all
+// the frames the server would ever have sent: what a pause could only
+// suggest ("nothing more came"), this proves. The server is gone after it.
+func (s *server) stopAndDrain(cs ...*client) []frame {
+	s.t.Helper()
+	stopped := make(chan error, 1)
+	go func() { stopped <- s.stop() }()
+	var before []frame
+	for _, c := range cs {
+		for {
+			f, err := c.readWithin(30 * time.Second) // bounded by the drain and shutdown timeouts
+			if err == nil {
+				before = append(before, f)
+				continue
+			}
+			if code := closeCode(err); code != 1001 {
+				s.t.Fatalf("waiting for the close at shutdown: %v", err)
+			}
+			break
+		}
+	}
+	if err := <-stopped; err != nil {
+		s.t.Fatalf("server stop: %v", err)
 	}
 	return before
 }

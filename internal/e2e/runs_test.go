@@ -232,28 +232,24 @@ func TestStopAgent(t *testing.T) {
 		t.Fatalf("cancelled run without ended_at: %+v", r)
 	}
 
-	// Nothing of the run after its end, on the socket or in the stream,
-	// even after the agent's next step would have come.
-	time.Sleep(600 * time.Millisecond)
-	if after := ofRun(s.probe("alice", c), ack.RunID); len(after) != 0 {
-		t.Fatalf("events of the run after agent_error: %s", dump(after))
+	// Stopping again is acknowledged.
+	c.send(map[string]any{"type": "stop_agent", "id": "st2", "run_id": ack.RunID})
+	f, after := c.untilReply("st2", 5*time.Second)
+	if f.Type != "ack" {
+		t.Fatalf("second stop_agent: %s", f.raw)
 	}
+
+	// Nothing of the run after its end, on the socket or in the stream, even
+	// once the agent has returned: stopAndDrain waits for that (a graceful
+	// stop waits for every agent) and then for the last queued frame.
 	evs := ofRun(s.eventsOf(tok), ack.RunID)
 	checkRunOrder(t, evs)
 	if evs[len(evs)-1].Seq != end.Seq {
 		t.Fatalf("stream after the stop: %s", dump(evs))
 	}
-
-	// Stopping again is acknowledged and changes nothing.
-	c.send(map[string]any{"type": "stop_agent", "id": "st2", "run_id": ack.RunID})
-	if f := c.read(); f.Type != "ack" || f.Ref != "st2" {
-		t.Fatalf("second stop_agent: %s", f.raw)
-	}
-	if rest := s.probe("alice", c); len(rest) != 0 {
-		t.Fatalf("second stop produced: %s", dump(rest))
-	}
-	if leaked := s.probe("bob", bob); len(leaked) != 0 {
-		t.Fatalf("bob received: %s", dump(leaked))
+	// Bob's socket too: he must have received nothing at all.
+	if after = append(after, s.stopAndDrain(c, bob)...); len(after) != 0 {
+		t.Fatalf("frames after agent_error and the second stop, alice's or bob's: %s", dump(after))
 	}
 }
 
@@ -277,8 +273,8 @@ func TestRunTimeout(t *testing.T) {
 	checkRunOrder(t, frames)
 	checkContiguous(t, frames, est.HeadSeq+1)
 	s.waitRunStatus(tok, ack.RunID, "timeout")
-	time.Sleep(500 * time.Millisecond)
-	if after := ofRun(s.probe("alice", c), ack.RunID); len(after) != 0 {
+	// Deterministic "nothing after": the stop waits for the agent to return.
+	if after := ofRun(s.stopAndDrain(c), ack.RunID); len(after) != 0 {
 		t.Fatalf("events after the timeout: %s", dump(after))
 	}
 }
@@ -296,9 +292,10 @@ func TestTooManyRuns(t *testing.T) {
 		frames []frame
 		tooMny frame
 	)
-	deadline := time.Now().Add(10 * time.Second)
+	p := newProgressDeadline(10 * time.Second)
 	for done := 0; done < 2; {
-		f := c.readBy(deadline, "two completed runs")
+		f := c.readBy(p.next(), "two completed runs")
+		p.progress()
 		switch {
 		case f.Type == "ack":
 			acks[f.Ref] = f
@@ -414,11 +411,12 @@ func TestAgentFails(t *testing.T) {
 func TestDisconnectDuringSlowRun(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		name string
-		away time.Duration
+		name  string
+		ended bool          // away until the run's end is in the stream: all of it replayed
+		away  time.Duration // else away for this long (pacing: about a third of the run), then replay and live
 	}{
-		{"back after the run ended", 2500 * time.Millisecond}, // all of it replayed
-		{"back mid-run", 700 * time.Millisecond},              // replay, then live
+		{"back after the run ended", true, 0},
+		{"back mid-run", false, 700 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -432,7 +430,19 @@ func TestDisconnectDuringSlowRun(t *testing.T) {
 			last := seen[len(seen)-1].Seq
 			_ = c.c.UnderlyingConn().Close() // abrupt: no close frame
 
-			time.Sleep(tc.away)
+			if tc.ended {
+				tok := s.token("alice")
+				ended := func() bool {
+					evs := ofRun(s.eventsOf(tok), ack.RunID)
+					return len(evs) > 0 && isTerminal(evs[len(evs)-1])
+				}
+				appended := func() int64 { return int64(len(s.eventsOf(tok))) }
+				if !waitProgress(5*time.Second, appended, ended) {
+					t.Fatal("the run does not end while its client is away")
+				}
+			} else {
+				time.Sleep(tc.away)
+			}
 			q := fmt.Sprintf("since=%d&epoch=%s", last, url.QueryEscape(est.Epoch))
 			c2, est2 := s.connect("alice", withQuery(q))
 			if est2.Epoch != est.Epoch {
@@ -492,9 +502,10 @@ func TestManyUsersConcurrentRuns(t *testing.T) {
 			if r.err = c.WriteMessage(websocket.TextMessage, []byte(msg)); r.err != nil {
 				return
 			}
-			deadline := time.Now().Add(15 * time.Second)
 			for {
-				f, err := readFrame(c, max(time.Until(deadline), time.Millisecond))
+				// Per frame: 100 runs on a loaded box take as long as they
+				// keep moving.
+				f, err := readFrame(c, 10*time.Second)
 				if err != nil {
 					r.err = fmt.Errorf("after %d frames: %w", len(r.frames), err)
 					return
@@ -556,9 +567,8 @@ func probeConn(s *server, c *websocket.Conn, user string) ([]frame, error) {
 	nonce := fmt.Sprintf("probe-%d", probeN.Add(1))
 	s.publish(user, "test.probe", map[string]string{"nonce": nonce})
 	var before []frame
-	deadline := time.Now().Add(5 * time.Second)
 	for {
-		f, err := readFrame(c, max(time.Until(deadline), time.Millisecond))
+		f, err := readFrame(c, 5*time.Second) // per frame: a long flood before the marker is fine
 		if err != nil {
 			return before, err
 		}

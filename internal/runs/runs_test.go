@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -208,7 +209,10 @@ func TestMisbehavingAgentsAreContained(t *testing.T) {
 				t.Fatal(perr)
 			}
 			f.waitTerminal(t, "bob", ack.RunID)
-			time.Sleep(20 * time.Millisecond) // a late emit would land now
+			// Every agent goroutine has returned (the agent's own late emits
+			// and the runs package's closing end() happen before): whatever a
+			// late emit would append is in the stream now.
+			f.m.wg.Wait()
 			evs := f.events(t, "bob", ack.RunID)
 			checkOrder(t, evs)
 			if tc.wantCode != "" && evs[len(evs)-1].Data["code"] != tc.wantCode {
@@ -401,59 +405,61 @@ func (f *flakyStore) FinishRun(ctx context.Context, userID, runID string, status
 	return f.Store.FinishRun(ctx, userID, runID, status, endedAt, errCode, errMsg)
 }
 
+// TestOutcomeRetriedAndNeverReapedTwice runs in a synctest bubble: the
+// lease loops' tickers run on the bubble's clock, so "three lease TTLs
+// with the outcome unstored" and "more reap rounds" are exact counts of
+// rounds, not pauses a loaded machine can outrun.
 func TestOutcomeRetriedAndNeverReapedTwice(t *testing.T) {
 	t.Parallel()
-	st := memory.New(memory.Options{})
-	defer st.Close()
-	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	flaky := &flakyStore{Store: db}
-	flaky.failing.Store(true)
-	fast := Config{Stream: st, Store: flaky, LeaseTTL: 200 * time.Millisecond, RenewEvery: 40 * time.Millisecond, ReapEvery: 40 * time.Millisecond}
-	cfgA := fast
-	cfgA.Agent = agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error { return em.Complete("done") })
-	a := New(cfgA)
-	cfgB := fast // another node on the same store, reaping
-	cfgB.Agent = cfgA.Agent
-	b := New(cfgB)
-	defer func() {
-		for _, m := range []*Manager{a, b} {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			m.Shutdown(ctx)
-			cancel()
+	synctest.Test(t, func(t *testing.T) {
+		st := memory.New(memory.Options{})
+		defer st.Close()
+		db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
-	ack, perr := a.UserMessage(context.Background(), "fay", &protocol.Frame{Content: "hi"})
-	if perr != nil {
-		t.Fatal(perr)
-	}
-	f := &fixture{m: a, stream: st, store: db}
-	f.waitTerminal(t, "fay", ack.RunID)
-	time.Sleep(600 * time.Millisecond) // three lease TTLs with the outcome unstored
-	if r, _ := db.GetRun(context.Background(), "fay", ack.RunID); r.Status != store.RunRunning {
-		t.Fatalf("status %s while the store refused the outcome: the lease lapsed", r.Status)
-	}
-	flaky.failing.Store(false)
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		r, _ := db.GetRun(context.Background(), "fay", ack.RunID)
-		if r.Status == store.RunCompleted {
-			break
+		defer db.Close()
+		flaky := &flakyStore{Store: db}
+		flaky.failing.Store(true)
+		fast := Config{Stream: st, Store: flaky, LeaseTTL: 200 * time.Millisecond, RenewEvery: 40 * time.Millisecond, ReapEvery: 40 * time.Millisecond}
+		cfgA := fast
+		cfgA.Agent = agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error { return em.Complete("done") })
+		a := New(cfgA)
+		cfgB := fast // another node on the same store, reaping
+		cfgB.Agent = cfgA.Agent
+		b := New(cfgB)
+		defer func() {
+			for _, m := range []*Manager{a, b} {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				m.Shutdown(ctx)
+				cancel()
+			}
+		}()
+		ack, perr := a.UserMessage(context.Background(), "fay", &protocol.Frame{Content: "hi"})
+		if perr != nil {
+			t.Fatal(perr)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status %s after the store came back", r.Status)
+		f := &fixture{m: a, stream: st, store: db}
+		f.waitTerminal(t, "fay", ack.RunID)
+		time.Sleep(600 * time.Millisecond) // bubble time: three lease TTLs, 15 renew and reap rounds, the outcome unstored
+		synctest.Wait()
+		if r, _ := db.GetRun(context.Background(), "fay", ack.RunID); r.Status != store.RunRunning {
+			t.Fatalf("status %s while the store refused the outcome: the lease lapsed", r.Status)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond)
-	evs := f.events(t, "fay", ack.RunID)
-	checkOrder(t, evs)
-	if msgs, _, _ := db.ListMessages(context.Background(), "fay", ack.ThreadID, store.MessageQuery{}); len(msgs) != 2 {
-		t.Fatalf("%d messages: the answer was not stored on retry", len(msgs))
-	}
+		flaky.failing.Store(false)
+		time.Sleep(40 * time.Millisecond) // one renew round retries the outcome
+		synctest.Wait()
+		if r, _ := db.GetRun(context.Background(), "fay", ack.RunID); r.Status != store.RunCompleted {
+			t.Fatalf("status %s one renew round after the store came back", r.Status)
+		}
+		time.Sleep(200 * time.Millisecond) // five more reap rounds on each node
+		synctest.Wait()
+		evs := f.events(t, "fay", ack.RunID)
+		checkOrder(t, evs)
+		if msgs, _, _ := db.ListMessages(context.Background(), "fay", ack.ThreadID, store.MessageQuery{}); len(msgs) != 2 {
+			t.Fatalf("%d messages: the answer was not stored on retry", len(msgs))
+		}
+	})
 }
 
 // TestRunOfANodeKilledBeforeItsStartReadsWhole: node a stores a run and
