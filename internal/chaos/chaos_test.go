@@ -45,7 +45,7 @@ func TestChaosCluster(t *testing.T) {
 		s.nodes = append(s.nodes, startNode(t, fmt.Sprintf("n%d", i+1),
 			"--redis-url", p.url(), "--database-url", pg.dbURL, "--database-schema", pg.schema,
 			"--run-lease-ttl", "3s", "--run-lease-renew", "1s",
-			"--retention-events", "1000000", "--retention-age", "2h"))
+			"--retention-events", "1000000", "--retention-bytes", "1073741824", "--retention-age", "2h"))
 	}
 	s.addTabs()
 
@@ -126,7 +126,7 @@ func TestChaosSQLiteDiskFull(t *testing.T) {
 	l.users, l.pubRate = max(l.users/2, 1), max(l.pubRate/2, 1)
 	s := newSoak(t, "sqlite-disk-full", l)
 	s.nodes = append(s.nodes, startNode(t, "n1", "--data-dir", dir,
-		"--retention-events", "1000000", "--retention-age", "2h"))
+		"--retention-events", "1000000", "--retention-bytes", "1073741824", "--retention-age", "2h"))
 	s.addTabs()
 	filler := filepath.Join(dir, "filler")
 	plan := schedule(s.rng(1), []string{"disk_full"}, 1, d-3*time.Second, func(_ string, r *rand.Rand) time.Duration {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -450,6 +451,55 @@ func (s *soak) play(plan []fault, inject func(f fault) (string, error), d time.D
 	s.stopTabs = s.drive(stop)
 }
 
+// history reads u's whole retained stream through n, following the pages
+// of GET /api/v1/events.
+func (s *soak) history(n *node, u string) (history, error) {
+	var h history
+	since := uint64(0)
+	for {
+		code, b := s.do("GET", n.url()+"/api/v1/events?limit=1000&since="+strconv.FormatUint(since, 10), s.token(u), nil)
+		var page struct {
+			history
+			Next *uint64 `json:"next"`
+		}
+		if code != 200 || json.Unmarshal(b, &page) != nil {
+			return history{}, fmt.Errorf("status %d %.200s", code, b)
+		}
+		h.Epoch, h.HeadSeq = page.Epoch, page.HeadSeq
+		h.Events = append(h.Events, page.Events...)
+		if page.Next == nil {
+			return h, nil
+		}
+		since = *page.Next
+	}
+}
+
+// pages calls get with the cursor of each page of a paged list endpoint
+// (u plus after=<next>), from the first page until next is null.
+func (s *soak) pages(u, bearer string, each func([]byte) error) error {
+	next := ""
+	for {
+		q := u + "?limit=1000"
+		if next != "" {
+			q += "&after=" + url.QueryEscape(next)
+		}
+		code, b := s.do("GET", q, bearer, nil)
+		var page struct {
+			Next *string `json:"next"`
+		}
+		if code != 200 || json.Unmarshal(b, &page) != nil {
+			return fmt.Errorf("%s: status %d", u, code)
+		}
+		if err := each(b); err != nil {
+			return err
+		}
+		if page.Next == nil {
+			return nil
+		}
+		next = *page.Next
+	}
+}
+
 // restStored lists, through the user endpoints, every run a stored user
 // message names (GET /api/v1/threads, then each thread's messages): the
 // runs a store without direct access (SQLite in the node's data dir) kept.
@@ -457,33 +507,47 @@ func (s *soak) restStored() ([]storedRun, error) {
 	var out []storedRun
 	n := s.nodes[0]
 	for _, u := range s.users {
-		code, b := s.do("GET", n.url()+"/api/v1/threads", s.token(u), nil)
-		var ts struct {
-			Threads []struct {
-				ID string `json:"id"`
-			} `json:"threads"`
-		}
-		if code != 200 || json.Unmarshal(b, &ts) != nil {
-			return nil, fmt.Errorf("threads of %s: status %d", u, code)
-		}
-		for _, th := range ts.Threads {
-			code, b := s.do("GET", n.url()+"/api/v1/threads/"+th.ID+"/messages", s.token(u), nil)
-			var ms struct {
-				Messages []struct {
-					Role  string `json:"role"`
-					RunID string `json:"run_id"`
-				} `json:"messages"`
+		var threads []string
+		err := s.pages(n.url()+"/api/v1/threads", s.token(u), func(b []byte) error {
+			var ts struct {
+				Threads []struct {
+					ID string `json:"id"`
+				} `json:"threads"`
 			}
-			if code != 200 || json.Unmarshal(b, &ms) != nil {
-				return nil, fmt.Errorf("messages of thread %s of %s: status %d", th.ID, u, code)
+			if err := json.Unmarshal(b, &ts); err != nil {
+				return err
 			}
-			for _, m := range ms.Messages {
-				if m.Role == "user" && m.RunID != "" {
-					var r restRun
-					_, rb := s.do("GET", n.url()+"/api/v1/runs/"+m.RunID, s.token(u), nil)
-					_ = json.Unmarshal(rb, &r)
-					out = append(out, storedRun{ID: m.RunID, User: u, Status: r.Status, ErrorCode: r.ErrorCode})
+			for _, th := range ts.Threads {
+				threads = append(threads, th.ID)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("threads of %s: %w", u, err)
+		}
+		for _, th := range threads {
+			err := s.pages(n.url()+"/api/v1/threads/"+th+"/messages", s.token(u), func(b []byte) error {
+				var ms struct {
+					Messages []struct {
+						Role  string `json:"role"`
+						RunID string `json:"run_id"`
+					} `json:"messages"`
 				}
+				if err := json.Unmarshal(b, &ms); err != nil {
+					return err
+				}
+				for _, m := range ms.Messages {
+					if m.Role == "user" && m.RunID != "" {
+						var r restRun
+						_, rb := s.do("GET", n.url()+"/api/v1/runs/"+m.RunID, s.token(u), nil)
+						_ = json.Unmarshal(rb, &r)
+						out = append(out, storedRun{ID: m.RunID, User: u, Status: r.Status, ErrorCode: r.ErrorCode})
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, fmt.Errorf("messages of thread %s of %s: %w", th, u, err)
 			}
 		}
 	}
@@ -551,12 +615,12 @@ func (s *soak) finish(stopTabs func(), stored func() ([]storedRun, error), histo
 	for _, u := range s.users {
 		var h history
 		for try := 0; ; try++ {
-			code, b := s.do("GET", n0.url()+"/api/v1/events?since=0", s.token(u), nil)
-			if code == 200 && json.Unmarshal(b, &h) == nil {
+			var err error
+			if h, err = s.history(n0, u); err == nil {
 				break
 			}
 			if try == 20 {
-				t.Fatalf("history of %s: status %d %.200s", u, code, b)
+				t.Fatalf("history of %s: %v", u, err)
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
