@@ -184,7 +184,16 @@ type ack struct {
 	ThreadID  string `json:"thread_id"`
 	RunID     string `json:"run_id"`
 	MessageID string `json:"message_id"`
+	// PendingUntil (unix ms) marks a claim whose run has not started yet:
+	// its message may still be refused. Zero once confirmed.
+	PendingUntil int64 `json:"pending_until,omitempty"`
 }
+
+// pendingClaim bounds how long a client_message_id claim may stay
+// unconfirmed: past it, the attempt that took it has either stored its run
+// (every store and stream call of a frame is bounded well under it) or
+// given up, perhaps with its node.
+const pendingClaim = 30 * time.Second
 
 func perr(code, msg, ref string) *protocol.Error {
 	return &protocol.Error{Code: code, Message: msg, Ref: ref}
@@ -205,23 +214,23 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 	idemKey := ""
 	if f.ClientMessageID != "" {
 		idemKey = "client_message_id:" + f.ClientMessageID
-		val, _ := json.Marshal(a)
+		pending := a
+		pending.PendingUntil = m.now().Add(pendingClaim).UnixMilli()
+		val, _ := json.Marshal(pending)
 		prev, claimed, err := m.store.ClaimIdempotencyKey(ctx, user, idemKey, val, IdempotencyWindow, m.now())
 		if err != nil {
 			m.log.Error("claim client_message_id", "user", user, "err", err)
 			return protocol.AckFrame{}, perr(protocol.CodeInternal, "message not accepted: store unavailable, retry", f.ID)
 		}
 		if !claimed {
-			var first ack
-			if err := json.Unmarshal(prev, &first); err != nil {
-				return protocol.AckFrame{}, perr(protocol.CodeInternal, "stored ack unreadable", f.ID)
-			}
-			return protocol.AckFrame{Ref: f.ID, ThreadID: first.ThreadID, RunID: first.RunID, MessageID: first.MessageID}, nil
+			return m.repeated(ctx, user, idemKey, prev, f.ID)
 		}
 	}
 	fail := func(e *protocol.Error) (protocol.AckFrame, *protocol.Error) {
 		if idemKey != "" {
-			if err := m.store.ReleaseIdempotencyKey(context.WithoutCancel(ctx), user, idemKey); err != nil {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), appendTimeout)
+			defer cancel()
+			if err := m.store.ReleaseIdempotencyKey(rctx, user, idemKey); err != nil {
 				m.log.Error("release client_message_id", "user", user, "err", err)
 			}
 		}
@@ -291,8 +300,51 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 		return fail(perr(protocol.CodeInternal, "message not accepted: stream unavailable, retry", f.ID))
 	}
 	started = true
+	if idemKey != "" {
+		// From here on a repeat gets this ack. Should the store not take
+		// it, a repeat finds the run itself once the claim stops pending.
+		val, _ := json.Marshal(a)
+		if err := m.store.ConfirmIdempotencyKey(ctx, user, idemKey, val); err != nil {
+			m.log.Warn("confirm client_message_id", "user", user, "run", a.RunID, "err", err)
+		}
+	}
 	m.launch(em, history)
 	return protocol.AckFrame{Ref: f.ID, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
+}
+
+// repeated answers a user_message whose client_message_id another attempt
+// claimed (prev is that claim's value). A confirmed claim's run started:
+// its ack. A pending one's may still be refused, so the repeat is asked to
+// retry rather than acked for a run that might never exist. A claim left
+// pending past its bound belongs to an attempt that is over: if its run was
+// stored it is acked (the reaper ends it whole should its node have died),
+// otherwise the claim is released for the next repeat to take.
+func (m *Manager) repeated(ctx context.Context, user, idemKey string, prev []byte, ref string) (protocol.AckFrame, *protocol.Error) {
+	var first ack
+	if err := json.Unmarshal(prev, &first); err != nil {
+		return protocol.AckFrame{}, perr(protocol.CodeInternal, "stored ack unreadable", ref)
+	}
+	acked := protocol.AckFrame{Ref: ref, ThreadID: first.ThreadID, RunID: first.RunID, MessageID: first.MessageID}
+	if first.PendingUntil == 0 {
+		return acked, nil
+	}
+	retry := perr(protocol.CodeInternal, "the same client_message_id is being accepted on another connection, retry", ref)
+	if m.now().UnixMilli() < first.PendingUntil {
+		return protocol.AckFrame{}, retry
+	}
+	_, err := m.store.GetRun(ctx, user, first.RunID)
+	switch {
+	case err == nil:
+		return acked, nil
+	case errors.Is(err, store.ErrNotFound):
+		if err := m.store.ReleaseIdempotencyKey(ctx, user, idemKey); err != nil {
+			m.log.Error("release client_message_id", "user", user, "err", err)
+		}
+		return protocol.AckFrame{}, retry
+	default:
+		m.log.Error("read the run of a repeated client_message_id", "user", user, "run", first.RunID, "err", err)
+		return protocol.AckFrame{}, perr(protocol.CodeInternal, "message not accepted: store unavailable, retry", ref)
+	}
 }
 
 // Idempotency keys of a run's start and end on the stream: the node that
@@ -324,7 +376,10 @@ func startRecord(threadID, runID, agentName string) stream.Record {
 // running without a lease renewal, and a reaper later appends its start
 // and node_lost: it reads whole.
 func (m *Manager) discard(ctx context.Context, user, runID string, withThread bool) {
-	if err := m.store.DiscardRun(context.WithoutCancel(ctx), user, runID, withThread); err != nil {
+	// Not the frame's context, which may be spent by the refusal itself.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), appendTimeout)
+	defer cancel()
+	if err := m.store.DiscardRun(dctx, user, runID, withThread); err != nil {
 		m.log.Error("discard refused run", "user", user, "run", runID, "err", err)
 	}
 }

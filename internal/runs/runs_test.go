@@ -579,3 +579,80 @@ func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 		t.Fatalf("terminal event carries the driver's error: %v", last)
 	}
 }
+
+// gatedStream holds every Append of a user_message until the test answers
+// it with an error (or nil: let it through).
+type gatedStream struct {
+	stream.Stream
+	echo chan chan error
+}
+
+func (s *gatedStream) Append(ctx context.Context, user string, rec stream.Record) (stream.Event, error) {
+	if rec.Type == protocol.TypeUserMessage {
+		answer := make(chan error)
+		s.echo <- answer
+		if err := <-answer; err != nil {
+			return stream.Event{}, err
+		}
+	}
+	return s.Stream.Append(ctx, user, rec)
+}
+
+// TestRepeatWhileFirstAttemptPending: a user_message repeated (same
+// client_message_id, say from another tab or node after a drop) while the
+// first attempt is still placing its run is asked to retry, never acked:
+// the first attempt may yet be refused, and an ack would name a run that
+// never exists. Once the first is refused, a repeat starts the run; once a
+// run started, a repeat gets its ack.
+func TestRepeatWhileFirstAttemptPending(t *testing.T) {
+	t.Parallel()
+	mem := memory.New(memory.Options{})
+	defer mem.Close()
+	gs := &gatedStream{Stream: mem, echo: make(chan chan error)}
+	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	m := New(Config{Stream: gs, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error { return em.Complete("ok") })})
+	defer m.Shutdown(context.Background())
+	frame := func() *protocol.Frame { return &protocol.Frame{Content: "hi", ClientMessageID: "cm-1"} }
+
+	type result struct {
+		ack  protocol.AckFrame
+		perr *protocol.Error
+	}
+	first := make(chan result, 1)
+	go func() {
+		a, e := m.UserMessage(context.Background(), "ivy", frame())
+		first <- result{a, e}
+	}()
+	answer := <-gs.echo // the first attempt's echo is in flight
+	if a, e := m.UserMessage(context.Background(), "ivy", frame()); e == nil || e.Code != protocol.CodeInternal {
+		t.Fatalf("repeat while the first is pending: ack %+v, error %v; want internal_error (retry)", a, e)
+	}
+	answer <- errors.New("stream down")
+	if r := <-first; r.perr == nil {
+		t.Fatalf("the first attempt was acked (%+v) though its echo was refused", r.ack)
+	}
+
+	third := make(chan result, 1)
+	go func() {
+		a, e := m.UserMessage(context.Background(), "ivy", frame())
+		third <- result{a, e}
+	}()
+	(<-gs.echo) <- nil
+	r := <-third
+	if r.perr != nil {
+		t.Fatalf("repeat after the refusal: %v", r.perr)
+	}
+	if _, err := db.GetRun(context.Background(), "ivy", r.ack.RunID); err != nil {
+		t.Fatalf("the acked run is not stored: %v", err)
+	}
+	again, e := m.UserMessage(context.Background(), "ivy", frame())
+	if e != nil || again.RunID != r.ack.RunID {
+		t.Fatalf("repeat after the start: %+v %v, want the ack of run %s", again, e, r.ack.RunID)
+	}
+	f := &fixture{m: m, stream: mem, store: db}
+	checkOrder(t, f.waitTerminal(t, "ivy", r.ack.RunID))
+}

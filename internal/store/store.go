@@ -273,6 +273,11 @@ type Store interface {
 	// ReleaseIdempotencyKey forgets a claim whose work failed, so the key
 	// can be claimed again. Releasing a free key is not an error.
 	ReleaseIdempotencyKey(ctx context.Context, userID, key string) error
+	// ConfirmIdempotencyKey replaces the value of a claim the caller holds,
+	// keeping its expiry: a claim is taken before its work is done and
+	// confirmed once it is, so a concurrent repeat can tell the two apart.
+	// Confirming a free key is not an error and claims nothing.
+	ConfirmIdempotencyKey(ctx context.Context, userID, key string, value []byte) error
 	// Ping reports whether the database is reachable.
 	Ping(ctx context.Context) error
 	// Close releases the store's resources. It may be called more than once.

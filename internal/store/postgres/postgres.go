@@ -742,6 +742,19 @@ func (s *Store) ReleaseIdempotencyKey(ctx context.Context, userID, key string) e
 	})
 }
 
+func (s *Store) ConfirmIdempotencyKey(ctx context.Context, userID, key string, value []byte) error {
+	if !validID(userID) || !validID(key) {
+		return nil // never stored
+	}
+	if value == nil {
+		value = []byte{}
+	}
+	return s.withConn(ctx, "confirm idempotency key", func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, `UPDATE idempotency_keys SET value = $3 WHERE user_id = $1 AND idem_key = $2`, userID, key, value)
+		return err
+	})
+}
+
 // withConn runs fn on a connection of the pool. Errors are prefixed with
 // "postgres: what: " and, when the database could not be reached, wrap
 // store.ErrUnavailable. When the connection turns out to have been cut

@@ -631,6 +631,16 @@ func (s *Store) ReleaseIdempotencyKey(ctx context.Context, userID, key string) e
 	return nil
 }
 
+func (s *Store) ConfirmIdempotencyKey(ctx context.Context, userID, key string, value []byte) error {
+	if value == nil {
+		value = []byte{}
+	}
+	if _, err := s.w.ExecContext(ctx, `UPDATE idempotency_keys SET value = ? WHERE user_id = ? AND idem_key = ?`, value, userID, key); err != nil {
+		return fmt.Errorf("sqlite: confirm idempotency key: %w", err)
+	}
+	return nil
+}
+
 // write runs fn in a write transaction and commits it if fn returns nil.
 // Errors are prefixed with "sqlite: what: ".
 func (s *Store) write(ctx context.Context, what string, fn func(tx *sql.Tx) error) error {

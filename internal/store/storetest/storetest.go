@@ -79,6 +79,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"IdempotencyKeys", s.testIdempotency},
 		{"IdempotencyKeyExpiry", s.testIdempotencyExpiry},
 		{"IdempotencyKeyRelease", s.testIdempotencyRelease},
+		{"IdempotencyKeyConfirm", s.testIdempotencyConfirm},
 		{"ConcurrentClaims", s.testConcurrentClaims},
 		{"ConcurrentWrites", s.testConcurrentWrites},
 		{"StartRunNewThread", s.testStartRunNewThread},
@@ -682,6 +683,26 @@ func (s *suite) testIdempotencyRelease(t *testing.T) {
 	if err := st.ReleaseIdempotencyKey(c, u, "k"); err != nil {
 		t.Fatalf("second ReleaseIdempotencyKey: %v", err)
 	}
+}
+
+// A confirmed claim answers repeats with the confirmed value until the
+// claim's own expiry; confirming a free key claims nothing.
+func (s *suite) testIdempotencyConfirm(t *testing.T) {
+	st, c := s.newStore(t), ctx(t)
+	u, other, now := s.user(t, "u"), s.user(t, "other"), base()
+	wantClaim(t, st, u, "k", []byte(`"pending"`), now, nil, true)
+	wantClaim(t, st, other, "k", []byte(`"other"`), now, nil, true)
+	if err := st.ConfirmIdempotencyKey(c, u, "k", []byte(`"done"`)); err != nil {
+		t.Fatalf("ConfirmIdempotencyKey: %v", err)
+	}
+	wantClaim(t, st, u, "k", []byte(`"dup"`), now.Add(time.Second), []byte(`"done"`), false)
+	wantClaim(t, st, other, "k", []byte(`"dup"`), now.Add(time.Second), []byte(`"other"`), false)
+	// The expiry is the claim's: confirming does not extend it.
+	wantClaim(t, st, u, "k", []byte(`"new"`), now.Add(ttl), nil, true)
+	if err := st.ConfirmIdempotencyKey(c, u, "free", []byte(`"x"`)); err != nil {
+		t.Fatalf("confirming a free key: %v, want nil", err)
+	}
+	wantClaim(t, st, u, "free", []byte(`"mine"`), now.Add(ttl), nil, true)
 }
 
 func (s *suite) testConcurrentClaims(t *testing.T) {
