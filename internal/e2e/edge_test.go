@@ -212,7 +212,7 @@ func TestTicketSurvivesRefusedConnect(t *testing.T) {
 	req.Header.Set("Sec-WebSocket-Version", "12")
 	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
 	first.c.Close()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

@@ -551,7 +551,7 @@ func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 	fs.failing.Store(true)
 	close(release)
 	var r store.Run
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for r, _ = db.GetRun(context.Background(), "hal", ack.RunID); r.Status == store.RunRunning; r, _ = db.GetRun(context.Background(), "hal", ack.RunID) {
 		if time.Now().After(deadline) {
 			t.Fatal("the run did not end while the stream was down")
