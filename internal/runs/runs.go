@@ -217,13 +217,11 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 		pending := a
 		pending.PendingUntil = m.now().Add(pendingClaim).UnixMilli()
 		val, _ := json.Marshal(pending)
-		prev, claimed, err := m.store.ClaimIdempotencyKey(ctx, user, idemKey, val, IdempotencyWindow, m.now())
-		if err != nil {
-			m.log.Error("claim client_message_id", "user", user, "err", err)
-			return protocol.AckFrame{}, perr(protocol.CodeInternal, "message not accepted: store unavailable, retry", f.ID)
-		}
-		if !claimed {
-			return m.repeated(ctx, user, idemKey, prev, f.ID)
+		if first, e := m.claim(ctx, user, idemKey, val, f.ID); first != nil || e != nil {
+			if e != nil {
+				return protocol.AckFrame{}, e
+			}
+			return *first, nil
 		}
 	}
 	fail := func(e *protocol.Error) (protocol.AckFrame, *protocol.Error) {
@@ -312,38 +310,65 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 	return protocol.AckFrame{Ref: f.ID, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
 }
 
-// repeated answers a user_message whose client_message_id another attempt
-// claimed (prev is that claim's value). A confirmed claim's run started:
-// its ack. A pending one's may still be refused, so the repeat is asked to
-// retry rather than acked for a run that might never exist. A claim left
-// pending past its bound belongs to an attempt that is over: if its run was
-// stored it is acked (the reaper ends it whole should its node have died),
-// otherwise the claim is released for the next repeat to take.
-func (m *Manager) repeated(ctx context.Context, user, idemKey string, prev []byte, ref string) (protocol.AckFrame, *protocol.Error) {
-	var first ack
-	if err := json.Unmarshal(prev, &first); err != nil {
-		return protocol.AckFrame{}, perr(protocol.CodeInternal, "stored ack unreadable", ref)
-	}
-	acked := protocol.AckFrame{Ref: ref, ThreadID: first.ThreadID, RunID: first.RunID, MessageID: first.MessageID}
-	if first.PendingUntil == 0 {
-		return acked, nil
-	}
-	retry := perr(protocol.CodeInternal, "the same client_message_id is being accepted on another connection, retry", ref)
-	if m.now().UnixMilli() < first.PendingUntil {
-		return protocol.AckFrame{}, retry
-	}
-	_, err := m.store.GetRun(ctx, user, first.RunID)
-	switch {
-	case err == nil:
-		return acked, nil
-	case errors.Is(err, store.ErrNotFound):
-		if err := m.store.ReleaseIdempotencyKey(ctx, user, idemKey); err != nil {
-			m.log.Error("release client_message_id", "user", user, "err", err)
+// Pauses while a repeat waits for the attempt that claimed its
+// client_message_id first.
+const (
+	claimFirstPause = 10 * time.Millisecond
+	claimMaxPause   = 200 * time.Millisecond
+)
+
+// claim takes the client_message_id key for this attempt (nil, nil: go on
+// and start the run), or answers a repeat of a message another attempt
+// claimed: the first ack once that attempt's run has started (the claim is
+// confirmed). While the other attempt is still placing its run, which may
+// yet be refused, the repeat waits, within ctx, rather than be acked for a
+// run that might never exist: if that attempt is refused it releases the
+// key and this one claims it. A claim left pending past its bound belongs
+// to an attempt that is over (its node died): acked if its run was stored
+// (the reaper ends it whole), else released and claimed here.
+func (m *Manager) claim(ctx context.Context, user, key string, val []byte, ref string) (*protocol.AckFrame, *protocol.Error) {
+	unavailable := perr(protocol.CodeInternal, "message not accepted: store unavailable, retry", ref)
+	pause := claimFirstPause
+	for {
+		prev, claimed, err := m.store.ClaimIdempotencyKey(ctx, user, key, val, IdempotencyWindow, m.now())
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return nil, perr(protocol.CodeInternal, "the same client_message_id is still being accepted on another connection, retry", ref)
+		case err != nil:
+			m.log.Error("claim client_message_id", "user", user, "err", err)
+			return nil, unavailable
+		case claimed:
+			return nil, nil
 		}
-		return protocol.AckFrame{}, retry
-	default:
-		m.log.Error("read the run of a repeated client_message_id", "user", user, "run", first.RunID, "err", err)
-		return protocol.AckFrame{}, perr(protocol.CodeInternal, "message not accepted: store unavailable, retry", ref)
+		var first ack
+		if err := json.Unmarshal(prev, &first); err != nil {
+			return nil, perr(protocol.CodeInternal, "stored ack unreadable", ref)
+		}
+		acked := &protocol.AckFrame{Ref: ref, ThreadID: first.ThreadID, RunID: first.RunID, MessageID: first.MessageID}
+		if first.PendingUntil == 0 {
+			return acked, nil
+		}
+		if m.now().UnixMilli() >= first.PendingUntil {
+			_, err := m.store.GetRun(ctx, user, first.RunID)
+			switch {
+			case err == nil:
+				return acked, nil
+			case !errors.Is(err, store.ErrNotFound):
+				m.log.Error("read the run of a repeated client_message_id", "user", user, "run", first.RunID, "err", err)
+				return nil, unavailable
+			}
+			if err := m.store.ReleaseIdempotencyKey(ctx, user, key); err != nil {
+				m.log.Error("release client_message_id", "user", user, "err", err)
+				return nil, unavailable
+			}
+			continue // claim it for this attempt
+		}
+		select {
+		case <-ctx.Done():
+			return nil, perr(protocol.CodeInternal, "the same client_message_id is still being accepted on another connection, retry", ref)
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, claimMaxPause)
 	}
 }
 

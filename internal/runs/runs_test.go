@@ -600,10 +600,10 @@ func (s *gatedStream) Append(ctx context.Context, user string, rec stream.Record
 
 // TestRepeatWhileFirstAttemptPending: a user_message repeated (same
 // client_message_id, say from another tab or node after a drop) while the
-// first attempt is still placing its run is asked to retry, never acked:
-// the first attempt may yet be refused, and an ack would name a run that
-// never exists. Once the first is refused, a repeat starts the run; once a
-// run started, a repeat gets its ack.
+// first attempt is still placing its run waits for it instead of being
+// acked at once: the first attempt may yet be refused, and an early ack
+// would name a run that never exists. Refused, the first releases the key
+// and the repeat starts the run itself; started, the repeat gets its ack.
 func TestRepeatWhileFirstAttemptPending(t *testing.T) {
 	t.Parallel()
 	mem := memory.New(memory.Options{})
@@ -616,43 +616,67 @@ func TestRepeatWhileFirstAttemptPending(t *testing.T) {
 	defer db.Close()
 	m := New(Config{Stream: gs, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error { return em.Complete("ok") })})
 	defer m.Shutdown(context.Background())
-	frame := func() *protocol.Frame { return &protocol.Frame{Content: "hi", ClientMessageID: "cm-1"} }
-
 	type result struct {
 		ack  protocol.AckFrame
 		perr *protocol.Error
 	}
-	first := make(chan result, 1)
-	go func() {
-		a, e := m.UserMessage(context.Background(), "ivy", frame())
-		first <- result{a, e}
-	}()
-	answer := <-gs.echo // the first attempt's echo is in flight
-	if a, e := m.UserMessage(context.Background(), "ivy", frame()); e == nil || e.Code != protocol.CodeInternal {
-		t.Fatalf("repeat while the first is pending: ack %+v, error %v; want internal_error (retry)", a, e)
+	send := func(cmid string) chan result {
+		out := make(chan result, 1)
+		go func() {
+			a, e := m.UserMessage(context.Background(), "ivy", &protocol.Frame{Content: "hi", ClientMessageID: cmid})
+			out <- result{a, e}
+		}()
+		return out
+	}
+
+	nextEcho := func() chan error {
+		t.Helper()
+		select {
+		case a := <-gs.echo:
+			return a
+		case <-time.After(time.Minute): // a hang guard: the echo comes at once or never
+			t.Fatal("no user_message echo was appended")
+			return nil
+		}
+	}
+
+	// The first attempt is refused while a repeat waits: the repeat places
+	// the run itself (its own echo is the next to arrive) and is acked.
+	first := send("cm-1")
+	answer := nextEcho() // the first attempt's echo is in flight
+	repeat := send("cm-1")
+	select {
+	case r := <-repeat:
+		t.Fatalf("a repeat answered while the first attempt was pending: %+v %v", r.ack, r.perr)
+	default:
 	}
 	answer <- errors.New("stream down")
 	if r := <-first; r.perr == nil {
 		t.Fatalf("the first attempt was acked (%+v) though its echo was refused", r.ack)
 	}
-
-	third := make(chan result, 1)
-	go func() {
-		a, e := m.UserMessage(context.Background(), "ivy", frame())
-		third <- result{a, e}
-	}()
-	(<-gs.echo) <- nil
-	r := <-third
+	nextEcho() <- nil // the repeat's own echo
+	r := <-repeat
 	if r.perr != nil {
 		t.Fatalf("repeat after the refusal: %v", r.perr)
 	}
 	if _, err := db.GetRun(context.Background(), "ivy", r.ack.RunID); err != nil {
 		t.Fatalf("the acked run is not stored: %v", err)
 	}
-	again, e := m.UserMessage(context.Background(), "ivy", frame())
+	again, e := m.UserMessage(context.Background(), "ivy", &protocol.Frame{Content: "hi", ClientMessageID: "cm-1"})
 	if e != nil || again.RunID != r.ack.RunID {
 		t.Fatalf("repeat after the start: %+v %v, want the ack of run %s", again, e, r.ack.RunID)
 	}
+
+	// The first attempt starts while a repeat waits: the repeat gets its ack.
+	first = send("cm-2")
+	answer = nextEcho()
+	repeat = send("cm-2")
+	answer <- nil
+	r1, r2 := <-first, <-repeat
+	if r1.perr != nil || r2.perr != nil || r2.ack.RunID != r1.ack.RunID {
+		t.Fatalf("first %+v %v, repeat %+v %v: want the same ack", r1.ack, r1.perr, r2.ack, r2.perr)
+	}
 	f := &fixture{m: m, stream: mem, store: db}
 	checkOrder(t, f.waitTerminal(t, "ivy", r.ack.RunID))
+	checkOrder(t, f.waitTerminal(t, "ivy", r1.ack.RunID))
 }
