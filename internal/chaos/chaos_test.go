@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/agentwire/agentwire/internal/testproc"
 )
 
 // TestChaosCluster soaks two nodes (three with a duration over 3 minutes) on
@@ -40,10 +42,10 @@ func TestChaosCluster(t *testing.T) {
 	red := startRedis(t)
 	var proxies []*proxy
 	for i := range nNodes {
-		p := startProxy(t, red.addr())
+		p := startProxy(t, red.Addr())
 		proxies = append(proxies, p)
 		s.nodes = append(s.nodes, startNode(t, fmt.Sprintf("n%d", i+1),
-			"--redis-url", p.url(), "--database-url", pg.dbURL, "--database-schema", pg.schema,
+			"--redis-url", p.url(), "--database-url", pg.URL, "--database-schema", pg.Schema,
 			"--run-lease-ttl", "3s", "--run-lease-renew", "1s",
 			"--retention-events", "1000000", "--retention-bytes", "1073741824", "--retention-age", "2h"))
 	}
@@ -68,23 +70,23 @@ func TestChaosCluster(t *testing.T) {
 	inject := func(f fault) (string, error) {
 		switch f.kind {
 		case "redis_kill":
-			red.kill()
+			red.Kill()
 			time.Sleep(f.hold)
-			return "redis", red.restart()
+			return "redis", red.Restart()
 		case "node_kill":
 			n := s.nodes[f.target]
-			n.kill()
+			n.Kill()
 			time.Sleep(f.hold)
-			return n.name, n.restart()
+			return n.name, n.Restart()
 		case "pg_terminate":
-			k, err := pg.terminate()
+			k, err := pg.Terminate()
 			return fmt.Sprintf("%dconns", k), err
 		case "redis_pause":
-			if err := red.signal(syscall.SIGSTOP); err != nil {
+			if err := red.Signal(syscall.SIGSTOP); err != nil {
 				return "redis", err
 			}
 			time.Sleep(f.hold)
-			return "redis", red.signal(syscall.SIGCONT)
+			return "redis", red.Signal(syscall.SIGCONT)
 		case "partition":
 			proxies[f.target].setCut(true)
 			time.Sleep(f.hold)
@@ -96,8 +98,8 @@ func TestChaosCluster(t *testing.T) {
 	s.play(plan, inject, d)
 	s.finish(s.stopTabs, pg.runs, false, s.start)
 	for _, n := range s.nodes {
-		if !n.alive() {
-			t.Errorf("node %s exited on its own; stderr tail:\n%s", n.name, tail(n.stderr.String(), 3000))
+		if !n.Alive() {
+			t.Errorf("node %s exited on its own; stderr tail:\n%s", n.name, testproc.Tail(n.Stderr.String(), 3000))
 		}
 	}
 }
@@ -142,8 +144,8 @@ func TestChaosSQLiteDiskFull(t *testing.T) {
 	}
 	s.play(plan, inject, d)
 	s.finish(s.stopTabs, s.restStored, false, s.start)
-	if !s.nodes[0].alive() {
-		t.Errorf("node exited on its own; stderr tail:\n%s", tail(s.nodes[0].stderr.String(), 3000))
+	if !s.nodes[0].Alive() {
+		t.Errorf("node exited on its own; stderr tail:\n%s", testproc.Tail(s.nodes[0].Stderr.String(), 3000))
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/testproc"
 )
 
 var (
@@ -255,7 +256,7 @@ func (s *soak) drive(stop <-chan struct{}) (stopTabs func()) {
 	}
 	// Every tab is connected before the first event, so each tab's view
 	// starts at seq 1.
-	if !waitFor(2*time.Minute, func() bool {
+	if !testproc.WaitFor(2*time.Minute, func() bool {
 		for _, tb := range s.tabs {
 			tb.mu.Lock()
 			n := len(tb.estab)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agentwire/agentwire/internal/testproc"
 	"github.com/gorilla/websocket"
 )
 
@@ -238,7 +239,7 @@ func (tb *tab) finalResume(head uint64, within time.Duration) error {
 		}
 		done := make(chan struct{})
 		go func() { tb.read(c); close(done) }()
-		ok := waitFor(time.Until(deadline), func() bool {
+		ok := testproc.WaitFor(time.Until(deadline), func() bool {
 			tb.mu.Lock()
 			defer tb.mu.Unlock()
 			return tb.last >= head

@@ -1,31 +1,23 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/testproc"
 )
 
 // Helpers for the multi-node suite (cluster_test.go): several real agentwire
@@ -44,61 +36,15 @@ const (
 	databaseURLEnv = "AGENTWIRE_TEST_DATABASE_URL"
 )
 
-// clusterBin is the agentwire binary, built once per test binary.
-var clusterBin struct {
-	once sync.Once
-	dir  string
-	path string
-	err  error
-}
+// bin is the agentwire binary, built once per test binary (with -race
+// when this test binary has it).
+var bin = testproc.Binary{Race: raceEnabled}
 
-// TestMain removes the binary built for the cluster suite.
+// TestMain removes the binary built for the process suites.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if clusterBin.dir != "" {
-		_ = os.RemoveAll(clusterBin.dir)
-	}
+	bin.Remove()
 	os.Exit(code)
-}
-
-// agentwireBinary builds ./cmd/agentwire (with -race when this test binary
-// has it, which reuses the packages already compiled) once and returns its
-// path.
-func agentwireBinary(t testing.TB) string {
-	t.Helper()
-	clusterBin.once.Do(func() {
-		goBin := filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-		if _, err := os.Stat(goBin); err != nil {
-			if goBin, err = exec.LookPath("go"); err != nil {
-				clusterBin.err = errors.New("no go command")
-				return
-			}
-		}
-		dir, err := os.MkdirTemp("", "agentwire-cluster-bin-")
-		if err != nil {
-			clusterBin.err = err
-			return
-		}
-		clusterBin.dir = dir
-		bin := filepath.Join(dir, "agentwire")
-		args := []string{"build", "-o", bin}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		build := exec.CommandContext(ctx, goBin, append(args, "./cmd/agentwire")...)
-		build.Dir = "../.." // the module root, from internal/e2e
-		if out, err := build.CombinedOutput(); err != nil {
-			clusterBin.err = fmt.Errorf("go build: %v\n%s", err, out)
-			return
-		}
-		clusterBin.path = bin
-	})
-	if clusterBin.err != nil {
-		t.Fatal(clusterBin.err)
-	}
-	return clusterBin.path
 }
 
 // clusterEnv is what one cluster test shares between its nodes.
@@ -106,9 +52,7 @@ type clusterEnv struct {
 	t        *testing.T
 	id       string // unique per test: user names, schema, application_name
 	redisURL string
-	dbURL    string // with this test's application_name
-	schema   string
-	adminURL string // the database, for schema drop and backend cuts
+	pg       *testproc.PGSchema
 }
 
 // newClusterEnv skips (loudly) without the test services, else makes a
@@ -123,32 +67,8 @@ func newClusterEnv(t *testing.T) *clusterEnv {
 		t.Skipf("!!! %s and %s must both be set: the MULTI-NODE suite (Redis + PostgreSQL) is NOT TESTED !!!", redisURLEnv, databaseURLEnv)
 	}
 	id := randID()
-	e := &clusterEnv{t: t, id: id, redisURL: rurl, schema: "awtest_" + id, adminURL: durl}
-	u, err := url.Parse(durl)
-	if err != nil {
-		t.Fatalf("%s: %v", databaseURLEnv, err)
-	}
-	q := u.Query()
-	q.Set("application_name", e.appName())
-	u.RawQuery = q.Encode()
-	e.dbURL = u.String()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		c, err := pgx.Connect(ctx, e.adminURL)
-		if err != nil {
-			t.Logf("drop schema %s: %v", e.schema, err)
-			return
-		}
-		defer c.Close(ctx)
-		if _, err := c.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{e.schema}.Sanitize()+` CASCADE`); err != nil {
-			t.Logf("drop schema %s: %v", e.schema, err)
-		}
-	})
-	return e
+	return &clusterEnv{t: t, id: id, redisURL: rurl, pg: testproc.NewPGSchema(t, durl, "awtest", id)}
 }
-
-func (e *clusterEnv) appName() string { return "awtest-" + e.id }
 
 // user is a user name unique to this test.
 func (e *clusterEnv) user(name string) string { return name + "-" + e.id }
@@ -157,16 +77,7 @@ func (e *clusterEnv) user(name string) string { return name + "-" + e.id }
 // returns how many there were.
 func (e *clusterEnv) cutPostgres() int {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := pgx.Connect(ctx, e.adminURL)
-	if err != nil {
-		e.t.Fatalf("admin connection: %v", err)
-	}
-	defer c.Close(ctx)
-	var n int
-	err = c.QueryRow(ctx, `SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-		WHERE application_name = $1 AND pid <> pg_backend_pid()) t`, e.appName()).Scan(&n)
+	n, err := e.pg.Terminate()
 	if err != nil {
 		e.t.Fatalf("pg_terminate_backend: %v", err)
 	}
@@ -185,12 +96,12 @@ func (e *clusterEnv) reapRound(via *node) {
 	runID, threadID := "tracer-run-"+randID(), "tracer-thread-"+randID()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := pgx.Connect(ctx, e.adminURL)
+	c, err := pgx.Connect(ctx, e.pg.AdminURL)
 	if err != nil {
 		e.t.Fatalf("admin connection: %v", err)
 	}
 	defer c.Close(ctx)
-	schema := pgx.Identifier{e.schema}.Sanitize()
+	schema := pgx.Identifier{e.pg.Schema}.Sanitize()
 	now := time.Now()
 	if _, err := c.Exec(ctx, `INSERT INTO `+schema+`.threads (id, user_id, title, created_at, updated_at) VALUES ($1, $2, 'tracer', $3, $3)`,
 		threadID, user, now); err != nil {
@@ -211,7 +122,7 @@ func (e *clusterEnv) reapRound(via *node) {
 	}
 	// Reaping is timer driven and nothing else moves meanwhile: the bound is
 	// plain time, far above the reap interval of the cluster tests.
-	if !waitFor(30*time.Second, reaped) {
+	if !testproc.WaitFor(30*time.Second, reaped) {
 		e.t.Fatalf("no reaper took the tracer run %s", runID)
 	}
 }
@@ -225,11 +136,8 @@ func randID() string {
 // node is one agentwire process.
 type node struct {
 	*server
-	name   string
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	done   chan struct{} // closed when the process has exited
-	err    error         // its Wait result, once done is closed
+	name string
+	*testproc.Serve
 }
 
 // startNode runs `agentwire serve` against the env's PostgreSQL schema and
@@ -238,86 +146,38 @@ type node struct {
 func (e *clusterEnv) startNode(name, redisURL string, args ...string) *node {
 	t := e.t
 	t.Helper()
-	bin := agentwireBinary(t)
 	if redisURL == "" {
 		redisURL = e.redisURL
 	}
 	base := []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--dev",
 		"--jwt-secret", testSecret, "--api-keys", testAPIKey, "--log-level", "warn",
-		"--redis-url", redisURL, "--database-url", e.dbURL, "--database-schema", e.schema}
-	env := []string{}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "AGENTWIRE_") {
-			env = append(env, kv)
-		}
-	}
-	n := &node{name: name, stderr: &syncBuffer{}, done: make(chan struct{})}
-	n.cmd = exec.Command(bin, append(base, args...)...)
-	n.cmd.Env = env
-	n.cmd.Stderr = n.stderr
-	// The node dies with this test process, whatever happens to it.
-	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdout, err := n.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 1)
-	go func() {
-		br := bufio.NewReader(stdout)
-		line, _ := br.ReadString('\n')
-		lines <- line
-		_, _ = io.Copy(io.Discard, br)
-		n.err = n.cmd.Wait()
-		close(n.done)
-	}()
+		"--redis-url", redisURL, "--database-url", e.pg.URL, "--database-schema", e.pg.Schema}
+	return startServe(t, name, testproc.Env(), append(base, args...))
+}
+
+// startServe runs the agentwire binary with args and env, returns it once
+// it listens and kills it at cleanup.
+func startServe(t *testing.T, name string, env, args []string) *node {
+	t.Helper()
+	n := &node{name: name, Serve: &testproc.Serve{Bin: bin.Path(t), Args: args, Env: env}}
 	t.Cleanup(func() {
-		n.kill()
+		n.Kill()
 		if t.Failed() {
-			t.Logf("node %s stderr:\n%s", n.name, n.stderr.String())
+			t.Logf("node %s stderr:\n%s", n.name, n.Stderr.String())
 		}
 	})
-	var line string
-	select {
-	case line = <-lines:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("node %s: no 'listening on' line within 30 s; stderr:\n%s", name, n.stderr.String())
+	if err := n.Start(); err != nil {
+		t.Fatalf("node %s: %v", name, err)
 	}
-	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening on http://")
-	if !ok {
-		t.Fatalf("node %s: first line %q, want 'listening on http://HOST:PORT'; stderr:\n%s", name, line, n.stderr.String())
-	}
+	addr := n.Addr()
 	n.server = &server{t: t, URL: "http://" + addr, WSURL: "ws://" + addr + "/ws",
 		signer: auth.NewSigner([]byte(testSecret))}
 	return n
 }
 
-// kill sends SIGKILL and waits for the process to be gone.
-func (n *node) kill() {
-	_ = n.cmd.Process.Kill()
-	select {
-	case <-n.done:
-	case <-time.After(10 * time.Second):
-	}
-}
-
 // exited waits up to d for the process to end and returns its exit code
 // (-1 when it did not end or was killed by a signal).
-func (n *node) exited(d time.Duration) (int, bool) {
-	select {
-	case <-n.done:
-		return n.cmd.ProcessState.ExitCode(), true
-	default:
-	}
-	select {
-	case <-n.done:
-		return n.cmd.ProcessState.ExitCode(), true
-	case <-time.After(d):
-		return -1, false
-	}
-}
+func (n *node) exited(d time.Duration) (int, bool) { return n.Proc().Exited(d) }
 
 // status does method path with an optional bearer and JSON body, without
 // failing the test: it returns the status (0 when the request itself
@@ -384,82 +244,10 @@ func errorCode(b []byte) string {
 	return e.Error.Code
 }
 
-// redisProc is a redis-server of the test's own (no persistence), which a
-// test may kill and restart on the same port.
-type redisProc struct {
-	t    *testing.T
-	port int
-	bin  string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// startRedis starts a private redis-server on a free loopback port.
-func startRedis(t *testing.T) *redisProc {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		bin = "/usr/bin/redis-server"
-		if _, err := os.Stat(bin); err != nil {
-			t.Skip("!!! no redis-server binary: the Redis restart test is NOT RUN !!!")
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &redisProc{t: t, port: l.Addr().(*net.TCPAddr).Port, bin: bin}
-	l.Close()
-	r.start()
-	t.Cleanup(r.stop)
-	return r
-}
-
-func (r *redisProc) url() string { return "redis://127.0.0.1:" + strconv.Itoa(r.port) + "/0" }
-
-// start runs redis-server on r.port and waits until it answers PING.
-func (r *redisProc) start() {
-	r.t.Helper()
-	r.cmd = exec.Command(r.bin, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "")
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	r.done = make(chan struct{})
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	done := r.done
-	cmd := r.cmd
-	go func() { _ = cmd.Wait(); close(done) }()
-	if !waitFor(10*time.Second, func() bool { return redisPing(r.port) }) {
-		r.t.Fatalf("redis-server on port %d does not answer PING", r.port)
-	}
-}
-
-// stop kills redis-server and waits for it to be gone.
-func (r *redisProc) stop() {
-	if r.cmd == nil {
-		return
-	}
-	_ = r.cmd.Process.Kill()
-	select {
-	case <-r.done:
-	case <-time.After(10 * time.Second):
-	}
-	r.cmd = nil
-}
-
-func redisPing(port int) bool {
-	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return false
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	return err == nil && strings.HasPrefix(line, "+PONG")
+// startRedis starts a private redis-server (no persistence) on a free
+// loopback port, which a test may kill and restart on the same port.
+func startRedis(t *testing.T) *testproc.Redis {
+	return testproc.StartRedis(t, false, "!!! no redis-server binary: the Redis restart test is NOT RUN !!!")
 }
 
 // streamFrames keeps the frames that are stream events (they have a seq).

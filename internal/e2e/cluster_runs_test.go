@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/agentwire/agentwire/internal/testproc"
 )
 
 // Runs across nodes: a stop reaches the run's node, the per-user run limit
@@ -89,7 +91,7 @@ func TestClusterRunLimit(t *testing.T) {
 	// n1 dies holding the user's runs (a3 at least, just started): once
 	// their leases lapse (the reaper's node_lost says so), their slots are
 	// free and n2 takes three runs.
-	n1.kill()
+	n1.Kill()
 	killed := time.Now()
 	tab2.readUntilFn(30*time.Second, "node_lost of a3", func(f frame) bool {
 		return f.Type == "agent_error" && f.RunID == a3.RunID
@@ -124,17 +126,17 @@ func accepted(c *client, id, content string) frame {
 func TestClusterRedisOutageMidRun(t *testing.T) {
 	e := newClusterEnv(t)
 	r := startRedis(t)
-	n1 := e.startNode("n1", r.url())
+	n1 := e.startNode("n1", r.URL())
 	carol := e.user("carol")
 	tok := n1.token(carol)
 	tab, _ := n1.connect(carol)
 	ack := tab.ack("m1", "please be slow about it", nil)
 	tab.readUntilFn(10*time.Second, "agent_thinking", func(f frame) bool { return f.Type == "agent_thinking" && f.RunID == ack.RunID })
 
-	r.stop()
+	r.Kill()
 	// The run cannot go on without the stream: it ends (in the store) while
 	// Redis is down.
-	if !waitFor(20*time.Second, func() bool { return n1.run(tok, ack.RunID).Status != "running" }) {
+	if !testproc.WaitFor(20*time.Second, func() bool { return n1.run(tok, ack.RunID).Status != "running" }) {
 		t.Fatal("the run still running 20 s into the Redis outage")
 	}
 	// A message sent now is refused and leaves nothing behind.
@@ -159,7 +161,9 @@ func TestClusterRedisOutageMidRun(t *testing.T) {
 		t.Fatalf("the refused message left a thread: %d threads before, %d after", len(before.Threads), len(after.Threads))
 	}
 
-	r.start()
+	if err := r.Restart(); err != nil {
+		t.Fatal(err)
+	}
 	// The terminal event arrives once the stream takes it (each read may
 	// still fail while the node finds Redis again).
 	var evs []frame
@@ -182,7 +186,7 @@ func TestClusterRedisOutageMidRun(t *testing.T) {
 		}
 		return len(evs) > 0
 	}
-	if !waitFor(20*time.Second, terminals) {
+	if !testproc.WaitFor(20*time.Second, terminals) {
 		t.Fatal("no terminal event of the run 20 s after Redis came back")
 	}
 	// After a later event (anything the node had queued for the run is

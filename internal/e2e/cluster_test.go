@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/agentwire/agentwire/internal/testproc"
 )
 
 // The multi-node suite (issue 4): several real agentwire processes sharing
@@ -137,7 +139,7 @@ func TestClusterNodeKilledMidRun(t *testing.T) {
 	seen = streamFrames(seen)
 	lastSeen := seen[len(seen)-1].Seq
 	killed := time.Now()
-	n1.kill()
+	n1.Kill()
 	if _, ok := n1.exited(0); !ok {
 		t.Fatal("n1 still running after SIGKILL")
 	}
@@ -227,7 +229,7 @@ func TestClusterNodeKilledMidRun(t *testing.T) {
 func TestClusterRedisRestart(t *testing.T) {
 	e := newClusterEnv(t)
 	r := startRedis(t)
-	n1, n2 := e.startNode("n1", r.url()), e.startNode("n2", r.url())
+	n1, n2 := e.startNode("n1", r.URL()), e.startNode("n2", r.URL())
 	nodes := []*node{n1, n2}
 	alice := e.user("alice")
 	c1, est := n1.connect(alice)
@@ -253,7 +255,7 @@ func TestClusterRedisRestart(t *testing.T) {
 		}
 	}
 
-	r.stop()
+	r.Kill()
 	outage := time.Now()
 	for _, n := range nodes {
 		code, _, body := n.publishStatus(map[string]any{"user_id": alice, "type": "note.during", "data": map[string]int{}})
@@ -274,14 +276,16 @@ func TestClusterRedisRestart(t *testing.T) {
 		}
 	}
 
-	r.start()
+	if err := r.Restart(); err != nil {
+		t.Fatal(err)
+	}
 	restarted := time.Now()
 	var after []uint64
 	// Each node finds Redis again on its own (a node's first command may
 	// still meet the connection the restart broke): publish through each
 	// until it answers 200. Every 200 counts as accepted and must arrive.
 	for k, n := range nodes {
-		if !waitFor(10*time.Second, func() bool {
+		if !testproc.WaitFor(10*time.Second, func() bool {
 			// The same idempotency key on every try: a try answered 503 that
 			// Redis applied anyway cannot add a second event.
 			code, seq, _ := n.publishStatus(map[string]any{"user_id": alice, "type": "note.after", "data": map[string]int{"i": -1 - k},
@@ -318,7 +322,7 @@ func TestClusterRedisRestart(t *testing.T) {
 		}
 	}
 	for _, n := range nodes {
-		if !waitFor(5*time.Second, func() bool { return n.readyz() == 200 }) {
+		if !testproc.WaitFor(5*time.Second, func() bool { return n.readyz() == 200 }) {
 			t.Fatalf("%s: /readyz not 200 5 s after Redis came back", n.name)
 		}
 	}
@@ -394,7 +398,7 @@ func TestClusterPostgresCut(t *testing.T) {
 			} `json:"threads"`
 		}
 		fails := 0
-		if !waitFor(5*time.Second, func() bool {
+		if !testproc.WaitFor(5*time.Second, func() bool {
 			code, body, _ := n.status("GET", "/api/v1/threads", tok, nil)
 			if code == 200 {
 				return json.Unmarshal(body, &threads) == nil
@@ -410,7 +414,7 @@ func TestClusterPostgresCut(t *testing.T) {
 		if len(threads.Threads) != 1 || threads.Threads[0].ID != ack.ThreadID {
 			t.Fatalf("%s: threads after the cut: %+v, want the one thread %s", n.name, threads, ack.ThreadID)
 		}
-		if !waitFor(5*time.Second, func() bool { return n.readyz() == 200 }) {
+		if !testproc.WaitFor(5*time.Second, func() bool { return n.readyz() == 200 }) {
 			t.Fatalf("%s: /readyz does not recover after the cut", n.name)
 		}
 		if _, gone := n.exited(0); gone {
@@ -441,7 +445,7 @@ func TestClusterPostgresCut(t *testing.T) {
 		Status string `json:"status"`
 	}
 	fails := 0
-	if !waitFor(5*time.Second, func() bool {
+	if !testproc.WaitFor(5*time.Second, func() bool {
 		code, body, _ := n1.status("GET", "/api/v1/runs/"+ack2.RunID, tok, nil)
 		if code != 200 {
 			fails++
@@ -649,7 +653,7 @@ func TestClusterConnectionLimit(t *testing.T) {
 
 	a.c.Close()
 	var c3 interface{ Close() error }
-	if !waitFor(5*time.Second, func() bool {
+	if !testproc.WaitFor(5*time.Second, func() bool {
 		c, _, err := dialWS(nil, nodes[2].server, tok, "")
 		if err != nil {
 			if !isStatus(err, 429) {
@@ -689,11 +693,11 @@ func TestClusterDrain(t *testing.T) {
 	ack := tab1.ack("m1", "a slow one please", nil)
 	tab2.readUntilFn(5*time.Second, "agent_started", func(f frame) bool { return f.Type == "agent_started" && f.RunID == ack.RunID })
 
-	if err := n1.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := n1.Proc().Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	termed := time.Now()
-	if !waitFor(time.Second, func() bool { return n1.readyz() == 503 }) {
+	if !testproc.WaitFor(time.Second, func() bool { return n1.readyz() == 503 }) {
 		t.Fatal("/readyz of the draining node is not 503 within 1 s")
 	}
 	_, _, err := dialWS(nil, n1.server, n1.token(alice), "")

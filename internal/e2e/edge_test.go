@@ -1,19 +1,15 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -21,7 +17,6 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/testserver"
 )
 
@@ -246,47 +241,8 @@ func TestTicketSurvivesRefusedConnect(t *testing.T) {
 // stream) and returns it once it listens; it is killed at cleanup.
 func startProcess(t *testing.T, dataDir string) *node {
 	t.Helper()
-	bin := agentwireBinary(t)
-	n := &node{name: "sqlite", stderr: &syncBuffer{}, done: make(chan struct{})}
-	n.cmd = exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--data-dir", dataDir, "--dev",
-		"--jwt-secret", testSecret, "--api-keys", testAPIKey, "--log-level", "warn")
-	n.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	n.cmd.Stderr = n.stderr
-	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdout, err := n.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 1)
-	go func() {
-		br := bufio.NewReader(stdout)
-		line, _ := br.ReadString('\n')
-		lines <- line
-		_, _ = io.Copy(io.Discard, br)
-		n.err = n.cmd.Wait()
-		close(n.done)
-	}()
-	t.Cleanup(func() {
-		n.kill()
-		if t.Failed() {
-			t.Logf("stderr:\n%s", n.stderr.String())
-		}
-	})
-	var line string
-	select {
-	case line = <-lines:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("no 'listening on' line within 30 s; stderr:\n%s", n.stderr.String())
-	}
-	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening on http://")
-	if !ok {
-		t.Fatalf("first line %q; stderr:\n%s", line, n.stderr.String())
-	}
-	n.server = &server{t: t, URL: "http://" + addr, WSURL: "ws://" + addr + "/ws", signer: auth.NewSigner([]byte(testSecret))}
-	return n
+	return startServe(t, "sqlite", []string{"PATH=" + os.Getenv("PATH")}, []string{"serve", "--addr", "127.0.0.1:0",
+		"--data-dir", dataDir, "--dev", "--jwt-secret", testSecret, "--api-keys", testAPIKey, "--log-level", "warn"})
 }
 
 // TestKilledSingleNodeRunsEndAtRestart kills -9 a single-node (SQLite)
@@ -301,7 +257,7 @@ func TestKilledSingleNodeRunsEndAtRestart(t *testing.T) {
 	a := startProcess(t, dir)
 	c, _ := a.connect("kill9")
 	ack := c.ack("m1", "slow: what is 2+2?", nil)
-	a.kill()
+	a.Kill()
 	if _, ok := a.exited(0); !ok {
 		t.Fatal("the process survived kill -9")
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentwire/agentwire/internal/testproc"
 	"go.uber.org/goleak"
 )
 
@@ -113,7 +114,7 @@ func TestBinarySIGTERMAndToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stderr := &syncBuffer{}
+	stderr := &testproc.SyncBuffer{}
 	srv.Stderr = stderr
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)

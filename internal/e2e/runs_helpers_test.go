@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/agentwire/agentwire/internal/testproc"
 )
 
 // Helpers for the agent-run suites (runs_test.go, agents_test.go).
@@ -358,7 +360,7 @@ func (s *server) run(tok, id string) runInfo {
 func (s *server) waitRunStatus(tok, id, want string) runInfo {
 	s.t.Helper()
 	var r runInfo
-	if !waitFor(3*time.Second, func() bool { r = s.run(tok, id); return r.Status == want }) {
+	if !testproc.WaitFor(3*time.Second, func() bool { r = s.run(tok, id); return r.Status == want }) {
 		s.t.Fatalf("run %s status %q, want %q", id, r.Status, want)
 	}
 	return r

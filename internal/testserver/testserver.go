@@ -5,16 +5,15 @@ package testserver
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/agentwire/agentwire/internal/cli"
+	"github.com/agentwire/agentwire/internal/testproc"
 )
 
 // Server is one running `agentwire serve`.
@@ -25,7 +24,7 @@ type Server struct {
 	t      testing.TB
 	cancel context.CancelFunc
 	done   chan error
-	stderr syncBuffer
+	stderr testproc.SyncBuffer
 }
 
 // Start runs `agentwire serve --addr 127.0.0.1:0 --data-dir <temp dir>` plus
@@ -73,20 +72,3 @@ func (s *Server) Stop() error {
 
 // Stderr returns what the server logged so far.
 func (s *Server) Stderr() string { return s.stderr.String() }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
