@@ -287,15 +287,18 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 	if m.crash != nil && m.crash() {
 		return protocol.AckFrame{}, perr(protocol.CodeInternal, "crashed (test)", f.ID)
 	}
-	if _, err := m.stream.Append(ctx, user, echoRecord(a.ThreadID, a.RunID, a.MessageID, f.Content, f.ClientMessageID)); err != nil {
+	echo := echoRecord(a.ThreadID, a.RunID, a.MessageID, f.Content, f.ClientMessageID)
+	if _, err := m.stream.Append(ctx, user, echo); err != nil {
 		m.log.Error("append user message", "user", user, "run", a.RunID, "err", err)
-		m.discard(ctx, user, a.RunID, newThread)
-		return fail(perr(protocol.CodeInternal, "message not accepted: stream unavailable, retry", f.ID))
+		if !errors.Is(err, stream.ErrMaybeAppended) {
+			m.discard(ctx, user, a.RunID, newThread)
+			return fail(perr(protocol.CodeInternal, "message not accepted: stream unavailable, retry", f.ID))
+		}
+		return m.acceptFailed(ctx, user, a, idemKey, echo, f.ID)
 	}
 	em := &emitter{m: m, user: user, threadID: a.ThreadID, runID: a.RunID, messageID: ulid.Make().String(), started: now}
 	if err := em.start(m.agent.Name()); err != nil {
-		m.discard(ctx, user, a.RunID, newThread)
-		return fail(perr(protocol.CodeInternal, "message not accepted: stream unavailable, retry", f.ID))
+		return m.acceptFailed(ctx, user, a, idemKey, echo, f.ID)
 	}
 	started = true
 	if idemKey != "" {
@@ -308,6 +311,33 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 	}
 	m.launch(em, history)
 	return protocol.AckFrame{Ref: f.ID, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
+}
+
+// acceptFailed answers a message whose echo is, or may yet be, in the
+// stream although its run could not start there: refusing it would leave
+// the echo of a run that does not exist. The message is accepted (acked,
+// its client_message_id confirmed) and its run fails at once; the echo,
+// agent_started and agent_error are appended under their run keys, in
+// the background until the stream takes them, so the run reads whole.
+func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey string, echo stream.Record, ref string) (protocol.AckFrame, *protocol.Error) {
+	const msg = "the event stream was unavailable when the message arrived; send the message again"
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), appendTimeout)
+	defer cancel()
+	m.record(bctx, finish{user: user, runID: a.RunID, status: store.RunFailed, at: m.now(), code: agent.CodeAgentFailed, msg: msg})
+	if idemKey != "" {
+		val, _ := json.Marshal(a)
+		if err := m.store.ConfirmIdempotencyKey(bctx, user, idemKey, val); err != nil {
+			m.log.Warn("confirm client_message_id", "user", user, "run", a.RunID, "err", err)
+		}
+	}
+	end, _ := stream.MarshalData(struct {
+		Code       string `json:"code"`
+		Message    string `json:"message"`
+		DurationMS int64  `json:"duration_ms"`
+	}{agent.CodeAgentFailed, msg, 0})
+	m.resend(user, echo, startRecord(a.ThreadID, a.RunID, m.agent.Name()),
+		stream.Record{Type: protocol.TypeAgentError, ThreadID: a.ThreadID, RunID: a.RunID, Data: end, IdempotencyKey: endKey(a.RunID)})
+	return protocol.AckFrame{Ref: ref, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
 }
 
 // Pauses while a repeat waits for the attempt that claimed its

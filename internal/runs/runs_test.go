@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -679,4 +680,84 @@ func TestRepeatWhileFirstAttemptPending(t *testing.T) {
 	f := &fixture{m: m, stream: mem, store: db}
 	checkOrder(t, f.waitTerminal(t, "ivy", r.ack.RunID))
 	checkOrder(t, f.waitTerminal(t, "ivy", r1.ack.RunID))
+}
+
+// unsureStream takes a run's echo but answers failure for it (as Redis
+// paused past the client's timeout runs the command when it resumes), or
+// takes the echo and fails agent_started, while failing is set.
+type unsureStream struct {
+	stream.Stream
+	failing atomic.Bool
+	echoErr bool // fail the echo (taken) instead of agent_started
+}
+
+func (s *unsureStream) Append(ctx context.Context, user string, rec stream.Record) (stream.Event, error) {
+	if !s.failing.Load() {
+		return s.Stream.Append(ctx, user, rec)
+	}
+	switch {
+	case rec.Type == protocol.TypeUserMessage && s.echoErr:
+		if _, err := s.Stream.Append(ctx, user, rec); err != nil {
+			return stream.Event{}, err
+		}
+		return stream.Event{}, fmt.Errorf("%w: %w: redis append: EOF", stream.ErrMaybeAppended, stream.ErrUnavailable)
+	case rec.Type == protocol.TypeUserMessage:
+		return s.Stream.Append(ctx, user, rec)
+	}
+	return stream.Event{}, fmt.Errorf("%w: redis append: connection refused", stream.ErrUnavailable)
+}
+
+// TestEchoInTheStreamMeansTheRunReadsWhole: once a message's echo is (or
+// may be) in the stream, its run cannot be refused away: the message is
+// acked, a repeat gets the same ack, and the run ends with agent_error
+// after agent_started once the stream is back, stored as failed.
+func TestEchoInTheStreamMeansTheRunReadsWhole(t *testing.T) {
+	t.Parallel()
+	for _, echoErr := range []bool{true, false} {
+		t.Run(fmt.Sprintf("echo_unconfirmed=%v", echoErr), func(t *testing.T) {
+			t.Parallel()
+			mem := memory.New(memory.Options{})
+			defer mem.Close()
+			us := &unsureStream{Stream: mem, echoErr: echoErr}
+			db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			ran := make(chan struct{}, 1)
+			m := New(Config{Stream: us, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+				ran <- struct{}{}
+				return em.Complete("no")
+			})})
+			defer m.Shutdown(context.Background())
+			us.failing.Store(true)
+			frame := &protocol.Frame{ID: "m1", Content: "hi", ClientMessageID: "c1"}
+			ack, perr := m.UserMessage(context.Background(), "hal", frame)
+			if perr != nil {
+				t.Fatalf("message whose echo is in the stream refused: %v", perr)
+			}
+			again, perr := m.UserMessage(context.Background(), "hal", frame)
+			if perr != nil || again.RunID != ack.RunID {
+				t.Fatalf("repeat: %+v %v, want the first ack %+v", again, perr, ack)
+			}
+			us.failing.Store(false)
+			f := &fixture{m: m, stream: mem, store: db}
+			evs := f.waitTerminal(t, "hal", ack.RunID)
+			checkOrder(t, evs)
+			if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != agent.CodeAgentFailed {
+				t.Fatalf("last event %v, want agent_error agent_failed", last)
+			}
+			if r, err := db.GetRun(context.Background(), "hal", ack.RunID); err != nil || r.Status != store.RunFailed {
+				t.Fatalf("stored run %+v %v, want failed", r, err)
+			}
+			select {
+			case <-ran:
+				t.Fatal("the agent ran for a run that could not start")
+			default:
+			}
+			if running := m.Running(); running != 0 {
+				t.Fatalf("%d runs still counted as running", running)
+			}
+		})
+	}
 }

@@ -25,6 +25,11 @@ var (
 	ErrUnavailable = errors.New("stream: backend unavailable")
 	// ErrClosed means the stream was closed.
 	ErrClosed = errors.New("stream: closed")
+	// ErrMaybeAppended marks a failed Append whose record may yet be in the
+	// stream: it reached the backend, which did not confirm it (the
+	// connection broke or the reply timed out; a paused Redis runs it when
+	// it resumes). An Append error without it took nothing.
+	ErrMaybeAppended = errors.New("stream: append may have been taken")
 )
 
 // Record is what a producer appends: everything of a stream event but the

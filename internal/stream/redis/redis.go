@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -189,6 +190,9 @@ func (s *Stream) Append(ctx context.Context, user string, rec stream.Record) (st
 	}
 	res, err := appendScript.Exec(ctx, s.client, keys, args).ToArray()
 	if err != nil {
+		if maybeSent(err) {
+			return stream.Event{}, fmt.Errorf("%w: %w", stream.ErrMaybeAppended, s.wrap(ctx, "append", err))
+		}
 		return stream.Event{}, s.wrap(ctx, "append", err)
 	}
 	if len(res) < 2 {
@@ -359,6 +363,21 @@ func (s *Stream) wrap(ctx context.Context, op string, err error) error {
 		return fmt.Errorf("redis stream %s: %w", op, err)
 	}
 	return fmt.Errorf("%w: redis %s: %v", stream.ErrUnavailable, op, err)
+}
+
+// maybeSent reports whether a command that failed with err may have run:
+// not when it was never written (no connection could be dialled, the
+// client was closing) or Redis answered it with an error; otherwise (the
+// connection broke after the write, the reply timed out) it may have.
+func maybeSent(err error) bool {
+	if _, ok := rueidis.IsRedisErr(err); ok {
+		return false
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return false
+	}
+	return !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, rueidis.ErrClosing)
 }
 
 var errNoPubSub = errors.New("no pub/sub connection to Redis")
