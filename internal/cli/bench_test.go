@@ -54,23 +54,21 @@ func TestBenchPublish(t *testing.T) {
 	t.Parallel()
 	url := startBenchServer(t)
 	env := map[string]string{"AGENTWIRE_URL": url, "AGENTWIRE_API_KEY": benchKey}
-	start := time.Now()
 	out, err := runBench(t, env, "--dev", "--users", "5", "--conns-per-user", "2", "--rate", "200",
 		"--duration", "1s", "--warmup", "200ms", "--publishers", "4", "--max-duration", "30s")
 	t.Logf("\n%s", out)
 	if err != nil {
 		t.Fatalf("bench: %v", err)
 	}
-	if d := time.Since(start); d > 15*time.Second {
-		t.Errorf("took %v", d)
-	}
 	if e, l := figure(t, out, "errors"), figure(t, out, "lost"); e != 0 || l != 0 {
 		t.Errorf("errors %v, lost %v", e, l)
 	}
-	// Loopback at 200/s: the target is reached, each event reaches both tabs.
+	// The rate never passes the target (how close it gets depends on how
+	// busy the machine is: that is a benchmark's figure, not a test's), and
+	// each event reaches both tabs.
 	pub, del := figure(t, out, "publishes/s"), figure(t, out, "delivered/s")
-	if pub < 150 || pub > 220 {
-		t.Errorf("publishes/s %v, want about 200", pub)
+	if pub <= 0 || pub > 220 {
+		t.Errorf("publishes/s %v, want above 0 and at most the target 200", pub)
 	}
 	if del < 1.9*pub || del > 2.1*pub {
 		t.Errorf("delivered/s %v, want 2 × publishes/s %v", del, pub)
@@ -92,9 +90,10 @@ func TestBenchRuns(t *testing.T) {
 	if e, l := figure(t, out, "errors"), figure(t, out, "lost"); e != 0 || l != 0 {
 		t.Errorf("errors %v, lost %v", e, l)
 	}
-	// The demo agent takes about 330 ms a run: 3 users for 1 s make about 9.
-	if r := figure(t, out, "runs/s"); r < 2 || r > 15 {
-		t.Errorf("runs/s %v, want about 9", r)
+	// The demo agent takes about 330 ms a run: 3 users, one run each at a
+	// time, make at most about 9 in 1 s (fewer on a busy machine).
+	if r := figure(t, out, "runs/s"); r <= 0 || r > 15 {
+		t.Errorf("runs/s %v, want above 0 and at most about 9", r)
 	}
 	for _, l := range []string{"ack", "started", "completed"} {
 		if !regexp.MustCompile(`(?m)^` + l + `\s+p50 `).MatchString(out) {

@@ -526,6 +526,10 @@ func TestClusterTicketsAndIdempotencyRaced(t *testing.T) {
 		case o.ok:
 			wins++
 		case o.status == 401 && o.code == "unauthorized":
+		case o.status == 429 && o.code == "too_many_connections":
+			// A loser that read the ticket before the winner consumed it
+			// counts against alice's connection limit while it races; with
+			// 40 racers the limit may refuse it first. Still refused.
 		default:
 			t.Errorf("connect #%d (n%d): status %d code %q err %v", i, i%3+1, o.status, o.code, o.err)
 		}
