@@ -699,7 +699,7 @@ func TestWriteBatch(t *testing.T) {
 	}()
 	go func() {
 		for range 50 {
-			_ = c.writeControl(ws.OpPing, []byte("x"))
+			_ = c.out.control(c.nc, ws.OpPing, []byte("x"), &c.life.closed)
 		}
 		errc <- nil
 	}()
