@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,17 +23,19 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // fakeTransport records frames; block makes WriteBatch wait until released.
+// The tests run in a synctest bubble: once synctest.Wait returns, every
+// frame the hub could write is written, so a frame or close missing then
+// is missing for good.
 type fakeTransport struct {
 	mu     sync.Mutex
 	frames [][]byte
 	closed int
 	block  chan struct{}
-	wrote  chan struct{}
 	shut   chan struct{} // closed by the first Close
 }
 
 func newFake() *fakeTransport {
-	return &fakeTransport{wrote: make(chan struct{}, 1<<16), shut: make(chan struct{})}
+	return &fakeTransport{shut: make(chan struct{})}
 }
 
 func (f *fakeTransport) WriteBatch(frames [][]byte) error {
@@ -44,9 +47,6 @@ func (f *fakeTransport) WriteBatch(frames [][]byte) error {
 		f.frames = append(f.frames, append([]byte(nil), fr...))
 	}
 	f.mu.Unlock()
-	for range frames {
-		f.wrote <- struct{}{}
-	}
 	return nil
 }
 
@@ -72,38 +72,30 @@ func (f *fakeTransport) closeCode() int {
 	return f.closed
 }
 
-// waitClose waits for the connection's close and returns its code. The
-// bound only guards against a hang: a close that comes at all comes long
-// before it.
+// waitClose waits until the bubble is idle and returns the connection's
+// close code, failing when it was not closed.
 func (f *fakeTransport) waitClose(t *testing.T) int {
 	t.Helper()
+	synctest.Wait()
 	select {
 	case <-f.shut:
-	case <-time.After(time.Minute):
+	default:
 		t.Fatal("the connection was never closed")
 	}
 	return f.closeCode()
 }
 
-// waitFrames waits until n frames are written.
+// waitFrames waits until the bubble is idle and returns the frames written,
+// failing when there are fewer than n.
 func (f *fakeTransport) waitFrames(t *testing.T, n int) [][]byte {
 	t.Helper()
-	deadline := time.After(5 * time.Second)
-	for {
-		f.mu.Lock()
-		got := len(f.frames)
-		f.mu.Unlock()
-		if got >= n {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			return append([][]byte(nil), f.frames...)
-		}
-		select {
-		case <-f.wrote:
-		case <-deadline:
-			t.Fatalf("got %d frames, want %d", got, n)
-		}
+	synctest.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.frames) < n {
+		t.Fatalf("got %d frames, want %d", len(f.frames), n)
 	}
+	return append([][]byte(nil), f.frames...)
 }
 
 type seqFrame struct {
@@ -146,150 +138,152 @@ func join(t *testing.T, c *Conn, resume bool, since uint64) {
 
 func TestJoinReplayThenLiveWithoutGapOrDuplicate(t *testing.T) {
 	t.Parallel()
-	h, st := newHub(t, Config{})
-	ctx := context.Background()
-	for i := 0; i < 50; i++ {
-		if _, err := st.Append(ctx, "u", stream.Record{Type: "e"}); err != nil {
+	synctest.Test(t, func(t *testing.T) {
+		h, st := newHub(t, Config{})
+		ctx := context.Background()
+		for i := 0; i < 50; i++ {
+			if _, err := st.Append(ctx, "u", stream.Record{Type: "e"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Appends race with the join.
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				_, _ = st.Append(ctx, "u", stream.Record{Type: "e"})
+			}
+		}()
+		ft := newFake()
+		c := h.NewConn("c1", "u", ft)
+		if err := h.Register(ctx, c); err != nil {
 			t.Fatal(err)
 		}
-	}
-	// Appends race with the join.
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; i < 200; i++ {
-			_, _ = st.Append(ctx, "u", stream.Record{Type: "e"})
+		join(t, c, true, 10)
+		wg.Wait()
+		frames := ft.waitFrames(t, 1+240)
+		if string(frames[0][:16]) != `{"type":"hello",` {
+			t.Fatalf("first frame %s", frames[0])
 		}
-	}()
-	ft := newFake()
-	c := h.NewConn("c1", "u", ft)
-	if err := h.Register(ctx, c); err != nil {
-		t.Fatal(err)
-	}
-	join(t, c, true, 10)
-	wg.Wait()
-	frames := ft.waitFrames(t, 1+240)
-	if string(frames[0][:16]) != `{"type":"hello",` {
-		t.Fatalf("first frame %s", frames[0])
-	}
-	got := seqs(t, frames)
-	for i, s := range got {
-		if s != uint64(11+i) {
-			t.Fatalf("frame %d has seq %d, want %d (all: %v)", i, s, 11+i, got)
+		got := seqs(t, frames)
+		for i, s := range got {
+			if s != uint64(11+i) {
+				t.Fatalf("frame %d has seq %d, want %d (all: %v)", i, s, 11+i, got)
+			}
 		}
-	}
-	h.Unregister(c)
+		h.Unregister(c)
+	})
 }
 
 func TestReplyPrecedesTheEventsItCauses(t *testing.T) {
 	t.Parallel()
-	h, st := newHub(t, Config{})
-	ft := newFake()
-	c := h.NewConn("c", "u", ft)
-	if err := h.Register(context.Background(), c); err != nil {
-		t.Fatal(err)
-	}
-	join(t, c, false, 0)
-	c.Reply(func() []byte {
-		_, _ = st.Append(context.Background(), "u", stream.Record{Type: "echo"})
-		return []byte(`{"type":"ack"}`)
+	synctest.Test(t, func(t *testing.T) {
+		h, st := newHub(t, Config{})
+		ft := newFake()
+		c := h.NewConn("c", "u", ft)
+		if err := h.Register(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+		join(t, c, false, 0)
+		c.Reply(func() []byte {
+			_, _ = st.Append(context.Background(), "u", stream.Record{Type: "echo"})
+			return []byte(`{"type":"ack"}`)
+		})
+		frames := ft.waitFrames(t, 3)
+		if string(frames[1]) != `{"type":"ack"}` {
+			t.Fatalf("frames %q: ack is not before the echo", frames)
+		}
+		h.Unregister(c)
 	})
-	frames := ft.waitFrames(t, 3)
-	if string(frames[1]) != `{"type":"ack"}` {
-		t.Fatalf("frames %q: ack is not before the echo", frames)
-	}
-	h.Unregister(c)
 }
 
 func TestUserEntryFreedWithLastConnection(t *testing.T) {
 	t.Parallel()
-	h, _ := newHub(t, Config{MaxConnsPerUser: 2})
-	ctx := context.Background()
-	a, b, c := h.NewConn("a", "u", newFake()), h.NewConn("b", "u", newFake()), h.NewConn("c", "u", newFake())
-	if err := h.Register(ctx, a); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Register(ctx, b); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Register(ctx, c); !errors.Is(err, ErrTooManyConnections) {
-		t.Fatalf("third connection: %v", err)
-	}
-	if h.Count("u") != 2 || h.Users() != 1 {
-		t.Fatalf("count %d users %d", h.Count("u"), h.Users())
-	}
-	h.Unregister(a)
-	h.Unregister(b)
-	h.Unregister(b) // twice is harmless
-	if h.Users() != 0 {
-		t.Fatalf("users %d after the last connection left", h.Users())
-	}
+	synctest.Test(t, func(t *testing.T) {
+		h, _ := newHub(t, Config{MaxConnsPerUser: 2})
+		ctx := context.Background()
+		a, b, c := h.NewConn("a", "u", newFake()), h.NewConn("b", "u", newFake()), h.NewConn("c", "u", newFake())
+		if err := h.Register(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Register(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Register(ctx, c); !errors.Is(err, ErrTooManyConnections) {
+			t.Fatalf("third connection: %v", err)
+		}
+		if h.Count("u") != 2 || h.Users() != 1 {
+			t.Fatalf("count %d users %d", h.Count("u"), h.Users())
+		}
+		h.Unregister(a)
+		h.Unregister(b)
+		h.Unregister(b) // twice is harmless
+		if h.Users() != 0 {
+			t.Fatalf("users %d after the last connection left", h.Users())
+		}
+	})
 }
 
 func TestSlowConsumerClosedWithoutBlockingOthers(t *testing.T) {
 	t.Parallel()
-	h, st := newHub(t, Config{MaxQueueBytes: 16 << 10})
-	ctx := context.Background()
-	slow := newFake()
-	slow.block = make(chan struct{}) // never writes until closed
-	fast := newFake()
-	cs, cf := h.NewConn("s", "u", slow), h.NewConn("f", "u", fast)
-	for _, c := range []*Conn{cs, cf} {
-		if err := h.Register(ctx, c); err != nil {
-			t.Fatal(err)
+	synctest.Test(t, func(t *testing.T) {
+		h, st := newHub(t, Config{MaxQueueBytes: 16 << 10})
+		ctx := context.Background()
+		slow := newFake()
+		slow.block = make(chan struct{}) // never writes until closed
+		fast := newFake()
+		cs, cf := h.NewConn("s", "u", slow), h.NewConn("f", "u", fast)
+		for _, c := range []*Conn{cs, cf} {
+			if err := h.Register(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			join(t, c, false, 0)
 		}
-		join(t, c, false, 0)
-	}
-	data := json.RawMessage(`{"pad":"0123456789012345678901234567890123456789012345678901234567890123456789"}`)
-	const events = 400 // about 55 KiB: far over the slow connection's bound
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+		data := json.RawMessage(`{"pad":"0123456789012345678901234567890123456789012345678901234567890123456789"}`)
+		const events = 400 // about 55 KiB: far over the slow connection's bound
+		// The publisher is this goroutine: were it blocked by the consumer
+		// that never writes, the bubble would deadlock and the test fail.
 		for i := 1; i <= events; i++ {
 			if _, err := st.Append(ctx, "u", stream.Record{Type: "e", Data: data}); err != nil {
-				t.Error(err)
-				return
+				t.Fatal(err)
 			}
 			if i%20 == 0 {
 				fast.waitFrames(t, 1+i) // a reader that keeps up
 			}
 		}
-	}()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("a blocked consumer blocked the publisher")
-	}
-	if got := seqs(t, fast.waitFrames(t, 1+events)); len(got) != events || got[events-1] != events {
-		t.Fatalf("the reading connection got %d events", len(got))
-	}
-	if code := slow.waitClose(t); code != CloseSlowConsumer {
-		t.Fatalf("slow connection close code %d, want 4008", code)
-	}
-	h.Unregister(cs)
-	h.Unregister(cf)
+		if got := seqs(t, fast.waitFrames(t, 1+events)); len(got) != events || got[events-1] != events {
+			t.Fatalf("the reading connection got %d events", len(got))
+		}
+		if code := slow.waitClose(t); code != CloseSlowConsumer {
+			t.Fatalf("slow connection close code %d, want 4008", code)
+		}
+		h.Unregister(cs)
+		h.Unregister(cf)
+	})
 }
 
 func TestCloseWritesQueuedFramesFirst(t *testing.T) {
 	t.Parallel()
-	h, _ := newHub(t, Config{})
-	ft := newFake()
-	c := h.NewConn("c", "u", ft)
-	if err := h.Register(context.Background(), c); err != nil {
-		t.Fatal(err)
-	}
-	join(t, c, false, 0)
-	c.Send([]byte(`{"type":"error"}`))
-	c.Close(4029, "too many errors")
-	if c.Send([]byte(`{"type":"late"}`)) {
-		t.Fatal("Send accepted a frame after Close")
-	}
-	ft.waitFrames(t, 2)
-	if code := ft.waitClose(t); code != 4029 {
-		t.Fatalf("close code %d", code)
-	}
-	h.Unregister(c)
+	synctest.Test(t, func(t *testing.T) {
+		h, _ := newHub(t, Config{})
+		ft := newFake()
+		c := h.NewConn("c", "u", ft)
+		if err := h.Register(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+		join(t, c, false, 0)
+		c.Send([]byte(`{"type":"error"}`))
+		c.Close(4029, "too many errors")
+		if c.Send([]byte(`{"type":"late"}`)) {
+			t.Fatal("Send accepted a frame after Close")
+		}
+		ft.waitFrames(t, 2)
+		if code := ft.waitClose(t); code != 4029 {
+			t.Fatalf("close code %d", code)
+		}
+		h.Unregister(c)
+	})
 }
 
 // gatedTransport writes a batch only when the test lets it, and records the
@@ -328,44 +322,46 @@ func appendPadded(t *testing.T, st stream.Stream, user string, n int) {
 // arrive meanwhile after it: no gap, no duplicate.
 func TestPagedReplayBoundedAndJoinedWithLive(t *testing.T) {
 	t.Parallel()
-	const maxQueue = 4 << 10
-	h, st := newHub(t, Config{MaxQueueBytes: maxQueue})
-	appendPadded(t, st, "u", 300) // ~80 KiB: 20 queues' worth
-	g := &gatedTransport{fakeTransport: newFake(), gate: make(chan struct{})}
-	c := h.NewConn("c", "u", g)
-	if err := h.Register(context.Background(), c); err != nil {
-		t.Fatal(err)
-	}
-	join(t, c, true, 0)
+	synctest.Test(t, func(t *testing.T) {
+		const maxQueue = 4 << 10
+		h, st := newHub(t, Config{MaxQueueBytes: maxQueue})
+		appendPadded(t, st, "u", 300) // ~80 KiB: 20 queues' worth
+		g := &gatedTransport{fakeTransport: newFake(), gate: make(chan struct{})}
+		c := h.NewConn("c", "u", g)
+		if err := h.Register(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+		join(t, c, true, 0)
 
-	// While the client reads slowly, live events keep coming.
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; i < 20; i++ {
-			g.gate <- struct{}{}
-			_, _ = st.Append(context.Background(), "u", stream.Record{Type: "e"})
+		// While the client reads slowly, live events keep coming.
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20; i++ {
+				g.gate <- struct{}{}
+				_, _ = st.Append(context.Background(), "u", stream.Record{Type: "e"})
+			}
+		}()
+		wg.Wait()
+		close(g.gate)
+		frames := g.waitFrames(t, 1+320)
+		got := seqs(t, frames)
+		if len(got) != 320 {
+			t.Fatalf("got %d events, want 320", len(got))
 		}
-	}()
-	wg.Wait()
-	close(g.gate)
-	frames := g.waitFrames(t, 1+320)
-	got := seqs(t, frames)
-	if len(got) != 320 {
-		t.Fatalf("got %d events, want 320", len(got))
-	}
-	for i, s := range got {
-		if s != uint64(i+1) {
-			t.Fatalf("event %d has seq %d (all: %v)", i, s, got)
+		for i, s := range got {
+			if s != uint64(i+1) {
+				t.Fatalf("event %d has seq %d (all: %v)", i, s, got)
+			}
 		}
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.maxBatch > maxQueue+100 {
-		t.Fatalf("a batch of %d bytes was queued at once, bound %d", g.maxBatch, maxQueue)
-	}
-	h.Unregister(c)
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if g.maxBatch > maxQueue+100 {
+			t.Fatalf("a batch of %d bytes was queued at once, bound %d", g.maxBatch, maxQueue)
+		}
+		h.Unregister(c)
+	})
 }
 
 // A client that does not read makes the hub hold at most a queue's worth of
@@ -373,90 +369,86 @@ func TestPagedReplayBoundedAndJoinedWithLive(t *testing.T) {
 // anything.
 func TestReplayOfNonReaderBoundedAndResumeRefused(t *testing.T) {
 	t.Parallel()
-	const maxQueue = 4 << 10
-	h, st := newHub(t, Config{MaxQueueBytes: maxQueue})
-	appendPadded(t, st, "u", 300)
-	g := &gatedTransport{fakeTransport: newFake(), gate: make(chan struct{})}
-	c := h.NewConn("c", "u", g)
-	if err := h.Register(context.Background(), c); err != nil {
-		t.Fatal(err)
-	}
-	join(t, c, true, 0)
-	for range 3 {
-		_, err := c.Join(context.Background(), true, 0, "", nil, func(*stream.ResyncError) []byte { return []byte(`{"type":"resync_required"}`) })
-		if !errors.Is(err, ErrReplayBusy) {
-			t.Fatalf("resume during a replay: %v, want ErrReplayBusy", err)
+	synctest.Test(t, func(t *testing.T) {
+		const maxQueue = 4 << 10
+		h, st := newHub(t, Config{MaxQueueBytes: maxQueue})
+		appendPadded(t, st, "u", 300)
+		g := &gatedTransport{fakeTransport: newFake(), gate: make(chan struct{})}
+		c := h.NewConn("c", "u", g)
+		if err := h.Register(context.Background(), c); err != nil {
+			t.Fatal(err)
 		}
-	}
-	c.mu.Lock()
-	queued := 0
-	for _, f := range c.queue {
-		queued += len(f)
-	}
-	c.mu.Unlock()
-	if queued > maxQueue+100 {
-		t.Fatalf("%d bytes queued for a client that reads nothing, bound %d", queued, maxQueue)
-	}
-	close(g.gate)
-	got := seqs(t, g.waitFrames(t, 1+300))
-	if len(got) != 300 || got[0] != 1 || got[299] != 300 {
-		t.Fatalf("after the refused resumes: %d events, want the one replay of 300", len(got))
-	}
-	// Written out: a resume is accepted again.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, err := c.Join(context.Background(), true, 299, "", nil, nil)
-		if err == nil {
-			break
+		join(t, c, true, 0)
+		for range 3 {
+			_, err := c.Join(context.Background(), true, 0, "", nil, func(*stream.ResyncError) []byte { return []byte(`{"type":"resync_required"}`) })
+			if !errors.Is(err, ErrReplayBusy) {
+				t.Fatalf("resume during a replay: %v, want ErrReplayBusy", err)
+			}
 		}
-		if !errors.Is(err, ErrReplayBusy) || time.Now().After(deadline) {
+		c.mu.Lock()
+		queued := 0
+		for _, f := range c.queue {
+			queued += len(f)
+		}
+		c.mu.Unlock()
+		if queued > maxQueue+100 {
+			t.Fatalf("%d bytes queued for a client that reads nothing, bound %d", queued, maxQueue)
+		}
+		close(g.gate)
+		got := seqs(t, g.waitFrames(t, 1+300))
+		if len(got) != 300 || got[0] != 1 || got[299] != 300 {
+			t.Fatalf("after the refused resumes: %d events, want the one replay of 300", len(got))
+		}
+		// Written out (waitFrames left the bubble idle): a resume is
+		// accepted again.
+		if _, err := c.Join(context.Background(), true, 299, "", nil, nil); err != nil {
 			t.Fatalf("resume after the replay was written: %v", err)
 		}
-		time.Sleep(time.Millisecond)
-	}
-	h.Unregister(c)
+		h.Unregister(c)
+	})
 }
 
 // History expired under a paged replay: the client is told resync_required
 // and continues live from the head, as a join would have told it.
 func TestPagedReplayOverExpiredHistory(t *testing.T) {
 	t.Parallel()
-	var skew atomic.Int64
-	st := memory.New(memory.Options{
-		Retention: stream.Retention{MaxAge: time.Hour},
-		Now:       func() time.Time { return time.Now().Add(time.Duration(skew.Load())) },
+	synctest.Test(t, func(t *testing.T) {
+		var skew atomic.Int64
+		st := memory.New(memory.Options{
+			Retention: stream.Retention{MaxAge: time.Hour},
+			Now:       func() time.Time { return time.Now().Add(time.Duration(skew.Load())) },
+		})
+		t.Cleanup(func() { st.Close() })
+		h := New(Config{Stream: st, MaxQueueBytes: 4 << 10})
+		appendPadded(t, st, "u", 300)
+		g := &gatedTransport{fakeTransport: newFake(), gate: make(chan struct{})}
+		c := h.NewConn("c", "u", g)
+		if err := h.Register(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+		join(t, c, true, 0)
+		skew.Store(int64(2 * time.Hour)) // everything after the first page is gone
+		close(g.gate)
+		frames := g.waitFrames(t, 1)
+		n := len(frames)
+		if string(frames[n-1]) != `{"type":"resync_required"}` {
+			t.Fatalf("last frame %q, want resync_required", frames[n-1])
+		}
+		for _, seq := range seqs(t, frames[:n-1]) {
+			if seq > 300 {
+				t.Fatalf("seq %d before resync_required", seq)
+			}
+		}
+		appendPadded(t, st, "u", 1) // seq 301, live
+		frames = g.waitFrames(t, n+1)
+		if got := seqs(t, frames[n:]); len(frames) != n+1 || len(got) != 1 || got[0] != 301 {
+			t.Fatalf("after resync_required: %q, want seq 301", frames[n:])
+		}
+		if code := g.closeCode(); code != 0 {
+			t.Fatalf("closed with %d", code)
+		}
+		h.Unregister(c)
 	})
-	t.Cleanup(func() { st.Close() })
-	h := New(Config{Stream: st, MaxQueueBytes: 4 << 10})
-	appendPadded(t, st, "u", 300)
-	g := &gatedTransport{fakeTransport: newFake(), gate: make(chan struct{})}
-	c := h.NewConn("c", "u", g)
-	if err := h.Register(context.Background(), c); err != nil {
-		t.Fatal(err)
-	}
-	join(t, c, true, 0)
-	skew.Store(int64(2 * time.Hour)) // everything after the first page is gone
-	close(g.gate)
-	var n int
-	for {
-		frames := g.waitFrames(t, n+1)
-		n = len(frames)
-		if string(frames[n-1]) == `{"type":"resync_required"}` {
-			break
-		}
-		if got := seqs(t, frames[n-1:]); len(got) == 1 && got[0] > 300 {
-			t.Fatalf("frame %q before resync_required", frames[n-1])
-		}
-	}
-	appendPadded(t, st, "u", 1) // seq 301, live
-	frames := g.waitFrames(t, n+1)
-	if got := seqs(t, frames[n:]); len(frames) != n+1 || len(got) != 1 || got[0] != 301 {
-		t.Fatalf("after resync_required: %q, want seq 301", frames[n:])
-	}
-	if code := g.closeCode(); code != 0 {
-		t.Fatalf("closed with %d", code)
-	}
-	h.Unregister(c)
 }
 
 // failingTransport fails every write, as a socket the peer reset does.
@@ -467,21 +459,23 @@ func (f *failingTransport) WriteBatch([][]byte) error { return errors.New("conne
 // TestWriteFailureCounts1011: a write that fails closes with 1011, and
 // agentwire_closes_total counts it.
 func TestWriteFailureCounts1011(t *testing.T) {
-	m := metrics.New()
-	h, _ := newHub(t, Config{Metrics: m})
-	ft := &failingTransport{fakeTransport: newFake()}
-	c := h.NewConn("c1", "u", ft)
-	if err := h.Register(context.Background(), c); err != nil {
-		t.Fatal(err)
-	}
-	defer h.Unregister(c)
-	c.Send([]byte(`{"type":"x"}`))
-	if code := ft.waitClose(t); code != CloseInternal {
-		t.Fatalf("close code %d, want 1011", code)
-	}
-	if got := counterValue(m.Closes.WithLabelValues("1011")); got != 1 {
-		t.Fatalf("agentwire_closes_total{code=\"1011\"} = %v, want 1", got)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		m := metrics.New()
+		h, _ := newHub(t, Config{Metrics: m})
+		ft := &failingTransport{fakeTransport: newFake()}
+		c := h.NewConn("c1", "u", ft)
+		if err := h.Register(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+		defer h.Unregister(c)
+		c.Send([]byte(`{"type":"x"}`))
+		if code := ft.waitClose(t); code != CloseInternal {
+			t.Fatalf("close code %d, want 1011", code)
+		}
+		if got := counterValue(m.Closes.WithLabelValues("1011")); got != 1 {
+			t.Fatalf("agentwire_closes_total{code=\"1011\"} = %v, want 1", got)
+		}
+	})
 }
 
 func counterValue(c prometheus.Counter) float64 {

@@ -69,21 +69,37 @@ type ev struct {
 	Data  map[string]any
 }
 
-// waitTerminal polls the stream until run has a terminal event and returns
+// waitFor runs in a synctest bubble: it lets the bubble's clock run (a
+// step at a time, each step once every goroutine of the bubble is blocked)
+// until done holds, or fails once a minute of bubble time passed without
+// it. The runs package's timers (run timeout, lease loops, retries) fire
+// on that clock, so no step waits on the machine's speed.
+func waitFor(t *testing.T, what string, done func() bool) {
+	t.Helper()
+	const step, bound = 10 * time.Millisecond, time.Minute
+	for waited := time.Duration(0); ; waited += step {
+		synctest.Wait()
+		if done() {
+			return
+		}
+		if waited >= bound {
+			t.Fatalf("%s: not within %v of bubble time", what, bound)
+		}
+		time.Sleep(step)
+	}
+}
+
+// waitTerminal waits (waitFor) until run has a terminal event and returns
 // the run's events.
 func (f *fixture) waitTerminal(t *testing.T, user, runID string) []ev {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		evs := f.events(t, user, runID)
-		if n := len(evs); n > 0 && (evs[n-1].Type == protocol.TypeAgentCompleted || evs[n-1].Type == protocol.TypeAgentError) {
-			return evs
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("run %s has no terminal event: %v", runID, evs)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var evs []ev
+	waitFor(t, "run "+runID+" has a terminal event", func() bool {
+		evs = f.events(t, user, runID)
+		n := len(evs)
+		return n > 0 && (evs[n-1].Type == protocol.TypeAgentCompleted || evs[n-1].Type == protocol.TypeAgentError)
+	})
+	return evs
 }
 
 func (f *fixture) events(t *testing.T, user, runID string) []ev {
@@ -138,100 +154,106 @@ func checkOrder(t *testing.T, evs []ev) {
 
 func TestCompletedRunIsStored(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
-		_ = em.Thinking("hmm")
-		_ = em.ToolExecuting("c1", "calculator", map[string]string{"expression": "1+1"})
-		_ = em.ToolCompleted("c1", "calculator", true, 2, time.Millisecond, "")
-		_ = em.Delta("it is ")
-		_ = em.Delta("2")
-		return em.Complete("")
-	}), Config{})
-	ack, perr := f.send(t, "ann", "what is 1+1", "")
-	if perr != nil {
-		t.Fatal(perr)
-	}
-	evs := f.waitTerminal(t, "ann", ack.RunID)
-	checkOrder(t, evs)
-	last := evs[len(evs)-1]
-	if last.Type != protocol.TypeAgentCompleted || last.Data["final_response"] != "it is 2" {
-		t.Fatalf("terminal %v", last)
-	}
-	msgs, _, err := f.store.ListMessages(context.Background(), "ann", ack.ThreadID, store.MessageQuery{})
-	if err != nil || len(msgs) != 2 || msgs[1].Role != "assistant" || msgs[1].Content != "it is 2" {
-		t.Fatalf("messages %+v %v", msgs, err)
-	}
-	r, err := f.store.GetRun(context.Background(), "ann", ack.RunID)
-	if err != nil || r.Status != store.RunCompleted || r.EndedAt.IsZero() {
-		t.Fatalf("run %+v %v", r, err)
-	}
-	threads, _, _ := f.store.ListThreads(context.Background(), "ann", store.ThreadQuery{})
-	if len(threads) != 1 || threads[0].Title != "what is 1+1" {
-		t.Fatalf("threads %+v", threads)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			_ = em.Thinking("hmm")
+			_ = em.ToolExecuting("c1", "calculator", map[string]string{"expression": "1+1"})
+			_ = em.ToolCompleted("c1", "calculator", true, 2, time.Millisecond, "")
+			_ = em.Delta("it is ")
+			_ = em.Delta("2")
+			return em.Complete("")
+		}), Config{})
+		ack, perr := f.send(t, "ann", "what is 1+1", "")
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		evs := f.waitTerminal(t, "ann", ack.RunID)
+		checkOrder(t, evs)
+		last := evs[len(evs)-1]
+		if last.Type != protocol.TypeAgentCompleted || last.Data["final_response"] != "it is 2" {
+			t.Fatalf("terminal %v", last)
+		}
+		msgs, _, err := f.store.ListMessages(context.Background(), "ann", ack.ThreadID, store.MessageQuery{})
+		if err != nil || len(msgs) != 2 || msgs[1].Role != "assistant" || msgs[1].Content != "it is 2" {
+			t.Fatalf("messages %+v %v", msgs, err)
+		}
+		r, err := f.store.GetRun(context.Background(), "ann", ack.RunID)
+		if err != nil || r.Status != store.RunCompleted || r.EndedAt.IsZero() {
+			t.Fatalf("run %+v %v", r, err)
+		}
+		threads, _, _ := f.store.ListThreads(context.Background(), "ann", store.ThreadQuery{})
+		if len(threads) != 1 || threads[0].Title != "what is 1+1" {
+			t.Fatalf("threads %+v", threads)
+		}
+	})
 }
 
 func TestMisbehavingAgentsAreContained(t *testing.T) {
 	t.Parallel()
-	lateErr := make(chan error, 1)
-	cases := []struct {
-		name     string
-		agent    agentFunc
-		wantCode string
-		status   store.RunStatus
-	}{
-		{"returns without finishing", func(ctx context.Context, run agent.Run, em agent.Emitter) error { return nil }, agent.CodeAgentFailed, store.RunFailed},
-		{"returns an error", func(ctx context.Context, run agent.Run, em agent.Emitter) error { return errors.New("model said no") }, agent.CodeAgentFailed, store.RunFailed},
-		{"panics", func(ctx context.Context, run agent.Run, em agent.Emitter) error { panic("boom") }, agent.CodeAgentFailed, store.RunFailed},
-		{"fails with its own code", func(ctx context.Context, run agent.Run, em agent.Emitter) error {
-			return em.Fail(agent.CodeAgentFailed, "no luck")
-		}, agent.CodeAgentFailed, store.RunFailed},
-		{"emits after its end", func(ctx context.Context, run agent.Run, em agent.Emitter) error {
-			_ = em.Complete("done")
-			err := em.Delta("late")
-			if err2 := em.Complete("again"); err2 == nil {
-				err = nil
-			}
-			lateErr <- err
-			return nil
-		}, "", store.RunCompleted},
-		{"tool_completed without tool_executing", func(ctx context.Context, run agent.Run, em agent.Emitter) error {
-			if err := em.ToolCompleted("nope", "calculator", true, 1, 0, ""); !errors.Is(err, ErrUnknownToolCall) {
-				return errors.New("unannounced tool_completed accepted")
-			}
-			return em.Complete("ok")
-		}, "", store.RunCompleted},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			f := newFixture(t, tc.agent, Config{})
-			ack, perr := f.send(t, "bob", "hi", "")
-			if perr != nil {
-				t.Fatal(perr)
-			}
-			f.waitTerminal(t, "bob", ack.RunID)
-			// Every agent goroutine has returned (the agent's own late emits
-			// and the runs package's closing end() happen before): whatever a
-			// late emit would append is in the stream now.
-			f.m.wg.Wait()
-			evs := f.events(t, "bob", ack.RunID)
-			checkOrder(t, evs)
-			if tc.wantCode != "" && evs[len(evs)-1].Data["code"] != tc.wantCode {
-				t.Fatalf("terminal %v", evs[len(evs)-1])
-			}
-			r, _ := f.store.GetRun(context.Background(), "bob", ack.RunID)
-			if r.Status != tc.status {
-				t.Fatalf("status %s, want %s", r.Status, tc.status)
-			}
-			if tc.name == "emits after its end" {
-				if err := <-lateErr; !errors.Is(err, agent.ErrRunEnded) {
-					t.Fatalf("late emit returned %v, want ErrRunEnded", err)
+	{
+		lateErr := make(chan error, 1) // buffered: the agent's send never blocks, in or out of a bubble
+		cases := []struct {
+			name     string
+			agent    agentFunc
+			wantCode string
+			status   store.RunStatus
+		}{
+			{"returns without finishing", func(ctx context.Context, run agent.Run, em agent.Emitter) error { return nil }, agent.CodeAgentFailed, store.RunFailed},
+			{"returns an error", func(ctx context.Context, run agent.Run, em agent.Emitter) error { return errors.New("model said no") }, agent.CodeAgentFailed, store.RunFailed},
+			{"panics", func(ctx context.Context, run agent.Run, em agent.Emitter) error { panic("boom") }, agent.CodeAgentFailed, store.RunFailed},
+			{"fails with its own code", func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+				return em.Fail(agent.CodeAgentFailed, "no luck")
+			}, agent.CodeAgentFailed, store.RunFailed},
+			{"emits after its end", func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+				_ = em.Complete("done")
+				err := em.Delta("late")
+				if err2 := em.Complete("again"); err2 == nil {
+					err = nil
 				}
-			}
-			if f.m.Running() != 0 {
-				t.Fatalf("%d runs still active", f.m.Running())
-			}
-		})
+				lateErr <- err
+				return nil
+			}, "", store.RunCompleted},
+			{"tool_completed without tool_executing", func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+				if err := em.ToolCompleted("nope", "calculator", true, 1, 0, ""); !errors.Is(err, ErrUnknownToolCall) {
+					return errors.New("unannounced tool_completed accepted")
+				}
+				return em.Complete("ok")
+			}, "", store.RunCompleted},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				synctest.Test(t, func(t *testing.T) {
+					f := newFixture(t, tc.agent, Config{})
+					ack, perr := f.send(t, "bob", "hi", "")
+					if perr != nil {
+						t.Fatal(perr)
+					}
+					f.waitTerminal(t, "bob", ack.RunID)
+					// Every agent goroutine has returned (the agent's own late emits
+					// and the runs package's closing end() happen before): whatever a
+					// late emit would append is in the stream now.
+					f.m.wg.Wait()
+					evs := f.events(t, "bob", ack.RunID)
+					checkOrder(t, evs)
+					if tc.wantCode != "" && evs[len(evs)-1].Data["code"] != tc.wantCode {
+						t.Fatalf("terminal %v", evs[len(evs)-1])
+					}
+					r, _ := f.store.GetRun(context.Background(), "bob", ack.RunID)
+					if r.Status != tc.status {
+						t.Fatalf("status %s, want %s", r.Status, tc.status)
+					}
+					if tc.name == "emits after its end" {
+						if err := <-lateErr; !errors.Is(err, agent.ErrRunEnded) {
+							t.Fatalf("late emit returned %v, want ErrRunEnded", err)
+						}
+					}
+					if f.m.Running() != 0 {
+						t.Fatalf("%d runs still active", f.m.Running())
+					}
+				})
+			})
+		}
 	}
 }
 
@@ -251,145 +273,157 @@ func blocker(ignoreCtx bool, release <-chan struct{}) agentFunc {
 
 func TestStopCancelsEvenAnAgentThatIgnoresIt(t *testing.T) {
 	t.Parallel()
-	release := make(chan struct{})
-	defer close(release)
-	for _, ignore := range []bool{false, true} {
-		f := newFixture(t, blocker(ignore, release), Config{})
-		ack, perr := f.send(t, "cid", "go", "")
-		if perr != nil {
-			t.Fatal(perr)
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		defer close(release)
+		for _, ignore := range []bool{false, true} {
+			f := newFixture(t, blocker(ignore, release), Config{})
+			ack, perr := f.send(t, "cid", "go", "")
+			if perr != nil {
+				t.Fatal(perr)
+			}
+			if _, perr := f.m.StopAgent(context.Background(), "eve", &protocol.Frame{RunID: ack.RunID}); perr == nil || perr.Code != protocol.CodeNotFound {
+				t.Fatalf("another user stopped the run: %v", perr)
+			}
+			stopAck, perr := f.m.StopAgent(context.Background(), "cid", &protocol.Frame{RunID: ack.RunID, ID: "s"})
+			if perr != nil || stopAck.RunID != ack.RunID {
+				t.Fatalf("stop: %+v %v", stopAck, perr)
+			}
+			evs := f.waitTerminal(t, "cid", ack.RunID)
+			checkOrder(t, evs)
+			if evs[len(evs)-1].Data["code"] != agent.CodeCancelled {
+				t.Fatalf("terminal %v", evs[len(evs)-1])
+			}
+			r, _ := f.store.GetRun(context.Background(), "cid", ack.RunID)
+			if r.Status != store.RunCancelled {
+				t.Fatalf("status %s", r.Status)
+			}
+			// The slot is free again even if the agent has not returned.
+			if _, perr := f.send(t, "cid", "again", ""); perr != nil {
+				t.Fatalf("after stop: %v", perr)
+			}
 		}
-		if _, perr := f.m.StopAgent(context.Background(), "eve", &protocol.Frame{RunID: ack.RunID}); perr == nil || perr.Code != protocol.CodeNotFound {
-			t.Fatalf("another user stopped the run: %v", perr)
-		}
-		stopAck, perr := f.m.StopAgent(context.Background(), "cid", &protocol.Frame{RunID: ack.RunID, ID: "s"})
-		if perr != nil || stopAck.RunID != ack.RunID {
-			t.Fatalf("stop: %+v %v", stopAck, perr)
-		}
-		evs := f.waitTerminal(t, "cid", ack.RunID)
-		checkOrder(t, evs)
-		if evs[len(evs)-1].Data["code"] != agent.CodeCancelled {
-			t.Fatalf("terminal %v", evs[len(evs)-1])
-		}
-		r, _ := f.store.GetRun(context.Background(), "cid", ack.RunID)
-		if r.Status != store.RunCancelled {
-			t.Fatalf("status %s", r.Status)
-		}
-		// The slot is free again even if the agent has not returned.
-		if _, perr := f.send(t, "cid", "again", ""); perr != nil {
-			t.Fatalf("after stop: %v", perr)
-		}
-	}
+	})
 }
 
 func TestTimeout(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, blocker(false, nil), Config{Timeout: 100 * time.Millisecond})
-	ack, _ := f.send(t, "tim", "go", "")
-	evs := f.waitTerminal(t, "tim", ack.RunID)
-	checkOrder(t, evs)
-	if evs[len(evs)-1].Data["code"] != agent.CodeTimeout {
-		t.Fatalf("terminal %v", evs[len(evs)-1])
-	}
-	r, _ := f.store.GetRun(context.Background(), "tim", ack.RunID)
-	if r.Status != store.RunTimeout {
-		t.Fatalf("status %s", r.Status)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, blocker(false, nil), Config{Timeout: 100 * time.Millisecond})
+		ack, _ := f.send(t, "tim", "go", "")
+		evs := f.waitTerminal(t, "tim", ack.RunID)
+		checkOrder(t, evs)
+		if evs[len(evs)-1].Data["code"] != agent.CodeTimeout {
+			t.Fatalf("terminal %v", evs[len(evs)-1])
+		}
+		r, _ := f.store.GetRun(context.Background(), "tim", ack.RunID)
+		if r.Status != store.RunTimeout {
+			t.Fatalf("status %s", r.Status)
+		}
+	})
 }
 
 func TestTooManyRunsAndIdempotentResend(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, blocker(false, nil), Config{MaxPerUser: 2})
-	a1, _ := f.send(t, "dan", "one", "k1")
-	again, perr := f.send(t, "dan", "one", "k1")
-	if perr != nil || again.RunID != a1.RunID || again.ThreadID != a1.ThreadID || again.MessageID != a1.MessageID {
-		t.Fatalf("resend: %+v %v, first %+v", again, perr, a1)
-	}
-	if _, perr := f.send(t, "dan", "two", "k2"); perr != nil {
-		t.Fatal(perr)
-	}
-	if _, perr := f.send(t, "dan", "three", "k3"); perr == nil || perr.Code != protocol.CodeTooManyRuns {
-		t.Fatalf("third run: %v", perr)
-	}
-	if _, perr := f.send(t, "other", "mine", ""); perr != nil {
-		t.Fatalf("another user is limited by dan's runs: %v", perr)
-	}
-	if f.m.Running() != 3 {
-		t.Fatalf("running %d", f.m.Running())
-	}
-	// k3 was released when refused: it can be used once a slot frees.
-	_, _ = f.m.StopAgent(context.Background(), "dan", &protocol.Frame{RunID: a1.RunID})
-	f.waitTerminal(t, "dan", a1.RunID)
-	if _, perr := f.send(t, "dan", "three", "k3"); perr != nil {
-		t.Fatalf("k3 after a slot freed: %v", perr)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, blocker(false, nil), Config{MaxPerUser: 2})
+		a1, _ := f.send(t, "dan", "one", "k1")
+		again, perr := f.send(t, "dan", "one", "k1")
+		if perr != nil || again.RunID != a1.RunID || again.ThreadID != a1.ThreadID || again.MessageID != a1.MessageID {
+			t.Fatalf("resend: %+v %v, first %+v", again, perr, a1)
+		}
+		if _, perr := f.send(t, "dan", "two", "k2"); perr != nil {
+			t.Fatal(perr)
+		}
+		if _, perr := f.send(t, "dan", "three", "k3"); perr == nil || perr.Code != protocol.CodeTooManyRuns {
+			t.Fatalf("third run: %v", perr)
+		}
+		if _, perr := f.send(t, "other", "mine", ""); perr != nil {
+			t.Fatalf("another user is limited by dan's runs: %v", perr)
+		}
+		if f.m.Running() != 3 {
+			t.Fatalf("running %d", f.m.Running())
+		}
+		// k3 was released when refused: it can be used once a slot frees.
+		_, _ = f.m.StopAgent(context.Background(), "dan", &protocol.Frame{RunID: a1.RunID})
+		f.waitTerminal(t, "dan", a1.RunID)
+		if _, perr := f.send(t, "dan", "three", "k3"); perr != nil {
+			t.Fatalf("k3 after a slot freed: %v", perr)
+		}
+	})
 }
 
 func TestUnknownThreadIsNotFound(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, blocker(false, nil), Config{})
-	a, _ := f.send(t, "own", "mine", "")
-	_, perr := f.m.UserMessage(context.Background(), "thief", &protocol.Frame{Content: "x", ThreadID: a.ThreadID})
-	if perr == nil || perr.Code != protocol.CodeNotFound {
-		t.Fatalf("another user's thread: %v", perr)
-	}
-	_, perr = f.m.UserMessage(context.Background(), "own", &protocol.Frame{Content: "x", ThreadID: "missing"})
-	if perr == nil || perr.Code != protocol.CodeNotFound {
-		t.Fatalf("missing thread: %v", perr)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, blocker(false, nil), Config{})
+		a, _ := f.send(t, "own", "mine", "")
+		_, perr := f.m.UserMessage(context.Background(), "thief", &protocol.Frame{Content: "x", ThreadID: a.ThreadID})
+		if perr == nil || perr.Code != protocol.CodeNotFound {
+			t.Fatalf("another user's thread: %v", perr)
+		}
+		_, perr = f.m.UserMessage(context.Background(), "own", &protocol.Frame{Content: "x", ThreadID: "missing"})
+		if perr == nil || perr.Code != protocol.CodeNotFound {
+			t.Fatalf("missing thread: %v", perr)
+		}
+	})
 }
 
 func TestPublishToRunningRun(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, blocker(false, nil), Config{})
-	a, _ := f.send(t, "pub", "go", "")
-	if _, err := f.m.Publish("someone", a.RunID, protocol.TypeAgentThinking, json.RawMessage(`{"text":"x"}`)); !errors.Is(err, ErrNotRunning) {
-		t.Fatalf("another user's run: %v", err)
-	}
-	if _, err := f.m.Publish("pub", a.RunID, protocol.TypeAgentStarted, nil); !errors.Is(err, ErrBadEvent) {
-		t.Fatalf("agent_started: %v", err)
-	}
-	if _, err := f.m.Publish("pub", a.RunID, protocol.TypeAgentThinking, json.RawMessage(`{"text":"external"}`)); err != nil {
-		t.Fatal(err)
-	}
-	ev, err := f.m.Publish("pub", a.RunID, protocol.TypeAgentCompleted, json.RawMessage(`{"final_response":"from outside"}`))
-	if err != nil || ev.Type != protocol.TypeAgentCompleted {
-		t.Fatalf("complete: %+v %v", ev, err)
-	}
-	if _, err := f.m.Publish("pub", a.RunID, protocol.TypeAgentMessageDelta, json.RawMessage(`{"delta":"late"}`)); !errors.Is(err, ErrNotRunning) {
-		t.Fatalf("after the end: %v", err)
-	}
-	evs := f.waitTerminal(t, "pub", a.RunID)
-	checkOrder(t, evs)
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, blocker(false, nil), Config{})
+		a, _ := f.send(t, "pub", "go", "")
+		if _, err := f.m.Publish("someone", a.RunID, protocol.TypeAgentThinking, json.RawMessage(`{"text":"x"}`)); !errors.Is(err, ErrNotRunning) {
+			t.Fatalf("another user's run: %v", err)
+		}
+		if _, err := f.m.Publish("pub", a.RunID, protocol.TypeAgentStarted, nil); !errors.Is(err, ErrBadEvent) {
+			t.Fatalf("agent_started: %v", err)
+		}
+		if _, err := f.m.Publish("pub", a.RunID, protocol.TypeAgentThinking, json.RawMessage(`{"text":"external"}`)); err != nil {
+			t.Fatal(err)
+		}
+		ev, err := f.m.Publish("pub", a.RunID, protocol.TypeAgentCompleted, json.RawMessage(`{"final_response":"from outside"}`))
+		if err != nil || ev.Type != protocol.TypeAgentCompleted {
+			t.Fatalf("complete: %+v %v", ev, err)
+		}
+		if _, err := f.m.Publish("pub", a.RunID, protocol.TypeAgentMessageDelta, json.RawMessage(`{"delta":"late"}`)); !errors.Is(err, ErrNotRunning) {
+			t.Fatalf("after the end: %v", err)
+		}
+		evs := f.waitTerminal(t, "pub", a.RunID)
+		checkOrder(t, evs)
+	})
 }
 
 func TestManyUsersConcurrently(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
-		_ = em.Delta(run.UserID)
-		return em.Complete("")
-	}), Config{})
-	var wg sync.WaitGroup
-	acks := make([]protocol.AckFrame, 50)
-	for i := range acks {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a, perr := f.send(t, "u"+strings.Repeat("x", i), "hi", "")
-			if perr != nil {
-				t.Error(perr)
-			}
-			acks[i] = a
-		}()
-	}
-	wg.Wait()
-	for i, a := range acks {
-		user := "u" + strings.Repeat("x", i)
-		evs := f.waitTerminal(t, user, a.RunID)
-		if evs[len(evs)-1].Data["final_response"] != user {
-			t.Fatalf("user %s got %v", user, evs[len(evs)-1])
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			_ = em.Delta(run.UserID)
+			return em.Complete("")
+		}), Config{})
+		var wg sync.WaitGroup
+		acks := make([]protocol.AckFrame, 50)
+		for i := range acks {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a, perr := f.send(t, "u"+strings.Repeat("x", i), "hi", "")
+				if perr != nil {
+					t.Error(perr)
+				}
+				acks[i] = a
+			}()
 		}
-	}
+		wg.Wait()
+		for i, a := range acks {
+			user := "u" + strings.Repeat("x", i)
+			evs := f.waitTerminal(t, user, a.RunID)
+			if evs[len(evs)-1].Data["final_response"] != user {
+				t.Fatalf("user %s got %v", user, evs[len(evs)-1])
+			}
+		}
+	})
 }
 
 // flakyStore fails FinishRun while failing is set, as a store that went away
@@ -470,41 +504,43 @@ func TestOutcomeRetriedAndNeverReapedTwice(t *testing.T) {
 // retry may both try.
 func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
 	t.Parallel()
-	st := memory.New(memory.Options{})
-	defer st.Close()
-	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	never := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
-		t.Error("the agent of a run whose node died ran")
-		return nil
+	synctest.Test(t, func(t *testing.T) {
+		st := memory.New(memory.Options{})
+		defer st.Close()
+		db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		never := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			t.Error("the agent of a run whose node died ran")
+			return nil
+		})
+		fast := Config{Stream: st, Store: db, Agent: never, LeaseTTL: 200 * time.Millisecond, RenewEvery: 40 * time.Millisecond, ReapEvery: 40 * time.Millisecond}
+		cfgA := fast
+		cfgA.crashAfterStore = func() bool { return true }
+		a := New(cfgA)
+		defer a.Shutdown(context.Background())
+		_, perr := a.UserMessage(context.Background(), "gus", &protocol.Frame{Content: "hello there"})
+		if perr == nil {
+			t.Fatal("the crashed node answered an ack")
+		}
+		runs, err := db.ListRunning(context.Background(), "gus")
+		if err != nil || len(runs) != 1 {
+			t.Fatalf("ListRunning: %v %v, want the one stored run", runs, err)
+		}
+		b := New(fast) // the survivor, reaping
+		defer b.Shutdown(context.Background())
+		f := &fixture{m: b, stream: st, store: db}
+		evs := f.waitTerminal(t, "gus", runs[0].ID)
+		checkOrder(t, evs)
+		if evs[0].Type != protocol.TypeUserMessage || evs[0].Data["content"] != "hello there" {
+			t.Fatalf("first event %v, want the user_message echo", evs[0])
+		}
+		if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != agent.CodeNodeLost {
+			t.Fatalf("last event %v, want agent_error node_lost", last)
+		}
 	})
-	fast := Config{Stream: st, Store: db, Agent: never, LeaseTTL: 200 * time.Millisecond, RenewEvery: 40 * time.Millisecond, ReapEvery: 40 * time.Millisecond}
-	cfgA := fast
-	cfgA.crashAfterStore = func() bool { return true }
-	a := New(cfgA)
-	defer a.Shutdown(context.Background())
-	_, perr := a.UserMessage(context.Background(), "gus", &protocol.Frame{Content: "hello there"})
-	if perr == nil {
-		t.Fatal("the crashed node answered an ack")
-	}
-	runs, err := db.ListRunning(context.Background(), "gus")
-	if err != nil || len(runs) != 1 {
-		t.Fatalf("ListRunning: %v %v, want the one stored run", runs, err)
-	}
-	b := New(fast) // the survivor, reaping
-	defer b.Shutdown(context.Background())
-	f := &fixture{m: b, stream: st, store: db}
-	evs := f.waitTerminal(t, "gus", runs[0].ID)
-	checkOrder(t, evs)
-	if evs[0].Type != protocol.TypeUserMessage || evs[0].Data["content"] != "hello there" {
-		t.Fatalf("first event %v, want the user_message echo", evs[0])
-	}
-	if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != agent.CodeNodeLost {
-		t.Fatalf("last event %v, want agent_error node_lost", last)
-	}
 }
 
 // failingStream fails every Append while failing is set, as a stream
@@ -527,58 +563,57 @@ func (s *failingStream) Append(ctx context.Context, user string, rec stream.Reco
 // the stream is down leaves no row behind.
 func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 	t.Parallel()
-	mem := memory.New(memory.Options{})
-	defer mem.Close()
-	fs := &failingStream{Stream: mem}
-	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	release := make(chan struct{})
-	ag := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
-		<-release
-		if err := em.Thinking("still here"); err != nil {
-			return err
+	synctest.Test(t, func(t *testing.T) {
+		mem := memory.New(memory.Options{})
+		defer mem.Close()
+		fs := &failingStream{Stream: mem}
+		db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+		if err != nil {
+			t.Fatal(err)
 		}
-		return em.Complete("done")
+		defer db.Close()
+		release := make(chan struct{})
+		ag := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			<-release
+			if err := em.Thinking("still here"); err != nil {
+				return err
+			}
+			return em.Complete("done")
+		})
+		m := New(Config{Stream: fs, Store: db, Agent: ag})
+		defer m.Shutdown(context.Background())
+		ack, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "hi"})
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		fs.failing.Store(true)
+		close(release)
+		var r store.Run
+		waitFor(t, "the run ends while the stream is down", func() bool {
+			r, _ = db.GetRun(context.Background(), "hal", ack.RunID)
+			return r.Status != store.RunRunning
+		})
+		if strings.Contains(r.ErrorMessage, "127.0.0.1") || strings.Contains(r.ErrorMessage, "dial") {
+			t.Fatalf("the run's error message carries the driver's error: %q", r.ErrorMessage)
+		}
+		// Refused while the stream is down: nothing stored.
+		if _, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "refused"}); perr == nil {
+			t.Fatal("a message was accepted while the stream was down")
+		}
+		if threads, _, _ := db.ListThreads(context.Background(), "hal", store.ThreadQuery{}); len(threads) != 1 {
+			t.Fatalf("%d threads after a refused message, want 1", len(threads))
+		}
+		if running, _ := db.ListRunning(context.Background(), "hal"); len(running) != 0 {
+			t.Fatalf("running runs after a refused message: %v", running)
+		}
+		fs.failing.Store(false)
+		f := &fixture{m: m, stream: mem, store: db}
+		evs := f.waitTerminal(t, "hal", ack.RunID)
+		checkOrder(t, evs)
+		if last := evs[len(evs)-1]; strings.Contains(last.Data["message"].(string), "127.0.0.1") {
+			t.Fatalf("terminal event carries the driver's error: %v", last)
+		}
 	})
-	m := New(Config{Stream: fs, Store: db, Agent: ag})
-	defer m.Shutdown(context.Background())
-	ack, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "hi"})
-	if perr != nil {
-		t.Fatal(perr)
-	}
-	fs.failing.Store(true)
-	close(release)
-	var r store.Run
-	deadline := time.Now().Add(30 * time.Second)
-	for r, _ = db.GetRun(context.Background(), "hal", ack.RunID); r.Status == store.RunRunning; r, _ = db.GetRun(context.Background(), "hal", ack.RunID) {
-		if time.Now().After(deadline) {
-			t.Fatal("the run did not end while the stream was down")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if strings.Contains(r.ErrorMessage, "127.0.0.1") || strings.Contains(r.ErrorMessage, "dial") {
-		t.Fatalf("the run's error message carries the driver's error: %q", r.ErrorMessage)
-	}
-	// Refused while the stream is down: nothing stored.
-	if _, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "refused"}); perr == nil {
-		t.Fatal("a message was accepted while the stream was down")
-	}
-	if threads, _, _ := db.ListThreads(context.Background(), "hal", store.ThreadQuery{}); len(threads) != 1 {
-		t.Fatalf("%d threads after a refused message, want 1", len(threads))
-	}
-	if running, _ := db.ListRunning(context.Background(), "hal"); len(running) != 0 {
-		t.Fatalf("running runs after a refused message: %v", running)
-	}
-	fs.failing.Store(false)
-	f := &fixture{m: m, stream: mem, store: db}
-	evs := f.waitTerminal(t, "hal", ack.RunID)
-	checkOrder(t, evs)
-	if last := evs[len(evs)-1]; strings.Contains(last.Data["message"].(string), "127.0.0.1") {
-		t.Fatalf("terminal event carries the driver's error: %v", last)
-	}
 }
 
 // gatedStream holds every Append of a user_message until the test answers
@@ -607,79 +642,83 @@ func (s *gatedStream) Append(ctx context.Context, user string, rec stream.Record
 // and the repeat starts the run itself; started, the repeat gets its ack.
 func TestRepeatWhileFirstAttemptPending(t *testing.T) {
 	t.Parallel()
-	mem := memory.New(memory.Options{})
-	defer mem.Close()
-	gs := &gatedStream{Stream: mem, echo: make(chan chan error)}
-	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	m := New(Config{Stream: gs, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error { return em.Complete("ok") })})
-	defer m.Shutdown(context.Background())
-	type result struct {
-		ack  protocol.AckFrame
-		perr *protocol.Error
-	}
-	send := func(cmid string) chan result {
-		out := make(chan result, 1)
-		go func() {
-			a, e := m.UserMessage(context.Background(), "ivy", &protocol.Frame{Content: "hi", ClientMessageID: cmid})
-			out <- result{a, e}
-		}()
-		return out
-	}
-
-	nextEcho := func() chan error {
-		t.Helper()
-		select {
-		case a := <-gs.echo:
-			return a
-		case <-time.After(time.Minute): // a hang guard: the echo comes at once or never
-			t.Fatal("no user_message echo was appended")
-			return nil
+	synctest.Test(t, func(t *testing.T) {
+		mem := memory.New(memory.Options{})
+		defer mem.Close()
+		gs := &gatedStream{Stream: mem, echo: make(chan chan error)}
+		db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		defer db.Close()
+		m := New(Config{Stream: gs, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error { return em.Complete("ok") })})
+		defer m.Shutdown(context.Background())
+		type result struct {
+			ack  protocol.AckFrame
+			perr *protocol.Error
+		}
+		send := func(cmid string) chan result {
+			out := make(chan result, 1)
+			go func() {
+				a, e := m.UserMessage(context.Background(), "ivy", &protocol.Frame{Content: "hi", ClientMessageID: cmid})
+				out <- result{a, e}
+			}()
+			return out
+		}
 
-	// The first attempt is refused while a repeat waits: the repeat places
-	// the run itself (its own echo is the next to arrive) and is acked.
-	first := send("cm-1")
-	answer := nextEcho() // the first attempt's echo is in flight
-	repeat := send("cm-1")
-	select {
-	case r := <-repeat:
-		t.Fatalf("a repeat answered while the first attempt was pending: %+v %v", r.ack, r.perr)
-	default:
-	}
-	answer <- errors.New("stream down")
-	if r := <-first; r.perr == nil {
-		t.Fatalf("the first attempt was acked (%+v) though its echo was refused", r.ack)
-	}
-	nextEcho() <- nil // the repeat's own echo
-	r := <-repeat
-	if r.perr != nil {
-		t.Fatalf("repeat after the refusal: %v", r.perr)
-	}
-	if _, err := db.GetRun(context.Background(), "ivy", r.ack.RunID); err != nil {
-		t.Fatalf("the acked run is not stored: %v", err)
-	}
-	again, e := m.UserMessage(context.Background(), "ivy", &protocol.Frame{Content: "hi", ClientMessageID: "cm-1"})
-	if e != nil || again.RunID != r.ack.RunID {
-		t.Fatalf("repeat after the start: %+v %v, want the ack of run %s", again, e, r.ack.RunID)
-	}
+		nextEcho := func() chan error {
+			t.Helper()
+			select {
+			case a := <-gs.echo:
+				return a
+			case <-time.After(time.Minute): // bubble time: the echo comes within the repeat's pauses or never
+				t.Fatal("no user_message echo was appended")
+				return nil
+			}
+		}
 
-	// The first attempt starts while a repeat waits: the repeat gets its ack.
-	first = send("cm-2")
-	answer = nextEcho()
-	repeat = send("cm-2")
-	answer <- nil
-	r1, r2 := <-first, <-repeat
-	if r1.perr != nil || r2.perr != nil || r2.ack.RunID != r1.ack.RunID {
-		t.Fatalf("first %+v %v, repeat %+v %v: want the same ack", r1.ack, r1.perr, r2.ack, r2.perr)
-	}
-	f := &fixture{m: m, stream: mem, store: db}
-	checkOrder(t, f.waitTerminal(t, "ivy", r.ack.RunID))
-	checkOrder(t, f.waitTerminal(t, "ivy", r1.ack.RunID))
+		// The first attempt is refused while a repeat waits: the repeat places
+		// the run itself (its own echo is the next to arrive) and is acked.
+		first := send("cm-1")
+		answer := nextEcho() // the first attempt's echo is in flight
+		repeat := send("cm-1")
+		synctest.Wait() // the repeat has done all it can before the first attempt ends
+		select {
+		case r := <-repeat:
+			t.Fatalf("a repeat answered while the first attempt was pending: %+v %v", r.ack, r.perr)
+		default:
+		}
+		answer <- errors.New("stream down")
+		if r := <-first; r.perr == nil {
+			t.Fatalf("the first attempt was acked (%+v) though its echo was refused", r.ack)
+		}
+		nextEcho() <- nil // the repeat's own echo
+		r := <-repeat
+		if r.perr != nil {
+			t.Fatalf("repeat after the refusal: %v", r.perr)
+		}
+		if _, err := db.GetRun(context.Background(), "ivy", r.ack.RunID); err != nil {
+			t.Fatalf("the acked run is not stored: %v", err)
+		}
+		again, e := m.UserMessage(context.Background(), "ivy", &protocol.Frame{Content: "hi", ClientMessageID: "cm-1"})
+		if e != nil || again.RunID != r.ack.RunID {
+			t.Fatalf("repeat after the start: %+v %v, want the ack of run %s", again, e, r.ack.RunID)
+		}
+
+		// The first attempt starts while a repeat waits: the repeat gets its ack.
+		first = send("cm-2")
+		answer = nextEcho()
+		repeat = send("cm-2")
+		synctest.Wait() // the repeat is waiting for the first attempt
+		answer <- nil
+		r1, r2 := <-first, <-repeat
+		if r1.perr != nil || r2.perr != nil || r2.ack.RunID != r1.ack.RunID {
+			t.Fatalf("first %+v %v, repeat %+v %v: want the same ack", r1.ack, r1.perr, r2.ack, r2.perr)
+		}
+		f := &fixture{m: m, stream: mem, store: db}
+		checkOrder(t, f.waitTerminal(t, "ivy", r.ack.RunID))
+		checkOrder(t, f.waitTerminal(t, "ivy", r1.ack.RunID))
+	})
 }
 
 // unsureStream takes a run's echo but answers failure for it (as Redis

@@ -26,10 +26,12 @@ import (
 // poller's table, or its net.Conn closed. Events carry a connection id that
 // is never reused, not the file descriptor, which can be.
 
-// pollState is a connection's registration.
+// pollState is a connection's registration: its socket's fd, its poller
+// and its id there. rc and id are set before p is published, so untrack (on
+// any goroutine) sees them once it sees p.
 type pollState struct {
 	rc    syscall.RawConn
-	p     *poller
+	p     atomic.Pointer[poller]
 	id    uint64
 	added bool // EPOLL_CTL_ADD done; owned by the reading goroutine
 }
@@ -161,19 +163,18 @@ func (s *Server) startReading(c *conn) {
 	if sc, ok := c.nc.(syscall.Conn); ok && !s.readLoops {
 		if rc, err := sc.SyscallConn(); err == nil {
 			if p := s.poll.get(s); p != nil {
-				c.smu.Lock() // untrack may read it from another goroutine
-				c.ps = pollState{rc: rc, p: p, id: s.connIDs.Add(1)}
-				c.smu.Unlock()
+				c.ps.rc, c.ps.id = rc, s.connIDs.Add(1)
+				c.ps.p.Store(p) // untrack may read it from another goroutine
 				p.mu.Lock()
 				p.conns[c.ps.id] = c
 				p.mu.Unlock()
-				if c.closed.Load() {
+				if c.life.closed.Load() {
 					c.untrack() // finish may have run before the entry was added
 					return
 				}
-				c.rmu.Lock()
-				defer c.rmu.Unlock()
-				if len(c.pre) > 0 {
+				c.in.mu.Lock()
+				defer c.in.mu.Unlock()
+				if len(c.in.pre) > 0 {
 					go c.serveReadable() // bytes behind the handshake: the socket may have none
 					return
 				}
@@ -188,9 +189,9 @@ func (s *Server) startReading(c *conn) {
 // serveReadable handles a readable event: every complete frame available,
 // then re-arms the socket.
 func (c *conn) serveReadable() {
-	c.rmu.Lock()
+	c.in.mu.Lock()
 	rb := c.srv.readBufs.Get().(*readBuf)
-	rb.sr = sockReader{c: c, bound: true}
+	rb.sr = sockReader{fr: &c.in, nc: c.nc, wait: c.srv.frameWait, bound: true}
 	rb.br.Reset(&rb.sr)
 	err := c.readFrames(rb)
 	if rb.sr.deadline {
@@ -200,9 +201,9 @@ func (c *conn) serveReadable() {
 	rb.sr = sockReader{}
 	c.srv.readBufs.Put(rb)
 	if err == nil {
-		c.arm() // under rmu: the next event's goroutine sees this one's writes
+		c.arm() // under in.mu: the next event's goroutine sees this one's writes
 	}
-	c.rmu.Unlock()
+	c.in.mu.Unlock()
 	if err != nil {
 		c.readFailed(err)
 	}
@@ -215,7 +216,7 @@ func (c *conn) arm() {
 		op = unix.EPOLL_CTL_ADD
 		c.ps.added = true
 	}
-	epfd, id := c.ps.p.epfd, c.ps.id
+	epfd, id := c.ps.p.Load().epfd, c.ps.id
 	var cerr error
 	err := c.ps.rc.Control(func(fd uintptr) {
 		ev := unix.EpollEvent{Events: armEvents, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
@@ -233,12 +234,9 @@ func (c *conn) arm() {
 
 // untrack removes c from its poller's table.
 func (c *conn) untrack() {
-	c.smu.Lock()
-	p, id := c.ps.p, c.ps.id
-	c.smu.Unlock()
-	if p != nil {
+	if p := c.ps.p.Load(); p != nil {
 		p.mu.Lock()
-		delete(p.conns, id)
+		delete(p.conns, c.ps.id)
 		p.mu.Unlock()
 	}
 }

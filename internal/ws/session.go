@@ -16,7 +16,7 @@ import (
 // session is what a connection does with complete client messages, whatever
 // the transport reads them: limits, decoding, answers. Its fields other than
 // srv, hc and user are used only by the goroutine reading the connection
-// (one at a time, see conn.rmu).
+// (one at a time, see frameReader.mu).
 type session struct {
 	srv  *Server
 	hc   *hub.Conn

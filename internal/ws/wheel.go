@@ -7,9 +7,10 @@ import (
 
 // wheel is a hashed timing wheel: the heartbeat and token-expiry timer of
 // every connection of a Server, in place of one or two runtime timers each.
-// A connection is on the wheel at most once, linked through its own fields
-// (no allocation per entry), and taken off when it closes; it is due at its next ping, its pong deadline or
-// its token expiry, whichever is first, rounded up to the tick. The wheel's
+// A connection is on the wheel at most once, linked through its wheelNode
+// (no allocation per entry), and taken off when it closes; it is due at its
+// heartbeat's next (ping, pong deadline or token expiry, whichever is
+// first), rounded up to the tick. The wheel's
 // goroutine runs only while a connection is on it.
 type wheel struct {
 	base time.Time // the wheel's clock: nanoseconds since base (monotonic)
@@ -24,6 +25,14 @@ type wheel struct {
 }
 
 const wheelSlots = 512 // a power of two
+
+// wheelNode is a connection's place on the wheel: a doubly linked slot list,
+// under wheel.mu.
+type wheelNode struct {
+	next, prev *conn
+	due        int64 // the tick the connection is due at
+	on         bool  // the connection is on the wheel
+}
 
 func newWheel(tick time.Duration) *wheel {
 	return &wheel{base: time.Now(), tick: int64(tick)}
@@ -50,7 +59,7 @@ func (w *wheel) at(t time.Time) int64 {
 func (w *wheel) schedule(c *conn, at int64) {
 	t := (at + w.tick - 1) / w.tick
 	w.mu.Lock()
-	if c.closed.Load() {
+	if c.life.closed.Load() {
 		w.mu.Unlock() // finish sets closed before it takes c off: c stays off
 		return
 	}
@@ -62,11 +71,12 @@ func (w *wheel) schedule(c *conn, at int64) {
 	if t <= w.cur {
 		t = w.cur + 1
 	}
-	c.wdue, c.won = t, true
+	n := &c.wn
+	n.due, n.on = t, true
 	s := &w.slots[t&(wheelSlots-1)]
-	c.wprev, c.wnext = nil, *s
+	n.prev, n.next = nil, *s
 	if *s != nil {
-		(*s).wprev = c
+		(*s).wn.prev = c
 	}
 	*s = c
 	w.n++
@@ -82,18 +92,19 @@ func (w *wheel) remove(c *conn) {
 }
 
 func (w *wheel) unlinkLocked(c *conn) {
-	if !c.won {
+	n := &c.wn
+	if !n.on {
 		return
 	}
-	if c.wprev != nil {
-		c.wprev.wnext = c.wnext
+	if n.prev != nil {
+		n.prev.wn.next = n.next
 	} else {
-		w.slots[c.wdue&(wheelSlots-1)] = c.wnext
+		w.slots[n.due&(wheelSlots-1)] = n.next
 	}
-	if c.wnext != nil {
-		c.wnext.wprev = c.wprev
+	if n.next != nil {
+		n.next.wn.prev = n.prev
 	}
-	c.wprev, c.wnext, c.won = nil, nil, false
+	*n = wheelNode{}
 	w.n--
 }
 
@@ -117,8 +128,8 @@ func (w *wheel) advance() bool {
 	for w.cur < target {
 		w.cur++
 		for c := w.slots[w.cur&(wheelSlots-1)]; c != nil; {
-			next := c.wnext
-			if c.wdue <= w.cur {
+			next := c.wn.next
+			if c.wn.due <= w.cur {
 				w.unlinkLocked(c)
 				due = append(due, c)
 			}

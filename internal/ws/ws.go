@@ -2,7 +2,7 @@
 // upgrade, the upgrade itself (gobwas/ws), frame reading that decodes and
 // answers client frames, heartbeats, rate and error limits, and token expiry.
 // Outbound frames go through the hub's per-connection queue; this package only
-// supplies the socket (conn.go).
+// supplies the socket (conn.go, writer.go).
 //
 // On Linux an idle connection owns no goroutine and no read buffer: its socket
 // sits in an epoll set (poll_linux.go) and a goroutine is started only when
@@ -230,7 +230,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	c := &conn{session: session{srv: s, user: claims.Subject}}
 	if !claims.ExpiresAt.IsZero() {
-		c.exp = s.wheel.at(claims.ExpiresAt)
+		c.hb.exp = s.wheel.at(claims.ExpiresAt)
 	}
 	c.hc = s.cfg.Hub.NewConn(newID(), claims.Subject, c)
 	if l := s.cfg.Limiter; l != nil {
@@ -245,7 +245,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusTooManyRequests, "too_many_connections", "user already has the maximum number of connections")
 			return
 		}
-		c.limited = true
+		c.life.limited = true
 	}
 	if err := s.cfg.Hub.Register(r.Context(), c.hc); err != nil {
 		c.release()
@@ -300,7 +300,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if n := rw.Reader.Buffered(); n > 0 {
 		// Frames the client sent right behind its handshake.
 		b, _ := rw.Reader.Peek(n)
-		c.pre = append([]byte(nil), b...)
+		c.in.pre = append([]byte(nil), b...)
 	}
 	if !c.attach(nc) {
 		c.finish()

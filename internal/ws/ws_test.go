@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -578,17 +580,103 @@ func TestBadHandshakeIsJSON(t *testing.T) {
 	waitCount(t, s.srv, "plain", 0)
 }
 
+// newPipeServer is the /ws endpoint over a hub and a memory stream, without
+// a listener, for tests in a synctest bubble: pipeDial connects to it over
+// net.Pipe (real sockets do not work in a bubble), read by the portable
+// goroutine path. Call it inside the bubble.
+func newPipeServer(t *testing.T, mod func(*Config)) *testServer {
+	t.Helper()
+	st := memory.New(memory.Options{})
+	v, err := auth.NewVerifier(context.Background(), auth.Config{Secret: []byte(testSecret)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{
+		Hub:       hub.New(hub.Config{Stream: st, MaxConnsPerUser: 100}),
+		Verifier:  v,
+		Handler:   nopHandler{},
+		RateLimit: 10000,
+		RateBurst: 10000,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv := New(cfg)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		v.Close()
+		st.Close()
+	})
+	return &testServer{t: t, srv: srv, signer: auth.NewSigner([]byte(testSecret))}
+}
+
+// pipeResponse is the upgrade's ResponseWriter over one end of a net.Pipe.
+type pipeResponse struct {
+	h  http.Header
+	nc net.Conn
+}
+
+func (p *pipeResponse) Header() http.Header { return p.h }
+
+func (p *pipeResponse) Write(b []byte) (int, error) {
+	return 0, errors.New("pipeResponse: write before the upgrade")
+}
+
+func (p *pipeResponse) WriteHeader(int) {}
+
+func (p *pipeResponse) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return p.nc, bufio.NewReadWriter(bufio.NewReader(p.nc), bufio.NewWriter(p.nc)), nil
+}
+
+// pipeDial upgrades a connection of user (token valid for ttl) through
+// ServeHTTP over net.Pipe and reads connection_established.
+func (s *testServer) pipeDial(t *testing.T, user string, ttl time.Duration) *rawClient {
+	t.Helper()
+	server, client := net.Pipe()
+	t.Cleanup(func() { client.Close() })
+	r := httptest.NewRequest(http.MethodGet, "/ws", nil)
+	r.Header.Set("Upgrade", "websocket")
+	r.Header.Set("Connection", "Upgrade")
+	r.Header.Set("Sec-WebSocket-Key", testKey)
+	r.Header.Set("Sec-WebSocket-Version", "13")
+	r.Header.Set("Authorization", "Bearer "+s.token(t, user, ttl))
+	go s.srv.ServeHTTP(&pipeResponse{h: http.Header{}, nc: server}, r)
+	c := &rawClient{t: t, nc: client, br: bufio.NewReader(client)}
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	c.resp = resp
+	if typ := c.readJSON()["type"]; typ != "connection_established" {
+		t.Fatalf("first frame %v", typ)
+	}
+	return c
+}
+
+// TestHeartbeat runs in a synctest bubble: the wheel ticks on the bubble's
+// clock, so the count of pings and the moment of the 4000 are exact.
 func TestHeartbeat(t *testing.T) {
-	both(t, func(t *testing.T, loops bool) {
-		s := newTestServer(t, loops, func(c *Config) {
-			c.PingInterval = 50 * time.Millisecond
-			c.PongTimeout = 50 * time.Millisecond
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		const interval, timeout = 50 * time.Millisecond, 50 * time.Millisecond
+		tick := wheelTick(interval, timeout)
+		s := newPipeServer(t, func(c *Config) {
+			c.PingInterval = interval
+			c.PongTimeout = timeout
 		})
 		// Answering pings keeps the connection.
-		c := s.dial(t, "alive", "", nil)
-		deadline := time.Now().Add(400 * time.Millisecond)
+		c := s.pipeDial(t, "alive", time.Hour)
+		start := time.Now()
 		pings := 0
-		for time.Now().Before(deadline) {
+		for time.Since(start) < 400*time.Millisecond {
 			f := c.next()
 			if f.Header.OpCode != ws.OpPing {
 				t.Fatalf("unexpected frame %v %q", f.Header.OpCode, f.Payload)
@@ -596,43 +684,71 @@ func TestHeartbeat(t *testing.T) {
 			pings++
 			c.write(frame(ws.OpPong, true, f.Payload))
 		}
-		if pings < 3 {
+		if pings < 7 {
 			t.Fatalf("%d pings in 400 ms at a 50 ms interval", pings)
 		}
 		c.write(frame(ws.OpText, true, pingJSON("still")))
 		c.expectPong("still")
 
-		// Not answering closes with 4000.
-		c2 := s.dial(t, "sleepy", "", nil)
-		start := time.Now()
+		// Not answering closes with 4000, one ping interval and one pong
+		// timeout after the connect, within a tick or two of the wheel.
+		c2 := s.pipeDial(t, "sleepy", time.Hour)
+		start = time.Now()
+		if f := c2.next(); f.Header.OpCode != ws.OpPing {
+			t.Fatalf("want a ping, got %v", f.Header.OpCode)
+		}
 		if code := c2.expectClose(); code != CloseNoPong {
 			t.Fatalf("close %d, want 4000", code)
 		}
-		if d := time.Since(start); d > time.Second {
-			t.Fatalf("4000 after %v", d)
+		if d := time.Since(start); d < interval+timeout || d > interval+timeout+2*tick {
+			t.Fatalf("4000 after %v, want %v plus at most two ticks of %v", d, interval+timeout, tick)
 		}
 	})
 }
 
+// TestHeartbeatEpoll: a pong read by the epoll path keeps the connection,
+// silence closes it with 4000 (real sockets: TestHeartbeat has the timing).
+func TestHeartbeatEpoll(t *testing.T) {
+	t.Parallel()
+	s := newTestServer(t, false, func(c *Config) {
+		c.PingInterval = 50 * time.Millisecond
+		c.PongTimeout = 50 * time.Millisecond
+	})
+	c := s.dial(t, "alive", "", nil)
+	// Three pings answered: without the pongs read, the second ping
+	// would have been a 4000 instead.
+	for range 3 {
+		f := c.next()
+		if f.Header.OpCode != ws.OpPing {
+			t.Fatalf("unexpected frame %v %q", f.Header.OpCode, f.Payload)
+		}
+		c.write(frame(ws.OpPong, true, f.Payload))
+	}
+	c.write(frame(ws.OpText, true, pingJSON("still")))
+	c.expectPong("still")
+	c2 := s.dial(t, "sleepy", "", nil)
+	if code := c2.expectClose(); code != CloseNoPong {
+		t.Fatalf("close %d, want 4000", code)
+	}
+}
+
+// TestTokenExpiry runs in a synctest bubble: the close comes at the token's
+// exp on the bubble's clock.
 func TestTokenExpiry(t *testing.T) {
-	both(t, func(t *testing.T, loops bool) {
-		s := newTestServer(t, loops, nil)
-		nc, err := net.Dial("tcp", s.addr)
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		s := newPipeServer(t, nil)
+		_, exp, err := s.signer.Sign("brief", 1200*time.Millisecond, "", "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer nc.Close()
-		tok := s.token(t, "brief", 1200*time.Millisecond)
-		if _, err := nc.Write([]byte(handshake(s.addr, "brief", tok, ""))); err != nil {
-			t.Fatal(err)
-		}
-		c := &rawClient{t: t, nc: nc, br: bufio.NewReader(nc)}
-		if _, err := http.ReadResponse(c.br, nil); err != nil {
-			t.Fatal(err)
-		}
-		c.readJSON()
+		c := s.pipeDial(t, "brief", 1200*time.Millisecond)
 		if code := c.expectClose(); code != CloseTokenExpired {
 			t.Fatalf("close %d, want 4001", code)
+		}
+		tick := wheelTick(DefaultPingInterval, DefaultPongTimeout)
+		if now := time.Now(); now.Before(exp) || now.After(exp.Add(2*tick)) {
+			t.Fatalf("4001 at %v, token expires at %v", now, exp)
 		}
 	})
 }
@@ -699,7 +815,7 @@ func TestWriteBatch(t *testing.T) {
 	}()
 	go func() {
 		for range 50 {
-			_ = c.writeControl(ws.OpPing, []byte("x"))
+			_ = c.out.control(c.nc, ws.OpPing, []byte("x"), &c.life.closed)
 		}
 		errc <- nil
 	}()

@@ -1,0 +1,151 @@
+package ws
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+const (
+	// writeWait bounds one batch write. A client that cannot take a batch
+	// within it is gone or hopelessly slow.
+	writeWait = 10 * time.Second
+	// closeWait bounds writing a control frame.
+	closeWait = time.Second
+)
+
+// writer writes a connection's frames to its socket: the hub's batches (one
+// writev each), pings, pongs and the close frame, one at a time, each under
+// a write deadline. A control frame written while a batch is in flight waits
+// for it, so it never lands inside a data frame. After a failed write the
+// byte stream may end inside a frame: nothing more is written.
+//
+// closed is the connection's close flag (closer.closed): no data, ping or
+// pong goes out once the connection is closing.
+type writer struct {
+	mu     sync.Mutex
+	broken bool // a write failed, or the close frame was the last one
+}
+
+// batch writes frames as text messages with one writev on nc (nil: not
+// attached). bufs lends the headers and iovecs (batchBuf).
+func (w *writer) batch(nc net.Conn, frames [][]byte, bufs *sync.Pool, closed *atomic.Bool) error {
+	bb := bufs.Get().(*batchBuf)
+	need := len(frames) * maxServerHeader
+	if cap(bb.hdr) < need {
+		bb.hdr = make([]byte, 0, need)
+	}
+	hdr, iov := bb.hdr[:0], bb.bufs[:0]
+	for _, f := range frames {
+		s := len(hdr)
+		hdr = appendHeader(hdr, ws.OpText, len(f)) // never reallocates: cap is enough for all
+		iov = append(iov, hdr[s:len(hdr):len(hdr)], f)
+	}
+
+	var err error
+	w.mu.Lock()
+	switch {
+	case nc == nil || w.broken:
+		err = errClosed
+	default:
+		// Deadline first, then the closed check: a close after the check
+		// shortens this deadline for the write in flight.
+		_ = nc.SetWriteDeadline(time.Now().Add(writeWait))
+		if closed.Load() {
+			err = errClosed
+			break
+		}
+		v := iov // WriteTo consumes its receiver
+		if _, err = v.WriteTo(nc); err != nil {
+			w.broken = true
+		}
+	}
+	w.mu.Unlock()
+
+	clear(iov) // drop the frames
+	if cap(iov) > 1024 {
+		iov, hdr = nil, nil // give a burst's memory back
+	}
+	bb.hdr, bb.bufs = hdr[:0], iov[:0]
+	bufs.Put(bb)
+	return err
+}
+
+// control writes a ping or pong (not once the connection is closing).
+func (w *writer) control(nc net.Conn, op ws.OpCode, p []byte, closed *atomic.Bool) error {
+	var buf [2 + ws.MaxControlFramePayloadSize]byte
+	frame := append(appendHeader(buf[:0], op, len(p)), p...)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if nc == nil || w.broken || closed.Load() {
+		return errClosed
+	}
+	_ = nc.SetWriteDeadline(time.Now().Add(closeWait))
+	_, err := nc.Write(frame)
+	if err != nil {
+		w.broken = true
+	}
+	return err
+}
+
+// close writes the close frame carrying body, best effort, within
+// closeWait, after a batch in flight (whose deadline it shortens). With last
+// set nothing is written after it, even by a caller that has not seen the
+// connection closed yet.
+func (w *writer) close(nc net.Conn, body []byte, last bool) {
+	_ = nc.SetWriteDeadline(time.Now().Add(closeWait))
+	w.mu.Lock()
+	if !w.broken {
+		var buf [2 + ws.MaxControlFramePayloadSize]byte
+		frame := append(appendHeader(buf[:0], ws.OpClose, len(body)), body...)
+		if _, err := nc.Write(frame); err != nil {
+			w.broken = true
+		}
+	}
+	if last {
+		w.broken = true
+	}
+	w.mu.Unlock()
+}
+
+// batchBuf is one batch's headers and iovecs.
+type batchBuf struct {
+	hdr  []byte
+	bufs net.Buffers
+}
+
+func newBatchBuf() any { return &batchBuf{} }
+
+// maxServerHeader is the largest header of an unmasked frame.
+const maxServerHeader = 10
+
+// appendHeader appends the header of a final, unmasked frame of n payload
+// bytes (what ws.WriteHeader writes for such a frame, without its
+// allocation and io.Writer).
+func appendHeader(b []byte, op ws.OpCode, n int) []byte {
+	b0 := 0x80 | byte(op)
+	switch {
+	case n <= 125:
+		return append(b, b0, byte(n))
+	case n <= 0xffff:
+		return append(b, b0, 126, byte(n>>8), byte(n))
+	default:
+		u := uint64(n)
+		return append(b, b0, 127, byte(u>>56), byte(u>>48), byte(u>>40), byte(u>>32),
+			byte(u>>24), byte(u>>16), byte(u>>8), byte(u))
+	}
+}
+
+// closeBody is a close frame payload; code 0 means none.
+func closeBody(code int, reason string) []byte {
+	if code == 0 {
+		return nil
+	}
+	if len(reason) > ws.MaxControlFramePayloadSize-2 {
+		reason = reason[:ws.MaxControlFramePayloadSize-2]
+	}
+	return ws.NewCloseFrameBody(ws.StatusCode(code), reason)
+}
