@@ -112,7 +112,7 @@ func TestSlowConsumerClosed4008(t *testing.T) {
 	// queue fills at all, and 1 KiB events take too long under -race), one
 	// 1 KiB event to fast for every four. Poll /metrics often: the server
 	// writes its close frame only if the client drains the stuck socket
-	// within about a second of the overflow.
+	// within closeFrameWait (5 s) of the overflow.
 	const maxEvents = 5000
 	big := strings.Repeat("z", 4096)
 	for i := 0; ; i++ {

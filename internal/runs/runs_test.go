@@ -755,48 +755,52 @@ func TestEchoInTheStreamMeansTheRunReadsWhole(t *testing.T) {
 	for _, echoErr := range []bool{true, false} {
 		t.Run(fmt.Sprintf("echo_unconfirmed=%v", echoErr), func(t *testing.T) {
 			t.Parallel()
-			mem := memory.New(memory.Options{})
-			defer mem.Close()
-			us := &unsureStream{Stream: mem, echoErr: echoErr}
-			db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
-			ran := make(chan struct{}, 1)
-			m := New(Config{Stream: us, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
-				ran <- struct{}{}
-				return em.Complete("no")
-			})})
-			defer m.Shutdown(context.Background())
-			us.failing.Store(true)
-			frame := &protocol.Frame{ID: "m1", Content: "hi", ClientMessageID: "c1"}
-			ack, perr := m.UserMessage(context.Background(), "hal", frame)
-			if perr != nil {
-				t.Fatalf("message whose echo is in the stream refused: %v", perr)
-			}
-			again, perr := m.UserMessage(context.Background(), "hal", frame)
-			if perr != nil || again.RunID != ack.RunID {
-				t.Fatalf("repeat: %+v %v, want the first ack %+v", again, perr, ack)
-			}
-			us.failing.Store(false)
-			f := &fixture{m: m, stream: mem, store: db}
-			evs := f.waitTerminal(t, "hal", ack.RunID)
-			checkOrder(t, evs)
-			if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != agent.CodeAgentFailed {
-				t.Fatalf("last event %v, want agent_error agent_failed", last)
-			}
-			if r, err := db.GetRun(context.Background(), "hal", ack.RunID); err != nil || r.Status != store.RunFailed {
-				t.Fatalf("stored run %+v %v, want failed", r, err)
-			}
-			select {
-			case <-ran:
-				t.Fatal("the agent ran for a run that could not start")
-			default:
-			}
-			if running := m.Running(); running != 0 {
-				t.Fatalf("%d runs still counted as running", running)
-			}
+			synctest.Test(t, func(t *testing.T) { echoInTheStream(t, echoErr) })
 		})
+	}
+}
+
+func echoInTheStream(t *testing.T, echoErr bool) {
+	mem := memory.New(memory.Options{})
+	defer mem.Close()
+	us := &unsureStream{Stream: mem, echoErr: echoErr}
+	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ran := make(chan struct{}, 1)
+	m := New(Config{Stream: us, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+		ran <- struct{}{}
+		return em.Complete("no")
+	})})
+	defer m.Shutdown(context.Background())
+	us.failing.Store(true)
+	frame := &protocol.Frame{ID: "m1", Content: "hi", ClientMessageID: "c1"}
+	ack, perr := m.UserMessage(context.Background(), "hal", frame)
+	if perr != nil {
+		t.Fatalf("message whose echo is in the stream refused: %v", perr)
+	}
+	again, perr := m.UserMessage(context.Background(), "hal", frame)
+	if perr != nil || again.RunID != ack.RunID {
+		t.Fatalf("repeat: %+v %v, want the first ack %+v", again, perr, ack)
+	}
+	us.failing.Store(false)
+	f := &fixture{m: m, stream: mem, store: db}
+	evs := f.waitTerminal(t, "hal", ack.RunID)
+	checkOrder(t, evs)
+	if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != agent.CodeAgentFailed {
+		t.Fatalf("last event %v, want agent_error agent_failed", last)
+	}
+	if r, err := db.GetRun(context.Background(), "hal", ack.RunID); err != nil || r.Status != store.RunFailed {
+		t.Fatalf("stored run %+v %v, want failed", r, err)
+	}
+	select {
+	case <-ran:
+		t.Fatal("the agent ran for a run that could not start")
+	default:
+	}
+	if running := m.Running(); running != 0 {
+		t.Fatalf("%d runs still counted as running", running)
 	}
 }

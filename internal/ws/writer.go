@@ -13,8 +13,13 @@ const (
 	// writeWait bounds one batch write. A client that cannot take a batch
 	// within it is gone or hopelessly slow.
 	writeWait = 10 * time.Second
-	// closeWait bounds writing a control frame.
+	// closeWait bounds writing a ping or pong.
 	closeWait = time.Second
+	// closeFrameWait bounds writing the close frame: a client that stopped
+	// reading (a slow consumer closed with 4008) gets this long to drain what
+	// its socket holds and still learn why it was closed, on a busy machine
+	// too; a socket that takes nothing by then is dropped (1006).
+	closeFrameWait = 5 * time.Second
 )
 
 // writer writes a connection's frames to its socket: the hub's batches (one
@@ -92,11 +97,11 @@ func (w *writer) control(nc net.Conn, op ws.OpCode, p []byte, closed *atomic.Boo
 }
 
 // close writes the close frame carrying body, best effort, within
-// closeWait, after a batch in flight (whose deadline it shortens). With last
+// closeFrameWait, after a batch in flight (whose deadline it shortens). With last
 // set nothing is written after it, even by a caller that has not seen the
 // connection closed yet.
 func (w *writer) close(nc net.Conn, body []byte, last bool) {
-	_ = nc.SetWriteDeadline(time.Now().Add(closeWait))
+	_ = nc.SetWriteDeadline(time.Now().Add(closeFrameWait))
 	w.mu.Lock()
 	if !w.broken {
 		var buf [2 + ws.MaxControlFramePayloadSize]byte
