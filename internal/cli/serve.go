@@ -167,6 +167,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		if err != nil {
 			return err
 		}
+		rs.Start()
 		st = rs
 		rc, err := cluster.Connect(o.redisURL)
 		if err != nil {
@@ -190,6 +191,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer db.Close()
 	runCfg.Stream, runCfg.Store, runCfg.Agent, runCfg.Logger = st, db, ag, log
 	runner := runs.New(runCfg)
+	runner.Start()
 	if o.databaseURL == "" {
 		// The SQLite file belongs to this process alone: runs it still has
 		// as running were cut short by the previous one (ARCHITECTURE.md).

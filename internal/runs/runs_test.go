@@ -47,6 +47,7 @@ func newFixture(t *testing.T, a agent.Agent, cfg Config) *fixture {
 	}
 	cfg.Stream, cfg.Store, cfg.Agent = st, db, a
 	m := New(cfg)
+	m.Start()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
@@ -425,9 +426,11 @@ func TestOutcomeRetriedAndNeverReapedTwice(t *testing.T) {
 		cfgA := fast
 		cfgA.Agent = agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error { return em.Complete("done") })
 		a := New(cfgA)
+		a.Start()
 		cfgB := fast // another node on the same store, reaping
 		cfgB.Agent = cfgA.Agent
 		b := New(cfgB)
+		b.Start()
 		defer func() {
 			for _, m := range []*Manager{a, b} {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -484,6 +487,7 @@ func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
 	cfgA := fast
 	cfgA.crashAfterStore = func() bool { return true }
 	a := New(cfgA)
+	a.Start()
 	defer a.Shutdown(context.Background())
 	_, perr := a.UserMessage(context.Background(), "gus", &protocol.Frame{Content: "hello there"})
 	if perr == nil {
@@ -494,6 +498,7 @@ func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
 		t.Fatalf("ListRunning: %v %v, want the one stored run", runs, err)
 	}
 	b := New(fast) // the survivor, reaping
+	b.Start()
 	defer b.Shutdown(context.Background())
 	f := &fixture{m: b, stream: st, store: db}
 	evs := f.waitTerminal(t, "gus", runs[0].ID)
@@ -543,6 +548,7 @@ func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 		return em.Complete("done")
 	})
 	m := New(Config{Stream: fs, Store: db, Agent: ag})
+	m.Start()
 	defer m.Shutdown(context.Background())
 	ack, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "hi"})
 	if perr != nil {
@@ -615,6 +621,7 @@ func TestRepeatWhileFirstAttemptPending(t *testing.T) {
 	}
 	defer db.Close()
 	m := New(Config{Stream: gs, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error { return em.Complete("ok") })})
+	m.Start()
 	defer m.Shutdown(context.Background())
 	type result struct {
 		ack  protocol.AckFrame
