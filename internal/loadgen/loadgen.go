@@ -1,7 +1,7 @@
 // Package loadgen holds what agentwire's load generators share: paced
 // closed-loop workers, the timestamped body of a benchmark publish, and
 // quantiles of sorted latencies. It is used by `agentwire bench` (package
-// internal/cli) and by the benchmark programs under bench/.
+// internal/benchcmd) and by the benchmark programs under bench/.
 package loadgen
 
 import (

@@ -129,7 +129,7 @@ type active struct {
 	timer  *time.Timer
 }
 
-// New returns a Manager.
+// New returns a Manager; it starts no goroutine (see Start).
 func New(cfg Config) *Manager {
 	m := &Manager{
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
@@ -162,18 +162,25 @@ func New(cfg Config) *Manager {
 	if m.reapEvery <= 0 {
 		m.reapEvery = DefaultReapEvery
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m.loopCtx, m.stopLoop = ctx, cancel
+	m.loopCtx, m.stopLoop = context.WithCancel(context.Background())
+	return m
+}
+
+// Start starts the manager's loops: the lease loop (renewing this node's
+// leases, retrying outcomes the store did not take, reaping the runs of
+// dead nodes) and, with Stops, the listener for stops sent by other nodes.
+// They run until the end of Shutdown. Without Start, runs still start and
+// end, but their leases lapse. Call it once.
+func (m *Manager) Start() {
 	m.loopWG.Add(1)
-	go m.leaseLoop(ctx)
+	go m.leaseLoop(m.loopCtx)
 	if m.stops != nil {
 		m.loopWG.Add(1)
 		go func() {
 			defer m.loopWG.Done()
-			m.stops.Listen(ctx, m.node, m.stopLocal)
+			m.stops.Listen(m.loopCtx, m.node, m.stopLocal)
 		}()
 	}
-	return m
 }
 
 // Node returns the id this manager's runs are leased under.

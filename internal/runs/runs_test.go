@@ -48,6 +48,7 @@ func newFixture(t *testing.T, a agent.Agent, cfg Config) *fixture {
 	}
 	cfg.Stream, cfg.Store, cfg.Agent = st, db, a
 	m := New(cfg)
+	m.Start()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
@@ -460,9 +461,11 @@ func TestOutcomeRetriedAndNeverReapedTwice(t *testing.T) {
 		cfgA := fast
 		cfgA.Agent = agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error { return em.Complete("done") })
 		a := New(cfgA)
+		a.Start()
 		cfgB := fast // another node on the same store, reaping
 		cfgB.Agent = cfgA.Agent
 		b := New(cfgB)
+		b.Start()
 		defer func() {
 			for _, m := range []*Manager{a, b} {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -520,6 +523,7 @@ func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
 		cfgA := fast
 		cfgA.crashAfterStore = func() bool { return true }
 		a := New(cfgA)
+		a.Start()
 		defer a.Shutdown(context.Background())
 		_, perr := a.UserMessage(context.Background(), "gus", &protocol.Frame{Content: "hello there"})
 		if perr == nil {
@@ -530,6 +534,7 @@ func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
 			t.Fatalf("ListRunning: %v %v, want the one stored run", runs, err)
 		}
 		b := New(fast) // the survivor, reaping
+		b.Start()
 		defer b.Shutdown(context.Background())
 		f := &fixture{m: b, stream: st, store: db}
 		evs := f.waitTerminal(t, "gus", runs[0].ID)
@@ -581,6 +586,7 @@ func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 			return em.Complete("done")
 		})
 		m := New(Config{Stream: fs, Store: db, Agent: ag})
+		m.Start()
 		defer m.Shutdown(context.Background())
 		ack, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "hi"})
 		if perr != nil {
@@ -652,6 +658,7 @@ func TestRepeatWhileFirstAttemptPending(t *testing.T) {
 		}
 		defer db.Close()
 		m := New(Config{Stream: gs, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error { return em.Complete("ok") })})
+		m.Start()
 		defer m.Shutdown(context.Background())
 		type result struct {
 			ack  protocol.AckFrame
@@ -774,6 +781,7 @@ func echoInTheStream(t *testing.T, echoErr bool) {
 		ran <- struct{}{}
 		return em.Complete("no")
 	})})
+	m.Start()
 	defer m.Shutdown(context.Background())
 	us.failing.Store(true)
 	frame := &protocol.Frame{ID: "m1", Content: "hi", ClientMessageID: "c1"}

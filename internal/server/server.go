@@ -25,7 +25,7 @@ type Verifier interface {
 	Verify(ctx context.Context, token string) (auth.Claims, error)
 }
 
-// Deps are the server's dependencies, built in cli.
+// Deps are the server's dependencies, built by app.New.
 type Deps struct {
 	Logger   *slog.Logger
 	Metrics  *metrics.Metrics

@@ -16,7 +16,6 @@ const subscribeBatch = 512
 // is at-most-once: whatever was published while the connection was down is
 // read back with Since). It also keeps subscribed users' keys alive.
 func (s *Stream) runPubSub() {
-	defer s.wg.Done()
 	var (
 		dc      rueidis.DedicatedClient
 		release func()

@@ -78,7 +78,7 @@ type Stream struct {
 
 var _ stream.Stream = (*Stream)(nil)
 
-// New connects to Redis and starts the node's pub/sub connection. An
+// New connects to Redis; Start starts the node's pub/sub connection. An
 // unreachable Redis is not an error: the Stream keeps trying to connect and
 // its methods return errors wrapping stream.ErrUnavailable meanwhile.
 func New(ctx context.Context, opts Options) (*Stream, error) {
@@ -144,10 +144,12 @@ func New(ctx context.Context, opts Options) (*Stream, error) {
 	}
 	s.maxBStr = strconv.Itoa(maxBytes)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.wg.Add(1)
-	go s.runPubSub()
 	return s, nil
 }
+
+// Start starts the node's pub/sub loop (runPubSub), which Subscribe needs
+// and Close ends. New starts no goroutine of its own. Call it once.
+func (s *Stream) Start() { s.spawn(s.runPubSub) }
 
 // keys of one user. The user id is base64url-encoded inside the hash tag,
 // so ids containing '}' or ':' can neither collide nor move the tag.

@@ -92,6 +92,7 @@ func newNode(t testing.TB, prefix string, r stream.Retention) *Stream {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	s.Start()
 	t.Cleanup(func() { s.Close() })
 	return s
 }
@@ -411,6 +412,7 @@ func TestUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New with Redis down: %v (want a Stream that reports unavailability)", err)
 	}
+	s.Start()
 	defer s.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()

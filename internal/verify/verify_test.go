@@ -1,10 +1,9 @@
-package cli_test
+package verify_test
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"net"
 	"net/http"
 	"regexp"
@@ -12,29 +11,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentwire/agentwire/internal/cli"
 	"github.com/agentwire/agentwire/internal/testserver"
+	"github.com/agentwire/agentwire/internal/verify"
 )
 
 // startVerifyServer runs `agentwire serve --dev` (demo agent) in-process on a
 // free port and returns its URL; it stops when the test ends.
 func startVerifyServer(t *testing.T) string {
 	t.Helper()
-	return startServer(t)
-}
-
-// startServer runs `agentwire serve --dev` with extra flags in-process on a
-// free port and returns its URL; it stops when the test ends.
-func startServer(t *testing.T, extra ...string) string {
-	t.Helper()
-	return testserver.Start(t, append([]string{"--dev", "--log-level", "error"}, extra...)...).URL
+	return testserver.Start(t, "--dev", "--log-level", "error").URL
 }
 
 func runVerify(t *testing.T, env map[string]string, args ...string) (string, error) {
 	t.Helper()
 	var out bytes.Buffer
 	getenv := func(k string) string { return env[k] }
-	err := cli.Run(context.Background(), append([]string{"verify"}, args...), getenv, &out, io.Discard)
+	err := verify.Run(context.Background(), args, getenv, &out)
 	return out.String(), err
 }
 
@@ -95,7 +87,7 @@ func TestVerifyFailingAgent(t *testing.T) {
 	url := startVerifyServer(t)
 	out, err := runVerify(t, nil, "--url", url, "--dev-user", "verify-bob", "--message", "please fail", "--timeout", "20s")
 	t.Logf("\n%s", out)
-	if err == nil || cli.ExitCode(err) == 0 {
+	if err == nil {
 		t.Fatalf("verify passed against a failing agent")
 	}
 	if !strings.Contains(out, "FAIL agent_completed") || !strings.Contains(out, "agent_failed") {

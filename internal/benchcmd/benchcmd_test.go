@@ -1,9 +1,8 @@
-package cli_test
+package benchcmd_test
 
 import (
 	"bytes"
 	"context"
-	"io"
 	"net"
 	"regexp"
 	"strconv"
@@ -11,7 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentwire/agentwire/internal/cli"
+	"github.com/agentwire/agentwire/internal/benchcmd"
+	"github.com/agentwire/agentwire/internal/testserver"
 )
 
 const (
@@ -23,14 +23,14 @@ const (
 // secret.
 func startBenchServer(t *testing.T) string {
 	t.Helper()
-	return startServer(t, "--api-keys", benchKey, "--jwt-secret", benchSecret)
+	return testserver.Start(t, "--dev", "--log-level", "error", "--api-keys", benchKey, "--jwt-secret", benchSecret).URL
 }
 
 func runBench(t *testing.T, env map[string]string, args ...string) (string, error) {
 	t.Helper()
 	var out bytes.Buffer
 	getenv := func(k string) string { return env[k] }
-	err := cli.Run(context.Background(), append([]string{"bench"}, args...), getenv, &out, io.Discard)
+	err := benchcmd.Run(context.Background(), args, getenv, &out)
 	return out.String(), err
 }
 
@@ -107,7 +107,7 @@ func TestBenchWrongAPIKey(t *testing.T) {
 	url := startBenchServer(t)
 	start := time.Now()
 	out, err := runBench(t, nil, "--url", url, "--dev", "--api-key", "not-the-key", "--users", "2", "--duration", "1s")
-	if err == nil || cli.ExitCode(err) == 0 {
+	if err == nil {
 		t.Fatalf("bench passed with a wrong API key:\n%s", out)
 	}
 	if !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "--api-key") {
@@ -169,7 +169,7 @@ func TestBenchFailsOnErrors(t *testing.T) {
 	// The demo agent ends every run with agent_error: a soak test must fail.
 	out, err := runBench(t, nil, "--url", url, "--dev", "--mode", "runs", "--message", "please fail",
 		"--users", "2", "--duration", "500ms", "--warmup", "0s")
-	if err == nil || cli.ExitCode(err) == 0 {
+	if err == nil {
 		t.Fatalf("bench passed with failing runs:\n%s", out)
 	}
 	if figure(t, out, "errors") == 0 || !strings.Contains(out, "agent_error agent_failed") {

@@ -1,4 +1,10 @@
-package cli
+// Package benchcmd is `agentwire bench`: a bounded load generator pointed at a running
+// deployment. It connects users through the Go SDK, then either publishes
+// timestamped events over the API (publish mode) or runs the demo question
+// in a closed loop per user (runs mode), and prints rates, latencies,
+// errors and losses. Any error or loss makes it fail, so it doubles as a
+// soak test.
+package benchcmd
 
 import (
 	"bytes"
@@ -19,17 +25,15 @@ import (
 
 	"github.com/agentwire/agentwire/client"
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/config"
 	"github.com/agentwire/agentwire/internal/loadgen"
 )
 
-// bench is `agentwire bench`: a bounded load generator pointed at a running
-// deployment. It connects users through the Go SDK, then either publishes
-// timestamped events over the API (publish mode) or runs the demo question
-// in a closed loop per user (runs mode), and prints rates, latencies,
-// errors and losses. Any error or loss makes it fail, so it doubles as a
-// soak test.
-func bench(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	f := newFlagSet("bench", getenv, stderr)
+// Run is `agentwire bench` with args (without "bench"), its flags also
+// read from their AGENTWIRE_… variables through getenv; it prints the
+// summary on stdout.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	f := config.NewFlagSet("bench", getenv)
 	var o benchOptions
 	f.String(&o.url, "url", "AGENTWIRE_URL", "http://127.0.0.1:8080", "base URL of the deployment (one node or its load balancer)")
 	f.String(&o.apiKey, "api-key", "AGENTWIRE_API_KEY", "", "API key for POST /api/v1/publish (publish mode)")
@@ -48,7 +52,7 @@ func bench(ctx context.Context, args []string, getenv func(string) string, stdou
 	f.DurationVar(&o.duration, "duration", 10*time.Second, "measured duration")
 	f.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured warm-up before the measured duration")
 	f.DurationVar(&o.maxDuration, "max-duration", 0, "hard bound on the whole command, connecting and draining included (0: warmup + duration + 1m)")
-	if err := f.parse(args); err != nil {
+	if err := f.Parse(args); err != nil {
 		return err
 	}
 	if err := o.check(); err != nil {
@@ -713,4 +717,12 @@ func newNonce() string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// clip shortens an answer body for an error message.
+func clip(s string) string {
+	if len(s) > 120 {
+		return s[:120] + "…"
+	}
+	return s
 }

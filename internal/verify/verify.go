@@ -1,4 +1,7 @@
-package cli
+// Package verify is `agentwire verify`: the golden path of the wire
+// contract, run against a running deployment through the Go SDK, one line
+// per check.
+package verify
 
 import (
 	"bytes"
@@ -13,12 +16,14 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/client"
+	"github.com/agentwire/agentwire/internal/config"
 )
 
-// verify is `agentwire verify`: the golden path of the wire contract, run
-// against a deployment through the Go SDK, one line per check.
-func verify(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	f := newFlagSet("verify", getenv, stderr)
+// Run is `agentwire verify` with args (without "verify"), its flags also
+// read from their AGENTWIRE_… variables through getenv. It prints one line
+// per check and a summary on stdout, and fails when a check failed.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	f := config.NewFlagSet("verify", getenv)
 	var o verifyOptions
 	f.String(&o.url, "url", "AGENTWIRE_URL", "http://127.0.0.1:8080", "base URL of the deployment")
 	f.String(&o.token, "token", "AGENTWIRE_TOKEN", "", "JWT of a test user")
@@ -26,7 +31,7 @@ func verify(ctx context.Context, args []string, getenv func(string) string, stdo
 	f.DurationVar(&o.timeout, "timeout", 30*time.Second, "bound on the whole verification")
 	f.StringVar(&o.message, "message", "what is 12*(3+4)?", "message sent to the agent")
 	f.StringVar(&o.expect, "expect", "84", "text the final answer must contain; empty skips the content check")
-	if err := f.parse(args); err != nil {
+	if err := f.Parse(args); err != nil {
 		return err
 	}
 	if (o.token == "") == (o.devUser == "") {
@@ -262,6 +267,7 @@ func errOr(err error, f func() error) error {
 	return f()
 }
 
+// clip shortens a server's text for a result line.
 func clip(s string) string {
 	if len(s) > 120 {
 		return s[:120] + "…"

@@ -1,0 +1,123 @@
+package config_test
+
+import (
+	"errors"
+	"flag"
+	"log/slog"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/config"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestLoadDefaults(t *testing.T) {
+	t.Parallel()
+	got, err := config.Load(nil, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := config.Default(); !reflect.DeepEqual(got, want) {
+		t.Errorf("Load with nothing set:\n got %+v\nwant %+v", got, want)
+	}
+	if got.Addr != "127.0.0.1:8080" || got.Keys.DataDir != "./data" || got.Agent != config.AgentDemo || got.LogLevel != slog.LevelInfo {
+		t.Errorf("defaults changed: %+v", got)
+	}
+}
+
+func TestLoadEnvAndFlags(t *testing.T) {
+	t.Parallel()
+	e := env(map[string]string{
+		"AGENTWIRE_ADDR":            ":9000",
+		"AGENTWIRE_DEV":             "yes",
+		"AGENTWIRE_PING_INTERVAL":   "5s",
+		"AGENTWIRE_MAX_QUEUE_BYTES": "4096",
+		"AGENTWIRE_RATE_LIMIT":      "2.5",
+		"AGENTWIRE_API_KEYS":        " k1, ,k2 ",
+		"AGENTWIRE_ALLOWED_ORIGINS": "https://a.example",
+		"AGENTWIRE_LOG_LEVEL":       "debug",
+		"AGENTWIRE_JWT_SECRET":      "short",
+		"AGENTWIRE_DATA_DIR":        "/tmp/x",
+	})
+	// A flag wins over its variable.
+	got, err := config.Load([]string{"--addr", ":9001", "--retention-age", "1h"}, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := config.Default()
+	want.Addr, want.Dev, want.PingInterval, want.MaxQueueBytes, want.RateLimit = ":9001", true, 5*time.Second, 4096, 2.5
+	want.APIKeys, want.AllowedOrigins, want.LogLevel = []string{"k1", "k2"}, []string{"https://a.example"}, slog.LevelDebug
+	want.Keys.Secret, want.Keys.DataDir, want.RetentionAge = "short", "/tmp/x", time.Hour
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("\n got %+v\nwant %+v", got, want)
+	}
+	if !got.ShortSecret() {
+		t.Error("a 5-byte secret is not short")
+	}
+}
+
+// TestLoadErrorsNameTheFlag: every refused value is named by its flag or
+// variable, so the user knows what to change.
+func TestLoadErrorsNameTheFlag(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		args  []string
+		env   map[string]string
+		names []string
+		usage bool // a UsageError: exit code 2
+	}{
+		{args: []string{"--ping-interval", "5"}, names: []string{"-ping-interval", "5s", "unit"}, usage: true},
+		{env: map[string]string{"AGENTWIRE_PING_INTERVAL": "5"}, names: []string{"AGENTWIRE_PING_INTERVAL", "unit"}, usage: true},
+		{env: map[string]string{"AGENTWIRE_DEV": "maybe"}, names: []string{"AGENTWIRE_DEV"}, usage: true},
+		{env: map[string]string{"AGENTWIRE_MAX_RUNS_PER_USER": "many"}, names: []string{"AGENTWIRE_MAX_RUNS_PER_USER"}, usage: true},
+		{args: []string{"--no-such-flag"}, names: []string{"-no-such-flag", "agentwire serve -h"}, usage: true},
+		{args: []string{"stray"}, names: []string{`"stray"`, "agentwire serve -h"}, usage: true},
+		{args: []string{"--max-runs-per-user", "0"}, names: []string{"--max-runs-per-user 0"}},
+		{args: []string{"--rate-limit", "-1"}, names: []string{"--rate-limit -1"}},
+		{args: []string{"--pong-timeout", "0s"}, names: []string{"--pong-timeout 0s"}},
+		{args: []string{"--drain-timeout", "-1s"}, names: []string{"--drain-timeout -1s"}},
+		{args: []string{"--log-level", "loud"}, names: []string{"--log-level", "loud"}},
+		{args: []string{"--agent", "magic"}, names: []string{"--agent", "magic"}},
+		{args: []string{"--agent", "openai"}, names: []string{"--openai-model"}},
+		{args: []string{"--agent", "http"}, names: []string{"--agent-url"}},
+		{args: []string{"--database-url", "mysql://x"}, names: []string{"--database-url"}},
+		{args: []string{"--jwt-secret", "s", "--jwks-url", "http://x"}, names: []string{"--jwt-secret", "--jwks-url"}},
+		{args: []string{"--jwt-secret", strings.Repeat("s", 31)}, names: []string{"--jwt-secret", "at least 32"}},
+	}
+	for _, tc := range cases {
+		_, err := config.Load(tc.args, env(tc.env))
+		if err == nil {
+			t.Errorf("%v %v: no error", tc.args, tc.env)
+			continue
+		}
+		for _, n := range tc.names {
+			if !strings.Contains(err.Error(), n) {
+				t.Errorf("%v %v: error %q does not name %q", tc.args, tc.env, err, n)
+			}
+		}
+		if got := errors.As(err, new(config.UsageError)); got != tc.usage {
+			t.Errorf("%v %v: UsageError %v, want %v", tc.args, tc.env, got, tc.usage)
+		}
+	}
+	// A short secret is accepted with --dev.
+	if _, err := config.Load([]string{"--dev", "--jwt-secret", "short"}, env(nil)); err != nil {
+		t.Errorf("--dev with a short secret: %v", err)
+	}
+}
+
+func TestLoadHelpListsFlags(t *testing.T) {
+	t.Parallel()
+	_, err := config.Load([]string{"-h"}, env(map[string]string{"AGENTWIRE_ADDR": ":7000"}))
+	var help *config.HelpError
+	if !errors.As(err, &help) || !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v, want a HelpError wrapping flag.ErrHelp", err)
+	}
+	for _, want := range []string{"-addr", `(default ":7000")`, "[AGENTWIRE_ADDR]", "-ping-interval duration", "(default 25s)"} {
+		if !strings.Contains(help.Usage, want) {
+			t.Errorf("usage does not contain %q:\n%s", want, help.Usage)
+		}
+	}
+}
