@@ -17,6 +17,7 @@ import (
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -25,7 +26,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type fakeTransport struct {
 	mu     sync.Mutex
 	frames [][]byte
-	closed int
+	closed protocol.CloseCode
 	block  chan struct{}
 	wrote  chan struct{}
 	shut   chan struct{} // closed by the first Close
@@ -50,7 +51,7 @@ func (f *fakeTransport) WriteBatch(frames [][]byte) error {
 	return nil
 }
 
-func (f *fakeTransport) Close(code int, reason string) {
+func (f *fakeTransport) Close(code protocol.CloseCode, reason string) {
 	f.mu.Lock()
 	if f.closed == 0 {
 		f.closed = code
@@ -66,7 +67,7 @@ func (f *fakeTransport) Close(code int, reason string) {
 	}
 }
 
-func (f *fakeTransport) closeCode() int {
+func (f *fakeTransport) closeCode() protocol.CloseCode {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.closed
@@ -75,7 +76,7 @@ func (f *fakeTransport) closeCode() int {
 // waitClose waits for the connection's close and returns its code. The
 // bound only guards against a hang: a close that comes at all comes long
 // before it.
-func (f *fakeTransport) waitClose(t *testing.T) int {
+func (f *fakeTransport) waitClose(t *testing.T) protocol.CloseCode {
 	t.Helper()
 	select {
 	case <-f.shut:
@@ -134,9 +135,9 @@ func newHub(t *testing.T, cfg Config) (*Hub, stream.Stream) {
 	return New(cfg), st
 }
 
-func join(t *testing.T, c *Conn, resume bool, since uint64) {
+func join(t *testing.T, c *Conn, cur protocol.Cursor) {
 	t.Helper()
-	_, err := c.Join(context.Background(), resume, since, "", func(p stream.Position) []byte {
+	_, err := c.Join(context.Background(), cur, func(p stream.Position) []byte {
 		return []byte(fmt.Sprintf(`{"type":"hello","head":%d}`, p.Head))
 	}, func(e *stream.ResyncError) []byte { return []byte(`{"type":"resync_required"}`) })
 	if err != nil {
@@ -167,7 +168,7 @@ func TestJoinReplayThenLiveWithoutGapOrDuplicate(t *testing.T) {
 	if err := h.Register(ctx, c); err != nil {
 		t.Fatal(err)
 	}
-	join(t, c, true, 10)
+	join(t, c, protocol.Cursor{Seq: 10})
 	wg.Wait()
 	frames := ft.waitFrames(t, 1+240)
 	if string(frames[0][:16]) != `{"type":"hello",` {
@@ -190,7 +191,7 @@ func TestReplyPrecedesTheEventsItCauses(t *testing.T) {
 	if err := h.Register(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
-	join(t, c, false, 0)
+	join(t, c, protocol.Cursor{None: true})
 	c.Reply(func() []byte {
 		_, _ = st.Append(context.Background(), "u", stream.Record{Type: "echo"})
 		return []byte(`{"type":"ack"}`)
@@ -239,7 +240,7 @@ func TestSlowConsumerClosedWithoutBlockingOthers(t *testing.T) {
 		if err := h.Register(ctx, c); err != nil {
 			t.Fatal(err)
 		}
-		join(t, c, false, 0)
+		join(t, c, protocol.Cursor{None: true})
 	}
 	data := json.RawMessage(`{"pad":"0123456789012345678901234567890123456789012345678901234567890123456789"}`)
 	const events = 400 // about 55 KiB: far over the slow connection's bound
@@ -264,7 +265,7 @@ func TestSlowConsumerClosedWithoutBlockingOthers(t *testing.T) {
 	if got := seqs(t, fast.waitFrames(t, 1+events)); len(got) != events || got[events-1] != events {
 		t.Fatalf("the reading connection got %d events", len(got))
 	}
-	if code := slow.waitClose(t); code != CloseSlowConsumer {
+	if code := slow.waitClose(t); code != protocol.CloseSlowConsumer {
 		t.Fatalf("slow connection close code %d, want 4008", code)
 	}
 	h.Unregister(cs)
@@ -279,7 +280,7 @@ func TestCloseWritesQueuedFramesFirst(t *testing.T) {
 	if err := h.Register(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
-	join(t, c, false, 0)
+	join(t, c, protocol.Cursor{None: true})
 	c.Send([]byte(`{"type":"error"}`))
 	c.Close(4029, "too many errors")
 	if c.Send([]byte(`{"type":"late"}`)) {
@@ -336,7 +337,7 @@ func TestPagedReplayBoundedAndJoinedWithLive(t *testing.T) {
 	if err := h.Register(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
-	join(t, c, true, 0)
+	join(t, c, protocol.Cursor{})
 
 	// While the client reads slowly, live events keep coming.
 	var wg sync.WaitGroup
@@ -381,9 +382,9 @@ func TestReplayOfNonReaderBoundedAndResumeRefused(t *testing.T) {
 	if err := h.Register(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
-	join(t, c, true, 0)
+	join(t, c, protocol.Cursor{})
 	for range 3 {
-		_, err := c.Join(context.Background(), true, 0, "", nil, func(*stream.ResyncError) []byte { return []byte(`{"type":"resync_required"}`) })
+		_, err := c.Join(context.Background(), protocol.Cursor{}, nil, func(*stream.ResyncError) []byte { return []byte(`{"type":"resync_required"}`) })
 		if !errors.Is(err, ErrReplayBusy) {
 			t.Fatalf("resume during a replay: %v, want ErrReplayBusy", err)
 		}
@@ -405,7 +406,7 @@ func TestReplayOfNonReaderBoundedAndResumeRefused(t *testing.T) {
 	// Written out: a resume is accepted again.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		_, err := c.Join(context.Background(), true, 299, "", nil, nil)
+		_, err := c.Join(context.Background(), protocol.Cursor{Seq: 299}, nil, nil)
 		if err == nil {
 			break
 		}
@@ -434,7 +435,7 @@ func TestPagedReplayOverExpiredHistory(t *testing.T) {
 	if err := h.Register(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
-	join(t, c, true, 0)
+	join(t, c, protocol.Cursor{})
 	skew.Store(int64(2 * time.Hour)) // everything after the first page is gone
 	close(g.gate)
 	var n int
@@ -476,7 +477,7 @@ func TestWriteFailureCounts1011(t *testing.T) {
 	}
 	defer h.Unregister(c)
 	c.Send([]byte(`{"type":"x"}`))
-	if code := ft.waitClose(t); code != CloseInternal {
+	if code := ft.waitClose(t); code != protocol.CloseInternalError {
 		t.Fatalf("close code %d, want 1011", code)
 	}
 	if got := counterValue(m.Closes.WithLabelValues("1011")); got != 1 {

@@ -7,11 +7,11 @@ import (
 	"io"
 	"net"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/agentwire/agentwire/protocol"
 	"github.com/gobwas/ws"
 )
 
@@ -141,8 +141,8 @@ func (c *conn) attach(nc net.Conn) bool {
 }
 
 // setup joins the stream and puts the connection on the heartbeat wheel.
-func (c *conn) setup(resume bool, since uint64, epoch string) bool {
-	if !c.join(resume, since, epoch) {
+func (c *conn) setup(cur protocol.Cursor) bool {
+	if !c.join(cur) {
 		return false
 	}
 	w := c.srv.wheel
@@ -247,10 +247,10 @@ func (c *conn) ping() { _ = c.writeControl(ws.OpPing, nil) }
 
 // Close sends a close frame with code and reason, then closes the socket and
 // finishes the connection. Only the first close (of any kind) has an effect.
-func (c *conn) Close(code int, reason string) { c.terminate(closeBody(code, reason)) }
+func (c *conn) Close(code protocol.CloseCode, reason string) { c.terminate(closeBody(code, reason)) }
 
 // closeBody is a close frame payload; code 0 means none.
-func closeBody(code int, reason string) []byte {
+func closeBody(code protocol.CloseCode, reason string) []byte {
 	if code == 0 {
 		return nil
 	}
@@ -307,7 +307,7 @@ func (c *conn) finish() {
 	c.untrack()
 	c.srv.wheel.remove(c)
 	c.srv.cfg.Hub.Unregister(c.hc)
-	c.hc.Close(1000, "")
+	c.hc.Close(protocol.CloseNormal, "")
 	c.release()
 	c.srv.wg.Done()
 }
@@ -355,11 +355,11 @@ func (c *conn) readFailed(err error) {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		// A frame begun and not finished within ping interval + pong timeout.
-		c.srv.cfg.Metrics.Closes.WithLabelValues("4000").Inc()
-		c.terminate(closeBody(CloseNoPong, "no pong within heartbeat timeout"))
+		c.srv.cfg.Metrics.Closes.WithLabelValues(protocol.CloseNoPong.String()).Inc()
+		c.terminate(closeBody(protocol.CloseNoPong, "no pong within heartbeat timeout"))
 		return
 	}
-	c.terminate(closeBody(1000, ""))
+	c.terminate(closeBody(protocol.CloseNormal, ""))
 }
 
 // readFrames reads and handles frames until what was read ends at a frame
@@ -405,7 +405,7 @@ func (c *conn) readFrame(rb *readBuf) error {
 		have = len(c.msg.b)
 	}
 	if h.Length > int64(c.srv.cfg.MaxMessageBytes-have) {
-		c.terminateLingering(CloseTooBig, "message too big")
+		c.terminateLingering(protocol.CloseTooLarge, "message too big")
 		return errDone
 	}
 	if h.OpCode != ws.OpContinuation {
@@ -460,7 +460,7 @@ func (c *conn) readControl(rb *readBuf, h ws.Header) error {
 			if ws.CheckCloseFrameData(code, reason) != nil {
 				return c.protocolError()
 			}
-			c.terminate(closeBody(int(code), ""))
+			c.terminate(closeBody(protocol.CloseCode(code), ""))
 		}
 		return errDone
 	}
@@ -468,7 +468,7 @@ func (c *conn) readControl(rb *readBuf, h ws.Header) error {
 }
 
 func (c *conn) protocolError() error {
-	c.terminateLingering(CloseProtocolError, "protocol error")
+	c.terminateLingering(protocol.CloseProtocolError, "protocol error")
 	return errDone
 }
 
@@ -479,7 +479,7 @@ func (c *conn) protocolError() error {
 // shut after the close frame and the input discarded until the client
 // closes too, for closeWait at most.
 // The close is counted in agentwire_closes_total when it is the first.
-func (c *conn) terminateLingering(code int, reason string) {
+func (c *conn) terminateLingering(code protocol.CloseCode, reason string) {
 	body := closeBody(code, reason)
 	c.smu.Lock()
 	nc := c.nc
@@ -487,7 +487,7 @@ func (c *conn) terminateLingering(code int, reason string) {
 	hc, ok := nc.(interface{ CloseWrite() error })
 	if !ok {
 		if !c.closed.Load() {
-			c.srv.cfg.Metrics.Closes.WithLabelValues(strconv.Itoa(code)).Inc()
+			c.srv.cfg.Metrics.Closes.WithLabelValues(code.String()).Inc()
 		}
 		c.terminate(body)
 		return
@@ -500,7 +500,7 @@ func (c *conn) terminateLingering(code int, reason string) {
 	c.closed.Store(true)
 	c.closeBody = body
 	c.smu.Unlock()
-	c.srv.cfg.Metrics.Closes.WithLabelValues(strconv.Itoa(code)).Inc()
+	c.srv.cfg.Metrics.Closes.WithLabelValues(code.String()).Inc()
 	_ = nc.SetWriteDeadline(time.Now().Add(closeWait))
 	c.wmu.Lock()
 	if !c.wbroken {
@@ -546,12 +546,12 @@ func (c *conn) onTimer(now int64) {
 	}
 	s := c.srv
 	if c.exp != 0 && now >= c.exp {
-		c.hc.Close(CloseTokenExpired, "token expired") // after the frames already queued
+		c.hc.Close(protocol.CloseTokenExpired, "token expired") // after the frames already queued
 		return
 	}
 	if d := c.pingOut.Load(); d != 0 && now >= d {
-		s.cfg.Metrics.Closes.WithLabelValues("4000").Inc()
-		go c.terminate(closeBody(CloseNoPong, "no pong within heartbeat timeout"))
+		s.cfg.Metrics.Closes.WithLabelValues(protocol.CloseNoPong.String()).Inc()
+		go c.terminate(closeBody(protocol.CloseNoPong, "no pong within heartbeat timeout"))
 		return
 	}
 	if now >= c.nextPing {
