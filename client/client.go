@@ -33,6 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/agentwire/agentwire/protocol"
 	"github.com/gorilla/websocket"
 )
 
@@ -88,7 +89,7 @@ type Options struct {
 	// established connection ends, with the close code (0 when the socket
 	// failed without a close frame), the reason and the read error, before
 	// the Conn reconnects or stops. It must return quickly.
-	OnDisconnect func(code int, reason string, err error)
+	OnDisconnect func(code protocol.CloseCode, reason string, err error)
 }
 
 // SendOptions are the optional fields of a user_message.
@@ -121,8 +122,7 @@ type Conn struct {
 	mu      sync.Mutex
 	ws      *websocket.Conn // the current established socket, or nil
 	est     ConnectionEstablished
-	pos     Position
-	hasPos  bool
+	pos     Position // None until the first connection_established unless Options.Resume
 	pending map[string]*pending
 	nextN   uint64
 	stopped bool
@@ -138,7 +138,7 @@ type pending struct {
 }
 
 type result struct {
-	f   wireFrame
+	f   protocol.ServerFrame
 	err error
 }
 
@@ -180,8 +180,9 @@ func Dial(ctx context.Context, opts Options) (*Conn, error) {
 		c.opts.EventBuffer = DefaultEventBuffer
 	}
 	c.events = make(chan Event, c.opts.EventBuffer)
+	c.pos = Position{None: true}
 	if r := opts.Resume; r != nil {
-		c.pos, c.hasPos = *r, true
+		c.pos = *r
 	}
 
 	conn, est, err := c.connect(ctx)
@@ -250,7 +251,7 @@ func (c *Conn) Close() error {
 	c.mu.Unlock()
 	if ws != nil && c.ctx.Err() == nil {
 		// WriteControl may run concurrently with a writer holding wmu.
-		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseNormal, ""), time.Now().Add(time.Second))
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(int(protocol.CloseNormal), ""), time.Now().Add(time.Second))
 	}
 	c.cancel() // closes the socket, see run
 	<-c.done
@@ -266,40 +267,36 @@ func (c *Conn) SendMessage(ctx context.Context, content string, opts SendOptions
 	if cmid == "" {
 		cmid = randomID()
 	}
-	f, err := c.request(ctx, clientFrame{Type: "user_message", Content: content, ThreadID: opts.ThreadID, ClientMessageID: cmid})
+	f, err := c.request(ctx, protocol.Frame{Type: protocol.TypeUserMessage, Content: content, ThreadID: opts.ThreadID, ClientMessageID: cmid})
 	if err != nil {
 		return Ack{}, err
 	}
-	return Ack{Ref: f.Ref, ThreadID: f.ThreadID, RunID: f.RunID, MessageID: f.MessageID, ClientMessageID: cmid}, nil
+	return Ack{AckFrame: f.Ack(), ClientMessageID: cmid}, nil
 }
 
 // Stop asks the server to stop run runID and returns the ack; the run then
 // ends with agent_error code cancelled (a run already ended is acknowledged
 // and unchanged). An unknown or foreign run is a *Error with Code not_found.
 func (c *Conn) Stop(ctx context.Context, runID string) (Ack, error) {
-	f, err := c.request(ctx, clientFrame{Type: "stop_agent", RunID: runID})
+	f, err := c.request(ctx, protocol.Frame{Type: protocol.TypeStopAgent, RunID: runID})
 	if err != nil {
 		return Ack{}, err
 	}
-	return Ack{Ref: f.Ref, ThreadID: f.ThreadID, RunID: f.RunID, MessageID: f.MessageID}, nil
+	return Ack{AckFrame: f.Ack()}, nil
 }
 
 // Ping sends an application-level ping and waits for its pong.
 func (c *Conn) Ping(ctx context.Context) error {
-	_, err := c.request(ctx, clientFrame{Type: "ping"})
+	_, err := c.request(ctx, protocol.Frame{Type: protocol.TypePing})
 	return err
 }
 
 // request sends f with a fresh id (now if connected, else on the next
 // connection, and again after every reconnect until answered) and waits for
 // the ack, pong or error frame whose ref is that id.
-func (c *Conn) request(ctx context.Context, f clientFrame) (wireFrame, error) {
+func (c *Conn) request(ctx context.Context, f protocol.Frame) (protocol.ServerFrame, error) {
 	f.ID = "g" + strconv.FormatUint(c.ids.Add(1), 36) + "-" + randomID()[:8]
-	b, err := json.Marshal(f)
-	if err != nil {
-		return wireFrame{}, err
-	}
-	p := &pending{frame: b, done: make(chan result, 1)}
+	p := &pending{frame: protocol.EncodeFrame(&f), done: make(chan result, 1)}
 	c.mu.Lock()
 	if c.stopped {
 		err := c.err
@@ -307,7 +304,7 @@ func (c *Conn) request(ctx context.Context, f clientFrame) (wireFrame, error) {
 		if err == nil {
 			err = ErrClosed
 		}
-		return wireFrame{}, err
+		return protocol.ServerFrame{}, err
 	}
 	c.nextN++
 	p.n = c.nextN
@@ -315,7 +312,7 @@ func (c *Conn) request(ctx context.Context, f clientFrame) (wireFrame, error) {
 	ws := c.ws
 	c.mu.Unlock()
 	if ws != nil {
-		c.write(ws, b)
+		c.write(ws, p.frame)
 	}
 	select {
 	case r := <-p.done:
@@ -324,7 +321,7 @@ func (c *Conn) request(ctx context.Context, f clientFrame) (wireFrame, error) {
 		c.mu.Lock()
 		delete(c.pending, f.ID)
 		c.mu.Unlock()
-		return wireFrame{}, ctx.Err()
+		return protocol.ServerFrame{}, ctx.Err()
 	}
 }
 
@@ -381,18 +378,11 @@ func (c *Conn) connect(ctx context.Context) (*websocket.Conn, ConnectionEstablis
 	}
 	q := url.Values{}
 	c.mu.Lock()
-	if c.hasPos {
-		q.Set("since", strconv.FormatUint(c.pos.Seq, 10))
-		if c.pos.Epoch != "" {
-			q.Set("epoch", c.pos.Epoch)
-		}
-	}
+	c.pos.SetQuery(q)
 	c.mu.Unlock()
 	h := http.Header{}
 	if c.opts.UseTicket {
-		var t struct {
-			Ticket string `json:"ticket"`
-		}
+		var t protocol.Ticket
 		if err := c.do(ctx, http.MethodPost, "/api/v1/tickets", &t); err != nil {
 			return nil, est, fmt.Errorf("client: ticket: %w", err)
 		}
@@ -431,7 +421,7 @@ func (c *Conn) connect(ctx context.Context) (*websocket.Conn, ConnectionEstablis
 	var typ struct {
 		Type string `json:"type"`
 	}
-	if json.Unmarshal(b, &typ) != nil || typ.Type != "connection_established" || json.Unmarshal(b, &est) != nil {
+	if json.Unmarshal(b, &typ) != nil || typ.Type != protocol.TypeConnectionEstablished || json.Unmarshal(b, &est) != nil {
 		ws.Close()
 		return nil, est, fmt.Errorf("client: connect: first frame %.200q is not connection_established", b)
 	}
@@ -442,8 +432,8 @@ func (c *Conn) connect(ctx context.Context) (*websocket.Conn, ConnectionEstablis
 func (c *Conn) attach(ws *websocket.Conn, est ConnectionEstablished) {
 	c.mu.Lock()
 	c.est = est
-	if !c.hasPos {
-		c.pos, c.hasPos = Position{Seq: est.HeadSeq, Epoch: est.Epoch}, true
+	if c.pos.None {
+		c.pos = Position{Seq: est.HeadSeq, Epoch: est.Epoch}
 	} else if c.pos.Epoch == "" {
 		c.pos.Epoch = est.Epoch
 	}
@@ -502,13 +492,13 @@ func (c *Conn) run(ws *websocket.Conn, est ConnectionEstablished) {
 		}
 		var delay time.Duration
 		switch code {
-		case CloseNormal:
+		case protocol.CloseNormal:
 			c.stop(nil)
 			return
-		case ClosePolicyViolation, CloseTooLarge:
+		case protocol.ClosePolicyViolation, protocol.CloseTooLarge:
 			c.stop(&CloseError{Code: code, Reason: reason})
 			return
-		case CloseTokenExpired:
+		case protocol.CloseTokenExpired:
 			c.invalidateToken(c.cachedToken())
 			if attempt > 0 { // a repeat backs off; the first reconnects at once
 				delay = c.backoff(attempt, code)
@@ -540,9 +530,9 @@ func (c *Conn) run(ws *websocket.Conn, est ConnectionEstablished) {
 			}
 			c.log.Warn("agentwire: reconnect failed", "attempt", attempt, "err", err)
 			var he *HTTPError
-			code = CloseAbnormal
+			code = protocol.CloseAbnormal
 			if errors.As(err, &he) && he.Status == http.StatusTooManyRequests {
-				code = CloseTooManyErrors
+				code = protocol.CloseTooManyErrors
 			}
 			delay = c.backoff(attempt, code)
 			attempt++
@@ -559,13 +549,13 @@ func (c *Conn) cachedToken() string {
 
 // backoff is full jitter over an exponential ceiling; after 4029 (or a 429)
 // at least TooManyErrorsBackoff.
-func (c *Conn) backoff(attempt int, code int) time.Duration {
+func (c *Conn) backoff(attempt int, code protocol.CloseCode) time.Duration {
 	ceiling := c.opts.MaxBackoff
 	if attempt < 30 {
 		ceiling = min(c.opts.MaxBackoff, c.opts.InitialBackoff<<attempt)
 	}
 	d := time.Duration(mrand.Int64N(int64(ceiling) + 1))
-	if code == CloseTooManyErrors {
+	if code == protocol.CloseTooManyErrors {
 		floor := c.opts.TooManyErrorsBackoff
 		d = floor + time.Duration(mrand.Int64N(int64(max(floor, ceiling))+1))
 	}
@@ -621,7 +611,7 @@ func (c *Conn) stop(err error) {
 
 // read handles frames from ws until it ends, returning the close code
 // (1006 without a close frame), its reason and the read error.
-func (c *Conn) read(ws *websocket.Conn, est ConnectionEstablished) (int, string, error) {
+func (c *Conn) read(ws *websocket.Conn, est ConnectionEstablished) (protocol.CloseCode, string, error) {
 	idle := 2*time.Duration(est.HeartbeatIntervalMS)*time.Millisecond + 10*time.Second
 	if est.HeartbeatIntervalMS <= 0 {
 		idle = 70 * time.Second
@@ -641,28 +631,29 @@ func (c *Conn) read(ws *websocket.Conn, est ConnectionEstablished) (int, string,
 		if err != nil {
 			var ce *websocket.CloseError
 			if errors.As(err, &ce) {
-				return ce.Code, ce.Text, err
+				return protocol.CloseCode(ce.Code), ce.Text, err
 			}
-			return CloseAbnormal, "", err
+			return protocol.CloseAbnormal, "", err
 		}
 		if c.opts.OnFrame != nil {
 			c.opts.OnFrame(b)
 		}
-		var f wireFrame
-		if err := json.Unmarshal(b, &f); err != nil {
+		f, err := protocol.DecodeServerFrame(b)
+		if err != nil {
 			c.log.Warn("agentwire: frame is not JSON", "err", err)
 			continue
 		}
 		switch f.Type {
-		case "ack", "pong", "error":
-			c.answer(f)
-		case TypeResyncRequired:
-			rr := &ResyncRequired{Epoch: f.Epoch, HeadSeq: f.HeadSeq, Reason: f.Reason}
+		case protocol.TypeAck, protocol.TypePong, protocol.TypeError:
+			c.answer(&f)
+		case protocol.TypeResyncRequired:
+			rr := f.Resync()
 			c.log.Warn("agentwire: resync required", "epoch", f.Epoch, "head_seq", f.HeadSeq, "reason", f.Reason)
-			if err := c.deliver(Event{Type: TypeResyncRequired, Epoch: f.Epoch, Resync: rr}, Position{Seq: f.HeadSeq, Epoch: f.Epoch}); err != nil {
-				return CloseSlowConsumer, "slow consumer", err
+			ev := Event{Event: protocol.Event{Type: protocol.TypeResyncRequired, Epoch: f.Epoch}, Resync: &rr}
+			if err := c.deliver(ev, Position{Seq: f.HeadSeq, Epoch: f.Epoch}); err != nil {
+				return protocol.CloseSlowConsumer, "slow consumer", err
 			}
-		case "deprecation":
+		case protocol.TypeDeprecation:
 			c.log.Warn("agentwire: deprecated frame type", "alias", f.Alias)
 		default:
 			if f.Seq == 0 {
@@ -677,15 +668,13 @@ func (c *Conn) read(ws *websocket.Conn, est ConnectionEstablished) (int, string,
 				// A gap the contract rules out: ask for it once rather than lose it.
 				if !gapResumeSent {
 					gapResumeSent = true
-					since := pos.Seq
-					rb, _ := json.Marshal(clientFrame{Type: "resume", Since: &since, Epoch: pos.Epoch})
-					c.write(ws, rb)
+					c.write(ws, protocol.EncodeFrame(&protocol.Frame{Type: protocol.TypeResume, Cursor: pos}))
 				}
 				continue
 			}
 			gapResumeSent = false
-			if err := c.deliver(f.event(), Position{Seq: f.Seq, Epoch: f.Epoch}); err != nil {
-				return CloseSlowConsumer, "slow consumer", err
+			if err := c.deliver(Event{Event: f.Event()}, Position{Seq: f.Seq, Epoch: f.Epoch}); err != nil {
+				return protocol.CloseSlowConsumer, "slow consumer", err
 			}
 		}
 	}
@@ -714,20 +703,20 @@ func (c *Conn) deliver(ev Event, pos Position) error {
 }
 
 // answer completes the request that f references.
-func (c *Conn) answer(f wireFrame) {
+func (c *Conn) answer(f *protocol.ServerFrame) {
 	c.mu.Lock()
 	p := c.pending[f.Ref]
 	delete(c.pending, f.Ref)
 	c.mu.Unlock()
 	if p == nil {
-		if f.Type == "error" {
+		if f.Type == protocol.TypeError {
 			c.log.Warn("agentwire: error frame", "code", f.Code, "message", f.Message, "ref", f.Ref)
 		}
 		return
 	}
-	if f.Type == "error" {
-		p.done <- result{err: &Error{Code: f.Code, Message: f.Message, Ref: f.Ref}}
+	if f.Type == protocol.TypeError {
+		p.done <- result{err: f.Err()}
 		return
 	}
-	p.done <- result{f: f}
+	p.done <- result{f: *f}
 }

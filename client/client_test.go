@@ -20,6 +20,7 @@ import (
 	"github.com/agentwire/agentwire/client"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/testserver"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 const testSecret = "client-test-secret-0123456789abcdef"
@@ -127,7 +128,7 @@ func TestGoldenPath(t *testing.T) {
 		t.Run(fmt.Sprintf("ticket=%v", ticket), func(t *testing.T) {
 			user := fmt.Sprintf("golden-%v", ticket)
 			c := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc(user, nil), UseTicket: ticket})
-			if est := c.Established(); est.UserID != user || est.Protocol != client.Protocol || est.Epoch == "" {
+			if est := c.Established(); est.UserID != user || est.Protocol != protocol.Version || est.Epoch == "" {
 				t.Fatalf("established %+v", est)
 			}
 			ctx := ctxT(t)
@@ -147,7 +148,7 @@ func TestGoldenPath(t *testing.T) {
 					t.Errorf("event %+v lacks epoch, ts or thread", ev)
 				}
 			}
-			if types[0] != client.TypeUserMessage || types[1] != client.TypeAgentStarted {
+			if types[0] != protocol.TypeUserMessage || types[1] != protocol.TypeAgentStarted {
 				t.Fatalf("types %v", types)
 			}
 			if um, ok := all[0].UserMessage(); !ok || um.ClientMessageID != ack.ClientMessageID || um.Content != "what is 12*(3+4)?" {
@@ -282,7 +283,7 @@ func TestResumeAfterCutMidRun(t *testing.T) {
 	if p.accepted.Load() < 2 {
 		t.Fatalf("%d connections through the proxy, want a reconnect", p.accepted.Load())
 	}
-	if all[0].Type != client.TypeUserMessage || all[len(all)-1].Type != client.TypeAgentCompleted {
+	if all[0].Type != protocol.TypeUserMessage || all[len(all)-1].Type != protocol.TypeAgentCompleted {
 		t.Fatalf("first %s, last %s", all[0].Type, all[len(all)-1].Type)
 	}
 	// The Conn moves its position right after the event is taken: a hang
@@ -306,7 +307,7 @@ func TestResyncOnWrongEpoch(t *testing.T) {
 	c := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc("resync", nil), Resume: &client.Position{Seq: 3, Epoch: "not-the-epoch"}})
 	select {
 	case ev := <-c.Events():
-		if ev.Type != client.TypeResyncRequired || ev.Resync == nil || ev.Resync.Epoch != c.Established().Epoch {
+		if ev.Type != protocol.TypeResyncRequired || ev.Resync == nil || ev.Resync.Epoch != c.Established().Epoch {
 			t.Fatalf("first event %+v, want resync_required", ev)
 		}
 		if pos := c.Position(); pos.Epoch != ev.Resync.Epoch || pos.Seq != ev.Resync.HeadSeq {
@@ -479,7 +480,7 @@ func TestSlowConsumerLosesNothing(t *testing.T) {
 	}
 	_, all := untilTerminal(t, c, ack.RunID)
 	checkContiguous(t, all)
-	if all[0].Type != client.TypeUserMessage {
+	if all[0].Type != protocol.TypeUserMessage {
 		t.Fatalf("first event %s", all[0].Type)
 	}
 	if c.Established().ConnectionID == first {

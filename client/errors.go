@@ -3,6 +3,8 @@ package client
 import (
 	"errors"
 	"fmt"
+
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // ErrClosed is returned by requests on a Conn that Close stopped, or that
@@ -10,21 +12,14 @@ import (
 var ErrClosed = errors.New("client: connection closed")
 
 // Error is an error frame answering a request: Code is the contract's
-// (bad_json, unknown_type, invalid_message, not_found, rate_limited,
-// too_many_runs, internal_error, …).
-type Error struct {
-	Code    string
-	Message string
-	Ref     string
-}
-
-func (e *Error) Error() string { return "agentwire: " + e.Code + ": " + e.Message }
+// (protocol.CodeNotFound, protocol.CodeTooManyRuns, …), Ref the request's id.
+type Error = protocol.Error
 
 // HTTPError is a non-2xx answer of the HTTP API, or of the WebSocket
 // handshake (401 unauthorized, 403 forbidden_origin, 429 too_many_connections).
 type HTTPError struct {
 	Status  int
-	Code    string
+	Code    protocol.ErrorCode // "" when the body was not the contract's
 	Message string
 }
 
@@ -36,9 +31,10 @@ func (e *HTTPError) Error() string {
 }
 
 // CloseError is why a Conn stopped for good: the server closed with a code
-// the contract says not to retry (1008 policy violation, 1009 frame too large).
+// the contract says not to retry (protocol.ClosePolicyViolation,
+// protocol.CloseTooLarge).
 type CloseError struct {
-	Code   int
+	Code   protocol.CloseCode
 	Reason string
 }
 

@@ -9,48 +9,26 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/agentwire/agentwire/protocol"
 )
 
-// Thread is one conversation of the user (GET /api/v1/threads).
-type Thread struct {
-	ID        string    `json:"id"`
-	Title     string    `json:"title"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
-}
-
-// Message is one message of a thread; Role is "user" or "assistant".
-type Message struct {
-	ID        string    `json:"id"`
-	Role      string    `json:"role"`
-	Content   string    `json:"content"`
-	RunID     string    `json:"run_id,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
-// Run is one agent execution (GET /api/v1/runs/{id}); Status is running,
-// completed, failed, cancelled or timeout. Agent, ErrorCode and ErrorMessage
-// are agentwire's additions to the contract.
-type Run struct {
-	ID           string     `json:"id"`
-	ThreadID     string     `json:"thread_id"`
-	Status       string     `json:"status"`
-	StartedAt    time.Time  `json:"started_at"`
-	EndedAt      *time.Time `json:"ended_at,omitempty"`
-	Agent        string     `json:"agent,omitempty"`
-	ErrorCode    string     `json:"error_code,omitempty"`
-	ErrorMessage string     `json:"error_message,omitempty"`
-}
+// REST shapes, as in package protocol.
+type (
+	// Thread is one conversation of the user (GET /api/v1/threads).
+	Thread = protocol.Thread
+	// Message is one message of a thread; Role is "user" or "assistant".
+	Message = protocol.Message
+	// Run is one agent execution (GET /api/v1/runs/{id}).
+	Run = protocol.Run
+)
 
 // Threads lists all the user's threads, most recently updated first,
 // following the server's pages. A non-2xx answer is a *HTTPError.
 func (c *Conn) Threads(ctx context.Context) ([]Thread, error) {
 	var all []Thread
 	err := c.pages(ctx, "/api/v1/threads?limit=1000", func(body []byte) (string, error) {
-		var out struct {
-			Threads []Thread `json:"threads"`
-			Next    string   `json:"next"`
-		}
+		var out protocol.ThreadsPage
 		err := json.Unmarshal(body, &out)
 		all = append(all, out.Threads...)
 		return out.Next, err
@@ -64,10 +42,7 @@ func (c *Conn) Threads(ctx context.Context) ([]Thread, error) {
 func (c *Conn) Messages(ctx context.Context, threadID string) ([]Message, error) {
 	var all []Message
 	err := c.pages(ctx, "/api/v1/threads/"+url.PathEscape(threadID)+"/messages?limit=1000", func(body []byte) (string, error) {
-		var out struct {
-			Messages []Message `json:"messages"`
-			Next     string    `json:"next"`
-		}
+		var out protocol.MessagesPage
 		err := json.Unmarshal(body, &out)
 		all = append(all, out.Messages...)
 		return out.Next, err
@@ -155,12 +130,7 @@ func (c *Conn) do(ctx context.Context, method, path string, out any) error {
 
 // httpError builds a *HTTPError from the contract's error body, if any.
 func httpError(status int, body []byte) *HTTPError {
-	var e struct {
-		Error struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
+	var e protocol.ErrorBody
 	_ = json.Unmarshal(body, &e)
 	return &HTTPError{Status: status, Code: e.Error.Code, Message: e.Error.Message}
 }

@@ -8,12 +8,15 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
+	"encoding/json"
 	"io/fs"
 	"mime"
 	"net/http"
 	"path"
 	"strings"
 	"time"
+
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // static/agentwire.js is a copy of clients/js/dist/agentwire.js, the one
@@ -71,7 +74,7 @@ func Handler() http.Handler {
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("Cache-Control", "no-store")
 			w.WriteHeader(http.StatusNotFound)
-			_, _ = w.Write([]byte(`{"error":{"code":"not_found","message":"no such endpoint"}}` + "\n"))
+			_ = json.NewEncoder(w).Encode(protocol.ErrorBody{Error: protocol.ErrorDetail{Code: protocol.CodeNotFound, Message: "no such endpoint"}})
 			return
 		}
 		h := w.Header()

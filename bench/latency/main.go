@@ -43,6 +43,7 @@ import (
 	"github.com/agentwire/agentwire/bench/internal/benchproc"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/loadgen"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 const (
@@ -443,16 +444,6 @@ type relay struct {
 	up    websocket.Upgrader
 }
 
-type relayEvent struct {
-	Type     string          `json:"type"`
-	Seq      uint64          `json:"seq"`
-	Epoch    string          `json:"epoch"`
-	TS       time.Time       `json:"ts"`
-	ThreadID string          `json:"thread_id,omitempty"`
-	RunID    string          `json:"run_id,omitempty"`
-	Data     json.RawMessage `json:"data"`
-}
-
 func runRelay(addr string) error {
 	rl := &relay{users: map[string][]*relayConn{}, up: websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}}
 	mux := http.NewServeMux()
@@ -492,27 +483,17 @@ func (rl *relay) ws(w http.ResponseWriter, r *http.Request) {
 
 func (rl *relay) publish(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Authorization") != "Bearer "+apiKey {
-		http.Error(w, `{"error":{"code":"unauthorized","message":"bad key"}}`, http.StatusUnauthorized)
+		relayError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "bad key")
 		return
 	}
-	var req struct {
-		UserID   string          `json:"user_id"`
-		Type     string          `json:"type"`
-		ThreadID string          `json:"thread_id"`
-		RunID    string          `json:"run_id"`
-		Data     json.RawMessage `json:"data"`
-	}
+	var req protocol.PublishRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil || req.UserID == "" {
-		http.Error(w, `{"error":{"code":"invalid_request","message":"bad body"}}`, http.StatusBadRequest)
+		relayError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "bad body")
 		return
 	}
 	seq := rl.seq.Add(1)
-	frame, err := json.Marshal(relayEvent{Type: req.Type, Seq: seq, Epoch: "relay", TS: time.Now().UTC(),
+	frame := protocol.EncodeEvent(protocol.Event{Type: req.Type, Seq: seq, Epoch: "relay", TS: time.Now(),
 		ThreadID: req.ThreadID, RunID: req.RunID, Data: req.Data})
-	if err != nil {
-		http.Error(w, `{"error":{"code":"invalid_request","message":"bad data"}}`, http.StatusBadRequest)
-		return
-	}
 	rl.mu.RLock()
 	conns := slices.Clone(rl.users[req.UserID])
 	rl.mu.RUnlock()
@@ -523,5 +504,12 @@ func (rl *relay) publish(w http.ResponseWriter, r *http.Request) {
 		rc.mu.Unlock()
 	}
 	w.Header().Set("Content-Type", "application/json")
-	fmt.Fprintf(w, `{"seq":%d,"epoch":"relay"}`, seq)
+	_ = json.NewEncoder(w).Encode(protocol.PublishResponse{Seq: seq, Epoch: "relay"})
+}
+
+// relayError answers the contract's error body.
+func relayError(w http.ResponseWriter, status int, code protocol.ErrorCode, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(protocol.ErrorBody{Error: protocol.ErrorDetail{Code: code, Message: msg}})
 }

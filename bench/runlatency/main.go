@@ -42,7 +42,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent/demo"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/loadgen"
-	"github.com/agentwire/agentwire/internal/protocol"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 const secret = "runlatency-benchmark-secret-0123456789abcdef"

@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Message is one earlier message of the thread, oldest first.
@@ -48,8 +50,9 @@ type Emitter interface {
 	// Complete ends the run with agent_completed. final is the whole answer;
 	// when empty, the concatenated deltas are used.
 	Complete(final string) error
-	// Fail ends the run with agent_error with the given code and message.
-	Fail(code, message string) error
+	// Fail ends the run with agent_error with the given code (usually
+	// protocol.CodeAgentFailed) and message.
+	Fail(code protocol.ErrorCode, message string) error
 }
 
 // Agent answers runs.
@@ -62,12 +65,3 @@ type Agent interface {
 	// agent_error code agent_failed.
 	Run(ctx context.Context, run Run, em Emitter) error
 }
-
-// Error codes of agent_error.
-const (
-	CodeCancelled   = "cancelled"
-	CodeTimeout     = "timeout"
-	CodeAgentFailed = "agent_failed"
-	CodeTooManyRuns = "too_many_runs"
-	CodeNodeLost    = "node_lost"
-)

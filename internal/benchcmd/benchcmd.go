@@ -27,6 +27,7 @@ import (
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/config"
 	"github.com/agentwire/agentwire/internal/loadgen"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Run is `agentwire bench` with args (without "bench"), its flags also
@@ -378,7 +379,7 @@ func (b *bencher) dial(ctx context.Context, u, k int) (*benchConn, error) {
 	who := fmt.Sprintf("%s (connection %d)", b.userID(u), k+1)
 	// A drop under load is an error for a soak test, though the SDK then
 	// reconnects and resumes, so nothing is lost.
-	onDrop := func(code int, reason string, err error) {
+	onDrop := func(code protocol.CloseCode, reason string, err error) {
 		b.fail("%s: connection dropped: code=%d reason=%q err=%v", who, code, reason, err)
 	}
 	c, err := client.Dial(dctx, client.Options{URL: b.url, Token: b.token(u), HTTPClient: b.hc, EventBuffer: 1024,
@@ -400,7 +401,7 @@ func (b *bencher) read(bc *benchConn) {
 	for ev := range bc.c.Events() {
 		now := time.Now()
 		switch {
-		case ev.Type == client.TypeResyncRequired:
+		case ev.Type == protocol.TypeResyncRequired:
 			b.fail("%s (connection %d): resync_required (%s): events were lost", b.userID(bc.user), bc.k+1, ev.Resync.Reason)
 		case ev.Type == b.tick:
 			sent, n, ok := loadgen.ParseTick(ev.Data)
@@ -690,15 +691,15 @@ func (b *bencher) oneRun(ctx context.Context, c *benchConn, u int, t0, last time
 				continue
 			}
 			switch ev.Type {
-			case client.TypeAgentStarted:
+			case protocol.TypeAgentStarted:
 				tStarted = time.Since(t0)
-			case client.TypeAgentCompleted:
+			case protocol.TypeAgentCompleted:
 				if tStarted == 0 {
 					b.fail("%s: run %s completed without agent_started", b.userID(u), a.RunID)
 					return tAck, 0, 0, a.RunID, false
 				}
 				return tAck, tStarted, time.Since(t0), a.RunID, true
-			case client.TypeAgentError:
+			case protocol.TypeAgentError:
 				e, _ := ev.AgentError()
 				b.fail("%s: run %s ended with agent_error %s: %s", b.userID(u), a.RunID, e.Code, e.Message)
 				return tAck, tStarted, 0, a.RunID, false

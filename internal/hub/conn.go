@@ -7,14 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/agentwire/agentwire/internal/protocol"
 	"github.com/agentwire/agentwire/internal/stream"
-)
-
-// Close codes the hub itself uses.
-const (
-	CloseSlowConsumer = 4008 // outbound queue over its bound
-	CloseInternal     = 1011
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // ErrReplayBusy is returned by Join while the connection's previous replay
@@ -38,7 +32,7 @@ type Transport interface {
 	// socket. The transport then unregisters the connection from the hub
 	// itself. Only the first call has an effect; it may be called from any
 	// goroutine.
-	Close(code int, reason string)
+	Close(code protocol.CloseCode, reason string)
 }
 
 // Conn is one client connection as the hub sees it: an outbound queue bounded
@@ -74,15 +68,15 @@ type Conn struct {
 	onResync      func(*stream.ResyncError) []byte
 	writing       bool
 	closing       bool // a close is queued or done: accept nothing more
-	code          int
+	code          protocol.CloseCode
 	reason        string
 }
 
 // Join places the user's stream position on c: it writes prefix(pos) first
 // (connection_established, say; nil writes nothing), then either the retained
-// events after since (when resume is set) or a resync frame, then every live
-// event that arrived meanwhile, with no gap and no duplicate. With resume
-// false the connection continues live from the current head.
+// events after cur or a resync frame, then every live event that arrived
+// meanwhile, with no gap and no duplicate. With cur.None the connection
+// continues live from the current head.
 // onResync builds the resync_required frame for a *stream.ResyncError.
 //
 // The replay is read page by page, each counted against the queue bound:
@@ -91,7 +85,7 @@ type Conn struct {
 // holds at most a queue's worth of it, and one that reads gets all of it
 // however large. Join fails with ErrReplayBusy, changing nothing, while the
 // connection's previous replay is not written yet.
-func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string,
+func (c *Conn) Join(ctx context.Context, cur protocol.Cursor,
 	prefix func(stream.Position) []byte, onResync func(*stream.ResyncError) []byte) (stream.Position, error) {
 	c.mu.Lock()
 	if c.replay || c.replayQueued || c.replayWriting {
@@ -108,8 +102,8 @@ func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string
 		err    error
 		resync *stream.ResyncError
 	)
-	if resume {
-		events, pos, err = c.hub.stream.Since(ctx, c.User, since, epoch, lim)
+	if !cur.None {
+		events, pos, err = c.hub.stream.Since(ctx, c.User, cur.Seq, cur.Epoch, lim)
 		if errors.As(err, &resync) {
 			pos, err = resync.Position, nil
 		}
@@ -140,8 +134,8 @@ func (c *Conn) Join(ctx context.Context, resume bool, since uint64, epoch string
 	case resync != nil:
 		c.enqueueLocked(onResync(resync), 0, false)
 		c.lastSeq = pos.Head
-	case resume:
-		c.lastSeq = since
+	case !cur.None:
+		c.lastSeq = cur.Seq
 		c.placePageLocked(events)
 		if stream.More(events, pos) && !c.closing {
 			c.replay, c.onResync = true, onResync
@@ -214,7 +208,7 @@ func (c *Conn) nextPage() {
 	case errors.As(err, &resync):
 		// Trimmed (or reset) while the client was reading: tell it, then
 		// go on live from the head, as a join would have.
-		frame := protocol.EncodeResync(resync.Position.Epoch, resync.Position.Head, string(resync.Reason))
+		frame := protocol.EncodeResync(resync.Position.Epoch, resync.Position.Head, resync.Reason)
 		if c.onResync != nil {
 			frame = c.onResync(resync)
 		}
@@ -223,7 +217,7 @@ func (c *Conn) nextPage() {
 	case err != nil:
 		c.hub.log.Error("replay page", "user", c.User, "conn", c.ID, "err", err)
 		c.replay = false
-		c.closing, c.code, c.reason, c.pending = true, CloseInternal, "stream unavailable", nil
+		c.closing, c.code, c.reason, c.pending = true, protocol.CloseInternalError, "stream unavailable", nil
 		return
 	default:
 		c.placePageLocked(events)
@@ -315,7 +309,7 @@ func (c *Conn) offerLocked(ev *stream.Event, bounded bool) {
 		// new epoch from this event on.
 		c.epoch = ev.Epoch
 		c.lastSeq = ev.Seq - 1
-		c.enqueueLocked(protocol.EncodeResync(ev.Epoch, c.lastSeq, string(stream.ReasonEpochChanged)), 0, bounded)
+		c.enqueueLocked(protocol.EncodeResync(ev.Epoch, c.lastSeq, protocol.ReasonEpochChanged), 0, bounded)
 	}
 	if ev.Seq <= c.lastSeq {
 		return
@@ -371,15 +365,15 @@ func (c *Conn) overflowLocked() {
 	c.queue, c.spare, c.pending, c.queued, c.queuedBounded = nil, nil, nil, 0, 0
 	c.replay, c.replayQueued = false, false
 	c.hub.metrics.QueueOverflows.Inc()
-	c.hub.metrics.Closes.WithLabelValues("4008").Inc()
+	c.hub.metrics.Closes.WithLabelValues(protocol.CloseSlowConsumer.String()).Inc()
 	c.hub.log.Info("slow consumer closed", "user", c.User, "conn", c.ID)
-	go c.t.Close(CloseSlowConsumer, "slow consumer")
+	go c.t.Close(protocol.CloseSlowConsumer, "slow consumer")
 }
 
 // Close closes the connection with code after the frames already queued are
 // written. Later frames are dropped. It is safe to call more than once; the
 // first code wins.
-func (c *Conn) Close(code int, reason string) {
+func (c *Conn) Close(code protocol.CloseCode, reason string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
@@ -412,7 +406,7 @@ func (c *Conn) flush() {
 			}
 			c.mu.Unlock()
 			if code != 0 {
-				c.hub.metrics.Closes.WithLabelValues(closeLabel(code)).Inc()
+				c.hub.metrics.Closes.WithLabelValues(code.String()).Inc()
 				c.t.Close(code, reason)
 			}
 			return
@@ -449,35 +443,9 @@ func (c *Conn) flush() {
 			c.closing = true
 			c.queue, c.pending, c.queued, c.queuedBounded, c.writing = nil, nil, 0, 0, false
 			c.mu.Unlock()
-			c.hub.metrics.Closes.WithLabelValues("1011").Inc()
-			c.t.Close(CloseInternal, "write failed")
+			c.hub.metrics.Closes.WithLabelValues(protocol.CloseInternalError.String()).Inc()
+			c.t.Close(protocol.CloseInternalError, "write failed")
 			return
 		}
 	}
-}
-
-func closeLabel(code int) string {
-	switch code {
-	case 1000:
-		return "1000"
-	case 1001:
-		return "1001"
-	case 1002:
-		return "1002"
-	case 1008:
-		return "1008"
-	case 1009:
-		return "1009"
-	case 1011:
-		return "1011"
-	case 4000:
-		return "4000"
-	case 4001:
-		return "4001"
-	case 4008:
-		return "4008"
-	case 4029:
-		return "4029"
-	}
-	return "other"
 }

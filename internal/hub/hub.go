@@ -19,6 +19,7 @@ import (
 
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // ErrTooManyConnections is returned by Register when the user already has the
@@ -296,7 +297,7 @@ func (h *Hub) Settle(ctx context.Context) {
 
 // CloseAll closes every connection with code after its queued frames are
 // written. It does not wait for the sockets to finish closing.
-func (h *Hub) CloseAll(code int, reason string) {
+func (h *Hub) CloseAll(code protocol.CloseCode, reason string) {
 	var all []*Conn
 	for i := range h.shards {
 		sh := &h.shards[i]

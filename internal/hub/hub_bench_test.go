@@ -28,6 +28,7 @@ import (
 	"github.com/agentwire/agentwire/internal/hub"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 var fanoutSizes = []int{1, 10, 100, 1000}
@@ -41,7 +42,7 @@ func (t countingTransport) WriteBatch(frames [][]byte) error {
 	return nil
 }
 
-func (countingTransport) Close(int, string) {}
+func (countingTransport) Close(protocol.CloseCode, string) {}
 
 type waiter struct {
 	n      atomic.Int64
@@ -93,7 +94,7 @@ func newFixture(b *testing.B, user string, n int) *fixture {
 		if err := h.Register(ctx, c); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := c.Join(ctx, false, 0, "", nil, nil); err != nil {
+		if _, err := c.Join(ctx, protocol.Cursor{None: true}, nil, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -188,7 +189,7 @@ func newNaiveFixture(b *testing.B, n int) *fixture {
 		if err := f.hub.Register(ctx, c); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := c.Join(ctx, false, 0, "", nil, nil); err != nil {
+		if _, err := c.Join(ctx, protocol.Cursor{None: true}, nil, nil); err != nil {
 			b.Fatal(err)
 		}
 		conns[i] = c

@@ -18,6 +18,7 @@ import (
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -29,7 +30,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type fakeTransport struct {
 	mu     sync.Mutex
 	frames [][]byte
-	closed int
+	closed protocol.CloseCode
 	block  chan struct{}
 	shut   chan struct{} // closed by the first Close
 }
@@ -50,7 +51,7 @@ func (f *fakeTransport) WriteBatch(frames [][]byte) error {
 	return nil
 }
 
-func (f *fakeTransport) Close(code int, reason string) {
+func (f *fakeTransport) Close(code protocol.CloseCode, reason string) {
 	f.mu.Lock()
 	if f.closed == 0 {
 		f.closed = code
@@ -66,7 +67,7 @@ func (f *fakeTransport) Close(code int, reason string) {
 	}
 }
 
-func (f *fakeTransport) closeCode() int {
+func (f *fakeTransport) closeCode() protocol.CloseCode {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.closed
@@ -74,7 +75,7 @@ func (f *fakeTransport) closeCode() int {
 
 // waitClose waits until the bubble is idle and returns the connection's
 // close code, failing when it was not closed.
-func (f *fakeTransport) waitClose(t *testing.T) int {
+func (f *fakeTransport) waitClose(t *testing.T) protocol.CloseCode {
 	t.Helper()
 	synctest.Wait()
 	select {
@@ -126,9 +127,9 @@ func newHub(t *testing.T, cfg Config) (*Hub, stream.Stream) {
 	return New(cfg), st
 }
 
-func join(t *testing.T, c *Conn, resume bool, since uint64) {
+func join(t *testing.T, c *Conn, cur protocol.Cursor) {
 	t.Helper()
-	_, err := c.Join(context.Background(), resume, since, "", func(p stream.Position) []byte {
+	_, err := c.Join(context.Background(), cur, func(p stream.Position) []byte {
 		return []byte(fmt.Sprintf(`{"type":"hello","head":%d}`, p.Head))
 	}, func(e *stream.ResyncError) []byte { return []byte(`{"type":"resync_required"}`) })
 	if err != nil {
@@ -160,7 +161,7 @@ func TestJoinReplayThenLiveWithoutGapOrDuplicate(t *testing.T) {
 		if err := h.Register(ctx, c); err != nil {
 			t.Fatal(err)
 		}
-		join(t, c, true, 10)
+		join(t, c, protocol.Cursor{Seq: 10})
 		wg.Wait()
 		frames := ft.waitFrames(t, 1+240)
 		if string(frames[0][:16]) != `{"type":"hello",` {
@@ -185,7 +186,7 @@ func TestReplyPrecedesTheEventsItCauses(t *testing.T) {
 		if err := h.Register(context.Background(), c); err != nil {
 			t.Fatal(err)
 		}
-		join(t, c, false, 0)
+		join(t, c, protocol.Cursor{None: true})
 		c.Reply(func() []byte {
 			_, _ = st.Append(context.Background(), "u", stream.Record{Type: "echo"})
 			return []byte(`{"type":"ack"}`)
@@ -238,7 +239,7 @@ func TestSlowConsumerClosedWithoutBlockingOthers(t *testing.T) {
 			if err := h.Register(ctx, c); err != nil {
 				t.Fatal(err)
 			}
-			join(t, c, false, 0)
+			join(t, c, protocol.Cursor{None: true})
 		}
 		data := json.RawMessage(`{"pad":"0123456789012345678901234567890123456789012345678901234567890123456789"}`)
 		const events = 400 // about 55 KiB: far over the slow connection's bound
@@ -255,7 +256,7 @@ func TestSlowConsumerClosedWithoutBlockingOthers(t *testing.T) {
 		if got := seqs(t, fast.waitFrames(t, 1+events)); len(got) != events || got[events-1] != events {
 			t.Fatalf("the reading connection got %d events", len(got))
 		}
-		if code := slow.waitClose(t); code != CloseSlowConsumer {
+		if code := slow.waitClose(t); code != protocol.CloseSlowConsumer {
 			t.Fatalf("slow connection close code %d, want 4008", code)
 		}
 		h.Unregister(cs)
@@ -272,7 +273,7 @@ func TestCloseWritesQueuedFramesFirst(t *testing.T) {
 		if err := h.Register(context.Background(), c); err != nil {
 			t.Fatal(err)
 		}
-		join(t, c, false, 0)
+		join(t, c, protocol.Cursor{None: true})
 		c.Send([]byte(`{"type":"error"}`))
 		c.Close(4029, "too many errors")
 		if c.Send([]byte(`{"type":"late"}`)) {
@@ -331,7 +332,7 @@ func TestPagedReplayBoundedAndJoinedWithLive(t *testing.T) {
 		if err := h.Register(context.Background(), c); err != nil {
 			t.Fatal(err)
 		}
-		join(t, c, true, 0)
+		join(t, c, protocol.Cursor{})
 
 		// While the client reads slowly, live events keep coming.
 		var wg sync.WaitGroup
@@ -378,9 +379,9 @@ func TestReplayOfNonReaderBoundedAndResumeRefused(t *testing.T) {
 		if err := h.Register(context.Background(), c); err != nil {
 			t.Fatal(err)
 		}
-		join(t, c, true, 0)
+		join(t, c, protocol.Cursor{})
 		for range 3 {
-			_, err := c.Join(context.Background(), true, 0, "", nil, func(*stream.ResyncError) []byte { return []byte(`{"type":"resync_required"}`) })
+			_, err := c.Join(context.Background(), protocol.Cursor{}, nil, func(*stream.ResyncError) []byte { return []byte(`{"type":"resync_required"}`) })
 			if !errors.Is(err, ErrReplayBusy) {
 				t.Fatalf("resume during a replay: %v, want ErrReplayBusy", err)
 			}
@@ -401,7 +402,7 @@ func TestReplayOfNonReaderBoundedAndResumeRefused(t *testing.T) {
 		}
 		// Written out (waitFrames left the bubble idle): a resume is
 		// accepted again.
-		if _, err := c.Join(context.Background(), true, 299, "", nil, nil); err != nil {
+		if _, err := c.Join(context.Background(), protocol.Cursor{Seq: 299}, nil, nil); err != nil {
 			t.Fatalf("resume after the replay was written: %v", err)
 		}
 		h.Unregister(c)
@@ -426,7 +427,7 @@ func TestPagedReplayOverExpiredHistory(t *testing.T) {
 		if err := h.Register(context.Background(), c); err != nil {
 			t.Fatal(err)
 		}
-		join(t, c, true, 0)
+		join(t, c, protocol.Cursor{})
 		skew.Store(int64(2 * time.Hour)) // everything after the first page is gone
 		close(g.gate)
 		frames := g.waitFrames(t, 1)
@@ -469,7 +470,7 @@ func TestWriteFailureCounts1011(t *testing.T) {
 		}
 		defer h.Unregister(c)
 		c.Send([]byte(`{"type":"x"}`))
-		if code := ft.waitClose(t); code != CloseInternal {
+		if code := ft.waitClose(t); code != protocol.CloseInternalError {
 			t.Fatalf("close code %d, want 1011", code)
 		}
 		if got := counterValue(m.Closes.WithLabelValues("1011")); got != 1 {

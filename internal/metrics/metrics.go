@@ -6,6 +6,7 @@ package metrics
 import (
 	"net/http"
 
+	"github.com/agentwire/agentwire/protocol"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -67,13 +68,14 @@ func New() *Metrics {
 		}),
 	}
 	// Known label values start at 0 so dashboards and alerts see them at once.
-	for _, t := range []string{"user_message", "stop_agent", "resume", "ping", "invalid", "rate_limited"} {
+	for _, t := range []string{protocol.TypeUserMessage, protocol.TypeStopAgent, protocol.TypeResume, protocol.TypePing,
+		"invalid", protocol.CodeRateLimited.String()} {
 		m.FramesIn.WithLabelValues(t)
 	}
 	for _, r := range []string{"missing", "expired", "invalid", "ticket", "origin", "api_key"} {
 		m.AuthFailures.WithLabelValues(r)
 	}
-	for _, a := range []string{"chat", "agent_request", "execute_agent", "start_agent", "session_restore"} {
+	for _, a := range protocol.Aliases() {
 		m.Deprecated.WithLabelValues(a)
 	}
 	r.MustRegister(

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
-	"github.com/agentwire/agentwire/internal/protocol"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // ErrUnknownToolCall is returned by ToolCompleted for a call id that was
@@ -42,7 +42,7 @@ var _ agent.Emitter = (*emitter)(nil)
 
 // appendLocked appends one event of the run. Data is marshalled here, once.
 func (e *emitter) appendLocked(typ string, data any) error {
-	b, err := stream.MarshalData(data)
+	b, err := protocol.MarshalData(data)
 	if err != nil {
 		return fmt.Errorf("runs: %s data: %w", typ, err)
 	}
@@ -84,14 +84,14 @@ func (e *emitter) Thinking(text string) error {
 	if e.ended {
 		return agent.ErrRunEnded
 	}
-	return e.appendLocked(protocol.TypeAgentThinking, map[string]string{"text": text})
+	return e.appendLocked(protocol.TypeAgentThinking, protocol.AgentThinking{Text: text})
 }
 
 func (e *emitter) ToolExecuting(callID, tool string, args any) error {
 	if args == nil {
 		args = map[string]any{}
 	}
-	raw, err := stream.MarshalData(args)
+	raw, err := protocol.MarshalData(args)
 	if err != nil || len(raw) == 0 || raw[0] != '{' {
 		return fmt.Errorf("runs: tool args must be a JSON object")
 	}
@@ -106,11 +106,7 @@ func (e *emitter) ToolExecuting(callID, tool string, args any) error {
 	if e.pending == nil {
 		e.pending = make(map[string]bool)
 	}
-	if err := e.appendLocked(protocol.TypeToolExecuting, struct {
-		ToolCallID string          `json:"tool_call_id"`
-		Tool       string          `json:"tool"`
-		Args       json.RawMessage `json:"args"`
-	}{callID, tool, raw}); err != nil {
+	if err := e.appendLocked(protocol.TypeToolExecuting, protocol.ToolExecuting{ToolCallID: callID, Tool: tool, Args: raw}); err != nil {
 		return err
 	}
 	e.pending[callID] = true
@@ -118,7 +114,7 @@ func (e *emitter) ToolExecuting(callID, tool string, args any) error {
 }
 
 func (e *emitter) ToolCompleted(callID, tool string, ok bool, result any, d time.Duration, errMsg string) error {
-	raw, err := stream.MarshalData(result)
+	raw, err := protocol.MarshalData(result)
 	if err != nil {
 		return fmt.Errorf("runs: tool result: %w", err)
 	}
@@ -131,14 +127,8 @@ func (e *emitter) ToolCompleted(callID, tool string, ok bool, result any, d time
 		return ErrUnknownToolCall
 	}
 	delete(e.pending, callID)
-	return e.appendLocked(protocol.TypeToolCompleted, struct {
-		ToolCallID string          `json:"tool_call_id"`
-		Tool       string          `json:"tool"`
-		OK         bool            `json:"ok"`
-		Result     json.RawMessage `json:"result"`
-		DurationMS int64           `json:"duration_ms"`
-		Error      string          `json:"error,omitempty"`
-	}{callID, tool, ok, raw, d.Milliseconds(), errMsg})
+	return e.appendLocked(protocol.TypeToolCompleted, protocol.ToolCompleted{
+		ToolCallID: callID, Tool: tool, OK: ok, Result: raw, DurationMS: d.Milliseconds(), Error: errMsg})
 }
 
 func (e *emitter) Delta(text string) error {
@@ -150,7 +140,7 @@ func (e *emitter) Delta(text string) error {
 	if text == "" {
 		return nil
 	}
-	if err := e.appendLocked(protocol.TypeAgentMessageDelta, map[string]string{"message_id": e.messageID, "delta": text}); err != nil {
+	if err := e.appendLocked(protocol.TypeAgentMessageDelta, protocol.AgentMessageDelta{Delta: text, MessageID: e.messageID}); err != nil {
 		return err
 	}
 	e.answer.WriteString(text)
@@ -169,21 +159,21 @@ func (e *emitter) Complete(final string) error {
 	return e.endLocked(store.RunCompleted, "", final)
 }
 
-func (e *emitter) Fail(code, message string) error {
+func (e *emitter) Fail(code protocol.ErrorCode, message string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.ended {
 		return agent.ErrRunEnded
 	}
 	if code == "" {
-		code = agent.CodeAgentFailed
+		code = protocol.CodeAgentFailed
 	}
 	return e.endLocked(statusFor(code), code, message)
 }
 
 // end is the runs package's own way to end a run (stop, timeout, an agent
 // that did not finish). It reports whether this call ended the run.
-func (e *emitter) end(code, message string) bool {
+func (e *emitter) end(code protocol.ErrorCode, message string) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.ended {
@@ -208,11 +198,11 @@ func (e *emitter) abandon() bool {
 	return true
 }
 
-func statusFor(code string) store.RunStatus {
+func statusFor(code protocol.ErrorCode) store.RunStatus {
 	switch code {
-	case agent.CodeCancelled:
+	case protocol.CodeCancelled:
 		return store.RunCancelled
-	case agent.CodeTimeout:
+	case protocol.CodeTimeout:
 		return store.RunTimeout
 	}
 	return store.RunFailed
@@ -224,7 +214,7 @@ func statusFor(code string) store.RunStatus {
 // when storing or appending fails: nothing may follow a terminal. A store
 // that fails is retried by the lease loop, a stream that fails by resend,
 // under the run's end key, until they take it.
-func (e *emitter) endLocked(status store.RunStatus, code, text string) error {
+func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, text string) error {
 	e.ended = true
 	e.pending = nil
 	defer e.m.release(e)
@@ -232,7 +222,7 @@ func (e *emitter) endLocked(status store.RunStatus, code, text string) error {
 	defer cancel()
 	now := e.m.now()
 	dur := now.Sub(e.started).Milliseconds()
-	fin := finish{user: e.user, runID: e.runID, status: status, at: now, code: code}
+	fin := finish{user: e.user, runID: e.runID, status: status, at: now, code: string(code)}
 	if status == store.RunCompleted {
 		fin.answer = &store.Message{ID: e.messageID, ThreadID: e.threadID, UserID: e.user,
 			Role: store.RoleAssistant, Content: text, RunID: e.runID, CreatedAt: now}
@@ -244,18 +234,10 @@ func (e *emitter) endLocked(status store.RunStatus, code, text string) error {
 	rec := stream.Record{ThreadID: e.threadID, RunID: e.runID, IdempotencyKey: endKey(e.runID)}
 	if status == store.RunCompleted {
 		rec.Type = protocol.TypeAgentCompleted
-		rec.Data, _ = stream.MarshalData(struct {
-			MessageID     string `json:"message_id"`
-			FinalResponse string `json:"final_response"`
-			DurationMS    int64  `json:"duration_ms"`
-		}{e.messageID, text, dur})
+		rec.Data, _ = protocol.MarshalData(protocol.AgentCompleted{MessageID: e.messageID, FinalResponse: text, DurationMS: dur})
 	} else {
 		rec.Type = protocol.TypeAgentError
-		rec.Data, _ = stream.MarshalData(struct {
-			Code       string `json:"code"`
-			Message    string `json:"message"`
-			DurationMS int64  `json:"duration_ms"`
-		}{code, text, dur})
+		rec.Data, _ = protocol.MarshalData(protocol.AgentError{Code: code, Message: text, DurationMS: dur})
 	}
 	if err := e.appendRecordLocked(rec); err != nil {
 		e.m.resend(e.user, rec)
@@ -269,11 +251,12 @@ func (e *emitter) endLocked(status store.RunStatus, code, text string) error {
 // is this event and not a later one. Terminal types end the run as Complete
 // and Fail do.
 func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error) {
+	// Only the fields it acts on: the rest of data is the publisher's.
 	var d struct {
-		FinalResponse string `json:"final_response"`
-		Code          string `json:"code"`
-		Message       string `json:"message"`
-		ToolCallID    string `json:"tool_call_id"`
+		FinalResponse string             `json:"final_response"`
+		Code          protocol.ErrorCode `json:"code"`
+		Message       string             `json:"message"`
+		ToolCallID    string             `json:"tool_call_id"`
 	}
 	switch typ {
 	case protocol.TypeAgentCompleted, protocol.TypeAgentError, protocol.TypeToolExecuting, protocol.TypeToolCompleted:
@@ -304,7 +287,7 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 		err = e.endLocked(store.RunCompleted, "", final)
 	case protocol.TypeAgentError:
 		if d.Code == "" {
-			d.Code = agent.CodeAgentFailed
+			d.Code = protocol.CodeAgentFailed
 		}
 		err = e.endLocked(statusFor(d.Code), d.Code, d.Message)
 	case protocol.TypeToolExecuting:

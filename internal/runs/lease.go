@@ -5,10 +5,9 @@ import (
 	"errors"
 	"time"
 
-	"github.com/agentwire/agentwire/internal/agent"
-	"github.com/agentwire/agentwire/internal/protocol"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Lease defaults: a run's node renews its lease every DefaultRenewEvery for
@@ -184,11 +183,8 @@ func (m *Manager) announceLost(ctx context.Context, r store.Run) {
 		cancel()
 		recs = append(recs, startRecord(r.ThreadID, r.ID, r.Agent))
 	}
-	data, _ := stream.MarshalData(struct {
-		Code       string `json:"code"`
-		Message    string `json:"message"`
-		DurationMS int64  `json:"duration_ms"`
-	}{agent.CodeNodeLost, nodeLostMessage, m.now().Sub(r.StartedAt).Milliseconds()})
+	data, _ := protocol.MarshalData(protocol.AgentError{Code: protocol.CodeNodeLost, Message: nodeLostMessage,
+		DurationMS: m.now().Sub(r.StartedAt).Milliseconds()})
 	recs = append(recs, stream.Record{Type: protocol.TypeAgentError, ThreadID: r.ThreadID, RunID: r.ID, Data: data, IdempotencyKey: endKey(r.ID)})
 	if err := m.appendAll(ctx, r.UserID, recs); err != nil {
 		m.log.Error("announce lost run, will retry", "user", r.UserID, "run", r.ID, "err", err)
@@ -271,7 +267,7 @@ func (m *Manager) reapBefore(ctx context.Context, t time.Time) (int, error) {
 	n := 0
 	for {
 		cctx, cancel := context.WithTimeout(ctx, m.reapEvery)
-		lost, err := m.store.ReapExpired(cctx, t, agent.CodeNodeLost, nodeLostMessage, 100)
+		lost, err := m.store.ReapExpired(cctx, t, string(protocol.CodeNodeLost), nodeLostMessage, 100)
 		cancel()
 		if err != nil {
 			return n, err

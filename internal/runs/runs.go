@@ -19,9 +19,9 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/agentwire/agentwire/internal/agent"
-	"github.com/agentwire/agentwire/internal/protocol"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Defaults of the contract.
@@ -202,7 +202,7 @@ type ack struct {
 // given up, perhaps with its node.
 const pendingClaim = 30 * time.Second
 
-func perr(code, msg, ref string) *protocol.Error {
+func perr(code protocol.ErrorCode, msg, ref string) *protocol.Error {
 	return &protocol.Error{Code: code, Message: msg, Ref: ref}
 }
 
@@ -330,18 +330,14 @@ func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey 
 	const msg = "the event stream was unavailable when the message arrived; send the message again"
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), appendTimeout)
 	defer cancel()
-	m.record(bctx, finish{user: user, runID: a.RunID, status: store.RunFailed, at: m.now(), code: agent.CodeAgentFailed, msg: msg})
+	m.record(bctx, finish{user: user, runID: a.RunID, status: store.RunFailed, at: m.now(), code: string(protocol.CodeAgentFailed), msg: msg})
 	if idemKey != "" {
 		val, _ := json.Marshal(a)
 		if err := m.store.ConfirmIdempotencyKey(bctx, user, idemKey, val); err != nil {
 			m.log.Warn("confirm client_message_id", "user", user, "run", a.RunID, "err", err)
 		}
 	}
-	end, _ := stream.MarshalData(struct {
-		Code       string `json:"code"`
-		Message    string `json:"message"`
-		DurationMS int64  `json:"duration_ms"`
-	}{agent.CodeAgentFailed, msg, 0})
+	end, _ := protocol.MarshalData(protocol.AgentError{Code: protocol.CodeAgentFailed, Message: msg})
 	m.resend(user, echo, startRecord(a.ThreadID, a.RunID, m.agent.Name()),
 		stream.Record{Type: protocol.TypeAgentError, ThreadID: a.ThreadID, RunID: a.RunID, Data: end, IdempotencyKey: endKey(a.RunID)})
 	return protocol.AckFrame{Ref: ref, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
@@ -418,17 +414,13 @@ func endKey(runID string) string   { return "agentwire:run:" + runID + ":end" }
 
 // echoRecord is the user_message event that starts a run.
 func echoRecord(threadID, runID, messageID, content, clientMessageID string) stream.Record {
-	echo, _ := stream.MarshalData(struct {
-		MessageID       string `json:"message_id"`
-		Content         string `json:"content"`
-		ClientMessageID string `json:"client_message_id,omitempty"`
-	}{messageID, content, clientMessageID})
+	echo, _ := protocol.MarshalData(protocol.UserMessage{MessageID: messageID, Content: content, ClientMessageID: clientMessageID})
 	return stream.Record{Type: protocol.TypeUserMessage, ThreadID: threadID, RunID: runID, Data: echo, IdempotencyKey: echoKey(runID)}
 }
 
 // startRecord is a run's agent_started event.
 func startRecord(threadID, runID, agentName string) stream.Record {
-	data, _ := stream.MarshalData(map[string]string{"agent": agentName})
+	data, _ := protocol.MarshalData(protocol.AgentStarted{Agent: agentName})
 	return stream.Record{Type: protocol.TypeAgentStarted, ThreadID: threadID, RunID: runID, Data: data, IdempotencyKey: startKey(runID)}
 }
 
@@ -457,7 +449,7 @@ func (m *Manager) StopAgent(ctx context.Context, user string, f *protocol.Frame)
 		}
 		return protocol.AckFrame{}, perr(protocol.CodeInternal, "store unavailable, retry", f.ID)
 	}
-	if !m.end(user, f.RunID, agent.CodeCancelled, stoppedMessage) && r.Status == store.RunRunning && r.Node != m.node && m.stops != nil {
+	if !m.end(user, f.RunID, protocol.CodeCancelled, stoppedMessage) && r.Status == store.RunRunning && r.Node != m.node && m.stops != nil {
 		if err := m.sendStop(ctx, r); err != nil {
 			m.log.Error("send stop to the run's node", "user", user, "run", r.ID, "node", r.Node, "err", err)
 			return protocol.AckFrame{}, perr(protocol.CodeInternal, "stop not delivered, retry", f.ID)
@@ -499,11 +491,11 @@ func (m *Manager) sendStop(ctx context.Context, r store.Run) error {
 
 // stopLocal ends a run of this node at another node's request.
 func (m *Manager) stopLocal(user, runID string) {
-	m.end(user, runID, agent.CodeCancelled, stoppedMessage)
+	m.end(user, runID, protocol.CodeCancelled, stoppedMessage)
 }
 
 // end ends a local running run with code; false when it was not running here.
-func (m *Manager) end(user, runID, code, msg string) bool {
+func (m *Manager) end(user, runID string, code protocol.ErrorCode, msg string) bool {
 	m.mu.Lock()
 	a := m.active[runID]
 	m.mu.Unlock()
@@ -511,7 +503,7 @@ func (m *Manager) end(user, runID, code, msg string) bool {
 		return false
 	}
 	ended := a.em.end(code, msg)
-	a.cancel(errors.New(code))
+	a.cancel(errors.New(string(code)))
 	return ended
 }
 
@@ -610,8 +602,8 @@ func (m *Manager) execute(ctx context.Context, act *active, run agent.Run) {
 	m.mu.Lock()
 	if m.active[run.ID] == act { // not already ended by a stop
 		act.timer = time.AfterFunc(m.timeout, func() {
-			if em.end(agent.CodeTimeout, fmt.Sprintf("the run took longer than %s", m.timeout)) {
-				act.cancel(errors.New(agent.CodeTimeout))
+			if em.end(protocol.CodeTimeout, fmt.Sprintf("the run took longer than %s", m.timeout)) {
+				act.cancel(errors.New(string(protocol.CodeTimeout)))
 			}
 		})
 	}
@@ -621,17 +613,17 @@ func (m *Manager) execute(ctx context.Context, act *active, run agent.Run) {
 	switch {
 	case ctx.Err() != nil:
 		// Ended by stop, timeout or shutdown: the terminal event is out.
-		em.end(agent.CodeCancelled, "cancelled")
+		em.end(protocol.CodeCancelled, "cancelled")
 	case errors.Is(err, errStream):
 		m.log.Warn("run cut short by the stream", "user", em.user, "run", run.ID, "err", err)
-		em.end(agent.CodeAgentFailed, "the event stream was unavailable during the run; send the message again")
+		em.end(protocol.CodeAgentFailed, "the event stream was unavailable during the run; send the message again")
 	case err != nil:
 		// The error may carry an agent service's address or a driver's
 		// words: it goes to the log, not to the user.
 		m.log.Warn("agent failed", "user", em.user, "run", run.ID, "err", err)
-		em.end(agent.CodeAgentFailed, "the agent failed")
+		em.end(protocol.CodeAgentFailed, "the agent failed")
 	default:
-		em.end(agent.CodeAgentFailed, "the agent returned without finishing")
+		em.end(protocol.CodeAgentFailed, "the agent returned without finishing")
 	}
 }
 
@@ -693,7 +685,7 @@ func (m *Manager) Shutdown(ctx context.Context) {
 	}
 	m.mu.Unlock()
 	for _, a := range left {
-		a.em.end(agent.CodeCancelled, "the server shut down during the run")
+		a.em.end(protocol.CodeCancelled, "the server shut down during the run")
 		a.cancel(errors.New("shutdown"))
 	}
 	select {

@@ -16,11 +16,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/agentwire/agentwire/internal/agent"
-	"github.com/agentwire/agentwire/internal/protocol"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/store/sqlite"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -196,15 +196,15 @@ func TestMisbehavingAgentsAreContained(t *testing.T) {
 		cases := []struct {
 			name     string
 			agent    agentFunc
-			wantCode string
+			wantCode protocol.ErrorCode
 			status   store.RunStatus
 		}{
-			{"returns without finishing", func(ctx context.Context, run agent.Run, em agent.Emitter) error { return nil }, agent.CodeAgentFailed, store.RunFailed},
-			{"returns an error", func(ctx context.Context, run agent.Run, em agent.Emitter) error { return errors.New("model said no") }, agent.CodeAgentFailed, store.RunFailed},
-			{"panics", func(ctx context.Context, run agent.Run, em agent.Emitter) error { panic("boom") }, agent.CodeAgentFailed, store.RunFailed},
+			{"returns without finishing", func(ctx context.Context, run agent.Run, em agent.Emitter) error { return nil }, protocol.CodeAgentFailed, store.RunFailed},
+			{"returns an error", func(ctx context.Context, run agent.Run, em agent.Emitter) error { return errors.New("model said no") }, protocol.CodeAgentFailed, store.RunFailed},
+			{"panics", func(ctx context.Context, run agent.Run, em agent.Emitter) error { panic("boom") }, protocol.CodeAgentFailed, store.RunFailed},
 			{"fails with its own code", func(ctx context.Context, run agent.Run, em agent.Emitter) error {
-				return em.Fail(agent.CodeAgentFailed, "no luck")
-			}, agent.CodeAgentFailed, store.RunFailed},
+				return em.Fail(protocol.CodeAgentFailed, "no luck")
+			}, protocol.CodeAgentFailed, store.RunFailed},
 			{"emits after its end", func(ctx context.Context, run agent.Run, em agent.Emitter) error {
 				_ = em.Complete("done")
 				err := em.Delta("late")
@@ -237,7 +237,7 @@ func TestMisbehavingAgentsAreContained(t *testing.T) {
 					f.m.wg.Wait()
 					evs := f.events(t, "bob", ack.RunID)
 					checkOrder(t, evs)
-					if tc.wantCode != "" && evs[len(evs)-1].Data["code"] != tc.wantCode {
+					if tc.wantCode != "" && evs[len(evs)-1].Data["code"] != string(tc.wantCode) {
 						t.Fatalf("terminal %v", evs[len(evs)-1])
 					}
 					r, _ := f.store.GetRun(context.Background(), "bob", ack.RunID)
@@ -292,7 +292,7 @@ func TestStopCancelsEvenAnAgentThatIgnoresIt(t *testing.T) {
 			}
 			evs := f.waitTerminal(t, "cid", ack.RunID)
 			checkOrder(t, evs)
-			if evs[len(evs)-1].Data["code"] != agent.CodeCancelled {
+			if evs[len(evs)-1].Data["code"] != string(protocol.CodeCancelled) {
 				t.Fatalf("terminal %v", evs[len(evs)-1])
 			}
 			r, _ := f.store.GetRun(context.Background(), "cid", ack.RunID)
@@ -314,7 +314,7 @@ func TestTimeout(t *testing.T) {
 		ack, _ := f.send(t, "tim", "go", "")
 		evs := f.waitTerminal(t, "tim", ack.RunID)
 		checkOrder(t, evs)
-		if evs[len(evs)-1].Data["code"] != agent.CodeTimeout {
+		if evs[len(evs)-1].Data["code"] != string(protocol.CodeTimeout) {
 			t.Fatalf("terminal %v", evs[len(evs)-1])
 		}
 		r, _ := f.store.GetRun(context.Background(), "tim", ack.RunID)
@@ -542,7 +542,7 @@ func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
 		if evs[0].Type != protocol.TypeUserMessage || evs[0].Data["content"] != "hello there" {
 			t.Fatalf("first event %v, want the user_message echo", evs[0])
 		}
-		if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != agent.CodeNodeLost {
+		if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != string(protocol.CodeNodeLost) {
 			t.Fatalf("last event %v, want agent_error node_lost", last)
 		}
 	})
@@ -797,7 +797,7 @@ func echoInTheStream(t *testing.T, echoErr bool) {
 	f := &fixture{m: m, stream: mem, store: db}
 	evs := f.waitTerminal(t, "hal", ack.RunID)
 	checkOrder(t, evs)
-	if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != agent.CodeAgentFailed {
+	if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != string(protocol.CodeAgentFailed) {
 		t.Fatalf("last event %v, want agent_error agent_failed", last)
 	}
 	if r, err := db.GetRun(context.Background(), "hal", ack.RunID); err != nil || r.Status != store.RunFailed {

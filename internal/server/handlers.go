@@ -14,21 +14,21 @@ import (
 	"unicode/utf8"
 
 	"github.com/agentwire/agentwire/internal/auth"
-	"github.com/agentwire/agentwire/internal/protocol"
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 func handleNotFound() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no such endpoint")
+		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "no such endpoint")
 	})
 }
 
 func handleMethodNotAllowed(allow string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", allow)
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use "+allow)
+		writeError(w, http.StatusMethodNotAllowed, protocol.CodeMethodNotAllowed, "use "+allow)
 	})
 }
 
@@ -70,10 +70,6 @@ func handleReadyz(d *Deps) http.Handler {
 }
 
 func handleTickets(d *Deps) http.Handler {
-	type response struct {
-		Ticket    string    `json:"ticket"`
-		ExpiresAt time.Time `json:"expires_at"`
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		claims, ok := userFromRequest(d, w, r)
 		if !ok {
@@ -82,14 +78,14 @@ func handleTickets(d *Deps) http.Handler {
 		t, exp, err := d.Tickets.Issue(r.Context(), claims)
 		if err != nil {
 			if errors.Is(err, auth.ErrExpired) || errors.Is(err, auth.ErrInvalid) {
-				writeError(w, http.StatusUnauthorized, "unauthorized", "token cannot be exchanged for a ticket")
+				writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "token cannot be exchanged for a ticket")
 				return
 			}
 			d.Logger.Error("issue ticket", "user", claims.Subject, "err", err)
-			writeError(w, http.StatusServiceUnavailable, "unavailable", "could not issue a ticket, retry")
+			writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "could not issue a ticket, retry")
 			return
 		}
-		writeJSON(w, http.StatusOK, response{Ticket: t, ExpiresAt: exp.UTC()})
+		writeJSON(w, http.StatusOK, protocol.Ticket{Ticket: t, ExpiresAt: exp.UTC()})
 	})
 }
 
@@ -116,25 +112,23 @@ func handleEvents(d *Deps) http.Handler {
 			return
 		}
 		q := r.URL.Query()
-		var since uint64
-		if s := q.Get("since"); s != "" {
-			n, err := strconv.ParseUint(s, 10, 64)
-			if err != nil {
-				writeError(w, http.StatusBadRequest, "invalid_request", "since must be a non-negative integer")
-				return
-			}
-			since = n
+		// No position (None) reads from the start of the retained history:
+		// its Seq and Epoch are zero.
+		cur, err := protocol.ParseCursor(q.Get("since"), q.Get("epoch"))
+		if err != nil {
+			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
+			return
 		}
 		limit := defaultEventsLimit
 		if s := q.Get("limit"); s != "" {
 			n, err := strconv.Atoi(s)
 			if err != nil || n < 1 || n > maxEventsLimit {
-				writeError(w, http.StatusBadRequest, "invalid_request", "limit must be an integer from 1 to 1000")
+				writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "limit must be an integer from 1 to 1000")
 				return
 			}
 			limit = n
 		}
-		epoch := q.Get("epoch")
+		since, epoch := cur.Seq, cur.Epoch
 		user := claims.Subject
 		lim := stream.Limit{MaxEvents: limit, MaxBytes: eventsPageBytes}
 		events, pos, err := d.Stream.Since(r.Context(), user, since, epoch, lim)
@@ -144,21 +138,22 @@ func handleEvents(d *Deps) http.Handler {
 			pos = resync.Position
 		case err != nil:
 			d.Logger.Error("read events", "user", user, "err", err)
-			writeError(w, http.StatusServiceUnavailable, "unavailable", "stream backend unavailable, retry")
+			writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable, retry")
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
 		bw := bufio.NewWriterSize(w, 32<<10)
-		// The frames are JSON already: splice them in rather than re-encode.
+		// A protocol.EventsPage. The frames are JSON already: splice them in
+		// rather than re-encode.
 		var b []byte
 		b = append(b, `{"epoch":`...)
-		b = stream.AppendString(b, pos.Epoch)
+		b = protocol.AppendString(b, pos.Epoch)
 		b = append(b, `,"head_seq":`...)
 		b = strconv.AppendUint(b, pos.Head, 10)
 		if resync != nil {
 			b = append(b, `,"resync_required":true,"reason":`...)
-			b = stream.AppendString(b, string(resync.Reason))
+			b = protocol.AppendString(b, string(resync.Reason))
 		}
 		b = append(b, `,"events":[`...)
 		_, _ = bw.Write(b)
@@ -205,21 +200,11 @@ func handleEvents(d *Deps) http.Handler {
 
 var publishType = regexp.MustCompile(`^[a-z][a-z0-9_.]{0,63}$`)
 
-// reservedType reports the stream events agentwire's own runs produce.
-func reservedType(t string) bool {
-	switch t {
-	case protocol.TypeUserMessage, protocol.TypeAgentStarted, protocol.TypeAgentThinking, protocol.TypeToolExecuting,
-		protocol.TypeToolCompleted, protocol.TypeAgentMessageDelta, protocol.TypeAgentCompleted, protocol.TypeAgentError:
-		return true
-	}
-	return false
-}
-
 // publishToRun adds an external agent's event to a running run of user. The
 // run's emitter keeps the per-run order: nothing after the terminal event.
 func publishToRun(d *Deps, w http.ResponseWriter, user, runID, typ string, data json.RawMessage) {
 	if runID == "" {
-		writeError(w, http.StatusConflict, "reserved_type",
+		writeError(w, http.StatusConflict, protocol.CodeReservedType,
 			"type "+typ+" is an agent event: it needs the run_id of a run of that user that is still running")
 		return
 	}
@@ -227,15 +212,15 @@ func publishToRun(d *Deps, w http.ResponseWriter, user, runID, typ string, data 
 	switch {
 	case err == nil:
 		d.Metrics.Published.Inc()
-		writeJSON(w, http.StatusOK, map[string]any{"seq": ev.Seq, "epoch": ev.Epoch})
+		writeJSON(w, http.StatusOK, protocol.PublishResponse{Seq: ev.Seq, Epoch: ev.Epoch})
 	case errors.Is(err, runs.ErrNotRunning):
-		writeError(w, http.StatusConflict, "run_not_running",
+		writeError(w, http.StatusConflict, protocol.CodeRunNotRunning,
 			"type "+typ+" is an agent event: it is accepted only for a run of that user that is still running")
 	case errors.Is(err, runs.ErrBadEvent), errors.Is(err, runs.ErrUnknownToolCall):
-		writeError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
 	default:
 		d.Logger.Error("publish to run", "user", user, "run", runID, "err", err)
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "stream backend unavailable, retry")
+		writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable, retry")
 	}
 }
 
@@ -247,18 +232,6 @@ const (
 )
 
 func handlePublish(d *Deps) http.Handler {
-	type request struct {
-		UserID         string          `json:"user_id"`
-		Type           string          `json:"type"`
-		ThreadID       string          `json:"thread_id"`
-		RunID          string          `json:"run_id"`
-		Data           json.RawMessage `json:"data"`
-		IdempotencyKey string          `json:"idempotency_key"`
-	}
-	type response struct {
-		Seq   uint64 `json:"seq"`
-		Epoch string `json:"epoch"`
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// JSON is UTF-8 (RFC 8259), and encoding/json lets other bytes
 		// through inside data: one such byte appended to the stream would go
@@ -266,50 +239,50 @@ func handlePublish(d *Deps) http.Handler {
 		// must fail (1007), so the whole body is checked first.
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 		if err != nil {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", "request body over 128 KiB")
+			writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over 128 KiB")
 			return
 		}
 		if !utf8.Valid(body) {
-			writeError(w, http.StatusBadRequest, "invalid_json", "request body is not valid UTF-8")
+			writeError(w, http.StatusBadRequest, protocol.CodeInvalidJSON, "request body is not valid UTF-8")
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
-		var req request
+		var req protocol.PublishRequest
 		if !decodeBody(w, r, &req) {
 			return
 		}
 		switch {
 		case !isKey(req.UserID) || !isKey(req.ThreadID) || !isKey(req.RunID) || !isKey(req.IdempotencyKey):
-			writeError(w, http.StatusBadRequest, "invalid_request", "user_id, thread_id, run_id and idempotency_key must not contain control characters")
+			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "user_id, thread_id, run_id and idempotency_key must not contain control characters")
 			return
 		case req.UserID == "" || len(req.UserID) > maxUserID:
-			writeError(w, http.StatusBadRequest, "invalid_request", "user_id is required (1-256 bytes)")
+			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "user_id is required (1-256 bytes)")
 			return
 		case !publishType.MatchString(req.Type):
-			writeError(w, http.StatusBadRequest, "invalid_request", "type must match ^[a-z][a-z0-9_.]{0,63}$")
+			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "type must match ^[a-z][a-z0-9_.]{0,63}$")
 			return
 		case len(req.ThreadID) > maxKeyLen || len(req.RunID) > maxKeyLen || len(req.IdempotencyKey) > maxKeyLen:
-			writeError(w, http.StatusBadRequest, "invalid_request", "thread_id, run_id and idempotency_key are at most 128 bytes")
+			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "thread_id, run_id and idempotency_key are at most 128 bytes")
 			return
 		case len(req.Data) > maxDataLen:
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", "data is over 64 KiB")
+			writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "data is over 64 KiB")
 			return
 		}
 		data := bytes.TrimSpace(req.Data)
 		if len(data) == 0 || bytes.Equal(data, []byte("null")) {
 			data = nil
 		} else if data[0] != '{' {
-			writeError(w, http.StatusBadRequest, "invalid_request", "data must be a JSON object")
+			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "data must be a JSON object")
 			return
 		} else {
 			var compact bytes.Buffer
 			if err := json.Compact(&compact, data); err != nil {
-				writeError(w, http.StatusBadRequest, "invalid_request", "data must be a JSON object")
+				writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "data must be a JSON object")
 				return
 			}
 			data = compact.Bytes()
 		}
-		if reservedType(req.Type) {
+		if protocol.RunEventType(req.Type) {
 			publishToRun(d, w, req.UserID, req.RunID, req.Type, data)
 			return
 		}
@@ -318,11 +291,11 @@ func handlePublish(d *Deps) http.Handler {
 		})
 		if err != nil {
 			d.Logger.Error("publish", "user", req.UserID, "type", req.Type, "err", err)
-			writeError(w, http.StatusServiceUnavailable, "unavailable", "stream backend unavailable, retry with the same idempotency_key")
+			writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable, retry with the same idempotency_key")
 			return
 		}
 		d.Metrics.Published.Inc()
-		writeJSON(w, http.StatusOK, response{Seq: ev.Seq, Epoch: ev.Epoch})
+		writeJSON(w, http.StatusOK, protocol.PublishResponse{Seq: ev.Seq, Epoch: ev.Epoch})
 	})
 }
 
@@ -341,31 +314,24 @@ func isKey(s string) bool {
 var devUser = regexp.MustCompile(`^[A-Za-z0-9_.@-]{1,64}$`)
 
 func handleDevLogin(d *Deps) http.Handler {
-	type request struct {
-		UserID string `json:"user_id"`
-	}
-	type response struct {
-		Token     string    `json:"token"`
-		ExpiresAt time.Time `json:"expires_at"`
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req request
+		var req protocol.DevLoginRequest
 		if !decodeBody(w, r, &req) {
 			return
 		}
 		if !devUser.MatchString(req.UserID) {
-			writeError(w, http.StatusBadRequest, "invalid_request", "user_id must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
+			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "user_id must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
 			return
 		}
 		if d.Signer == nil {
-			writeError(w, http.StatusNotImplemented, "no_signing_key", "dev login needs an HS256 secret (--jwt-secret or the generated one)")
+			writeError(w, http.StatusNotImplemented, protocol.CodeNoSigningKey, "dev login needs an HS256 secret (--jwt-secret or the generated one)")
 			return
 		}
 		tok, exp, err := d.Signer.Sign(req.UserID, d.DevTTL, d.Issuer, d.Audience)
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "internal_error", "could not sign a token")
+			writeError(w, http.StatusInternalServerError, protocol.CodeInternal, "could not sign a token")
 			return
 		}
-		writeJSON(w, http.StatusOK, response{Token: tok, ExpiresAt: exp.UTC()})
+		writeJSON(w, http.StatusOK, protocol.DevLoginResponse{Token: tok, ExpiresAt: exp.UTC()})
 	})
 }

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Defaults of the per-request bounds (Deps.BodyTimeout, Deps.WriteTimeout,
@@ -134,7 +136,7 @@ func limitReads(d *Deps, l *readLimiter, next http.Handler) http.Handler {
 		}
 		if !l.acquire(claims.Subject) {
 			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusTooManyRequests, "too_many_requests", "too many list requests in flight for this user, retry")
+			writeError(w, http.StatusTooManyRequests, protocol.CodeTooManyRequests, "too many list requests in flight for this user, retry")
 			return
 		}
 		defer l.release(claims.Subject)

@@ -18,6 +18,7 @@ import (
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Verifier verifies user JWTs.
@@ -79,16 +80,6 @@ func NewServer(d Deps) http.Handler {
 	return withDeadlines(d.BodyTimeout, d.WriteTimeout, secureHeaders(mux))
 }
 
-// apiError is the contract's error body.
-type apiError struct {
-	Error errorBody `json:"error"`
-}
-
-type errorBody struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
 // writeJSON answers v as JSON. API JSON is not HTML: < > & are written as
 // they are, not as \u003c escapes (six bytes for one).
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -100,10 +91,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
-// writeList answers {"<name>":[…],"next":…,"has_more":…} item by item, so
-// the answer is never held whole in memory: each item is encoded into the
-// response's buffer, which the server flushes to the socket as it fills.
-// next is null when empty.
+// writeList answers a page (protocol.ThreadsPage, protocol.MessagesPage:
+// {"<name>":[…],"next":…,"has_more":…}) item by item, so the answer is never
+// held whole in memory: each item is encoded into the response's buffer,
+// which the server flushes to the socket as it fills. next is null when
+// empty.
 func writeList[T any](w http.ResponseWriter, name string, items []T, next string, item func(T) any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -119,17 +111,18 @@ func writeList[T any](w http.ResponseWriter, name string, items []T, next string
 			return // the client is gone or too slow (write deadline): the connection closes
 		}
 	}
-	_, _ = io.WriteString(w, `],"next":`)
+	_, _ = io.WriteString(w, `],"`+protocol.ListNext+`":`)
 	if next == "" {
 		_, _ = io.WriteString(w, "null")
 	} else {
 		_ = enc.Encode(next)
 	}
-	_, _ = io.WriteString(w, `,"has_more":`+strconv.FormatBool(next != "")+"}\n")
+	_, _ = io.WriteString(w, `,"`+protocol.ListHasMore+`":`+strconv.FormatBool(next != "")+"}\n")
 }
 
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, apiError{Error: errorBody{Code: code, Message: msg}})
+// writeError answers the contract's error body.
+func writeError(w http.ResponseWriter, status int, code protocol.ErrorCode, msg string) {
+	writeJSON(w, status, protocol.ErrorBody{Error: protocol.ErrorDetail{Code: code, Message: msg}})
 }
 
 // maxBodyBytes bounds every JSON request body.
@@ -142,14 +135,14 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", "request body over 128 KiB")
+			writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over 128 KiB")
 			return false
 		}
-		writeError(w, http.StatusBadRequest, "bad_json", "request body is not a valid JSON object: "+jsonErrText(err))
+		writeError(w, http.StatusBadRequest, protocol.CodeBadJSON, "request body is not a valid JSON object: "+jsonErrText(err))
 		return false
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		writeError(w, http.StatusBadRequest, "bad_json", "request body has data after the JSON object")
+		writeError(w, http.StatusBadRequest, protocol.CodeBadJSON, "request body has data after the JSON object")
 		return false
 	}
 	return true
@@ -184,7 +177,7 @@ func userFromRequest(d *Deps, w http.ResponseWriter, r *http.Request) (auth.Clai
 	tok, ok := auth.BearerToken(r)
 	if !ok {
 		d.Metrics.AuthFailures.WithLabelValues("missing").Inc()
-		writeError(w, http.StatusUnauthorized, "unauthorized", "send Authorization: Bearer <JWT>")
+		writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "send Authorization: Bearer <JWT>")
 		return auth.Claims{}, false
 	}
 	c, err := d.Verifier.Verify(r.Context(), tok)
@@ -194,7 +187,7 @@ func userFromRequest(d *Deps, w http.ResponseWriter, r *http.Request) (auth.Clai
 		if errors.Is(err, auth.ErrExpired) {
 			msg = "token expired"
 		}
-		writeError(w, http.StatusUnauthorized, "unauthorized", msg)
+		writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, msg)
 		return auth.Claims{}, false
 	}
 	return c, true
@@ -206,7 +199,7 @@ func requireAPIKey(d *Deps, next http.Handler) http.Handler {
 		key, ok := auth.BearerToken(r)
 		if !ok || d.APIKeys == nil || !d.APIKeys.Check(key) {
 			d.Metrics.AuthFailures.WithLabelValues("api_key").Inc()
-			writeError(w, http.StatusUnauthorized, "unauthorized", "send Authorization: Bearer <API key> with a key from --api-keys")
+			writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "send Authorization: Bearer <API key> with a key from --api-keys")
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -9,44 +9,18 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/store"
+	"github.com/agentwire/agentwire/protocol"
 )
-
-// threadJSON, messageJSON and runJSON are the REST shapes of the contract.
-type threadJSON struct {
-	ID        string    `json:"id"`
-	Title     string    `json:"title"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
-}
-
-type messageJSON struct {
-	ID        string    `json:"id"`
-	Role      string    `json:"role"`
-	Content   string    `json:"content"`
-	RunID     string    `json:"run_id,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
-type runJSON struct {
-	ID           string     `json:"id"`
-	ThreadID     string     `json:"thread_id"`
-	Status       string     `json:"status"`
-	Agent        string     `json:"agent,omitempty"`
-	StartedAt    time.Time  `json:"started_at"`
-	EndedAt      *time.Time `json:"ended_at,omitempty"`
-	ErrorCode    string     `json:"error_code,omitempty"`
-	ErrorMessage string     `json:"error_message,omitempty"`
-}
 
 // storeFailed answers a store error: 404 for anything missing or owned by
 // another user (never 403: existence is not revealed), 503 otherwise.
 func storeFailed(d *Deps, w http.ResponseWriter, user, what string, err error) {
 	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, "not_found", "no such "+what)
+		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "no such "+what)
 		return
 	}
 	d.Logger.Error("store", "user", user, "read", what, "err", err)
-	writeError(w, http.StatusServiceUnavailable, "unavailable", "store unavailable, retry")
+	writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "store unavailable, retry")
 }
 
 // Paging of the list endpoints: limit is the page size (defaultPageLimit
@@ -68,7 +42,7 @@ func pageLimit(w http.ResponseWriter, r *http.Request) (int, bool) {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 || n > maxPageLimit {
-		writeError(w, http.StatusBadRequest, "invalid_request", "limit must be an integer from 1 to 1000")
+		writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "limit must be an integer from 1 to 1000")
 		return 0, false
 	}
 	return n, true
@@ -111,7 +85,7 @@ func handleThreads(d *Deps) http.Handler {
 		q := store.ThreadQuery{Limit: limit}
 		if s := r.URL.Query().Get("after"); s != "" {
 			if q.After, ok = decodeThreadCursor(s); !ok {
-				writeError(w, http.StatusBadRequest, "invalid_request", "after must be the next of a previous page")
+				writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "after must be the next of a previous page")
 				return
 			}
 		}
@@ -124,8 +98,8 @@ func handleThreads(d *Deps) http.Handler {
 		if more {
 			next = encodeThreadCursor(threads[len(threads)-1])
 		}
-		writeList(w, "threads", threads, next, func(t store.Thread) any {
-			return threadJSON{ID: t.ID, Title: t.Title, CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.UpdatedAt.UTC()}
+		writeList(w, protocol.ListThreads, threads, next, func(t store.Thread) any {
+			return protocol.Thread{ID: t.ID, Title: t.Title, CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.UpdatedAt.UTC()}
 		})
 	})
 }
@@ -147,12 +121,12 @@ func handleMessages(d *Deps) http.Handler {
 		qs := r.URL.Query()
 		q := store.MessageQuery{After: qs.Get("after"), Before: qs.Get("before"), Limit: limit, MaxBytes: pageBytes}
 		if q.After != "" && q.Before != "" {
-			writeError(w, http.StatusBadRequest, "invalid_request", "after and before cannot be used together")
+			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "after and before cannot be used together")
 			return
 		}
 		msgs, more, err := d.Store.ListMessages(r.Context(), claims.Subject, r.PathValue("id"), q)
 		if errors.Is(err, store.ErrBadCursor) {
-			writeError(w, http.StatusBadRequest, "invalid_request", "after and before must be the id of a message of this thread")
+			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "after and before must be the id of a message of this thread")
 			return
 		}
 		if err != nil {
@@ -167,8 +141,8 @@ func handleMessages(d *Deps) http.Handler {
 		default:
 			next = msgs[len(msgs)-1].ID
 		}
-		writeList(w, "messages", msgs, next, func(m store.Message) any {
-			return messageJSON{ID: m.ID, Role: m.Role, Content: m.Content, RunID: m.RunID, CreatedAt: m.CreatedAt.UTC()}
+		writeList(w, protocol.ListMessages, msgs, next, func(m store.Message) any {
+			return protocol.Message{ID: m.ID, Role: m.Role, Content: m.Content, RunID: m.RunID, CreatedAt: m.CreatedAt.UTC()}
 		})
 	})
 }
@@ -184,8 +158,8 @@ func handleRun(d *Deps) http.Handler {
 			storeFailed(d, w, claims.Subject, "run", err)
 			return
 		}
-		out := runJSON{ID: run.ID, ThreadID: run.ThreadID, Status: string(run.Status), Agent: run.Agent,
-			StartedAt: run.StartedAt.UTC(), ErrorCode: run.ErrorCode, ErrorMessage: run.ErrorMessage}
+		out := protocol.Run{ID: run.ID, ThreadID: run.ThreadID, Status: string(run.Status), Agent: run.Agent,
+			StartedAt: run.StartedAt.UTC(), ErrorCode: protocol.ErrorCode(run.ErrorCode), ErrorMessage: run.ErrorMessage}
 		if !run.EndedAt.IsZero() {
 			e := run.EndedAt.UTC()
 			out.EndedAt = &e

@@ -4,8 +4,9 @@
 // A Stream assigns each appended event the next sequence number of its user
 // (1, 2, 3 … strictly +1, no gaps) within an epoch, an opaque string that
 // changes only when the user's history was lost. Live subscribers see a user's
-// events in seq order, and each event is encoded to its wire frame exactly once,
-// at append time, so the same bytes go to every connection and every replay.
+// events in seq order, and each event is encoded to its wire frame
+// (protocol.EncodeEvent) exactly once, at append time, so the same bytes go to
+// every connection and every replay.
 package stream
 
 import (
@@ -13,6 +14,8 @@ import (
 	"encoding/json"
 	"errors"
 	"time"
+
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Sentinel errors callers branch on.
@@ -52,9 +55,15 @@ type Event struct {
 	Epoch string
 	TS    time.Time
 	Record
-	// Frame is the complete JSON frame sent to clients, encoded once at append.
-	// It must not be modified.
+	// Frame is the complete JSON frame sent to clients, encoded once at append
+	// (protocol.EncodeEvent of Wire). It must not be modified.
 	Frame []byte
+}
+
+// Wire returns ev as the protocol's stream event, the form it is encoded
+// from.
+func (ev *Event) Wire() protocol.Event {
+	return protocol.Event{Type: ev.Type, Seq: ev.Seq, Epoch: ev.Epoch, TS: ev.TS, ThreadID: ev.ThreadID, RunID: ev.RunID, Data: ev.Data}
 }
 
 // Position is the state of a user's stream.
@@ -63,20 +72,10 @@ type Position struct {
 	Head  uint64 // seq of the newest event, 0 when none was ever appended
 }
 
-// ResyncReason says why a replay could not be served.
-type ResyncReason string
-
-// Resync reasons reported to clients in resync_required.
-const (
-	ReasonEpochChanged ResyncReason = "epoch_changed"
-	ReasonTooOld       ResyncReason = "history_expired"
-	ReasonAhead        ResyncReason = "since_ahead_of_head"
-)
-
 // ResyncError carries the reason of an ErrResync and the stream position the
 // client continues from. errors.Is(err, ErrResync) holds for it.
 type ResyncError struct {
-	Reason   ResyncReason
+	Reason   protocol.ResyncReason
 	Position Position
 }
 
@@ -178,11 +177,11 @@ func More(evs []Event, pos Position) bool {
 func CheckResume(pos Position, since uint64, epoch string, oldest uint64) error {
 	switch {
 	case epoch != "" && epoch != pos.Epoch:
-		return &ResyncError{Reason: ReasonEpochChanged, Position: pos}
+		return &ResyncError{Reason: protocol.ReasonEpochChanged, Position: pos}
 	case since > pos.Head:
-		return &ResyncError{Reason: ReasonAhead, Position: pos}
+		return &ResyncError{Reason: protocol.ReasonAhead, Position: pos}
 	case since+1 < oldest:
-		return &ResyncError{Reason: ReasonTooOld, Position: pos}
+		return &ResyncError{Reason: protocol.ReasonTooOld, Position: pos}
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/agentwire/agentwire/client"
 	"github.com/agentwire/agentwire/internal/config"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Run is `agentwire verify` with args (without "verify"), its flags also
@@ -333,7 +334,7 @@ func checkEstablished(e client.ConnectionEstablished, devUser string) error {
 	if e.UserID == "" || (devUser != "" && e.UserID != devUser) {
 		bad = append(bad, fmt.Sprintf("user_id %q", e.UserID))
 	}
-	if e.Protocol != client.Protocol {
+	if e.Protocol != protocol.Version {
 		bad = append(bad, fmt.Sprintf("protocol %q", e.Protocol))
 	}
 	if e.Epoch == "" {
@@ -397,7 +398,7 @@ func ackFirst(frames []tracedFrame, ack client.Ack) error {
 		if f.Type == "ack" && f.Ref == ack.Ref && ackAt < 0 {
 			ackAt = i
 		}
-		if f.Type == client.TypeUserMessage && f.RunID == ack.RunID && echoAt < 0 {
+		if f.Type == protocol.TypeUserMessage && f.RunID == ack.RunID && echoAt < 0 {
 			echoAt = i
 		}
 	}
@@ -440,7 +441,7 @@ func runOrder(run []client.Event, ack client.Ack) error {
 	if um, ok := run[0].UserMessage(); !ok || um.MessageID != ack.MessageID || um.ClientMessageID != ack.ClientMessageID {
 		return fmt.Errorf("first event is %s, want the user_message echo with the ack's message_id and client_message_id", run[0].Type)
 	}
-	if run[1].Type != client.TypeAgentStarted {
+	if run[1].Type != protocol.TypeAgentStarted {
 		return fmt.Errorf("second event is %s, want agent_started", run[1].Type)
 	}
 	thinking, deltas := 0, 0
@@ -451,19 +452,19 @@ func runOrder(run []client.Event, ack client.Ack) error {
 			return fmt.Errorf("%s at position %d of %d", ev.Type, i+3, len(run))
 		}
 		switch ev.Type {
-		case client.TypeUserMessage, client.TypeAgentStarted:
+		case protocol.TypeUserMessage, protocol.TypeAgentStarted:
 			return fmt.Errorf("a second %s", ev.Type)
-		case client.TypeAgentThinking:
+		case protocol.TypeAgentThinking:
 			thinking++
-		case client.TypeAgentMessageDelta:
+		case protocol.TypeAgentMessageDelta:
 			deltas++
-		case client.TypeToolExecuting:
+		case protocol.TypeToolExecuting:
 			te, ok := ev.ToolExecuting()
 			if !ok || te.ToolCallID == "" || te.Tool == "" {
 				return fmt.Errorf("seq %d: malformed tool_executing %s", ev.Seq, ev.Data)
 			}
 			open[te.ToolCallID] = true
-		case client.TypeToolCompleted:
+		case protocol.TypeToolCompleted:
 			tc, ok := ev.ToolCompleted()
 			if !ok || !open[tc.ToolCallID] {
 				return fmt.Errorf("seq %d: tool_completed %s without its tool_executing", ev.Seq, ev.Data)
@@ -477,7 +478,7 @@ func runOrder(run []client.Event, ack client.Ack) error {
 	if len(open) > 0 {
 		return fmt.Errorf("%d tool_executing without tool_completed", len(open))
 	}
-	if run[len(run)-1].Type == client.TypeAgentCompleted && deltas == 0 {
+	if run[len(run)-1].Type == protocol.TypeAgentCompleted && deltas == 0 {
 		return errors.New("no agent_message_delta before agent_completed")
 	}
 	return nil
@@ -545,7 +546,7 @@ func isolated(ctx context.Context, other *client.Conn, ack client.Ack) error {
 		}
 	}
 	var fe *client.Error
-	if _, err := other.Stop(pctx, ack.RunID); !errors.As(err, &fe) || fe.Code != "not_found" {
+	if _, err := other.Stop(pctx, ack.RunID); !errors.As(err, &fe) || fe.Code != protocol.CodeNotFound {
 		return fmt.Errorf("stop_agent: %v, want error not_found", orOK(err))
 	}
 	return nil
@@ -572,7 +573,7 @@ func (v *verifier) resume(ctx context.Context, token func(context.Context) (stri
 	for len(got) == 0 || got[len(got)-1].Seq < last {
 		select {
 		case ev := <-c.Events():
-			if ev.Type == client.TypeResyncRequired {
+			if ev.Type == protocol.TypeResyncRequired {
 				return fmt.Errorf("resync_required (%s) instead of a replay", ev.Resync.Reason)
 			}
 			got = append(got, ev)

@@ -6,10 +6,11 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strconv"
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/agentwire/agentwire/protocol"
 )
 
 var (
@@ -55,8 +56,8 @@ func (c *conn) attach(nc net.Conn) bool {
 }
 
 // setup joins the stream and puts the connection on the heartbeat wheel.
-func (c *conn) setup(resume bool, since uint64, epoch string) bool {
-	if !c.join(resume, since, epoch) {
+func (c *conn) setup(cur protocol.Cursor) bool {
+	if !c.join(cur) {
 		return false
 	}
 	w := c.srv.wheel
@@ -75,13 +76,13 @@ func (c *conn) ping() { _ = c.out.control(c.nc, ws.OpPing, nil, &c.life.closed) 
 
 // Close sends a close frame with code and reason, then closes the socket and
 // finishes the connection. Only the first close (of any kind) has an effect.
-func (c *conn) Close(code int, reason string) { c.terminate(code, reason, false) }
+func (c *conn) Close(code protocol.CloseCode, reason string) { c.terminate(code, reason, false) }
 
 // terminate closes the connection with a close frame carrying code (0: none)
 // and reason: the first close wins. counted closes (the server decided them)
 // are counted in agentwire_closes_total before the close frame is written.
 // Before the socket is attached it only records the close.
-func (c *conn) terminate(code int, reason string, counted bool) {
+func (c *conn) terminate(code protocol.CloseCode, reason string, counted bool) {
 	body := closeBody(code, reason)
 	first, attached := c.life.begin(body)
 	if !first {
@@ -97,8 +98,8 @@ func (c *conn) terminate(code int, reason string, counted bool) {
 	c.finish()
 }
 
-func (c *conn) countClose(code int) {
-	c.srv.cfg.Metrics.Closes.WithLabelValues(strconv.Itoa(code)).Inc()
+func (c *conn) countClose(code protocol.CloseCode) {
+	c.srv.cfg.Metrics.Closes.WithLabelValues(code.String()).Inc()
 }
 
 // shut writes the close frame and closes the socket, which also ends any
@@ -114,7 +115,7 @@ func (c *conn) shut(body []byte) {
 // destroy the close frame before the client reads it; so the write side is
 // shut after the close frame and the input discarded until the client
 // closes too, for closeWait at most.
-func (c *conn) terminateLingering(code int, reason string) {
+func (c *conn) terminateLingering(code protocol.CloseCode, reason string) {
 	hc, ok := c.nc.(interface{ CloseWrite() error })
 	if !ok {
 		c.terminate(code, reason, true)
@@ -142,7 +143,7 @@ func (c *conn) finish() {
 	c.untrack()
 	c.srv.wheel.remove(c)
 	c.srv.cfg.Hub.Unregister(c.hc)
-	c.hc.Close(1000, "")
+	c.hc.Close(protocol.CloseNormal, "")
 	c.release()
 	c.srv.wg.Done()
 }
@@ -190,10 +191,10 @@ func (c *conn) readFailed(err error) {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		// A frame begun and not finished within ping interval + pong timeout.
-		c.terminate(CloseNoPong, "no pong within heartbeat timeout", true)
+		c.terminate(protocol.CloseNoPong, "no pong within heartbeat timeout", true)
 		return
 	}
-	c.terminate(1000, "", false)
+	c.terminate(protocol.CloseNormal, "", false)
 }
 
 // readFrames reads and handles frames until what was read ends at a frame
@@ -206,7 +207,7 @@ func (c *conn) readFrames(rb *readBuf) error {
 		f, ok, err := c.in.next(rb, cfg.MaxMessageBytes, &c.srv.msgBufs)
 		switch {
 		case errors.Is(err, errTooBig):
-			c.terminateLingering(CloseTooBig, "message too big")
+			c.terminateLingering(protocol.CloseTooLarge, "message too big")
 			return errDone
 		case errors.Is(err, errProtocol):
 			return c.protocolError()
@@ -252,7 +253,7 @@ func (c *conn) handleFrame(f inFrame) error {
 			if ws.CheckCloseFrameData(code, reason) != nil {
 				return c.protocolError()
 			}
-			c.terminate(int(code), "", false)
+			c.terminate(protocol.CloseCode(code), "", false)
 		}
 		return errDone
 	}
@@ -260,7 +261,7 @@ func (c *conn) handleFrame(f inFrame) error {
 }
 
 func (c *conn) protocolError() error {
-	c.terminateLingering(CloseProtocolError, "protocol error")
+	c.terminateLingering(protocol.CloseProtocolError, "protocol error")
 	return errDone
 }
 
@@ -273,10 +274,10 @@ func (c *conn) onTimer(now int64) {
 	s := c.srv
 	switch c.hb.due(now, s.cfg.PingInterval, s.cfg.PongTimeout) {
 	case beatExpired:
-		c.hc.Close(CloseTokenExpired, "token expired") // after the frames already queued
+		c.hc.Close(protocol.CloseTokenExpired, "token expired") // after the frames already queued
 		return
 	case beatNoPong:
-		go c.terminate(CloseNoPong, "no pong within heartbeat timeout", true)
+		go c.terminate(protocol.CloseNoPong, "no pong within heartbeat timeout", true)
 		return
 	case beatPing:
 		go c.ping()

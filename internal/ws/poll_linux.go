@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/agentwire/agentwire/protocol"
 	"golang.org/x/sys/unix"
 )
 
@@ -135,8 +136,8 @@ func (p *poller) run(s *Server) {
 			}
 			p.mu.Unlock()
 			for _, c := range all {
-				c.srv.cfg.Metrics.Closes.WithLabelValues("1011").Inc()
-				go c.Close(1011, "internal error")
+				c.srv.cfg.Metrics.Closes.WithLabelValues(protocol.CloseInternalError.String()).Inc()
+				go c.Close(protocol.CloseInternalError, "internal error")
 			}
 			time.Sleep(10 * time.Millisecond)
 			return
@@ -227,8 +228,8 @@ func (c *conn) arm() {
 	}
 	if cerr != nil {
 		c.srv.log.Error("epoll_ctl", "conn", c.hc.ID, "err", cerr)
-		c.srv.cfg.Metrics.Closes.WithLabelValues("1011").Inc()
-		go c.Close(1011, "internal error")
+		c.srv.cfg.Metrics.Closes.WithLabelValues(protocol.CloseInternalError.String()).Inc()
+		go c.Close(protocol.CloseInternalError, "internal error")
 	}
 }
 

@@ -9,8 +9,8 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/agentwire/agentwire/internal/hub"
-	"github.com/agentwire/agentwire/internal/protocol"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // session is what a connection does with complete client messages, whatever
@@ -30,24 +30,24 @@ type session struct {
 // join places the connection on the user's stream and queues
 // connection_established first. It reports false when the stream failed; the
 // connection is then closing with 1011.
-func (ss *session) join(resume bool, since uint64, epoch string) bool {
+func (ss *session) join(cur protocol.Cursor) bool {
 	s := ss.srv
 	cfg := &s.cfg
 	ctx, cancel := s.opContext()
 	defer cancel()
-	_, err := ss.hc.Join(ctx, resume, since, epoch, func(pos stream.Position) []byte {
+	_, err := ss.hc.Join(ctx, cur, func(pos stream.Position) []byte {
 		return protocol.EncodeConnectionEstablished(protocol.ConnectionEstablished{
 			ConnectionID:        ss.hc.ID,
 			UserID:              ss.user,
 			Epoch:               pos.Epoch,
 			HeadSeq:             pos.Head,
-			HeartbeatIntervalMS: int(cfg.PingInterval / time.Millisecond),
-			MaxMessageBytes:     cfg.MaxMessageBytes,
+			HeartbeatIntervalMS: cfg.PingInterval.Milliseconds(),
+			MaxMessageBytes:     int64(cfg.MaxMessageBytes),
 		})
 	}, resyncFrame)
 	if err != nil {
 		s.log.Error("join stream", "user", ss.user, "conn", ss.hc.ID, "err", err)
-		ss.hc.Close(hub.CloseInternal, "stream unavailable")
+		ss.hc.Close(protocol.CloseInternalError, "stream unavailable")
 		return false
 	}
 	return true
@@ -68,7 +68,7 @@ func (ss *session) message(ctx context.Context, binary bool, msg []byte) {
 		ss.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.RateBurst) // starts full, as if made at connect
 	}
 	if !ss.limiter.Allow() {
-		m.FramesIn.WithLabelValues("rate_limited").Inc()
+		m.FramesIn.WithLabelValues(protocol.CodeRateLimited.String()).Inc()
 		ss.fail(&protocol.Error{Code: protocol.CodeRateLimited, Message: "too many frames: slow down"})
 		return
 	}
@@ -91,7 +91,7 @@ func (ss *session) message(ctx context.Context, binary bool, msg []byte) {
 }
 
 func resyncFrame(e *stream.ResyncError) []byte {
-	return protocol.EncodeResync(e.Position.Epoch, e.Position.Head, string(e.Reason))
+	return protocol.EncodeResync(e.Position.Epoch, e.Position.Head, e.Reason)
 }
 
 func (ss *session) handle(ctx context.Context, f *protocol.Frame) {
@@ -106,7 +106,7 @@ func (ss *session) handle(ctx context.Context, f *protocol.Frame) {
 	case protocol.TypePing:
 		ss.hc.Send(protocol.EncodePong(f.ID))
 	case protocol.TypeResume:
-		_, err := ss.hc.Join(ctx, true, f.Since, f.Epoch, nil, resyncFrame)
+		_, err := ss.hc.Join(ctx, f.Cursor, nil, resyncFrame)
 		switch {
 		case errors.Is(err, hub.ErrReplayBusy):
 			// Each replay is a copy of the history: one at a time.
@@ -142,7 +142,7 @@ func (ss *session) reply(handle func() (protocol.AckFrame, *protocol.Error)) {
 // more than ErrorLimit errors within ErrorWindow.
 func (ss *session) fail(e *protocol.Error) {
 	cfg := &ss.srv.cfg
-	cfg.Metrics.ErrorsSent.WithLabelValues(e.Code).Inc()
+	cfg.Metrics.ErrorsSent.WithLabelValues(e.Code.String()).Inc()
 	ss.hc.Send(protocol.EncodeError(e))
 	now := time.Now()
 	if ss.errs == nil {
@@ -151,7 +151,7 @@ func (ss *session) fail(e *protocol.Error) {
 	ss.errs = append(ss.errs, now)
 	if len(ss.errs) > cfg.ErrorLimit {
 		if now.Sub(ss.errs[0]) <= cfg.ErrorWindow {
-			ss.hc.Close(CloseTooManyErrors, "too many errors")
+			ss.hc.Close(protocol.CloseTooManyErrors, "too many errors")
 		}
 		ss.errs = append(ss.errs[:0], ss.errs[1:]...)
 	}

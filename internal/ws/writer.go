@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/agentwire/agentwire/protocol"
 )
 
 const (
@@ -145,7 +147,7 @@ func appendHeader(b []byte, op ws.OpCode, n int) []byte {
 }
 
 // closeBody is a close frame payload; code 0 means none.
-func closeBody(code int, reason string) []byte {
+func closeBody(code protocol.CloseCode, reason string) []byte {
 	if code == 0 {
 		return nil
 	}

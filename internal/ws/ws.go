@@ -30,17 +30,7 @@ import (
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/hub"
 	"github.com/agentwire/agentwire/internal/metrics"
-	"github.com/agentwire/agentwire/internal/protocol"
-)
-
-// Close codes of the contract (section 6) that this package sends.
-const (
-	CloseGoingAway     = 1001 // server shutting down
-	CloseProtocolError = 1002 // a frame breaking RFC 6455
-	CloseTooBig        = 1009 // message over max_message_bytes
-	CloseNoPong        = 4000 // no pong within the heartbeat timeout
-	CloseTokenExpired  = 4001 // the token's exp passed
-	CloseTooManyErrors = 4029 // too many errors in the error window
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Defaults of the contract.
@@ -199,30 +189,31 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m := s.cfg.Metrics
 	if !s.originAllowed(r) {
 		m.AuthFailures.WithLabelValues("origin").Inc()
-		writeError(w, http.StatusForbidden, "forbidden_origin", "origin not allowed")
+		writeError(w, http.StatusForbidden, protocol.CodeForbiddenOrigin, "origin not allowed")
 		return
 	}
 	claims, ticket, err := s.authenticate(r)
 	if err != nil {
 		m.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
-		writeError(w, http.StatusUnauthorized, "unauthorized", unauthorizedMessage(err))
+		writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, unauthorizedMessage(err))
 		return
 	}
 	if !claims.ExpiresAt.IsZero() && !time.Now().Before(claims.ExpiresAt) {
 		m.AuthFailures.WithLabelValues("expired").Inc()
-		writeError(w, http.StatusUnauthorized, "unauthorized", "token expired")
+		writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "token expired")
 		return
 	}
-	resume, since, epoch, err := resumeQuery(r.URL.Query())
+	q := r.URL.Query()
+	cur, err := protocol.ParseCursor(q.Get("since"), q.Get("epoch"))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
 		return
 	}
 
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
-		writeError(w, http.StatusServiceUnavailable, "shutting_down", "server is shutting down")
+		writeError(w, http.StatusServiceUnavailable, protocol.CodeShuttingDown, "server is shutting down")
 		return
 	}
 	s.wg.Add(1)
@@ -239,10 +230,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.wg.Done()
 			if err != nil {
 				s.log.Error("cluster connection limit", "user", claims.Subject, "err", err)
-				writeError(w, http.StatusServiceUnavailable, "unavailable", "cluster coordination unavailable, retry")
+				writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "cluster coordination unavailable, retry")
 				return
 			}
-			writeError(w, http.StatusTooManyRequests, "too_many_connections", "user already has the maximum number of connections")
+			writeError(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
 			return
 		}
 		c.life.limited = true
@@ -251,18 +242,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.release()
 		s.wg.Done()
 		if errors.Is(err, hub.ErrTooManyConnections) {
-			writeError(w, http.StatusTooManyRequests, "too_many_connections", "user already has the maximum number of connections")
+			writeError(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
 			return
 		}
 		s.log.Error("register connection", "user", claims.Subject, "err", err)
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "stream backend unavailable")
+		writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable")
 		return
 	}
 	if status, msg := checkHandshake(r); status != 0 {
 		if msg == errBadVersion {
 			w.Header().Set("Sec-WebSocket-Version", "13")
 		}
-		writeError(w, status, "bad_request", msg)
+		writeError(w, status, protocol.CodeBadRequest, msg)
 		c.finish()
 		return
 	}
@@ -271,7 +262,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// is the ticket spent, atomically, so of racing connects one wins.
 		if _, err := s.cfg.Tickets.Redeem(r.Context(), ticket); err != nil {
 			m.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
-			writeError(w, http.StatusUnauthorized, "unauthorized", unauthorizedMessage(err))
+			writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, unauthorizedMessage(err))
 			c.finish()
 			return
 		}
@@ -308,7 +299,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// The join runs here, on the request's goroutine, which ends right after:
 	// nothing of it stays with the idle connection.
-	if !c.setup(resume, since, epoch) {
+	if !c.setup(cur) {
 		return // closing with 1011: the close path finishes the connection
 	}
 	s.startReading(c)
@@ -334,7 +325,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdown = true
 	s.mu.Unlock()
 	s.stopBase()
-	s.cfg.Hub.CloseAll(CloseGoingAway, "server shutting down")
+	s.cfg.Hub.CloseAll(protocol.CloseGoingAway, "server shutting down")
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
@@ -427,35 +418,6 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	return false
 }
 
-// resumeQuery reads ?since=&epoch=. since alone, or epoch alone, asks for a
-// replay too (epoch alone means from the start of the retained history).
-func resumeQuery(q url.Values) (resume bool, since uint64, epoch string, err error) {
-	epoch = q.Get("epoch")
-	if sv := q.Get("since"); sv != "" {
-		n, perr := parseSeq(sv)
-		if perr != nil {
-			return false, 0, "", errors.New("since must be a non-negative integer")
-		}
-		return true, n, epoch, nil
-	}
-	return epoch != "", 0, epoch, nil
-}
-
-func parseSeq(s string) (uint64, error) {
-	if len(s) == 0 || len(s) > 19 {
-		return 0, errors.New("bad seq")
-	}
-	var n uint64
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < '0' || c > '9' {
-			return 0, errors.New("bad seq")
-		}
-		n = n*10 + uint64(c-'0')
-	}
-	return n, nil
-}
-
 func newID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
@@ -463,9 +425,9 @@ func newID() string {
 }
 
 // writeError answers a plain HTTP error in the contract's shape.
-func writeError(w http.ResponseWriter, status int, code, msg string) {
+func writeError(w http.ResponseWriter, status int, code protocol.ErrorCode, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
+	_ = json.NewEncoder(w).Encode(protocol.ErrorBody{Error: protocol.ErrorDetail{Code: code, Message: msg}})
 }

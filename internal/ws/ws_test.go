@@ -24,8 +24,8 @@ import (
 
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/hub"
-	"github.com/agentwire/agentwire/internal/protocol"
 	"github.com/agentwire/agentwire/internal/stream/memory"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 const testSecret = "ws-test-secret-0123456789abcdef-0123"
@@ -207,15 +207,15 @@ func (c *rawClient) readJSON() map[string]any {
 
 // expectClose reads until a close frame and returns its code, then checks the
 // server closes the TCP connection.
-func (c *rawClient) expectClose() int {
+func (c *rawClient) expectClose() protocol.CloseCode {
 	c.t.Helper()
 	f := c.nextData()
 	if f.Header.OpCode != ws.OpClose {
 		c.t.Fatalf("want close, got opcode %v payload %q", f.Header.OpCode, f.Payload)
 	}
-	code := 1005
+	code := protocol.CloseCode(1005) // no status received (RFC 6455 7.1.5)
 	if len(f.Payload) >= 2 {
-		code = int(binary.BigEndian.Uint16(f.Payload))
+		code = protocol.CloseCode(binary.BigEndian.Uint16(f.Payload))
 	}
 	_ = c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.br.ReadByte(); err == nil {
@@ -415,7 +415,7 @@ func TestFramesThatClose(t *testing.T) {
 		tests := []struct {
 			name   string
 			frames [][]byte
-			code   int
+			code   protocol.CloseCode
 		}{
 			{
 				name:   "oversized frame",
@@ -506,7 +506,7 @@ func TestFramesThatClose(t *testing.T) {
 		for i, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {
 				c := s.dial(t, fmt.Sprintf("user-%d", i), "", nil)
-				closes := s.srv.cfg.Metrics.Closes.WithLabelValues(strconv.Itoa(tc.code))
+				closes := s.srv.cfg.Metrics.Closes.WithLabelValues(strconv.Itoa(int(tc.code)))
 				before := counterValue(closes)
 				c.write(tc.frames...)
 				if code := c.expectClose(); code != tc.code {
@@ -516,7 +516,7 @@ func TestFramesThatClose(t *testing.T) {
 				// is written); echoes of the client's close are not.
 				if server := tc.code == 1002 || tc.code == 1009; server {
 					if got := counterValue(closes) - before; got != 1 {
-						t.Errorf("agentwire_closes_total{code=%q} rose by %v, want 1", strconv.Itoa(tc.code), got)
+						t.Errorf("agentwire_closes_total{code=%q} rose by %v, want 1", strconv.Itoa(int(tc.code)), got)
 					}
 				}
 				waitCount(t, s.srv, fmt.Sprintf("user-%d", i), 0)
@@ -697,7 +697,7 @@ func TestHeartbeat(t *testing.T) {
 		if f := c2.next(); f.Header.OpCode != ws.OpPing {
 			t.Fatalf("want a ping, got %v", f.Header.OpCode)
 		}
-		if code := c2.expectClose(); code != CloseNoPong {
+		if code := c2.expectClose(); code != protocol.CloseNoPong {
 			t.Fatalf("close %d, want 4000", code)
 		}
 		if d := time.Since(start); d < interval+timeout || d > interval+timeout+2*tick {
@@ -727,7 +727,7 @@ func TestHeartbeatEpoll(t *testing.T) {
 	c.write(frame(ws.OpText, true, pingJSON("still")))
 	c.expectPong("still")
 	c2 := s.dial(t, "sleepy", "", nil)
-	if code := c2.expectClose(); code != CloseNoPong {
+	if code := c2.expectClose(); code != protocol.CloseNoPong {
 		t.Fatalf("close %d, want 4000", code)
 	}
 }
@@ -743,7 +743,7 @@ func TestTokenExpiry(t *testing.T) {
 			t.Fatal(err)
 		}
 		c := s.pipeDial(t, "brief", 1200*time.Millisecond)
-		if code := c.expectClose(); code != CloseTokenExpired {
+		if code := c.expectClose(); code != protocol.CloseTokenExpired {
 			t.Fatalf("close %d, want 4001", code)
 		}
 		tick := wheelTick(DefaultPingInterval, DefaultPongTimeout)
@@ -769,7 +769,7 @@ func TestShutdown(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- s.srv.Shutdown(ctx) }()
 		for _, c := range cs {
-			if code := c.expectClose(); code != CloseGoingAway {
+			if code := c.expectClose(); code != protocol.CloseGoingAway {
 				t.Fatalf("close %d, want 1001", code)
 			}
 		}

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
-	"github.com/agentwire/agentwire/internal/protocol"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // ErrOrder is returned (wrapped) by a Recorder method called against the
@@ -22,18 +22,18 @@ var ErrOrder = errors.New("agenttest: event breaks the run's rules")
 // Event is one recorded call. Only the fields of its Type are set.
 type Event struct {
 	Type       string
-	Text       string          // agent_thinking
-	ToolCallID string          // tool_executing, tool_completed
-	Tool       string          // tool_executing, tool_completed
-	Args       json.RawMessage // tool_executing: args as they would be sent
-	OK         bool            // tool_completed
-	Result     json.RawMessage // tool_completed: result as it would be sent
-	Duration   time.Duration   // tool_completed
-	Error      string          // tool_completed
-	Delta      string          // agent_message_delta
-	Final      string          // agent_completed: final_response
-	Code       string          // agent_error
-	Message    string          // agent_error
+	Text       string             // agent_thinking
+	ToolCallID string             // tool_executing, tool_completed
+	Tool       string             // tool_executing, tool_completed
+	Args       json.RawMessage    // tool_executing: args as they would be sent
+	OK         bool               // tool_completed
+	Result     json.RawMessage    // tool_completed: result as it would be sent
+	Duration   time.Duration      // tool_completed
+	Error      string             // tool_completed
+	Delta      string             // agent_message_delta
+	Final      string             // agent_completed: final_response
+	Code       protocol.ErrorCode // agent_error
+	Message    string             // agent_error
 }
 
 // Recorder is an agent.Emitter that records events in order and enforces
@@ -97,7 +97,7 @@ func (r *Recorder) Complete(final string) error {
 }
 
 // Fail records agent_error.
-func (r *Recorder) Fail(code, message string) error {
+func (r *Recorder) Fail(code protocol.ErrorCode, message string) error {
 	return r.record(Event{Type: protocol.TypeAgentError, Code: code, Message: message})
 }
 
@@ -258,7 +258,7 @@ func (r *Recorder) Completed(t testing.TB) string {
 
 // Failed asserts the run ended with agent_error and returns its code and
 // message.
-func (r *Recorder) Failed(t testing.TB) (code, message string) {
+func (r *Recorder) Failed(t testing.TB) (code protocol.ErrorCode, message string) {
 	t.Helper()
 	for _, v := range r.Violations() {
 		t.Errorf("rule broken: %s", v)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/tools"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Pacing defaults.
@@ -84,7 +85,7 @@ func (a *Agent) Run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 		steps = append(steps,
 			thinking(`The message contains the word "fail", so I will fail on purpose.`),
 			func(_ context.Context, em agent.Emitter) error {
-				return em.Fail(agent.CodeAgentFailed, `the demo agent failed on purpose: the message contains the word "fail"`)
+				return em.Fail(protocol.CodeAgentFailed, `the demo agent failed on purpose: the message contains the word "fail"`)
 			})
 	case hasExpr:
 		var answer string

@@ -13,7 +13,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/agenttest"
 	"github.com/agentwire/agentwire/internal/agent/demo"
-	"github.com/agentwire/agentwire/internal/protocol"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -110,7 +110,7 @@ func TestFail(t *testing.T) {
 			t.Fatal(err)
 		}
 		code, message := rec.Failed(t)
-		if code != agent.CodeAgentFailed || !strings.Contains(message, "fail") {
+		if code != protocol.CodeAgentFailed || !strings.Contains(message, "fail") {
 			t.Errorf("%q: agent_error %s %q", msg, code, message)
 		}
 		if len(rec.Of(protocol.TypeAgentThinking)) == 0 || len(rec.Of(protocol.TypeAgentMessageDelta)) != 0 || len(rec.Of(protocol.TypeToolExecuting)) != 0 {

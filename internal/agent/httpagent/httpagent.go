@@ -43,7 +43,7 @@ import (
 
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/internal/sse"
-	"github.com/agentwire/agentwire/internal/protocol"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // DefaultTimeout bounds one run's request, streamed answer included.
@@ -112,7 +112,7 @@ func (a *Agent) Run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 	case ctx.Err() != nil:
 		return ctx.Err()
 	case errors.As(err, &f):
-		return em.Fail(agent.CodeAgentFailed, f.msg)
+		return em.Fail(protocol.CodeAgentFailed, f.msg)
 	default:
 		return err
 	}
@@ -363,7 +363,7 @@ func (r *relay) handle(line []byte, name string) error {
 			msg = "the agent service reported an error without a message"
 		}
 		r.ended = true
-		if err := r.emit(r.em.Fail(agent.CodeAgentFailed, msg)); err != nil {
+		if err := r.emit(r.em.Fail(protocol.CodeAgentFailed, msg)); err != nil {
 			return err
 		}
 		return errStop

@@ -18,7 +18,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/agenttest"
 	"github.com/agentwire/agentwire/internal/agent/httpagent"
-	"github.com/agentwire/agentwire/internal/protocol"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -152,7 +152,7 @@ func TestServiceError(t *testing.T) {
 	), nil)
 	rec := runIt(t, a)
 	code, msg := rec.Failed(t)
-	if code != agent.CodeAgentFailed || msg != "upstream model is overloaded" {
+	if code != protocol.CodeAgentFailed || msg != "upstream model is overloaded" {
 		t.Errorf("agent_error %s %q", code, msg)
 	}
 	co := rec.Of(protocol.TypeToolCompleted)[0]
@@ -194,7 +194,7 @@ func TestFailures(t *testing.T) {
 			t.Parallel()
 			rec := runIt(t, service(t, tt.ct, tt.lines, nil))
 			code, msg := rec.Failed(t)
-			if code != agent.CodeAgentFailed || !strings.Contains(msg, tt.want) {
+			if code != protocol.CodeAgentFailed || !strings.Contains(msg, tt.want) {
 				t.Errorf("agent_error %s %q, want %q", code, msg, tt.want)
 			}
 		})

@@ -23,6 +23,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/internal/sse"
 	"github.com/agentwire/agentwire/internal/agent/tools"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Defaults of Config.
@@ -117,7 +118,7 @@ func (a *Agent) Run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 	case ctx.Err() != nil:
 		return ctx.Err()
 	case errors.As(err, &f):
-		return em.Fail(agent.CodeAgentFailed, a.redact(f.msg))
+		return em.Fail(protocol.CodeAgentFailed, a.redact(f.msg))
 	default:
 		return err
 	}

@@ -20,7 +20,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent/agenttest"
 	"github.com/agentwire/agentwire/internal/agent/openai"
 	"github.com/agentwire/agentwire/internal/agent/tools"
-	"github.com/agentwire/agentwire/internal/protocol"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -289,7 +289,7 @@ func TestToolRoundLimit(t *testing.T) {
 	a, _ := newAgent(t, f, func(c *openai.Config) { c.MaxToolRounds = 2 })
 	rec := run(t, a, userRun("loop"))
 	code, msg := rec.Failed(t)
-	if code != agent.CodeAgentFailed || !strings.Contains(msg, "tool-call limit reached") {
+	if code != protocol.CodeAgentFailed || !strings.Contains(msg, "tool-call limit reached") {
 		t.Errorf("agent_error %s %q", code, msg)
 	}
 	if n := len(f.requests()); n != 3 {
@@ -344,7 +344,7 @@ func TestFailures(t *testing.T) {
 			a, _ := newAgent(t, &fake{scripts: []func(http.ResponseWriter, *http.Request){tt.script}}, nil)
 			rec := run(t, a, userRun("hi"))
 			code, msg := rec.Failed(t)
-			if code != agent.CodeAgentFailed {
+			if code != protocol.CodeAgentFailed {
 				t.Errorf("code %s", code)
 			}
 			for _, w := range tt.want {

@@ -66,6 +66,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 const (
@@ -203,7 +204,7 @@ func (s *Stream) appendLocked(u *user, rec stream.Record, now time.Time) stream.
 	}
 	s.trim(u, now)
 	ev := stream.Event{Seq: u.head + 1, Epoch: u.epoch, TS: now.UTC(), Record: rec}
-	ev.Frame = stream.Encode(&ev)
+	ev.Frame = protocol.EncodeEvent(ev.Wire())
 	if n := len(rec.Data); n > 0 {
 		// Keep the copy of data inside the frame rather than the caller's
 		// buffer: no second copy in memory, no aliasing of caller memory.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/streamtest"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 func TestMain(m *testing.M) {
@@ -183,7 +184,7 @@ func TestEvictedUserWithHistoryGetsNewEpoch(t *testing.T) {
 	}
 	_, _, err := s.Since(t.Context(), u, 3, old.Epoch, stream.Limit{})
 	var re *stream.ResyncError
-	if !errors.As(err, &re) || re.Reason != stream.ReasonEpochChanged || re.Position != pos {
+	if !errors.As(err, &re) || re.Reason != protocol.ReasonEpochChanged || re.Position != pos {
 		t.Fatalf("resume with the old epoch: %v, want epoch_changed at %+v", err, pos)
 	}
 	ev := mustAppend(t, s, u, note(4))
@@ -369,12 +370,12 @@ func TestModel(t *testing.T) {
 		}
 		for since := uint64(0); since <= head+1; since++ {
 			evs, pos, err := s.Since(t.Context(), u, since, epoch, stream.Limit{})
-			var want stream.ResyncReason
+			var want protocol.ResyncReason
 			switch {
 			case since > head:
-				want = stream.ReasonAhead
+				want = protocol.ReasonAhead
 			case since+1 < oldest:
-				want = stream.ReasonTooOld
+				want = protocol.ReasonTooOld
 			}
 			var re *stream.ResyncError
 			switch {
@@ -506,7 +507,7 @@ func TestChurn(t *testing.T) {
 	t.Logf("%d evictions of users with history", newEpochs.Load())
 }
 
-// TestAppendAllocs: Append allocates nothing but what stream.Encode does for
+// TestAppendAllocs: Append allocates nothing but what protocol.EncodeEvent does for
 // the frame, with a subscriber and a full ring.
 func TestAppendAllocs(t *testing.T) {
 	s, _ := newFake(t, stream.Retention{})
@@ -520,7 +521,7 @@ func TestAppendAllocs(t *testing.T) {
 		_, _ = s.Append(ctx, "hal", benchRec)
 	}
 	ev := mustAppend(t, s, "hal", benchRec)
-	encode := testing.AllocsPerRun(1000, func() { _ = stream.Encode(&ev) })
+	encode := testing.AllocsPerRun(1000, func() { _ = protocol.EncodeEvent(ev.Wire()) })
 	appendAllocs := testing.AllocsPerRun(1000, func() { _, _ = s.Append(ctx, "hal", benchRec) })
 	if appendAllocs > encode {
 		t.Fatalf("Append allocates %.1f times, Encode %.1f: want nothing beyond the frame", appendAllocs, encode)

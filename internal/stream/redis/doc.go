@@ -45,7 +45,7 @@
 //
 // # Append: one script, gapless across nodes
 //
-// Go encodes the frame once with stream.Encode, with seq 0 and epoch "" as a
+// Go encodes the frame once with protocol.EncodeEvent, with seq 0 and epoch "" as a
 // placeholder, and passes it with the placeholder's offsets. One Lua script,
 // atomic for the user, then: answers an idempotency key of the current epoch
 // with the first event; creates the epoch when meta is missing (the random

@@ -8,11 +8,12 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 var errBadFrame = errors.New("redis stream: malformed stored frame")
 
-// decodeFrame rebuilds an Event from a frame made by stream.Encode (the only
+// decodeFrame rebuilds an Event from a frame made by protocol.EncodeEvent (the only
 // thing this backend stores and publishes). Frame and Data alias f.
 func decodeFrame(f []byte) (stream.Event, error) {
 	ev := stream.Event{Frame: f}
@@ -102,13 +103,13 @@ func (c *cursor) str() (string, bool) {
 	return s, true
 }
 
-// placeholder is what stream.Encode writes for seq 0 and epoch "".
+// placeholder is what protocol.EncodeEvent writes for seq 0 and epoch "".
 const placeholder = `,"seq":0,"epoch":""`
 
 // template encodes ev (seq and epoch unset) and returns the frame template
 // and the offsets around the seq/epoch placeholder.
 func template(ev *stream.Event) (tpl []byte, pre, post int, err error) {
-	tpl = stream.Encode(ev)
+	tpl = protocol.EncodeEvent(ev.Wire())
 	pre = bytes.Index(tpl, []byte(placeholder))
 	if pre < 0 {
 		return nil, 0, 0, errors.New("redis stream: unexpected frame layout")

@@ -22,6 +22,7 @@ import (
 
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/streamtest"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 const urlEnv = "AGENTWIRE_TEST_REDIS_URL"
@@ -331,7 +332,7 @@ func TestHistoryFlushedNewEpoch(t *testing.T) {
 	}
 	_, _, err = b.Since(t.Context(), u, 3, old.Epoch, stream.Limit{})
 	var re *stream.ResyncError
-	if !errors.As(err, &re) || re.Reason != stream.ReasonEpochChanged || re.Position != (stream.Position{Epoch: ev.Epoch, Head: 1}) {
+	if !errors.As(err, &re) || re.Reason != protocol.ReasonEpochChanged || re.Position != (stream.Position{Epoch: ev.Epoch, Head: 1}) {
 		t.Fatalf("Since(3, old epoch) = %v, want epoch_changed at head 1 epoch %q", err, ev.Epoch)
 	}
 	// The live subscriber on B follows the new epoch from its seq 1.
@@ -454,7 +455,7 @@ func TestDecodeFrameRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		f := fill(tpl, pre, post, ev.Seq, ev.Epoch)
-		if want := stream.Encode(&ev); string(f) != string(want) {
+		if want := protocol.EncodeEvent(ev.Wire()); string(f) != string(want) {
 			t.Fatalf("fill = %s, want %s", f, want)
 		}
 		got, err := decodeFrame(f)

@@ -6,7 +6,7 @@ import rueidis "github.com/redis/rueidis"
 //
 // KEYS: 1 meta, 2 log, 3 live channel, [4 idempotency key]
 // ARGV: 1 new epoch (used only when meta is missing), 2 frame template
-// (stream.Encode output with seq 0 and epoch ""), 3 template bytes before the
+// (protocol.EncodeEvent output with seq 0 and epoch ""), 3 template bytes before the
 // placeholder, 4 template offset after it, 5 ts in µs (the producer's clock),
 // 6 MaxEvents, 7 MaxAge in µs, 8 key TTL in ms, 9 idempotency TTL in ms,
 // 10 MaxBytes.

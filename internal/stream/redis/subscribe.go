@@ -10,6 +10,7 @@ import (
 	rueidis "github.com/redis/rueidis"
 
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // maxPending bounds the live messages a user buffers while its gap is being
@@ -317,7 +318,7 @@ func (s *Stream) fillLoop(u *userSub) {
 		var re *stream.ResyncError
 		switch {
 		case err == nil:
-		case errors.As(err, &re) && re.Reason == stream.ReasonEpochChanged:
+		case errors.As(err, &re) && re.Reason == protocol.ReasonEpochChanged:
 			// History was reset: the new epoch's events all follow.
 			u.mu.Lock()
 			u.epoch, u.last = re.Position.Epoch, 0

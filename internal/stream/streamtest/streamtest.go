@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // waitTimeout bounds every wait for live delivery, so a broken backend fails
@@ -259,7 +260,7 @@ func (s *suite) testSinceWrongEpoch(t *testing.T) {
 	appended := appendN(t, st, u, 5)
 	for _, since := range []uint64{0, 2, 5} {
 		_, _, err := st.Since(t.Context(), u, since, appended[0].Epoch+"-stale", stream.Limit{})
-		wantResync(t, err, stream.ReasonEpochChanged, stream.Position{Epoch: appended[0].Epoch, Head: 5})
+		wantResync(t, err, protocol.ReasonEpochChanged, stream.Position{Epoch: appended[0].Epoch, Head: 5})
 	}
 }
 
@@ -268,12 +269,12 @@ func (s *suite) testSinceAhead(t *testing.T) {
 	u := s.user(t, "u")
 	appended := appendN(t, st, u, 5)
 	_, _, err := st.Since(t.Context(), u, 6, appended[0].Epoch, stream.Limit{})
-	wantResync(t, err, stream.ReasonAhead, stream.Position{Epoch: appended[0].Epoch, Head: 5})
+	wantResync(t, err, protocol.ReasonAhead, stream.Position{Epoch: appended[0].Epoch, Head: 5})
 
 	unknown := s.user(t, "unknown")
 	pos := mustHead(t, st, unknown)
 	_, _, err = st.Since(t.Context(), unknown, 1, "", stream.Limit{})
-	wantResync(t, err, stream.ReasonAhead, stream.Position{Epoch: pos.Epoch, Head: 0})
+	wantResync(t, err, protocol.ReasonAhead, stream.Position{Epoch: pos.Epoch, Head: 0})
 }
 
 func (s *suite) testRetentionCount(t *testing.T) {
@@ -284,7 +285,7 @@ func (s *suite) testRetentionCount(t *testing.T) {
 	want := stream.Position{Epoch: epoch, Head: 25}
 	for _, since := range []uint64{0, 1, 14} {
 		_, _, err := st.Since(t.Context(), u, since, epoch, stream.Limit{})
-		wantResync(t, err, stream.ReasonTooOld, want)
+		wantResync(t, err, protocol.ReasonTooOld, want)
 	}
 	evs, _ := mustSince(t, st, u, 15, epoch)
 	if !sameEvents(evs, appended[15:]) {
@@ -308,7 +309,7 @@ func (s *suite) testRetentionAge(t *testing.T) {
 	want := stream.Position{Epoch: old[0].Epoch, Head: 5}
 	for _, since := range []uint64{0, 2} {
 		_, _, err := st.Since(t.Context(), u, since, old[0].Epoch, stream.Limit{})
-		wantResync(t, err, stream.ReasonTooOld, want)
+		wantResync(t, err, protocol.ReasonTooOld, want)
 	}
 	evs, _ := mustSince(t, st, u, 3, old[0].Epoch)
 	if !sameEvents(evs, fresh) {
@@ -357,7 +358,7 @@ func (s *suite) testRetentionBytes(t *testing.T) {
 			}
 			break
 		}
-		wantResync(t, err, stream.ReasonTooOld, stream.Position{Epoch: epoch, Head: 30})
+		wantResync(t, err, protocol.ReasonTooOld, stream.Position{Epoch: epoch, Head: 30})
 	}
 	if first < 21 || first > 22 {
 		t.Fatalf("Since(%d) is the oldest position served, want 21 or 22 (8 or 9 events of 1 KiB in 10,000 bytes)", first)
@@ -369,7 +370,7 @@ func (s *suite) testRetentionBytes(t *testing.T) {
 		t.Fatalf("Since(30) after a huge event = seqs %v, want [31]", seqs(evs))
 	}
 	_, _, err := st.Since(t.Context(), u, 29, epoch, stream.Limit{})
-	wantResync(t, err, stream.ReasonTooOld, stream.Position{Epoch: epoch, Head: 31})
+	wantResync(t, err, protocol.ReasonTooOld, stream.Position{Epoch: epoch, Head: 31})
 	// And it goes as soon as newer events need the room.
 	next := mustAppend(t, st, u, bigRec(32, 100))
 	if evs, _ := mustSince(t, st, u, 31, epoch); !sameEvents(evs, []stream.Event{next}) {
@@ -752,7 +753,7 @@ func mustSince(t *testing.T, st stream.Stream, u string, since uint64, epoch str
 	return evs, pos
 }
 
-func wantResync(t *testing.T, err error, reason stream.ResyncReason, pos stream.Position) {
+func wantResync(t *testing.T, err error, reason protocol.ResyncReason, pos stream.Position) {
 	t.Helper()
 	var re *stream.ResyncError
 	switch {

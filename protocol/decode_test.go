@@ -41,11 +41,11 @@ func TestDecodeValid(t *testing.T) {
 		{"stop_agent", `{"type":"stop_agent","id":"s","run_id":"r1"}`,
 			Frame{Type: TypeStopAgent, ID: "s", RunID: "r1"}},
 		{"resume full", `{"type":"resume","since":41,"epoch":"e1"}`,
-			Frame{Type: TypeResume, Since: 41, HasSince: true, Epoch: "e1"}},
+			Frame{Type: TypeResume, Cursor: Cursor{Seq: 41, Epoch: "e1"}}},
 		{"resume since 0", `{"type":"resume","since":0}`,
-			Frame{Type: TypeResume, Since: 0, HasSince: true}},
+			Frame{Type: TypeResume, Cursor: Cursor{Seq: 0}}},
 		{"resume since max", `{"type":"resume","since":18446744073709551615}`,
-			Frame{Type: TypeResume, Since: 1<<64 - 1, HasSince: true}},
+			Frame{Type: TypeResume, Cursor: Cursor{Seq: 1<<64 - 1}}},
 		{"resume empty", `{"type":"resume"}`,
 			Frame{Type: TypeResume}},
 		{"resume null since", `{"type":"resume","since":null,"epoch":null}`,
@@ -87,13 +87,13 @@ func TestDecodeValid(t *testing.T) {
 	}
 	cases = append(cases,
 		validCase{"session_restore last_seq", `{"type":"session_restore","id":"r","last_seq":7,"epoch":"e"}`,
-			Frame{Type: TypeResume, Alias: "session_restore", ID: "r", Since: 7, HasSince: true, Epoch: "e"}},
+			Frame{Type: TypeResume, Alias: "session_restore", ID: "r", Cursor: Cursor{Seq: 7, Epoch: "e"}}},
 		validCase{"session_restore since", `{"type":"session_restore","since":9}`,
-			Frame{Type: TypeResume, Alias: "session_restore", Since: 9, HasSince: true}},
+			Frame{Type: TypeResume, Alias: "session_restore", Cursor: Cursor{Seq: 9}}},
 		validCase{"session_restore last_seq beats since", `{"type":"session_restore","since":9,"last_seq":3}`,
-			Frame{Type: TypeResume, Alias: "session_restore", Since: 3, HasSince: true}},
+			Frame{Type: TypeResume, Alias: "session_restore", Cursor: Cursor{Seq: 3}}},
 		validCase{"session_restore null last_seq falls back to since", `{"type":"session_restore","since":9,"last_seq":null}`,
-			Frame{Type: TypeResume, Alias: "session_restore", Since: 9, HasSince: true}},
+			Frame{Type: TypeResume, Alias: "session_restore", Cursor: Cursor{Seq: 9}}},
 		validCase{"session_restore empty", `{"type":"session_restore"}`,
 			Frame{Type: TypeResume, Alias: "session_restore"}},
 		validCase{"resume ignores last_seq", `{"type":"resume","last_seq":3}`,
@@ -120,7 +120,7 @@ func TestDecodeErrors(t *testing.T) {
 	cases := []struct {
 		name  string
 		in    string
-		code  string
+		code  ErrorCode
 		ref   string
 		field string // must appear in the message when set
 	}{

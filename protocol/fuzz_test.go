@@ -40,7 +40,7 @@ func FuzzDecode(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	known := map[string]bool{CodeBadJSON: true, CodeUnknownType: true, CodeInvalidMessage: true}
+	known := map[ErrorCode]bool{CodeBadJSON: true, CodeUnknownType: true, CodeInvalidMessage: true}
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		fr, e := Decode(msg)
 
@@ -79,12 +79,12 @@ func FuzzDecode(f *testing.F) {
 		if fr.Alias != "" && Replacement(fr.Alias) != fr.Type {
 			t.Fatalf("alias %q for type %q", fr.Alias, fr.Type)
 		}
-		for _, s := range []string{fr.ID, fr.Content, fr.ThreadID, fr.ClientMessageID, fr.RunID, fr.Epoch} {
+		for _, s := range []string{fr.ID, fr.Content, fr.ThreadID, fr.ClientMessageID, fr.RunID, fr.Cursor.Epoch} {
 			if !utf8.ValidString(s) {
 				t.Fatalf("invalid UTF-8 in %+v", fr)
 			}
 		}
-		for _, s := range []string{fr.ID, fr.ThreadID, fr.ClientMessageID, fr.RunID, fr.Epoch} {
+		for _, s := range []string{fr.ID, fr.ThreadID, fr.ClientMessageID, fr.RunID, fr.Cursor.Epoch} {
 			if strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
 				t.Fatalf("control character in an id of %+v", fr)
 			}
@@ -93,7 +93,7 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("NUL in content of %+v", fr)
 		}
 		if len(fr.ID) > MaxIDBytes || len(fr.ThreadID) > MaxKeyBytes || len(fr.ClientMessageID) > MaxKeyBytes ||
-			len(fr.RunID) > MaxKeyBytes || len(fr.Epoch) > MaxKeyBytes {
+			len(fr.RunID) > MaxKeyBytes || len(fr.Cursor.Epoch) > MaxKeyBytes {
 			t.Fatalf("field over its limit in %.200q", msg)
 		}
 		if fr.ID != "" && obj["id"] != fr.ID {
@@ -112,15 +112,28 @@ func FuzzDecode(f *testing.F) {
 		if (fr.Type == TypeStopAgent) != (fr.RunID != "") {
 			t.Fatalf("run_id %q on %s", fr.RunID, fr.Type)
 		}
-		if fr.Type != TypeResume && (fr.HasSince || fr.Since != 0 || fr.Epoch != "") {
+		if fr.Type != TypeResume && fr.Cursor != (Cursor{}) {
 			t.Fatalf("resume fields on %s", fr.Type)
 		}
-		if !fr.HasSince && fr.Since != 0 {
-			t.Fatalf("since %d without HasSince", fr.Since)
+		if fr.Cursor.None {
+			t.Fatalf("resume %q decoded to no position", msg)
 		}
 		if fr.Type == TypeResume && fr.Alias == "" {
-			if n, ok := obj["since"].(json.Number); fr.HasSince && (!ok || n.String() != strconv.FormatUint(fr.Since, 10)) {
-				t.Fatalf("since %d, encoding/json says %v", fr.Since, obj["since"])
+			n, ok := obj["since"].(json.Number)
+			if want := "0"; ok {
+				want = n.String()
+				if strconv.FormatUint(fr.Cursor.Seq, 10) != want {
+					t.Fatalf("since %d, encoding/json says %v", fr.Cursor.Seq, obj["since"])
+				}
+			} else if fr.Cursor.Seq != 0 {
+				t.Fatalf("since %d, encoding/json says %v", fr.Cursor.Seq, obj["since"])
+			}
+		}
+		if fr.Alias == "" {
+			// EncodeFrame is Decode's inverse on what Decode accepts.
+			back, e := Decode(EncodeFrame(&fr))
+			if e != nil || back != fr {
+				t.Fatalf("Decode(EncodeFrame(%+v)) = %+v, %v", fr, back, e)
 			}
 		}
 	})

@@ -34,13 +34,13 @@ func TestEncodeFrames(t *testing.T) {
 			map[string]any{"type": "error", "code": "invalid_message", "message": `missing field "content"`, "ref": "a"}},
 		{"error no ref", EncodeError(&Error{Code: CodeBadJSON, Message: "frame is not valid JSON"}),
 			map[string]any{"type": "error", "code": "bad_json", "message": "frame is not valid JSON"}},
-		{"error escaping", EncodeError(&Error{Code: odd, Message: odd, Ref: odd}),
+		{"error escaping", EncodeError(&Error{Code: ErrorCode(odd), Message: odd, Ref: odd}),
 			map[string]any{"type": "error", "code": odd, "message": odd, "ref": odd}},
 		{"error nil", EncodeError(nil),
 			map[string]any{"type": "error", "code": "internal_error", "message": "internal error"}},
 		{"resync", EncodeResync("e2", 41, "epoch_changed"),
 			map[string]any{"type": "resync_required", "epoch": "e2", "head_seq": json.Number("41"), "reason": "epoch_changed"}},
-		{"resync max head", EncodeResync(odd, 1<<64-1, odd),
+		{"resync max head", EncodeResync(odd, 1<<64-1, ResyncReason(odd)),
 			map[string]any{"type": "resync_required", "epoch": odd, "head_seq": json.Number("18446744073709551615"), "reason": odd}},
 		{"resync empty", EncodeResync("", 0, ""),
 			map[string]any{"type": "resync_required", "epoch": "", "head_seq": json.Number("0"), "reason": ""}},
@@ -99,7 +99,7 @@ func TestEncodeErrorFromDecode(t *testing.T) {
 	for _, in := range []string{`nope`, `{"id":"x"}`, `{"type":"user_message","id":"x"}`} {
 		_, e := Decode([]byte(in))
 		got := decodeObject(t, EncodeError(e))
-		if got["code"] != e.Code || got["message"] != e.Message || got["ref"] != nilIfEmpty(e.Ref) {
+		if got["code"] != string(e.Code) || got["message"] != e.Message || got["ref"] != nilIfEmpty(e.Ref) {
 			t.Fatalf("EncodeError(%+v) = %v", e, got)
 		}
 	}

@@ -3,7 +3,7 @@ package protocol
 import (
 	"bytes"
 	"encoding/json"
-	"math"
+	"errors"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -31,10 +31,11 @@ import (
 // is an empty optional string (thread_id "" asks for a new thread). Fields the
 // frame's type does not use are ignored whatever their value.
 //
-// resume: since and epoch are both optional, as in the connect query. Without
-// since (or with null) the client asks for everything still retained: Since is
-// 0 and HasSince false. since must be a JSON integer in [0, 2^64-1]; strings,
-// fractions, exponents and negative numbers are invalid_message.
+// resume: since and epoch are both optional, as in the connect query, and
+// make Frame.Cursor (never None: a resume always replays). Without since (or
+// with null) the client asks for everything still retained: Cursor.Seq is 0.
+// since must be a JSON integer in [0, 2^64-1]; strings, fractions, exponents
+// and negative numbers are invalid_message.
 //
 // Deprecated aliases are mapped to their canonical type and recorded in
 // Frame.Alias: chat, agent_request, execute_agent and start_agent take their
@@ -257,10 +258,10 @@ func decodeResume(f *Frame, r *rawFrame) *Error {
 		raw, name = r.lastSeq, "last_seq"
 	}
 	var e *Error
-	if f.Since, f.HasSince, e = optionalUint(raw, name, f.ID); e != nil {
+	if f.Cursor.Seq, e = optionalSeq(raw, name, f.ID); e != nil {
 		return e
 	}
-	f.Epoch, e = optionalString(r.epoch, "epoch", MaxKeyBytes, f.ID)
+	f.Cursor.Epoch, e = optionalString(r.epoch, "epoch", MaxKeyBytes, f.ID)
 	return e
 }
 
@@ -350,25 +351,22 @@ func required(raw []byte, field string, limit int, ref string, opt func([]byte, 
 	return s, e
 }
 
-// optionalUint decodes a JSON integer in [0, 2^64-1]. present is false for
-// an absent or null member.
-func optionalUint(raw []byte, field, ref string) (v uint64, present bool, e *Error) {
+// optionalSeq decodes a since with parseSeq, the parser of every resume
+// position: a JSON integer in [0, 2^64-1]; absent or null is 0.
+func optionalSeq(raw []byte, field, ref string) (uint64, *Error) {
 	if isNull(raw) {
-		return 0, false, nil
+		return 0, nil
 	}
 	// raw is a valid JSON value, so all digits means a plain integer without
 	// sign, fraction or exponent (and without leading zeros).
-	for _, c := range raw {
-		if c < '0' || c > '9' {
-			return 0, false, invalid(ref, `field "`+field+`" must be a non-negative integer`)
-		}
-		d := uint64(c - '0')
-		if v > (math.MaxUint64-d)/10 {
-			return 0, false, invalid(ref, `field "`+field+`" exceeds 18446744073709551615`)
-		}
-		v = v*10 + d
+	n, err := parseSeq(raw)
+	switch {
+	case errors.Is(err, errSeqRange):
+		return 0, invalid(ref, `field "`+field+`" exceeds 18446744073709551615`)
+	case err != nil:
+		return 0, invalid(ref, `field "`+field+`" must be a non-negative integer`)
 	}
-	return v, true, nil
+	return n, nil
 }
 
 // unquote decodes the JSON string literal q, which must be valid. Escaped

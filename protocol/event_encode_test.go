@@ -1,4 +1,4 @@
-package stream
+package protocol
 
 import (
 	"bytes"
@@ -7,21 +7,21 @@ import (
 	"time"
 )
 
-func TestEncodeRoundTrip(t *testing.T) {
+func TestEncodeEventRoundTrip(t *testing.T) {
 	t.Parallel()
 	ts := time.Date(2026, 11, 26, 9, 30, 0, 123000000, time.UTC)
 	cases := []struct {
 		name string
 		ev   Event
 	}{
-		{"minimal", Event{Seq: 1, Epoch: "e1", TS: ts, Record: Record{Type: "x"}}},
-		{"full", Event{Seq: 42, Epoch: "e\"2", TS: ts, Record: Record{Type: "agent_message_delta", ThreadID: "t<1>", RunID: "r&1", Data: json.RawMessage(`{"delta":"héllo\n"}`)}}},
-		{"odd strings", Event{Seq: 7, Epoch: "\x00\x1f\u2028", TS: ts, Record: Record{Type: "a\xffb", ThreadID: "\t\\"}}},
+		{"minimal", Event{Seq: 1, Epoch: "e1", TS: ts, Type: "x"}},
+		{"full", Event{Seq: 42, Epoch: "e\"2", TS: ts, Type: "agent_message_delta", ThreadID: "t<1>", RunID: "r&1", Data: json.RawMessage(`{"delta":"héllo\n"}`)}},
+		{"odd strings", Event{Seq: 7, Epoch: "\x00\x1f\u2028", TS: ts, Type: "a\xffb", ThreadID: "\t\\"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			b := Encode(&tc.ev)
+			b := EncodeEvent(tc.ev)
 			var got struct {
 				Type     string          `json:"type"`
 				Seq      uint64          `json:"seq"`
@@ -47,11 +47,11 @@ func TestEncodeRoundTrip(t *testing.T) {
 	}
 }
 
-func BenchmarkEncode(b *testing.B) {
-	ev := Event{Seq: 123456, Epoch: "01JD0000000000000000000000", TS: time.Now(), Record: Record{Type: "agent_message_delta", ThreadID: "01JD0000000000000000000001", RunID: "01JD0000000000000000000002", Data: json.RawMessage(`{"message_id":"m1","delta":"The answer is 84."}`)}}
+func BenchmarkEncodeEvent(b *testing.B) {
+	ev := Event{Seq: 123456, Epoch: "01JD0000000000000000000000", TS: time.Now(), Type: "agent_message_delta", ThreadID: "01JD0000000000000000000001", RunID: "01JD0000000000000000000002", Data: json.RawMessage(`{"message_id":"m1","delta":"The answer is 84."}`)}
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = Encode(&ev)
+		_ = EncodeEvent(ev)
 	}
 }
 
@@ -67,8 +67,8 @@ func TestNoHTMLEscaping(t *testing.T) {
 	if want := `{"content":"<b>&amp;</b>","raw":{"x":"<&>"}}`; string(data) != want {
 		t.Fatalf("MarshalData = %s, want %s", data, want)
 	}
-	ev := Event{Seq: 1, Epoch: "e", TS: time.Now(), Record: Record{Type: "x", ThreadID: s, Data: data}}
-	b := Encode(&ev)
+	ev := Event{Seq: 1, Epoch: "e", TS: time.Now(), Type: "x", ThreadID: s, Data: data}
+	b := EncodeEvent(ev)
 	var got struct {
 		ThreadID string `json:"thread_id"`
 		Data     struct {

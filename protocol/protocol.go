@@ -1,11 +1,16 @@
-// Package protocol decodes and validates the frames clients send to agentwire
-// and encodes the server frames that are not stream events (ack, pong, error,
-// resync_required, deprecation, connection_established).
+// Package protocol is agentwire's wire vocabulary (docs/PROTOCOL.md), shared
+// by the server and the Go SDK: the frames clients send and their decoding
+// and validation, the stream events and their data, the other server frames
+// and their encoding, every close code, error code and resync reason, the
+// resume position, and the shapes of the HTTP API.
 //
-// It implements sections 3 to 5 of the wire contract (PROTOCOL.md). Decode
-// never panics and answers every bad input with an *Error whose Code is one of
-// the contract's codes, so the transport can send it back as an error frame
-// and keep the connection open.
+// Decode never panics and answers every bad input with an *Error whose Code
+// is one of the contract's codes, so the transport can send it back as an
+// error frame and keep the connection open. The encoders build each frame
+// once, byte for byte as the contract writes it.
+//
+// The package imports nothing of agentwire: every other package, and any
+// other program, may import it.
 package protocol
 
 // Version is the protocol name announced in connection_established; it is
@@ -20,18 +25,6 @@ const (
 	TypePing        = "ping"
 )
 
-// Stream event types of a run (contract section 4). A run's user_message
-// echo has type TypeUserMessage.
-const (
-	TypeAgentStarted      = "agent_started"
-	TypeAgentThinking     = "agent_thinking"
-	TypeToolExecuting     = "tool_executing"
-	TypeToolCompleted     = "tool_completed"
-	TypeAgentMessageDelta = "agent_message_delta"
-	TypeAgentCompleted    = "agent_completed"
-	TypeAgentError        = "agent_error"
-)
-
 // Server frame types that are not stream events.
 const (
 	TypeAck                   = "ack"
@@ -40,17 +33,6 @@ const (
 	TypeResyncRequired        = "resync_required"
 	TypeDeprecation           = "deprecation"
 	TypeConnectionEstablished = "connection_established"
-)
-
-// Error codes of the contract (section 5) plus those the server uses.
-const (
-	CodeBadJSON        = "bad_json"
-	CodeUnknownType    = "unknown_type"
-	CodeInvalidMessage = "invalid_message"
-	CodeNotFound       = "not_found"
-	CodeRateLimited    = "rate_limited"
-	CodeTooManyRuns    = "too_many_runs"
-	CodeInternal       = "internal_error"
 )
 
 // Size limits of client frame fields, in bytes of the decoded UTF-8 string.
@@ -82,26 +64,24 @@ type Frame struct {
 	// stop_agent. Always non-empty.
 	RunID string
 
-	// resume. HasSince is false when the client sent no since (or null): the
-	// replay then starts at the beginning of the retained history, and Since
-	// is 0. Epoch "" means the client knows no epoch.
-	Since    uint64
-	Epoch    string
-	HasSince bool
+	// resume: the position to replay after. Never None; without since (or
+	// with null) Seq is 0, the beginning of the retained history, and
+	// without epoch Epoch is "", any epoch.
+	Cursor Cursor
 }
 
 // Error is a protocol error to send back as an error frame. Ref is the
 // frame's id when it could be read, "" otherwise. Message never quotes the
 // client's input, so it is safe to log.
 type Error struct {
-	Code    string
+	Code    ErrorCode
 	Message string
 	Ref     string
 }
 
 // Error returns "protocol: <code>: <message>".
 func (e *Error) Error() string {
-	return "protocol: " + e.Code + ": " + e.Message
+	return "protocol: " + string(e.Code) + ": " + e.Message
 }
 
 // aliases lists the deprecated client frame types in a stable order.
