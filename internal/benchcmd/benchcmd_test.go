@@ -113,7 +113,7 @@ func TestBenchWrongAPIKey(t *testing.T) {
 	if !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "--api-key") {
 		t.Errorf("error %q does not say the API key was refused", err)
 	}
-	if d := time.Since(start); d > 5*time.Second {
+	if d := time.Since(start); d > 30*time.Second { // fails at once, not after --max-duration (about a minute here); generous for a busy machine
 		t.Errorf("took %v", d)
 	}
 }
@@ -140,7 +140,7 @@ func TestBenchClosedPort(t *testing.T) {
 	if err == nil {
 		t.Fatalf("bench passed against a closed port:\n%s", out)
 	}
-	if d := time.Since(start); d > 5*time.Second {
+	if d := time.Since(start); d > 30*time.Second { // fails at once, not after --max-duration (about a minute here); generous for a busy machine
 		t.Errorf("took %v", d)
 	}
 	if !strings.Contains(err.Error(), "cannot reach") {
