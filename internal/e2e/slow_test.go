@@ -134,7 +134,9 @@ func TestSlowConsumerClosed4008(t *testing.T) {
 	var last uint64
 	var closeErr error
 	for {
-		f, err := readFrame(stalled, 5*time.Second)
+		// Per frame, so it bounds a stall, not the drain: a loaded machine
+		// may take seconds between two frames of a large backlog.
+		f, err := readFrame(stalled, 30*time.Second)
 		if err != nil {
 			closeErr = err
 			break
