@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
-	"encoding/json"
 	"io/fs"
 	"mime"
 	"net/http"
@@ -16,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -71,10 +71,7 @@ func Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a, ok := assets[r.URL.Path]
 		if !ok || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
-			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("Cache-Control", "no-store")
-			w.WriteHeader(http.StatusNotFound)
-			_ = json.NewEncoder(w).Encode(protocol.ErrorBody{Error: protocol.ErrorDetail{Code: protocol.CodeNotFound, Message: "no such endpoint"}})
+			httpx.Error(w, http.StatusNotFound, protocol.CodeNotFound, "no such endpoint")
 			return
 		}
 		h := w.Header()

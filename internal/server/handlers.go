@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -14,78 +15,91 @@ import (
 	"unicode/utf8"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/protocol"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
+// handleNotFound answers 404 not_found for any path no route serves.
 func handleNotFound() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "no such endpoint")
+		httpx.Error(w, http.StatusNotFound, protocol.CodeNotFound, "no such endpoint")
 	})
 }
 
+// handleMethodNotAllowed answers 405 method_not_allowed, with Allow: allow,
+// for any other method on an API path.
 func handleMethodNotAllowed(allow string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", allow)
-		writeError(w, http.StatusMethodNotAllowed, protocol.CodeMethodNotAllowed, "use "+allow)
+		httpx.Error(w, http.StatusMethodNotAllowed, protocol.CodeMethodNotAllowed, "use "+allow)
 	})
 }
 
+// handleHealthz answers 200 while the process serves HTTP at all.
 func handleHealthz() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 }
 
-func handleReadyz(d *Deps) http.Handler {
+// pinger is a backend /readyz checks.
+type pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// handleReadyz answers 200 when the node should get new work: the stream
+// and the store answer a ping and the process is not draining (draining nil:
+// never); 503 otherwise. jwks (nil: no JWKS configured) reports the last
+// JWKS fetch's failure, shown as detail only.
+func handleReadyz(st, db pinger, draining func() bool, jwks func() error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		checks := map[string]string{"stream": "ok", "store": "ok"}
 		ready := true
-		if d.Draining != nil && d.Draining() {
+		if draining != nil && draining() {
 			checks["process"], ready = "draining", false
 		}
-		if err := d.Stream.Ping(ctx); err != nil {
+		if err := st.Ping(ctx); err != nil {
 			checks["stream"], ready = "unreachable", false
 		}
-		if err := d.Store.Ping(ctx); err != nil {
+		if err := db.Ping(ctx); err != nil {
 			checks["store"], ready = "unreachable", false
 		}
-		if d.JWKS != nil {
+		if jwks != nil {
 			// Detail only: cached keys still verify, and every node shares
 			// the one JWKS, so taking this node out would help no one.
 			checks["jwks"] = "ok"
-			if d.JWKS() != nil {
+			if jwks() != nil {
 				checks["jwks"] = "last fetch failed"
 			}
 		}
 		if !ready {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "checks": checks})
+			httpx.JSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "checks": checks})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "checks": checks})
+		httpx.JSON(w, http.StatusOK, map[string]any{"status": "ok", "checks": checks})
 	})
 }
 
-func handleTickets(d *Deps) http.Handler {
+// handleTickets exchanges the user's JWT for a one-time ticket for /ws.
+func handleTickets(tickets auth.TicketStore, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		claims, ok := userFromRequest(d, w, r)
-		if !ok {
-			return
-		}
-		t, exp, err := d.Tickets.Issue(r.Context(), claims)
+		claims := claimsFrom(r.Context())
+		t, exp, err := tickets.Issue(r.Context(), claims)
 		if err != nil {
 			if errors.Is(err, auth.ErrExpired) || errors.Is(err, auth.ErrInvalid) {
-				writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "token cannot be exchanged for a ticket")
+				httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "token cannot be exchanged for a ticket")
 				return
 			}
-			d.Logger.Error("issue ticket", "user", claims.Subject, "err", err)
-			writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "could not issue a ticket, retry")
+			log.Error("issue ticket", "user", claims.Subject, "err", err)
+			httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "could not issue a ticket, retry")
 			return
 		}
-		writeJSON(w, http.StatusOK, protocol.Ticket{Ticket: t, ExpiresAt: exp.UTC()})
+		httpx.JSON(w, http.StatusOK, protocol.Ticket{Ticket: t, ExpiresAt: exp.UTC()})
 	})
 }
 
@@ -105,40 +119,36 @@ const (
 // answers 200 with no events, "resync_required": true and the reason, so a
 // polling client reloads and continues from head_seq. The answer is written
 // as the stream is read.
-func handleEvents(d *Deps) http.Handler {
+func handleEvents(st stream.Stream, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		claims, ok := userFromRequest(d, w, r)
-		if !ok {
-			return
-		}
+		user := claimsFrom(r.Context()).Subject
 		q := r.URL.Query()
 		// No position (None) reads from the start of the retained history:
 		// its Seq and Epoch are zero.
 		cur, err := protocol.ParseCursor(q.Get("since"), q.Get("epoch"))
 		if err != nil {
-			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
+			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
 			return
 		}
 		limit := defaultEventsLimit
 		if s := q.Get("limit"); s != "" {
 			n, err := strconv.Atoi(s)
 			if err != nil || n < 1 || n > maxEventsLimit {
-				writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "limit must be an integer from 1 to 1000")
+				httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "limit must be an integer from 1 to 1000")
 				return
 			}
 			limit = n
 		}
 		since, epoch := cur.Seq, cur.Epoch
-		user := claims.Subject
 		lim := stream.Limit{MaxEvents: limit, MaxBytes: eventsPageBytes}
-		events, pos, err := d.Stream.Since(r.Context(), user, since, epoch, lim)
+		events, pos, err := st.Since(r.Context(), user, since, epoch, lim)
 		var resync *stream.ResyncError
 		switch {
 		case errors.As(err, &resync):
 			pos = resync.Position
 		case err != nil:
-			d.Logger.Error("read events", "user", user, "err", err)
-			writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable, retry")
+			log.Error("read events", "user", user, "err", err)
+			httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable, retry")
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -177,12 +187,12 @@ func handleEvents(d *Deps) http.Handler {
 				break
 			}
 			lim.MaxEvents = limit - sent
-			events, _, err = d.Stream.Since(r.Context(), user, last, epoch, lim)
+			events, _, err = st.Since(r.Context(), user, last, epoch, lim)
 			if err != nil {
 				// The status is sent: end the answer here; next leads the
 				// client to the same read again (or to resync_required).
 				if !errors.Is(err, stream.ErrResync) {
-					d.Logger.Error("read events", "user", user, "err", err)
+					log.Error("read events", "user", user, "err", err)
 				}
 				break
 			}
@@ -200,27 +210,33 @@ func handleEvents(d *Deps) http.Handler {
 
 var publishType = regexp.MustCompile(`^[a-z][a-z0-9_.]{0,63}$`)
 
+// runPublisher adds an external agent's event to a running run
+// (runs.Manager).
+type runPublisher interface {
+	Publish(user, runID, typ string, data json.RawMessage) (stream.Event, error)
+}
+
 // publishToRun adds an external agent's event to a running run of user. The
 // run's emitter keeps the per-run order: nothing after the terminal event.
-func publishToRun(d *Deps, w http.ResponseWriter, user, runID, typ string, data json.RawMessage) {
+func publishToRun(rn runPublisher, published prometheus.Counter, log *slog.Logger, w http.ResponseWriter, user, runID, typ string, data json.RawMessage) {
 	if runID == "" {
-		writeError(w, http.StatusConflict, protocol.CodeReservedType,
+		httpx.Error(w, http.StatusConflict, protocol.CodeReservedType,
 			"type "+typ+" is an agent event: it needs the run_id of a run of that user that is still running")
 		return
 	}
-	ev, err := d.Runs.Publish(user, runID, typ, data)
+	ev, err := rn.Publish(user, runID, typ, data)
 	switch {
 	case err == nil:
-		d.Metrics.Published.Inc()
-		writeJSON(w, http.StatusOK, protocol.PublishResponse{Seq: ev.Seq, Epoch: ev.Epoch})
+		published.Inc()
+		httpx.JSON(w, http.StatusOK, protocol.PublishResponse{Seq: ev.Seq, Epoch: ev.Epoch})
 	case errors.Is(err, runs.ErrNotRunning):
-		writeError(w, http.StatusConflict, protocol.CodeRunNotRunning,
+		httpx.Error(w, http.StatusConflict, protocol.CodeRunNotRunning,
 			"type "+typ+" is an agent event: it is accepted only for a run of that user that is still running")
 	case errors.Is(err, runs.ErrBadEvent), errors.Is(err, runs.ErrUnknownToolCall):
-		writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
+		httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
 	default:
-		d.Logger.Error("publish to run", "user", user, "run", runID, "err", err)
-		writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable, retry")
+		log.Error("publish to run", "user", user, "run", runID, "err", err)
+		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable, retry")
 	}
 }
 
@@ -231,71 +247,74 @@ const (
 	maxDataLen = 64 << 10
 )
 
-func handlePublish(d *Deps) http.Handler {
+// handlePublish appends a server's event to a user's stream (POST
+// /api/v1/publish), or to a running run for the agent event types;
+// published counts the events accepted.
+func handlePublish(st stream.Stream, rn runPublisher, published prometheus.Counter, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// JSON is UTF-8 (RFC 8259), and encoding/json lets other bytes
 		// through inside data: one such byte appended to the stream would go
 		// out in every later text frame of the user, which compliant clients
 		// must fail (1007), so the whole body is checked first.
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, httpx.MaxBody))
 		if err != nil {
-			writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over 128 KiB")
+			httpx.Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over 128 KiB")
 			return
 		}
 		if !utf8.Valid(body) {
-			writeError(w, http.StatusBadRequest, protocol.CodeInvalidJSON, "request body is not valid UTF-8")
+			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidJSON, "request body is not valid UTF-8")
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		var req protocol.PublishRequest
-		if !decodeBody(w, r, &req) {
+		if !httpx.Decode(w, r, &req) {
 			return
 		}
 		switch {
 		case !isKey(req.UserID) || !isKey(req.ThreadID) || !isKey(req.RunID) || !isKey(req.IdempotencyKey):
-			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "user_id, thread_id, run_id and idempotency_key must not contain control characters")
+			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "user_id, thread_id, run_id and idempotency_key must not contain control characters")
 			return
 		case req.UserID == "" || len(req.UserID) > maxUserID:
-			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "user_id is required (1-256 bytes)")
+			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "user_id is required (1-256 bytes)")
 			return
 		case !publishType.MatchString(req.Type):
-			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "type must match ^[a-z][a-z0-9_.]{0,63}$")
+			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "type must match ^[a-z][a-z0-9_.]{0,63}$")
 			return
 		case len(req.ThreadID) > maxKeyLen || len(req.RunID) > maxKeyLen || len(req.IdempotencyKey) > maxKeyLen:
-			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "thread_id, run_id and idempotency_key are at most 128 bytes")
+			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "thread_id, run_id and idempotency_key are at most 128 bytes")
 			return
 		case len(req.Data) > maxDataLen:
-			writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "data is over 64 KiB")
+			httpx.Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "data is over 64 KiB")
 			return
 		}
 		data := bytes.TrimSpace(req.Data)
 		if len(data) == 0 || bytes.Equal(data, []byte("null")) {
 			data = nil
 		} else if data[0] != '{' {
-			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "data must be a JSON object")
+			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "data must be a JSON object")
 			return
 		} else {
 			var compact bytes.Buffer
 			if err := json.Compact(&compact, data); err != nil {
-				writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "data must be a JSON object")
+				httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "data must be a JSON object")
 				return
 			}
 			data = compact.Bytes()
 		}
 		if protocol.RunEventType(req.Type) {
-			publishToRun(d, w, req.UserID, req.RunID, req.Type, data)
+			publishToRun(rn, published, log, w, req.UserID, req.RunID, req.Type, data)
 			return
 		}
-		ev, err := d.Stream.Append(r.Context(), req.UserID, stream.Record{
+		ev, err := st.Append(r.Context(), req.UserID, stream.Record{
 			Type: req.Type, ThreadID: req.ThreadID, RunID: req.RunID, Data: data, IdempotencyKey: req.IdempotencyKey,
 		})
 		if err != nil {
-			d.Logger.Error("publish", "user", req.UserID, "type", req.Type, "err", err)
-			writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable, retry with the same idempotency_key")
+			log.Error("publish", "user", req.UserID, "type", req.Type, "err", err)
+			httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable, retry with the same idempotency_key")
 			return
 		}
-		d.Metrics.Published.Inc()
-		writeJSON(w, http.StatusOK, protocol.PublishResponse{Seq: ev.Seq, Epoch: ev.Epoch})
+		published.Inc()
+		httpx.JSON(w, http.StatusOK, protocol.PublishResponse{Seq: ev.Seq, Epoch: ev.Epoch})
 	})
 }
 
@@ -313,25 +332,27 @@ func isKey(s string) bool {
 
 var devUser = regexp.MustCompile(`^[A-Za-z0-9_.@-]{1,64}$`)
 
-func handleDevLogin(d *Deps) http.Handler {
+// handleDevLogin signs a JWT for any user_id (POST /auth/dev-login, --dev
+// only) with signer (nil: 501), valid for ttl, with issuer and audience.
+func handleDevLogin(signer *auth.Signer, ttl time.Duration, issuer, audience string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var req protocol.DevLoginRequest
-		if !decodeBody(w, r, &req) {
+		if !httpx.Decode(w, r, &req) {
 			return
 		}
 		if !devUser.MatchString(req.UserID) {
-			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "user_id must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
+			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "user_id must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
 			return
 		}
-		if d.Signer == nil {
-			writeError(w, http.StatusNotImplemented, protocol.CodeNoSigningKey, "dev login needs an HS256 secret (--jwt-secret or the generated one)")
+		if signer == nil {
+			httpx.Error(w, http.StatusNotImplemented, protocol.CodeNoSigningKey, "dev login needs an HS256 secret (--jwt-secret or the generated one)")
 			return
 		}
-		tok, exp, err := d.Signer.Sign(req.UserID, d.DevTTL, d.Issuer, d.Audience)
+		tok, exp, err := signer.Sign(req.UserID, ttl, issuer, audience)
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, protocol.CodeInternal, "could not sign a token")
+			httpx.Error(w, http.StatusInternalServerError, protocol.CodeInternal, "could not sign a token")
 			return
 		}
-		writeJSON(w, http.StatusOK, protocol.DevLoginResponse{Token: tok, ExpiresAt: exp.UTC()})
+		httpx.JSON(w, http.StatusOK, protocol.DevLoginResponse{Token: tok, ExpiresAt: exp.UTC()})
 	})
 }

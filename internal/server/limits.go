@@ -1,12 +1,12 @@
 package server
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -123,23 +123,24 @@ func (l *readLimiter) release(user string) {
 	l.n[user]--
 }
 
-// limitReads authenticates the user of a list endpoint and bounds how many
-// such requests the user has in flight: one more answers 429
-// too_many_requests with Retry-After: 1. A page is at most about a MiB, so
-// this bounds what one user's slow readers can hold. The verified claims
-// travel in the context, so the handler does not verify the token again.
-func limitReads(d *Deps, l *readLimiter, next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		claims, ok := userFromRequest(d, w, r)
-		if !ok {
-			return
-		}
-		if !l.acquire(claims.Subject) {
-			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusTooManyRequests, protocol.CodeTooManyRequests, "too many list requests in flight for this user, retry")
-			return
-		}
-		defer l.release(claims.Subject)
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), claimsKey{}, claims)))
-	})
+// limitReads returns the middleware of the list endpoints: it bounds how
+// many such requests one user (from the claims requireUser put in the
+// context) has in flight to max; one more answers 429 too_many_requests
+// with Retry-After: 1. A page is at most about a MiB, so this bounds what
+// one user's slow readers can hold. One limiter is shared by every endpoint
+// the returned middleware wraps.
+func limitReads(max int) func(http.Handler) http.Handler {
+	l := newReadLimiter(max)
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			user := claimsFrom(r.Context()).Subject
+			if !l.acquire(user) {
+				w.Header().Set("Retry-After", "1")
+				httpx.Error(w, http.StatusTooManyRequests, protocol.CodeTooManyRequests, "too many list requests in flight for this user, retry")
+				return
+			}
+			defer l.release(user)
+			next.ServeHTTP(w, r)
+		})
+	}
 }

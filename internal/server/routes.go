@@ -6,26 +6,31 @@ import (
 	"github.com/agentwire/agentwire/web"
 )
 
-// addRoutes is the whole HTTP surface of agentwire, in one place.
+// addRoutes is the whole HTTP surface of agentwire, in one place: each
+// handler gets only the dependencies it uses, and authentication is the
+// middleware in front of it.
 func addRoutes(mux *http.ServeMux, d *Deps) {
+	user := requireUser(d.Verifier, d.Metrics.AuthFailures)
+	apiKey := requireAPIKey(d.APIKeys, d.Metrics.AuthFailures)
+	// The list endpoints share a per-user bound of requests in flight.
+	reads := limitReads(d.MaxReadsPerUser)
+
 	mux.Handle("GET /ws", d.WS)
 
-	// The list endpoints share a per-user bound of requests in flight.
-	reads := newReadLimiter(d.MaxReadsPerUser)
-	mux.Handle("POST /api/v1/tickets", handleTickets(d))
-	mux.Handle("GET /api/v1/events", limitReads(d, reads, handleEvents(d)))
-	mux.Handle("GET /api/v1/threads", limitReads(d, reads, handleThreads(d)))
-	mux.Handle("GET /api/v1/threads/{id}/messages", limitReads(d, reads, handleMessages(d)))
-	mux.Handle("GET /api/v1/runs/{id}", handleRun(d))
-	mux.Handle("GET /api/v1/config", handleConfig(d))
-	mux.Handle("POST /api/v1/publish", requireAPIKey(d, handlePublish(d)))
+	mux.Handle("POST /api/v1/tickets", user(handleTickets(d.Tickets, d.Logger)))
+	mux.Handle("GET /api/v1/events", user(reads(handleEvents(d.Stream, d.Logger))))
+	mux.Handle("GET /api/v1/threads", user(reads(handleThreads(d.Store, d.Logger))))
+	mux.Handle("GET /api/v1/threads/{id}/messages", user(reads(handleMessages(d.Store, d.Logger))))
+	mux.Handle("GET /api/v1/runs/{id}", user(handleRun(d.Store, d.Logger)))
+	mux.Handle("GET /api/v1/config", handleConfig(d.DevLogin))
+	mux.Handle("POST /api/v1/publish", apiKey(handlePublish(d.Stream, d.Runs, d.Metrics.Published, d.Logger)))
 
 	if d.DevLogin {
-		mux.Handle("POST /auth/dev-login", handleDevLogin(d))
+		mux.Handle("POST /auth/dev-login", handleDevLogin(d.Signer, d.DevTTL, d.Issuer, d.Audience))
 	}
 
 	mux.Handle("GET /healthz", handleHealthz())
-	mux.Handle("GET /readyz", handleReadyz(d))
+	mux.Handle("GET /readyz", handleReadyz(d.Stream, d.Store, d.Draining, d.JWKS))
 	mux.Handle("GET /metrics", d.Metrics.Handler())
 
 	// Any other method on an API path: a JSON 405, not the mux's plain text.

@@ -3,24 +3,26 @@ package server
 import (
 	"encoding/base64"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/protocol"
 )
 
 // storeFailed answers a store error: 404 for anything missing or owned by
 // another user (never 403: existence is not revealed), 503 otherwise.
-func storeFailed(d *Deps, w http.ResponseWriter, user, what string, err error) {
+func storeFailed(log *slog.Logger, w http.ResponseWriter, user, what string, err error) {
 	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "no such "+what)
+		httpx.Error(w, http.StatusNotFound, protocol.CodeNotFound, "no such "+what)
 		return
 	}
-	d.Logger.Error("store", "user", user, "read", what, "err", err)
-	writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "store unavailable, retry")
+	log.Error("store", "user", user, "read", what, "err", err)
+	httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "store unavailable, retry")
 }
 
 // Paging of the list endpoints: limit is the page size (defaultPageLimit
@@ -42,7 +44,7 @@ func pageLimit(w http.ResponseWriter, r *http.Request) (int, bool) {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 || n > maxPageLimit {
-		writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "limit must be an integer from 1 to 1000")
+		httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "limit must be an integer from 1 to 1000")
 		return 0, false
 	}
 	return n, true
@@ -72,12 +74,9 @@ func decodeThreadCursor(s string) (store.ThreadCursor, bool) {
 // page at a time: `next` is an opaque cursor to pass as `after`. The cursor
 // is a position, so paging never repeats a thread; a thread updated while
 // a client pages moves to the front, where a reload finds it.
-func handleThreads(d *Deps) http.Handler {
+func handleThreads(db store.Store, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		claims, ok := userFromRequest(d, w, r)
-		if !ok {
-			return
-		}
+		user := claimsFrom(r.Context()).Subject
 		limit, ok := pageLimit(w, r)
 		if !ok {
 			return
@@ -85,20 +84,20 @@ func handleThreads(d *Deps) http.Handler {
 		q := store.ThreadQuery{Limit: limit}
 		if s := r.URL.Query().Get("after"); s != "" {
 			if q.After, ok = decodeThreadCursor(s); !ok {
-				writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "after must be the next of a previous page")
+				httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "after must be the next of a previous page")
 				return
 			}
 		}
-		threads, more, err := d.Store.ListThreads(r.Context(), claims.Subject, q)
+		threads, more, err := db.ListThreads(r.Context(), user, q)
 		if err != nil {
-			storeFailed(d, w, claims.Subject, "threads", err)
+			storeFailed(log, w, user, "threads", err)
 			return
 		}
 		next := ""
 		if more {
 			next = encodeThreadCursor(threads[len(threads)-1])
 		}
-		writeList(w, protocol.ListThreads, threads, next, func(t store.Thread) any {
+		httpx.List(w, protocol.ListThreads, threads, next, func(t store.Thread) any {
 			return protocol.Thread{ID: t.ID, Title: t.Title, CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.UpdatedAt.UTC()}
 		})
 	})
@@ -108,12 +107,9 @@ func handleThreads(d *Deps) http.Handler {
 // from the first message, after the message `after`, or the messages just
 // before the message `before`. `next` continues in the same direction:
 // pass it as `after` (or as `before` when paging with before).
-func handleMessages(d *Deps) http.Handler {
+func handleMessages(db store.Store, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		claims, ok := userFromRequest(d, w, r)
-		if !ok {
-			return
-		}
+		user := claimsFrom(r.Context()).Subject
 		limit, ok := pageLimit(w, r)
 		if !ok {
 			return
@@ -121,16 +117,16 @@ func handleMessages(d *Deps) http.Handler {
 		qs := r.URL.Query()
 		q := store.MessageQuery{After: qs.Get("after"), Before: qs.Get("before"), Limit: limit, MaxBytes: pageBytes}
 		if q.After != "" && q.Before != "" {
-			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "after and before cannot be used together")
+			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "after and before cannot be used together")
 			return
 		}
-		msgs, more, err := d.Store.ListMessages(r.Context(), claims.Subject, r.PathValue("id"), q)
+		msgs, more, err := db.ListMessages(r.Context(), user, r.PathValue("id"), q)
 		if errors.Is(err, store.ErrBadCursor) {
-			writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "after and before must be the id of a message of this thread")
+			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "after and before must be the id of a message of this thread")
 			return
 		}
 		if err != nil {
-			storeFailed(d, w, claims.Subject, "thread", err)
+			storeFailed(log, w, user, "thread", err)
 			return
 		}
 		next := ""
@@ -141,21 +137,19 @@ func handleMessages(d *Deps) http.Handler {
 		default:
 			next = msgs[len(msgs)-1].ID
 		}
-		writeList(w, protocol.ListMessages, msgs, next, func(m store.Message) any {
+		httpx.List(w, protocol.ListMessages, msgs, next, func(m store.Message) any {
 			return protocol.Message{ID: m.ID, Role: m.Role, Content: m.Content, RunID: m.RunID, CreatedAt: m.CreatedAt.UTC()}
 		})
 	})
 }
 
-func handleRun(d *Deps) http.Handler {
+// handleRun answers one run of the user, 404 when there is none of theirs.
+func handleRun(db store.Store, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		claims, ok := userFromRequest(d, w, r)
-		if !ok {
-			return
-		}
-		run, err := d.Store.GetRun(r.Context(), claims.Subject, r.PathValue("id"))
+		user := claimsFrom(r.Context()).Subject
+		run, err := db.GetRun(r.Context(), user, r.PathValue("id"))
 		if err != nil {
-			storeFailed(d, w, claims.Subject, "run", err)
+			storeFailed(log, w, user, "run", err)
 			return
 		}
 		out := protocol.Run{ID: run.ID, ThreadID: run.ThreadID, Status: string(run.Status), Agent: run.Agent,
@@ -164,6 +158,6 @@ func handleRun(d *Deps) http.Handler {
 			e := run.EndedAt.UTC()
 			out.EndedAt = &e
 		}
-		writeJSON(w, http.StatusOK, out)
+		httpx.JSON(w, http.StatusOK, out)
 	})
 }

@@ -15,7 +15,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -28,6 +27,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/internal/hub"
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/protocol"
@@ -189,31 +189,31 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m := s.cfg.Metrics
 	if !s.originAllowed(r) {
 		m.AuthFailures.WithLabelValues("origin").Inc()
-		writeError(w, http.StatusForbidden, protocol.CodeForbiddenOrigin, "origin not allowed")
+		httpx.Error(w, http.StatusForbidden, protocol.CodeForbiddenOrigin, "origin not allowed")
 		return
 	}
 	claims, ticket, err := s.authenticate(r)
 	if err != nil {
 		m.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
-		writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, unauthorizedMessage(err))
+		httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, unauthorizedMessage(err))
 		return
 	}
 	if !claims.ExpiresAt.IsZero() && !time.Now().Before(claims.ExpiresAt) {
 		m.AuthFailures.WithLabelValues("expired").Inc()
-		writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "token expired")
+		httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "token expired")
 		return
 	}
 	q := r.URL.Query()
 	cur, err := protocol.ParseCursor(q.Get("since"), q.Get("epoch"))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
+		httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
 		return
 	}
 
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
-		writeError(w, http.StatusServiceUnavailable, protocol.CodeShuttingDown, "server is shutting down")
+		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeShuttingDown, "server is shutting down")
 		return
 	}
 	s.wg.Add(1)
@@ -230,10 +230,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.wg.Done()
 			if err != nil {
 				s.log.Error("cluster connection limit", "user", claims.Subject, "err", err)
-				writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "cluster coordination unavailable, retry")
+				httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "cluster coordination unavailable, retry")
 				return
 			}
-			writeError(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
+			httpx.Error(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
 			return
 		}
 		c.life.limited = true
@@ -242,18 +242,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.release()
 		s.wg.Done()
 		if errors.Is(err, hub.ErrTooManyConnections) {
-			writeError(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
+			httpx.Error(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
 			return
 		}
 		s.log.Error("register connection", "user", claims.Subject, "err", err)
-		writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable")
+		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable")
 		return
 	}
 	if status, msg := checkHandshake(r); status != 0 {
 		if msg == errBadVersion {
 			w.Header().Set("Sec-WebSocket-Version", "13")
 		}
-		writeError(w, status, protocol.CodeBadRequest, msg)
+		httpx.Error(w, status, protocol.CodeBadRequest, msg)
 		c.finish()
 		return
 	}
@@ -262,7 +262,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// is the ticket spent, atomically, so of racing connects one wins.
 		if _, err := s.cfg.Tickets.Redeem(r.Context(), ticket); err != nil {
 			m.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
-			writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, unauthorizedMessage(err))
+			httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, unauthorizedMessage(err))
 			c.finish()
 			return
 		}
@@ -422,12 +422,4 @@ func newID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
 	return base64.RawURLEncoding.EncodeToString(b[:])
-}
-
-// writeError answers a plain HTTP error in the contract's shape.
-func writeError(w http.ResponseWriter, status int, code protocol.ErrorCode, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(protocol.ErrorBody{Error: protocol.ErrorDetail{Code: code, Message: msg}})
 }

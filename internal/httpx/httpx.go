@@ -1,0 +1,106 @@
+// Package httpx is the one place agentwire's HTTP answers are encoded and
+// request bodies decoded: the JSON writers, the error body of the public
+// protocol package and the bounded JSON body decoder. The API handlers
+// (server), the /ws pre-upgrade refusals (ws) and the page (web) all answer
+// through it, so every error has the same shape and the same headers.
+package httpx
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/agentwire/agentwire/protocol"
+)
+
+// MaxBody bounds every JSON request body (128 KiB).
+const MaxBody = 128 << 10
+
+// JSON answers v as JSON with Cache-Control: no-store. API JSON is not
+// HTML: < > & are written as they are, not as \u003c escapes (six bytes for
+// one).
+func JSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = newEncoder(w).Encode(v)
+}
+
+// Error answers the contract's error body,
+// {"error":{"code":code,"message":msg}}, with status.
+func Error(w http.ResponseWriter, status int, code protocol.ErrorCode, msg string) {
+	JSON(w, status, protocol.ErrorBody{Error: protocol.ErrorDetail{Code: code, Message: msg}})
+}
+
+// List answers a 200 page (protocol.ThreadsPage, protocol.MessagesPage:
+// {"<name>":[…],"next":…,"has_more":…}) item by item, so the answer is never
+// held whole in memory: each item is encoded into the response's buffer,
+// which the server flushes to the socket as it fills. next is null when
+// empty, and has_more is whether next is set.
+func List[T any](w http.ResponseWriter, name string, items []T, next string, item func(T) any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	enc := newEncoder(w)
+	_, _ = io.WriteString(w, `{"`+name+`":[`)
+	for i, it := range items {
+		if i > 0 {
+			_, _ = io.WriteString(w, ",")
+		}
+		if err := enc.Encode(item(it)); err != nil {
+			return // the client is gone or too slow (write deadline): the connection closes
+		}
+	}
+	_, _ = io.WriteString(w, `],"`+protocol.ListNext+`":`)
+	if next == "" {
+		_, _ = io.WriteString(w, "null")
+	} else {
+		_ = enc.Encode(next)
+	}
+	_, _ = io.WriteString(w, `,"`+protocol.ListHasMore+`":`+strconv.FormatBool(next != "")+"}\n")
+}
+
+func newEncoder(w io.Writer) *json.Encoder {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc
+}
+
+// Decode reads the request body, one JSON object, into v, refusing trailing
+// data and bodies over MaxBody. On failure it writes the error answer
+// itself (413 too_large, 400 bad_json) and reports false.
+func Decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over 128 KiB")
+			return false
+		}
+		Error(w, http.StatusBadRequest, protocol.CodeBadJSON, "request body is not a valid JSON object: "+jsonErrText(err))
+		return false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		Error(w, http.StatusBadRequest, protocol.CodeBadJSON, "request body has data after the JSON object")
+		return false
+	}
+	return true
+}
+
+// jsonErrText describes a decode error without quoting the body.
+func jsonErrText(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return "field " + te.Field + " has the wrong type"
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return "syntax error"
+	}
+	if errors.Is(err, io.EOF) {
+		return "empty body"
+	}
+	return "malformed"
+}
