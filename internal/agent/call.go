@@ -67,9 +67,9 @@ func CallTool(ctx context.Context, em Emitter, reg *tools.Registry, callID, name
 
 	var emitErr error
 	if toolErr != nil {
-		emitErr = em.ToolCompleted(callID, name, false, nil, d, toolErr.Error())
+		emitErr = em.ToolCompleted(ToolResult{CallID: callID, Tool: name, Duration: d, Error: toolErr.Error()})
 	} else {
-		emitErr = em.ToolCompleted(callID, name, true, result, d, "")
+		emitErr = em.ToolCompleted(ToolResult{CallID: callID, Tool: name, OK: true, Result: result, Duration: d})
 	}
 	switch {
 	case ctx.Err() != nil:
