@@ -33,6 +33,20 @@ type Run struct {
 // the run completed, failed, was cancelled or timed out. Agents should stop.
 var ErrRunEnded = errors.New("agent: run already ended")
 
+// ToolResult is how a tool call ended: the data of tool_completed.
+type ToolResult struct {
+	// CallID is the id the call was announced with by ToolExecuting.
+	CallID string
+	Tool   string
+	OK     bool
+	// Result is the tool's result; it must marshal to JSON.
+	Result any
+	// Duration is how long the call took; it is sent in milliseconds.
+	Duration time.Duration
+	// Error is sent as "error" when non-empty.
+	Error string
+}
+
 // Emitter reports a run's progress to its user. It is bound at creation to
 // one user, thread and run and cannot address anything else. Methods are safe
 // for concurrent use; every method returns ErrRunEnded after the terminal
@@ -43,8 +57,7 @@ type Emitter interface {
 	// ToolExecuting emits tool_executing; args must marshal to a JSON object.
 	ToolExecuting(callID, tool string, args any) error
 	// ToolCompleted emits tool_completed for a call announced by ToolExecuting.
-	// errMsg is sent as "error" when non-empty.
-	ToolCompleted(callID, tool string, ok bool, result any, d time.Duration, errMsg string) error
+	ToolCompleted(r ToolResult) error
 	// Delta emits agent_message_delta with the next chunk of the answer.
 	Delta(text string) error
 	// Complete ends the run with agent_completed. final is the whole answer;

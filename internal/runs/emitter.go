@@ -113,8 +113,8 @@ func (e *emitter) ToolExecuting(callID, tool string, args any) error {
 	return nil
 }
 
-func (e *emitter) ToolCompleted(callID, tool string, ok bool, result any, d time.Duration, errMsg string) error {
-	raw, err := protocol.MarshalData(result)
+func (e *emitter) ToolCompleted(r agent.ToolResult) error {
+	raw, err := protocol.MarshalData(r.Result)
 	if err != nil {
 		return fmt.Errorf("runs: tool result: %w", err)
 	}
@@ -123,12 +123,12 @@ func (e *emitter) ToolCompleted(callID, tool string, ok bool, result any, d time
 	if e.ended {
 		return agent.ErrRunEnded
 	}
-	if !e.pending[callID] {
+	if !e.pending[r.CallID] {
 		return ErrUnknownToolCall
 	}
-	delete(e.pending, callID)
+	delete(e.pending, r.CallID)
 	return e.appendLocked(protocol.TypeToolCompleted, protocol.ToolCompleted{
-		ToolCallID: callID, Tool: tool, OK: ok, Result: raw, DurationMS: d.Milliseconds(), Error: errMsg})
+		ToolCallID: r.CallID, Tool: r.Tool, OK: r.OK, Result: raw, DurationMS: r.Duration.Milliseconds(), Error: r.Error})
 }
 
 func (e *emitter) Delta(text string) error {
@@ -222,12 +222,12 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	defer cancel()
 	now := e.m.now()
 	dur := now.Sub(e.started).Milliseconds()
-	fin := finish{user: e.user, runID: e.runID, status: status, at: now, code: string(code)}
+	fin := finish{Outcome: store.Outcome{UserID: e.user, RunID: e.runID, Status: status, EndedAt: now, ErrorCode: string(code)}}
 	if status == store.RunCompleted {
 		fin.answer = &store.Message{ID: e.messageID, ThreadID: e.threadID, UserID: e.user,
 			Role: store.RoleAssistant, Content: text, RunID: e.runID, CreatedAt: now}
 	} else {
-		fin.msg = text
+		fin.ErrorMessage = text
 	}
 	e.m.record(ctx, fin)
 	e.m.releaseSlot(e.user, e.runID)

@@ -45,11 +45,8 @@ func (m *Manager) leaseLoop(ctx context.Context) {
 
 // finish is the outcome of an ended run, as the store records it.
 type finish struct {
-	user, runID string
-	status      store.RunStatus
-	at          time.Time
-	code, msg   string
-	answer      *store.Message // the assistant message of a completed run
+	store.Outcome
+	answer *store.Message // the assistant message of a completed run
 }
 
 // record stores an ended run's outcome. When the store cannot take it, the
@@ -58,9 +55,9 @@ type finish struct {
 // event the user already saw.
 func (m *Manager) record(ctx context.Context, f finish) {
 	if err := m.store1(ctx, f); err != nil {
-		m.log.Warn("store run outcome, will retry", "user", f.user, "run", f.runID, "err", err)
+		m.log.Warn("store run outcome, will retry", "user", f.UserID, "run", f.RunID, "err", err)
 		m.mu.Lock()
-		m.unfinished[f.runID] = f
+		m.unfinished[f.RunID] = f
 		m.mu.Unlock()
 	}
 }
@@ -73,7 +70,7 @@ func (m *Manager) store1(ctx context.Context, f finish) error {
 			return err
 		}
 	}
-	err := m.store.FinishRun(ctx, f.user, f.runID, f.status, f.at, f.code, f.msg)
+	err := m.store.FinishRun(ctx, f.Outcome)
 	if errors.Is(err, store.ErrNotRunning) || errors.Is(err, store.ErrNotFound) {
 		return nil
 	}
@@ -96,7 +93,7 @@ func (m *Manager) retryUnfinished(ctx context.Context) {
 			return // still unreachable: the leases are renewed below when it answers
 		}
 		m.mu.Lock()
-		delete(m.unfinished, f.runID)
+		delete(m.unfinished, f.RunID)
 		m.mu.Unlock()
 	}
 }

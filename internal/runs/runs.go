@@ -330,7 +330,7 @@ func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey 
 	const msg = "the event stream was unavailable when the message arrived; send the message again"
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), appendTimeout)
 	defer cancel()
-	m.record(bctx, finish{user: user, runID: a.RunID, status: store.RunFailed, at: m.now(), code: string(protocol.CodeAgentFailed), msg: msg})
+	m.record(bctx, finish{Outcome: store.Outcome{UserID: user, RunID: a.RunID, Status: store.RunFailed, EndedAt: m.now(), ErrorCode: string(protocol.CodeAgentFailed), ErrorMessage: msg}})
 	if idemKey != "" {
 		val, _ := json.Marshal(a)
 		if err := m.store.ConfirmIdempotencyKey(bctx, user, idemKey, val); err != nil {
@@ -363,7 +363,7 @@ func (m *Manager) claim(ctx context.Context, user, key string, val []byte, ref s
 	unavailable := perr(protocol.CodeInternal, "message not accepted: store unavailable, retry", ref)
 	pause := claimFirstPause
 	for {
-		prev, claimed, err := m.store.ClaimIdempotencyKey(ctx, user, key, val, IdempotencyWindow, m.now())
+		prev, claimed, err := m.store.ClaimIdempotencyKey(ctx, store.Claim{UserID: user, Key: key, Value: val, TTL: IdempotencyWindow, At: m.now()})
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return nil, perr(protocol.CodeInternal, "the same client_message_id is still being accepted on another connection, retry", ref)

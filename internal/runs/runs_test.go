@@ -159,7 +159,7 @@ func TestCompletedRunIsStored(t *testing.T) {
 		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
 			_ = em.Thinking("hmm")
 			_ = em.ToolExecuting("c1", "calculator", map[string]string{"expression": "1+1"})
-			_ = em.ToolCompleted("c1", "calculator", true, 2, time.Millisecond, "")
+			_ = em.ToolCompleted(agent.ToolResult{CallID: "c1", Tool: "calculator", OK: true, Result: 2, Duration: time.Millisecond})
 			_ = em.Delta("it is ")
 			_ = em.Delta("2")
 			return em.Complete("")
@@ -215,7 +215,7 @@ func TestMisbehavingAgentsAreContained(t *testing.T) {
 				return nil
 			}, "", store.RunCompleted},
 			{"tool_completed without tool_executing", func(ctx context.Context, run agent.Run, em agent.Emitter) error {
-				if err := em.ToolCompleted("nope", "calculator", true, 1, 0, ""); !errors.Is(err, ErrUnknownToolCall) {
+				if err := em.ToolCompleted(agent.ToolResult{CallID: "nope", Tool: "calculator", OK: true, Result: 1}); !errors.Is(err, ErrUnknownToolCall) {
 					return errors.New("unannounced tool_completed accepted")
 				}
 				return em.Complete("ok")
@@ -434,11 +434,11 @@ type flakyStore struct {
 	failing atomic.Bool
 }
 
-func (f *flakyStore) FinishRun(ctx context.Context, userID, runID string, status store.RunStatus, endedAt time.Time, errCode, errMsg string) error {
+func (f *flakyStore) FinishRun(ctx context.Context, o store.Outcome) error {
 	if f.failing.Load() {
 		return store.ErrUnavailable
 	}
-	return f.Store.FinishRun(ctx, userID, runID, status, endedAt, errCode, errMsg)
+	return f.Store.FinishRun(ctx, o)
 }
 
 // TestOutcomeRetriedAndNeverReapedTwice runs in a synctest bubble: the

@@ -529,7 +529,7 @@ func TestHandleRun(t *testing.T) {
 	if run.ID != runID || run.ThreadID != threadID || run.Status != string(store.RunRunning) || run.Agent != "echo" || run.EndedAt != nil || run.StartedAt.IsZero() {
 		t.Fatalf("run %+v", run)
 	}
-	if err := db.FinishRun(context.Background(), "alice", runID, store.RunFailed, time.Now(), "agent_failed", "boom"); err != nil {
+	if err := db.FinishRun(context.Background(), store.Outcome{UserID: "alice", RunID: runID, Status: store.RunFailed, EndedAt: time.Now(), ErrorCode: "agent_failed", ErrorMessage: "boom"}); err != nil {
 		t.Fatal(err)
 	}
 	wantJSON(t, get(db, "alice", runID), http.StatusOK, &run)

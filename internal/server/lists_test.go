@@ -33,7 +33,7 @@ const testSecret = "0123456789abcdef0123456789abcdef"
 type apiEnv struct {
 	t      *testing.T
 	url    string
-	store  store.Store
+	store  *sqlite.Store
 	signer *auth.Signer
 }
 

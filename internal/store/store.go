@@ -184,17 +184,40 @@ type Run struct {
 	LeaseUntil time.Time
 }
 
+// Outcome is how a run ended: what FinishRun records.
+type Outcome struct {
+	UserID string
+	RunID  string
+	// Status is the terminal status the run ends with (else ErrInvalid).
+	Status RunStatus
+	// EndedAt is when the run ended; zero means now.
+	EndedAt time.Time
+	// ErrorCode and ErrorMessage say why a run that did not complete ended,
+	// e.g. "agent_failed".
+	ErrorCode    string
+	ErrorMessage string
+}
+
+// Claim is one claim of an idempotency key: what ClaimIdempotencyKey
+// records. UserID and Key must be non-empty and TTL positive (else
+// ErrInvalid).
+type Claim struct {
+	UserID string
+	Key    string
+	// Value is what a repeat of the claim within TTL gets back.
+	Value []byte
+	// TTL is how long the claim stays live after At.
+	TTL time.Duration
+	// At is the time of the claim on the caller's clock; zero means now.
+	At time.Time
+}
+
 // Store persists threads, messages, runs and idempotency keys.
 // Implementations must be safe for concurrent use.
 //
 // A zero time passed to a create method means "now". IDs are opaque strings
 // chosen by the caller (ULIDs) and unique per kind of row across all users.
 type Store interface {
-	// CreateThread inserts t. Title is the caller's; see TitleFrom. A zero
-	// UpdatedAt becomes CreatedAt. ErrConflict if the id is taken.
-	CreateThread(ctx context.Context, t Thread) error
-	// GetThread returns the user's thread, or ErrNotFound.
-	GetThread(ctx context.Context, userID, threadID string) (Thread, error)
 	// ListThreads returns one page of the user's threads, most recently
 	// updated first (ties: greater id first): those after q.After, at most
 	// q.Limit of them. more reports that threads remain after the page; the
@@ -213,23 +236,20 @@ type Store interface {
 	// q.After or q.Before is not a message of it. Pages are read with an
 	// index range scan from the cursor, whatever the thread's length.
 	ListMessages(ctx context.Context, userID, threadID string, q MessageQuery) (msgs []Message, more bool, err error)
-	// CreateRun inserts r as running in thread r.ThreadID, which must exist
-	// and be owned by r.UserID (else ErrNotFound). r.Status, EndedAt and the
-	// error fields are ignored; r.Node and r.LeaseUntil are stored. ErrConflict
-	// if the id is taken.
-	CreateRun(ctx context.Context, r Run) error
 	// StartRun records a user message and the run answering it in one
 	// transaction, and returns the agent's context. The thread is m.ThreadID,
 	// owned by m.UserID:
-	//   - newThread non-nil: it is created as by CreateThread (its ID and
-	//     UserID must be m's; ErrConflict if the id is taken);
+	//   - newThread non-nil: it is created with its Title (see TitleFrom; a
+	//     zero UpdatedAt becomes CreatedAt), its ID and UserID must be m's;
+	//     ErrConflict if the id is taken;
 	//   - newThread nil: it must exist and be owned by m.UserID, else
 	//     ErrNotFound.
 	//
 	// m is inserted as by AddMessage (Role must be RoleUser, RunID must be
 	// r.ID), moving the thread's UpdatedAt forward to m.CreatedAt, and r as
-	// by CreateRun (running, with its Node and LeaseUntil; ThreadID and
-	// UserID must be m's, UserMessageID must be m.ID). A mismatch is
+	// running, with its Node and LeaseUntil (r.Status, EndedAt and the error
+	// fields are ignored; ThreadID and UserID must be m's, UserMessageID must
+	// be m.ID). A mismatch is
 	// ErrInvalid. ErrConflict if the id of the thread, m or r is taken.
 	//
 	// It returns the thread's messages in ListMessages order (oldest first),
@@ -257,19 +277,16 @@ type Store interface {
 	ReapExpired(ctx context.Context, now time.Time, errCode, errMsg string, limit int) ([]Run, error)
 	// GetRun returns the user's run, or ErrNotFound.
 	GetRun(ctx context.Context, userID, runID string) (Run, error)
-	// FinishRun moves the user's run from running to the terminal status,
-	// atomically: of concurrent calls at most one succeeds. ErrNotRunning if
-	// the run already ended, ErrNotFound if the user has no such run. A zero
-	// endedAt means now.
-	FinishRun(ctx context.Context, userID, runID string, status RunStatus, endedAt time.Time, errCode, errMsg string) error
-	// ListRunning returns the user's runs that are still running, oldest
-	// first.
-	ListRunning(ctx context.Context, userID string) ([]Run, error)
-	// ClaimIdempotencyKey atomically records value under (userID, key)
-	// unless a live entry exists, one recorded less than its ttl before now;
+	// FinishRun moves the user's run o.RunID from running to o.Status, a
+	// terminal status, atomically: of concurrent calls at most one succeeds.
+	// ErrNotRunning if the run already ended, ErrNotFound if o.UserID has no
+	// such run.
+	FinishRun(ctx context.Context, o Outcome) error
+	// ClaimIdempotencyKey atomically records c.Value under (c.UserID, c.Key)
+	// unless a live entry exists, one recorded less than its ttl before c.At;
 	// then it returns that entry's value and claimed=false. Expired entries
 	// are replaced. Of concurrent claims of a free key exactly one wins.
-	ClaimIdempotencyKey(ctx context.Context, userID, key string, value []byte, ttl time.Duration, now time.Time) (existing []byte, claimed bool, err error)
+	ClaimIdempotencyKey(ctx context.Context, c Claim) (existing []byte, claimed bool, err error)
 	// ReleaseIdempotencyKey forgets a claim whose work failed, so the key
 	// can be claimed again. Releasing a free key is not an error.
 	ReleaseIdempotencyKey(ctx context.Context, userID, key string) error

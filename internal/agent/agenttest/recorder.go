@@ -77,12 +77,12 @@ func (r *Recorder) ToolExecuting(callID, tool string, args any) error {
 }
 
 // ToolCompleted records tool_completed.
-func (r *Recorder) ToolCompleted(callID, tool string, ok bool, result any, d time.Duration, errMsg string) error {
-	b, err := json.Marshal(result)
+func (r *Recorder) ToolCompleted(res agent.ToolResult) error {
+	b, err := json.Marshal(res.Result)
 	if err != nil {
-		return r.violate(fmt.Sprintf("tool_completed %q: result does not encode: %v", callID, err))
+		return r.violate(fmt.Sprintf("tool_completed %q: result does not encode: %v", res.CallID, err))
 	}
-	return r.record(Event{Type: protocol.TypeToolCompleted, ToolCallID: callID, Tool: tool, OK: ok, Result: b, Duration: d, Error: errMsg})
+	return r.record(Event{Type: protocol.TypeToolCompleted, ToolCallID: res.CallID, Tool: res.Tool, OK: res.OK, Result: b, Duration: res.Duration, Error: res.Error})
 }
 
 // Delta records agent_message_delta.

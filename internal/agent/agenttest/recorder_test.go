@@ -18,7 +18,7 @@ func TestRecorderRules(t *testing.T) {
 		}
 	}
 	must(r.Thinking("hm"))
-	if err := r.ToolCompleted("c1", "calculator", true, 1, 0, ""); !errors.Is(err, agenttest.ErrOrder) {
+	if err := r.ToolCompleted(agent.ToolResult{CallID: "c1", Tool: "calculator", OK: true, Result: 1}); !errors.Is(err, agenttest.ErrOrder) {
 		t.Errorf("tool_completed before tool_executing: %v", err)
 	}
 	if err := r.ToolExecuting("c0", "calculator", []int{1}); !errors.Is(err, agenttest.ErrOrder) {
@@ -28,7 +28,7 @@ func TestRecorderRules(t *testing.T) {
 	if err := r.ToolExecuting("c1", "calculator", map[string]string{}); !errors.Is(err, agenttest.ErrOrder) {
 		t.Errorf("duplicate call id: %v", err)
 	}
-	must(r.ToolCompleted("c1", "calculator", true, 2, 0, ""))
+	must(r.ToolCompleted(agent.ToolResult{CallID: "c1", Tool: "calculator", OK: true, Result: 2}))
 	must(r.Delta("a"))
 	must(r.Delta("b"))
 	must(r.Complete(""))

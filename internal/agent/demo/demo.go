@@ -93,8 +93,8 @@ func (a *Agent) Run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 			thinking(fmt.Sprintf("The message contains arithmetic: %s. Let me use the calculator.", expr)),
 			func(ctx context.Context, em agent.Emitter) error {
 				args, _ := json.Marshal(map[string]string{"expression": expr})
-				res, err := agent.CallTool(ctx, em, a.tools, "", "calculator", args)
-				var toolErr *agent.ToolError
+				res, err := tools.CallTool(ctx, em, a.tools, "", "calculator", args)
+				var toolErr *tools.CallError
 				switch {
 				case errors.As(err, &toolErr):
 					answer = fmt.Sprintf("I could not compute %s: %v.", expr, toolErr.Err)

@@ -342,7 +342,7 @@ func (r *relay) handle(line []byte, name string) error {
 		if len(f.Result) > 0 {
 			result = f.Result
 		}
-		return r.emit(r.em.ToolCompleted(f.ToolCallID, call.tool, succeeded, result, d, errMsg))
+		return r.emit(r.em.ToolCompleted(agent.ToolResult{CallID: f.ToolCallID, Tool: call.tool, OK: succeeded, Result: result, Duration: d, Error: errMsg}))
 	case protocol.TypeAgentMessageDelta:
 		if f.Delta == "" {
 			return nil

@@ -156,8 +156,8 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 		}
 		msgs = append(msgs, assistant)
 		for _, c := range t.calls {
-			res, err := agent.CallTool(ctx, em, a.cfg.Tools, c.ID, c.Function.Name, json.RawMessage(c.Function.Arguments))
-			var toolErr *agent.ToolError
+			res, err := tools.CallTool(ctx, em, a.cfg.Tools, c.ID, c.Function.Name, json.RawMessage(c.Function.Arguments))
+			var toolErr *tools.CallError
 			var content []byte
 			switch {
 			case errors.As(err, &toolErr):

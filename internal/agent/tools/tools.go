@@ -1,7 +1,7 @@
-// Package tools defines the tools an agent may call and a registry of them.
-// A tool takes a JSON object of arguments and returns any JSON-marshalable
-// result; it knows nothing about runs or emitters (package agent reports the
-// calls).
+// Package tools defines the tools an agent may call, a registry of them, and
+// CallTool, which runs one and reports the call through an agent.Emitter. A
+// tool takes a JSON object of arguments and returns any JSON-marshalable
+// result; it knows nothing about runs or emitters.
 package tools
 
 import (

@@ -159,7 +159,7 @@ func (s *Store) Ping(ctx context.Context) error {
 	return s.withConn(ctx, "ping", func(c *pgx.Conn) error { return c.Ping(ctx) })
 }
 
-// CreateThread implements store.Store.
+// CreateThread implements storetest.Store (tests only).
 func (s *Store) CreateThread(ctx context.Context, t store.Thread) error {
 	if err := t.Validate(); err != nil {
 		return err
@@ -185,7 +185,7 @@ func (s *Store) CreateThread(ctx context.Context, t store.Thread) error {
 
 const threadColumns = `id, user_id, title, created_at, updated_at`
 
-// GetThread implements store.Store.
+// GetThread implements storetest.Store (tests only).
 func (s *Store) GetThread(ctx context.Context, userID, threadID string) (store.Thread, error) {
 	if !validID(userID) || !validID(threadID) {
 		return store.Thread{}, fmt.Errorf("postgres: thread %q: %w", threadID, store.ErrNotFound)
@@ -348,7 +348,7 @@ WHERE t.id = $1 AND t.user_id = $2`,
 	return msgs, more, nil
 }
 
-// CreateRun implements store.Store.
+// CreateRun implements storetest.Store (tests only).
 func (s *Store) CreateRun(ctx context.Context, r store.Run) error {
 	if err := r.Validate(); err != nil {
 		return err
@@ -514,14 +514,14 @@ func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, er
 // FinishRun implements store.Store. The update only matches a running run,
 // and concurrent updates of one row wait for each other and re-check the
 // condition, so of concurrent calls exactly one changes the row.
-func (s *Store) FinishRun(ctx context.Context, userID, runID string, status store.RunStatus, endedAt time.Time, errCode, errMsg string) error {
-	if !status.Terminal() {
-		return fmt.Errorf("%w: finish run with status %q", store.ErrInvalid, status)
+func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
+	if !o.Status.Terminal() {
+		return fmt.Errorf("%w: finish run with status %q", store.ErrInvalid, o.Status)
 	}
-	if !validID(userID) || !validID(runID) {
-		return fmt.Errorf("postgres: run %q: %w", runID, store.ErrNotFound)
+	if !validID(o.UserID) || !validID(o.RunID) {
+		return fmt.Errorf("postgres: run %q: %w", o.RunID, store.ErrNotFound)
 	}
-	ended := toTime(endedAt, time.Now())
+	ended := toTime(o.EndedAt, time.Now())
 	return s.withConn(ctx, "finish run", func(c *pgx.Conn) error {
 		// The EXISTS sees the statement's snapshot, where the run exists if
 		// it existed when the update began.
@@ -533,16 +533,16 @@ WITH finished AS (
 	RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM finished), EXISTS (SELECT 1 FROM runs WHERE id = $5 AND user_id = $6)`,
-			string(status), ended, cleanText(errCode), cleanText(errMsg), runID, userID).Scan(&updated, &exists)
+			string(o.Status), ended, cleanText(o.ErrorCode), cleanText(o.ErrorMessage), o.RunID, o.UserID).Scan(&updated, &exists)
 		switch {
 		case err != nil:
 			return err
 		case updated:
 			return nil
 		case exists:
-			return fmt.Errorf("run %s: %w", runID, store.ErrNotRunning)
+			return fmt.Errorf("run %s: %w", o.RunID, store.ErrNotRunning)
 		}
-		return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+		return fmt.Errorf("run %s: %w", o.RunID, store.ErrNotFound)
 	})
 }
 
@@ -637,7 +637,7 @@ RETURNING `+runColumns,
 		at, cleanText(errCode), cleanText(errMsg), limit)
 }
 
-// ListRunning implements store.Store.
+// ListRunning implements storetest.Store (tests only).
 func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, error) {
 	if !validID(userID) {
 		return []store.Run{}, nil
@@ -684,32 +684,32 @@ const maxClaimAttempts = 4
 // statement sees what committed before it started, so if the entry read is
 // gone by then (released, or expired by this caller's clock), the claim is
 // tried again.
-func (s *Store) ClaimIdempotencyKey(ctx context.Context, userID, key string, value []byte, ttl time.Duration, now time.Time) ([]byte, bool, error) {
+func (s *Store) ClaimIdempotencyKey(ctx context.Context, c store.Claim) ([]byte, bool, error) {
 	switch {
-	case userID == "" || key == "":
+	case c.UserID == "" || c.Key == "":
 		return nil, false, fmt.Errorf("%w: idempotency key without user or key", store.ErrInvalid)
-	case ttl <= 0:
-		return nil, false, fmt.Errorf("%w: idempotency ttl %v", store.ErrInvalid, ttl)
+	case c.TTL <= 0:
+		return nil, false, fmt.Errorf("%w: idempotency ttl %v", store.ErrInvalid, c.TTL)
 	}
-	if err := validIDs("idempotency key", "user id", userID, "key", key); err != nil {
+	if err := validIDs("idempotency key", "user id", c.UserID, "key", c.Key); err != nil {
 		return nil, false, err
 	}
-	if value == nil {
-		value = []byte{}
+	if c.Value == nil {
+		c.Value = []byte{}
 	}
-	at := toTime(now, time.Now())
-	expires := at.Add(ttl).Truncate(store.TimePrecision)
+	at := toTime(c.At, time.Now())
+	expires := at.Add(c.TTL).Truncate(store.TimePrecision)
 	var existing []byte
 	claimed := false
 	err := s.inTx(ctx, "claim idempotency key", func(tx pgx.Tx) error {
 		existing, claimed = nil, false
 		for range maxClaimAttempts {
-			if _, err := tx.Exec(ctx, `DELETE FROM idempotency_keys WHERE user_id = $1 AND expires_at <= $2`, userID, at); err != nil {
+			if _, err := tx.Exec(ctx, `DELETE FROM idempotency_keys WHERE user_id = $1 AND expires_at <= $2`, c.UserID, at); err != nil {
 				return err
 			}
 			tag, err := tx.Exec(ctx, `
 INSERT INTO idempotency_keys (user_id, idem_key, value, expires_at) VALUES ($1, $2, $3, $4)
-ON CONFLICT (user_id, idem_key) DO NOTHING`, userID, key, value, expires)
+ON CONFLICT (user_id, idem_key) DO NOTHING`, c.UserID, c.Key, c.Value, expires)
 			if err != nil {
 				return err
 			}
@@ -718,12 +718,12 @@ ON CONFLICT (user_id, idem_key) DO NOTHING`, userID, key, value, expires)
 				return nil
 			}
 			err = tx.QueryRow(ctx, `SELECT value FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND expires_at > $3`,
-				userID, key, at).Scan(&existing)
+				c.UserID, c.Key, at).Scan(&existing)
 			if !errors.Is(err, pgx.ErrNoRows) {
 				return err
 			}
 		}
-		return fmt.Errorf("key %q changed hands %d times during the claim", key, maxClaimAttempts)
+		return fmt.Errorf("key %q changed hands %d times during the claim", c.Key, maxClaimAttempts)
 	})
 	if err != nil {
 		return nil, false, err

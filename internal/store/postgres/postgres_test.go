@@ -84,7 +84,7 @@ func open(t *testing.T, schema string) *Store {
 func TestConformance(t *testing.T) {
 	schema := freshSchema(t)
 	open(t, schema) // migrate once, before the parallel subtests
-	storetest.Run(t, func(t *testing.T) store.Store { return open(t, schema) })
+	storetest.Run(t, func(t *testing.T) storetest.Store { return open(t, schema) })
 }
 
 // queryInt runs a query returning one integer on a connection of s.
@@ -251,7 +251,7 @@ func TestNULAndInvalidUTF8(t *testing.T) {
 	if err := s.CreateRun(c, r); err != nil {
 		t.Fatalf("CreateRun: %v", err)
 	}
-	if err := s.FinishRun(c, u, r.ID, store.RunFailed, time.Time{}, "agent\x00failed", "boom\x00\xff"); err != nil {
+	if err := s.FinishRun(c, store.Outcome{UserID: u, RunID: r.ID, Status: store.RunFailed, ErrorCode: "agent\x00failed", ErrorMessage: "boom\x00\xff"}); err != nil {
 		t.Fatalf("FinishRun with a NUL in the error: %v", err)
 	}
 	if got, err := s.GetRun(c, u, r.ID); err != nil || got.ErrorCode != "agent\uFFFDfailed" || got.ErrorMessage != "boom\uFFFD\uFFFD" {
@@ -267,8 +267,8 @@ func TestNULAndInvalidUTF8(t *testing.T) {
 		"AddMessage run id":        s.AddMessage(c, store.Message{ID: "m9", ThreadID: th.ID, UserID: u, Role: store.RoleUser, RunID: "\x00"}),
 		"CreateRun agent":          s.CreateRun(c, store.Run{ID: "r2", ThreadID: th.ID, UserID: u, Agent: "a\x00"}),
 		"CreateRun user message":   s.CreateRun(c, store.Run{ID: "r3", ThreadID: th.ID, UserID: u, Agent: "a", UserMessageID: "\x00"}),
-		"ClaimIdempotencyKey key":  claimErr(s.ClaimIdempotencyKey(c, u, "k\x00", []byte("{}"), time.Minute, time.Now())),
-		"ClaimIdempotencyKey user": claimErr(s.ClaimIdempotencyKey(c, "\x00", "k", []byte("{}"), time.Minute, time.Now())),
+		"ClaimIdempotencyKey key":  claimErr(s.ClaimIdempotencyKey(c, store.Claim{UserID: u, Key: "k\x00", Value: []byte("{}"), TTL: time.Minute, At: time.Now()})),
+		"ClaimIdempotencyKey user": claimErr(s.ClaimIdempotencyKey(c, store.Claim{UserID: "\x00", Key: "k", Value: []byte("{}"), TTL: time.Minute, At: time.Now()})),
 	} {
 		if !errors.Is(err, store.ErrInvalid) {
 			t.Errorf("%s with a NUL or invalid UTF-8: %v, want ErrInvalid", name, err)
@@ -283,7 +283,7 @@ func TestNULAndInvalidUTF8(t *testing.T) {
 	if _, err := s.GetRun(c, u, r.ID+"\x00"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetRun with a NUL: %v, want ErrNotFound", err)
 	}
-	if err := s.FinishRun(c, u, r.ID+"\x00", store.RunFailed, time.Time{}, "", ""); !errors.Is(err, store.ErrNotFound) {
+	if err := s.FinishRun(c, store.Outcome{UserID: u, RunID: r.ID + "\x00", Status: store.RunFailed}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("FinishRun with a NUL: %v, want ErrNotFound", err)
 	}
 	if list, _, err := s.ListThreads(c, u+"\x00", store.ThreadQuery{}); err != nil || len(list) != 0 {
@@ -328,7 +328,7 @@ func TestListAllRunning(t *testing.T) {
 				t.Fatalf("CreateRun: %v", err)
 			}
 			if u == "bob" && j == 0 {
-				if err := s.FinishRun(c, u, r.ID, store.RunCompleted, time.Time{}, "", ""); err != nil {
+				if err := s.FinishRun(c, store.Outcome{UserID: u, RunID: r.ID, Status: store.RunCompleted}); err != nil {
 					t.Fatalf("FinishRun: %v", err)
 				}
 				continue
@@ -565,7 +565,7 @@ func TestConcurrentClaimsAcrossNodes(t *testing.T) {
 		for i := range results {
 			wg.Go(func() {
 				<-start
-				ex, ok, err := stores[i%nodes].ClaimIdempotencyKey(t.Context(), "u", "k", fmt.Appendf(nil, "%d/%d", round, i), ttl, at)
+				ex, ok, err := stores[i%nodes].ClaimIdempotencyKey(t.Context(), store.Claim{UserID: "u", Key: "k", Value: fmt.Appendf(nil, "%d/%d", round, i), TTL: ttl, At: at})
 				results[i] = result{ex, ok, err}
 			})
 		}

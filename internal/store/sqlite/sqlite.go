@@ -168,7 +168,7 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// CreateThread implements store.Store.
+// CreateThread implements storetest.Store (tests only).
 func (s *Store) CreateThread(ctx context.Context, t store.Thread) error {
 	if err := t.Validate(); err != nil {
 		return err
@@ -221,7 +221,7 @@ func insertRun(ctx context.Context, x execer, r *store.Run, started int64) error
 	return err
 }
 
-// GetThread implements store.Store.
+// GetThread implements storetest.Store (tests only).
 func (s *Store) GetThread(ctx context.Context, userID, threadID string) (store.Thread, error) {
 	row := s.r.QueryRowContext(ctx,
 		`SELECT id, user_id, title, created_at, updated_at FROM threads WHERE id = ? AND user_id = ?`,
@@ -360,7 +360,7 @@ func (s *Store) listMessages(ctx context.Context, userID, threadID string, q sto
 	return msgs, more, nil
 }
 
-// CreateRun implements store.Store.
+// CreateRun implements storetest.Store (tests only).
 func (s *Store) CreateRun(ctx context.Context, r store.Run) error {
 	if err := r.Validate(); err != nil {
 		return err
@@ -457,16 +457,16 @@ func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, er
 }
 
 // FinishRun implements store.Store.
-func (s *Store) FinishRun(ctx context.Context, userID, runID string, status store.RunStatus, endedAt time.Time, errCode, errMsg string) error {
-	if !status.Terminal() {
-		return fmt.Errorf("%w: finish run with status %q", store.ErrInvalid, status)
+func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
+	if !o.Status.Terminal() {
+		return fmt.Errorf("%w: finish run with status %q", store.ErrInvalid, o.Status)
 	}
-	ended := toMillis(endedAt, time.Now())
+	ended := toMillis(o.EndedAt, time.Now())
 	return s.write(ctx, "finish run", func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx,
 			`UPDATE runs SET status = ?, ended_at = ?, error_code = ?, error_message = ?
 			WHERE id = ? AND user_id = ? AND status = 'running'`,
-			string(status), ended, errCode, errMsg, runID, userID)
+			string(o.Status), ended, o.ErrorCode, o.ErrorMessage, o.RunID, o.UserID)
 		if err != nil {
 			return err
 		}
@@ -474,13 +474,13 @@ func (s *Store) FinishRun(ctx context.Context, userID, runID string, status stor
 			return err
 		}
 		var exists bool
-		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM runs WHERE id = ? AND user_id = ?)`, runID, userID).Scan(&exists); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM runs WHERE id = ? AND user_id = ?)`, o.RunID, o.UserID).Scan(&exists); err != nil {
 			return err
 		}
 		if exists {
-			return fmt.Errorf("run %s: %w", runID, store.ErrNotRunning)
+			return fmt.Errorf("run %s: %w", o.RunID, store.ErrNotRunning)
 		}
-		return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+		return fmt.Errorf("run %s: %w", o.RunID, store.ErrNotFound)
 	})
 }
 
@@ -566,7 +566,7 @@ func (s *Store) ReapExpired(ctx context.Context, now time.Time, errCode, errMsg 
 	return reaped, nil
 }
 
-// ListRunning implements store.Store.
+// ListRunning implements storetest.Store (tests only).
 func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, error) {
 	rows, err := s.r.QueryContext(ctx,
 		`SELECT `+runColumns+` FROM runs WHERE user_id = ? AND status = 'running' ORDER BY started_at, id`, userID)
@@ -581,30 +581,30 @@ func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, er
 }
 
 // ClaimIdempotencyKey implements store.Store.
-func (s *Store) ClaimIdempotencyKey(ctx context.Context, userID, key string, value []byte, ttl time.Duration, now time.Time) ([]byte, bool, error) {
+func (s *Store) ClaimIdempotencyKey(ctx context.Context, c store.Claim) ([]byte, bool, error) {
 	switch {
-	case userID == "" || key == "":
+	case c.UserID == "" || c.Key == "":
 		return nil, false, fmt.Errorf("%w: idempotency key without user or key", store.ErrInvalid)
-	case ttl <= 0:
-		return nil, false, fmt.Errorf("%w: idempotency ttl %v", store.ErrInvalid, ttl)
+	case c.TTL <= 0:
+		return nil, false, fmt.Errorf("%w: idempotency ttl %v", store.ErrInvalid, c.TTL)
 	}
-	if value == nil {
-		value = []byte{}
+	if c.Value == nil {
+		c.Value = []byte{}
 	}
-	nowMs := toMillis(now, time.Now())
+	nowMs := toMillis(c.At, time.Now())
 	var existing []byte
 	claimed := false
 	err := s.write(ctx, "claim idempotency key", func(tx *sql.Tx) error {
 		// Expired entries of this user go first, this key's included, so the
 		// insert below only meets a live entry. Only the user's own: now is
 		// the caller's clock.
-		if _, err := tx.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE user_id = ? AND expires_at <= ?`, userID, nowMs); err != nil {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE user_id = ? AND expires_at <= ?`, c.UserID, nowMs); err != nil {
 			return err
 		}
 		res, err := tx.ExecContext(ctx,
 			`INSERT INTO idempotency_keys (user_id, idem_key, value, expires_at) VALUES (?, ?, ?, ?)
 			ON CONFLICT (user_id, idem_key) DO NOTHING`,
-			userID, key, value, nowMs+ttl.Milliseconds())
+			c.UserID, c.Key, c.Value, nowMs+c.TTL.Milliseconds())
 		if err != nil {
 			return err
 		}
@@ -615,7 +615,7 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, userID, key string, val
 		if claimed = n == 1; claimed {
 			return nil
 		}
-		return tx.QueryRowContext(ctx, `SELECT value FROM idempotency_keys WHERE user_id = ? AND idem_key = ?`, userID, key).Scan(&existing)
+		return tx.QueryRowContext(ctx, `SELECT value FROM idempotency_keys WHERE user_id = ? AND idem_key = ?`, c.UserID, c.Key).Scan(&existing)
 	})
 	if err != nil {
 		return nil, false, err

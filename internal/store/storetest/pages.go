@@ -14,7 +14,7 @@ import (
 // pagedThread creates a thread of n messages, each 1 ms after the previous
 // except for runs of three with the same time (insertion order decides
 // those), inserted out of order, and returns them in list order.
-func pagedThread(t *testing.T, st store.Store, u string, n int) (store.Thread, []store.Message) {
+func pagedThread(t *testing.T, st Store, u string, n int) (store.Thread, []store.Message) {
 	t.Helper()
 	t0 := base()
 	th := store.Thread{ID: id(), UserID: u, Title: "paged", CreatedAt: t0}

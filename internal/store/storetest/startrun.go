@@ -374,7 +374,7 @@ func (s *suite) testDiscardRun(t *testing.T) {
 	if _, err := st.StartRun(c, nil, first, firstRun, 0); err != nil {
 		t.Fatalf("StartRun: %v", err)
 	}
-	if err := st.FinishRun(c, u, firstRun.ID, store.RunCompleted, t0.Add(2*time.Second), "", ""); err != nil {
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: firstRun.ID, Status: store.RunCompleted, EndedAt: t0.Add(2 * time.Second)}); err != nil {
 		t.Fatalf("FinishRun: %v", err)
 	}
 	if err := st.DiscardRun(c, u, firstRun.ID, false); !errors.Is(err, store.ErrNotFound) {

@@ -1,8 +1,8 @@
 // Package storetest is the conformance suite every store.Store backend runs
-// unchanged:
+// unchanged, through the test-only methods of Store as well:
 //
 //	func TestConformance(t *testing.T) {
-//		storetest.Run(t, func(t *testing.T) store.Store {
+//		storetest.Run(t, func(t *testing.T) storetest.Store {
 //			s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "agentwire.db"))
 //			if err != nil {
 //				t.Fatal(err)
@@ -42,6 +42,27 @@ import (
 	"github.com/agentwire/agentwire/internal/store"
 )
 
+// Store is a store.Store with the methods only tests call: they create and
+// read rows one at a time, where production code goes through StartRun and
+// the listing methods. Every backend implements them so the suite can set up
+// and inspect rows in any state.
+type Store interface {
+	store.Store
+	// CreateThread inserts t. Title is the caller's; see store.TitleFrom. A
+	// zero UpdatedAt becomes CreatedAt. ErrConflict if the id is taken.
+	CreateThread(ctx context.Context, t store.Thread) error
+	// GetThread returns the user's thread, or ErrNotFound.
+	GetThread(ctx context.Context, userID, threadID string) (store.Thread, error)
+	// CreateRun inserts r as running in thread r.ThreadID, which must exist
+	// and be owned by r.UserID (else ErrNotFound). r.Status, EndedAt and the
+	// error fields are ignored; r.Node and r.LeaseUntil are stored.
+	// ErrConflict if the id is taken.
+	CreateRun(ctx context.Context, r store.Run) error
+	// ListRunning returns the user's runs that are still running, oldest
+	// first.
+	ListRunning(ctx context.Context, userID string) ([]store.Run, error)
+}
+
 // testTimeout bounds every subtest, so a deadlocked backend fails instead
 // of hanging the suite. It guards against hangs only: ConcurrentWrites under
 // -race on a loaded 2-core machine took over 10 s, so it is far above any
@@ -49,7 +70,7 @@ import (
 const testTimeout = 2 * time.Minute
 
 // Run runs the conformance suite against the backend newStore makes.
-func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
+func Run(t *testing.T, newStore func(t *testing.T) Store) {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	s := &suite{prefix: "storetest-" + hex.EncodeToString(b[:]), newStore: newStore}
@@ -104,7 +125,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 
 type suite struct {
 	prefix   string
-	newStore func(t *testing.T) store.Store
+	newStore func(t *testing.T) Store
 
 	// reapMu serializes the subtests that call ReapExpired, which ends the
 	// expired runs of every user: on a database shared by the subtests,
@@ -240,7 +261,7 @@ func (s *suite) testMissingThread(t *testing.T) {
 	if _, err := st.GetRun(c, u, id()); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetRun: %v, want ErrNotFound", err)
 	}
-	if err := st.FinishRun(c, u, id(), store.RunCompleted, time.Time{}, "", ""); !errors.Is(err, store.ErrNotFound) {
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: id(), Status: store.RunCompleted}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("FinishRun: %v, want ErrNotFound", err)
 	}
 	if list, err := listThreads(c, st, u, 10); err != nil || len(list) != 0 {
@@ -444,7 +465,7 @@ func (s *suite) testRunLifecycle(t *testing.T) {
 	}
 
 	end := t0.Add(2*time.Second + 345678*time.Nanosecond)
-	if err := st.FinishRun(c, u, run.ID, store.RunCompleted, end, "", ""); err != nil {
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: run.ID, Status: store.RunCompleted, EndedAt: end}); err != nil {
 		t.Fatalf("FinishRun: %v", err)
 	}
 	want.Status, want.EndedAt = store.RunCompleted, stored(end)
@@ -453,7 +474,7 @@ func (s *suite) testRunLifecycle(t *testing.T) {
 		t.Fatalf("ListRunning after FinishRun: %d runs, want none", len(running))
 	}
 
-	if err := st.FinishRun(c, u, run.ID, store.RunFailed, end.Add(time.Second), "agent_failed", "boom"); !errors.Is(err, store.ErrNotRunning) {
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: run.ID, Status: store.RunFailed, EndedAt: end.Add(time.Second), ErrorCode: "agent_failed", ErrorMessage: "boom"}); !errors.Is(err, store.ErrNotRunning) {
 		t.Fatalf("second FinishRun: %v, want ErrNotRunning", err)
 	}
 	checkRun(t, mustGetRun(t, st, u, run.ID), want)
@@ -462,7 +483,7 @@ func (s *suite) testRunLifecycle(t *testing.T) {
 	run2 := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo"}
 	before := time.Now().Truncate(store.TimePrecision)
 	mustCreateRun(t, st, run2)
-	if err := st.FinishRun(c, u, run2.ID, store.RunCancelled, time.Time{}, "cancelled", "stopped by user"); err != nil {
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: run2.ID, Status: store.RunCancelled, ErrorCode: "cancelled", ErrorMessage: "stopped by user"}); err != nil {
 		t.Fatalf("FinishRun: %v", err)
 	}
 	after := time.Now()
@@ -492,7 +513,7 @@ func (s *suite) testRunStatuses(t *testing.T) {
 		r := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "agent-" + string(tc.status), StartedAt: t0}
 		mustCreateRun(t, st, r)
 		end := t0.Add(time.Duration(i+1) * time.Second)
-		if err := st.FinishRun(c, u, r.ID, tc.status, end, tc.code, tc.message); err != nil {
+		if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: r.ID, Status: tc.status, EndedAt: end, ErrorCode: tc.code, ErrorMessage: tc.message}); err != nil {
 			t.Fatalf("FinishRun(%s): %v", tc.status, err)
 		}
 		checkRun(t, mustGetRun(t, st, u, r.ID), store.Run{
@@ -504,7 +525,7 @@ func (s *suite) testRunStatuses(t *testing.T) {
 	r := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: t0}
 	mustCreateRun(t, st, r)
 	for _, bad := range []store.RunStatus{store.RunRunning, "", "done"} {
-		if err := st.FinishRun(c, u, r.ID, bad, t0, "", ""); !errors.Is(err, store.ErrInvalid) {
+		if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: r.ID, Status: bad, EndedAt: t0}); !errors.Is(err, store.ErrInvalid) {
 			t.Errorf("FinishRun(%q): %v, want ErrInvalid", bad, err)
 		}
 	}
@@ -523,7 +544,7 @@ func (s *suite) testRunOwnership(t *testing.T) {
 	if _, err := st.GetRun(c, mallory, r.ID); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetRun by another user: %v, want ErrNotFound", err)
 	}
-	if err := st.FinishRun(c, mallory, r.ID, store.RunCancelled, time.Time{}, "cancelled", ""); !errors.Is(err, store.ErrNotFound) {
+	if err := st.FinishRun(c, store.Outcome{UserID: mallory, RunID: r.ID, Status: store.RunCancelled, ErrorCode: "cancelled"}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("FinishRun by another user: %v, want ErrNotFound", err)
 	}
 	if got := mustGetRun(t, st, alice, r.ID); got.Status != store.RunRunning {
@@ -532,11 +553,11 @@ func (s *suite) testRunOwnership(t *testing.T) {
 	if runs := mustListRunning(t, st, mallory); len(runs) != 0 {
 		t.Errorf("ListRunning of another user: %d runs, want none", len(runs))
 	}
-	if err := st.FinishRun(c, alice, r.ID, store.RunCompleted, time.Time{}, "", ""); err != nil {
+	if err := st.FinishRun(c, store.Outcome{UserID: alice, RunID: r.ID, Status: store.RunCompleted}); err != nil {
 		t.Fatalf("FinishRun by the owner: %v", err)
 	}
 	// A finished run of someone else is still not found, not "not running".
-	if err := st.FinishRun(c, mallory, r.ID, store.RunCancelled, time.Time{}, "", ""); !errors.Is(err, store.ErrNotFound) {
+	if err := st.FinishRun(c, store.Outcome{UserID: mallory, RunID: r.ID, Status: store.RunCancelled}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("FinishRun of another user's finished run: %v, want ErrNotFound", err)
 	}
 }
@@ -559,7 +580,7 @@ func (s *suite) testListRunning(t *testing.T) {
 	mustCreateRun(t, st, store.Run{ID: id(), ThreadID: oth.ID, UserID: other, Agent: "demo", StartedAt: t0})
 
 	for _, i := range []int{0, 2, 4} {
-		if err := st.FinishRun(c, u, runs[i].ID, store.RunCompleted, time.Time{}, "", ""); err != nil {
+		if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: runs[i].ID, Status: store.RunCompleted}); err != nil {
 			t.Fatalf("FinishRun: %v", err)
 		}
 	}
@@ -593,7 +614,7 @@ func (s *suite) testConcurrentFinish(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			<-start
-			errs[i] = st.FinishRun(c, u, r.ID, statuses[i%len(statuses)], time.Time{}, fmt.Sprint(i), "")
+			errs[i] = st.FinishRun(c, store.Outcome{UserID: u, RunID: r.ID, Status: statuses[i%len(statuses)], ErrorCode: fmt.Sprint(i)})
 		})
 	}
 	close(start)
@@ -722,7 +743,7 @@ func (s *suite) testConcurrentClaims(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			<-start
-			ex, ok, err := st.ClaimIdempotencyKey(c, u, "same", fmt.Appendf(nil, `{"claimer":%d}`, i), ttl, now)
+			ex, ok, err := st.ClaimIdempotencyKey(c, store.Claim{UserID: u, Key: "same", Value: fmt.Appendf(nil, `{"claimer":%d}`, i), TTL: ttl, At: now})
 			results[i] = result{ex, ok, err}
 		})
 	}
@@ -779,11 +800,11 @@ func (s *suite) testConcurrentWrites(t *testing.T) {
 					t.Errorf("CreateRun: %v", err)
 					return
 				}
-				if err := st.FinishRun(c, u, r.ID, store.RunCompleted, time.Time{}, "", ""); err != nil {
+				if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: r.ID, Status: store.RunCompleted}); err != nil {
 					t.Errorf("FinishRun: %v", err)
 					return
 				}
-				if _, _, err := st.ClaimIdempotencyKey(c, u, fmt.Sprint(w, "/", i), []byte("{}"), ttl, time.Now()); err != nil {
+				if _, _, err := st.ClaimIdempotencyKey(c, store.Claim{UserID: u, Key: fmt.Sprint(w, "/", i), Value: []byte("{}"), TTL: ttl, At: time.Now()}); err != nil {
 					t.Errorf("ClaimIdempotencyKey: %v", err)
 					return
 				}
@@ -821,9 +842,9 @@ func (s *suite) testInvalid(t *testing.T) {
 		"AddMessage without id":      st.AddMessage(c, store.Message{ThreadID: th.ID, UserID: u, Role: store.RoleUser, Content: "x"}),
 		"CreateRun without agent":    st.CreateRun(c, store.Run{ID: id(), ThreadID: th.ID, UserID: u}),
 	}
-	_, _, checks["Claim with zero ttl"] = st.ClaimIdempotencyKey(c, u, "k", []byte("{}"), 0, time.Now())
-	_, _, checks["Claim with empty key"] = st.ClaimIdempotencyKey(c, u, "", []byte("{}"), ttl, time.Now())
-	_, _, checks["Claim without user"] = st.ClaimIdempotencyKey(c, "", "k", []byte("{}"), ttl, time.Now())
+	_, _, checks["Claim with zero ttl"] = st.ClaimIdempotencyKey(c, store.Claim{UserID: u, Key: "k", Value: []byte("{}"), At: time.Now()})
+	_, _, checks["Claim with empty key"] = st.ClaimIdempotencyKey(c, store.Claim{UserID: u, Value: []byte("{}"), TTL: ttl, At: time.Now()})
+	_, _, checks["Claim without user"] = st.ClaimIdempotencyKey(c, store.Claim{Key: "k", Value: []byte("{}"), TTL: ttl, At: time.Now()})
 	for name, err := range checks {
 		if !errors.Is(err, store.ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)
@@ -855,14 +876,14 @@ func (s *suite) testPingAndClose(t *testing.T) {
 }
 
 // wantClaim claims key with the suite's ttl and checks the outcome.
-func wantClaim(t *testing.T, st store.Store, u, key string, value []byte, now time.Time, wantExisting []byte, wantClaimed bool) {
+func wantClaim(t *testing.T, st Store, u, key string, value []byte, now time.Time, wantExisting []byte, wantClaimed bool) {
 	t.Helper()
 	wantClaimTTL(t, st, u, key, value, ttl, now, wantExisting, wantClaimed)
 }
 
-func wantClaimTTL(t *testing.T, st store.Store, u, key string, value []byte, ttl time.Duration, now time.Time, wantExisting []byte, wantClaimed bool) {
+func wantClaimTTL(t *testing.T, st Store, u, key string, value []byte, ttl time.Duration, now time.Time, wantExisting []byte, wantClaimed bool) {
 	t.Helper()
-	existing, claimed, err := st.ClaimIdempotencyKey(ctx(t), u, key, value, ttl, now)
+	existing, claimed, err := st.ClaimIdempotencyKey(ctx(t), store.Claim{UserID: u, Key: key, Value: value, TTL: ttl, At: now})
 	if err != nil {
 		t.Fatalf("ClaimIdempotencyKey(%q): %v", key, err)
 	}
@@ -871,14 +892,14 @@ func wantClaimTTL(t *testing.T, st store.Store, u, key string, value []byte, ttl
 	}
 }
 
-func mustCreateThread(t *testing.T, st store.Store, th store.Thread) {
+func mustCreateThread(t *testing.T, st Store, th store.Thread) {
 	t.Helper()
 	if err := st.CreateThread(ctx(t), th); err != nil {
 		t.Fatalf("CreateThread: %v", err)
 	}
 }
 
-func mustGetThread(t *testing.T, st store.Store, u, threadID string) store.Thread {
+func mustGetThread(t *testing.T, st Store, u, threadID string) store.Thread {
 	t.Helper()
 	th, err := st.GetThread(ctx(t), u, threadID)
 	if err != nil {
@@ -887,7 +908,7 @@ func mustGetThread(t *testing.T, st store.Store, u, threadID string) store.Threa
 	return th
 }
 
-func mustAddMessage(t *testing.T, st store.Store, m store.Message) {
+func mustAddMessage(t *testing.T, st Store, m store.Message) {
 	t.Helper()
 	if err := st.AddMessage(ctx(t), m); err != nil {
 		t.Fatalf("AddMessage: %v", err)
@@ -895,7 +916,7 @@ func mustAddMessage(t *testing.T, st store.Store, m store.Message) {
 }
 
 // mustListMessages returns every message of the thread, page after page.
-func mustListMessages(t *testing.T, st store.Store, u, threadID string) []store.Message {
+func mustListMessages(t *testing.T, st Store, u, threadID string) []store.Message {
 	t.Helper()
 	all := []store.Message{}
 	q := store.MessageQuery{Limit: 7}
@@ -916,19 +937,19 @@ func mustListMessages(t *testing.T, st store.Store, u, threadID string) []store.
 }
 
 // listThreads is the first page of ListThreads with limit.
-func listThreads(c context.Context, st store.Store, u string, limit int) ([]store.Thread, error) {
+func listThreads(c context.Context, st Store, u string, limit int) ([]store.Thread, error) {
 	ts, _, err := st.ListThreads(c, u, store.ThreadQuery{Limit: limit})
 	return ts, err
 }
 
-func mustCreateRun(t *testing.T, st store.Store, r store.Run) {
+func mustCreateRun(t *testing.T, st Store, r store.Run) {
 	t.Helper()
 	if err := st.CreateRun(ctx(t), r); err != nil {
 		t.Fatalf("CreateRun: %v", err)
 	}
 }
 
-func mustGetRun(t *testing.T, st store.Store, u, runID string) store.Run {
+func mustGetRun(t *testing.T, st Store, u, runID string) store.Run {
 	t.Helper()
 	r, err := st.GetRun(ctx(t), u, runID)
 	if err != nil {
@@ -937,7 +958,7 @@ func mustGetRun(t *testing.T, st store.Store, u, runID string) store.Run {
 	return r
 }
 
-func mustListRunning(t *testing.T, st store.Store, u string) []store.Run {
+func mustListRunning(t *testing.T, st Store, u string) []store.Run {
 	t.Helper()
 	runs, err := st.ListRunning(ctx(t), u)
 	if err != nil {
@@ -1045,7 +1066,7 @@ func (s *suite) testLeaseRoundTrip(t *testing.T) {
 
 	// Finishing a run keeps its node and lease.
 	end := t0.Add(time.Minute)
-	if err := st.FinishRun(ctx(t), u, leased.ID, store.RunCompleted, end, "", ""); err != nil {
+	if err := st.FinishRun(ctx(t), store.Outcome{UserID: u, RunID: leased.ID, Status: store.RunCompleted, EndedAt: end}); err != nil {
 		t.Fatalf("FinishRun: %v", err)
 	}
 	wantLeased.Status, wantLeased.EndedAt = store.RunCompleted, stored(end)
@@ -1070,7 +1091,7 @@ func (s *suite) testRenewLeases(t *testing.T) {
 	a1, a2, ended := mk(th, node), mk(th, node), mk(th, node)
 	a3 := mk(oth, node) // the node's runs may belong to any user
 	f1 := mk(th, foreign)
-	if err := st.FinishRun(c, u, ended.ID, store.RunCompleted, t0.Add(time.Second), "", ""); err != nil {
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: ended.ID, Status: store.RunCompleted, EndedAt: t0.Add(time.Second)}); err != nil {
 		t.Fatalf("FinishRun: %v", err)
 	}
 	unknown := id()
@@ -1144,7 +1165,7 @@ func (s *suite) testReapExpired(t *testing.T) {
 	sameMs := mk(now.Add(-100 * time.Microsecond))
 	fresh := mk(now.Add(time.Second))
 	done := mk(now.Add(-time.Minute))
-	if err := st.FinishRun(c, u, done.ID, store.RunCompleted, now.Add(-time.Second), "", ""); err != nil {
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: done.ID, Status: store.RunCompleted, EndedAt: now.Add(-time.Second)}); err != nil {
 		t.Fatalf("FinishRun: %v", err)
 	}
 
@@ -1193,7 +1214,7 @@ func (s *suite) testReapExpired(t *testing.T) {
 	if err != nil || !slices.Equal(lost, []string{expired[0].ID}) {
 		t.Fatalf("RenewLeases after ReapExpired: lost %v, %v; want [%s]", lost, err, expired[0].ID)
 	}
-	if err := st.FinishRun(c, u, expired[1].ID, store.RunCompleted, time.Time{}, "", ""); !errors.Is(err, store.ErrNotRunning) {
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: expired[1].ID, Status: store.RunCompleted}); !errors.Is(err, store.ErrNotRunning) {
 		t.Fatalf("FinishRun of a reaped run: %v, want ErrNotRunning", err)
 	}
 	// Once their leases pass, the other runs are reaped too.

@@ -1,4 +1,4 @@
-package agent_test
+package tools_test
 
 import (
 	"context"
@@ -64,13 +64,13 @@ func TestCallTool(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var rec agenttest.Recorder
-			res, err := agent.CallTool(context.Background(), &rec, reg, "call_1", tt.tool, json.RawMessage(tt.args))
+			res, err := tools.CallTool(context.Background(), &rec, reg, "call_1", tt.tool, json.RawMessage(tt.args))
 			if tt.wantErr == "" {
 				if err != nil || res != 84.0 {
 					t.Fatalf("CallTool = %v, %v", res, err)
 				}
-			} else if !errors.Is(err, agent.ErrToolFailed) || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("err = %v, want ErrToolFailed with %q", err, tt.wantErr)
+			} else if !errors.Is(err, tools.ErrCallFailed) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want ErrCallFailed with %q", err, tt.wantErr)
 			}
 			rec.AssertTypes(t, "tool_executing", "tool_completed")
 			rec.AssertValid(t)
@@ -89,7 +89,7 @@ func TestCallTool(t *testing.T) {
 func TestCallToolGeneratesID(t *testing.T) {
 	t.Parallel()
 	var rec agenttest.Recorder
-	if _, err := agent.CallTool(context.Background(), &rec, tools.Default(), "", "current_time", nil); err != nil {
+	if _, err := tools.CallTool(context.Background(), &rec, tools.Default(), "", "current_time", nil); err != nil {
 		t.Fatal(err)
 	}
 	ev := rec.Events()
@@ -106,8 +106,8 @@ func TestCallToolStops(t *testing.T) {
 	t.Run("run ended", func(t *testing.T) {
 		var rec agenttest.Recorder
 		rec.End()
-		_, err := agent.CallTool(context.Background(), &rec, tools.Default(), "", "calculator", json.RawMessage(`{"expression":"1"}`))
-		if !errors.Is(err, agent.ErrRunEnded) || errors.Is(err, agent.ErrToolFailed) {
+		_, err := tools.CallTool(context.Background(), &rec, tools.Default(), "", "calculator", json.RawMessage(`{"expression":"1"}`))
+		if !errors.Is(err, agent.ErrRunEnded) || errors.Is(err, tools.ErrCallFailed) {
 			t.Errorf("err = %v, want ErrRunEnded", err)
 		}
 	})
@@ -115,8 +115,8 @@ func TestCallToolStops(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		defer cancel()
 		var rec agenttest.Recorder
-		_, err := agent.CallTool(ctx, &rec, tools.New(sleeper{}), "c", "sleeper", nil)
-		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, agent.ErrToolFailed) {
+		_, err := tools.CallTool(ctx, &rec, tools.New(sleeper{}), "c", "sleeper", nil)
+		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, tools.ErrCallFailed) {
 			t.Errorf("err = %v, want DeadlineExceeded", err)
 		}
 		rec.AssertTypes(t, "tool_executing", "tool_completed")

@@ -1,4 +1,4 @@
-package agent
+package tools
 
 import (
 	"bytes"
@@ -10,36 +10,36 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
-	"github.com/agentwire/agentwire/internal/agent/tools"
+	"github.com/agentwire/agentwire/internal/agent"
 )
 
-// ErrToolFailed matches (errors.Is) every *ToolError.
-var ErrToolFailed = errors.New("tool failed")
+// ErrCallFailed matches (errors.Is) every *CallError.
+var ErrCallFailed = errors.New("tool failed")
 
-// ToolError is a tool call that failed — unknown tool, bad arguments, the
+// CallError is a tool call that failed — unknown tool, bad arguments, the
 // tool's own error — and was reported with tool_completed ok=false. The run
 // can go on, e.g. by telling the model.
-type ToolError struct {
+type CallError struct {
 	Tool string
 	Err  error // what tool_completed reported as "error"
 }
 
-func (e *ToolError) Error() string { return fmt.Sprintf("tool %s failed: %v", e.Tool, e.Err) }
+func (e *CallError) Error() string { return fmt.Sprintf("tool %s failed: %v", e.Tool, e.Err) }
 
 // Unwrap returns the tool's error.
-func (e *ToolError) Unwrap() error { return e.Err }
+func (e *CallError) Unwrap() error { return e.Err }
 
-// Is makes errors.Is(err, ErrToolFailed) true.
-func (e *ToolError) Is(target error) bool { return target == ErrToolFailed }
+// Is makes errors.Is(err, ErrCallFailed) true.
+func (e *CallError) Is(target error) bool { return target == ErrCallFailed }
 
 // CallTool runs the tool name from reg with args and reports it: tool_executing
 // (args as a JSON object), then tool_completed with ok, result, duration and
 // error. An empty callID gets a fresh ULID.
 //
-// The error is nil on success. It is a *ToolError (errors.Is ErrToolFailed)
+// The error is nil on success. It is a *CallError (errors.Is ErrCallFailed)
 // when the tool failed but the run may continue; anything else — ErrRunEnded from em, ctx's
 // error — means the agent should stop and return it.
-func CallTool(ctx context.Context, em Emitter, reg *tools.Registry, callID, name string, args json.RawMessage) (any, error) {
+func CallTool(ctx context.Context, em agent.Emitter, reg *Registry, callID, name string, args json.RawMessage) (any, error) {
 	if callID == "" {
 		callID = ulid.Make().String()
 	}
@@ -67,9 +67,9 @@ func CallTool(ctx context.Context, em Emitter, reg *tools.Registry, callID, name
 
 	var emitErr error
 	if toolErr != nil {
-		emitErr = em.ToolCompleted(callID, name, false, nil, d, toolErr.Error())
+		emitErr = em.ToolCompleted(agent.ToolResult{CallID: callID, Tool: name, Duration: d, Error: toolErr.Error()})
 	} else {
-		emitErr = em.ToolCompleted(callID, name, true, result, d, "")
+		emitErr = em.ToolCompleted(agent.ToolResult{CallID: callID, Tool: name, OK: true, Result: result, Duration: d})
 	}
 	switch {
 	case ctx.Err() != nil:
@@ -77,7 +77,7 @@ func CallTool(ctx context.Context, em Emitter, reg *tools.Registry, callID, name
 	case emitErr != nil:
 		return nil, emitErr
 	case toolErr != nil:
-		return nil, &ToolError{Tool: name, Err: toolErr}
+		return nil, &CallError{Tool: name, Err: toolErr}
 	}
 	return result, nil
 }
@@ -104,7 +104,7 @@ func argsObject(args json.RawMessage) (any, error) {
 
 // safeCall runs the tool, turning a panic into an error: a broken tool must
 // not take the run (or the process) down with it.
-func safeCall(ctx context.Context, tool tools.Tool, args json.RawMessage) (result any, err error) {
+func safeCall(ctx context.Context, tool Tool, args json.RawMessage) (result any, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			result, err = nil, fmt.Errorf("tool panicked: %v", p)
