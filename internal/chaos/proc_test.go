@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -101,6 +103,14 @@ func startNode(t *testing.T, name string, args ...string) *node {
 		n.Kill()
 		if t.Failed() {
 			s := n.Stderr.String()
+			// The whole log goes to the artifacts, to follow a violation's
+			// run through every node; the test log gets its start.
+			if dir := os.Getenv("AGENTWIRE_ARTIFACTS"); dir != "" {
+				p := filepath.Join(dir, "chaos-"+strings.ReplaceAll(t.Name(), "/", "_")+"-"+n.name+".log")
+				if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+					t.Logf("node %s log: %v", n.name, err)
+				}
+			}
 			if len(s) > 20000 {
 				s = s[:20000] + "\n…(cut)"
 			}
