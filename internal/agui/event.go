@@ -113,13 +113,15 @@ type Message struct {
 	ToolCalls  []ToolCall      `json:"toolCalls,omitempty"`
 	ToolCallID string          `json:"toolCallId,omitempty"`
 	Error      string          `json:"error,omitempty"`
+	Metadata   json.RawMessage `json:"metadata,omitempty"`
 }
 
 // ToolCall is an assistant message's call of a tool.
 type ToolCall struct {
-	ID       string       `json:"id"`
-	Type     string       `json:"type"` // always "function"
-	Function FunctionCall `json:"function"`
+	ID       string          `json:"id"`
+	Type     string          `json:"type"` // always "function"
+	Function FunctionCall    `json:"function"`
+	Metadata json.RawMessage `json:"metadata,omitempty"`
 }
 
 // FunctionCall names the tool and carries its arguments as a JSON string.

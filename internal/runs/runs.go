@@ -213,6 +213,18 @@ func perr(code protocol.ErrorCode, msg, ref string) *protocol.Error {
 // returns the first ack and starts nothing; one whose message fails is
 // released.
 func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error) {
+	return m.userMessage(ctx, user, f, false)
+}
+
+// UserMessageInThread is UserMessage for clients that name their threads
+// themselves (AG-UI): a thread_id the user has no thread of becomes a new
+// thread of the user with that id; one that is another user's is
+// not_found, as for UserMessage.
+func (m *Manager) UserMessageInThread(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error) {
+	return m.userMessage(ctx, user, f, f.ThreadID != "")
+}
+
+func (m *Manager) userMessage(ctx context.Context, user string, f *protocol.Frame, adopt bool) (protocol.AckFrame, *protocol.Error) {
 	a := ack{ThreadID: f.ThreadID, RunID: ulid.Make().String(), MessageID: ulid.Make().String()}
 	newThread := a.ThreadID == ""
 	if newThread {
@@ -284,6 +296,18 @@ func (m *Manager) UserMessage(ctx context.Context, user string, f *protocol.Fram
 	run := store.Run{ID: a.RunID, ThreadID: a.ThreadID, UserID: user, Agent: m.agent.Name(), Status: store.RunRunning,
 		UserMessageID: a.MessageID, StartedAt: now, Node: m.node, LeaseUntil: now.Add(m.leaseTTL)}
 	history, err := m.store.StartRun(ctx, thread, msg, run, historyLimit)
+	if adopt && errors.Is(err, store.ErrNotFound) {
+		// Not a thread of the user: a new one with the client's id, unless
+		// the id is taken — by this user's message racing this one (then
+		// the thread is there now), or by another user's thread.
+		newThread = true
+		thread = &store.Thread{ID: a.ThreadID, UserID: user, Title: store.TitleFrom(f.Content), CreatedAt: now, UpdatedAt: now}
+		history, err = m.store.StartRun(ctx, thread, msg, run, historyLimit)
+		if errors.Is(err, store.ErrConflict) {
+			newThread, thread = false, nil
+			history, err = m.store.StartRun(ctx, nil, msg, run, historyLimit)
+		}
+	}
 	if err != nil {
 		if !newThread && errors.Is(err, store.ErrNotFound) {
 			return fail(perr(protocol.CodeNotFound, "no such thread", f.ID))

@@ -370,6 +370,39 @@ func TestUnknownThreadIsNotFound(t *testing.T) {
 	})
 }
 
+func TestUserMessageInThreadAdoptsTheClientsThreadID(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, blocker(false, nil), Config{MaxPerUser: 10})
+		ctx := context.Background()
+		in := func(user, thread string) (protocol.AckFrame, *protocol.Error) {
+			return f.m.UserMessageInThread(ctx, user, &protocol.Frame{Content: "x", ThreadID: thread})
+		}
+		a, perr := in("own", "client-thread")
+		if perr != nil || a.ThreadID != "client-thread" {
+			t.Fatalf("new thread: %+v %v", a, perr)
+		}
+		if b, perr := in("own", "client-thread"); perr != nil || b.ThreadID != "client-thread" || b.RunID == a.RunID {
+			t.Fatalf("same thread again: %+v %v", b, perr)
+		}
+		msgs, _, err := f.store.ListMessages(ctx, "own", "client-thread", store.MessageQuery{})
+		if err != nil || len(msgs) != 2 {
+			t.Fatalf("thread messages %d, %v", len(msgs), err)
+		}
+		// Another user's thread, by its id: not_found, nothing created.
+		if _, perr := in("thief", "client-thread"); perr == nil || perr.Code != protocol.CodeNotFound {
+			t.Fatalf("another user's thread: %v", perr)
+		}
+		if _, _, err := f.store.ListMessages(ctx, "thief", "client-thread", store.MessageQuery{}); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("thief's view of the thread: %v", err)
+		}
+		// No thread id: a new thread, as UserMessage.
+		if c, perr := in("own", ""); perr != nil || c.ThreadID == "" || c.ThreadID == "client-thread" {
+			t.Fatalf("no thread id: %+v %v", c, perr)
+		}
+	})
+}
+
 func TestPublishToRunningRun(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {

@@ -1,0 +1,219 @@
+package agui
+
+import (
+	"encoding/json"
+	"strconv"
+
+	"github.com/agentwire/agentwire/protocol"
+)
+
+// Translator turns the agentwire stream events of one run into the AG-UI
+// events an AG-UI client expects, in order. It keeps what a run has open
+// (its text message), so it is used for one run's events in seq order, by
+// one goroutine. It is pure: no I/O, no clock.
+//
+// The mapping (docs/PROTOCOL.md, "AG-UI"):
+//
+//	agent_started          RUN_STARTED
+//	agent_thinking         REASONING_MESSAGE_START, _CONTENT, _END
+//	tool_executing         TOOL_CALL_START, TOOL_CALL_ARGS (the args' JSON), TOOL_CALL_END
+//	tool_completed         TOOL_CALL_RESULT
+//	agent_message_delta    TEXT_MESSAGE_START (first delta of a message), TEXT_MESSAGE_CONTENT
+//	agent_completed        TEXT_MESSAGE_END (if open), RUN_FINISHED (outcome success)
+//	agent_error cancelled  TEXT_MESSAGE_END (if open), RUN_FINISHED (outcome cancelled)
+//	agent_error other      RUN_ERROR
+//	any other type         CUSTOM{name: type, value: data}
+//	user_message           nothing (the client sent it)
+//
+// Every AG-UI event carries metadata {"agentwire":{"seq","epoch"}} of the
+// stream event it comes from.
+type Translator struct {
+	threadID, runID string
+
+	started bool
+	ended   bool
+	// text is the open text message, "" when none; textMeta the metadata of
+	// the last event that touched it (a re-opening carries it).
+	text     string
+	textMeta json.RawMessage
+	// streamed: some answer text went out as deltas, so agent_completed's
+	// final_response repeats nothing.
+	streamed bool
+}
+
+// NewTranslator returns the translator of run runID of thread threadID.
+func NewTranslator(threadID, runID string) *Translator {
+	return &Translator{threadID: threadID, runID: runID}
+}
+
+// Started reports whether the run's RUN_STARTED has been produced.
+func (t *Translator) Started() bool { return t.started }
+
+// Ended reports whether the run's last event (RUN_FINISHED or RUN_ERROR)
+// has been produced: nothing follows it.
+func (t *Translator) Ended() bool { return t.ended }
+
+// RunID is the run this translator translates.
+func (t *Translator) RunID() string { return t.runID }
+
+// Metadata is the metadata every AG-UI event made from ev carries.
+func Metadata(ev protocol.Event) json.RawMessage {
+	b := make([]byte, 0, 48+len(ev.Epoch))
+	b = append(b, `{"agentwire":{"seq":`...)
+	b = strconv.AppendUint(b, ev.Seq, 10)
+	b = append(b, `,"epoch":`...)
+	b = protocol.AppendString(b, ev.Epoch)
+	return append(b, `}}`...)
+}
+
+// Event returns the AG-UI events ev becomes: none for an event of another
+// run, one after the run's end, or one that makes no AG-UI event.
+func (t *Translator) Event(ev protocol.Event) []Event {
+	if ev.RunID != t.runID || t.ended {
+		return nil
+	}
+	meta := Metadata(ev)
+	var out []Event
+	add := func(e Event) {
+		e.Metadata = meta
+		out = append(out, e)
+	}
+	switch ev.Type {
+	case protocol.TypeUserMessage:
+		return nil
+	case protocol.TypeAgentStarted:
+		if t.started {
+			return nil
+		}
+		t.started = true
+		add(Event{Type: RunStarted, ThreadID: t.threadID, RunID: t.runID})
+	case protocol.TypeAgentThinking:
+		d, ok := ev.AgentThinking()
+		if !ok || d.Text == "" {
+			return nil
+		}
+		id := t.runID + "-reasoning-" + strconv.FormatUint(ev.Seq, 10)
+		add(Event{Type: ReasoningMessageStart, MessageID: id, Role: RoleReasoning})
+		add(Event{Type: ReasoningMessageContent, MessageID: id, Delta: String(d.Text)})
+		add(Event{Type: ReasoningMessageEnd, MessageID: id})
+	case protocol.TypeToolExecuting:
+		d, ok := ev.ToolExecuting()
+		if !ok || d.ToolCallID == "" {
+			return nil
+		}
+		args := string(d.Args)
+		if args == "" || args == "null" {
+			args = "{}"
+		}
+		add(Event{Type: ToolCallStart, ToolCallID: d.ToolCallID, ToolCallName: d.Tool})
+		add(Event{Type: ToolCallArgs, ToolCallID: d.ToolCallID, Delta: String(args)})
+		add(Event{Type: ToolCallEnd, ToolCallID: d.ToolCallID})
+	case protocol.TypeToolCompleted:
+		d, ok := ev.ToolCompleted()
+		if !ok || d.ToolCallID == "" {
+			return nil
+		}
+		add(Event{Type: ToolCallResult, MessageID: ToolResultID(d.ToolCallID), ToolCallID: d.ToolCallID,
+			Role: RoleTool, Content: String(toolContent(d))})
+	case protocol.TypeAgentMessageDelta:
+		d, ok := ev.AgentMessageDelta()
+		if !ok || d.Delta == "" {
+			return nil
+		}
+		id := d.MessageID
+		if id == "" {
+			id = t.answerID()
+		}
+		out = t.openText(out, id, meta)
+		add(Event{Type: TextMessageContent, MessageID: id, Delta: String(d.Delta)})
+		t.textMeta, t.streamed = meta, true
+	case protocol.TypeAgentCompleted:
+		d, _ := ev.AgentCompleted()
+		if !t.streamed && d.FinalResponse != "" {
+			// An answer that was never streamed: the whole of it, at once.
+			id := d.MessageID
+			if id == "" {
+				id = t.answerID()
+			}
+			out = t.openText(out, id, meta)
+			add(Event{Type: TextMessageContent, MessageID: id, Delta: String(d.FinalResponse)})
+		}
+		out = t.closeText(out, meta)
+		result := String(d.FinalResponse)
+		add(Event{Type: RunFinished, ThreadID: t.threadID, RunID: t.runID, Result: result, Outcome: &Outcome{Type: OutcomeSuccess}})
+		t.ended = true
+	case protocol.TypeAgentError:
+		d, _ := ev.AgentError()
+		if d.Code == protocol.CodeCancelled {
+			out = t.closeText(out, meta)
+			add(Event{Type: RunFinished, ThreadID: t.threadID, RunID: t.runID, Outcome: &Outcome{Type: OutcomeCancelled}})
+		} else {
+			code := d.Code
+			if code == "" {
+				code = protocol.CodeAgentFailed
+			}
+			add(Event{Type: RunError, Message: d.Message, Code: string(code)})
+		}
+		t.ended = true
+	default:
+		value := ev.Data
+		if len(value) == 0 {
+			value = json.RawMessage(`{}`)
+		}
+		add(Event{Type: Custom, Name: ev.Type, Value: value})
+	}
+	return out
+}
+
+// Reopen returns the events that re-open, for a client that starts reading
+// mid-run after a MESSAGES_SNAPSHOT, what the run has open: the
+// TEXT_MESSAGE_START of its text message. (Tool calls and reasoning
+// messages open and close within one stream event, so none is ever open
+// between two.)
+func (t *Translator) Reopen() []Event {
+	if t.text == "" || t.ended {
+		return nil
+	}
+	return []Event{{Type: TextMessageStart, MessageID: t.text, Role: RoleAssistant, Metadata: t.textMeta}}
+}
+
+// ToolResultID is the id of the tool message a tool call's result becomes.
+func ToolResultID(toolCallID string) string { return toolCallID + "-result" }
+
+// answerID names the answer of a run whose events carry no message id.
+func (t *Translator) answerID() string { return t.runID + "-answer" }
+
+func (t *Translator) openText(out []Event, id string, meta json.RawMessage) []Event {
+	if t.text == id {
+		return out
+	}
+	out = t.closeText(out, meta)
+	t.text = id
+	t.textMeta = meta
+	return append(out, Event{Type: TextMessageStart, MessageID: id, Role: RoleAssistant, Metadata: meta})
+}
+
+func (t *Translator) closeText(out []Event, meta json.RawMessage) []Event {
+	if t.text == "" {
+		return out
+	}
+	out = append(out, Event{Type: TextMessageEnd, MessageID: t.text, Metadata: meta})
+	t.text, t.textMeta = "", nil
+	return out
+}
+
+// toolContent is a tool result as the text of a tool message: a JSON string
+// as is, any other JSON as its text; a failed call's error.
+func toolContent(d protocol.ToolCompleted) string {
+	if !d.OK && d.Error != "" {
+		return "error: " + d.Error
+	}
+	var s string
+	if json.Unmarshal(d.Result, &s) == nil {
+		return s
+	}
+	if len(d.Result) == 0 {
+		return "null"
+	}
+	return string(d.Result)
+}
