@@ -1,10 +1,12 @@
 package protocol
 
 import (
+	"bytes"
 	"errors"
 	"math"
 	"net/url"
 	"strconv"
+	"strings"
 )
 
 // Cursor is a client's position in its user's stream: the last seq it has
@@ -73,4 +75,67 @@ func parseSeq[T string | []byte](s T) (n uint64, err error) {
 		n = n*10 + d
 	}
 	return n, nil
+}
+
+// EventID is the SSE id of the stream event seq of epoch, "<epoch>:<seq>":
+// what GET /api/v1/stream writes on every stream event and what a client's
+// Last-Event-ID carries back (ParseEventID reads it).
+func EventID(epoch string, seq uint64) string {
+	return epoch + ":" + strconv.FormatUint(seq, 10)
+}
+
+// ErrBadEventID is ParseEventID's error for an id that is not
+// "<epoch>:<seq>".
+var ErrBadEventID = errors.New("Last-Event-ID must be <epoch>:<seq>")
+
+// ParseEventID reads a Last-Event-ID, "<epoch>:<seq>" (the seq after the
+// last colon), as the position to resume after. "" is None: no position.
+func ParseEventID(id string) (Cursor, error) {
+	if id == "" {
+		return Cursor{None: true}, nil
+	}
+	i := strings.LastIndexByte(id, ':')
+	if i < 0 {
+		return Cursor{}, ErrBadEventID
+	}
+	n, err := parseSeq(id[i+1:])
+	if err != nil {
+		return Cursor{}, ErrBadEventID
+	}
+	return Cursor{Seq: n, Epoch: id[:i]}, nil
+}
+
+// FrameCursor reads the position of a stream event's frame, as EncodeEvent
+// writes it ({"type":…,"seq":…,"epoch":…, …}), without decoding the rest.
+// ok is false for any other frame (connection_established, ack,
+// resync_required …).
+func FrameCursor(frame []byte) (c Cursor, ok bool) {
+	const typ, seq, epoch = `{"type":`, `,"seq":`, `,"epoch":"`
+	b, found := bytes.CutPrefix(frame, []byte(typ))
+	if !found || len(b) == 0 || b[0] != '"' {
+		return Cursor{}, false
+	}
+	i := stringEnd(b, 0) // just past the type's closing quote
+	if i >= len(b) || b[i-1] != '"' {
+		return Cursor{}, false
+	}
+	if b, found = bytes.CutPrefix(b[i:], []byte(seq)); !found {
+		return Cursor{}, false
+	}
+	j := 0
+	for j < len(b) && b[j] >= '0' && b[j] <= '9' {
+		j++
+	}
+	n, err := parseSeq(b[:j])
+	if err != nil {
+		return Cursor{}, false
+	}
+	if b, found = bytes.CutPrefix(b[j:], []byte(epoch)); !found {
+		return Cursor{}, false
+	}
+	k := bytes.IndexByte(b, '"')
+	if k < 0 || bytes.IndexByte(b[:k], '\\') >= 0 {
+		return Cursor{}, false // epochs are never escaped (see the stream backends)
+	}
+	return Cursor{Seq: n, Epoch: string(b[:k])}, true
 }

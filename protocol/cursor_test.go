@@ -129,3 +129,55 @@ func TestCloseCodeString(t *testing.T) {
 		t.Fatal("String")
 	}
 }
+
+func TestEventID(t *testing.T) {
+	t.Parallel()
+	if got := EventID("01HX:a", 42); got != "01HX:a:42" {
+		t.Fatalf("EventID = %q", got)
+	}
+	cases := []struct {
+		id   string
+		want Cursor
+		bad  bool
+	}{
+		{"", Cursor{None: true}, false},
+		{"E:0", Cursor{Epoch: "E"}, false},
+		{"E:41", Cursor{Seq: 41, Epoch: "E"}, false},
+		{"01HX:a:42", Cursor{Seq: 42, Epoch: "01HX:a"}, false},
+		{":7", Cursor{Seq: 7}, false},
+		{"E", Cursor{}, true},
+		{"E:", Cursor{}, true},
+		{"E:-1", Cursor{}, true},
+		{"E:18446744073709551616", Cursor{}, true},
+	}
+	for _, tc := range cases {
+		got, err := ParseEventID(tc.id)
+		if tc.bad != (err != nil) || got != tc.want {
+			t.Errorf("ParseEventID(%q) = %+v, %v", tc.id, got, err)
+		}
+		if tc.bad && !errors.Is(err, ErrBadEventID) {
+			t.Errorf("ParseEventID(%q): %v, want ErrBadEventID", tc.id, err)
+		}
+	}
+}
+
+func TestFrameCursor(t *testing.T) {
+	t.Parallel()
+	ev := EncodeEvent(Event{Type: `a"b\`, Seq: 9, Epoch: "E1", TS: time.Now(), RunID: "r"})
+	if c, ok := FrameCursor(ev); !ok || c != (Cursor{Seq: 9, Epoch: "E1"}) {
+		t.Fatalf("FrameCursor(event) = %+v, %v", c, ok)
+	}
+	for _, f := range [][]byte{
+		EncodeConnectionEstablished(ConnectionEstablished{Epoch: "E1", HeadSeq: 3}),
+		EncodeResync("E1", 3, ReasonEpochChanged),
+		EncodeAck(AckFrame{Ref: "1"}),
+		[]byte(`{"type":"x","seq":1,"epoch":"a\"b"}`),
+		[]byte(`{"type":"x","seq":,"epoch":"E"}`),
+		[]byte(`{"type":"x`),
+		nil,
+	} {
+		if c, ok := FrameCursor(f); ok {
+			t.Errorf("FrameCursor(%s) = %+v, want not an event", f, c)
+		}
+	}
+}
