@@ -26,3 +26,13 @@ func (in *RunAgentInput) UserFrame() (protocol.Frame, *protocol.Error) {
 	f := protocol.Frame{Type: protocol.TypeUserMessage, Content: m.Text(), ThreadID: in.ThreadID, ClientMessageID: m.ID}
 	return protocol.Decode(protocol.EncodeFrame(&f))
 }
+
+// ConnectInput is the body of POST /api/v1/agui/connect: the RunAgentInput
+// an AG-UI client sends to connect (its other fields are ignored), and
+// optionally the position to resume after, as an SSE id
+// ("<epoch>:<seq>"), for clients that cannot set Last-Event-ID.
+type ConnectInput struct {
+	ThreadID    string `json:"threadId"`
+	RunID       string `json:"runId"`
+	LastEventID string `json:"lastEventId"`
+}

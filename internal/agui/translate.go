@@ -74,8 +74,12 @@ func (t *Translator) Event(ev protocol.Event) []Event {
 	}
 	meta := Metadata(ev)
 	var out []Event
+	var ts int64
+	if !ev.TS.IsZero() {
+		ts = ev.TS.UnixMilli()
+	}
 	add := func(e Event) {
-		e.Metadata = meta
+		e.Metadata, e.Timestamp = meta, ts
 		out = append(out, e)
 	}
 	switch ev.Type {
@@ -124,7 +128,7 @@ func (t *Translator) Event(ev protocol.Event) []Event {
 		if id == "" {
 			id = t.answerID()
 		}
-		out = t.openText(out, id, meta)
+		out = t.openText(out, id, meta, ts)
 		add(Event{Type: TextMessageContent, MessageID: id, Delta: String(d.Delta)})
 		t.textMeta, t.streamed = meta, true
 	case protocol.TypeAgentCompleted:
@@ -135,17 +139,17 @@ func (t *Translator) Event(ev protocol.Event) []Event {
 			if id == "" {
 				id = t.answerID()
 			}
-			out = t.openText(out, id, meta)
+			out = t.openText(out, id, meta, ts)
 			add(Event{Type: TextMessageContent, MessageID: id, Delta: String(d.FinalResponse)})
 		}
-		out = t.closeText(out, meta)
+		out = t.closeText(out, meta, ts)
 		result := String(d.FinalResponse)
 		add(Event{Type: RunFinished, ThreadID: t.threadID, RunID: t.runID, Result: result, Outcome: &Outcome{Type: OutcomeSuccess}})
 		t.ended = true
 	case protocol.TypeAgentError:
 		d, _ := ev.AgentError()
 		if d.Code == protocol.CodeCancelled {
-			out = t.closeText(out, meta)
+			out = t.closeText(out, meta, ts)
 			add(Event{Type: RunFinished, ThreadID: t.threadID, RunID: t.runID, Outcome: &Outcome{Type: OutcomeCancelled}})
 		} else {
 			code := d.Code
@@ -183,21 +187,21 @@ func ToolResultID(toolCallID string) string { return toolCallID + "-result" }
 // answerID names the answer of a run whose events carry no message id.
 func (t *Translator) answerID() string { return t.runID + "-answer" }
 
-func (t *Translator) openText(out []Event, id string, meta json.RawMessage) []Event {
+func (t *Translator) openText(out []Event, id string, meta json.RawMessage, ts int64) []Event {
 	if t.text == id {
 		return out
 	}
-	out = t.closeText(out, meta)
+	out = t.closeText(out, meta, ts)
 	t.text = id
 	t.textMeta = meta
-	return append(out, Event{Type: TextMessageStart, MessageID: id, Role: RoleAssistant, Metadata: meta})
+	return append(out, Event{Type: TextMessageStart, MessageID: id, Role: RoleAssistant, Metadata: meta, Timestamp: ts})
 }
 
-func (t *Translator) closeText(out []Event, meta json.RawMessage) []Event {
+func (t *Translator) closeText(out []Event, meta json.RawMessage, ts int64) []Event {
 	if t.text == "" {
 		return out
 	}
-	out = append(out, Event{Type: TextMessageEnd, MessageID: t.text, Metadata: meta})
+	out = append(out, Event{Type: TextMessageEnd, MessageID: t.text, Metadata: meta, Timestamp: ts})
 	t.text, t.textMeta = "", nil
 	return out
 }

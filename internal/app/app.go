@@ -177,6 +177,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Issuer: cfg.Keys.Issuer, Audience: cfg.Keys.Audience, WS: a.ws, Draining: a.draining.Load,
 		BodyTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
 	}
+	deps.Hub, deps.MaxConnsPerUser, deps.OriginAllowed = a.hub, cfg.MaxConnsPerUser, a.ws.OriginAllowed
+	if a.conns != nil {
+		deps.Conns = a.conns
+	}
 	if authCfg.JWKSURL != "" {
 		deps.JWKS = a.verifier.JWKSStatus
 	}

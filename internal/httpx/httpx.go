@@ -72,11 +72,18 @@ func newEncoder(w io.Writer) *json.Encoder {
 // data and bodies over MaxBody. On failure it writes the error answer
 // itself (413 too_large, 400 bad_json) and reports false.
 func Decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody))
+	return DecodeMax(w, r, v, MaxBody)
+}
+
+// DecodeMax is Decode with a bound of max bytes (a multiple of 1 KiB) for
+// the bodies that carry more than a request's fields: an AG-UI run request
+// holds the conversation so far.
+func DecodeMax(w http.ResponseWriter, r *http.Request, v any, max int64) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, max))
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over 128 KiB")
+			Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over "+strconv.FormatInt(max>>10, 10)+" KiB")
 			return false
 		}
 		Error(w, http.StatusBadRequest, protocol.CodeBadJSON, "request body is not a valid JSON object: "+jsonErrText(err))

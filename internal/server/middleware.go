@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/url"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -65,4 +67,49 @@ func requireAPIKey(keys *auth.APIKeys, failures *prometheus.CounterVec) func(htt
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// allowCORS returns the middleware of the endpoints browsers call from
+// other origins (the AG-UI endpoints): allowed reports whether a request's
+// Origin may call (the --allowed-origins policy of /ws; nil: only requests
+// without Origin and same-host ones). A request from an origin not allowed
+// is 403 forbidden_origin, counted in failures as "origin"; one from an
+// allowed origin gets Access-Control-Allow-Origin, and its preflight
+// (OPTIONS) is answered 204 with the method and the headers the endpoint
+// takes (Authorization, Content-Type, Accept, Last-Event-ID).
+func allowCORS(allowed func(*http.Request) bool, failures *prometheus.CounterVec) func(http.Handler) http.Handler {
+	if allowed == nil {
+		allowed = sameOrigin
+	}
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			origin := r.Header.Get("Origin")
+			if origin == "" {
+				next.ServeHTTP(w, r)
+				return
+			}
+			w.Header().Add("Vary", "Origin")
+			if !allowed(r) {
+				failures.WithLabelValues("origin").Inc()
+				httpx.Error(w, http.StatusForbidden, protocol.CodeForbiddenOrigin, "origin not allowed (see --allowed-origins)")
+				return
+			}
+			h := w.Header()
+			h.Set("Access-Control-Allow-Origin", origin)
+			if r.Method == http.MethodOptions {
+				h.Set("Access-Control-Allow-Methods", "POST")
+				h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Accept, Last-Event-ID")
+				h.Set("Access-Control-Max-Age", "600")
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// sameOrigin allows an Origin whose host is the request's.
+func sameOrigin(r *http.Request) bool {
+	u, err := url.Parse(r.Header.Get("Origin"))
+	return err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host)
 }

@@ -25,6 +25,16 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	mux.Handle("GET /api/v1/config", handleConfig(d.DevLogin))
 	mux.Handle("POST /api/v1/publish", apiKey(handlePublish(d.Stream, d.Runs, d.Metrics.Published, d.Logger)))
 
+	if d.Hub != nil {
+		ag := &aguiServer{hub: d.Hub, runs: d.Runs, store: d.Store, stream: d.Stream, conns: d.Conns,
+			maxConns: d.MaxConnsPerUser, draining: d.Draining, heartbeat: d.SSEHeartbeat, log: d.Logger}
+		cors := allowCORS(d.OriginAllowed, d.Metrics.AuthFailures)
+		mux.Handle("POST /api/v1/agui", cors(user(handleAGUIRun(ag))))
+		mux.Handle("POST /api/v1/agui/connect", cors(user(handleAGUIConnect(ag))))
+		mux.Handle("OPTIONS /api/v1/agui", cors(handleMethodNotAllowed("POST")))
+		mux.Handle("OPTIONS /api/v1/agui/connect", cors(handleMethodNotAllowed("POST")))
+	}
+
 	if d.DevLogin {
 		mux.Handle("POST /auth/dev-login", handleDevLogin(d.Signer, d.DevTTL, d.Issuer, d.Audience))
 	}
@@ -37,7 +47,7 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	for path, allow := range map[string]string{
 		"/ws": "GET", "/api/v1/tickets": "POST", "/api/v1/events": "GET", "/api/v1/threads": "GET",
 		"/api/v1/threads/{id}/messages": "GET", "/api/v1/runs/{id}": "GET", "/api/v1/config": "GET",
-		"/api/v1/publish": "POST", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
+		"/api/v1/publish": "POST", "/api/v1/agui": "POST", "/api/v1/agui/connect": "POST", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
 	} {
 		mux.Handle(path, handleMethodNotAllowed(allow))
 	}

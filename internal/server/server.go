@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/hub"
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/store"
@@ -54,6 +55,18 @@ type Deps struct {
 	// JWKS reports the last JWKS fetch's failure (nil: fine), shown by
 	// /readyz; nil when no JWKS is configured.
 	JWKS func() error
+
+	// Hub carries the AG-UI endpoints' responses as connections of their
+	// user (nil: the AG-UI endpoints are not served). They count against
+	// MaxConnsPerUser on this node and, with Conns, across the cluster, and
+	// send a heartbeat comment every SSEHeartbeat (0: 15 s).
+	Hub             *hub.Hub
+	Conns           ConnLimiter
+	MaxConnsPerUser int
+	SSEHeartbeat    time.Duration
+	// OriginAllowed is the --allowed-origins policy of browsers calling
+	// the AG-UI endpoints from another origin (CORS); nil: same host only.
+	OriginAllowed func(*http.Request) bool
 }
 
 // NewServer returns the complete HTTP handler.
