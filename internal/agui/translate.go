@@ -66,6 +66,21 @@ func Metadata(ev protocol.Event) json.RawMessage {
 	return append(b, `}}`...)
 }
 
+// MetadataCursor reads the stream position an AG-UI event's metadata
+// carries (see Metadata); ok is false for metadata without it.
+func MetadataCursor(metadata json.RawMessage) (c protocol.Cursor, ok bool) {
+	var m struct {
+		AW *struct {
+			Seq   uint64 `json:"seq"`
+			Epoch string `json:"epoch"`
+		} `json:"agentwire"`
+	}
+	if json.Unmarshal(metadata, &m) != nil || m.AW == nil {
+		return protocol.Cursor{}, false
+	}
+	return protocol.Cursor{Seq: m.AW.Seq, Epoch: m.AW.Epoch}, true
+}
+
 // Event returns the AG-UI events ev becomes: none for an event of another
 // run, one after the run's end, or one that makes no AG-UI event.
 func (t *Translator) Event(ev protocol.Event) []Event {

@@ -44,13 +44,7 @@ func golden() *run {
 func show(evs []Event) string {
 	var b strings.Builder
 	for _, e := range evs {
-		var m struct {
-			AW struct {
-				Seq   uint64 `json:"seq"`
-				Epoch string `json:"epoch"`
-			} `json:"agentwire"`
-		}
-		_ = json.Unmarshal(e.Metadata, &m)
+		cur, _ := MetadataCursor(e.Metadata)
 		fmt.Fprintf(&b, "%s", e.Type)
 		for _, f := range []string{e.MessageID, e.ToolCallID, e.ToolCallName, e.DeltaText(), Text(e.Content), e.Name, e.Code} {
 			if f != "" {
@@ -61,7 +55,7 @@ func show(evs []Event) string {
 			fmt.Fprintf(&b, " outcome=%s", e.Outcome.Type)
 		}
 		if len(e.Metadata) > 0 {
-			fmt.Fprintf(&b, " @%d", m.AW.Seq)
+			fmt.Fprintf(&b, " @%d", cur.Seq)
 		}
 		b.WriteString("\n")
 	}

@@ -74,44 +74,36 @@ func handleAGUIRun(a *aguiServer) http.Handler {
 			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, perr.Message)
 			return
 		}
-		rs := &aguiStream{}
-		c, release, ok := a.open(w, r, user, rs)
-		if !ok {
-			return
-		}
-		defer release()
-		ctx := r.Context()
-		before, err := a.stream.Head(ctx, user)
-		if err != nil {
-			a.hub.Unregister(c.HC) // nothing was written: the answer is ours
-			a.log.Error("agui: stream head", "user", user, "err", err)
-			httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable, retry")
-			return
-		}
-		ack, perr := a.runs.UserMessageInThread(ctx, user, &f)
-		if perr != nil {
-			a.hub.Unregister(c.HC) // nothing was written: the answer is ours
-			ackFailed(w, perr)
-			return
-		}
-		from := protocol.Cursor{Seq: before.Head, Epoch: before.Epoch}
-		if a.startedAfter(ctx, user, before, ack.RunID) {
-			rs.tr = agui.NewTranslator(ack.ThreadID, ack.RunID)
-		} else {
+		a.respond(w, r, user, func(c *sse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
+			ctx := r.Context()
+			before, err := a.stream.Head(ctx, user)
+			if err != nil {
+				a.unavailable(w, c, "stream head", err)
+				return protocol.Cursor{}, false
+			}
+			ack, perr := a.runs.UserMessageInThread(ctx, user, &f)
+			if perr != nil {
+				a.hub.Unregister(c.HC) // nothing was written: the answer is ours
+				ackFailed(w, perr)
+				return protocol.Cursor{}, false
+			}
+			if a.startedAfter(ctx, user, before, ack.RunID) {
+				rs.tr = agui.NewTranslator(ack.ThreadID, ack.RunID)
+				return protocol.Cursor{Seq: before.Head, Epoch: before.Epoch}, true
+			}
 			// A retry of a message whose run started earlier: the run so
 			// far, as /connect gives it.
 			run, err := a.store.GetRun(ctx, user, ack.RunID)
+			var from protocol.Cursor
 			if err == nil {
 				from, err = a.resume(ctx, user, run, protocol.Cursor{None: true}, rs)
 			}
 			if err != nil {
-				a.hub.Unregister(c.HC) // nothing was written: the answer is ours
-				a.log.Error("agui: resume a repeated run request", "user", user, "run", ack.RunID, "err", err)
-				httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "store or stream unavailable, retry")
-				return
+				a.unavailable(w, c, "resume a repeated run request", err)
+				return protocol.Cursor{}, false
 			}
-		}
-		a.serve(r, c, from, rs)
+			return from, true
+		})
 	})
 }
 
@@ -152,21 +144,38 @@ func handleAGUIConnect(a *aguiServer) http.Handler {
 			storeFailed(a.log, w, user, "thread or run", err)
 			return
 		}
-		rs := &aguiStream{}
-		c, release, ok := a.open(w, r, user, rs)
-		if !ok {
-			return
-		}
-		defer release()
-		from, err := a.resume(ctx, user, run, cur, rs)
-		if err != nil {
-			a.hub.Unregister(c.HC) // nothing was written: the answer is ours
-			a.log.Error("agui: resume", "user", user, "run", run.ID, "err", err)
-			httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "store or stream unavailable, retry")
-			return
-		}
-		a.serve(r, c, from, rs)
+		a.respond(w, r, user, func(c *sse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
+			from, err := a.resume(ctx, user, run, cur, rs)
+			if err != nil {
+				a.unavailable(w, c, "resume", err)
+				return protocol.Cursor{}, false
+			}
+			return from, true
+		})
 	})
+}
+
+// respond makes the response a connection of user (see open), lets place
+// put the run on its mapper and say where the join starts (false: it
+// refused and answered), and serves it.
+func (a *aguiServer) respond(w http.ResponseWriter, r *http.Request, user string, place func(*sse.Conn, *aguiStream) (protocol.Cursor, bool)) {
+	rs := &aguiStream{}
+	c, release, ok := a.open(w, r, user, rs)
+	if !ok {
+		return
+	}
+	defer release()
+	if from, ok := place(c, rs); ok {
+		a.serve(r, c, from, rs)
+	}
+}
+
+// unavailable gives up c, registered but not written to yet, and answers
+// 503 unavailable.
+func (a *aguiServer) unavailable(w http.ResponseWriter, c *sse.Conn, what string, err error) {
+	a.hub.Unregister(c.HC)
+	a.log.Error("agui: "+what, "user", c.HC.User, "conn", c.HC.ID, "err", err)
+	httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "store or stream unavailable, retry")
 }
 
 // ackFailed answers a user_message the runs refused.

@@ -199,17 +199,12 @@ func TestAGUIRunStreamsTheRun(t *testing.T) {
 	// Each stream event's last AG-UI event carries its id, in seq order.
 	ids := map[string]bool{}
 	for i, ev := range evs {
-		var md struct {
-			AW struct {
-				Seq   uint64 `json:"seq"`
-				Epoch string `json:"epoch"`
-			} `json:"agentwire"`
-		}
-		if err := json.Unmarshal(ev.Metadata, &md); err != nil || md.AW.Seq == 0 || md.AW.Epoch == "" {
+		cur, ok := agui.MetadataCursor(ev.Metadata)
+		if !ok || cur.Seq == 0 || cur.Epoch == "" {
 			t.Fatalf("event %d metadata %s", i, ev.Metadata)
 		}
 		lastOfGroup := i == len(evs)-1 || !bytes.Equal(evs[i+1].Metadata, ev.Metadata)
-		if lastOfGroup != (ev.ID != "") || (ev.ID != "" && (ev.ID != protocol.EventID(md.AW.Epoch, md.AW.Seq) || ids[ev.ID])) {
+		if lastOfGroup != (ev.ID != "") || (ev.ID != "" && (ev.ID != protocol.EventID(cur.Epoch, cur.Seq) || ids[ev.ID])) {
 			t.Fatalf("event %d (%s) id %q, metadata %s", i, ev.Type, ev.ID, ev.Metadata)
 		}
 		if ev.ID != "" {
