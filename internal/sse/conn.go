@@ -172,7 +172,19 @@ func (c *Conn) Done() <-chan struct{} { return c.done }
 // the Join succeeded or not: nothing writes to the response after it
 // returns.
 func (c *Conn) Serve(ctx context.Context) (protocol.CloseCode, string) {
-	c.write(func(w *Writer) {}) // the headers, before any event
+	// The headers go out at once, even when the connection is closing
+	// already (its last comment follows them).
+	c.wmu.Lock()
+	if !c.over {
+		abort := c.w.abort
+		c.w.abort = nil
+		if err := c.w.Flush(); err != nil {
+			c.over = true
+			c.Close(protocol.CloseInternalError, "write failed")
+		}
+		c.w.abort = abort
+	}
+	c.wmu.Unlock()
 	tick := time.NewTicker(c.heartbeat)
 	defer tick.Stop()
 	var expiry <-chan time.Time

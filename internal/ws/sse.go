@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/internal/sse"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/protocol"
@@ -61,8 +62,11 @@ func (s *Server) ServeSSE(w http.ResponseWriter, r *http.Request) {
 	}, resyncFrame)
 	cancel()
 	if err != nil {
+		// Nothing is written yet: answer as a refused connect.
 		s.log.Error("join stream", "user", user, "conn", c.HC.ID, "err", err)
-		c.HC.Close(protocol.CloseInternalError, "stream unavailable")
+		c.Discard()
+		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable")
+		return
 	}
 	c.Serve(r.Context())
 }
