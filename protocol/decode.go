@@ -48,7 +48,18 @@ import (
 // Decode never panics and does not retain msg. The result is a *Error rather
 // than an error so callers get the code without a type assertion; compare it
 // with nil before storing it in an error variable.
-func Decode(msg []byte) (Frame, *Error) {
+func Decode(msg []byte) (Frame, *Error) { return decode(msg, nil) }
+
+// DecodeAs decodes an HTTP request body, a JSON object with the fields of a
+// client frame of type typ (TypeUserMessage for POST /api/v1/messages), as
+// Decode decodes that frame: same limits, same errors. A "type" member in
+// body is ignored.
+func DecodeAs(typ string, body []byte) (Frame, *Error) {
+	return decode(body, AppendString(nil, typ))
+}
+
+// decode is Decode, with the type forced to the JSON string typ when set.
+func decode(msg, typ []byte) (Frame, *Error) {
 	var f Frame
 	if !utf8.Valid(msg) {
 		return f, &Error{Code: CodeBadJSON, Message: "frame is not valid UTF-8"}
@@ -70,6 +81,9 @@ func Decode(msg []byte) (Frame, *Error) {
 			break
 		}
 		r.set(name, val)
+	}
+	if typ != nil {
+		r.typ = typ
 	}
 
 	var e *Error

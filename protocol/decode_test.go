@@ -311,3 +311,16 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+func TestDecodeAs(t *testing.T) {
+	t.Parallel()
+	f, e := DecodeAs(TypeUserMessage, []byte(`{"type":"stop_agent","id":"m1","content":"hi","thread_id":"t1","client_message_id":"c1"}`))
+	if e != nil || f.Type != TypeUserMessage || f.ID != "m1" || f.Content != "hi" || f.ThreadID != "t1" || f.ClientMessageID != "c1" {
+		t.Fatalf("DecodeAs = %+v, %v", f, e)
+	}
+	for body, code := range map[string]ErrorCode{`{}`: CodeInvalidMessage, `{"content":""}`: CodeInvalidMessage, `[]`: CodeBadJSON, `{`: CodeBadJSON} {
+		if _, e := DecodeAs(TypeUserMessage, []byte(body)); e == nil || e.Code != code {
+			t.Errorf("DecodeAs(%s) = %v, want %s", body, e, code)
+		}
+	}
+}

@@ -11,15 +11,22 @@
 // Figure: KiB per connection = (VmRSS after N idle conns + idle - VmRSS
 // before) / N, and its ratio to the baseline's. Loopback only; the program
 // exits by itself within -timeout and kills its subprocesses.
+//
+// With -sse it also measures the same idle connections over SSE (GET
+// /api/v1/stream), against agentwire's own WebSocket figure.
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +48,7 @@ func main() {
 		timeout     = flag.Duration("timeout", 2*time.Minute, "hard bound on the whole run")
 		prebuilt    = flag.String("bin", "", "use this agentwire binary instead of building ./cmd/agentwire")
 		only        = flag.String("only", "", "run only this server: agentwire or baseline")
+		withSSE     = flag.Bool("sse", false, "also measure agentwire's idle SSE connections (GET /api/v1/stream)")
 		serveBase   = flag.Bool("serve-baseline", false, "internal: run the baseline server")
 		addr        = flag.String("addr", "127.0.0.1:0", "internal: listen address of -serve-baseline")
 	)
@@ -71,7 +79,7 @@ func main() {
 	fmt.Printf("idlemem: %d idle connections per server, idle %v, GOMAXPROCS of servers default, nofile %d\n", *conns, *idle, lim)
 	var base, aw *result
 	if *only == "" || *only == "baseline" {
-		base, err = measure(run, "baseline", self, []string{"-serve-baseline", "-addr", "127.0.0.1:0"}, *conns, *concurrency, *settle, *idle, nil)
+		base, err = measure(run, "baseline", self, []string{"-serve-baseline", "-addr", "127.0.0.1:0"}, *conns, *concurrency, *settle, *idle, wsDialer(nil))
 		if err != nil {
 			fail(err)
 		}
@@ -88,11 +96,20 @@ func main() {
 		}
 		args := []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", run.Tmp, "--jwt-secret", secret,
 			"--log-level", "warn", "--max-connections-per-user", "100000"}
-		aw, err = measure(run, "agentwire", bin, args, *conns, *concurrency, *settle, *idle, tokens)
+		aw, err = measure(run, "agentwire", bin, args, *conns, *concurrency, *settle, *idle, wsDialer(tokens))
 		if err != nil {
 			fail(err)
 		}
 		aw.print()
+		if *withSSE {
+			sse, err := measure(run, "agentwire-sse", bin, args, *conns, *concurrency, *settle, *idle, sseDialer(tokens))
+			if err != nil {
+				fail(err)
+			}
+			sse.print()
+			fmt.Printf("\nRESULT agentwire SSE %.2f KiB/conn, WebSocket %.2f KiB/conn, ratio SSE/WebSocket %.2f\n",
+				sse.kibPerConn(), aw.kibPerConn(), sse.kibPerConn()/aw.kibPerConn())
+		}
 	}
 	if base != nil && aw != nil {
 		fmt.Printf("\nRESULT agentwire %.2f KiB/conn, baseline %.2f KiB/conn, ratio agentwire/baseline %.2f (target: agentwire <= 8 KiB/conn: %s)\n",
@@ -137,10 +154,13 @@ func (r *result) print() {
 	}
 }
 
-// measure starts a server, reads its RSS, opens n idle connections (with
-// tokens[i] as bearer token when tokens is set, then waiting for
-// connection_established), idles, reads RSS again, closes everything.
-func measure(run *benchproc.Run, name, bin string, args []string, n, concurrency int, settle, idle time.Duration, tokens []string) (*result, error) {
+// dialFunc opens connection i to the server at addr (host:port) and returns
+// it once it is established.
+type dialFunc func(addr string, i int) (io.Closer, error)
+
+// measure starts a server, reads its RSS, opens n idle connections with
+// dial, idles, reads RSS again, closes everything.
+func measure(run *benchproc.Run, name, bin string, args []string, n, concurrency int, settle, idle time.Duration, dial dialFunc) (*result, error) {
 	srv := run.Start(name, bin, args, 30*time.Second)
 	defer srv.Stop()
 	var err error
@@ -151,9 +171,7 @@ func measure(run *benchproc.Run, name, bin string, args []string, n, concurrency
 	}
 	r.rtBefore, _ = benchproc.Scrape("http://" + srv.Addr + "/metrics")
 
-	dialer := websocket.Dialer{ReadBufferSize: 512, WriteBufferSize: 512, HandshakeTimeout: 10 * time.Second}
-	url := "ws://" + srv.Addr + "/ws"
-	conns := make([]*websocket.Conn, n)
+	conns := make([]io.Closer, n)
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
@@ -177,7 +195,7 @@ func measure(run *benchproc.Run, name, bin string, args []string, n, concurrency
 				if i >= n {
 					return
 				}
-				c, err := dial(&dialer, url, tokens, i)
+				c, err := dial(srv.Addr, i)
 				if err != nil {
 					if errCnt.Add(1) == 1 {
 						first.Store(err)
@@ -203,6 +221,44 @@ func measure(run *benchproc.Run, name, bin string, args []string, n, concurrency
 	r.rtAfter, _ = benchproc.Scrape("http://" + srv.Addr + "/metrics")
 	return r, nil
 }
+
+// wsDialer dials /ws: with tokens[i] as bearer token when tokens is set,
+// then waiting for connection_established.
+func wsDialer(tokens []string) dialFunc {
+	d := &websocket.Dialer{ReadBufferSize: 512, WriteBufferSize: 512, HandshakeTimeout: 10 * time.Second}
+	return func(addr string, i int) (io.Closer, error) { return dial(d, "ws://"+addr+"/ws", tokens, i) }
+}
+
+// sseDialer opens GET /api/v1/stream with tokens[i] and waits for its
+// first event (connection_established).
+func sseDialer(tokens []string) dialFunc {
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: -1, ReadBufferSize: 512, WriteBufferSize: 512}}
+	return func(addr string, i int) (io.Closer, error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/v1/stream", nil)
+		req.Header.Set("Authorization", "Bearer "+tokens[i])
+		resp, err := hc.Do(req)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("stream %d: %w", i, err)
+		}
+		closer := closerFunc(func() error { cancel(); return resp.Body.Close() })
+		if resp.StatusCode != http.StatusOK {
+			_ = closer()
+			return nil, fmt.Errorf("stream %d: HTTP %s", i, resp.Status)
+		}
+		first, err := bufio.NewReaderSize(resp.Body, 512).ReadString('\n')
+		if err != nil || !strings.Contains(first, `"type":"connection_established"`) {
+			_ = closer()
+			return nil, fmt.Errorf("stream %d: first line %.200q: %v", i, first, err)
+		}
+		return closer, nil
+	}
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 func dial(d *websocket.Dialer, url string, tokens []string, i int) (*websocket.Conn, error) {
 	var h http.Header

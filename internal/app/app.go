@@ -174,7 +174,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	deps := server.Deps{
 		Logger: log, Metrics: m, Stream: a.stream, Store: a.store, Runs: a.runs, Verifier: a.verifier, Tickets: tickets,
 		APIKeys: apiKeys, DevLogin: cfg.Dev,
-		Issuer: cfg.Keys.Issuer, Audience: cfg.Keys.Audience, WS: a.ws, Draining: a.draining.Load,
+		Issuer: cfg.Keys.Issuer, Audience: cfg.Keys.Audience, WS: a.ws, SSE: http.HandlerFunc(a.ws.ServeSSE), Draining: a.draining.Load,
 		BodyTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
 	}
 	deps.Hub, deps.MaxConnsPerUser, deps.OriginAllowed = a.hub, cfg.MaxConnsPerUser, a.ws.OriginAllowed

@@ -245,15 +245,21 @@ func readFrame(r *bufio.Reader) ([]byte, error) {
 	return append(hdr, body...), nil
 }
 
-// dropWebSockets sends a close frame with code to every proxied WebSocket,
-// between two frames, and cuts both sides. It returns how many it dropped.
-func (p *proxy) dropWebSockets(code uint16, reason string) int {
+// snapshot returns the proxied connections open now.
+func (p *proxy) snapshot() []*proxyConn {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	conns := make([]*proxyConn, 0, len(p.conns))
 	for c := range p.conns {
 		conns = append(conns, c)
 	}
-	p.mu.Unlock()
+	return conns
+}
+
+// dropWebSockets sends a close frame with code to every proxied WebSocket,
+// between two frames, and cuts both sides. It returns how many it dropped.
+func (p *proxy) dropWebSockets(code uint16, reason string) int {
+	conns := p.snapshot()
 	n := 0
 	for _, c := range conns {
 		c.mu.Lock()
@@ -450,4 +456,23 @@ func (b *browser) ask(content string) {
 		chromedp.Focus(chromedp.ID("composer-input")),
 		chromedp.SendKeys(chromedp.ID("composer-input"), content+"\r"),
 	)
+}
+
+// dropHTTP cuts every proxied connection that is not a WebSocket (an SSE
+// response, say) at once, as a server that dies does. It returns how many
+// it cut.
+func (p *proxy) dropHTTP() int {
+	conns := p.snapshot()
+	n := 0
+	for _, c := range conns {
+		c.mu.Lock()
+		if !c.ws && !c.dropped {
+			c.dropped = true
+			c.client.Close()
+			c.upstream.Close()
+			n++
+		}
+		c.mu.Unlock()
+	}
+	return n
 }

@@ -28,6 +28,15 @@ func JSON(w http.ResponseWriter, status int, v any) {
 	_ = newEncoder(w).Encode(v)
 }
 
+// RawJSON answers b, JSON already encoded (a protocol frame, say), with the
+// headers of JSON.
+func RawJSON(w http.ResponseWriter, status int, b []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
+
 // Error answers the contract's error body,
 // {"error":{"code":code,"message":msg}}, with status.
 func Error(w http.ResponseWriter, status int, code protocol.ErrorCode, msg string) {

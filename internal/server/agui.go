@@ -71,7 +71,7 @@ func handleAGUIRun(a *aguiServer) http.Handler {
 		}
 		f, perr := in.UserFrame()
 		if perr != nil {
-			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, perr.Message)
+			sendError(w, perr)
 			return
 		}
 		a.respond(w, r, user, func(c *sse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
@@ -81,10 +81,14 @@ func handleAGUIRun(a *aguiServer) http.Handler {
 				a.unavailable(w, c, "stream head", err)
 				return protocol.Cursor{}, false
 			}
-			ack, perr := a.runs.UserMessageInThread(ctx, user, &f)
+			// As POST /api/v1/messages: a client that leaves does not cut
+			// the placing of its run short.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sendTimeout)
+			ack, perr := a.runs.UserMessageInThread(sctx, user, &f)
+			cancel()
 			if perr != nil {
-				a.hub.Unregister(c.HC) // nothing was written: the answer is ours
-				ackFailed(w, perr)
+				c.Discard()
+				sendError(w, perr)
 				return protocol.Cursor{}, false
 			}
 			if a.startedAfter(ctx, user, before, ack.RunID) {
@@ -165,31 +169,31 @@ func (a *aguiServer) respond(w http.ResponseWriter, r *http.Request, user string
 		return
 	}
 	defer release()
-	if from, ok := place(c, rs); ok {
-		a.serve(r, c, from, rs)
+	from, ok := place(c, rs)
+	if !ok {
+		return
 	}
+	rs.from = from
+	ctx, cancel := context.WithTimeout(r.Context(), sendTimeout)
+	_, err := c.HC.Join(ctx, from, func(pos stream.Position) []byte {
+		return protocol.EncodeConnectionEstablished(protocol.ConnectionEstablished{ConnectionID: c.HC.ID, Epoch: pos.Epoch, HeadSeq: pos.Head})
+	}, func(e *stream.ResyncError) []byte {
+		return protocol.EncodeResync(e.Position.Epoch, e.Position.Head, e.Reason)
+	})
+	cancel()
+	if err != nil {
+		a.unavailable(w, c, "join the stream", err)
+		return
+	}
+	c.Serve(r.Context())
 }
 
 // unavailable gives up c, registered but not written to yet, and answers
 // 503 unavailable.
 func (a *aguiServer) unavailable(w http.ResponseWriter, c *sse.Conn, what string, err error) {
-	a.hub.Unregister(c.HC)
+	c.Discard()
 	a.log.Error("agui: "+what, "user", c.HC.User, "conn", c.HC.ID, "err", err)
 	httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "store or stream unavailable, retry")
-}
-
-// ackFailed answers a user_message the runs refused.
-func ackFailed(w http.ResponseWriter, perr *protocol.Error) {
-	switch perr.Code {
-	case protocol.CodeNotFound:
-		httpx.Error(w, http.StatusNotFound, protocol.CodeNotFound, perr.Message)
-	case protocol.CodeTooManyRuns:
-		httpx.Error(w, http.StatusTooManyRequests, protocol.CodeTooManyRuns, perr.Message)
-	case protocol.CodeInvalidMessage:
-		httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, perr.Message)
-	default:
-		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, perr.Message)
-	}
 }
 
 // open makes the response a hub connection of user over SSE, mapped by rs,
@@ -233,25 +237,6 @@ func (a *aguiServer) open(w http.ResponseWriter, r *http.Request, user string, r
 		return nil, nil, false
 	}
 	return c, release, true
-}
-
-// serve joins c at from (None: live from the head) and holds the response
-// until the run's end, the client's leaving or the connection's close.
-// The prelude in rs goes first, when the join places the connection.
-func (a *aguiServer) serve(r *http.Request, c *sse.Conn, from protocol.Cursor, rs *aguiStream) {
-	rs.from = from
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	_, err := c.HC.Join(ctx, from, func(pos stream.Position) []byte {
-		return protocol.EncodeConnectionEstablished(protocol.ConnectionEstablished{ConnectionID: c.HC.ID, Epoch: pos.Epoch, HeadSeq: pos.Head})
-	}, func(e *stream.ResyncError) []byte {
-		return protocol.EncodeResync(e.Position.Epoch, e.Position.Head, e.Reason)
-	})
-	cancel()
-	if err != nil {
-		a.log.Error("agui: join stream", "user", c.HC.User, "conn", c.HC.ID, "err", err)
-		c.HC.Close(protocol.CloseInternalError, "stream unavailable")
-	}
-	c.Serve(r.Context())
 }
 
 // startedAfter reports whether run runID's echo follows position before in

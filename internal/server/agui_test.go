@@ -348,7 +348,7 @@ func TestAGUIRefusals(t *testing.T) {
 		{"connect another user's thread", "mallory", "/api/v1/agui/connect", agui.ConnectInput{ThreadID: "alices"}, nil, 404, protocol.CodeNotFound},
 		{"connect another user's run", "mallory", "/api/v1/agui/connect", agui.ConnectInput{ThreadID: "alices", RunID: runID}, nil, 404, protocol.CodeNotFound},
 		{"connect a run of another thread", "alice", "/api/v1/agui/connect", agui.ConnectInput{ThreadID: "other", RunID: runID}, nil, 404, protocol.CodeNotFound},
-		{"no user message", "alice", "/api/v1/agui", agui.RunAgentInput{ThreadID: "t"}, nil, 400, protocol.CodeInvalidRequest},
+		{"no user message", "alice", "/api/v1/agui", agui.RunAgentInput{ThreadID: "t"}, nil, 400, protocol.CodeInvalidMessage},
 		{"not JSON", "alice", "/api/v1/agui", "nope", nil, 400, protocol.CodeBadJSON},
 		{"connect without thread", "alice", "/api/v1/agui/connect", agui.ConnectInput{}, nil, 400, protocol.CodeInvalidRequest},
 		{"bad Last-Event-ID", "alice", "/api/v1/agui/connect", agui.ConnectInput{ThreadID: "alices"}, []string{"Last-Event-ID", "nope"}, 400, protocol.CodeInvalidRequest},

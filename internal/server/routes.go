@@ -16,6 +16,11 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	reads := limitReads(d.MaxReadsPerUser)
 
 	mux.Handle("GET /ws", d.WS)
+	if d.SSE != nil {
+		mux.Handle("GET /api/v1/stream", d.SSE)
+	}
+	mux.Handle("POST /api/v1/messages", user(handleSendMessage(d.Runs)))
+	mux.Handle("POST /api/v1/runs/{id}/stop", user(handleStopRun(d.Runs)))
 
 	mux.Handle("POST /api/v1/tickets", user(handleTickets(d.Tickets, d.Logger)))
 	mux.Handle("GET /api/v1/events", user(reads(handleEvents(d.Stream, d.Logger))))
@@ -48,6 +53,7 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 		"/ws": "GET", "/api/v1/tickets": "POST", "/api/v1/events": "GET", "/api/v1/threads": "GET",
 		"/api/v1/threads/{id}/messages": "GET", "/api/v1/runs/{id}": "GET", "/api/v1/config": "GET",
 		"/api/v1/publish": "POST", "/api/v1/agui": "POST", "/api/v1/agui/connect": "POST", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
+		"/api/v1/stream": "GET", "/api/v1/messages": "POST", "/api/v1/runs/{id}/stop": "POST",
 	} {
 		mux.Handle(path, handleMethodNotAllowed(allow))
 	}

@@ -41,8 +41,9 @@ type Deps struct {
 	DevTTL   time.Duration
 	Issuer   string
 	Audience string
-	// WS is the /ws endpoint.
-	WS http.Handler
+	// WS is the /ws endpoint, SSE GET /api/v1/stream (nil: not served).
+	WS  http.Handler
+	SSE http.Handler
 	// Draining reports that the process is shutting down: /readyz fails so
 	// load balancers stop sending new work. Nil means never.
 	Draining func() bool

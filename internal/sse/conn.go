@@ -172,7 +172,19 @@ func (c *Conn) Done() <-chan struct{} { return c.done }
 // the Join succeeded or not: nothing writes to the response after it
 // returns.
 func (c *Conn) Serve(ctx context.Context) (protocol.CloseCode, string) {
-	c.write(func(w *Writer) {}) // the headers, before any event
+	// The headers go out at once, even when the connection is closing
+	// already (its last comment follows them).
+	c.wmu.Lock()
+	if !c.over {
+		abort := c.w.abort
+		c.w.abort = nil
+		if err := c.w.Flush(); err != nil {
+			c.over = true
+			c.Close(protocol.CloseInternalError, "write failed")
+		}
+		c.w.abort = abort
+	}
+	c.wmu.Unlock()
 	tick := time.NewTicker(c.heartbeat)
 	defer tick.Stop()
 	var expiry <-chan time.Time
@@ -197,7 +209,28 @@ loop:
 	c.mu.Lock()
 	code, reason := c.code, c.reason
 	c.mu.Unlock()
+	c.finish(ctx, code, reason)
+	return code, reason
+}
 
+// Discard ends a registered Conn whose Serve will not run, because a check
+// after Register refused the connect: it unregisters HC and makes the
+// response the caller's again (nothing more is written to it), for the
+// caller's error answer.
+func (c *Conn) Discard() {
+	c.mu.Lock()
+	c.closed, c.ended = true, true
+	c.mu.Unlock()
+	c.wmu.Lock()
+	c.over = true
+	c.wmu.Unlock()
+	c.hub.Unregister(c.HC)
+	c.HC.Close(protocol.CloseNormal, "")
+}
+
+// finish writes why the response ends (unless the client left, or it ends
+// normally) and gives the connection up.
+func (c *Conn) finish(ctx context.Context, code protocol.CloseCode, reason string) {
 	c.wmu.Lock()
 	// Close set the write deadline to now (to interrupt a write in flight):
 	// the last comment and the response's end get a short one instead.
@@ -215,7 +248,6 @@ loop:
 
 	c.hub.Unregister(c.HC)
 	c.HC.Close(protocol.CloseNormal, "") // drops whatever is still queued
-	return code, reason
 }
 
 // write runs fill on the writer and flushes, unless the response is over;

@@ -331,3 +331,50 @@ func TestConnSlowConsumer(t *testing.T) {
 		}
 	}
 }
+
+// A connection closed before Serve still answers an event stream: the
+// queued frames, then the comment saying why it ends.
+func TestConnClosedBeforeServe(t *testing.T) {
+	st := memory.New(memory.Options{})
+	t.Cleanup(func() { _ = st.Close() })
+	h := hub.New(hub.Config{Stream: st})
+	served := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(served)
+		c := NewConn(h, w, "c1", "u1", Options{})
+		if err := h.Register(r.Context(), c.HC); err != nil {
+			t.Error(err)
+			return
+		}
+		if _, err := c.HC.Join(r.Context(), protocol.Cursor{None: true}, func(pos stream.Position) []byte {
+			return protocol.EncodeConnectionEstablished(protocol.ConnectionEstablished{Epoch: pos.Epoch})
+		}, nil); err != nil {
+			t.Error(err)
+		}
+		c.HC.Close(protocol.CloseGoingAway, "bye")
+		<-c.Done() // the hub wrote the queue, then closed the transport
+		c.Serve(r.Context())
+	}))
+	t.Cleanup(srv.Close)
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("%d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	r := NewReader(resp.Body, 0)
+	var comments []string
+	r.OnComment(func(s string) { comments = append(comments, s) })
+	if ev, err := r.Next(); err != nil || !bytes.Contains(ev.Data, []byte("connection_established")) {
+		t.Fatalf("first: %q %v", ev.Data, err)
+	}
+	if _, err := r.Next(); !errors.Is(err, io.EOF) || len(comments) != 1 || comments[0] != "close 1001 bye" {
+		t.Fatalf("end: %v, comments %q", err, comments)
+	}
+	<-served
+	if h.Count("u1") != 0 {
+		t.Fatal("still registered")
+	}
+}

@@ -2,7 +2,6 @@ package ws
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -148,23 +147,13 @@ func (c *conn) finish() {
 	c.srv.wg.Done()
 }
 
-// release gives the connection's place in the cluster-wide limit back. A
-// Redis that does not answer costs the entry's TTL, not the caller's time.
+// release gives the connection's place in the cluster-wide limit back.
 func (c *conn) release() {
 	if !c.life.limited {
 		return
 	}
 	c.life.limited = false
-	l, user, id := c.srv.cfg.Limiter, c.user, c.hc.ID
-	c.srv.wg.Add(1)
-	go func() {
-		defer c.srv.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := l.Release(ctx, user, id); err != nil {
-			c.srv.log.Warn("release cluster connection", "user", user, "conn", id, "err", err)
-		}
-	}()
+	c.srv.releaseLimit(c.user, c.hc.ID)
 }
 
 // readLoop reads the connection on its own goroutine: the portable path.

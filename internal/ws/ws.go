@@ -4,6 +4,10 @@
 // Outbound frames go through the hub's per-connection queue; this package only
 // supplies the socket (conn.go, writer.go).
 //
+// It also serves the same stream over Server-Sent Events (GET
+// /api/v1/stream, sse.go), through the same admission (admit, place,
+// redeem): one connection limit, one drain and shutdown for both.
+//
 // On Linux an idle connection owns no goroutine and no read buffer: its socket
 // sits in an epoll set (poll_linux.go) and a goroutine is started only when
 // bytes arrive; heartbeats and token expiry of all connections run on one
@@ -105,6 +109,9 @@ type Config struct {
 	// OpTimeout bounds each client frame's and each join's calls into the
 	// store and stream (0: DefaultOpTimeout).
 	OpTimeout time.Duration
+	// SSEHeartbeat is the interval of GET /api/v1/stream's heartbeat
+	// comments (0: sse.DefaultHeartbeat, 15 s).
+	SSEHeartbeat time.Duration
 }
 
 // Server serves /ws.
@@ -186,67 +193,20 @@ func New(cfg Config) *Server {
 // ServeHTTP authenticates, checks the origin and the per-user limit, upgrades
 // and starts the connection's read loop.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	m := s.cfg.Metrics
-	if !s.originAllowed(r) {
-		m.AuthFailures.WithLabelValues("origin").Inc()
-		httpx.Error(w, http.StatusForbidden, protocol.CodeForbiddenOrigin, "origin not allowed")
-		return
-	}
-	claims, ticket, err := s.authenticate(r)
-	if err != nil {
-		m.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
-		httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, unauthorizedMessage(err))
-		return
-	}
-	if !claims.ExpiresAt.IsZero() && !time.Now().Before(claims.ExpiresAt) {
-		m.AuthFailures.WithLabelValues("expired").Inc()
-		httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "token expired")
-		return
-	}
 	q := r.URL.Query()
-	cur, err := protocol.ParseCursor(q.Get("since"), q.Get("epoch"))
-	if err != nil {
-		httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
+	adm, ok := s.admit(w, r, func() (protocol.Cursor, error) {
+		return protocol.ParseCursor(q.Get("since"), q.Get("epoch"))
+	})
+	if !ok {
 		return
 	}
-
-	s.mu.Lock()
-	if s.shutdown {
-		s.mu.Unlock()
-		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeShuttingDown, "server is shutting down")
-		return
-	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-
+	claims, ticket, cur := adm.claims, adm.ticket, adm.cur
 	c := &conn{session: session{srv: s, user: claims.Subject}}
 	if !claims.ExpiresAt.IsZero() {
 		c.hb.exp = s.wheel.at(claims.ExpiresAt)
 	}
 	c.hc = s.cfg.Hub.NewConn(newID(), claims.Subject, c)
-	if l := s.cfg.Limiter; l != nil {
-		ok, err := l.Acquire(r.Context(), claims.Subject, c.hc.ID, s.cfg.MaxConnsPerUser)
-		if err != nil || !ok {
-			s.wg.Done()
-			if err != nil {
-				s.log.Error("cluster connection limit", "user", claims.Subject, "err", err)
-				httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "cluster coordination unavailable, retry")
-				return
-			}
-			httpx.Error(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
-			return
-		}
-		c.life.limited = true
-	}
-	if err := s.cfg.Hub.Register(r.Context(), c.hc); err != nil {
-		c.release()
-		s.wg.Done()
-		if errors.Is(err, hub.ErrTooManyConnections) {
-			httpx.Error(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
-			return
-		}
-		s.log.Error("register connection", "user", claims.Subject, "err", err)
-		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable")
+	if c.life.limited, ok = s.place(w, r, c.hc); !ok {
 		return
 	}
 	if status, msg := checkHandshake(r); status != 0 {
@@ -257,15 +217,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.finish()
 		return
 	}
-	if ticket != "" {
-		// Every check that could refuse the connect has passed: only now
-		// is the ticket spent, atomically, so of racing connects one wins.
-		if _, err := s.cfg.Tickets.Redeem(r.Context(), ticket); err != nil {
-			m.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
-			httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, unauthorizedMessage(err))
-			c.finish()
-			return
-		}
+	if !s.redeem(w, r, ticket) {
+		c.finish()
+		return
 	}
 	up := ws.HTTPUpgrader{Timeout: 10 * time.Second}
 	if offersSubprotocol(r, protocol.Version) {
@@ -303,6 +257,118 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // closing with 1011: the close path finishes the connection
 	}
 	s.startReading(c)
+}
+
+// admission is a connect that passed the checks every transport of the
+// user's stream shares: its verified claims, the ticket it came with (to
+// redeem once the transport's own checks pass) and its resume position.
+type admission struct {
+	claims auth.Claims
+	ticket string
+	cur    protocol.Cursor
+}
+
+// admit runs the checks of a connect in the contract's order (section 2):
+// origin, credentials, token expiry, position (cursor), drain. On failure it
+// has answered and reports false; on success the connect counts in
+// Shutdown's wait (s.wg) until place fails or the connection finishes.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request, cursor func() (protocol.Cursor, error)) (admission, bool) {
+	m := s.cfg.Metrics
+	if !s.originAllowed(r) {
+		m.AuthFailures.WithLabelValues("origin").Inc()
+		httpx.Error(w, http.StatusForbidden, protocol.CodeForbiddenOrigin, "origin not allowed")
+		return admission{}, false
+	}
+	claims, ticket, err := s.authenticate(r)
+	if err != nil {
+		m.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
+		httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, unauthorizedMessage(err))
+		return admission{}, false
+	}
+	if !claims.ExpiresAt.IsZero() && !time.Now().Before(claims.ExpiresAt) {
+		m.AuthFailures.WithLabelValues("expired").Inc()
+		httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "token expired")
+		return admission{}, false
+	}
+	cur, err := cursor()
+	if err != nil {
+		httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
+		return admission{}, false
+	}
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeShuttingDown, "server is shutting down")
+		return admission{}, false
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	return admission{claims: claims, ticket: ticket, cur: cur}, true
+}
+
+// place takes hc's place in the cluster-wide connection limit (limited:
+// one is held, give it back with releaseLimit) and registers it with the
+// hub. On failure it has answered, given back what it took and left
+// Shutdown's wait.
+func (s *Server) place(w http.ResponseWriter, r *http.Request, hc *hub.Conn) (limited, ok bool) {
+	if l := s.cfg.Limiter; l != nil {
+		ok, err := l.Acquire(r.Context(), hc.User, hc.ID, s.cfg.MaxConnsPerUser)
+		if err != nil || !ok {
+			s.wg.Done()
+			if err != nil {
+				s.log.Error("cluster connection limit", "user", hc.User, "err", err)
+				httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "cluster coordination unavailable, retry")
+				return false, false
+			}
+			httpx.Error(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
+			return false, false
+		}
+		limited = true
+	}
+	if err := s.cfg.Hub.Register(r.Context(), hc); err != nil {
+		if limited {
+			s.releaseLimit(hc.User, hc.ID)
+		}
+		s.wg.Done()
+		if errors.Is(err, hub.ErrTooManyConnections) {
+			httpx.Error(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
+			return false, false
+		}
+		s.log.Error("register connection", "user", hc.User, "err", err)
+		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable")
+		return false, false
+	}
+	return limited, true
+}
+
+// redeem spends the connect's ticket (none: nothing to do), once every check
+// that could refuse the connect has passed, atomically, so of racing
+// connects one wins. On failure it has answered 401 and reports false.
+func (s *Server) redeem(w http.ResponseWriter, r *http.Request, ticket string) bool {
+	if ticket == "" {
+		return true
+	}
+	if _, err := s.cfg.Tickets.Redeem(r.Context(), ticket); err != nil {
+		s.cfg.Metrics.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
+		httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, unauthorizedMessage(err))
+		return false
+	}
+	return true
+}
+
+// releaseLimit gives a connection's place in the cluster-wide limit back,
+// in the background: a Redis that does not answer costs the entry's TTL,
+// not the caller's time. Shutdown waits for it.
+func (s *Server) releaseLimit(user, id string) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := s.cfg.Limiter.Release(ctx, user, id); err != nil {
+			s.log.Warn("release cluster connection", "user", user, "conn", id, "err", err)
+		}
+	}()
 }
 
 // opContext is the context of one client frame or join: cancelled at

@@ -6,7 +6,6 @@
 // built and started here (npm test alone).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import WebSocket from "ws";
 import { HttpAgent, runHttpRequest, transformHttpEventStream } from "@ag-ui/client";
 
 import { startServer, startProxy, sign, get, until } from "../../../../../clients/js/test/helpers.mjs";
@@ -181,23 +180,21 @@ test("fail: RUN_ERROR with code agent_failed", async () => {
 });
 
 test("stop: RUN_FINISHED with outcome cancelled", async () => {
-  const user = newUser();
-  const token = sign(user);
-  const ws = new WebSocket(base.replace(/^http/, "ws") + "/ws", { headers: { Authorization: "Bearer " + token } });
-  await new Promise((resolve, reject) => { ws.once("open", resolve); ws.once("error", reject); });
-  try {
-    const { events, error } = await run(token, "slow: what is 6*7?", {
-      subscriber: {
-        onRunStartedEvent: ({ event }) => { ws.send(JSON.stringify({ type: "stop_agent", run_id: event.runId })); },
+  const token = sign(newUser());
+  let stopped;
+  const { events, error } = await run(token, "slow: what is 6*7?", {
+    subscriber: {
+      onRunStartedEvent: ({ event }) => {
+        // POST /api/v1/runs/{id}/stop: stop_agent over plain HTTP, with the run id RUN_STARTED gave.
+        stopped = fetch(`${base}/api/v1/runs/${event.runId}/stop`, { method: "POST", headers: { Authorization: "Bearer " + token } });
       },
-    });
-    assert.equal(error, undefined, String(error));
-    const last = events.at(-1);
-    assert.equal(last.type, "RUN_FINISHED", types(events).join());
-    assert.equal(last.outcome?.type, "cancelled");
-  } finally {
-    ws.close();
-  }
+    },
+  });
+  assert.equal(error, undefined, String(error));
+  assert.equal((await stopped).status, 200);
+  const last = events.at(-1);
+  assert.equal(last.type, "RUN_FINISHED", types(events).join());
+  assert.equal(last.outcome?.type, "cancelled");
 });
 
 test("a retried POST with the same message id starts no second run", async () => {
