@@ -73,7 +73,7 @@ type Event struct {
 	Delta    json.RawMessage `json:"delta,omitempty"`
 	Content  json.RawMessage `json:"content,omitempty"`
 	Snapshot json.RawMessage `json:"snapshot,omitempty"`
-	Messages []Message       `json:"messages,omitempty"`
+	Messages []Message       `json:"messages,omitzero"` // MESSAGES_SNAPSHOT: present even when empty
 
 	Result  json.RawMessage `json:"result,omitempty"`
 	Outcome *Outcome        `json:"outcome,omitempty"`

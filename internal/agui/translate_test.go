@@ -326,3 +326,14 @@ func verify(evs []Event) error {
 	}
 	return nil
 }
+
+func TestEmptySnapshotKeepsItsMessages(t *testing.T) {
+	b, _ := json.Marshal(Event{Type: MessagesSnapshot, Messages: []Message{}})
+	if string(b) != `{"type":"MESSAGES_SNAPSHOT","messages":[]}` {
+		t.Fatalf("%s", b)
+	}
+	b, _ = json.Marshal(Event{Type: RunStarted})
+	if string(b) != `{"type":"RUN_STARTED"}` {
+		t.Fatalf("%s", b)
+	}
+}
