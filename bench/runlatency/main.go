@@ -16,6 +16,11 @@
 // in-process agent time; ack and agent_started come before the agent's first
 // pause, so they are all gateway.
 //
+// With -agui N, N more users run the same closed loop over AG-UI in the same
+// run (POST /api/v1/agui, the answer read as SSE until RUN_FINISHED): send →
+// first AG-UI event (RUN_STARTED) against the WebSocket's send →
+// agent_started, and send → RUN_FINISHED against send → agent_completed.
+//
 // The server is a subprocess (`agentwire serve --agent demo`), built with go
 // build unless -bin is given; everything is bounded by -timeout.
 package main
@@ -40,8 +45,10 @@ import (
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/agenttest"
 	"github.com/agentwire/agentwire/internal/agent/demo"
+	"github.com/agentwire/agentwire/internal/agui"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/loadgen"
+	"github.com/agentwire/agentwire/internal/sse"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -62,7 +69,7 @@ func configuredPace() (pause, total time.Duration) {
 }
 
 type options struct {
-	users            int
+	users, aguiUsers int
 	duration, warmup time.Duration
 	baseline         time.Duration
 	message          string
@@ -72,6 +79,7 @@ type options struct {
 func main() {
 	var o options
 	flag.IntVar(&o.users, "users", 100, "users, one WebSocket each, one run in flight each")
+	flag.IntVar(&o.aguiUsers, "agui", 0, "more users, each running the same loop over AG-UI (POST /api/v1/agui, SSE) in the same run")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured duration")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured warm-up before it")
 	flag.DurationVar(&o.baseline, "baseline", 3*time.Second, "duration of the in-process demo agent baseline")
@@ -121,6 +129,13 @@ func main() {
 	fmt.Printf("RESULT baseline demo agent: configured %v; in-process (before+after) p50 %v p99 %v\n", pace, q(base, 0.5), q(base, 0.99))
 	fmt.Printf("RESULT gateway overhead on agent_completed (measured − in-process agent): p50 %v, p99 %v; vs configured pace: p50 %v, p99 %v\n",
 		q(res.done, 0.5)-q(base, 0.5), q(res.done, 0.99)-q(base, 0.99), q(res.done, 0.5)-pace, q(res.done, 0.99)-pace)
+	if o.aguiUsers > 0 {
+		fmt.Printf("RESULT AG-UI runs %d (%d users), errors %d\n", len(res.aguiDone), o.aguiUsers, res.aguiErrors)
+		fmt.Printf("RESULT AG-UI send → first event (RUN_STARTED) p50 %v p99 %v max %v   [WebSocket send → agent_started p50 %v p99 %v]\n",
+			q(res.aguiFirst, 0.5), q(res.aguiFirst, 0.99), q(res.aguiFirst, 1), q(res.started, 0.5), q(res.started, 0.99))
+		fmt.Printf("RESULT AG-UI send → RUN_FINISHED           p50 %v p99 %v max %v   [WebSocket send → agent_completed p50 %v p99 %v]\n",
+			q(res.aguiDone, 0.5), q(res.aguiDone, 0.99), q(res.aguiDone, 1), q(res.done, 0.5), q(res.done, 0.99))
+	}
 	if ideal := float64(o.users) / pace.Seconds(); ideal > 0 {
 		fmt.Printf("RESULT runs/s vs ideal %d users ÷ %v = %.1f/s: %.2f\n", o.users, pace, ideal, float64(n)/window/ideal)
 	}
@@ -171,8 +186,10 @@ func agentBaseline(o options) []time.Duration {
 }
 
 type results struct {
-	ack, started, done []time.Duration // sorted
-	errors             int64
+	ack, started, done  []time.Duration // sorted
+	errors              int64
+	aguiFirst, aguiDone []time.Duration // sorted
+	aguiErrors          int64
 }
 
 type frame struct {
@@ -230,6 +247,13 @@ func measure(addr string, o options) (*results, error) {
 		if errs.Add(1) == 1 {
 			firstErr.Store(err)
 		}
+	}
+	if o.aguiUsers > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			measureAGUI(addr, o, from, to, &res, &mu)
+		}()
 	}
 	for u, c := range conns {
 		wg.Add(1)
@@ -301,7 +325,101 @@ func measure(addr string, o options) (*results, error) {
 	slices.Sort(res.ack)
 	slices.Sort(res.started)
 	slices.Sort(res.done)
+	slices.Sort(res.aguiFirst)
+	slices.Sort(res.aguiDone)
 	return &res, nil
+}
+
+// measureAGUI runs o.aguiUsers closed loops over POST /api/v1/agui until
+// to, recording into res (under mu) the runs sent from from on.
+func measureAGUI(addr string, o options, from, to time.Time, res *results, mu *sync.Mutex) {
+	signer := auth.NewSigner([]byte(secret))
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.aguiUsers}}
+	var (
+		wg       sync.WaitGroup
+		errs     atomic.Int64
+		firstErr atomic.Value
+	)
+	report := func(err error) {
+		if errs.Add(1) == 1 {
+			firstErr.Store(err)
+		}
+	}
+	for u := range o.aguiUsers {
+		tok, _, err := signer.Sign("agui-user-"+strconv.Itoa(u), time.Hour, "", "")
+		if err != nil {
+			report(err)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ; n++ {
+				t0 := time.Now()
+				if !t0.Before(to) {
+					return
+				}
+				first, done, err := aguiRun(hc, addr, tok, fmt.Sprintf("u%d-r%d", u, n), o.message)
+				if err != nil {
+					report(fmt.Errorf("AG-UI user %d: %w", u, err))
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				if t0.Before(from) {
+					continue
+				}
+				mu.Lock()
+				res.aguiFirst = append(res.aguiFirst, first)
+				res.aguiDone = append(res.aguiDone, done)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if e := firstErr.Load(); e != nil {
+		fmt.Fprintln(os.Stderr, "first AG-UI error:", e)
+	}
+	res.aguiErrors = errs.Load()
+}
+
+// aguiRun sends one run request (a new thread) and reads its answer to
+// RUN_FINISHED: the times from the send to the first event and to the end.
+func aguiRun(hc *http.Client, addr, tok, msgID, content string) (first, done time.Duration, err error) {
+	body, _ := json.Marshal(agui.RunAgentInput{Messages: []agui.Message{{ID: msgID, Role: agui.RoleUser, Content: agui.String(content)}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/api/v1/agui", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	t0 := time.Now()
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, 0, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	r := sse.NewReader(resp.Body, 0)
+	for {
+		ev, err := r.Next()
+		if err != nil {
+			return 0, 0, fmt.Errorf("read: %w", err)
+		}
+		now := time.Since(t0)
+		if first == 0 {
+			first = now
+		}
+		var e agui.Event
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return 0, 0, err
+		}
+		switch e.Type {
+		case agui.RunFinished:
+			return first, now, nil
+		case agui.RunError:
+			return 0, 0, fmt.Errorf("RUN_ERROR %s", e.Code)
+		}
+	}
 }
 
 // q is the p-quantile of sorted ds.
