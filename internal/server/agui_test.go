@@ -76,7 +76,7 @@ type aguiEnv struct {
 	stream *memory.Stream
 }
 
-func newAGUI(t *testing.T, a agent.Agent, ret stream.Retention) *aguiEnv {
+func newAGUI(t *testing.T, a agent.Agent, ret stream.Retention, tune ...func(*server.Deps)) *aguiEnv {
 	t.Helper()
 	ctx := context.Background()
 	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "test.db"))
@@ -92,6 +92,9 @@ func newAGUI(t *testing.T, a agent.Agent, ret stream.Retention) *aguiEnv {
 		t.Fatal(err)
 	}
 	d := server.Deps{Metrics: m, Store: db, Stream: st, Runs: rm, Verifier: v, WS: http.NotFoundHandler(), Hub: h}
+	for _, f := range tune {
+		f(&d)
+	}
 	ts := httptest.NewServer(server.NewServer(d))
 	t.Cleanup(func() {
 		h.CloseAll(protocol.CloseGoingAway, "test over")
@@ -366,5 +369,53 @@ func TestAGUIRefusals(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "POST" {
 		t.Fatalf("GET: %d, Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
+	}
+}
+
+// TestAGUIHeartbeat: while the run waits, comment lines keep the response
+// alive; a client that reads events only (as @ag-ui/client does) sees none.
+func TestAGUIHeartbeat(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	e := newAGUI(t, scripted{gate: gate}, stream.Retention{}, func(d *server.Deps) { d.SSEHeartbeat = 20 * time.Millisecond })
+	resp := e.post(t.Context(), "alice", "/api/v1/agui", input("", "m1", "hi"))
+	defer resp.Body.Close()
+	r := sse.NewReader(resp.Body, 0)
+	beats := make(chan struct{}, 64)
+	r.OnComment(func(string) {
+		select {
+		case beats <- struct{}{}:
+		default:
+		}
+	})
+	go func() {
+		defer close(gate) // two heartbeats while the run waited: let it finish
+		deadline := time.After(10 * time.Second)
+		for range 2 {
+			select {
+			case <-beats:
+			case <-deadline:
+				t.Error("no heartbeat within 10 s")
+				return
+			}
+		}
+	}()
+	var types []string
+	for {
+		ev, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var a agui.Event
+		if err := json.Unmarshal(ev.Data, &a); err != nil {
+			t.Fatalf("event %q: %v", ev.Data, err)
+		}
+		types = append(types, string(a.Type))
+	}
+	if types[len(types)-1] != string(agui.RunFinished) {
+		t.Fatalf("events %v", types)
 	}
 }
