@@ -76,25 +76,29 @@ type aguiEnv struct {
 	stream *memory.Stream
 }
 
-func newAGUI(t *testing.T, a agent.Agent, ret stream.Retention, tune ...func(*server.Deps)) *aguiEnv {
+// aguiOpts tune newAGUI; zero values take the defaults.
+type aguiOpts struct {
+	retention         stream.Retention
+	maxConns, maxRuns int
+	heartbeat         time.Duration
+}
+
+func newAGUI(t *testing.T, a agent.Agent, o aguiOpts) *aguiEnv {
 	t.Helper()
 	ctx := context.Background()
 	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "test.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := memory.New(memory.Options{Retention: ret})
+	st := memory.New(memory.Options{Retention: o.retention})
 	m := metrics.New()
-	rm := runs.New(runs.Config{Stream: st, Store: db, Agent: a})
-	h := hub.New(hub.Config{Stream: st, Metrics: m})
+	rm := runs.New(runs.Config{Stream: st, Store: db, Agent: a, MaxPerUser: o.maxRuns})
+	h := hub.New(hub.Config{Stream: st, Metrics: m, MaxConnsPerUser: o.maxConns})
 	v, err := auth.NewVerifier(ctx, auth.Config{Secret: []byte(testSecret)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := server.Deps{Metrics: m, Store: db, Stream: st, Runs: rm, Verifier: v, WS: http.NotFoundHandler(), Hub: h}
-	for _, f := range tune {
-		f(&d)
-	}
+	d := server.Deps{Metrics: m, Store: db, Stream: st, Runs: rm, Verifier: v, WS: http.NotFoundHandler(), Hub: h, SSEHeartbeat: o.heartbeat}
 	ts := httptest.NewServer(server.NewServer(d))
 	t.Cleanup(func() {
 		h.CloseAll(protocol.CloseGoingAway, "test over")
@@ -183,7 +187,7 @@ func input(thread, msgID, content string) agui.RunAgentInput {
 
 func TestAGUIRunStreamsTheRun(t *testing.T) {
 	t.Parallel()
-	e := newAGUI(t, scripted{}, stream.Retention{})
+	e := newAGUI(t, scripted{}, aguiOpts{})
 	resp := e.post(t.Context(), "alice", "/api/v1/agui", input("thread-1", "m1", "hi"))
 	defer resp.Body.Close()
 	if resp.Header.Get("X-Accel-Buffering") != "no" || resp.Header.Get("Cache-Control") != "no-store" {
@@ -229,7 +233,7 @@ func TestAGUIRunStreamsTheRun(t *testing.T) {
 
 func TestAGUIRunFails(t *testing.T) {
 	t.Parallel()
-	e := newAGUI(t, scripted{}, stream.Retention{})
+	e := newAGUI(t, scripted{}, aguiOpts{})
 	resp := e.post(t.Context(), "alice", "/api/v1/agui", input("", "m1", "please fail"))
 	defer resp.Body.Close()
 	evs := read(t, resp, nil)
@@ -246,7 +250,7 @@ func TestAGUIRunFails(t *testing.T) {
 func TestAGUIConnectResumes(t *testing.T) {
 	t.Parallel()
 	gate := make(chan struct{})
-	e := newAGUI(t, scripted{gate: gate}, stream.Retention{})
+	e := newAGUI(t, scripted{gate: gate}, aguiOpts{})
 	ctx, cut := context.WithCancel(t.Context())
 	resp := e.post(ctx, "alice", "/api/v1/agui", input("", "m1", "hi"))
 	head := read(t, resp, func(ev agui.Event) bool { return ev.Type == agui.TextMessageContent })
@@ -305,7 +309,7 @@ func TestAGUIConnectResumes(t *testing.T) {
 // stream; the prelude comes from the store, and ends the run as stored.
 func TestAGUIConnectOutsideRetention(t *testing.T) {
 	t.Parallel()
-	e := newAGUI(t, scripted{}, stream.Retention{MaxEvents: 2})
+	e := newAGUI(t, scripted{}, aguiOpts{retention: stream.Retention{MaxEvents: 2}})
 	resp := e.post(t.Context(), "alice", "/api/v1/agui", input("", "m1", "hi"))
 	first := read(t, resp, nil)
 	resp.Body.Close()
@@ -327,7 +331,7 @@ func TestAGUIConnectOutsideRetention(t *testing.T) {
 
 func TestAGUIRefusals(t *testing.T) {
 	t.Parallel()
-	e := newAGUI(t, scripted{}, stream.Retention{})
+	e := newAGUI(t, scripted{}, aguiOpts{})
 	resp := e.post(t.Context(), "alice", "/api/v1/agui", input("alices", "m1", "hi"))
 	first := read(t, resp, nil)
 	resp.Body.Close()
@@ -377,7 +381,7 @@ func TestAGUIRefusals(t *testing.T) {
 func TestAGUIHeartbeat(t *testing.T) {
 	t.Parallel()
 	gate := make(chan struct{})
-	e := newAGUI(t, scripted{gate: gate}, stream.Retention{}, func(d *server.Deps) { d.SSEHeartbeat = 20 * time.Millisecond })
+	e := newAGUI(t, scripted{gate: gate}, aguiOpts{heartbeat: 20 * time.Millisecond})
 	resp := e.post(t.Context(), "alice", "/api/v1/agui", input("", "m1", "hi"))
 	defer resp.Body.Close()
 	r := sse.NewReader(resp.Body, 0)
@@ -417,5 +421,37 @@ func TestAGUIHeartbeat(t *testing.T) {
 	}
 	if types[len(types)-1] != string(agui.RunFinished) {
 		t.Fatalf("events %v", types)
+	}
+}
+
+// TestAGUILimits: a response is one of the user's connections, and a run
+// request over the run limit is refused before anything is streamed.
+func TestAGUILimits(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	defer close(gate)
+	e := newAGUI(t, scripted{gate: gate}, aguiOpts{maxConns: 2, maxRuns: 1})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	resp := e.post(ctx, "alice", "/api/v1/agui", input("", "m1", "hi"))
+	defer resp.Body.Close()
+	run := read(t, resp, func(ev agui.Event) bool { return ev.Type == agui.RunStarted })[0] // one connection, one run
+
+	second := e.post(t.Context(), "alice", "/api/v1/agui", input("", "m2", "again"))
+	var eb protocol.ErrorBody
+	_ = json.NewDecoder(second.Body).Decode(&eb)
+	second.Body.Close()
+	if second.StatusCode != http.StatusTooManyRequests || eb.Error.Code != protocol.CodeTooManyRuns {
+		t.Fatalf("over the run limit: %d %+v", second.StatusCode, eb)
+	}
+	held := e.post(ctx, "alice", "/api/v1/agui/connect", agui.ConnectInput{ThreadID: run.ThreadID, RunID: run.RunID})
+	defer held.Body.Close()
+	read(t, held, func(ev agui.Event) bool { return ev.Type == agui.MessagesSnapshot }) // the second connection
+	third := e.post(t.Context(), "alice", "/api/v1/agui/connect", agui.ConnectInput{ThreadID: run.ThreadID, RunID: run.RunID})
+	eb = protocol.ErrorBody{}
+	_ = json.NewDecoder(third.Body).Decode(&eb)
+	third.Body.Close()
+	if third.StatusCode != http.StatusTooManyRequests || eb.Error.Code != protocol.CodeTooManyConnections {
+		t.Fatalf("over the connection limit: %d %+v", third.StatusCode, eb)
 	}
 }
