@@ -237,17 +237,12 @@ func measure(addr string, o options) (*results, error) {
 	from := start.Add(o.warmup)
 	to := from.Add(o.duration)
 	var (
-		mu       sync.Mutex
-		res      results
-		errs     atomic.Int64
-		firstErr atomic.Value
-		wg       sync.WaitGroup
+		mu   sync.Mutex
+		res  results
+		errs errCount
+		wg   sync.WaitGroup
 	)
-	report := func(err error) {
-		if errs.Add(1) == 1 {
-			firstErr.Store(err)
-		}
-	}
+	report := errs.report
 	if o.aguiUsers > 0 {
 		wg.Add(1)
 		go func() {
@@ -318,10 +313,7 @@ func measure(addr string, o options) (*results, error) {
 		}()
 	}
 	wg.Wait()
-	if e := firstErr.Load(); e != nil {
-		fmt.Fprintln(os.Stderr, "first error:", e)
-	}
-	res.errors = errs.Load()
+	res.errors = errs.done("first error:")
 	slices.Sort(res.ack)
 	slices.Sort(res.started)
 	slices.Sort(res.done)
@@ -336,15 +328,10 @@ func measureAGUI(addr string, o options, from, to time.Time, res *results, mu *s
 	signer := auth.NewSigner([]byte(secret))
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.aguiUsers}}
 	var (
-		wg       sync.WaitGroup
-		errs     atomic.Int64
-		firstErr atomic.Value
+		wg   sync.WaitGroup
+		errs errCount
 	)
-	report := func(err error) {
-		if errs.Add(1) == 1 {
-			firstErr.Store(err)
-		}
-	}
+	report := errs.report
 	for u := range o.aguiUsers {
 		tok, _, err := signer.Sign("agui-user-"+strconv.Itoa(u), time.Hour, "", "")
 		if err != nil {
@@ -376,10 +363,7 @@ func measureAGUI(addr string, o options, from, to time.Time, res *results, mu *s
 		}()
 	}
 	wg.Wait()
-	if e := firstErr.Load(); e != nil {
-		fmt.Fprintln(os.Stderr, "first AG-UI error:", e)
-	}
-	res.aguiErrors = errs.Load()
+	res.aguiErrors = errs.done("first AG-UI error:")
 }
 
 // aguiRun sends one run request (a new thread) and reads its answer to
@@ -420,6 +404,26 @@ func aguiRun(hc *http.Client, addr, tok, msgID, content string) (first, done tim
 			return 0, 0, fmt.Errorf("RUN_ERROR %s", e.Code)
 		}
 	}
+}
+
+// errCount counts the errors of concurrent loops and keeps the first.
+type errCount struct {
+	n     atomic.Int64
+	first atomic.Value
+}
+
+func (c *errCount) report(err error) {
+	if c.n.Add(1) == 1 {
+		c.first.Store(err)
+	}
+}
+
+// done prints the first error, if any, after label and returns the count.
+func (c *errCount) done(label string) int64 {
+	if e := c.first.Load(); e != nil {
+		fmt.Fprintln(os.Stderr, label, e)
+	}
+	return c.n.Load()
 }
 
 // q is the p-quantile of sorted ds.

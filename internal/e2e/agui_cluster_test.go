@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -12,19 +11,14 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agui"
+	"github.com/agentwire/agentwire/internal/agui/aguitest"
 	"github.com/agentwire/agentwire/internal/sse"
 	"github.com/agentwire/agentwire/protocol"
 )
 
-// aguiItem is one AG-UI event as read, with the SSE id it set ("": none).
-type aguiItem struct {
-	id string
-	agui.Event
-}
-
 // aguiPost POSTs body to an AG-UI endpoint of base and reads its events
 // until stop holds for one (nil: to the end), then closes the response.
-func aguiPost(t *testing.T, base, path, tok, lastID string, body any, stop func(agui.Event) bool) []aguiItem {
+func aguiPost(t *testing.T, base, path, tok, lastID string, body any, stop func(agui.Event) bool) []aguitest.Item {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -43,30 +37,7 @@ func aguiPost(t *testing.T, base, path, tok, lastID string, body any, stop func(
 		raw, _ := io.ReadAll(resp.Body)
 		t.Fatalf("POST %s: %d %s", path, resp.StatusCode, raw)
 	}
-	r := sse.NewReader(resp.Body, 0)
-	var out []aguiItem
-	prev := ""
-	for {
-		ev, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		if err != nil {
-			t.Fatalf("POST %s: read: %v", path, err)
-		}
-		var e agui.Event
-		if err := json.Unmarshal(ev.Data, &e); err != nil {
-			t.Fatalf("POST %s: event %q: %v", path, ev.Data, err)
-		}
-		it := aguiItem{Event: e}
-		if ev.ID != prev {
-			it.id, prev = ev.ID, ev.ID
-		}
-		out = append(out, it)
-		if stop != nil && stop(e) {
-			return out
-		}
-	}
+	return aguitest.Read(t, sse.NewReader(resp.Body, 0), stop)
 }
 
 // TestClusterAGUIResumeOnOtherNode: an AG-UI client's response from one
@@ -86,8 +57,8 @@ func TestClusterAGUIResumeOnOtherNode(t *testing.T) {
 	runID := head[0].RunID
 	lastID := ""
 	for _, it := range head {
-		if it.id != "" {
-			lastID = it.id
+		if it.ID != "" {
+			lastID = it.ID
 		}
 	}
 	last, err := protocol.ParseEventID(lastID)
@@ -96,10 +67,7 @@ func TestClusterAGUIResumeOnOtherNode(t *testing.T) {
 	}
 
 	tail := aguiPost(t, n2.URL, "/api/v1/agui/connect", tok, lastID, agui.ConnectInput{ThreadID: thread, RunID: runID}, nil)
-	var types []string
-	for _, it := range tail {
-		types = append(types, string(it.Type))
-	}
+	types := aguitest.Types(tail)
 	if len(tail) < 5 || types[0] != "RUN_STARTED" || types[1] != "MESSAGES_SNAPSHOT" || types[2] != "TEXT_MESSAGE_START" ||
 		types[len(types)-1] != "RUN_FINISHED" || tail[len(tail)-1].Outcome.Type != agui.OutcomeSuccess {
 		t.Fatalf("resumed on n2: %s", strings.Join(types, " "))

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agui"
+	"github.com/agentwire/agentwire/internal/agui/aguitest"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/hub"
 	"github.com/agentwire/agentwire/internal/metrics"
@@ -133,53 +133,18 @@ func (e *aguiEnv) post(ctx context.Context, user, path string, body any, header 
 	return resp
 }
 
-// sseEvent is one AG-UI event as read, with its SSE id ("" when none).
-type sseEvent struct {
-	ID string
-	agui.Event
-}
-
-// read reads AG-UI events from resp until stop holds for one (nil: to the
-// end of the response).
-func read(t *testing.T, resp *http.Response, stop func(agui.Event) bool) []sseEvent {
+// read checks that resp is an event stream and reads its AG-UI events
+// until stop holds for one (nil: to the end).
+func read(t *testing.T, resp *http.Response, stop func(agui.Event) bool) []aguitest.Item {
 	t.Helper()
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("status %d %s: %s", resp.StatusCode, resp.Header.Get("Content-Type"), b)
 	}
-	r := sse.NewReader(resp.Body, 0)
-	var out []sseEvent
-	lastID := ""
-	for {
-		ev, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		if err != nil {
-			t.Fatalf("read: %v", err)
-		}
-		var e agui.Event
-		if err := json.Unmarshal(ev.Data, &e); err != nil {
-			t.Fatalf("event %q: %v", ev.Data, err)
-		}
-		id := ""
-		if ev.ID != lastID {
-			id, lastID = ev.ID, ev.ID
-		}
-		out = append(out, sseEvent{ID: id, Event: e})
-		if stop != nil && stop(e) {
-			return out
-		}
-	}
+	return aguitest.Read(t, sse.NewReader(resp.Body, 0), stop)
 }
 
-func typesOf(evs []sseEvent) string {
-	var s []string
-	for _, e := range evs {
-		s = append(s, string(e.Type))
-	}
-	return strings.Join(s, " ")
-}
+func typesOf(evs []aguitest.Item) string { return strings.Join(aguitest.Types(evs), " ") }
 
 func input(thread, msgID, content string) agui.RunAgentInput {
 	return agui.RunAgentInput{ThreadID: thread, RunID: "client-run", Messages: []agui.Message{{ID: msgID, Role: agui.RoleUser, Content: agui.String(content)}}}
@@ -277,7 +242,7 @@ func TestAGUIConnectResumes(t *testing.T) {
 
 	// The same run read whole (a connect from before its start) assembles
 	// to the same messages as the cut read plus the resumed one.
-	assemble := func(evs []sseEvent, m *agui.Messages) {
+	assemble := func(evs []aguitest.Item, m *agui.Messages) {
 		for _, ev := range evs {
 			if ev.Type == agui.MessagesSnapshot {
 				*m = agui.Messages{}
@@ -404,21 +369,7 @@ func TestAGUIHeartbeat(t *testing.T) {
 			}
 		}
 	}()
-	var types []string
-	for {
-		ev, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		var a agui.Event
-		if err := json.Unmarshal(ev.Data, &a); err != nil {
-			t.Fatalf("event %q: %v", ev.Data, err)
-		}
-		types = append(types, string(a.Type))
-	}
+	types := aguitest.Types(aguitest.Read(t, r, nil))
 	if types[len(types)-1] != string(agui.RunFinished) {
 		t.Fatalf("events %v", types)
 	}
