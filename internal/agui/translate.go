@@ -124,7 +124,11 @@ func (t *Translator) Event(ev protocol.Event) []Event {
 		if args == "" || args == "null" {
 			args = "{}"
 		}
-		add(Event{Type: ToolCallStart, ToolCallID: d.ToolCallID, ToolCallName: d.Tool})
+		name := d.Tool
+		if name == "" {
+			name = "unknown" // a published tool_executing may name none; AG-UI requires one
+		}
+		add(Event{Type: ToolCallStart, ToolCallID: d.ToolCallID, ToolCallName: name})
 		add(Event{Type: ToolCallArgs, ToolCallID: d.ToolCallID, Delta: String(args)})
 		add(Event{Type: ToolCallEnd, ToolCallID: d.ToolCallID})
 	case protocol.TypeToolCompleted:
@@ -171,7 +175,11 @@ func (t *Translator) Event(ev protocol.Event) []Event {
 			if code == "" {
 				code = protocol.CodeAgentFailed
 			}
-			add(Event{Type: RunError, Message: d.Message, Code: string(code)})
+			msg := d.Message
+			if msg == "" {
+				msg = string(code) // AG-UI requires a message
+			}
+			add(Event{Type: RunError, Message: msg, Code: string(code)})
 		}
 		t.ended = true
 	default:

@@ -337,3 +337,16 @@ func TestEmptySnapshotKeepsItsMessages(t *testing.T) {
 		t.Fatalf("%s", b)
 	}
 }
+
+// TestTranslateFillsWhatAGUIRequires: published events may leave out what
+// an AG-UI event cannot go without.
+func TestTranslateFillsWhatAGUIRequires(t *testing.T) {
+	r := &run{thread: "T", id: "R"}
+	r.add(protocol.TypeAgentStarted, protocol.AgentStarted{Agent: "x"})
+	r.add(protocol.TypeToolExecuting, map[string]any{"tool_call_id": "t"})
+	r.add(protocol.TypeAgentError, map[string]any{"code": "agent_failed"})
+	got := translateAll(NewTranslator("T", "R"), r.events)
+	if got[1].ToolCallName != "unknown" || got[len(got)-1].Message != "agent_failed" {
+		t.Fatalf("%s", show(got))
+	}
+}
