@@ -119,9 +119,9 @@ type Manager struct {
 	// reaper announces them while this node lives), and the outcome is
 	// stored once the stream has the event. Should this node die first,
 	// the lease expires and the reaper ends the run whole.
-	ending map[string]finish
-	perUser    map[string]int // active runs per user, reserved before creation
-	closed     bool
+	ending  map[string]finish
+	perUser map[string]int // active runs per user, reserved before creation
+	closed  bool
 	// loopStopped is set when Shutdown stops the loop: no resend may
 	// start after it.
 	loopStopped bool
