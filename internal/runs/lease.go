@@ -296,7 +296,7 @@ func (m *Manager) reapBefore(ctx context.Context, t time.Time) (int, error) {
 	n := 0
 	for {
 		cctx, cancel := context.WithTimeout(ctx, m.reapEvery)
-		lost, err := m.store.ReapExpired(cctx, t, string(protocol.CodeNodeLost), nodeLostMessage, 100)
+		lost, err := m.store.ReapExpired(cctx, store.Reap{Before: t, ErrorCode: string(protocol.CodeNodeLost), ErrorMessage: nodeLostMessage, Limit: 100})
 		cancel()
 		if err != nil {
 			return n, err
