@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/auth/tickets"
 	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/stream"
@@ -86,10 +87,10 @@ func handleReadyz(st, db pinger, draining func() bool, jwks func() error) http.H
 }
 
 // handleTickets exchanges the user's JWT for a one-time ticket for /ws.
-func handleTickets(tickets auth.TicketStore, log *slog.Logger) http.Handler {
+func handleTickets(issuer tickets.Store, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		claims := claimsFrom(r.Context())
-		t, exp, err := tickets.Issue(r.Context(), claims)
+		t, exp, err := issuer.Issue(r.Context(), claims)
 		if err != nil {
 			if errors.Is(err, auth.ErrExpired) || errors.Is(err, auth.ErrInvalid) {
 				httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "token cannot be exchanged for a ticket")

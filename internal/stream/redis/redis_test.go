@@ -20,6 +20,7 @@ import (
 	rueidis "github.com/redis/rueidis"
 	"go.uber.org/goleak"
 
+	"github.com/agentwire/agentwire/internal/redisx"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/streamtest"
 	"github.com/agentwire/agentwire/protocol"
@@ -86,10 +87,22 @@ func admin(t testing.TB, prefix string) rueidis.Client {
 
 var nodeN atomic.Int64
 
+// dial returns a client of its own (a node's), closed when t ends, after
+// the stream on it (cleanups run last registered first).
+func dial(t testing.TB, url string, timeout time.Duration) rueidis.Client {
+	t.Helper()
+	c, err := redisx.Dial(url, timeout, nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
 // newNode returns a Stream ("node") on the test Redis with prefix.
 func newNode(t testing.TB, prefix string, r stream.Retention) *Stream {
 	t.Helper()
-	s, err := New(t.Context(), Options{URL: redisURL(t), Retention: r, Prefix: prefix})
+	s, err := New(t.Context(), Options{Client: dial(t, redisURL(t), 0), Retention: r, Prefix: prefix})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -409,7 +422,7 @@ func closedPortURL(t *testing.T) string {
 func TestUnavailable(t *testing.T) {
 	redisURL(t) // same skip rule as the rest
 	start := time.Now()
-	s, err := New(t.Context(), Options{URL: closedPortURL(t), DialTimeout: 500 * time.Millisecond})
+	s, err := New(t.Context(), Options{Client: dial(t, closedPortURL(t), 500*time.Millisecond)})
 	if err != nil {
 		t.Fatalf("New with Redis down: %v (want a Stream that reports unavailability)", err)
 	}
@@ -435,10 +448,13 @@ func TestUnavailable(t *testing.T) {
 }
 
 func TestBadOptions(t *testing.T) {
-	if _, err := New(t.Context(), Options{URL: "redis://127.0.0.1:1/0", Prefix: "a{b"}); err == nil {
+	if _, err := New(t.Context(), Options{Client: dial(t, "redis://127.0.0.1:1/0", 0), Prefix: "a{b"}); err == nil {
 		t.Fatal("prefix with a brace accepted")
 	}
-	if _, err := New(t.Context(), Options{URL: "http://x"}); err == nil {
+	if _, err := New(t.Context(), Options{}); err == nil {
+		t.Fatal("no client accepted")
+	}
+	if _, err := redisx.Dial("http://x", 0, nil); err == nil {
 		t.Fatal("bad URL accepted")
 	}
 }

@@ -1,4 +1,4 @@
-package auth
+package tickets
 
 import (
 	"encoding/base64"
@@ -7,38 +7,42 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/agentwire/agentwire/internal/auth"
 )
 
 func TestTickets(t *testing.T) {
 	t.Parallel()
 	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	alice := Claims{Subject: "alice", ExpiresAt: start.Add(time.Hour)}
-	shortLived := Claims{Subject: "bob", ExpiresAt: start.Add(10 * time.Second)}
+	alice := auth.Claims{Subject: "alice", ExpiresAt: start.Add(time.Hour)}
+	shortLived := auth.Claims{Subject: "bob", ExpiresAt: start.Add(10 * time.Second)}
 
 	tests := []struct {
 		name    string
-		claims  Claims
+		claims  auth.Claims
 		wait    time.Duration // between Issue and the first Redeem
 		want    error         // of the first Redeem
-		reissue bool          // whether a second Redeem is attempted (always ErrTicket)
+		reissue bool          // whether a second Redeem is attempted (always auth.ErrTicket)
 	}{
 		{"fresh", alice, 0, nil, true},
-		{"just before expiry", alice, TicketTTL - time.Nanosecond, nil, true},
-		{"at expiry", alice, TicketTTL, ErrTicket, true},
-		{"after expiry", alice, time.Hour / 2, ErrTicket, false},
-		{"token expired since", shortLived, 15 * time.Second, ErrExpired, true},
+		{"just before expiry", alice, TTL - time.Nanosecond, nil, true},
+		{"at expiry", alice, TTL, auth.ErrTicket, true},
+		{"after expiry", alice, time.Hour / 2, auth.ErrTicket, false},
+		{"token expired since", shortLived, 15 * time.Second, auth.ErrExpired, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			clock := newFakeClock(start)
-			s := NewTickets(0, clock.Now)
+			s := NewMemory(0, clock.Now)
 			ticket, exp, err := s.Issue(t.Context(), tt.claims)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !exp.Equal(start.Add(TicketTTL)) {
-				t.Fatalf("expiresAt = %v, want %v", exp, start.Add(TicketTTL))
+			if !exp.Equal(start.Add(TTL)) {
+				t.Fatalf("expiresAt = %v, want %v", exp, start.Add(TTL))
 			}
 			if b, err := base64.RawURLEncoding.DecodeString(ticket); err != nil || len(b) != 32 {
 				t.Fatalf("ticket %q is not 32 bytes of base64url (%v)", ticket, err)
@@ -52,8 +56,8 @@ func TestTickets(t *testing.T) {
 				t.Fatalf("claims = %+v, want %+v (the token's expiry, not the ticket's)", c, tt.claims)
 			}
 			if tt.reissue {
-				if _, err := s.Redeem(t.Context(), ticket); !errors.Is(err, ErrTicket) {
-					t.Fatalf("second Redeem err = %v, want ErrTicket", err)
+				if _, err := s.Redeem(t.Context(), ticket); !errors.Is(err, auth.ErrTicket) {
+					t.Fatalf("second Redeem err = %v, want auth.ErrTicket", err)
 				}
 			}
 		})
@@ -62,15 +66,15 @@ func TestTickets(t *testing.T) {
 
 func TestTicketsErrors(t *testing.T) {
 	t.Parallel()
-	s := NewTickets(time.Minute, nil)
+	s := NewMemory(time.Minute, nil)
 	tests := []struct {
 		name   string
 		ticket string
 		want   error
 	}{
-		{"empty", "", ErrMissing},
-		{"unknown", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", ErrTicket},
-		{"garbage", "not a ticket", ErrTicket},
+		{"empty", "", auth.ErrMissing},
+		{"unknown", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", auth.ErrTicket},
+		{"garbage", "not a ticket", auth.ErrTicket},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -80,18 +84,18 @@ func TestTicketsErrors(t *testing.T) {
 			}
 		})
 	}
-	if _, _, err := s.Issue(t.Context(), Claims{Subject: "alice", ExpiresAt: time.Now().Add(-time.Second)}); !errors.Is(err, ErrExpired) {
-		t.Fatalf("Issue for an expired token: err = %v, want ErrExpired", err)
+	if _, _, err := s.Issue(t.Context(), auth.Claims{Subject: "alice", ExpiresAt: time.Now().Add(-time.Second)}); !errors.Is(err, auth.ErrExpired) {
+		t.Fatalf("Issue for an expired token: err = %v, want auth.ErrExpired", err)
 	}
-	if _, _, err := s.Issue(t.Context(), Claims{ExpiresAt: time.Now().Add(time.Hour)}); !errors.Is(err, ErrInvalid) {
-		t.Fatalf("Issue without subject: err = %v, want ErrInvalid", err)
+	if _, _, err := s.Issue(t.Context(), auth.Claims{ExpiresAt: time.Now().Add(time.Hour)}); !errors.Is(err, auth.ErrInvalid) {
+		t.Fatalf("Issue without subject: err = %v, want auth.ErrInvalid", err)
 	}
 }
 
 func TestTicketsRedeemRace(t *testing.T) {
 	t.Parallel()
-	s := NewTickets(TicketTTL, nil)
-	ticket, _, err := s.Issue(t.Context(), Claims{Subject: "alice", ExpiresAt: time.Now().Add(time.Hour)})
+	s := NewMemory(TTL, nil)
+	ticket, _, err := s.Issue(t.Context(), auth.Claims{Subject: "alice", ExpiresAt: time.Now().Add(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +109,7 @@ func TestTicketsRedeemRace(t *testing.T) {
 			switch {
 			case err == nil:
 				ok.Add(1)
-			case errors.Is(err, ErrTicket):
+			case errors.Is(err, auth.ErrTicket):
 				rejected.Add(1)
 			default:
 				t.Errorf("Redeem: %v", err)
@@ -122,8 +126,8 @@ func TestTicketsRedeemRace(t *testing.T) {
 func TestTicketsPurge(t *testing.T) {
 	t.Parallel()
 	clock := newFakeClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
-	s := NewTickets(TicketTTL, clock.Now)
-	alice := Claims{Subject: "alice", ExpiresAt: clock.Now().Add(24 * time.Hour)}
+	s := NewMemory(TTL, clock.Now)
+	alice := auth.Claims{Subject: "alice", ExpiresAt: clock.Now().Add(24 * time.Hour)}
 	var first string
 	for i := range 1000 {
 		ticket, _, err := s.Issue(t.Context(), alice)
@@ -138,7 +142,7 @@ func TestTicketsPurge(t *testing.T) {
 	if _, err := s.Redeem(t.Context(), first); err != nil { // redeemed tickets are purged too
 		t.Fatal(err)
 	}
-	clock.Advance(TicketTTL)
+	clock.Advance(TTL)
 	if _, _, err := s.Issue(t.Context(), alice); err != nil {
 		t.Fatal(err)
 	}
@@ -148,3 +152,17 @@ func TestTicketsPurge(t *testing.T) {
 		t.Fatalf("after purge: %d tickets, %d queued; want 1 and 1", len(s.tickets), len(s.queue))
 	}
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeClock is a settable clock safe for concurrent use.
+type fakeClock struct{ ns atomic.Int64 }
+
+func newFakeClock(t time.Time) *fakeClock {
+	c := &fakeClock{}
+	c.ns.Store(t.UnixNano())
+	return c
+}
+
+func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
