@@ -227,9 +227,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 func (a *App) Addr() string { return dialable(a.ln.Addr()) }
 
 // Run starts every loop — the HTTP server, the pprof server, the runs'
-// lease loop, reaper and stop listener, the refresh of this node's entries
-// in the cluster-wide connection count — and serves until ctx is done (nil)
-// or the HTTP server fails (its error). What Run started keeps serving
+// lease loop, reaper and stop listener, the JWKS refresh, the refresh of
+// this node's entries in the cluster-wide connection count — and serves
+// until ctx is done (nil) or the HTTP server fails (its error). What Run started keeps serving
 // after it returns, since sockets and runs are still served while they
 // drain, until Shutdown. Call it at most once, before Shutdown.
 func (a *App) Run(ctx context.Context) error {
@@ -242,6 +242,7 @@ func (a *App) Run(ctx context.Context) error {
 		a.redisStream.Start()
 	}
 	a.runs.Start()
+	a.loops.Go(func() { a.verifier.Run(loopCtx) }) // the JWKS refresh; returns at once without one
 	if a.conns != nil {
 		a.loops.Go(func() { a.conns.Keep(loopCtx, a.hub.ConnIDs, a.log) })
 	}
