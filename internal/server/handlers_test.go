@@ -365,7 +365,7 @@ func newStream(t *testing.T, user string, n int) *memory.Stream {
 // failingStream is a stream whose backend is down.
 type failingStream struct{ stream.Stream }
 
-func (failingStream) Since(context.Context, string, uint64, string, stream.Limit) ([]stream.Event, stream.Position, error) {
+func (failingStream) Since(context.Context, string, protocol.Cursor, stream.Limit) ([]stream.Event, stream.Position, error) {
 	return nil, stream.Position{}, errors.New("down")
 }
 
@@ -574,7 +574,7 @@ func TestHandlePublish(t *testing.T) {
 	if resp.Seq != 1 || resp.Epoch == "" {
 		t.Fatalf("response %+v", resp)
 	}
-	evs, _, err := st.Since(context.Background(), "alice", 0, "", stream.Limit{MaxEvents: 10})
+	evs, _, err := st.Since(context.Background(), "alice", protocol.Cursor{}, stream.Limit{MaxEvents: 10})
 	if err != nil || len(evs) != 1 || !strings.Contains(string(evs[0].Frame), `"data":{"a":1}`) {
 		t.Fatalf("stream holds %v, %v", evs, err)
 	}

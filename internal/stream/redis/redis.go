@@ -18,6 +18,7 @@ import (
 
 	"github.com/agentwire/agentwire/internal/redisx"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Defaults.
@@ -203,11 +204,15 @@ func (s *Stream) Append(ctx context.Context, user string, rec stream.Record) (st
 }
 
 // Since implements stream.Stream.
-func (s *Stream) Since(ctx context.Context, user string, since uint64, epoch string, lim stream.Limit) ([]stream.Event, stream.Position, error) {
+func (s *Stream) Since(ctx context.Context, user string, from protocol.Cursor, lim stream.Limit) ([]stream.Event, stream.Position, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, stream.Position{}, err
 	}
-	pos, frames, err := s.read(ctx, user, strconv.FormatUint(since, 10), epoch, lim.Norm())
+	if from.None {
+		pos, err := s.Head(ctx, user)
+		return nil, pos, err
+	}
+	pos, frames, err := s.read(ctx, user, strconv.FormatUint(from.Seq, 10), from.Epoch, lim.Norm())
 	if err != nil {
 		return nil, pos, err
 	}
@@ -226,7 +231,7 @@ func (s *Stream) Since(ctx context.Context, user string, since uint64, epoch str
 		}
 		evs = append(evs, ev)
 	}
-	if err := stream.CheckResume(pos, since, epoch, oldest); err != nil {
+	if err := stream.CheckResume(pos, from, oldest); err != nil {
 		return nil, pos, err
 	}
 	return evs, pos, nil

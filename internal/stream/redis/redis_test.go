@@ -201,7 +201,7 @@ func TestTwoNodesLiveDelivery(t *testing.T) {
 		}
 	}
 	// B replays what A appended, same bytes.
-	hist, pos, err := b.Since(t.Context(), u, 0, appended[0].Epoch, stream.Limit{})
+	hist, pos, err := b.Since(t.Context(), u, protocol.Cursor{Epoch: appended[0].Epoch}, stream.Limit{})
 	if err != nil || pos.Head != n || len(hist) != n || string(hist[n-1].Frame) != string(appended[n-1].Frame) {
 		t.Fatalf("Since on B: %d events, %+v, %v", len(hist), pos, err)
 	}
@@ -343,7 +343,7 @@ func TestHistoryFlushedNewEpoch(t *testing.T) {
 	if ev.Seq != 1 || ev.Epoch == old.Epoch || ev.Epoch == "" {
 		t.Fatalf("after flush: seq %d epoch %q, want seq 1 in a new epoch (old %q)", ev.Seq, ev.Epoch, old.Epoch)
 	}
-	_, _, err = b.Since(t.Context(), u, 3, old.Epoch, stream.Limit{})
+	_, _, err = b.Since(t.Context(), u, protocol.Cursor{Seq: 3, Epoch: old.Epoch}, stream.Limit{})
 	var re *stream.ResyncError
 	if !errors.As(err, &re) || re.Reason != protocol.ReasonEpochChanged || re.Position != (stream.Position{Epoch: ev.Epoch, Head: 1}) {
 		t.Fatalf("Since(3, old epoch) = %v, want epoch_changed at head 1 epoch %q", err, ev.Epoch)
@@ -436,7 +436,7 @@ func TestUnavailable(t *testing.T) {
 	if err := s.Ping(ctx); !errors.Is(err, stream.ErrUnavailable) {
 		t.Fatalf("Ping: %v, want ErrUnavailable", err)
 	}
-	if _, _, err := s.Since(ctx, "u", 0, "", stream.Limit{}); !errors.Is(err, stream.ErrUnavailable) {
+	if _, _, err := s.Since(ctx, "u", protocol.Cursor{}, stream.Limit{}); !errors.Is(err, stream.ErrUnavailable) {
 		t.Fatalf("Since: %v, want ErrUnavailable", err)
 	}
 	if _, err := s.Subscribe(ctx, "u", func(stream.Event) {}); !errors.Is(err, stream.ErrUnavailable) {
