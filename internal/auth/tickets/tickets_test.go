@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -13,53 +14,55 @@ import (
 	"github.com/agentwire/agentwire/internal/auth"
 )
 
+// TestTickets runs in a synctest bubble: time.Sleep moves the store's
+// clock (time.Now) exactly.
 func TestTickets(t *testing.T) {
 	t.Parallel()
-	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	alice := auth.Claims{Subject: "alice", ExpiresAt: start.Add(time.Hour)}
-	shortLived := auth.Claims{Subject: "bob", ExpiresAt: start.Add(10 * time.Second)}
-
 	tests := []struct {
 		name    string
-		claims  auth.Claims
+		sub     string
+		life    time.Duration // of the token, from Issue
 		wait    time.Duration // between Issue and the first Redeem
 		want    error         // of the first Redeem
 		reissue bool          // whether a second Redeem is attempted (always auth.ErrTicket)
 	}{
-		{"fresh", alice, 0, nil, true},
-		{"just before expiry", alice, TTL - time.Nanosecond, nil, true},
-		{"at expiry", alice, TTL, auth.ErrTicket, true},
-		{"after expiry", alice, time.Hour / 2, auth.ErrTicket, false},
-		{"token expired since", shortLived, 15 * time.Second, auth.ErrExpired, true},
+		{"fresh", "alice", time.Hour, 0, nil, true},
+		{"just before expiry", "alice", time.Hour, TTL - time.Nanosecond, nil, true},
+		{"at expiry", "alice", time.Hour, TTL, auth.ErrTicket, true},
+		{"after expiry", "alice", time.Hour, time.Hour / 2, auth.ErrTicket, false},
+		{"token expired since", "bob", 10 * time.Second, 15 * time.Second, auth.ErrExpired, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			clock := newFakeClock(start)
-			s := NewMemory(0, clock.Now)
-			ticket, exp, err := s.Issue(t.Context(), tt.claims)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !exp.Equal(start.Add(TTL)) {
-				t.Fatalf("expiresAt = %v, want %v", exp, start.Add(TTL))
-			}
-			if b, err := base64.RawURLEncoding.DecodeString(ticket); err != nil || len(b) != 32 {
-				t.Fatalf("ticket %q is not 32 bytes of base64url (%v)", ticket, err)
-			}
-			clock.Advance(tt.wait)
-			c, err := s.Redeem(t.Context(), ticket)
-			if !errors.Is(err, tt.want) || (tt.want != nil) == (err == nil) {
-				t.Fatalf("Redeem err = %v, want %v", err, tt.want)
-			}
-			if err == nil && c != tt.claims {
-				t.Fatalf("claims = %+v, want %+v (the token's expiry, not the ticket's)", c, tt.claims)
-			}
-			if tt.reissue {
-				if _, err := s.Redeem(t.Context(), ticket); !errors.Is(err, auth.ErrTicket) {
-					t.Fatalf("second Redeem err = %v, want auth.ErrTicket", err)
+			synctest.Test(t, func(t *testing.T) {
+				start := time.Now()
+				claims := auth.Claims{Subject: tt.sub, ExpiresAt: start.Add(tt.life)}
+				s := NewMemory(0, nil)
+				ticket, exp, err := s.Issue(t.Context(), claims)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
+				if !exp.Equal(start.Add(TTL)) {
+					t.Fatalf("expiresAt = %v, want %v", exp, start.Add(TTL))
+				}
+				if b, err := base64.RawURLEncoding.DecodeString(ticket); err != nil || len(b) != 32 {
+					t.Fatalf("ticket %q is not 32 bytes of base64url (%v)", ticket, err)
+				}
+				time.Sleep(tt.wait)
+				c, err := s.Redeem(t.Context(), ticket)
+				if !errors.Is(err, tt.want) || (tt.want != nil) == (err == nil) {
+					t.Fatalf("Redeem err = %v, want %v", err, tt.want)
+				}
+				if err == nil && c != claims {
+					t.Fatalf("claims = %+v, want %+v (the token's expiry, not the ticket's)", c, claims)
+				}
+				if tt.reissue {
+					if _, err := s.Redeem(t.Context(), ticket); !errors.Is(err, auth.ErrTicket) {
+						t.Fatalf("second Redeem err = %v, want auth.ErrTicket", err)
+					}
+				}
+			})
 		})
 	}
 }
@@ -125,9 +128,12 @@ func TestTicketsRedeemRace(t *testing.T) {
 
 func TestTicketsPurge(t *testing.T) {
 	t.Parallel()
-	clock := newFakeClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
-	s := NewMemory(TTL, clock.Now)
-	alice := auth.Claims{Subject: "alice", ExpiresAt: clock.Now().Add(24 * time.Hour)}
+	synctest.Test(t, testTicketsPurge)
+}
+
+func testTicketsPurge(t *testing.T) {
+	s := NewMemory(TTL, nil)
+	alice := auth.Claims{Subject: "alice", ExpiresAt: time.Now().Add(24 * time.Hour)}
 	var first string
 	for i := range 1000 {
 		ticket, _, err := s.Issue(t.Context(), alice)
@@ -137,12 +143,12 @@ func TestTicketsPurge(t *testing.T) {
 		if i == 0 {
 			first = ticket
 		}
-		clock.Advance(time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
 	if _, err := s.Redeem(t.Context(), first); err != nil { // redeemed tickets are purged too
 		t.Fatal(err)
 	}
-	clock.Advance(TTL)
+	time.Sleep(TTL)
 	if _, _, err := s.Issue(t.Context(), alice); err != nil {
 		t.Fatal(err)
 	}
@@ -154,15 +160,3 @@ func TestTicketsPurge(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// fakeClock is a settable clock safe for concurrent use.
-type fakeClock struct{ ns atomic.Int64 }
-
-func newFakeClock(t time.Time) *fakeClock {
-	c := &fakeClock{}
-	c.ns.Store(t.UnixNano())
-	return c
-}
-
-func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
-func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }

@@ -76,11 +76,7 @@ func TestConnLimitAcrossNodes(t *testing.T) {
 
 func TestRedisDown(t *testing.T) {
 	t.Parallel()
-	c, err := redisx.Dial("redis://127.0.0.1:1/0", 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := redisxtest.Down(t, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := New(c, "aw", 0).Acquire(ctx, "a", "c", 1); !errors.Is(err, redisx.ErrUnavailable) {

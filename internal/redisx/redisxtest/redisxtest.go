@@ -4,8 +4,10 @@ package redisxtest
 
 import (
 	"context"
+	"net"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/rueidis"
@@ -44,4 +46,22 @@ func Client(t testing.TB) (rueidis.Client, string) {
 		c.Close()
 	})
 	return c, prefix
+}
+
+// Down returns a client of a Redis that is not there (a port nobody
+// listens on), each dial bounded by dialTimeout; it is closed when t ends.
+func Down(t testing.TB, dialTimeout time.Duration) rueidis.Client {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	c, err := redisx.Dial("redis://"+addr+"/0", dialTimeout, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
 }

@@ -7,8 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,12 +19,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/agentwire/agentwire/internal/redisx"
+	"github.com/agentwire/agentwire/internal/redisx/redisxtest"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/streamtest"
 	"github.com/agentwire/agentwire/protocol"
 )
-
-const urlEnv = "AGENTWIRE_TEST_REDIS_URL"
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
@@ -40,20 +37,11 @@ var runPrefix = func() string {
 	return "awtest-" + hex.EncodeToString(b[:])
 }()
 
-func redisURL(t testing.TB) string {
-	t.Helper()
-	u := os.Getenv(urlEnv)
-	if u == "" {
-		t.Skip("!!! " + urlEnv + " not set: Redis backend NOT TESTED !!!")
-	}
-	return u
-}
-
 // admin returns a plain client for test manipulation and deletes every key
 // of prefix when the test ends.
 func admin(t testing.TB, prefix string) rueidis.Client {
 	t.Helper()
-	opt, err := rueidis.ParseURL(redisURL(t))
+	opt, err := rueidis.ParseURL(redisxtest.URL(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +90,7 @@ func dial(t testing.TB, url string, timeout time.Duration) rueidis.Client {
 // newNode returns a Stream ("node") on the test Redis with prefix.
 func newNode(t testing.TB, prefix string, r stream.Retention) *Stream {
 	t.Helper()
-	s, err := New(t.Context(), Options{Client: dial(t, redisURL(t), 0), Retention: r, Prefix: prefix})
+	s, err := New(t.Context(), Options{Client: dial(t, redisxtest.URL(t), 0), Retention: r, Prefix: prefix})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -409,20 +397,10 @@ func TestKeysExpireWhenIdle(t *testing.T) {
 	}
 }
 
-func closedPortURL(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return "redis://" + addr + "/0"
-}
-
 func TestUnavailable(t *testing.T) {
-	redisURL(t) // same skip rule as the rest
+	redisxtest.URL(t) // same skip rule as the rest
 	start := time.Now()
-	s, err := New(t.Context(), Options{Client: dial(t, closedPortURL(t), 500*time.Millisecond)})
+	s, err := New(t.Context(), Options{Client: redisxtest.Down(t, 500*time.Millisecond)})
 	if err != nil {
 		t.Fatalf("New with Redis down: %v (want a Stream that reports unavailability)", err)
 	}
