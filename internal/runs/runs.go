@@ -70,7 +70,7 @@ type Config struct {
 	crashAfterStore func() bool
 }
 
-// Slots counts each user's runs across the cluster (cluster.Slots). An
+// Slots counts each user's runs across the cluster (runs/redis.NewSlots). An
 // entry lives its TTL unless refreshed, so the runs of a node that died
 // stop counting by themselves.
 type Slots interface {
@@ -79,7 +79,7 @@ type Slots interface {
 	Refresh(ctx context.Context, held map[string][]string) error
 }
 
-// Stops routes stop requests between nodes (cluster.Stops): Send delivers
+// Stops routes stop requests between nodes (runs/redis.Stops): Send delivers
 // to the node running the run and reports whether it was listening; Listen
 // calls stop for every request sent to node until ctx is done.
 type Stops interface {

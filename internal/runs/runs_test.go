@@ -105,7 +105,7 @@ func (f *fixture) waitTerminal(t *testing.T, user, runID string) []ev {
 
 func (f *fixture) events(t *testing.T, user, runID string) []ev {
 	t.Helper()
-	all, _, err := f.stream.Since(context.Background(), user, 0, "", stream.Limit{})
+	all, _, err := f.stream.Since(context.Background(), user, protocol.Cursor{}, stream.Limit{})
 	if err != nil {
 		t.Fatal(err)
 	}
