@@ -1,120 +1,21 @@
 package aguiagent_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/agenttest"
 	"github.com/agentwire/agentwire/internal/agent/aguiagent"
+	"github.com/agentwire/agentwire/internal/agent/aguiagent/aguitest"
 	"github.com/agentwire/agentwire/protocol"
 )
 
-// upstreamDir holds the Node AG-UI agent server (server.mjs), written with
-// the real @ag-ui/encoder; scripts/test runs its npm ci.
-const upstreamDir = "testdata/upstream"
-
-// upstream is a running server.mjs.
-type upstream struct {
-	url string
-
-	mu    sync.Mutex
-	lines []string
-	more  chan struct{} // closed and replaced on each new line
-}
-
-// startUpstream starts server.mjs, or skips loudly (fails under CI=true)
-// when node or its node_modules are missing.
-func startUpstream(t *testing.T) *upstream {
+func upstreamAgent(t *testing.T, u *aguitest.Server) *aguiagent.Agent {
 	t.Helper()
-	node, err := exec.LookPath("node")
-	missing := ""
-	switch {
-	case err != nil:
-		missing = "no node on PATH"
-	default:
-		if _, err := os.Stat(filepath.Join(upstreamDir, "node_modules", "@ag-ui", "encoder")); err != nil {
-			missing = "no " + upstreamDir + "/node_modules (run: cd internal/agent/aguiagent/" + upstreamDir + " && npm ci)"
-		}
-	}
-	if missing != "" {
-		msg := "\n\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n" +
-			"!!! AG-UI UPSTREAM TESTS (real @ag-ui/encoder server) NOT RUN: " + missing + "\n" +
-			"!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg + "CI=true: these tests must run in CI")
-		}
-		fmt.Fprint(os.Stderr, msg)
-		t.Skip(msg)
-	}
-	cmd := exec.Command(node, "server.mjs")
-	cmd.Dir = upstreamDir
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	u := &upstream{more: make(chan struct{})}
-	read := make(chan struct{})
-	go func() {
-		defer close(read)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			u.mu.Lock()
-			u.lines = append(u.lines, sc.Text())
-			close(u.more)
-			u.more = make(chan struct{})
-			u.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-read
-		_ = cmd.Wait()
-	})
-	line := u.wait(t, "listening ")
-	u.url = "http://127.0.0.1:" + strings.TrimPrefix(line, "listening ") + "/agui"
-	return u
-}
-
-// wait returns the first line of the server starting with prefix, waiting
-// for it up to 10 s.
-func (u *upstream) wait(t *testing.T, prefix string) string {
-	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
-		u.mu.Lock()
-		for _, l := range u.lines {
-			if strings.HasPrefix(l, prefix) {
-				u.mu.Unlock()
-				return l
-			}
-		}
-		more := u.more
-		u.mu.Unlock()
-		select {
-		case <-more:
-		case <-deadline:
-			t.Fatalf("the AG-UI server printed no %q line in 10 s; it printed %q", prefix, u.lines)
-		}
-	}
-}
-
-func (u *upstream) agent(t *testing.T) *aguiagent.Agent {
-	t.Helper()
-	a, err := aguiagent.New(aguiagent.Config{URL: u.url, Timeout: 30 * time.Second})
+	a, err := aguiagent.New(aguiagent.Config{URL: u.URL, Timeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,8 +28,8 @@ func ask(runID, text string) agent.Run {
 }
 
 func TestUpstreamScenarios(t *testing.T) {
-	u := startUpstream(t)
-	a := u.agent(t)
+	u := aguitest.Start(t)
+	a := upstreamAgent(t, u)
 	runIt := func(t *testing.T, run agent.Run) *agenttest.Recorder {
 		t.Helper()
 		rec := &agenttest.Recorder{}
@@ -262,7 +163,7 @@ func TestUpstreamScenarios(t *testing.T) {
 		if err := a.Run(ctx, ask("r-slow", "slow please"), rec); err != context.Canceled {
 			t.Errorf("Run after stop = %v, want context.Canceled%s", err, rec)
 		}
-		u.wait(t, "closed r-slow")
+		u.Wait(t, "closed r-slow", 10*time.Second)
 		if _, ok := rec.Terminal(); ok {
 			t.Errorf("the agent ended a stopped run itself:%s", rec)
 		}
