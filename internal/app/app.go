@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/agent/aguiagent"
 	"github.com/agentwire/agentwire/internal/agent/demo"
 	"github.com/agentwire/agentwire/internal/agent/httpagent"
 	"github.com/agentwire/agentwire/internal/agent/openai"
@@ -361,6 +362,8 @@ func newAgent(cfg *config.Config) (agent.Agent, error) {
 		return openai.New(openai.Config{BaseURL: cfg.OpenAIBaseURL, APIKey: cfg.OpenAIAPIKey, Model: cfg.OpenAIModel, Tools: tools.Default()})
 	case config.AgentHTTP:
 		return httpagent.New(httpagent.Config{URL: cfg.AgentURL})
+	case config.AgentAGUI:
+		return aguiagent.New(aguiagent.Config{URL: cfg.AgentURL})
 	}
 	return demo.New(demo.Options{}), nil
 }

@@ -147,6 +147,22 @@ func (e *emitter) Delta(text string) error {
 	return nil
 }
 
+func (e *emitter) Event(typ string, data any) error {
+	if !protocol.RelayedEventType(typ) {
+		return fmt.Errorf("runs: %q is not a relayed event type", typ)
+	}
+	raw, err := protocol.MarshalData(data)
+	if err != nil || len(raw) == 0 || raw[0] != '{' {
+		return fmt.Errorf("runs: %s data must be a JSON object", typ)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return agent.ErrRunEnded
+	}
+	return e.appendRawLocked(typ, raw)
+}
+
 func (e *emitter) Complete(final string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -597,7 +597,7 @@ func (m *Manager) launch(em *emitter, history []store.Message) {
 	}
 	run := agent.Run{ID: em.runID, ThreadID: em.threadID, UserID: em.user, Messages: make([]agent.Message, 0, len(msgs))}
 	for _, h := range msgs {
-		run.Messages = append(run.Messages, agent.Message{Role: h.Role, Content: h.Content})
+		run.Messages = append(run.Messages, agent.Message{ID: h.ID, Role: h.Role, Content: h.Content})
 	}
 	go m.execute(ctx, act, run)
 }

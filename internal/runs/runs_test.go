@@ -890,3 +890,61 @@ func TestNodeGoneBeforeTheStreamTookTheEnd(t *testing.T) {
 		}
 	})
 }
+
+
+// TestRelayedEvents: Event appends a relayed type in the run's order with
+// its data as given, refuses every other type and data that is not an
+// object, and emits nothing after the end. The agent sees the stored
+// message ids in its history.
+func TestRelayedEvents(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		var refused []error
+		var history []agent.Message
+		var late error
+		ended := make(chan agent.Emitter, 1)
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			history = run.Messages
+			_ = em.Event(protocol.TypeStateSnapshot, protocol.StateSnapshot{Snapshot: json.RawMessage(`[1,"<b>"]`)})
+			refused = append(refused,
+				em.Event(protocol.TypeAgentCompleted, map[string]string{"final_response": "sneaky"}),
+				em.Event("my.type", map[string]int{}),
+				em.Event(protocol.TypeCustom, []int{1}))
+			_ = em.Event(protocol.TypeCustom, protocol.Custom{Name: "n", Value: json.RawMessage(`{"v":1}`)})
+			_ = em.Delta("ok")
+			err := em.Complete("")
+			ended <- em
+			return err
+		}), Config{})
+		ack, perr := f.send(t, "ann", "hello", "")
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		evs := f.waitTerminal(t, "ann", ack.RunID)
+		late = (<-ended).Event(protocol.TypeCustom, protocol.Custom{Name: "late", Value: json.RawMessage(`1`)})
+		checkOrder(t, evs)
+		var types []string
+		for _, e := range evs {
+			types = append(types, e.Type)
+		}
+		want := []string{protocol.TypeUserMessage, protocol.TypeAgentStarted, protocol.TypeStateSnapshot, protocol.TypeCustom,
+			protocol.TypeAgentMessageDelta, protocol.TypeAgentCompleted}
+		if strings.Join(types, " ") != strings.Join(want, " ") {
+			t.Fatalf("types %v, want %v", types, want)
+		}
+		if s := fmt.Sprint(evs[2].Data); s != "map[snapshot:[1 <b>]]" {
+			t.Errorf("state_snapshot data %s", s)
+		}
+		for i, err := range refused {
+			if err == nil {
+				t.Errorf("refused[%d] accepted", i)
+			}
+		}
+		if !errors.Is(late, agent.ErrRunEnded) {
+			t.Errorf("Event after the end: %v", late)
+		}
+		if len(history) != 1 || history[0].ID == "" || history[0].ID != evs[0].Data["message_id"] {
+			t.Errorf("history %+v, echo %v", history, evs[0].Data)
+		}
+	})
+}
