@@ -38,34 +38,42 @@ func codeConsts(t *testing.T, types ...string) map[string]map[string]string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, d := range f.Decls {
-			gd, ok := d.(*ast.GenDecl)
-			if !ok || gd.Tok != token.CONST {
-				continue
+		eachConst(f, func(vs *ast.ValueSpec, i int) {
+			id, ok := vs.Type.(*ast.Ident)
+			if !ok || !want[id.Name] {
+				return
 			}
-			for _, spec := range gd.Specs {
-				vs := spec.(*ast.ValueSpec)
-				id, ok := vs.Type.(*ast.Ident)
-				if !ok || !want[id.Name] {
-					continue
+			name := vs.Names[i]
+			lit, ok := vs.Values[i].(*ast.BasicLit)
+			if !ok {
+				t.Fatalf("%s: %s must be a literal", fset.Position(name.Pos()), name.Name)
+			}
+			v := lit.Value
+			if lit.Kind == token.STRING {
+				if v, err = strconv.Unquote(v); err != nil {
+					t.Fatal(err)
 				}
-				for i, name := range vs.Names {
-					lit, ok := vs.Values[i].(*ast.BasicLit)
-					if !ok {
-						t.Fatalf("%s: %s must be a literal", fset.Position(name.Pos()), name.Name)
-					}
-					v := lit.Value
-					if lit.Kind == token.STRING {
-						if v, err = strconv.Unquote(v); err != nil {
-							t.Fatal(err)
-						}
-					}
-					out[id.Name][v] = name.Name
-				}
+			}
+			out[id.Name][v] = name.Name
+		})
+	}
+	return out
+}
+
+// eachConst calls fn for each constant f declares: the i-th name of vs.
+func eachConst(f *ast.File, fn func(vs *ast.ValueSpec, i int)) {
+	for _, d := range f.Decls {
+		gd, ok := d.(*ast.GenDecl)
+		if !ok || gd.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range gd.Specs {
+			vs := spec.(*ast.ValueSpec)
+			for i := range vs.Names {
+				fn(vs, i)
 			}
 		}
 	}
-	return out
 }
 
 // TestEveryCodeIsDocumented fails when a CloseCode, an ErrorCode or a
@@ -153,5 +161,42 @@ func TestNoCodeLiteralOutsideProtocol(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRelayedTypesAreDocumented fails when a relayed event type is declared
+// (relayed.go) that RelayedEventType does not accept or that section 4 of
+// docs/PROTOCOL.md does not list as a row of its table.
+func TestRelayedTypesAreDocumented(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("../docs/PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := parser.ParseFile(token.NewFileSet(), "relayed.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	eachConst(f, func(vs *ast.ValueSpec, i int) {
+		name := vs.Names[i]
+		lit, ok := vs.Values[i].(*ast.BasicLit)
+		if !ok || lit.Kind != token.STRING {
+			return
+		}
+		v, _ := strconv.Unquote(lit.Value)
+		n++
+		if !RelayedEventType(v) {
+			t.Errorf("RelayedEventType(%s = %q) is false", name.Name, v)
+		}
+		if RunEventType(v) {
+			t.Errorf("%s = %q is also a reserved run event type", name.Name, v)
+		}
+		if !strings.Contains(string(b), "| `"+v+"` |") {
+			t.Errorf("relayed event type %q (%s) is not a row of docs/PROTOCOL.md section 4", v, name.Name)
+		}
+	})
+	if n < 8 {
+		t.Errorf("found %d relayed types in relayed.go, want at least 8: update the scan", n)
 	}
 }

@@ -192,19 +192,6 @@ type results struct {
 	aguiErrors          int64
 }
 
-type frame struct {
-	Type     string `json:"type"`
-	Ref      string `json:"ref"`
-	RunID    string `json:"run_id"`
-	ThreadID string `json:"thread_id"`
-	Code     string `json:"code"`
-	Message  string `json:"message"`
-	Data     struct {
-		FinalResponse string `json:"final_response"`
-		Code          string `json:"code"`
-	} `json:"data"`
-}
-
 // measure connects the users and runs the closed loops.
 func measure(addr string, o options) (*results, error) {
 	signer := auth.NewSigner([]byte(secret))
@@ -228,7 +215,14 @@ func measure(addr string, o options) (*results, error) {
 		}
 		conns[u] = c
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, msg, err := c.ReadMessage(); err != nil || !bytes.Contains(msg, []byte(`"connection_established"`)) {
+		_, msg, err := c.ReadMessage()
+		if err == nil {
+			var f protocol.ServerFrame
+			if f, err = protocol.DecodeServerFrame(msg); err == nil && f.Type != protocol.TypeConnectionEstablished {
+				err = fmt.Errorf("first frame %s", f.Type)
+			}
+		}
+		if err != nil {
 			return nil, fmt.Errorf("user %d: no connection_established (%v)", u, err)
 		}
 	}
@@ -261,12 +255,11 @@ func measure(addr string, o options) (*results, error) {
 					return
 				}
 				id := "r" + strconv.Itoa(n)
-				m := map[string]string{"type": "user_message", "id": id, "content": o.message}
-				if o.sameThread && threadID != "" {
-					m["thread_id"] = threadID
+				m := protocol.Frame{Type: protocol.TypeUserMessage, ID: id, Content: o.message}
+				if o.sameThread {
+					m.ThreadID = threadID
 				}
-				b, _ := json.Marshal(m)
-				if err := c.WriteMessage(websocket.TextMessage, b); err != nil {
+				if err := c.WriteMessage(websocket.TextMessage, protocol.EncodeFrame(&m)); err != nil {
 					report(fmt.Errorf("user %d: send: %w", u, err))
 					return
 				}
@@ -280,24 +273,25 @@ func measure(addr string, o options) (*results, error) {
 						report(fmt.Errorf("user %d: read: %w", u, err))
 						return
 					}
-					var f frame
-					if err := json.Unmarshal(msg, &f); err != nil {
+					f, err := protocol.DecodeServerFrame(msg)
+					if err != nil {
 						report(fmt.Errorf("user %d: frame %q: %w", u, msg, err))
 						return
 					}
 					switch {
-					case f.Type == "ack" && f.Ref == id:
+					case f.Type == protocol.TypeAck && f.Ref == id:
 						tAck, runID, threadID = now, f.RunID, f.ThreadID
-					case f.Type == "error" && f.Ref == id:
-						report(fmt.Errorf("user %d: error %s: %s", u, f.Code, f.Message))
+					case f.Type == protocol.TypeError && f.Ref == id:
+						report(fmt.Errorf("user %d: %w", u, f.Err()))
 						tDone = -1 // next message
 					case runID == "" || f.RunID != runID:
-					case f.Type == "agent_started":
+					case f.Type == protocol.TypeAgentStarted:
 						tStarted = now
-					case f.Type == "agent_completed":
+					case f.Type == protocol.TypeAgentCompleted:
 						tDone = now
-					case f.Type == "agent_error":
-						report(fmt.Errorf("user %d: agent_error %s", u, f.Data.Code))
+					case f.Type == protocol.TypeAgentError:
+						d, _ := f.Event().AgentError()
+						report(fmt.Errorf("user %d: agent_error %s", u, d.Code))
 						tDone = -1
 					}
 				}

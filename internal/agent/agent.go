@@ -15,6 +15,9 @@ import (
 
 // Message is one earlier message of the thread, oldest first.
 type Message struct {
+	// ID is the stored message's id, stable across runs of the thread
+	// (empty when the caller has none).
+	ID      string
 	Role    string // "user" or "assistant"
 	Content string
 }
@@ -66,6 +69,11 @@ type Emitter interface {
 	// Fail ends the run with agent_error with the given code (usually
 	// protocol.CodeAgentFailed) and message.
 	Fail(code protocol.ErrorCode, message string) error
+	// Event emits a run event of a relayed type (protocol.RelayedEventType:
+	// state, steps, activities, custom, raw) with data, which must marshal
+	// to a JSON object (usually that type's protocol struct). Other types
+	// are refused with an error and emit nothing.
+	Event(typ string, data any) error
 }
 
 // Agent answers runs.

@@ -82,6 +82,12 @@ type Event struct {
 	Message string `json:"message,omitempty"`
 	Code    string `json:"code,omitempty"`
 
+	// ACTIVITY_SNAPSHOT carries MessageID, ActivityType, Content (an
+	// object) and Replace; ACTIVITY_DELTA MessageID, ActivityType and Patch.
+	ActivityType string          `json:"activityType,omitempty"`
+	Patch        json.RawMessage `json:"patch,omitempty"`
+	Replace      *bool           `json:"replace,omitempty"`
+
 	// RAW carries Event and Source; CUSTOM carries Name and Value.
 	Event  json.RawMessage `json:"event,omitempty"`
 	Source string          `json:"source,omitempty"`

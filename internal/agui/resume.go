@@ -21,8 +21,11 @@ type StoredMessage struct {
 //     retained events up to the client's position (in seq order, perhaps
 //     none, perhaps not from its start), exactly as a client that read
 //     those events holds them;
-//  3. the re-opening of what the run has open (its text message), or, when
-//     events hold the run's end, its RUN_FINISHED or RUN_ERROR.
+//  3. the run's state as of the position: its last STATE_SNAPSHOT and the
+//     STATE_DELTAs after it;
+//  4. the re-opening of what the run has open (its steps, its text
+//     message), or, when events hold the run's end, its RUN_FINISHED or
+//     RUN_ERROR.
 //
 // When events hold the run's start (its user_message echo or
 // agent_started) the run's stored messages are not used: the run's user
@@ -35,6 +38,7 @@ func Resume(threadID, runID string, thread []StoredMessage, events []protocol.Ev
 	fromStart := false
 	var meta json.RawMessage
 	var last []Event
+	var state []Event // the last STATE_SNAPSHOT and the deltas after it
 	for _, ev := range events {
 		if ev.RunID != runID {
 			continue
@@ -57,6 +61,12 @@ func Resume(threadID, runID string, thread []StoredMessage, events []protocol.Ev
 		out := t.Event(ev)
 		for _, e := range out {
 			run.Apply(e)
+			switch e.Type {
+			case StateSnapshot:
+				state = append(state[:0], e)
+			case StateDelta:
+				state = append(state, e)
+			}
 		}
 		if len(out) > 0 {
 			last = out
@@ -92,6 +102,7 @@ func Resume(threadID, runID string, thread []StoredMessage, events []protocol.Ev
 		{Type: RunStarted, ThreadID: threadID, RunID: runID, Metadata: meta},
 		{Type: MessagesSnapshot, Messages: all.List(), Metadata: meta},
 	}
+	prelude = append(prelude, state...)
 	if t.Ended() {
 		return append(prelude, last[len(last)-1]), t
 	}

@@ -22,6 +22,12 @@ import (
 //	agent_completed        TEXT_MESSAGE_END (if open), RUN_FINISHED (outcome success)
 //	agent_error cancelled  TEXT_MESSAGE_END (if open), RUN_FINISHED (outcome cancelled)
 //	agent_error other      RUN_ERROR
+//	state_snapshot, state_delta, step_started, step_finished,
+//	activity_snapshot, activity_delta, custom, raw
+//	                       STATE_SNAPSHOT, STATE_DELTA, STEP_STARTED, STEP_FINISHED,
+//	                       ACTIVITY_SNAPSHOT, ACTIVITY_DELTA, CUSTOM, RAW (what an
+//	                       AG-UI agent server reported, relayed back; open steps are
+//	                       finished before RUN_FINISHED)
 //	any other type         CUSTOM{name: type, value: data}
 //	user_message           nothing (the client sent it)
 //
@@ -39,6 +45,14 @@ type Translator struct {
 	// streamed: some answer text went out as deltas, so agent_completed's
 	// final_response repeats nothing.
 	streamed bool
+	// steps are the steps started and not finished, in order, each with the
+	// metadata of its start (a re-opening carries it).
+	steps []openStep
+}
+
+type openStep struct {
+	name string
+	meta json.RawMessage
 }
 
 // NewTranslator returns the translator of run runID of thread threadID.
@@ -161,14 +175,14 @@ func (t *Translator) Event(ev protocol.Event) []Event {
 			out = t.openText(out, id, meta, ts)
 			add(Event{Type: TextMessageContent, MessageID: id, Delta: String(d.FinalResponse)})
 		}
-		out = t.closeText(out, meta, ts)
+		out = t.closeOpen(out, meta, ts)
 		result := String(d.FinalResponse)
 		add(Event{Type: RunFinished, ThreadID: t.threadID, RunID: t.runID, Result: result, Outcome: &Outcome{Type: OutcomeSuccess}})
 		t.ended = true
 	case protocol.TypeAgentError:
 		d, _ := ev.AgentError()
 		if d.Code == protocol.CodeCancelled {
-			out = t.closeText(out, meta, ts)
+			out = t.closeOpen(out, meta, ts)
 			add(Event{Type: RunFinished, ThreadID: t.threadID, RunID: t.runID, Outcome: &Outcome{Type: OutcomeCancelled}})
 		} else {
 			code := d.Code
@@ -182,6 +196,42 @@ func (t *Translator) Event(ev protocol.Event) []Event {
 			add(Event{Type: RunError, Message: msg, Code: string(code)})
 		}
 		t.ended = true
+	case protocol.TypeStateSnapshot:
+		if d, ok := ev.StateSnapshot(); ok {
+			add(Event{Type: StateSnapshot, Snapshot: orNull(d.Snapshot)})
+		}
+	case protocol.TypeStateDelta:
+		if d, ok := ev.StateDelta(); ok && len(d.Delta) > 0 && d.Delta[0] == '[' {
+			add(Event{Type: StateDelta, Delta: d.Delta})
+		}
+	case protocol.TypeStepStarted:
+		if d, ok := ev.Step(); ok && d.StepName != "" && t.step(d.StepName) < 0 {
+			t.steps = append(t.steps, openStep{name: d.StepName, meta: meta})
+			add(Event{Type: StepStarted, StepName: d.StepName})
+		}
+	case protocol.TypeStepFinished:
+		if d, ok := ev.Step(); ok {
+			if i := t.step(d.StepName); i >= 0 { // a step never started is dropped: AG-UI refuses it
+				t.steps = append(t.steps[:i], t.steps[i+1:]...)
+				add(Event{Type: StepFinished, StepName: d.StepName})
+			}
+		}
+	case protocol.TypeActivitySnapshot:
+		if d, ok := ev.ActivitySnapshot(); ok && d.MessageID != "" {
+			add(Event{Type: ActivitySnapshot, MessageID: d.MessageID, ActivityType: d.ActivityType, Content: orNull(d.Content), Replace: d.Replace})
+		}
+	case protocol.TypeActivityDelta:
+		if d, ok := ev.ActivityDelta(); ok && d.MessageID != "" {
+			add(Event{Type: ActivityDelta, MessageID: d.MessageID, ActivityType: d.ActivityType, Patch: d.Patch})
+		}
+	case protocol.TypeCustom:
+		if d, ok := ev.Custom(); ok && d.Name != "" {
+			add(Event{Type: Custom, Name: d.Name, Value: orNull(d.Value)})
+		}
+	case protocol.TypeRaw:
+		if d, ok := ev.Raw(); ok {
+			add(Event{Type: Raw, Event: orNull(d.Event), Source: d.Source})
+		}
 	default:
 		value := ev.Data
 		if len(value) == 0 {
@@ -192,16 +242,52 @@ func (t *Translator) Event(ev protocol.Event) []Event {
 	return out
 }
 
+// orNull is raw, or JSON null when it is empty: the field must be there.
+func orNull(raw json.RawMessage) json.RawMessage {
+	if len(raw) == 0 {
+		return json.RawMessage("null")
+	}
+	return raw
+}
+
+// step is the index of the open step name, -1 when it is not open.
+func (t *Translator) step(name string) int {
+	for i, s := range t.steps {
+		if s.name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// closeOpen ends what is open before the run finishes: the text message,
+// then the steps (AG-UI refuses RUN_FINISHED while either is).
+func (t *Translator) closeOpen(out []Event, meta json.RawMessage, ts int64) []Event {
+	out = t.closeText(out, meta, ts)
+	for i := len(t.steps) - 1; i >= 0; i-- {
+		out = append(out, Event{Type: StepFinished, StepName: t.steps[i].name, Metadata: meta, Timestamp: ts})
+	}
+	t.steps = nil
+	return out
+}
+
 // Reopen returns the events that re-open, for a client that starts reading
 // mid-run after a MESSAGES_SNAPSHOT, what the run has open: the
-// TEXT_MESSAGE_START of its text message. (Tool calls and reasoning
-// messages open and close within one stream event, so none is ever open
-// between two.)
+// STEP_STARTED of its open steps and the TEXT_MESSAGE_START of its text
+// message. (Tool calls and reasoning messages open and close within one
+// stream event, so none is ever open between two.)
 func (t *Translator) Reopen() []Event {
-	if t.text == "" || t.ended {
+	if t.ended {
 		return nil
 	}
-	return []Event{{Type: TextMessageStart, MessageID: t.text, Role: RoleAssistant, Metadata: t.textMeta}}
+	var out []Event
+	for _, s := range t.steps {
+		out = append(out, Event{Type: StepStarted, StepName: s.name, Metadata: s.meta})
+	}
+	if t.text != "" {
+		out = append(out, Event{Type: TextMessageStart, MessageID: t.text, Role: RoleAssistant, Metadata: t.textMeta})
+	}
+	return out
 }
 
 // ToolResultID is the id of the tool message a tool call's result becomes.

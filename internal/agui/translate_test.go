@@ -286,9 +286,9 @@ func TestResumeEnded(t *testing.T) {
 }
 
 // verify checks what @ag-ui/client's verifier checks of the events the
-// translator makes: RUN_STARTED first, messages and tool calls started
-// before their content and ended once, nothing open at RUN_FINISHED,
-// nothing after the end.
+// translator makes: RUN_STARTED first, messages, tool calls and steps
+// started before their content and ended once, nothing open at
+// RUN_FINISHED, nothing after the end.
 func verify(evs []Event) error {
 	open := map[string]bool{}
 	ended := false
@@ -299,9 +299,10 @@ func verify(evs []Event) error {
 		if i == 0 && e.Type != RunStarted {
 			return fmt.Errorf("first event %s", e.Type)
 		}
-		key := string(e.Type[:4]) + e.MessageID + e.ToolCallID
+		kind, _, _ := strings.Cut(string(e.Type), "_")
+		key := kind + e.MessageID + e.ToolCallID + e.StepName
 		switch e.Type {
-		case TextMessageStart, ToolCallStart, ReasoningMessageStart:
+		case TextMessageStart, ToolCallStart, ReasoningMessageStart, StepStarted:
 			if open[key] {
 				return fmt.Errorf("event %d: %s %s already open", i, e.Type, key)
 			}
@@ -310,7 +311,7 @@ func verify(evs []Event) error {
 			if !open[key] {
 				return fmt.Errorf("event %d: %s %s not open", i, e.Type, key)
 			}
-		case TextMessageEnd, ToolCallEnd, ReasoningMessageEnd:
+		case TextMessageEnd, ToolCallEnd, ReasoningMessageEnd, StepFinished:
 			if !open[key] {
 				return fmt.Errorf("event %d: %s %s not open", i, e.Type, key)
 			}
@@ -348,5 +349,40 @@ func TestTranslateFillsWhatAGUIRequires(t *testing.T) {
 	got := translateAll(NewTranslator("T", "R"), r.events)
 	if got[1].ToolCallName != "unknown" || got[len(got)-1].Message != "agent_failed" {
 		t.Fatalf("%s", show(got))
+	}
+}
+
+// TestTranslateRelayed: what an AG-UI agent server reported comes back as
+// the AG-UI events it was; open steps are finished before RUN_FINISHED,
+// and a resumed client gets the state and the open steps back.
+func TestTranslateRelayed(t *testing.T) {
+	r := &run{thread: "T", id: "R"}
+	r.add(protocol.TypeAgentStarted, protocol.AgentStarted{Agent: "agui"})
+	r.add(protocol.TypeStateSnapshot, protocol.StateSnapshot{Snapshot: json.RawMessage(`{"n":1}`)})
+	r.add(protocol.TypeStepStarted, protocol.Step{StepName: "plan"})
+	r.add(protocol.TypeStateDelta, protocol.StateDelta{Delta: json.RawMessage(`[{"op":"replace","path":"/n","value":2}]`)})
+	r.add(protocol.TypeStepFinished, protocol.Step{StepName: "never started"})
+	r.add(protocol.TypeCustom, protocol.Custom{Name: "ping", Value: json.RawMessage(`1`)})
+	r.add(protocol.TypeRaw, protocol.Raw{Event: json.RawMessage(`{"x":1}`), Source: "lg"})
+	r.add(protocol.TypeActivitySnapshot, protocol.ActivitySnapshot{MessageID: "act", ActivityType: "PLAN", Content: json.RawMessage(`{"a":1}`)})
+	r.add(protocol.TypeActivityDelta, protocol.ActivityDelta{MessageID: "act", ActivityType: "PLAN", Patch: json.RawMessage(`[]`)})
+	r.add(protocol.TypeStepStarted, protocol.Step{StepName: "act"})
+	r.add(protocol.TypeAgentCompleted, protocol.AgentCompleted{MessageID: "A"})
+	got := translateAll(NewTranslator("T", "R"), r.events)
+	want := "RUN_STARTED @1\nSTATE_SNAPSHOT @2\nSTEP_STARTED @3\nSTATE_DELTA @4\nCUSTOM ping @6\nRAW @7\n" +
+		"ACTIVITY_SNAPSHOT act @8\nACTIVITY_DELTA act @9\nSTEP_STARTED @10\nSTEP_FINISHED @11\nSTEP_FINISHED @11\nRUN_FINISHED outcome=success @11\n"
+	if s := show(got); s != want {
+		t.Fatalf("got\n%s\nwant\n%s", s, want)
+	}
+	if got[len(got)-3].StepName != "act" || got[len(got)-2].StepName != "plan" || string(got[1].Snapshot) != `{"n":1}` || got[5].Source != "lg" {
+		t.Fatalf("%+v", got)
+	}
+	// Resumed after the delta: the state and the open step come back.
+	prelude, tr := Resume("T", "R", nil, r.events[:4])
+	if s := show(prelude); s != "RUN_STARTED @4\nMESSAGES_SNAPSHOT @4\nSTATE_SNAPSHOT @2\nSTATE_DELTA @4\nSTEP_STARTED @3\n" {
+		t.Fatalf("prelude\n%s", s)
+	}
+	if err := verify(append(prelude, translateAll(tr, r.events[4:])...)); err != nil {
+		t.Fatal(err)
 	}
 }

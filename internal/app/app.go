@@ -21,16 +21,21 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/agent/aguiagent"
 	"github.com/agentwire/agentwire/internal/agent/demo"
 	"github.com/agentwire/agentwire/internal/agent/httpagent"
 	"github.com/agentwire/agentwire/internal/agent/openai"
 	"github.com/agentwire/agentwire/internal/agent/tools"
 	"github.com/agentwire/agentwire/internal/auth"
-	"github.com/agentwire/agentwire/internal/cluster"
+	"github.com/agentwire/agentwire/internal/auth/tickets"
+	ticketsredis "github.com/agentwire/agentwire/internal/auth/tickets/redis"
 	"github.com/agentwire/agentwire/internal/config"
 	"github.com/agentwire/agentwire/internal/hub"
+	hubredis "github.com/agentwire/agentwire/internal/hub/redis"
 	"github.com/agentwire/agentwire/internal/metrics"
+	"github.com/agentwire/agentwire/internal/redisx"
 	"github.com/agentwire/agentwire/internal/runs"
+	runsredis "github.com/agentwire/agentwire/internal/runs/redis"
 	"github.com/agentwire/agentwire/internal/server"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/store/postgres"
@@ -55,7 +60,7 @@ type App struct {
 	// redisStream is stream with --redis-url: Run starts its pub/sub loop.
 	redisStream *redisstream.Stream
 	store       store.Store
-	conns       *cluster.Slots // the cluster-wide connection limit; nil on one node
+	conns       *hubredis.Conns // the cluster-wide connection limit; nil on one node
 	hub         *hub.Hub
 	runs        *runs.Manager
 	ws          *ws.Server
@@ -114,27 +119,29 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 
 	m := metrics.New()
 	retention := stream.Retention{MaxEvents: cfg.RetentionEvents, MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}
-	var tickets auth.TicketStore = auth.NewTickets(auth.TicketTTL, nil)
+	var tix tickets.Store = tickets.NewMemory(tickets.TTL, nil)
 	runCfg := runs.Config{MaxPerUser: cfg.MaxRunsPerUser, Timeout: cfg.RunTimeout,
 		LeaseTTL: cfg.RunLeaseTTL, RenewEvery: cfg.RunLeaseRenew, ReapEvery: cfg.RunLeaseRenew}
 	if cfg.RedisURL != "" {
-		rs, err := redisstream.New(ctx, redisstream.Options{URL: cfg.RedisURL, Retention: retention, Logger: log})
+		// One client for everything the nodes share in Redis; it closes
+		// after everything using it (closers run last opened first).
+		rc, err := redisx.Dial(cfg.RedisURL, 0, log)
+		if err != nil {
+			return nil, err
+		}
+		a.closers = append(a.closers, rc.Close)
+		rs, err := redisstream.New(ctx, redisstream.Options{Client: rc, Retention: retention, Logger: log})
 		if err != nil {
 			return nil, err
 		}
 		a.stream, a.redisStream = rs, rs
 		a.closers = append(a.closers, func() { _ = rs.Close() })
-		rc, err := cluster.Connect(cfg.RedisURL)
-		if err != nil {
-			return nil, err
-		}
-		a.closers = append(a.closers, rc.Close)
-		tickets = cluster.NewTickets(rc, redisstream.DefaultPrefix, auth.TicketTTL)
-		a.conns = cluster.NewConns(rc, redisstream.DefaultPrefix, 0)
+		tix = ticketsredis.New(rc, redisx.DefaultPrefix, tickets.TTL)
+		a.conns = hubredis.New(rc, redisx.DefaultPrefix, 0)
 		// A run's slot lives as long as its lease: the runs of a node that
 		// died stop counting when a reaper may end them.
-		runCfg.Slots = cluster.NewRuns(rc, redisstream.DefaultPrefix, cfg.RunLeaseTTL)
-		runCfg.Stops = cluster.NewStops(rc, redisstream.DefaultPrefix)
+		runCfg.Slots = runsredis.NewSlots(rc, redisx.DefaultPrefix, cfg.RunLeaseTTL)
+		runCfg.Stops = runsredis.NewStops(rc, redisx.DefaultPrefix)
 	} else {
 		st := memory.New(memory.Options{Retention: retention})
 		a.stream = st
@@ -160,7 +167,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	}
 	a.hub = hub.New(hub.Config{Stream: a.stream, Metrics: m, Logger: log, MaxConnsPerUser: cfg.MaxConnsPerUser, MaxQueueBytes: cfg.MaxQueueBytes})
 	wsCfg := ws.Config{
-		Hub: a.hub, Verifier: a.verifier, Tickets: tickets, Handler: a.runs, Metrics: m, Logger: log,
+		Hub: a.hub, Verifier: a.verifier, Tickets: tix, Handler: a.runs, Metrics: m, Logger: log,
 		AllowedOrigins: cfg.AllowedOrigins, Dev: cfg.Dev, MaxConnsPerUser: cfg.MaxConnsPerUser,
 		MaxMessageBytes: cfg.MaxMessageBytes, PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
@@ -172,7 +179,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	apiKeys := auth.NewAPIKeys(cfg.APIKeys)
 	a.apiKeys = apiKeys.Len()
 	deps := server.Deps{
-		Logger: log, Metrics: m, Stream: a.stream, Store: a.store, Runs: a.runs, Verifier: a.verifier, Tickets: tickets,
+		Logger: log, Metrics: m, Stream: a.stream, Store: a.store, Runs: a.runs, Verifier: a.verifier, Tickets: tix,
 		APIKeys: apiKeys, DevLogin: cfg.Dev,
 		Issuer: cfg.Keys.Issuer, Audience: cfg.Keys.Audience, WS: a.ws, SSE: http.HandlerFunc(a.ws.ServeSSE), Draining: a.draining.Load,
 		BodyTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
@@ -225,9 +232,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 func (a *App) Addr() string { return dialable(a.ln.Addr()) }
 
 // Run starts every loop — the HTTP server, the pprof server, the runs'
-// lease loop, reaper and stop listener, the refresh of this node's entries
-// in the cluster-wide connection count — and serves until ctx is done (nil)
-// or the HTTP server fails (its error). What Run started keeps serving
+// lease loop, reaper and stop listener, the JWKS refresh, the refresh of
+// this node's entries in the cluster-wide connection count — and serves
+// until ctx is done (nil) or the HTTP server fails (its error). What Run started keeps serving
 // after it returns, since sockets and runs are still served while they
 // drain, until Shutdown. Call it at most once, before Shutdown.
 func (a *App) Run(ctx context.Context) error {
@@ -240,8 +247,9 @@ func (a *App) Run(ctx context.Context) error {
 		a.redisStream.Start()
 	}
 	a.runs.Start()
+	a.loops.Go(func() { a.verifier.Run(loopCtx) }) // the JWKS refresh; returns at once without one
 	if a.conns != nil {
-		a.loops.Go(func() { a.refreshConns(loopCtx) })
+		a.loops.Go(func() { a.conns.Keep(loopCtx, a.hub.ConnIDs, a.log) })
 	}
 	if a.debug != nil {
 		a.loops.Go(func() { _ = a.debug.Serve(a.debugLn) })
@@ -313,26 +321,6 @@ func (a *App) release() {
 	a.closers = nil
 }
 
-// refreshConns keeps this node's entries in the cluster-wide connection
-// count alive, every third of their TTL, until ctx is done.
-func (a *App) refreshConns(ctx context.Context) {
-	every := a.conns.TTL() / 3
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			rctx, cancel := context.WithTimeout(ctx, every)
-			if err := a.conns.Refresh(rctx, a.hub.ConnIDs()); err != nil {
-				a.log.Warn("refresh cluster connection counts", "err", err)
-			}
-			cancel()
-		}
-	}
-}
-
 // dialable is a's address as a client on this machine reaches it.
 func dialable(a net.Addr) string {
 	t, ok := a.(*net.TCPAddr)
@@ -378,6 +366,8 @@ func newAgent(cfg *config.Config) (agent.Agent, error) {
 		return openai.New(openai.Config{BaseURL: cfg.OpenAIBaseURL, APIKey: cfg.OpenAIAPIKey, Model: cfg.OpenAIModel, Tools: tools.Default()})
 	case config.AgentHTTP:
 		return httpagent.New(httpagent.Config{URL: cfg.AgentURL})
+	case config.AgentAGUI:
+		return aguiagent.New(aguiagent.Config{URL: cfg.AgentURL})
 	}
 	return demo.New(demo.Options{}), nil
 }

@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,6 +53,45 @@ func TestNewStartsNothing(t *testing.T) {
 		t.Fatalf("port still bound after Shutdown: %v", err)
 	}
 	ln.Close()
+}
+
+// TestJWKSRefreshStartsInRun: with --jwks-url, New fetches the set once
+// but leaves the periodic refresh to Run, and Shutdown ends it.
+func TestJWKSRefreshStartsInRun(t *testing.T) {
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"keys":[]}`)
+	}))
+	defer jwks.Close()
+	const loop = "auth.(*jwks).loop"
+	cfg := testConfig(t)
+	cfg.Keys.JWKSURL = jwks.URL
+	a, err := app.New(context.Background(), cfg, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if running(loop) {
+		t.Fatal("New started the JWKS refresh loop")
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	stop()
+	if err := a.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !running(loop); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no JWKS refresh loop 5 s after Run")
+		}
+	}
+	a.Shutdown(context.Background())
+	if running(loop) {
+		t.Fatal("the JWKS refresh loop outlived Shutdown")
+	}
+}
+
+// running reports whether a goroutine is in fn.
+func running(fn string) bool {
+	buf := make([]byte, 1<<20)
+	return strings.Contains(string(buf[:runtime.Stack(buf, true)]), fn)
 }
 
 // TestRunShutdown: Run serves until its ctx is done, and Shutdown then

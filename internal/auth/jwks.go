@@ -45,13 +45,14 @@ type jwkKey struct {
 // detached from the requests that wait for it (bounded by the HTTP client's
 // timeout and close); every caller needing a fetch while one runs shares it
 // and waits at most wait. A fetch caused by an unknown kid starts at most
-// once per minRefresh, and a goroutine refreshes the set every interval
-// until close.
+// once per minRefresh, and loop (which the Verifier's Run is) refreshes
+// the set every interval until close.
 type jwks struct {
 	url        string
 	client     *http.Client
 	minRefresh time.Duration
 	wait       time.Duration
+	interval   time.Duration // of the periodic refresh (loop)
 	now        func() time.Time
 	log        *slog.Logger
 
@@ -66,7 +67,6 @@ type jwks struct {
 
 	ctx    context.Context // ends with close
 	cancel context.CancelFunc
-	done   chan struct{} // closed when the refresh goroutine has returned
 	once   sync.Once
 }
 
@@ -86,8 +86,8 @@ func newJWKS(ctx context.Context, cfg Config, now func() time.Time) (*jwks, erro
 		minRefresh: cfg.JWKSMinRefresh,
 		wait:       cfg.JWKSWait,
 		now:        now,
+		interval:   cfg.JWKSRefresh,
 		log:        cfg.Logger,
-		done:       make(chan struct{}),
 	}
 	if j.client == nil {
 		j.client = &http.Client{Timeout: defaultJWKSTimeout}
@@ -101,26 +101,25 @@ func newJWKS(ctx context.Context, cfg Config, now func() time.Time) (*jwks, erro
 	if j.log == nil {
 		j.log = slog.New(slog.DiscardHandler)
 	}
-	interval := cfg.JWKSRefresh
-	if interval <= 0 {
-		interval = defaultJWKSRefresh
+	if j.interval <= 0 {
+		j.interval = defaultJWKSRefresh
 	}
 	j.ctx, j.cancel = context.WithCancel(context.Background())
 
 	// A failed first fetch is not fatal: the identity provider may come up
 	// after us, and the next unknown kid fetches again. Status reports it.
 	_ = j.refresh(ctx, true, 0)
-
-	go j.loop(interval)
 	return j, nil
 }
 
-func (j *jwks) loop(interval time.Duration) {
-	defer close(j.done)
-	t := time.NewTicker(interval)
+// loop refreshes the set every j.interval until ctx is done or close.
+func (j *jwks) loop(ctx context.Context) {
+	t := time.NewTicker(j.interval)
 	defer t.Stop()
 	for {
 		select {
+		case <-ctx.Done():
+			return
 		case <-j.ctx.Done():
 			return
 		case <-t.C:
@@ -135,7 +134,6 @@ func (j *jwks) close() {
 		j.cancel() // no fetch starts after this
 		j.fmu.Unlock()
 	})
-	<-j.done
 	j.fetches.Wait()
 }
 

@@ -283,6 +283,7 @@ func TestJWKSPeriodicRefresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v.Close()
+	go v.Run(t.Context()) // Close ends it
 	deadline := time.Now().Add(5 * time.Second)
 	for srv.hits.Load() < 3 {
 		if time.Now().After(deadline) {
@@ -304,11 +305,17 @@ func TestJWKSCloseLeavesNoGoroutine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		v.Run(context.Background()) // Close ends it
+	}()
 	if _, err := v.Verify(t.Context(), sign(t, jwt.SigningMethodES256, k.ec, "k1", valid(nil))); err != nil {
 		t.Fatal(err)
 	}
 	v.Close()
 	v.Close() // idempotent
+	<-ran
 	srv.Close()
 	goleak.VerifyNone(t, before)
 }

@@ -79,8 +79,8 @@ type Verifier struct {
 // source is configured, the key file cannot be used, or the JWKS URL is not
 // an absolute http(s) URL. With a JWKS URL it fetches the set once, bounded
 // by ctx and the HTTP client's timeout; a failed fetch is not an error (the
-// set is fetched again on demand), and a goroutine refreshes the set
-// periodically until Close.
+// set is fetched again on demand). It starts no goroutine that outlives it:
+// the periodic refresh is Run.
 func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
 	return newVerifier(ctx, cfg, time.Now)
 }
@@ -171,7 +171,17 @@ func (v *Verifier) JWKSStatus() error {
 	return v.jwks.status()
 }
 
-// Close stops the JWKS refresh goroutine and waits for it to end. It is
+// Run refreshes the JWKS every Config.JWKSRefresh until ctx is done or
+// Close is called; without a JWKS URL it returns at once. Between refreshes
+// the set is still fetched on demand, for an unknown kid, whether Run runs
+// or not.
+func (v *Verifier) Run(ctx context.Context) {
+	if v.jwks != nil {
+		v.jwks.loop(ctx)
+	}
+}
+
+// Close ends Run and any fetch in flight and waits for the fetches. It is
 // idempotent; Verify keeps working on the cached keys afterwards but never
 // fetches again.
 func (v *Verifier) Close() {

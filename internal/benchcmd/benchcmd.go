@@ -243,7 +243,7 @@ type httpAnswer struct {
 
 func (a httpAnswer) String() string {
 	if msg := bytes.TrimSpace(a.body); len(msg) > 0 {
-		return fmt.Sprintf("HTTP %d: %s", a.status, clip(string(msg)))
+		return fmt.Sprintf("HTTP %d: %s", a.status, loadgen.Clip(string(msg)))
 	}
 	return fmt.Sprintf("HTTP %d", a.status)
 }
@@ -718,12 +718,4 @@ func newNonce() string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// clip shortens an answer body for an error message.
-func clip(s string) string {
-	if len(s) > 120 {
-		return s[:120] + "…"
-	}
-	return s
 }

@@ -30,6 +30,7 @@ const (
 	AgentDemo   = "demo"
 	AgentOpenAI = "openai"
 	AgentHTTP   = "http"
+	AgentAGUI   = "agui"
 )
 
 // Config is everything serve is configured with; each field is one flag
@@ -119,7 +120,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	var apiKeys, origins, logLevel string
 	f.String(&c.Addr, "addr", "AGENTWIRE_ADDR", c.Addr, "listen address; :0 picks a free port")
 	f.Bool(&c.Dev, "dev", "AGENTWIRE_DEV", c.Dev, "development mode: enables POST /auth/dev-login and allows localhost origins")
-	f.String(&c.Agent, "agent", "AGENTWIRE_AGENT", c.Agent, "agent that answers user messages: demo, openai or http")
+	f.String(&c.Agent, "agent", "AGENTWIRE_AGENT", c.Agent, "agent that answers user messages: demo, openai, http or agui")
 	f.String(&c.OpenAIBaseURL, "openai-base-url", "AGENTWIRE_OPENAI_BASE_URL", c.OpenAIBaseURL, "OpenAI-compatible API root (--agent openai)")
 	f.String(&c.OpenAIAPIKey, "openai-api-key", "AGENTWIRE_OPENAI_API_KEY", c.OpenAIAPIKey, "API key of the OpenAI-compatible endpoint (--agent openai)")
 	f.String(&c.OpenAIModel, "openai-model", "AGENTWIRE_OPENAI_MODEL", c.OpenAIModel, "model name (--agent openai)")
@@ -128,7 +129,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	f.String(&c.DatabaseSchema, "database-schema", "AGENTWIRE_DATABASE_SCHEMA", c.DatabaseSchema, "PostgreSQL schema holding agentwire's tables; created if missing (--database-url postgres://…)")
 	f.Duration(&c.RunLeaseTTL, "run-lease-ttl", "AGENTWIRE_RUN_LEASE_TTL", c.RunLeaseTTL, "how long a run's lease lasts unrenewed; a run of a dead node ends with node_lost about this long after its last renewal")
 	f.Duration(&c.RunLeaseRenew, "run-lease-renew", "AGENTWIRE_RUN_LEASE_RENEW", c.RunLeaseRenew, "how often a node renews its runs' leases and reaps expired ones; keep well under --run-lease-ttl")
-	f.String(&c.AgentURL, "agent-url", "AGENTWIRE_AGENT_URL", c.AgentURL, "URL the http agent POSTs runs to (--agent http)")
+	f.String(&c.AgentURL, "agent-url", "AGENTWIRE_AGENT_URL", c.AgentURL, "URL the http or agui agent POSTs runs to (--agent http, --agent agui)")
 	f.Int(&c.MaxRunsPerUser, "max-runs-per-user", "AGENTWIRE_MAX_RUNS_PER_USER", c.MaxRunsPerUser, "concurrent runs one user may have (across the cluster with --redis-url); more answer too_many_runs")
 	f.Duration(&c.RunTimeout, "run-timeout", "AGENTWIRE_RUN_TIMEOUT", c.RunTimeout, "a run still going after this ends with agent_error timeout")
 	f.Duration(&c.DrainTimeout, "drain-timeout", "AGENTWIRE_DRAIN_TIMEOUT", c.DrainTimeout, "on SIGTERM, how long running runs may finish before they are cancelled")
@@ -195,12 +196,12 @@ func (c *Config) validate() error {
 		if c.OpenAIModel == "" {
 			errs = append(errs, errors.New("--agent openai needs --openai-model (and usually --openai-api-key)"))
 		}
-	case AgentHTTP:
+	case AgentHTTP, AgentAGUI:
 		if c.AgentURL == "" {
-			errs = append(errs, errors.New("--agent http needs --agent-url"))
+			errs = append(errs, fmt.Errorf("--agent %s needs --agent-url", c.Agent))
 		}
 	default:
-		errs = append(errs, fmt.Errorf("--agent %q: want demo, openai or http", c.Agent))
+		errs = append(errs, fmt.Errorf("--agent %q: want demo, openai, http or agui", c.Agent))
 	}
 	if c.DatabaseURL != "" && !c.Postgres() {
 		errs = append(errs, errors.New("--database-url: want postgres://…; without it the SQLite file in --data-dir is used"))

@@ -83,6 +83,7 @@ func TestLoadErrorsNameTheFlag(t *testing.T) {
 		{args: []string{"--agent", "magic"}, names: []string{"--agent", "magic"}},
 		{args: []string{"--agent", "openai"}, names: []string{"--openai-model"}},
 		{args: []string{"--agent", "http"}, names: []string{"--agent-url"}},
+		{args: []string{"--agent", "agui"}, names: []string{"--agent agui", "--agent-url"}},
 		{args: []string{"--database-url", "mysql://x"}, names: []string{"--database-url"}},
 		{args: []string{"--jwt-secret", "s", "--jwks-url", "http://x"}, names: []string{"--jwt-secret", "--jwks-url"}},
 		{args: []string{"--jwt-secret", strings.Repeat("s", 31)}, names: []string{"--jwt-secret", "at least 32"}},

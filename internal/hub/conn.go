@@ -102,13 +102,9 @@ func (c *Conn) Join(ctx context.Context, cur protocol.Cursor,
 		err    error
 		resync *stream.ResyncError
 	)
-	if !cur.None {
-		events, pos, err = c.hub.stream.Since(ctx, c.User, cur.Seq, cur.Epoch, lim)
-		if errors.As(err, &resync) {
-			pos, err = resync.Position, nil
-		}
-	} else {
-		pos, err = c.hub.stream.Head(ctx, c.User)
+	events, pos, err = c.hub.stream.Since(ctx, c.User, cur, lim) // None: no events, the head
+	if errors.As(err, &resync) {
+		pos, err = resync.Position, nil
 	}
 	if err != nil {
 		c.mu.Lock()
@@ -194,7 +190,7 @@ func (c *Conn) nextPage() {
 	c.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), pageTimeout)
-	events, pos, err := c.hub.stream.Since(ctx, c.User, since, epoch, lim)
+	events, pos, err := c.hub.stream.Since(ctx, c.User, protocol.Cursor{Seq: since, Epoch: epoch}, lim)
 	cancel()
 
 	c.mu.Lock()

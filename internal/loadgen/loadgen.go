@@ -1,7 +1,8 @@
 // Package loadgen holds what agentwire's load generators share: paced
-// closed-loop workers, the timestamped body of a benchmark publish, and
-// quantiles of sorted latencies. It is used by `agentwire bench` (package
-// internal/benchcmd) and by the benchmark programs under bench/.
+// closed-loop workers, the timestamped body of a benchmark publish,
+// quantiles of sorted latencies, and Clip for the server's text in a result
+// line. It is used by `agentwire bench` (package internal/benchcmd),
+// `agentwire verify` (Clip) and the benchmark programs under bench/.
 package loadgen
 
 import (
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // MaxLag is how far behind its schedule a Pace worker may fall before it
@@ -124,4 +126,21 @@ func Quantile[T ~int64](sorted []T, p float64) T {
 	i := int(math.Ceil(p*float64(len(sorted)))) - 1
 	i = min(max(i, 0), len(sorted)-1)
 	return sorted[i]
+}
+
+// clipBytes is how much of a server's text Clip keeps.
+const clipBytes = 120
+
+// Clip shortens a server's text (an answer body, a message) for a result
+// or error line: at most clipBytes bytes, cut at a character boundary, then
+// "…".
+func Clip(s string) string {
+	if len(s) <= clipBytes {
+		return s
+	}
+	n := clipBytes
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }

@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"encoding/json"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -56,5 +57,21 @@ func TestPace(t *testing.T) {
 	Pace(begin, begin.Add(time.Hour), 1, 2, stop, func(int) { t.Error("called after stop") })
 	if d := time.Since(begin); d > time.Second {
 		t.Errorf("stop took %v", d)
+	}
+}
+
+func TestClip(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("a", 119) + "éz"
+	for _, tt := range []struct{ in, want string }{
+		{"", ""},
+		{"short", "short"},
+		{strings.Repeat("x", 120), strings.Repeat("x", 120)},
+		{strings.Repeat("x", 121), strings.Repeat("x", 120) + "…"},
+		{long, strings.Repeat("a", 119) + "…"}, // é straddles byte 120: not split
+	} {
+		if got := Clip(tt.in); got != tt.want {
+			t.Errorf("Clip(%q) = %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }

@@ -147,6 +147,22 @@ func (e *emitter) Delta(text string) error {
 	return nil
 }
 
+func (e *emitter) Event(typ string, data any) error {
+	if !protocol.RelayedEventType(typ) {
+		return fmt.Errorf("runs: %q is not a relayed event type", typ)
+	}
+	raw, err := protocol.MarshalData(data)
+	if err != nil || len(raw) == 0 || raw[0] != '{' {
+		return fmt.Errorf("runs: %s data must be a JSON object", typ)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return agent.ErrRunEnded
+	}
+	return e.appendRawLocked(typ, raw)
+}
+
 func (e *emitter) Complete(final string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -208,12 +224,14 @@ func statusFor(code protocol.ErrorCode) store.RunStatus {
 	return store.RunFailed
 }
 
-// endLocked stores the outcome, frees the run's cluster slot, then appends
-// the terminal event, so a client that sees agent_completed finds the answer
-// in the thread and may start its next run at once. The run is ended even
-// when storing or appending fails: nothing may follow a terminal. A store
-// that fails is retried by the lease loop, a stream that fails by resend,
-// under the run's end key, until they take it.
+// endLocked stores the answer, frees the run's cluster slot, appends the
+// terminal event and then stores the outcome, so a client that sees
+// agent_completed finds the answer in the thread and may start its next run
+// at once, and the store never has a run ended whose terminal event the
+// stream lacks. The run is ended even when storing or appending fails:
+// nothing may follow a terminal. A stream that fails is retried by resend,
+// under the run's end key, with the run's lease kept until it takes it (see
+// endWhenAppended); a store that fails is retried by the lease loop.
 func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, text string) error {
 	e.ended = true
 	e.pending = nil
@@ -229,7 +247,14 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	} else {
 		fin.ErrorMessage = text
 	}
-	e.m.record(ctx, fin)
+	if fin.answer != nil {
+		// The answer is in the history before its agent_completed is in
+		// the stream: a client that reloads on completion finds it. A
+		// store that does not take it now takes it with the outcome.
+		if err := e.m.store.AddMessage(ctx, *fin.answer); err != nil && !errors.Is(err, store.ErrConflict) {
+			e.m.log.Warn("store the answer, will retry", "user", e.user, "run", e.runID, "err", err)
+		}
+	}
 	e.m.releaseSlot(e.user, e.runID)
 	rec := stream.Record{ThreadID: e.threadID, RunID: e.runID, IdempotencyKey: endKey(e.runID)}
 	if status == store.RunCompleted {
@@ -239,10 +264,13 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 		rec.Type = protocol.TypeAgentError
 		rec.Data, _ = protocol.MarshalData(protocol.AgentError{Code: code, Message: text, DurationMS: dur})
 	}
+	// The terminal event first, then the outcome: the store never says a
+	// run ended whose end the stream does not have.
 	if err := e.appendRecordLocked(rec); err != nil {
-		e.m.resend(e.user, rec)
+		e.m.endWhenAppended(fin, rec)
 		return err
 	}
+	e.m.record(ctx, fin)
 	return nil
 }
 

@@ -114,6 +114,9 @@ func (m *Manager) renew(ctx context.Context) {
 	for id := range m.unfinished {
 		ids = append(ids, id)
 	}
+	for id := range m.ending {
+		ids = append(ids, id)
+	}
 	m.mu.Unlock()
 	if len(ids) == 0 {
 		return
@@ -136,6 +139,7 @@ func (m *Manager) renew(ctx context.Context) {
 		m.mu.Lock()
 		a := m.active[id]
 		delete(m.unfinished, id) // ended in the store after all
+		delete(m.ending, id)     // reaped: its end key now holds node_lost
 		m.mu.Unlock()
 		if a != nil && a.em.abandon() {
 			m.log.Warn("run ended elsewhere while running here", "run", id)
@@ -185,7 +189,7 @@ func (m *Manager) announceLost(ctx context.Context, r store.Run) {
 	recs = append(recs, stream.Record{Type: protocol.TypeAgentError, ThreadID: r.ThreadID, RunID: r.ID, Data: data, IdempotencyKey: endKey(r.ID)})
 	if err := m.appendAll(ctx, r.UserID, recs); err != nil {
 		m.log.Error("announce lost run, will retry", "user", r.UserID, "run", r.ID, "err", err)
-		m.resend(r.UserID, recs...)
+		m.resend(r.UserID, nil, recs...)
 	}
 }
 
@@ -208,16 +212,41 @@ const (
 	resendMaxPause   = 2 * time.Second
 )
 
+// endWhenAppended ends a run whose terminal event (the last of recs) the
+// stream did not take: recs are resent until it does, and only then is the
+// outcome f stored. Meanwhile the run stays running in the store with its
+// lease renewed by this node, so REST agrees with the stream; should this
+// node die or shut down first, the lease expires and a reaper appends
+// whatever of the run's start is missing and node_lost under the same end
+// key, so the run still reads whole.
+func (m *Manager) endWhenAppended(f finish, recs ...stream.Record) {
+	m.mu.Lock()
+	m.ending[f.RunID] = f
+	m.mu.Unlock()
+	m.resend(f.UserID, func() {
+		m.mu.Lock()
+		_, mine := m.ending[f.RunID]
+		delete(m.ending, f.RunID)
+		m.mu.Unlock()
+		if !mine {
+			return // reaped meanwhile: the store has its outcome
+		}
+		ctx, cancel := context.WithTimeout(m.loopCtx, appendTimeout)
+		defer cancel()
+		m.record(ctx, f)
+	}, recs...)
+}
+
 // resend appends recs (each with an idempotency key, so a try the stream
 // took but did not confirm is not repeated), in order, in the background,
-// until the stream takes them all or the manager shuts down (which gives
-// them a short grace): a run's
-// terminal event is never dropped because the stream was away for a while.
-func (m *Manager) resend(user string, recs ...stream.Record) {
+// until the stream takes them all, then calls done (when not nil); or until
+// the manager shuts down, which gives them a short grace: a run's terminal
+// event is never dropped because the stream was away for a while.
+func (m *Manager) resend(user string, done func(), recs ...stream.Record) {
 	m.mu.Lock()
 	if m.loopStopped {
 		m.mu.Unlock()
-		m.log.Error("run events lost at shutdown", "user", user, "events", len(recs))
+		m.log.Error("run events not appended at shutdown: the run is reaped as lost", "user", user, "events", len(recs))
 		return
 	}
 	m.resendWG.Add(1)
@@ -228,12 +257,15 @@ func (m *Manager) resend(user string, recs ...stream.Record) {
 		for {
 			select {
 			case <-m.loopCtx.Done():
-				m.log.Error("run events lost at shutdown", "user", user, "run", recs[0].RunID, "events", len(recs))
+				m.log.Error("run events not appended at shutdown: the run is reaped as lost", "user", user, "run", recs[0].RunID, "events", len(recs))
 				return
 			case <-time.After(pause):
 			}
 			if err := m.appendAll(m.loopCtx, user, recs); err == nil {
 				m.log.Info("run events appended after a stream outage", "user", user, "run", recs[0].RunID, "events", len(recs))
+				if done != nil {
+					done()
+				}
 				return
 			}
 			pause = min(2*pause, resendMaxPause)
@@ -264,7 +296,7 @@ func (m *Manager) reapBefore(ctx context.Context, t time.Time) (int, error) {
 	n := 0
 	for {
 		cctx, cancel := context.WithTimeout(ctx, m.reapEvery)
-		lost, err := m.store.ReapExpired(cctx, t, string(protocol.CodeNodeLost), nodeLostMessage, 100)
+		lost, err := m.store.ReapExpired(cctx, store.Reap{Before: t, ErrorCode: string(protocol.CodeNodeLost), ErrorMessage: nodeLostMessage, Limit: 100})
 		cancel()
 		if err != nil {
 			return n, err

@@ -70,7 +70,7 @@ type Config struct {
 	crashAfterStore func() bool
 }
 
-// Slots counts each user's runs across the cluster (cluster.Slots). An
+// Slots counts each user's runs across the cluster (runs/redis.NewSlots). An
 // entry lives its TTL unless refreshed, so the runs of a node that died
 // stop counting by themselves.
 type Slots interface {
@@ -79,7 +79,7 @@ type Slots interface {
 	Refresh(ctx context.Context, held map[string][]string) error
 }
 
-// Stops routes stop requests between nodes (cluster.Stops): Send delivers
+// Stops routes stop requests between nodes (runs/redis.Stops): Send delivers
 // to the node running the run and reports whether it was listening; Listen
 // calls stop for every request sent to node until ctx is done.
 type Stops interface {
@@ -114,8 +114,14 @@ type Manager struct {
 	// unfinished are ended runs whose outcome the store has not taken yet
 	// (it was unreachable): the lease loop keeps their leases and retries.
 	unfinished map[string]finish
-	perUser    map[string]int // active runs per user, reserved before creation
-	closed     bool
+	// ending are ended runs whose terminal event the stream has not taken
+	// yet: resend retries it, the lease loop keeps their leases (so no
+	// reaper announces them while this node lives), and the outcome is
+	// stored once the stream has the event. Should this node die first,
+	// the lease expires and the reaper ends the run whole.
+	ending  map[string]finish
+	perUser map[string]int // active runs per user, reserved before creation
+	closed  bool
 	// loopStopped is set when Shutdown stops the loop: no resend may
 	// start after it.
 	loopStopped bool
@@ -135,7 +141,7 @@ func New(cfg Config) *Manager {
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
 		slots: cfg.Slots, stops: cfg.Stops, crash: cfg.crashAfterStore,
-		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish),
+		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), ending: make(map[string]finish),
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -349,12 +355,12 @@ func (m *Manager) userMessage(ctx context.Context, user string, f *protocol.Fram
 // the echo of a run that does not exist. The message is accepted (acked,
 // its client_message_id confirmed) and its run fails at once; the echo,
 // agent_started and agent_error are appended under their run keys, in
-// the background until the stream takes them, so the run reads whole.
+// the background until the stream takes them, so the run reads whole, and
+// only then is the run stored as failed (see endWhenAppended).
 func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey string, echo stream.Record, ref string) (protocol.AckFrame, *protocol.Error) {
 	const msg = "the event stream was unavailable when the message arrived; send the message again"
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), appendTimeout)
 	defer cancel()
-	m.record(bctx, finish{Outcome: store.Outcome{UserID: user, RunID: a.RunID, Status: store.RunFailed, EndedAt: m.now(), ErrorCode: string(protocol.CodeAgentFailed), ErrorMessage: msg}})
 	if idemKey != "" {
 		val, _ := json.Marshal(a)
 		if err := m.store.ConfirmIdempotencyKey(bctx, user, idemKey, val); err != nil {
@@ -362,7 +368,8 @@ func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey 
 		}
 	}
 	end, _ := protocol.MarshalData(protocol.AgentError{Code: protocol.CodeAgentFailed, Message: msg})
-	m.resend(user, echo, startRecord(a.ThreadID, a.RunID, m.agent.Name()),
+	m.endWhenAppended(finish{Outcome: store.Outcome{UserID: user, RunID: a.RunID, Status: store.RunFailed, EndedAt: m.now(), ErrorCode: string(protocol.CodeAgentFailed), ErrorMessage: msg}},
+		echo, startRecord(a.ThreadID, a.RunID, m.agent.Name()),
 		stream.Record{Type: protocol.TypeAgentError, ThreadID: a.ThreadID, RunID: a.RunID, Data: end, IdempotencyKey: endKey(a.RunID)})
 	return protocol.AckFrame{Ref: ref, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
 }
@@ -614,7 +621,7 @@ func (m *Manager) launch(em *emitter, history []store.Message) {
 	}
 	run := agent.Run{ID: em.runID, ThreadID: em.threadID, UserID: em.user, Messages: make([]agent.Message, 0, len(msgs))}
 	for _, h := range msgs {
-		run.Messages = append(run.Messages, agent.Message{Role: h.Role, Content: h.Content})
+		run.Messages = append(run.Messages, agent.Message{ID: h.ID, Role: h.Role, Content: h.Content})
 	}
 	go m.execute(ctx, act, run)
 }

@@ -105,7 +105,7 @@ func (f *fixture) waitTerminal(t *testing.T, user, runID string) []ev {
 
 func (f *fixture) events(t *testing.T, user, runID string) []ev {
 	t.Helper()
-	all, _, err := f.stream.Since(context.Background(), user, 0, "", stream.Limit{})
+	all, _, err := f.stream.Since(context.Background(), user, protocol.Cursor{}, stream.Limit{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -586,9 +586,15 @@ func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
 type failingStream struct {
 	stream.Stream
 	failing atomic.Bool
+	// failAfter lets this many appends through before failing applies.
+	failAfter atomic.Int64
 }
 
 func (s *failingStream) Append(ctx context.Context, user string, rec stream.Record) (stream.Event, error) {
+	if s.failAfter.Load() > 0 {
+		s.failAfter.Add(-1)
+		return s.Stream.Append(ctx, user, rec)
+	}
 	if s.failing.Load() {
 		return stream.Event{}, errors.New("dial tcp 127.0.0.1:6390: connect: connection refused")
 	}
@@ -597,8 +603,11 @@ func (s *failingStream) Append(ctx context.Context, user string, rec stream.Reco
 
 // TestTerminalEventRetriedUntilTheStreamTakesIt: the stream fails while a
 // run ends; the terminal event arrives, once, when it is back, and no
-// user-visible message carries the driver's error. A message refused while
-// the stream is down leaves no row behind.
+// user-visible message carries the driver's error. Until then the store
+// keeps the run running (REST agrees with the stream) with its lease
+// renewed, so no reaper announces it; once the stream has the event the
+// outcome is stored. A message refused while the stream is down leaves no
+// row behind.
 func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -610,15 +619,16 @@ func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer db.Close()
-		release := make(chan struct{})
+		release, returned := make(chan struct{}), make(chan struct{})
 		ag := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			defer close(returned)
 			<-release
 			if err := em.Thinking("still here"); err != nil {
 				return err
 			}
 			return em.Complete("done")
 		})
-		m := New(Config{Stream: fs, Store: db, Agent: ag})
+		m := New(Config{Stream: fs, Store: db, Agent: ag, LeaseTTL: 3 * time.Second, RenewEvery: time.Second, ReapEvery: time.Second})
 		m.Start()
 		defer m.Shutdown(context.Background())
 		ack, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "hi"})
@@ -627,13 +637,11 @@ func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 		}
 		fs.failing.Store(true)
 		close(release)
-		var r store.Run
-		waitFor(t, "the run ends while the stream is down", func() bool {
-			r, _ = db.GetRun(context.Background(), "hal", ack.RunID)
-			return r.Status != store.RunRunning
-		})
-		if strings.Contains(r.ErrorMessage, "127.0.0.1") || strings.Contains(r.ErrorMessage, "dial") {
-			t.Fatalf("the run's error message carries the driver's error: %q", r.ErrorMessage)
+		<-returned
+		// Several lease lifetimes later the run is still running, ours.
+		time.Sleep(10 * time.Second)
+		if r, _ := db.GetRun(context.Background(), "hal", ack.RunID); r.Status != store.RunRunning {
+			t.Fatalf("stored run %+v while its terminal event is not in the stream, want running", r)
 		}
 		// Refused while the stream is down: nothing stored.
 		if _, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "refused"}); perr == nil {
@@ -642,15 +650,27 @@ func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 		if threads, _, _ := db.ListThreads(context.Background(), "hal", store.ThreadQuery{}); len(threads) != 1 {
 			t.Fatalf("%d threads after a refused message, want 1", len(threads))
 		}
-		if running, _ := db.ListRunning(context.Background(), "hal"); len(running) != 0 {
-			t.Fatalf("running runs after a refused message: %v", running)
+		if running, _ := db.ListRunning(context.Background(), "hal"); len(running) != 1 {
+			t.Fatalf("running runs after a refused message: %v, want the one ending", running)
 		}
 		fs.failing.Store(false)
 		f := &fixture{m: m, stream: mem, store: db}
 		evs := f.waitTerminal(t, "hal", ack.RunID)
 		checkOrder(t, evs)
-		if last := evs[len(evs)-1]; strings.Contains(last.Data["message"].(string), "127.0.0.1") {
+		last := evs[len(evs)-1]
+		if strings.Contains(last.Data["message"].(string), "127.0.0.1") {
 			t.Fatalf("terminal event carries the driver's error: %v", last)
+		}
+		var r store.Run
+		waitFor(t, "the outcome is stored once the stream has the terminal event", func() bool {
+			r, _ = db.GetRun(context.Background(), "hal", ack.RunID)
+			return r.Status != store.RunRunning
+		})
+		if r.Status != store.RunFailed || r.ErrorCode != last.Data["code"] {
+			t.Fatalf("stored run %+v, terminal event %v", r, last)
+		}
+		if strings.Contains(r.ErrorMessage, "127.0.0.1") || strings.Contains(r.ErrorMessage, "dial") {
+			t.Fatalf("the run's error message carries the driver's error: %q", r.ErrorMessage)
 		}
 	})
 }
@@ -833,9 +853,10 @@ func echoInTheStream(t *testing.T, echoErr bool) {
 	if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != string(protocol.CodeAgentFailed) {
 		t.Fatalf("last event %v, want agent_error agent_failed", last)
 	}
-	if r, err := db.GetRun(context.Background(), "hal", ack.RunID); err != nil || r.Status != store.RunFailed {
-		t.Fatalf("stored run %+v %v, want failed", r, err)
-	}
+	waitFor(t, "the run stored as failed once the stream has its end", func() bool {
+		r, err := db.GetRun(context.Background(), "hal", ack.RunID)
+		return err == nil && r.Status == store.RunFailed
+	})
 	select {
 	case <-ran:
 		t.Fatal("the agent ran for a run that could not start")
@@ -844,4 +865,118 @@ func echoInTheStream(t *testing.T, echoErr bool) {
 	if running := m.Running(); running != 0 {
 		t.Fatalf("%d runs still counted as running", running)
 	}
+}
+
+// TestNodeGoneBeforeTheStreamTookTheEnd: a node whose run's terminal event
+// the stream refused goes away (here: shuts down while the stream is still
+// down) before the stream takes it. The run was never stored as ended, so
+// once its lease lapses another node reaps it and the run reads whole:
+// agent_started first, one terminal event last (node_lost), and the store
+// agreeing with it.
+func TestNodeGoneBeforeTheStreamTookTheEnd(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		mem := memory.New(memory.Options{})
+		defer mem.Close()
+		fs := &failingStream{Stream: mem}
+		db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		returned := make(chan struct{})
+		ag := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			defer close(returned)
+			return em.Complete("done")
+		})
+		lease := Config{Store: db, Agent: ag, LeaseTTL: 3 * time.Second, RenewEvery: time.Second, ReapEvery: time.Second}
+		a := lease
+		a.Stream, a.Node = fs, "a"
+		m := New(a)
+		m.Start()
+		fs.failing.Store(true)
+		fs.failAfter.Store(2) // the echo and agent_started go through
+		ack, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "hi"})
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		<-returned
+		m.Shutdown(context.Background())
+		if r, _ := db.GetRun(context.Background(), "hal", ack.RunID); r.Status != store.RunRunning {
+			t.Fatalf("stored run %+v whose terminal event the stream never took, want running", r)
+		}
+		fs.failing.Store(false)
+		b := lease
+		b.Stream, b.Node = mem, "b"
+		other := New(b)
+		other.Start()
+		defer other.Shutdown(context.Background())
+		f := &fixture{m: other, stream: mem, store: db}
+		evs := f.waitTerminal(t, "hal", ack.RunID)
+		checkOrder(t, evs)
+		last := evs[len(evs)-1]
+		if last.Type != protocol.TypeAgentError || last.Data["code"] != string(protocol.CodeNodeLost) {
+			t.Fatalf("last event %v, want agent_error node_lost", last)
+		}
+		if r, _ := db.GetRun(context.Background(), "hal", ack.RunID); r.Status != store.RunFailed || r.ErrorCode != string(protocol.CodeNodeLost) {
+			t.Fatalf("stored run %+v, want failed node_lost like its terminal event", r)
+		}
+	})
+}
+
+// TestRelayedEvents: Event appends a relayed type in the run's order with
+// its data as given, refuses every other type and data that is not an
+// object, and emits nothing after the end. The agent sees the stored
+// message ids in its history.
+func TestRelayedEvents(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		var refused []error
+		var history []agent.Message
+		var late error
+		ended := make(chan agent.Emitter, 1)
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			history = run.Messages
+			_ = em.Event(protocol.TypeStateSnapshot, protocol.StateSnapshot{Snapshot: json.RawMessage(`[1,"<b>"]`)})
+			refused = append(refused,
+				em.Event(protocol.TypeAgentCompleted, map[string]string{"final_response": "sneaky"}),
+				em.Event("my.type", map[string]int{}),
+				em.Event(protocol.TypeCustom, []int{1}))
+			_ = em.Event(protocol.TypeCustom, protocol.Custom{Name: "n", Value: json.RawMessage(`{"v":1}`)})
+			_ = em.Delta("ok")
+			err := em.Complete("")
+			ended <- em
+			return err
+		}), Config{})
+		ack, perr := f.send(t, "ann", "hello", "")
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		evs := f.waitTerminal(t, "ann", ack.RunID)
+		late = (<-ended).Event(protocol.TypeCustom, protocol.Custom{Name: "late", Value: json.RawMessage(`1`)})
+		checkOrder(t, evs)
+		var types []string
+		for _, e := range evs {
+			types = append(types, e.Type)
+		}
+		want := []string{protocol.TypeUserMessage, protocol.TypeAgentStarted, protocol.TypeStateSnapshot, protocol.TypeCustom,
+			protocol.TypeAgentMessageDelta, protocol.TypeAgentCompleted}
+		if strings.Join(types, " ") != strings.Join(want, " ") {
+			t.Fatalf("types %v, want %v", types, want)
+		}
+		if s := fmt.Sprint(evs[2].Data); s != "map[snapshot:[1 <b>]]" {
+			t.Errorf("state_snapshot data %s", s)
+		}
+		for i, err := range refused {
+			if err == nil {
+				t.Errorf("refused[%d] accepted", i)
+			}
+		}
+		if !errors.Is(late, agent.ErrRunEnded) {
+			t.Errorf("Event after the end: %v", late)
+		}
+		if len(history) != 1 || history[0].ID == "" || history[0].ID != evs[0].Data["message_id"] {
+			t.Errorf("history %+v, echo %v", history, evs[0].Data)
+		}
+	})
 }

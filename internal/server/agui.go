@@ -246,7 +246,7 @@ func (a *aguiServer) open(w http.ResponseWriter, r *http.Request, user string, r
 // user came between; when it is not found the caller takes the longer,
 // always correct way (the /connect prelude).
 func (a *aguiServer) startedAfter(ctx context.Context, user string, before stream.Position, runID string) bool {
-	evs, _, err := a.stream.Since(ctx, user, before.Head, before.Epoch, stream.Limit{MaxEvents: 64, MaxBytes: 256 << 10})
+	evs, _, err := a.stream.Since(ctx, user, protocol.Cursor{Seq: before.Head, Epoch: before.Epoch}, stream.Limit{MaxEvents: 64, MaxBytes: 256 << 10})
 	if err != nil {
 		return false
 	}
@@ -379,7 +379,7 @@ func (a *aguiServer) runEvents(ctx context.Context, user, runID string) ([]proto
 		var out []protocol.Event
 		since, first := oldest-1, true
 		for {
-			evs, p, err := a.stream.Since(ctx, user, since, pos.Epoch, stream.Limit{})
+			evs, p, err := a.stream.Since(ctx, user, protocol.Cursor{Seq: since, Epoch: pos.Epoch}, stream.Limit{})
 			if err != nil {
 				lastErr = err
 				break
@@ -412,7 +412,7 @@ func (a *aguiServer) runEvents(ctx context.Context, user, runID string) ([]proto
 // one event each.
 func (a *aguiServer) oldestRetained(ctx context.Context, user string, pos stream.Position) (uint64, error) {
 	served := func(since uint64) (bool, error) {
-		_, _, err := a.stream.Since(ctx, user, since, pos.Epoch, stream.Limit{MaxEvents: 1, MaxBytes: 1})
+		_, _, err := a.stream.Since(ctx, user, protocol.Cursor{Seq: since, Epoch: pos.Epoch}, stream.Limit{MaxEvents: 1, MaxBytes: 1})
 		var re *stream.ResyncError
 		if errors.As(err, &re) && re.Reason == protocol.ReasonTooOld {
 			return false, nil

@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/auth/tickets"
 	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/stream"
@@ -86,10 +87,10 @@ func handleReadyz(st, db pinger, draining func() bool, jwks func() error) http.H
 }
 
 // handleTickets exchanges the user's JWT for a one-time ticket for /ws.
-func handleTickets(tickets auth.TicketStore, log *slog.Logger) http.Handler {
+func handleTickets(issuer tickets.Store, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		claims := claimsFrom(r.Context())
-		t, exp, err := tickets.Issue(r.Context(), claims)
+		t, exp, err := issuer.Issue(r.Context(), claims)
 		if err != nil {
 			if errors.Is(err, auth.ErrExpired) || errors.Is(err, auth.ErrInvalid) {
 				httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "token cannot be exchanged for a ticket")
@@ -123,8 +124,9 @@ func handleEvents(st stream.Stream, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		user := claimsFrom(r.Context()).Subject
 		q := r.URL.Query()
-		// No position (None) reads from the start of the retained history:
-		// its Seq and Epoch are zero.
+		// No position (None) reads from the start of the retained history,
+		// not from the head: its Seq and Epoch are zero, and Since gets it
+		// without None.
 		cur, err := protocol.ParseCursor(q.Get("since"), q.Get("epoch"))
 		if err != nil {
 			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
@@ -139,9 +141,9 @@ func handleEvents(st stream.Stream, log *slog.Logger) http.Handler {
 			}
 			limit = n
 		}
-		since, epoch := cur.Seq, cur.Epoch
+		cur.None = false
 		lim := stream.Limit{MaxEvents: limit, MaxBytes: eventsPageBytes}
-		events, pos, err := st.Since(r.Context(), user, since, epoch, lim)
+		events, pos, err := st.Since(r.Context(), user, cur, lim)
 		var resync *stream.ResyncError
 		switch {
 		case errors.As(err, &resync):
@@ -170,7 +172,7 @@ func handleEvents(st stream.Stream, log *slog.Logger) http.Handler {
 
 		// Every page stops at the head first reported, so the answer is one
 		// consistent view: events up to head_seq.
-		sent, last := 0, since
+		sent, last := 0, cur.Seq
 		for resync == nil {
 			for _, ev := range events {
 				if ev.Seq > pos.Head {
@@ -187,7 +189,7 @@ func handleEvents(st stream.Stream, log *slog.Logger) http.Handler {
 				break
 			}
 			lim.MaxEvents = limit - sent
-			events, _, err = st.Since(r.Context(), user, last, epoch, lim)
+			events, _, err = st.Since(r.Context(), user, protocol.Cursor{Seq: last, Epoch: cur.Epoch}, lim)
 			if err != nil {
 				// The status is sent: end the answer here; next leads the
 				// client to the same read again (or to resync_required).

@@ -17,6 +17,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/auth/tickets"
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/store"
@@ -323,7 +324,7 @@ func TestHandleReadyz(t *testing.T) {
 }
 
 // failingTickets is a ticket store whose backend is down.
-type failingTickets struct{ auth.TicketStore }
+type failingTickets struct{ tickets.Store }
 
 func (failingTickets) Issue(context.Context, auth.Claims) (string, time.Time, error) {
 	return "", time.Time{}, errors.New("redis down")
@@ -331,20 +332,20 @@ func (failingTickets) Issue(context.Context, auth.Claims) (string, time.Time, er
 
 func TestHandleTickets(t *testing.T) {
 	t.Parallel()
-	tickets := auth.NewTickets(30*time.Second, nil)
+	mem := tickets.NewMemory(30*time.Second, nil)
 	r := asUser(httptest.NewRequest(http.MethodPost, "/api/v1/tickets", nil), "alice")
 	var body protocol.Ticket
-	wantJSON(t, serve(handleTickets(tickets, discard), r), http.StatusOK, &body)
+	wantJSON(t, serve(handleTickets(mem, discard), r), http.StatusOK, &body)
 	if body.Ticket == "" || body.ExpiresAt.Location() != time.UTC || !body.ExpiresAt.After(time.Now()) {
 		t.Fatalf("ticket %+v", body)
 	}
-	if c, err := tickets.Redeem(context.Background(), body.Ticket); err != nil || c.Subject != "alice" {
+	if c, err := mem.Redeem(context.Background(), body.Ticket); err != nil || c.Subject != "alice" {
 		t.Fatalf("redeem: %+v, %v", c, err)
 	}
 
 	// Claims already expired cannot be exchanged.
 	expired := r.WithContext(context.WithValue(context.Background(), claimsKey{}, auth.Claims{Subject: "alice", ExpiresAt: time.Now().Add(-time.Minute)}))
-	wantError(t, serve(handleTickets(tickets, discard), expired), http.StatusUnauthorized, protocol.CodeUnauthorized)
+	wantError(t, serve(handleTickets(mem, discard), expired), http.StatusUnauthorized, protocol.CodeUnauthorized)
 
 	wantError(t, serve(handleTickets(failingTickets{}, discard), r), http.StatusServiceUnavailable, protocol.CodeUnavailable)
 }
@@ -364,7 +365,7 @@ func newStream(t *testing.T, user string, n int) *memory.Stream {
 // failingStream is a stream whose backend is down.
 type failingStream struct{ stream.Stream }
 
-func (failingStream) Since(context.Context, string, uint64, string, stream.Limit) ([]stream.Event, stream.Position, error) {
+func (failingStream) Since(context.Context, string, protocol.Cursor, stream.Limit) ([]stream.Event, stream.Position, error) {
 	return nil, stream.Position{}, errors.New("down")
 }
 
@@ -573,7 +574,7 @@ func TestHandlePublish(t *testing.T) {
 	if resp.Seq != 1 || resp.Epoch == "" {
 		t.Fatalf("response %+v", resp)
 	}
-	evs, _, err := st.Since(context.Background(), "alice", 0, "", stream.Limit{MaxEvents: 10})
+	evs, _, err := st.Since(context.Background(), "alice", protocol.Cursor{}, stream.Limit{MaxEvents: 10})
 	if err != nil || len(evs) != 1 || !strings.Contains(string(evs[0].Frame), `"data":{"a":1}`) {
 		t.Fatalf("stream holds %v, %v", evs, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/auth/tickets"
 	"github.com/agentwire/agentwire/internal/hub"
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/runs"
@@ -33,7 +34,7 @@ type Deps struct {
 	Store    store.Store
 	Runs     *runs.Manager
 	Verifier Verifier
-	Tickets  auth.TicketStore
+	Tickets  tickets.Store
 	APIKeys  *auth.APIKeys
 	// Signer signs dev-login tokens; DevLogin enables POST /auth/dev-login.
 	Signer   *auth.Signer

@@ -114,6 +114,17 @@ func (q MessageQuery) Validate() error {
 // positive limit.
 const DefaultReapLimit = 100
 
+// Reap is what ReapExpired ends: the running runs whose lease expired before
+// Before (the current time when zero), at most Limit of them
+// (DefaultReapLimit when Limit <= 0), as failed with ErrorCode and
+// ErrorMessage.
+type Reap struct {
+	Before       time.Time
+	ErrorCode    string
+	ErrorMessage string
+	Limit        int
+}
+
 // Thread is a conversation owned by one user.
 type Thread struct {
 	ID        string
@@ -269,12 +280,11 @@ type Store interface {
 	// that are not (ended elsewhere, or reaped as lost): node must stop
 	// emitting for those.
 	RenewLeases(ctx context.Context, node string, runIDs []string, until time.Time) (lost []string, err error)
-	// ReapExpired ends, as failed with errCode and errMsg at now, the running
-	// runs whose lease expired before now, at most limit of them (DefaultReapLimit when
-	// limit <= 0), and returns them. Each run is returned to exactly one
+	// ReapExpired ends, as failed with r.ErrorCode and r.ErrorMessage at
+	// r.Before, the running runs whose lease expired before r.Before, at most
+	// r.Limit of them, and returns them. Each run is returned to exactly one
 	// caller, however many reap concurrently: that caller announces its end.
-	// A zero now means the current time.
-	ReapExpired(ctx context.Context, now time.Time, errCode, errMsg string, limit int) ([]Run, error)
+	ReapExpired(ctx context.Context, r Reap) ([]Run, error)
 	// GetRun returns the user's run, or ErrNotFound.
 	GetRun(ctx context.Context, userID, runID string) (Run, error)
 	// FinishRun moves the user's run o.RunID from running to o.Status, a

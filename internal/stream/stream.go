@@ -94,12 +94,13 @@ type Stream interface {
 	// Append assigns the record the user's next seq and delivers it to the
 	// user's live subscribers in seq order.
 	Append(ctx context.Context, user string, rec Record) (Event, error)
-	// Since returns the retained events with seq > since, in order, at most
-	// one page of them as bounded by lim, and the current position; more
-	// remain when More(events, pos) holds (ask again from the last seq). An
-	// empty epoch matches any epoch. When the epoch differs or events after
-	// since are gone it returns a *ResyncError.
-	Since(ctx context.Context, user string, since uint64, epoch string, lim Limit) ([]Event, Position, error)
+	// Since returns the retained events after from (seq > from.Seq), in
+	// order, at most one page of them as bounded by lim, and the current
+	// position; more remain when More(events, pos) holds (ask again from
+	// the last seq). An empty from.Epoch matches any epoch. When the epoch
+	// differs or events after from are gone it returns a *ResyncError. A
+	// None cursor gets no events and the current position, as from Head.
+	Since(ctx context.Context, user string, from protocol.Cursor, lim Limit) ([]Event, Position, error)
 	// Head returns the user's current position.
 	Head(ctx context.Context, user string) (Position, error)
 	// Subscribe calls h for every event appended to user's stream from now on,
@@ -170,17 +171,17 @@ func More(evs []Event, pos Position) bool {
 }
 
 // CheckResume applies the replay rule every backend shares: a client at
-// (since, epoch) can be served by a stream at pos whose oldest retained seq
-// is oldest (pos.Head+1 when none is retained) unless the epoch differs
-// ("" matches any), since is ahead of the head, or events after since are
+// from (not None) can be served by a stream at pos whose oldest retained
+// seq is oldest (pos.Head+1 when none is retained) unless the epoch differs
+// ("" matches any), from is ahead of the head, or events after from are
 // gone. It returns the *ResyncError to answer, or nil.
-func CheckResume(pos Position, since uint64, epoch string, oldest uint64) error {
+func CheckResume(pos Position, from protocol.Cursor, oldest uint64) error {
 	switch {
-	case epoch != "" && epoch != pos.Epoch:
+	case from.Epoch != "" && from.Epoch != pos.Epoch:
 		return &ResyncError{Reason: protocol.ReasonEpochChanged, Position: pos}
-	case since > pos.Head:
+	case from.Seq > pos.Head:
 		return &ResyncError{Reason: protocol.ReasonAhead, Position: pos}
-	case since+1 < oldest:
+	case from.Seq+1 < oldest:
 		return &ResyncError{Reason: protocol.ReasonTooOld, Position: pos}
 	}
 	return nil

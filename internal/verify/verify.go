@@ -17,6 +17,7 @@ import (
 
 	"github.com/agentwire/agentwire/client"
 	"github.com/agentwire/agentwire/internal/config"
+	"github.com/agentwire/agentwire/internal/loadgen"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -81,28 +82,20 @@ func (v *verifier) check(name string, err error) bool {
 // trace records the frames a connection received, in order.
 type trace struct {
 	mu     sync.Mutex
-	frames []tracedFrame
-}
-
-type tracedFrame struct {
-	Type  string `json:"type"`
-	Seq   uint64 `json:"seq"`
-	Ref   string `json:"ref"`
-	RunID string `json:"run_id"`
+	frames []protocol.ServerFrame
 }
 
 func (t *trace) record(raw []byte) {
-	var f tracedFrame
-	_ = json.Unmarshal(raw, &f)
+	f, _ := protocol.DecodeServerFrame(raw)
 	t.mu.Lock()
 	t.frames = append(t.frames, f)
 	t.mu.Unlock()
 }
 
-func (t *trace) snapshot() []tracedFrame {
+func (t *trace) snapshot() []protocol.ServerFrame {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return append([]tracedFrame(nil), t.frames...)
+	return append([]protocol.ServerFrame(nil), t.frames...)
 }
 
 func (v *verifier) run(ctx context.Context) error {
@@ -209,7 +202,7 @@ func (v *verifier) run(ctx context.Context) error {
 				sawUser = true
 			case m.Role == "assistant" && m.RunID == ack.RunID:
 				if !strings.Contains(m.Content, v.expect) {
-					return fmt.Errorf("assistant message %q does not contain %q", clip(m.Content), v.expect)
+					return fmt.Errorf("assistant message %q does not contain %q", loadgen.Clip(m.Content), v.expect)
 				}
 				sawAssistant = true
 			}
@@ -268,14 +261,6 @@ func errOr(err error, f func() error) error {
 	return f()
 }
 
-// clip shortens a server's text for a result line.
-func clip(s string) string {
-	if len(s) > 120 {
-		return s[:120] + "…"
-	}
-	return s
-}
-
 // probe GETs path and wants a 200.
 func (v *verifier) probe(ctx context.Context, path string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.url+path, nil)
@@ -289,13 +274,13 @@ func (v *verifier) probe(ctx context.Context, path string) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return &client.HTTPError{Status: resp.StatusCode, Message: clip(string(bytes.TrimSpace(body)))}
+		return &client.HTTPError{Status: resp.StatusCode, Message: loadgen.Clip(string(bytes.TrimSpace(body)))}
 	}
 	return nil
 }
 
 func (v *verifier) devLogin(ctx context.Context, user string) (string, error) {
-	body, _ := json.Marshal(map[string]string{"user_id": user})
+	body, _ := json.Marshal(protocol.DevLoginRequest{UserID: user})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, v.url+"/auth/dev-login", bytes.NewReader(body))
 	if err != nil {
 		return "", err
@@ -306,9 +291,7 @@ func (v *verifier) devLogin(ctx context.Context, user string) (string, error) {
 		return "", err
 	}
 	defer resp.Body.Close()
-	var out struct {
-		Token string `json:"token"`
-	}
+	var out protocol.DevLoginResponse
 	if resp.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("status %d (is the server started with --dev?)", resp.StatusCode)
 	}
@@ -392,10 +375,10 @@ func typesOf(evs []client.Event) string {
 
 // ackFirst: on the wire, the ack (ref = the frame's id) came before the
 // run's user_message echo.
-func ackFirst(frames []tracedFrame, ack client.Ack) error {
+func ackFirst(frames []protocol.ServerFrame, ack client.Ack) error {
 	ackAt, echoAt := -1, -1
 	for i, f := range frames {
-		if f.Type == "ack" && f.Ref == ack.Ref && ackAt < 0 {
+		if f.Type == protocol.TypeAck && f.Ref == ack.Ref && ackAt < 0 {
 			ackAt = i
 		}
 		if f.Type == protocol.TypeUserMessage && f.RunID == ack.RunID && echoAt < 0 {
@@ -493,7 +476,7 @@ func completed(final client.Event, expect string) error {
 		return fmt.Errorf("the run ended with %s %s", final.Type, final.Data)
 	}
 	if !strings.Contains(done.FinalResponse, expect) {
-		return fmt.Errorf("final_response %q does not contain %q", clip(done.FinalResponse), expect)
+		return fmt.Errorf("final_response %q does not contain %q", loadgen.Clip(done.FinalResponse), expect)
 	}
 	return nil
 }

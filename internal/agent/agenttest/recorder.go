@@ -34,6 +34,7 @@ type Event struct {
 	Final      string             // agent_completed: final_response
 	Code       protocol.ErrorCode // agent_error
 	Message    string             // agent_error
+	Data       json.RawMessage    // a relayed type (Emitter.Event): data as it would be sent
 }
 
 // Recorder is an agent.Emitter that records events in order and enforces
@@ -99,6 +100,20 @@ func (r *Recorder) Complete(final string) error {
 // Fail records agent_error.
 func (r *Recorder) Fail(code protocol.ErrorCode, message string) error {
 	return r.record(Event{Type: protocol.TypeAgentError, Code: code, Message: message})
+}
+
+// Event records a relayed event (protocol.RelayedEventType) with its data
+// as it would be sent; other types, or data that is not a JSON object, are
+// violations.
+func (r *Recorder) Event(typ string, data any) error {
+	if !protocol.RelayedEventType(typ) {
+		return r.violate(fmt.Sprintf("Event(%q): not a relayed event type", typ))
+	}
+	b, err := json.Marshal(data)
+	if err != nil || len(b) == 0 || b[0] != '{' {
+		return r.violate(fmt.Sprintf("Event(%q): data %s (%v) is not a JSON object", typ, b, err))
+	}
+	return r.record(Event{Type: typ, Data: b})
 }
 
 // End ends the run from outside, as the runs package does on stop_agent or
@@ -288,6 +303,8 @@ func (r *Recorder) String() string {
 			fmt.Fprintf(&b, " %q", e.Final)
 		case protocol.TypeAgentError:
 			fmt.Fprintf(&b, " %s %q", e.Code, e.Message)
+		default:
+			fmt.Fprintf(&b, " %s", e.Data)
 		}
 	}
 	return b.String()

@@ -36,13 +36,12 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/internal/sse"
+	"github.com/agentwire/agentwire/internal/agent/internal/upstream"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -61,34 +60,21 @@ type Config struct {
 }
 
 // Agent forwards runs to an agent service. It is safe for concurrent runs.
-type Agent struct{ cfg Config }
+type Agent struct{ svc *upstream.Service }
 
 var _ agent.Agent = (*Agent)(nil)
 
 // New returns an agent for cfg, or an error if cfg cannot work.
 func New(cfg Config) (*Agent, error) {
-	u, err := url.Parse(cfg.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("httpagent: agent URL %q is not an http(s) URL", cfg.URL)
+	svc, err := upstream.NewService("httpagent", cfg.URL, cfg.HTTPClient, cfg.Timeout, DefaultTimeout)
+	if err != nil {
+		return nil, err
 	}
-	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = http.DefaultClient
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultTimeout
-	}
-	return &Agent{cfg: cfg}, nil
+	return &Agent{svc: svc}, nil
 }
 
 // Name is "http".
 func (a *Agent) Name() string { return "http" }
-
-// failure is a reason to end the run with agent_failed.
-type failure struct{ msg string }
-
-func (f *failure) Error() string { return f.msg }
-
-func failf(format string, args ...any) error { return &failure{fmt.Sprintf(format, args...)} }
 
 type request struct {
 	RunID    string    `json:"run_id"`
@@ -104,101 +90,40 @@ type message struct {
 
 // Run posts run to the service and relays its events to em.
 func (a *Agent) Run(ctx context.Context, run agent.Run, em agent.Emitter) error {
-	err := a.run(ctx, run, em)
-	var f *failure
-	switch {
-	case err == nil:
-		return nil
-	case ctx.Err() != nil:
-		return ctx.Err()
-	case errors.As(err, &f):
-		return em.Fail(protocol.CodeAgentFailed, f.msg)
-	default:
-		return err
-	}
+	return upstream.Finish(ctx, em, a.run(ctx, run, em))
 }
 
 func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error {
-	rctx, cancel := context.WithTimeout(ctx, a.cfg.Timeout)
+	svc := a.svc
+	rctx, cancel := context.WithTimeout(ctx, svc.Timeout)
 	defer cancel() // also tells the service to stop, once we have our terminal event
 	msgs := make([]message, 0, len(run.Messages))
 	for _, m := range run.Messages {
-		msgs = append(msgs, message(m))
+		msgs = append(msgs, message{Role: m.Role, Content: m.Content})
 	}
 	body, err := json.Marshal(request{RunID: run.ID, ThreadID: run.ThreadID, UserID: run.UserID, Messages: msgs})
 	if err != nil {
 		return fmt.Errorf("httpagent: encoding the request: %w", err)
 	}
-	req, err := http.NewRequestWithContext(rctx, http.MethodPost, a.cfg.URL, bytes.NewReader(body))
+	resp, err := svc.Post(ctx, rctx, body, "application/x-ndjson, text/event-stream")
 	if err != nil {
-		return fmt.Errorf("httpagent: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/x-ndjson, text/event-stream")
-
-	resp, err := a.cfg.HTTPClient.Do(req)
-	if err != nil {
-		if ctx.Err() == nil && rctx.Err() == nil {
-			var ue *url.Error
-			if errors.As(err, &ue) {
-				err = ue.Err
-			}
-			return failf("cannot reach agent service %s: %v — check --agent-url", a.cfg.URL, err)
-		}
-		return a.readError(ctx, rctx, err)
+		return svc.ReadError(ctx, rctx, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-		msg := fmt.Sprintf("agent service returned %d", resp.StatusCode)
-		if s := snippet(b); s != "" {
-			msg += ": " + s
-		}
-		return &failure{msg}
-	}
 
 	r := relay{em: em, open: map[string]openCall{}}
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if mt == "text/event-stream" {
-		err = sse.Read(resp.Body, func(e sse.Event) error {
+		err = sse.Read(svc.Body(resp), func(e sse.Event) error {
 			if strings.TrimSpace(e.Data) == "[DONE]" {
-				return errStop
+				return upstream.ErrStop
 			}
 			return r.handle([]byte(e.Data), e.Name)
 		})
 	} else {
-		err = readLines(resp.Body, func(line []byte) error { return r.handle(line, "") })
+		err = readLines(svc.Body(resp), func(line []byte) error { return r.handle(line, "") })
 	}
-	switch {
-	case err == nil || errors.Is(err, errStop):
-	case errors.Is(err, sse.ErrLineTooLong) || errors.Is(err, bufio.ErrTooLong):
-		return failf("agent service sent an event over %d bytes", sse.MaxLine)
-	default:
-		return a.readError(ctx, rctx, err)
-	}
-	if !r.ended {
-		return failf("agent service ended without agent_completed")
-	}
-	return nil
-}
-
-// errStop ends reading after the terminal event (or an SSE [DONE]).
-var errStop = errors.New("stop")
-
-func (a *Agent) readError(ctx, rctx context.Context, err error) error {
-	var f *failure
-	switch {
-	case ctx.Err() != nil:
-		return ctx.Err()
-	case rctx.Err() != nil:
-		return failf("agent service did not finish within %v", a.cfg.Timeout)
-	case errors.As(err, &f) || errors.Is(err, agent.ErrRunEnded):
-		return err
-	case errors.Is(err, errEmit):
-		return err
-	default:
-		return failf("agent service stream broke: %v", err)
-	}
+	return svc.Ended(ctx, rctx, err, r.ended, protocol.TypeAgentCompleted)
 }
 
 func readLines(r io.Reader, fn func([]byte) error) error {
@@ -244,9 +169,7 @@ type Fields struct {
 // result and error verbatim, and from there into text frames that
 // compliant clients must fail (1007), on every later resume too.
 func Decode(line []byte, name string) (Event, error) {
-	if !utf8.Valid(line) {
-		line = bytes.ToValidUTF8(line, []byte("\uFFFD"))
-	}
+	line = upstream.ValidUTF8(line)
 	var head struct {
 		Type string          `json:"type"`
 		Data json.RawMessage `json:"data"`
@@ -271,10 +194,6 @@ func Decode(line []byte, name string) (Event, error) {
 	return e, nil
 }
 
-// errEmit marks an Emitter error other than ErrRunEnded: the runs package
-// refused an event, which ends the run.
-var errEmit = errors.New("httpagent: emitter refused an event")
-
 type openCall struct {
 	tool  string
 	start time.Time
@@ -293,7 +212,7 @@ func (r *relay) handle(line []byte, name string) error {
 	r.line++
 	e, err := Decode(line, name)
 	if err != nil {
-		return failf("agent service sent a malformed event (#%d): %v", r.line, err)
+		return upstream.Failf("agent service sent a malformed event (#%d): %v", r.line, err)
 	}
 	f := e.Fields
 	switch e.Type {
@@ -303,16 +222,16 @@ func (r *relay) handle(line []byte, name string) error {
 		return r.emit(r.em.Thinking(f.Text))
 	case protocol.TypeToolExecuting:
 		if f.ToolCallID == "" || f.Tool == "" {
-			return failf("agent service sent tool_executing without tool_call_id or tool (#%d)", r.line)
+			return upstream.Failf("agent service sent tool_executing without tool_call_id or tool (#%d)", r.line)
 		}
 		args := f.Args
 		if len(args) == 0 || string(args) == "null" {
 			args = json.RawMessage(`{}`)
 		} else if args[0] != '{' {
-			return failf("agent service sent tool_executing %q with args that are not a JSON object", f.ToolCallID)
+			return upstream.Failf("agent service sent tool_executing %q with args that are not a JSON object", f.ToolCallID)
 		}
 		if r.seen[f.ToolCallID] {
-			return failf("agent service announced tool_call_id %q twice", f.ToolCallID)
+			return upstream.Failf("agent service announced tool_call_id %q twice", f.ToolCallID)
 		}
 		if r.seen == nil {
 			r.seen = map[string]bool{}
@@ -323,13 +242,13 @@ func (r *relay) handle(line []byte, name string) error {
 	case protocol.TypeToolCompleted:
 		call, ok := r.open[f.ToolCallID]
 		if !ok {
-			return failf("agent service sent tool_completed for tool_call_id %q without its tool_executing", f.ToolCallID)
+			return upstream.Failf("agent service sent tool_completed for tool_call_id %q without its tool_executing", f.ToolCallID)
 		}
 		if f.Tool != "" && f.Tool != call.tool {
-			return failf("agent service sent tool_completed %q for tool %q, announced as %q", f.ToolCallID, f.Tool, call.tool)
+			return upstream.Failf("agent service sent tool_completed %q for tool %q, announced as %q", f.ToolCallID, f.Tool, call.tool)
 		}
 		delete(r.open, f.ToolCallID)
-		errMsg := errorText(f.Error)
+		errMsg := upstream.ErrorText(f.Error)
 		succeeded := errMsg == ""
 		if f.OK != nil {
 			succeeded = *f.OK
@@ -353,11 +272,11 @@ func (r *relay) handle(line []byte, name string) error {
 		if err := r.emit(r.em.Complete(f.FinalResponse)); err != nil {
 			return err
 		}
-		return errStop
+		return upstream.ErrStop
 	case protocol.TypeAgentError:
 		msg := f.Message
 		if msg == "" {
-			msg = errorText(f.Error)
+			msg = upstream.ErrorText(f.Error)
 		}
 		if msg == "" {
 			msg = "the agent service reported an error without a message"
@@ -366,52 +285,10 @@ func (r *relay) handle(line []byte, name string) error {
 		if err := r.emit(r.em.Fail(protocol.CodeAgentFailed, msg)); err != nil {
 			return err
 		}
-		return errStop
+		return upstream.ErrStop
 	default:
-		return failf("agent service sent unknown event type %q", e.Type)
+		return upstream.Failf("agent service sent unknown event type %q", e.Type)
 	}
 }
 
-func (r *relay) emit(err error) error {
-	if err == nil || errors.Is(err, agent.ErrRunEnded) {
-		return err
-	}
-	return fmt.Errorf("%w: %w", errEmit, err)
-}
-
-// errorText reads an "error" field: a string, or an object with a message.
-func errorText(raw json.RawMessage) string {
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		return s
-	}
-	var obj struct {
-		Message string `json:"message"`
-	}
-	if json.Unmarshal(raw, &obj) == nil {
-		return obj.Message
-	}
-	return ""
-}
-
-// snippet makes an error body printable: its error message when it is
-// JSON, else its first 200 characters.
-func snippet(b []byte) string {
-	var body struct {
-		Error   json.RawMessage `json:"error"`
-		Message string          `json:"message"`
-	}
-	if json.Unmarshal(b, &body) == nil {
-		if s := errorText(body.Error); s != "" {
-			return s
-		}
-		if body.Message != "" {
-			return body.Message
-		}
-	}
-	s := strings.Join(strings.Fields(strings.ToValidUTF8(string(b), "?")), " ")
-	if utf8.RuneCountInString(s) > 200 {
-		s = string([]rune(s)[:200]) + "…"
-	}
-	return s
-}
+func (r *relay) emit(err error) error { return upstream.Emitted(err) }

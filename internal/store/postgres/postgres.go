@@ -621,7 +621,8 @@ RETURNING id`,
 // rescans the subquery for each row updated; each rescan skips the rows the
 // statement already changed and picks the next expired ones, and the update
 // ends more than limit runs (seen in testing: 3 with limit 2).
-func (s *Store) ReapExpired(ctx context.Context, now time.Time, errCode, errMsg string, limit int) ([]store.Run, error) {
+func (s *Store) ReapExpired(ctx context.Context, r store.Reap) ([]store.Run, error) {
+	now, errCode, errMsg, limit := r.Before, r.ErrorCode, r.ErrorMessage, r.Limit
 	if limit <= 0 {
 		limit = store.DefaultReapLimit
 	}

@@ -632,7 +632,7 @@ func TestConcurrentReapAcrossNodes(t *testing.T) {
 		wg.Go(func() {
 			<-start
 			for {
-				reaped, err := stores[i%nodes].ReapExpired(c, now, "node_lost", "lost", limit)
+				reaped, err := stores[i%nodes].ReapExpired(c, store.Reap{Before: now, ErrorCode: "node_lost", ErrorMessage: "lost", Limit: limit})
 				if err != nil || len(reaped) > limit {
 					t.Errorf("reaper %d: %d runs, %v", i, len(reaped), err)
 					return

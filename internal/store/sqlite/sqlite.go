@@ -542,7 +542,8 @@ func (s *Store) DiscardRun(ctx context.Context, userID, runID string, withThread
 // writer connection, and the update claims the runs it returns in the same
 // statement, so two reapers, in this process or another on the same file,
 // can never return the same run: the second sees it failed.
-func (s *Store) ReapExpired(ctx context.Context, now time.Time, errCode, errMsg string, limit int) ([]store.Run, error) {
+func (s *Store) ReapExpired(ctx context.Context, r store.Reap) ([]store.Run, error) {
+	now, errCode, errMsg, limit := r.Before, r.ErrorCode, r.ErrorMessage, r.Limit
 	if limit <= 0 {
 		limit = store.DefaultReapLimit
 	}

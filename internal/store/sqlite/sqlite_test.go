@@ -246,7 +246,7 @@ func TestLeasesAfterUpgrade(t *testing.T) {
 	if err := s.CreateRun(c, store.Run{ID: "alive", ThreadID: "t", UserID: "u", Agent: "demo", Node: "n", LeaseUntil: time.Now().Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	reaped, err := s.ReapExpired(c, time.Time{}, "node_lost", "stopped", 0)
+	reaped, err := s.ReapExpired(c, store.Reap{ErrorCode: "node_lost", ErrorMessage: "stopped"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1170,14 +1170,14 @@ func (s *suite) testReapExpired(t *testing.T) {
 	}
 
 	const code, msg = "node_lost", "the node running the run was lost: nodo perdido 💥"
-	first, err := st.ReapExpired(c, now, code, msg, 2)
+	first, err := st.ReapExpired(c, store.Reap{Before: now, ErrorCode: code, ErrorMessage: msg, Limit: 2})
 	if err != nil {
 		t.Fatalf("ReapExpired: %v", err)
 	}
 	if len(first) != 2 {
 		t.Fatalf("ReapExpired with limit 2 returned %d runs %v, want 2", len(first), runIDs(first))
 	}
-	rest, err := st.ReapExpired(c, now, code, msg, 0)
+	rest, err := st.ReapExpired(c, store.Reap{Before: now, ErrorCode: code, ErrorMessage: msg})
 	if err != nil {
 		t.Fatalf("ReapExpired: %v", err)
 	}
@@ -1197,7 +1197,7 @@ func (s *suite) testReapExpired(t *testing.T) {
 		checkRun(t, r, w)
 		checkRun(t, mustGetRun(t, st, u, r.ID), w)
 	}
-	if again, err := st.ReapExpired(c, now, code, msg, 0); err != nil || len(again) != 0 {
+	if again, err := st.ReapExpired(c, store.Reap{Before: now, ErrorCode: code, ErrorMessage: msg}); err != nil || len(again) != 0 {
 		t.Fatalf("third ReapExpired: %v, %v; want nothing left to reap", runIDs(again), err)
 	}
 	for _, r := range []store.Run{sameMs, fresh} {
@@ -1219,7 +1219,7 @@ func (s *suite) testReapExpired(t *testing.T) {
 	}
 	// Once their leases pass, the other runs are reaped too.
 	later := now.Add(2 * time.Minute)
-	r, err := st.ReapExpired(c, later, code, msg, 0)
+	r, err := st.ReapExpired(c, store.Reap{Before: later, ErrorCode: code, ErrorMessage: msg})
 	got, want = runIDs(r), []string{sameMs.ID, fresh.ID}
 	slices.Sort(got)
 	slices.Sort(want)
@@ -1259,7 +1259,7 @@ func (s *suite) testConcurrentReapers(t *testing.T) {
 		wg.Go(func() {
 			<-start
 			for {
-				runs, err := st.ReapExpired(c, now, "node_lost", fmt.Sprint("reaper ", i), limit)
+				runs, err := st.ReapExpired(c, store.Reap{Before: now, ErrorCode: "node_lost", ErrorMessage: fmt.Sprint("reaper ", i), Limit: limit})
 				if err != nil {
 					errs[i] = err
 					return

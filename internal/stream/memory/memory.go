@@ -234,9 +234,13 @@ func (s *Stream) appendLocked(u *user, rec stream.Record, now time.Time) stream.
 }
 
 // Since implements stream.Stream.
-func (s *Stream) Since(ctx context.Context, userID string, since uint64, epoch string, lim stream.Limit) ([]stream.Event, stream.Position, error) {
+func (s *Stream) Since(ctx context.Context, userID string, from protocol.Cursor, lim stream.Limit) ([]stream.Event, stream.Position, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, stream.Position{}, err
+	}
+	if from.None {
+		pos, err := s.Head(ctx, userID)
+		return nil, pos, err
 	}
 	sh, slot := s.locate(userID)
 	u, gen, ok := s.lookup(sh, slot, userID)
@@ -245,7 +249,7 @@ func (s *Stream) Since(ctx context.Context, userID string, since uint64, epoch s
 	}
 	if u == nil {
 		pos := stream.Position{Epoch: s.epoch(gen)}
-		if err := stream.CheckResume(pos, since, epoch, 1); err != nil {
+		if err := stream.CheckResume(pos, from, 1); err != nil {
 			return nil, pos, err
 		}
 		return []stream.Event{}, pos, nil
@@ -258,12 +262,12 @@ func (s *Stream) Since(ctx context.Context, userID string, since uint64, epoch s
 	s.trim(u, s.now())
 	pos := stream.Position{Epoch: u.epoch, Head: u.head}
 	oldest := u.head - uint64(u.n) + 1
-	if err := stream.CheckResume(pos, since, epoch, oldest); err != nil {
+	if err := stream.CheckResume(pos, from, oldest); err != nil {
 		return nil, pos, err
 	}
 	lim = lim.Norm()
-	first := int(since + 1 - oldest)
-	out := make([]stream.Event, 0, min(u.head-since, uint64(lim.MaxEvents)))
+	first := int(from.Seq + 1 - oldest)
+	out := make([]stream.Event, 0, min(u.head-from.Seq, uint64(lim.MaxEvents)))
 	size := 0
 	for i := first; i < u.n; i++ {
 		ev := &u.ring[(u.start+i)%len(u.ring)]

@@ -144,7 +144,7 @@ func TestEvictionFreesIdleUsers(t *testing.T) {
 		if pos := mustHead(t, s, fmt.Sprintf("stranger-%d", i)); pos.Head != 0 {
 			t.Fatalf("Head of a stranger: %+v", pos)
 		}
-		_, _, _ = s.Since(t.Context(), fmt.Sprintf("stranger-%d", i), 0, "", stream.Limit{})
+		_, _, _ = s.Since(t.Context(), fmt.Sprintf("stranger-%d", i), protocol.Cursor{}, stream.Limit{})
 	}
 	if got := records(s); got != n {
 		t.Fatalf("%d records after %d users appended and %d strangers looked up, want %d", got, n, n, n)
@@ -182,7 +182,7 @@ func TestEvictedUserWithHistoryGetsNewEpoch(t *testing.T) {
 	if pos.Head != 0 || pos.Epoch == old.Epoch {
 		t.Fatalf("Head after eviction = %+v, want head 0 and an epoch other than %q", pos, old.Epoch)
 	}
-	_, _, err := s.Since(t.Context(), u, 3, old.Epoch, stream.Limit{})
+	_, _, err := s.Since(t.Context(), u, protocol.Cursor{Seq: 3, Epoch: old.Epoch}, stream.Limit{})
 	var re *stream.ResyncError
 	if !errors.As(err, &re) || re.Reason != protocol.ReasonEpochChanged || re.Position != pos {
 		t.Fatalf("resume with the old epoch: %v, want epoch_changed at %+v", err, pos)
@@ -237,11 +237,11 @@ func TestSubscribedUserIsNotEvicted(t *testing.T) {
 	if !hasRecord(s, u) {
 		t.Fatal("user with a live subscriber was evicted")
 	}
-	evs, pos, err := s.Since(t.Context(), u, 2, first.Epoch, stream.Limit{})
+	evs, pos, err := s.Since(t.Context(), u, protocol.Cursor{Seq: 2, Epoch: first.Epoch}, stream.Limit{})
 	if err != nil || len(evs) != 0 || pos.Head != 2 || pos.Epoch != first.Epoch {
 		t.Fatalf("Since(head) = %v %+v %v, want nothing at head 2 of the same epoch", evs, pos, err)
 	}
-	if _, _, err := s.Since(t.Context(), u, 0, first.Epoch, stream.Limit{}); !errors.Is(err, stream.ErrResync) {
+	if _, _, err := s.Since(t.Context(), u, protocol.Cursor{Epoch: first.Epoch}, stream.Limit{}); !errors.Is(err, stream.ErrResync) {
 		t.Fatalf("Since(0) after expiry: %v, want resync", err)
 	}
 	if ev := mustAppend(t, s, u, note(3)); ev.Seq != 3 || ev.Epoch != first.Epoch {
@@ -369,7 +369,7 @@ func TestModel(t *testing.T) {
 			}
 		}
 		for since := uint64(0); since <= head+1; since++ {
-			evs, pos, err := s.Since(t.Context(), u, since, epoch, stream.Limit{})
+			evs, pos, err := s.Since(t.Context(), u, protocol.Cursor{Seq: since, Epoch: epoch}, stream.Limit{})
 			var want protocol.ResyncReason
 			switch {
 			case since > head:
@@ -447,7 +447,7 @@ func TestEventDataIsOwnedByTheStream(t *testing.T) {
 	data := []byte(`{"a":1}`)
 	ev := mustAppend(t, s, "gina", stream.Record{Type: "note", Data: data})
 	copy(data, `{"b":2}`)
-	evs, _, err := s.Since(t.Context(), "gina", 0, "", stream.Limit{})
+	evs, _, err := s.Since(t.Context(), "gina", protocol.Cursor{}, stream.Limit{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -494,7 +494,7 @@ func TestChurn(t *testing.T) {
 					return
 				}
 				_, _ = s.Head(t.Context(), u)
-				_, _, _ = s.Since(t.Context(), u, 0, "", stream.Limit{})
+				_, _, _ = s.Since(t.Context(), u, protocol.Cursor{}, stream.Limit{})
 				cancel()
 			}
 		})

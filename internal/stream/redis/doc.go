@@ -24,8 +24,9 @@
 //
 // # Keys
 //
-// Every key and the channel of one user share the hash tag {u:<id>}, where
-// <id> is the user id base64url-encoded (no padding), so ids containing '}'
+// Every key and the channel of one user share the hash tag {u:<id>}
+// (redisx.UserTag, as every Redis key of a user does), where <id> is the
+// user id base64url-encoded (no padding), so ids containing '}'
 // or ':' can neither collide with another user's keys nor move the tag, and
 // the multi-key scripts are valid on Redis Cluster (one slot per user):
 //
@@ -102,9 +103,11 @@
 // # Failures
 //
 // Network errors, LOADING, BUSY, MASTERDOWN, TRYAGAIN and CLUSTERDOWN wrap
-// stream.ErrUnavailable (the HTTP layer answers 503). Dials are bounded by
-// Options.DialTimeout (2 s). New succeeds with Redis down and keeps trying
-// to connect. The client is rueidis' single-node client (standalone Redis or
+// stream.ErrUnavailable (the HTTP layer answers 503). The client is the
+// node's one client (redisx.Dial: dials bounded by 2 s, no retries, a
+// write timeout of 6 s), shared with the tickets, the limits and the stop
+// channel. New succeeds with Redis down; the client keeps trying to
+// connect. It is rueidis' single-node client (standalone Redis or
 // a cluster proxy); the key layout is cluster-ready, but a native cluster
 // client would need one pub/sub connection per shard.
 //

@@ -2,7 +2,6 @@ package redis
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,13 +16,14 @@ import (
 	"github.com/oklog/ulid/v2"
 	rueidis "github.com/redis/rueidis"
 
+	"github.com/agentwire/agentwire/internal/redisx"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // Defaults.
 const (
-	DefaultPrefix      = "aw"
-	DefaultDialTimeout = 2 * time.Second
+	DefaultPrefix = redisx.DefaultPrefix
 	// keyMargin is how much longer than MaxAge an idle user's keys live.
 	keyMargin = time.Minute
 	opTimeout = 5 * time.Second
@@ -31,9 +31,9 @@ const (
 
 // Options configure a Stream.
 type Options struct {
-	// URL is a redis:// (or rediss://, unix://) URL, e.g.
-	// redis://:password@host:6379/0.
-	URL string
+	// Client is the node's Redis client (redisx.Dial), shared with the
+	// other Redis backends; it stays its owner's to close, after the Stream.
+	Client rueidis.Client
 	// Retention bounds each user's history; zero fields take the stream
 	// package defaults.
 	Retention stream.Retention
@@ -43,8 +43,6 @@ type Options struct {
 	// Logger gets connection trouble and unrecoverable live gaps; nil
 	// discards.
 	Logger *slog.Logger
-	// DialTimeout bounds each connection attempt; default 2s.
-	DialTimeout time.Duration
 }
 
 // Stream is a stream.Stream on Redis. It is safe for concurrent use.
@@ -78,49 +76,30 @@ type Stream struct {
 
 var _ stream.Stream = (*Stream)(nil)
 
-// New connects to Redis; Start starts the node's pub/sub connection. An
-// unreachable Redis is not an error: the Stream keeps trying to connect and
-// its methods return errors wrapping stream.ErrUnavailable meanwhile.
+// New returns the Stream on opts.Client; Start starts the node's pub/sub
+// connection. An unreachable Redis is not an error: the client keeps trying
+// to connect and the methods return errors wrapping stream.ErrUnavailable
+// meanwhile.
 func New(ctx context.Context, opts Options) (*Stream, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	copt, err := rueidis.ParseURL(opts.URL)
-	if err != nil {
-		return nil, fmt.Errorf("redis stream: bad URL: %w", err)
+	if opts.Client == nil {
+		return nil, errors.New("redis stream: no client")
 	}
 	prefix := opts.Prefix
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	if strings.ContainsAny(prefix, "{}") {
-		return nil, errors.New("redis stream: prefix must not contain '{' or '}'")
-	}
-	dt := opts.DialTimeout
-	if dt <= 0 {
-		dt = DefaultDialTimeout
-	}
-	copt.Dialer = net.Dialer{Timeout: dt, KeepAlive: copt.Dialer.KeepAlive}
-	copt.ConnWriteTimeout = max(3*dt, 5*time.Second)
-	copt.DisableCache = true
-	copt.DisableRetry = true // this package retries where retrying is right
-	copt.ForceSingleClient = true
-	if len(copt.InitAddress) > 1 {
-		return nil, errors.New("redis stream: one address only (standalone or a cluster proxy)")
+	if err := redisx.CheckPrefix(prefix); err != nil {
+		return nil, fmt.Errorf("redis stream: %w", err)
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	client, err := rueidis.NewClient(copt)
-	if client == nil {
-		return nil, fmt.Errorf("%w: redis: %v", stream.ErrUnavailable, err)
-	}
-	if err != nil {
-		log.Warn("redis stream: Redis unreachable at start, will keep trying", "err", err)
-	}
 	s := &Stream{
-		client:    client,
+		client:    opts.Client,
 		log:       log,
 		prefix:    prefix,
 		maxEvents: opts.Retention.MaxEvents,
@@ -151,11 +130,8 @@ func New(ctx context.Context, opts Options) (*Stream, error) {
 // and Close ends. New starts no goroutine of its own. Call it once.
 func (s *Stream) Start() { s.spawn(s.runPubSub) }
 
-// keys of one user. The user id is base64url-encoded inside the hash tag,
-// so ids containing '}' or ':' can neither collide nor move the tag.
-func (s *Stream) userTag(user string) string {
-	return s.prefix + ":{u:" + base64.RawURLEncoding.EncodeToString([]byte(user)) + "}:"
-}
+// userTag starts the keys of one user (redisx.UserTag).
+func (s *Stream) userTag(user string) string { return redisx.UserTag(s.prefix, user) }
 
 func (s *Stream) channel(user string) string { return s.userTag(user) + "live" }
 
@@ -228,11 +204,15 @@ func (s *Stream) Append(ctx context.Context, user string, rec stream.Record) (st
 }
 
 // Since implements stream.Stream.
-func (s *Stream) Since(ctx context.Context, user string, since uint64, epoch string, lim stream.Limit) ([]stream.Event, stream.Position, error) {
+func (s *Stream) Since(ctx context.Context, user string, from protocol.Cursor, lim stream.Limit) ([]stream.Event, stream.Position, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, stream.Position{}, err
 	}
-	pos, frames, err := s.read(ctx, user, strconv.FormatUint(since, 10), epoch, lim.Norm())
+	if from.None {
+		pos, err := s.Head(ctx, user)
+		return nil, pos, err
+	}
+	pos, frames, err := s.read(ctx, user, strconv.FormatUint(from.Seq, 10), from.Epoch, lim.Norm())
 	if err != nil {
 		return nil, pos, err
 	}
@@ -251,7 +231,7 @@ func (s *Stream) Since(ctx context.Context, user string, since uint64, epoch str
 		}
 		evs = append(evs, ev)
 	}
-	if err := stream.CheckResume(pos, since, epoch, oldest); err != nil {
+	if err := stream.CheckResume(pos, from, oldest); err != nil {
 		return nil, pos, err
 	}
 	return evs, pos, nil
@@ -308,8 +288,9 @@ func (s *Stream) Ping(ctx context.Context) error {
 	return s.wrap(ctx, "ping", err)
 }
 
-// Close stops the pub/sub connection and every background goroutine and
-// closes the client. Later calls return stream.ErrClosed. Idempotent.
+// Close stops the pub/sub connection and every background goroutine; the
+// client is left to its owner. Later calls return stream.ErrClosed.
+// Idempotent.
 func (s *Stream) Close() error {
 	s.closeOnce.Do(func() {
 		s.spawnMu.Lock()
@@ -318,7 +299,6 @@ func (s *Stream) Close() error {
 		s.cancel()
 		s.spawnMu.Unlock()
 		s.wg.Wait()
-		s.client.Close()
 	})
 	return nil
 }

@@ -7,8 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,12 +18,12 @@ import (
 	rueidis "github.com/redis/rueidis"
 	"go.uber.org/goleak"
 
+	"github.com/agentwire/agentwire/internal/redisx"
+	"github.com/agentwire/agentwire/internal/redisx/redisxtest"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/streamtest"
 	"github.com/agentwire/agentwire/protocol"
 )
-
-const urlEnv = "AGENTWIRE_TEST_REDIS_URL"
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
@@ -39,20 +37,11 @@ var runPrefix = func() string {
 	return "awtest-" + hex.EncodeToString(b[:])
 }()
 
-func redisURL(t testing.TB) string {
-	t.Helper()
-	u := os.Getenv(urlEnv)
-	if u == "" {
-		t.Skip("!!! " + urlEnv + " not set: Redis backend NOT TESTED !!!")
-	}
-	return u
-}
-
 // admin returns a plain client for test manipulation and deletes every key
 // of prefix when the test ends.
 func admin(t testing.TB, prefix string) rueidis.Client {
 	t.Helper()
-	opt, err := rueidis.ParseURL(redisURL(t))
+	opt, err := rueidis.ParseURL(redisxtest.URL(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,10 +75,22 @@ func admin(t testing.TB, prefix string) rueidis.Client {
 
 var nodeN atomic.Int64
 
+// dial returns a client of its own (a node's), closed when t ends, after
+// the stream on it (cleanups run last registered first).
+func dial(t testing.TB, url string, timeout time.Duration) rueidis.Client {
+	t.Helper()
+	c, err := redisx.Dial(url, timeout, nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
 // newNode returns a Stream ("node") on the test Redis with prefix.
 func newNode(t testing.TB, prefix string, r stream.Retention) *Stream {
 	t.Helper()
-	s, err := New(t.Context(), Options{URL: redisURL(t), Retention: r, Prefix: prefix})
+	s, err := New(t.Context(), Options{Client: dial(t, redisxtest.URL(t), 0), Retention: r, Prefix: prefix})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -188,7 +189,7 @@ func TestTwoNodesLiveDelivery(t *testing.T) {
 		}
 	}
 	// B replays what A appended, same bytes.
-	hist, pos, err := b.Since(t.Context(), u, 0, appended[0].Epoch, stream.Limit{})
+	hist, pos, err := b.Since(t.Context(), u, protocol.Cursor{Epoch: appended[0].Epoch}, stream.Limit{})
 	if err != nil || pos.Head != n || len(hist) != n || string(hist[n-1].Frame) != string(appended[n-1].Frame) {
 		t.Fatalf("Since on B: %d events, %+v, %v", len(hist), pos, err)
 	}
@@ -330,7 +331,7 @@ func TestHistoryFlushedNewEpoch(t *testing.T) {
 	if ev.Seq != 1 || ev.Epoch == old.Epoch || ev.Epoch == "" {
 		t.Fatalf("after flush: seq %d epoch %q, want seq 1 in a new epoch (old %q)", ev.Seq, ev.Epoch, old.Epoch)
 	}
-	_, _, err = b.Since(t.Context(), u, 3, old.Epoch, stream.Limit{})
+	_, _, err = b.Since(t.Context(), u, protocol.Cursor{Seq: 3, Epoch: old.Epoch}, stream.Limit{})
 	var re *stream.ResyncError
 	if !errors.As(err, &re) || re.Reason != protocol.ReasonEpochChanged || re.Position != (stream.Position{Epoch: ev.Epoch, Head: 1}) {
 		t.Fatalf("Since(3, old epoch) = %v, want epoch_changed at head 1 epoch %q", err, ev.Epoch)
@@ -396,20 +397,10 @@ func TestKeysExpireWhenIdle(t *testing.T) {
 	}
 }
 
-func closedPortURL(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return "redis://" + addr + "/0"
-}
-
 func TestUnavailable(t *testing.T) {
-	redisURL(t) // same skip rule as the rest
+	redisxtest.URL(t) // same skip rule as the rest
 	start := time.Now()
-	s, err := New(t.Context(), Options{URL: closedPortURL(t), DialTimeout: 500 * time.Millisecond})
+	s, err := New(t.Context(), Options{Client: redisxtest.Down(t, 500*time.Millisecond)})
 	if err != nil {
 		t.Fatalf("New with Redis down: %v (want a Stream that reports unavailability)", err)
 	}
@@ -423,7 +414,7 @@ func TestUnavailable(t *testing.T) {
 	if err := s.Ping(ctx); !errors.Is(err, stream.ErrUnavailable) {
 		t.Fatalf("Ping: %v, want ErrUnavailable", err)
 	}
-	if _, _, err := s.Since(ctx, "u", 0, "", stream.Limit{}); !errors.Is(err, stream.ErrUnavailable) {
+	if _, _, err := s.Since(ctx, "u", protocol.Cursor{}, stream.Limit{}); !errors.Is(err, stream.ErrUnavailable) {
 		t.Fatalf("Since: %v, want ErrUnavailable", err)
 	}
 	if _, err := s.Subscribe(ctx, "u", func(stream.Event) {}); !errors.Is(err, stream.ErrUnavailable) {
@@ -435,10 +426,13 @@ func TestUnavailable(t *testing.T) {
 }
 
 func TestBadOptions(t *testing.T) {
-	if _, err := New(t.Context(), Options{URL: "redis://127.0.0.1:1/0", Prefix: "a{b"}); err == nil {
+	if _, err := New(t.Context(), Options{Client: dial(t, "redis://127.0.0.1:1/0", 0), Prefix: "a{b"}); err == nil {
 		t.Fatal("prefix with a brace accepted")
 	}
-	if _, err := New(t.Context(), Options{URL: "http://x"}); err == nil {
+	if _, err := New(t.Context(), Options{}); err == nil {
+		t.Fatal("no client accepted")
+	}
+	if _, err := redisx.Dial("http://x", 0, nil); err == nil {
 		t.Fatal("bad URL accepted")
 	}
 }

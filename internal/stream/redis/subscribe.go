@@ -313,7 +313,7 @@ func (s *Stream) fillLoop(u *userSub) {
 
 		s.fills.Add(1)
 		ctx, cancel := context.WithTimeout(s.ctx, opTimeout)
-		evs, pos, err := s.Since(ctx, u.user, last, epoch, stream.Limit{})
+		evs, pos, err := s.Since(ctx, u.user, protocol.Cursor{Seq: last, Epoch: epoch}, stream.Limit{})
 		cancel()
 		var re *stream.ResyncError
 		switch {

@@ -56,6 +56,7 @@ func Run(t *testing.T, newStream func(t *testing.T, r stream.Retention) stream.S
 		{"FrameFields", s.testFrameFields},
 		{"SinceReturnsEventsAfter", s.testSince},
 		{"SinceHeadIsEmpty", s.testSinceHead},
+		{"SinceNoneIsHead", s.testSinceNone},
 		{"SinceReturnsFreshSlice", s.testSinceFreshSlice},
 		{"SinceWrongEpoch", s.testSinceWrongEpoch},
 		{"SinceAhead", s.testSinceAhead},
@@ -236,9 +237,29 @@ func (s *suite) testSinceHead(t *testing.T) {
 	st := s.newStream(t, stream.Retention{})
 	u := s.user(t, "u")
 	appended := appendN(t, st, u, 3)
-	evs, pos, err := st.Since(t.Context(), u, 3, appended[0].Epoch, stream.Limit{})
+	evs, pos, err := st.Since(t.Context(), u, protocol.Cursor{Seq: 3, Epoch: appended[0].Epoch}, stream.Limit{})
 	if err != nil || len(evs) != 0 || pos.Head != 3 {
 		t.Fatalf("Since(head) = %d events, %+v, %v; want none, head 3, nil", len(evs), pos, err)
+	}
+}
+
+// testSinceNone: a None cursor gets no events and Head's position, for a
+// user with history and one without (whose epoch the first Append keeps).
+func (s *suite) testSinceNone(t *testing.T) {
+	st := s.newStream(t, stream.Retention{})
+	u, fresh := s.user(t, "u"), s.user(t, "fresh")
+	appended := appendN(t, st, u, 3)
+	evs, pos, err := st.Since(t.Context(), u, protocol.Cursor{Seq: 1, None: true}, stream.Limit{})
+	if err != nil || len(evs) != 0 || pos != (stream.Position{Epoch: appended[0].Epoch, Head: 3}) {
+		t.Fatalf("Since(None) = %d events, %+v, %v; want none, %s head 3, nil", len(evs), pos, err, appended[0].Epoch)
+	}
+	evs, pos, err = st.Since(t.Context(), fresh, protocol.Cursor{None: true}, stream.Limit{})
+	if err != nil || len(evs) != 0 || pos.Head != 0 {
+		t.Fatalf("Since(None) of a user without history = %d events, %+v, %v; want none, head 0, nil", len(evs), pos, err)
+	}
+	head, err := st.Head(t.Context(), fresh)
+	if err != nil || head != pos {
+		t.Fatalf("Head = %+v, %v; want Since(None)'s %+v", head, err, pos)
 	}
 }
 
@@ -259,7 +280,7 @@ func (s *suite) testSinceWrongEpoch(t *testing.T) {
 	u := s.user(t, "u")
 	appended := appendN(t, st, u, 5)
 	for _, since := range []uint64{0, 2, 5} {
-		_, _, err := st.Since(t.Context(), u, since, appended[0].Epoch+"-stale", stream.Limit{})
+		_, _, err := st.Since(t.Context(), u, protocol.Cursor{Seq: since, Epoch: appended[0].Epoch + "-stale"}, stream.Limit{})
 		wantResync(t, err, protocol.ReasonEpochChanged, stream.Position{Epoch: appended[0].Epoch, Head: 5})
 	}
 }
@@ -268,12 +289,12 @@ func (s *suite) testSinceAhead(t *testing.T) {
 	st := s.newStream(t, stream.Retention{})
 	u := s.user(t, "u")
 	appended := appendN(t, st, u, 5)
-	_, _, err := st.Since(t.Context(), u, 6, appended[0].Epoch, stream.Limit{})
+	_, _, err := st.Since(t.Context(), u, protocol.Cursor{Seq: 6, Epoch: appended[0].Epoch}, stream.Limit{})
 	wantResync(t, err, protocol.ReasonAhead, stream.Position{Epoch: appended[0].Epoch, Head: 5})
 
 	unknown := s.user(t, "unknown")
 	pos := mustHead(t, st, unknown)
-	_, _, err = st.Since(t.Context(), unknown, 1, "", stream.Limit{})
+	_, _, err = st.Since(t.Context(), unknown, protocol.Cursor{Seq: 1}, stream.Limit{})
 	wantResync(t, err, protocol.ReasonAhead, stream.Position{Epoch: pos.Epoch, Head: 0})
 }
 
@@ -284,7 +305,7 @@ func (s *suite) testRetentionCount(t *testing.T) {
 	epoch := appended[0].Epoch
 	want := stream.Position{Epoch: epoch, Head: 25}
 	for _, since := range []uint64{0, 1, 14} {
-		_, _, err := st.Since(t.Context(), u, since, epoch, stream.Limit{})
+		_, _, err := st.Since(t.Context(), u, protocol.Cursor{Seq: since, Epoch: epoch}, stream.Limit{})
 		wantResync(t, err, protocol.ReasonTooOld, want)
 	}
 	evs, _ := mustSince(t, st, u, 15, epoch)
@@ -308,7 +329,7 @@ func (s *suite) testRetentionAge(t *testing.T) {
 	}
 	want := stream.Position{Epoch: old[0].Epoch, Head: 5}
 	for _, since := range []uint64{0, 2} {
-		_, _, err := st.Since(t.Context(), u, since, old[0].Epoch, stream.Limit{})
+		_, _, err := st.Since(t.Context(), u, protocol.Cursor{Seq: since, Epoch: old[0].Epoch}, stream.Limit{})
 		wantResync(t, err, protocol.ReasonTooOld, want)
 	}
 	evs, _ := mustSince(t, st, u, 3, old[0].Epoch)
@@ -320,7 +341,7 @@ func (s *suite) testRetentionAge(t *testing.T) {
 	// reports once everything expired is up to the backend (a backend may
 	// drop the whole stream and start a new epoch).
 	time.Sleep(maxAge + maxAge/2)
-	if evs, _, err := st.Since(t.Context(), u, 3, "", stream.Limit{}); !errors.Is(err, stream.ErrResync) {
+	if evs, _, err := st.Since(t.Context(), u, protocol.Cursor{Seq: 3}, stream.Limit{}); !errors.Is(err, stream.ErrResync) {
 		t.Fatalf("Since(3) after every event expired = seqs %v, %v; want ErrResync", seqs(evs), err)
 	}
 }
@@ -343,7 +364,7 @@ func (s *suite) testRetentionBytes(t *testing.T) {
 	// newest ones, oldest dropped first.
 	var first uint64
 	for since := uint64(0); since <= 22; since++ {
-		evs, _, err := st.Since(t.Context(), u, since, epoch, stream.Limit{})
+		evs, _, err := st.Since(t.Context(), u, protocol.Cursor{Seq: since, Epoch: epoch}, stream.Limit{})
 		if err == nil {
 			first = since
 			total := 0
@@ -369,7 +390,7 @@ func (s *suite) testRetentionBytes(t *testing.T) {
 	if evs, _ := mustSince(t, st, u, 30, epoch); !sameEvents(evs, []stream.Event{huge}) {
 		t.Fatalf("Since(30) after a huge event = seqs %v, want [31]", seqs(evs))
 	}
-	_, _, err := st.Since(t.Context(), u, 29, epoch, stream.Limit{})
+	_, _, err := st.Since(t.Context(), u, protocol.Cursor{Seq: 29, Epoch: epoch}, stream.Limit{})
 	wantResync(t, err, protocol.ReasonTooOld, stream.Position{Epoch: epoch, Head: 31})
 	// And it goes as soon as newer events need the room.
 	next := mustAppend(t, st, u, bigRec(32, 100))
@@ -396,7 +417,7 @@ func (s *suite) testSincePages(t *testing.T) {
 		var got []stream.Event
 		since, calls := uint64(0), 0
 		for {
-			evs, pos, err := st.Since(t.Context(), u, since, epoch, lim)
+			evs, pos, err := st.Since(t.Context(), u, protocol.Cursor{Seq: since, Epoch: epoch}, lim)
 			if err != nil {
 				t.Fatalf("%+v: Since(%d): %v", lim, since, err)
 			}
@@ -651,7 +672,7 @@ func (s *suite) testHeadBeforeFirstAppend(t *testing.T) {
 	if pos.Head != 0 || pos.Epoch == "" {
 		t.Fatalf("Head of an unknown user = %+v, want head 0 and an epoch", pos)
 	}
-	evs, p2, err := st.Since(t.Context(), u, 0, pos.Epoch, stream.Limit{})
+	evs, p2, err := st.Since(t.Context(), u, protocol.Cursor{Epoch: pos.Epoch}, stream.Limit{})
 	if err != nil || len(evs) != 0 || p2 != pos {
 		t.Fatalf("Since(0, E) before any event = %d events, %+v, %v; want none, %+v, nil", len(evs), p2, err, pos)
 	}
@@ -702,7 +723,7 @@ func (s *suite) testPingAndClose(t *testing.T) {
 		"Ping": st.Ping(ctx),
 	}
 	_, checks["Append"] = st.Append(ctx, u, rec(2))
-	_, _, checks["Since"] = st.Since(ctx, u, 0, "", stream.Limit{})
+	_, _, checks["Since"] = st.Since(ctx, u, protocol.Cursor{}, stream.Limit{})
 	_, checks["Head"] = st.Head(ctx, u)
 	_, checks["Subscribe"] = st.Subscribe(ctx, u, func(stream.Event) {})
 	for name, err := range checks {
@@ -746,7 +767,7 @@ func mustHead(t *testing.T, st stream.Stream, u string) stream.Position {
 
 func mustSince(t *testing.T, st stream.Stream, u string, since uint64, epoch string) ([]stream.Event, stream.Position) {
 	t.Helper()
-	evs, pos, err := st.Since(t.Context(), u, since, epoch, stream.Limit{})
+	evs, pos, err := st.Since(t.Context(), u, protocol.Cursor{Seq: since, Epoch: epoch}, stream.Limit{})
 	if err != nil {
 		t.Fatalf("Since(%d, %q): %v", since, epoch, err)
 	}

@@ -10,11 +10,13 @@ import (
 	"strings"
 )
 
-// MaxLine is the longest line Read accepts.
+// MaxLine is the longest line Read accepts, and the most data one event
+// may carry over all its data lines.
 const MaxLine = 1 << 20
 
-// ErrLineTooLong is returned for a line over MaxLine bytes.
-var ErrLineTooLong = fmt.Errorf("sse: line longer than %d bytes", MaxLine)
+// ErrLineTooLong is returned for a line, or an event's data, over MaxLine
+// bytes.
+var ErrLineTooLong = fmt.Errorf("sse: line or event longer than %d bytes", MaxLine)
 
 // Event is one dispatched event.
 type Event struct {
@@ -32,13 +34,14 @@ func Read(r io.Reader, fn func(Event) error) error {
 	sc.Buffer(make([]byte, 0, 64<<10), MaxLine)
 	var name string
 	var data []string
+	size := 0
 	dispatch := func() error {
 		if data == nil {
 			name = ""
 			return nil
 		}
 		e := Event{Name: name, Data: strings.Join(data, "\n")}
-		name, data = "", nil
+		name, data, size = "", nil, 0
 		return fn(e)
 	}
 	for sc.Scan() {
@@ -56,6 +59,9 @@ func Read(r io.Reader, fn func(Event) error) error {
 		value = strings.TrimPrefix(value, " ")
 		switch field {
 		case "data":
+			if size += len(value) + 1; size > MaxLine {
+				return ErrLineTooLong
+			}
 			data = append(data, value)
 		case "event":
 			name = value

@@ -44,6 +44,11 @@ func TestReadStops(t *testing.T) {
 	if !errors.Is(err, ErrLineTooLong) {
 		t.Errorf("long line: %v", err)
 	}
+	half := "data: " + strings.Repeat("x", MaxLine/2) + "\n"
+	err = Read(strings.NewReader(half+half+half+"\n"), func(Event) error { return nil })
+	if !errors.Is(err, ErrLineTooLong) {
+		t.Errorf("long event of short lines: %v", err)
+	}
 }
 
 func FuzzRead(f *testing.F) {

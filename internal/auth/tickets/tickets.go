@@ -1,4 +1,7 @@
-package auth
+// Package tickets issues and redeems the single-use connect tickets of
+// POST /api/v1/ws-ticket: the Store interface and Memory, the store of one
+// node. The store many nodes share is in redis/.
+package tickets
 
 import (
 	"context"
@@ -7,38 +10,40 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/agentwire/agentwire/internal/auth"
 )
 
-// TicketTTL is how long a ticket is valid, per the wire contract.
-const TicketTTL = 30 * time.Second
+// TTL is how long a ticket is valid, per the wire contract.
+const TTL = 30 * time.Second
 
 // ticketBytes is the entropy of a ticket; its text is base64url without
 // padding, 43 characters.
 const ticketBytes = 32
 
-// TicketStore issues and redeems single-use connect tickets. Implementations
+// Store issues and redeems single-use connect tickets. Implementations
 // must be safe for concurrent use and consume a ticket atomically: of any
 // number of concurrent Redeem calls for one ticket, at most one succeeds.
-type TicketStore interface {
+type Store interface {
 	// Issue returns a new ticket standing for c and the time it stops being
-	// valid. It fails with ErrExpired when c has already expired and with
-	// ErrInvalid when c has no subject.
-	Issue(ctx context.Context, c Claims) (ticket string, expiresAt time.Time, err error)
+	// valid. It fails with auth.ErrExpired when c has already expired and with
+	// auth.ErrInvalid when c has no subject.
+	Issue(ctx context.Context, c auth.Claims) (ticket string, expiresAt time.Time, err error)
 	// Redeem consumes ticket and returns the claims it was issued for. The
-	// error wraps ErrMissing for an empty ticket, ErrTicket when the ticket is
-	// unknown, used or expired, and ErrExpired when the token behind it has
+	// error wraps auth.ErrMissing for an empty ticket, auth.ErrTicket when the ticket is
+	// unknown, used or expired, and auth.ErrExpired when the token behind it has
 	// expired since.
-	Redeem(ctx context.Context, ticket string) (Claims, error)
+	Redeem(ctx context.Context, ticket string) (auth.Claims, error)
 	// Peek returns the claims of ticket without consuming it, with Redeem's
 	// errors, so that a connect can run the checks that may refuse it
 	// before it spends the ticket.
-	Peek(ctx context.Context, ticket string) (Claims, error)
+	Peek(ctx context.Context, ticket string) (auth.Claims, error)
 }
 
-// Tickets is the in-memory TicketStore. Expired tickets are purged as new
+// Memory is the in-memory Store. Expired tickets are purged as new
 // ones are issued, so memory is bounded by the tickets issued in one TTL;
 // no goroutine is started.
-type Tickets struct {
+type Memory struct {
 	ttl time.Duration
 	now func() time.Time
 
@@ -48,7 +53,7 @@ type Tickets struct {
 }
 
 type entry struct {
-	claims  Claims
+	claims  auth.Claims
 	expires time.Time
 }
 
@@ -57,30 +62,30 @@ type issued struct {
 	expires time.Time
 }
 
-var _ TicketStore = (*Tickets)(nil)
+var _ Store = (*Memory)(nil)
 
-// NewTickets returns an empty store whose tickets live for ttl (TicketTTL
+// NewMemory returns an empty store whose tickets live for ttl (TTL
 // when ttl <= 0), reading the time from now (time.Now when nil).
-func NewTickets(ttl time.Duration, now func() time.Time) *Tickets {
+func NewMemory(ttl time.Duration, now func() time.Time) *Memory {
 	if ttl <= 0 {
-		ttl = TicketTTL
+		ttl = TTL
 	}
 	if now == nil {
 		now = time.Now
 	}
-	return &Tickets{ttl: ttl, now: now, tickets: make(map[string]entry)}
+	return &Memory{ttl: ttl, now: now, tickets: make(map[string]entry)}
 }
 
 // Issue returns a new random ticket for c, valid until expiresAt. The claims
 // are kept as they are: a connection made with the ticket expires with the
 // token, not with the ticket.
-func (t *Tickets) Issue(ctx context.Context, c Claims) (ticket string, expiresAt time.Time, err error) {
+func (t *Memory) Issue(ctx context.Context, c auth.Claims) (ticket string, expiresAt time.Time, err error) {
 	if c.Subject == "" {
-		return "", time.Time{}, fmt.Errorf("%w: no subject", ErrInvalid)
+		return "", time.Time{}, fmt.Errorf("%w: no subject", auth.ErrInvalid)
 	}
 	now := t.now()
 	if !now.Before(c.ExpiresAt) {
-		return "", time.Time{}, fmt.Errorf("%w: cannot issue a ticket for an expired token", ErrExpired)
+		return "", time.Time{}, fmt.Errorf("%w: cannot issue a ticket for an expired token", auth.ErrExpired)
 	}
 	b := make([]byte, ticketBytes)
 	if _, err := rand.Read(b); err != nil {
@@ -97,39 +102,33 @@ func (t *Tickets) Issue(ctx context.Context, c Claims) (ticket string, expiresAt
 	return ticket, expiresAt, nil
 }
 
-// Redeem consumes ticket; see TicketStore.
-func (t *Tickets) Redeem(ctx context.Context, ticket string) (Claims, error) {
-	if ticket == "" {
-		return Claims{}, ErrMissing
-	}
-	now := t.now()
-	t.mu.Lock()
-	e, ok := t.tickets[ticket]
-	delete(t.tickets, ticket)
-	t.mu.Unlock()
-	switch {
-	case !ok || !now.Before(e.expires):
-		return Claims{}, ErrTicket
-	case !now.Before(e.claims.ExpiresAt):
-		return Claims{}, fmt.Errorf("%w: the token behind the ticket expired", ErrExpired)
-	}
-	return e.claims, nil
+// Redeem consumes ticket; see Store.
+func (t *Memory) Redeem(ctx context.Context, ticket string) (auth.Claims, error) {
+	return t.read(ticket, true)
 }
 
-// Peek returns ticket's claims without consuming it; see TicketStore.
-func (t *Tickets) Peek(ctx context.Context, ticket string) (Claims, error) {
+// Peek returns ticket's claims without consuming it; see Store.
+func (t *Memory) Peek(ctx context.Context, ticket string) (auth.Claims, error) {
+	return t.read(ticket, false)
+}
+
+// read returns ticket's claims, consuming the ticket when consume.
+func (t *Memory) read(ticket string, consume bool) (auth.Claims, error) {
 	if ticket == "" {
-		return Claims{}, ErrMissing
+		return auth.Claims{}, auth.ErrMissing
 	}
 	now := t.now()
 	t.mu.Lock()
 	e, ok := t.tickets[ticket]
+	if consume {
+		delete(t.tickets, ticket)
+	}
 	t.mu.Unlock()
 	switch {
 	case !ok || !now.Before(e.expires):
-		return Claims{}, ErrTicket
+		return auth.Claims{}, auth.ErrTicket
 	case !now.Before(e.claims.ExpiresAt):
-		return Claims{}, fmt.Errorf("%w: the token behind the ticket expired", ErrExpired)
+		return auth.Claims{}, fmt.Errorf("%w: the token behind the ticket expired", auth.ErrExpired)
 	}
 	return e.claims, nil
 }
@@ -137,7 +136,7 @@ func (t *Tickets) Peek(ctx context.Context, ticket string) (Claims, error) {
 // purge drops expired tickets from the head of the queue. Each ticket is
 // queued once and dropped once, so the cost is amortised O(1) per Issue.
 // t.mu must be held.
-func (t *Tickets) purge(now time.Time) {
+func (t *Memory) purge(now time.Time) {
 	n := 0
 	for n < len(t.queue) && !now.Before(t.queue[n].expires) {
 		delete(t.tickets, t.queue[n].ticket)

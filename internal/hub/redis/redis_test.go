@@ -1,0 +1,85 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/agentwire/agentwire/internal/redisx"
+	"github.com/agentwire/agentwire/internal/redisx/redisxtest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestConnLimitAcrossNodes(t *testing.T) {
+	t.Parallel()
+	c, prefix := redisxtest.Client(t)
+	conns := New(c, prefix, 300*time.Millisecond)
+	ctx := context.Background()
+	var ok atomic.Int32
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := conns.Acquire(ctx, "u:}{odd", fmt.Sprintf("c%d", i), 3)
+			if err != nil {
+				t.Error(err)
+			}
+			if got {
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 3 {
+		t.Fatalf("%d of 20 concurrent connects admitted, want 3", ok.Load())
+	}
+	if got, _ := conns.Acquire(ctx, "other", "c1", 3); !got {
+		t.Fatal("another user is limited by u's connections")
+	}
+	// Releasing one admits one more.
+	held := []string{}
+	for i := 0; i < 20; i++ {
+		if err := conns.Release(ctx, "u:}{odd", fmt.Sprintf("c%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		id := fmt.Sprintf("d%d", i)
+		if got, _ := conns.Acquire(ctx, "u:}{odd", id, 3); !got {
+			t.Fatalf("after release, %s refused", id)
+		}
+		held = append(held, id)
+	}
+	// Refreshed entries live on; a dead node's entries expire.
+	deadline := time.Now().Add(600 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if err := conns.Refresh(ctx, map[string][]string{"u:}{odd": held[:2]}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got, _ := conns.Acquire(ctx, "u:}{odd", "e1", 3); !got {
+		t.Fatal("the unrefreshed entry did not expire")
+	}
+	if got, _ := conns.Acquire(ctx, "u:}{odd", "e2", 3); got {
+		t.Fatal("refreshed entries expired")
+	}
+}
+
+func TestRedisDown(t *testing.T) {
+	t.Parallel()
+	c := redisxtest.Down(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := New(c, "aw", 0).Acquire(ctx, "a", "c", 1); !errors.Is(err, redisx.ErrUnavailable) {
+		t.Fatalf("acquire with Redis down: %v", err)
+	}
+}
