@@ -2,7 +2,9 @@
 // one WebSocket that stays up, with authentication by bearer header or
 // single-use ticket, automatic reconnect with exponential backoff and full
 // jitter, resume from the last seq and epoch, dedupe by seq, requests matched
-// to their answers by id, and small helpers for the HTTP API.
+// to their answers by id, and small helpers for the HTTP API. With
+// Options.SSE the stream is read over Server-Sent Events instead (GET
+// /api/v1/stream), and messages and stops go over plain HTTP.
 //
 // A Conn delivers the user's stream events in seq order, each once, across
 // reconnects, on the channel returned by Events:
@@ -61,6 +63,14 @@ type Options struct {
 	// UseTicket authenticates each connect with a single-use ticket
 	// (POST /api/v1/tickets, then ?ticket=) instead of the Authorization header.
 	UseTicket bool
+	// SSE reads the stream over Server-Sent Events (GET /api/v1/stream)
+	// instead of a WebSocket, for networks that let no WebSocket through;
+	// SendMessage and Stop then go over plain HTTP (POST /api/v1/messages,
+	// POST /api/v1/runs/{id}/stop), retried with the same client_message_id
+	// while the server cannot take them. Resume, dedupe, reconnect and
+	// Events are the same. HTTPClient must have no Timeout: the stream is
+	// one long response.
+	SSE bool
 	// HTTPClient makes the HTTP calls; nil means http.DefaultClient. The TLS
 	// config of its *http.Transport, if any, is also used for the socket.
 	HTTPClient *http.Client
@@ -141,6 +151,10 @@ type result struct {
 	f   protocol.ServerFrame
 	err error
 }
+
+// link is one established connection to the user's stream: a
+// *websocket.Conn, or an SSE response (*sseLink).
+type link interface{ Close() error }
 
 // errSlowConsumer ends a read loop whose consumer left Events full too long.
 var errSlowConsumer = errors.New("events consumer too slow")
@@ -267,7 +281,14 @@ func (c *Conn) SendMessage(ctx context.Context, content string, opts SendOptions
 	if cmid == "" {
 		cmid = randomID()
 	}
-	f, err := c.request(ctx, protocol.Frame{Type: protocol.TypeUserMessage, Content: content, ThreadID: opts.ThreadID, ClientMessageID: cmid})
+	fr := protocol.Frame{Type: protocol.TypeUserMessage, Content: content, ThreadID: opts.ThreadID, ClientMessageID: cmid}
+	var f protocol.ServerFrame
+	var err error
+	if c.opts.SSE {
+		f, err = c.post(ctx, "/api/v1/messages", protocol.EncodeFrame(&fr))
+	} else {
+		f, err = c.request(ctx, fr)
+	}
 	if err != nil {
 		return Ack{}, err
 	}
@@ -278,17 +299,71 @@ func (c *Conn) SendMessage(ctx context.Context, content string, opts SendOptions
 // ends with agent_error code cancelled (a run already ended is acknowledged
 // and unchanged). An unknown or foreign run is a *Error with Code not_found.
 func (c *Conn) Stop(ctx context.Context, runID string) (Ack, error) {
-	f, err := c.request(ctx, protocol.Frame{Type: protocol.TypeStopAgent, RunID: runID})
+	var f protocol.ServerFrame
+	var err error
+	if c.opts.SSE {
+		f, err = c.post(ctx, "/api/v1/runs/"+url.PathEscape(runID)+"/stop", nil)
+	} else {
+		f, err = c.request(ctx, protocol.Frame{Type: protocol.TypeStopAgent, RunID: runID})
+	}
 	if err != nil {
 		return Ack{}, err
 	}
 	return Ack{AckFrame: f.Ack()}, nil
 }
 
-// Ping sends an application-level ping and waits for its pong.
+// Ping sends an application-level ping and waits for its pong (with SSE:
+// GET /healthz).
 func (c *Conn) Ping(ctx context.Context) error {
+	if c.opts.SSE {
+		var out json.RawMessage
+		return c.do(ctx, http.MethodGet, "/healthz", nil, &out)
+	}
 	_, err := c.request(ctx, protocol.Frame{Type: protocol.TypePing})
 	return err
+}
+
+// post sends a request over plain HTTP (Options.SSE) and returns the ack it
+// answers. An answer with one of the error frame's codes is that *Error; a
+// failed request or a 5xx is sent again, the same (so with the same
+// client_message_id), with backoff, until ctx ends or the Conn stops.
+func (c *Conn) post(ctx context.Context, path string, body []byte) (protocol.ServerFrame, error) {
+	for attempt := 0; ; attempt++ {
+		c.mu.Lock()
+		stopped, serr := c.stopped, c.err
+		c.mu.Unlock()
+		if stopped {
+			if serr == nil {
+				serr = ErrClosed
+			}
+			return protocol.ServerFrame{}, serr
+		}
+		var raw json.RawMessage
+		err := c.do(ctx, http.MethodPost, path, body, &raw)
+		if err == nil {
+			return protocol.DecodeServerFrame(raw)
+		}
+		if ctx.Err() != nil {
+			return protocol.ServerFrame{}, ctx.Err()
+		}
+		var he *HTTPError
+		if errors.As(err, &he) && he.Status < 500 {
+			if he.Code != "" && he.Status != http.StatusUnauthorized && he.Status != http.StatusForbidden {
+				return protocol.ServerFrame{}, &Error{Code: he.Code, Message: he.Message}
+			}
+			return protocol.ServerFrame{}, err
+		}
+		c.log.Warn("agentwire: request not taken, retrying", "path", path, "attempt", attempt, "err", err)
+		t := time.NewTimer(c.backoff(attempt, 0))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return protocol.ServerFrame{}, ctx.Err()
+		case <-c.done:
+			t.Stop()
+		}
+	}
 }
 
 // request sends f with a fresh id (now if connected, else on the next
@@ -369,26 +444,34 @@ func (c *Conn) invalidateToken(tok string) {
 	}
 }
 
-// connect opens one socket and reads its connection_established.
-func (c *Conn) connect(ctx context.Context) (*websocket.Conn, ConnectionEstablished, error) {
+// connect opens one socket (or SSE response) and reads its
+// connection_established.
+func (c *Conn) connect(ctx context.Context) (link, ConnectionEstablished, error) {
 	var est ConnectionEstablished
 	tok, err := c.currentToken(ctx)
 	if err != nil {
 		return nil, est, err
 	}
 	q := url.Values{}
-	c.mu.Lock()
-	c.pos.SetQuery(q)
-	c.mu.Unlock()
 	h := http.Header{}
+	c.mu.Lock()
+	if pos := c.pos; c.opts.SSE && !pos.None && pos.Epoch != "" {
+		h.Set("Last-Event-ID", protocol.EventID(pos.Epoch, pos.Seq))
+	} else {
+		pos.SetQuery(q)
+	}
+	c.mu.Unlock()
 	if c.opts.UseTicket {
 		var t protocol.Ticket
-		if err := c.do(ctx, http.MethodPost, "/api/v1/tickets", &t); err != nil {
+		if err := c.do(ctx, http.MethodPost, "/api/v1/tickets", nil, &t); err != nil {
 			return nil, est, fmt.Errorf("client: ticket: %w", err)
 		}
 		q.Set("ticket", t.Ticket)
 	} else {
 		h.Set("Authorization", "Bearer "+tok)
+	}
+	if c.opts.SSE {
+		return c.connectSSE(ctx, tok, q, h)
 	}
 	u := c.wsURL
 	if len(q) > 0 {
@@ -411,8 +494,15 @@ func (c *Conn) connect(ctx context.Context) (*websocket.Conn, ConnectionEstablis
 	defer stop()
 	_ = ws.SetReadDeadline(time.Now().Add(handshakeTimeout))
 	_, b, err := ws.ReadMessage()
+	return c.established(ws, b, err)
+}
+
+// established checks the first frame read from l (b, or the read's error
+// err), which must be connection_established; on failure it closes l.
+func (c *Conn) established(l link, b []byte, err error) (link, ConnectionEstablished, error) {
+	var est ConnectionEstablished
 	if err != nil {
-		ws.Close()
+		l.Close()
 		return nil, est, fmt.Errorf("client: connect: reading connection_established: %w", err)
 	}
 	if c.opts.OnFrame != nil {
@@ -422,20 +512,27 @@ func (c *Conn) connect(ctx context.Context) (*websocket.Conn, ConnectionEstablis
 		Type string `json:"type"`
 	}
 	if json.Unmarshal(b, &typ) != nil || typ.Type != protocol.TypeConnectionEstablished || json.Unmarshal(b, &est) != nil {
-		ws.Close()
+		l.Close()
 		return nil, est, fmt.Errorf("client: connect: first frame %.200q is not connection_established", b)
 	}
-	return ws, est, nil
+	return l, est, nil
 }
 
-// attach makes ws the current socket and sends every unanswered request on it.
-func (c *Conn) attach(ws *websocket.Conn, est ConnectionEstablished) {
+// attach makes l the current connection and sends every unanswered request
+// on it (a socket's; requests go over HTTP with SSE).
+func (c *Conn) attach(l link, est ConnectionEstablished) {
 	c.mu.Lock()
 	c.est = est
 	if c.pos.None {
 		c.pos = Position{Seq: est.HeadSeq, Epoch: est.Epoch}
 	} else if c.pos.Epoch == "" {
 		c.pos.Epoch = est.Epoch
+	}
+	ws, _ := l.(*websocket.Conn)
+	if ws == nil {
+		c.mu.Unlock()
+		c.log.Info("agentwire: connected (SSE)", "conn", est.ConnectionID, "user", est.UserID, "head_seq", est.HeadSeq)
+		return
 	}
 	c.ws = ws
 	resend := make([]*pending, 0, len(c.pending))
@@ -458,27 +555,27 @@ func sortPending(ps []*pending) {
 	}
 }
 
-// detach forgets ws as the current socket and closes it.
-func (c *Conn) detach(ws *websocket.Conn) {
+// detach forgets l as the current connection and closes it.
+func (c *Conn) detach(l link) {
 	c.mu.Lock()
-	if c.ws == ws {
+	if ws, ok := l.(*websocket.Conn); ok && c.ws == ws {
 		c.ws = nil
 	}
 	c.mu.Unlock()
-	ws.Close()
+	l.Close()
 }
 
 // run is the Conn's one goroutine: it reads the current socket, and when it
 // ends decides, from the close code, to stop or to reconnect with resume.
-func (c *Conn) run(ws *websocket.Conn, est ConnectionEstablished) {
+func (c *Conn) run(l link, est ConnectionEstablished) {
 	defer close(c.done)
 	attempt := 0
 	for {
 		upAt := time.Now()
-		unhook := context.AfterFunc(c.ctx, func() { ws.Close() })
-		code, reason, err := c.read(ws, est)
+		unhook := context.AfterFunc(c.ctx, func() { l.Close() })
+		code, reason, err := c.read(l, est)
 		unhook()
-		c.detach(ws)
+		c.detach(l)
 		if c.ctx.Err() != nil {
 			c.stop(nil)
 			return
@@ -520,7 +617,7 @@ func (c *Conn) run(ws *websocket.Conn, est ConnectionEstablished) {
 				c.stop(nil)
 				return
 			}
-			ws, est, err = c.connect(c.ctx)
+			l, est, err = c.connect(c.ctx)
 			if err == nil {
 				break
 			}
@@ -537,7 +634,7 @@ func (c *Conn) run(ws *websocket.Conn, est ConnectionEstablished) {
 			delay = c.backoff(attempt, code)
 			attempt++
 		}
-		c.attach(ws, est)
+		c.attach(l, est)
 	}
 }
 
@@ -609,13 +706,17 @@ func (c *Conn) stop(err error) {
 	c.log.Info("agentwire: stopped", "err", c.err)
 }
 
-// read handles frames from ws until it ends, returning the close code
-// (1006 without a close frame), its reason and the read error.
-func (c *Conn) read(ws *websocket.Conn, est ConnectionEstablished) (protocol.CloseCode, string, error) {
+// read handles frames from l until it ends, returning the close code
+// (1006 without one), its reason and the read error.
+func (c *Conn) read(l link, est ConnectionEstablished) (protocol.CloseCode, string, error) {
 	idle := 2*time.Duration(est.HeartbeatIntervalMS)*time.Millisecond + 10*time.Second
 	if est.HeartbeatIntervalMS <= 0 {
 		idle = 70 * time.Second
 	}
+	if s, ok := l.(*sseLink); ok {
+		return c.readSSE(s, idle)
+	}
+	ws := l.(*websocket.Conn)
 	ws.SetPingHandler(func(data string) error {
 		_ = ws.SetReadDeadline(time.Now().Add(idle))
 		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(writeTimeout))
@@ -624,7 +725,9 @@ func (c *Conn) read(ws *websocket.Conn, est ConnectionEstablished) (protocol.Clo
 		}
 		return err
 	})
-	gapResumeSent := false
+	g := gap{resume: func(pos Position) {
+		c.write(ws, protocol.EncodeFrame(&protocol.Frame{Type: protocol.TypeResume, Cursor: pos}))
+	}}
 	for {
 		_ = ws.SetReadDeadline(time.Now().Add(idle))
 		_, b, err := ws.ReadMessage()
@@ -635,49 +738,60 @@ func (c *Conn) read(ws *websocket.Conn, est ConnectionEstablished) (protocol.Clo
 			}
 			return protocol.CloseAbnormal, "", err
 		}
-		if c.opts.OnFrame != nil {
-			c.opts.OnFrame(b)
-		}
-		f, err := protocol.DecodeServerFrame(b)
-		if err != nil {
-			c.log.Warn("agentwire: frame is not JSON", "err", err)
-			continue
-		}
-		switch f.Type {
-		case protocol.TypeAck, protocol.TypePong, protocol.TypeError:
-			c.answer(&f)
-		case protocol.TypeResyncRequired:
-			rr := f.Resync()
-			c.log.Warn("agentwire: resync required", "epoch", f.Epoch, "head_seq", f.HeadSeq, "reason", f.Reason)
-			ev := Event{Event: protocol.Event{Type: protocol.TypeResyncRequired, Epoch: f.Epoch}, Resync: &rr}
-			if err := c.deliver(ev, Position{Seq: f.HeadSeq, Epoch: f.Epoch}); err != nil {
-				return protocol.CloseSlowConsumer, "slow consumer", err
-			}
-		case protocol.TypeDeprecation:
-			c.log.Warn("agentwire: deprecated frame type", "alias", f.Alias)
-		default:
-			if f.Seq == 0 {
-				c.log.Debug("agentwire: frame ignored", "type", f.Type)
-				continue
-			}
-			pos := c.Position()
-			switch {
-			case f.Epoch == pos.Epoch && f.Seq <= pos.Seq:
-				continue // seen
-			case f.Epoch == pos.Epoch && f.Seq > pos.Seq+1:
-				// A gap the contract rules out: ask for it once rather than lose it.
-				if !gapResumeSent {
-					gapResumeSent = true
-					c.write(ws, protocol.EncodeFrame(&protocol.Frame{Type: protocol.TypeResume, Cursor: pos}))
-				}
-				continue
-			}
-			gapResumeSent = false
-			if err := c.deliver(Event{Event: f.Event()}, Position{Seq: f.Seq, Epoch: f.Epoch}); err != nil {
-				return protocol.CloseSlowConsumer, "slow consumer", err
-			}
+		if err := c.handle(b, &g); err != nil {
+			return protocol.CloseSlowConsumer, "slow consumer", err
 		}
 	}
+}
+
+// gap asks, once per gap, for the events of a gap in seq the contract rules
+// out rather than lose them.
+type gap struct {
+	asked  bool
+	resume func(Position)
+}
+
+// handle acts on one frame received; an error (the consumer too slow) ends
+// the connection.
+func (c *Conn) handle(b []byte, g *gap) error {
+	if c.opts.OnFrame != nil {
+		c.opts.OnFrame(b)
+	}
+	f, err := protocol.DecodeServerFrame(b)
+	if err != nil {
+		c.log.Warn("agentwire: frame is not JSON", "err", err)
+		return nil
+	}
+	switch f.Type {
+	case protocol.TypeAck, protocol.TypePong, protocol.TypeError:
+		c.answer(&f)
+	case protocol.TypeResyncRequired:
+		rr := f.Resync()
+		c.log.Warn("agentwire: resync required", "epoch", f.Epoch, "head_seq", f.HeadSeq, "reason", f.Reason)
+		ev := Event{Event: protocol.Event{Type: protocol.TypeResyncRequired, Epoch: f.Epoch}, Resync: &rr}
+		return c.deliver(ev, Position{Seq: f.HeadSeq, Epoch: f.Epoch})
+	case protocol.TypeDeprecation:
+		c.log.Warn("agentwire: deprecated frame type", "alias", f.Alias)
+	default:
+		if f.Seq == 0 {
+			c.log.Debug("agentwire: frame ignored", "type", f.Type)
+			return nil
+		}
+		pos := c.Position()
+		switch {
+		case f.Epoch == pos.Epoch && f.Seq <= pos.Seq:
+			return nil // seen
+		case f.Epoch == pos.Epoch && f.Seq > pos.Seq+1:
+			if !g.asked {
+				g.asked = true
+				g.resume(pos)
+			}
+			return nil
+		}
+		g.asked = false
+		return c.deliver(Event{Event: f.Event()}, Position{Seq: f.Seq, Epoch: f.Epoch})
+	}
+	return nil
 }
 
 // deliver puts ev on Events and then moves the position to pos.

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -61,7 +62,7 @@ func (c *Conn) pages(ctx context.Context, path string, page func(body []byte) (n
 			p += "&after=" + url.QueryEscape(next)
 		}
 		var raw json.RawMessage
-		err := c.do(ctx, http.MethodGet, p, &raw)
+		err := c.do(ctx, http.MethodGet, p, nil, &raw)
 		var he *HTTPError
 		if errors.As(err, &he) && he.Status == http.StatusTooManyRequests {
 			select {
@@ -87,21 +88,29 @@ func (c *Conn) pages(ctx context.Context, path string, page func(body []byte) (n
 // is a *HTTPError with Status 404.
 func (c *Conn) Run(ctx context.Context, runID string) (Run, error) {
 	var out Run
-	err := c.do(ctx, http.MethodGet, "/api/v1/runs/"+url.PathEscape(runID), &out)
+	err := c.do(ctx, http.MethodGet, "/api/v1/runs/"+url.PathEscape(runID), nil, &out)
 	return out, err
 }
 
-// do sends an authenticated request and decodes a 2xx JSON answer into out.
-// After a 401 it asks Options.Token for a fresh token and tries once more.
-func (c *Conn) do(ctx context.Context, method, path string, out any) error {
+// do sends an authenticated request (with body as JSON when not nil) and
+// decodes a 2xx JSON answer into out. After a 401 it asks Options.Token for
+// a fresh token and tries once more.
+func (c *Conn) do(ctx context.Context, method, path string, body []byte, out any) error {
 	for try := 0; ; try++ {
 		tok, err := c.currentToken(ctx)
 		if err != nil {
 			return err
 		}
-		req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+		var rd io.Reader
+		if body != nil {
+			rd = bytes.NewReader(body)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 		if err != nil {
 			return err
+		}
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
 		req.Header.Set("Accept", "application/json")

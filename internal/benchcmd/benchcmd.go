@@ -45,6 +45,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	f.StringVar(&o.prefix, "user-prefix", "bench-", "users are <prefix>0 … <prefix>N-1")
 	f.IntVar(&o.users, "users", 100, "users to connect")
 	f.IntVar(&o.connsPerUser, "conns-per-user", 1, "WebSocket connections per user (tabs)")
+	f.BoolVar(&o.sse, "sse", false, "read the streams over SSE (GET /api/v1/stream) and send over plain HTTP instead of WebSockets")
 	f.StringVar(&o.mode, "mode", "publish", "publish: events via POST /api/v1/publish, publish → receive latency; runs: each user asks the agent in a closed loop")
 	f.Float64Var(&o.rate, "rate", 5000, "target publishes/s (publish mode)")
 	f.IntVar(&o.publishers, "publishers", 32, "publishing goroutines, each one keep-alive HTTP connection with one request in flight (publish mode)")
@@ -75,7 +76,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 type benchOptions struct {
 	url, apiKey, secret, issuer, audience, prefix, mode, message string
-	dev                                                          bool
+	dev, sse                                                     bool
 	users, connsPerUser, publishers, payload                     int
 	rate                                                         float64
 	duration, warmup, maxDuration                                time.Duration
@@ -382,8 +383,12 @@ func (b *bencher) dial(ctx context.Context, u, k int) (*benchConn, error) {
 	onDrop := func(code protocol.CloseCode, reason string, err error) {
 		b.fail("%s: connection dropped: code=%d reason=%q err=%v", who, code, reason, err)
 	}
-	c, err := client.Dial(dctx, client.Options{URL: b.url, Token: b.token(u), HTTPClient: b.hc, EventBuffer: 1024,
-		OnDisconnect: onDrop})
+	hc := b.hc
+	if b.sse {
+		hc = &http.Client{Transport: b.hc.Transport} // no Timeout: an SSE stream is one long answer
+	}
+	c, err := client.Dial(dctx, client.Options{URL: b.url, Token: b.token(u), HTTPClient: hc, EventBuffer: 1024,
+		OnDisconnect: onDrop, SSE: b.sse})
 	if err != nil {
 		return nil, err
 	}

@@ -259,14 +259,21 @@ func (p *proxy) snapshot() []*proxyConn {
 // dropWebSockets sends a close frame with code to every proxied WebSocket,
 // between two frames, and cuts both sides. It returns how many it dropped.
 func (p *proxy) dropWebSockets(code uint16, reason string) int {
-	conns := p.snapshot()
+	payload := binary.BigEndian.AppendUint16(nil, code)
+	payload = append(payload, reason...)
+	return p.cut(true, append([]byte{0x88, byte(len(payload))}, payload...))
+}
+
+// cut cuts both sides of every proxied connection that is a WebSocket (ws)
+// or not, after writing last to the client. It returns how many it cut.
+func (p *proxy) cut(ws bool, last []byte) int {
 	n := 0
-	for _, c := range conns {
+	for _, c := range p.snapshot() {
 		c.mu.Lock()
-		if c.ws && !c.dropped {
-			payload := binary.BigEndian.AppendUint16(nil, code)
-			payload = append(payload, reason...)
-			_, _ = c.client.Write(append([]byte{0x88, byte(len(payload))}, payload...))
+		if c.ws == ws && !c.dropped {
+			if last != nil {
+				_, _ = c.client.Write(last)
+			}
 			c.dropped = true
 			c.client.Close()
 			c.upstream.Close()
@@ -461,18 +468,4 @@ func (b *browser) ask(content string) {
 // dropHTTP cuts every proxied connection that is not a WebSocket (an SSE
 // response, say) at once, as a server that dies does. It returns how many
 // it cut.
-func (p *proxy) dropHTTP() int {
-	conns := p.snapshot()
-	n := 0
-	for _, c := range conns {
-		c.mu.Lock()
-		if !c.ws && !c.dropped {
-			c.dropped = true
-			c.client.Close()
-			c.upstream.Close()
-			n++
-		}
-		c.mu.Unlock()
-	}
-	return n
-}
+func (p *proxy) dropHTTP() int { return p.cut(false, nil) }

@@ -231,6 +231,7 @@ func (c *Conn) Discard() {
 // finish writes why the response ends (unless the client left, or it ends
 // normally) and gives the connection up.
 func (c *Conn) finish(ctx context.Context, code protocol.CloseCode, reason string) {
+	c.hub.Unregister(c.HC) // first: the last comment may wait on a slow client
 	c.wmu.Lock()
 	// Close set the write deadline to now (to interrupt a write in flight):
 	// the last comment and the response's end get a short one instead.
@@ -245,8 +246,6 @@ func (c *Conn) finish(ctx context.Context, code protocol.CloseCode, reason strin
 	c.mu.Lock()
 	c.ended = true
 	c.mu.Unlock()
-
-	c.hub.Unregister(c.HC)
 	c.HC.Close(protocol.CloseNormal, "") // drops whatever is still queued
 }
 
