@@ -635,3 +635,39 @@ func TestHandleDevLogin(t *testing.T) {
 	wantError(t, post(signer, `nope`), http.StatusBadRequest, protocol.CodeBadJSON)
 	wantError(t, post(nil, `{"user_id":"alice"}`), http.StatusNotImplemented, protocol.CodeNoSigningKey)
 }
+
+// TestCORSOnBrowserTransports: the SSE stream and sending over plain HTTP
+// answer preflights from an allowed origin with their method, refuse
+// another origin with 403 forbidden_origin before authenticating, and
+// give an allowed origin Access-Control-Allow-Origin on the real request.
+func TestCORSOnBrowserTransports(t *testing.T) {
+	t.Parallel()
+	const allowed = "https://app.example"
+	h := NewServer(Deps{Metrics: metrics.New(),
+		Verifier:      verifierFunc(func(context.Context, string) (auth.Claims, error) { return auth.Claims{}, auth.ErrInvalid }),
+		WS:            http.NotFoundHandler(),
+		SSE:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) }),
+		OriginAllowed: func(r *http.Request) bool { return r.Header.Get("Origin") == allowed },
+	})
+	for _, c := range []struct{ path, method string }{
+		{"/api/v1/stream", "GET"}, {"/api/v1/messages", "POST"}, {"/api/v1/runs/r1/stop", "POST"},
+	} {
+		pre := httptest.NewRequest(http.MethodOptions, c.path, nil)
+		pre.Header.Set("Origin", allowed)
+		pre.Header.Set("Access-Control-Request-Method", c.method)
+		rec := serve(h, pre)
+		if rec.Code != http.StatusNoContent || rec.Header().Get("Access-Control-Allow-Origin") != allowed ||
+			rec.Header().Get("Access-Control-Allow-Methods") != c.method ||
+			!strings.Contains(rec.Header().Get("Access-Control-Allow-Headers"), "Authorization") {
+			t.Errorf("preflight %s: %d %v", c.path, rec.Code, rec.Header())
+		}
+		foreign := httptest.NewRequest(c.method, c.path, strings.NewReader("{}"))
+		foreign.Header.Set("Origin", "https://elsewhere.example")
+		wantError(t, serve(h, foreign), http.StatusForbidden, protocol.CodeForbiddenOrigin)
+		real := httptest.NewRequest(c.method, c.path, strings.NewReader("{}"))
+		real.Header.Set("Origin", allowed)
+		if rec := serve(h, real); rec.Header().Get("Access-Control-Allow-Origin") != allowed {
+			t.Errorf("%s %s from an allowed origin: %d, no Access-Control-Allow-Origin", c.method, c.path, rec.Code)
+		}
+	}
+}

@@ -70,14 +70,15 @@ func requireAPIKey(keys *auth.APIKeys, failures *prometheus.CounterVec) func(htt
 }
 
 // allowCORS returns the middleware of the endpoints browsers call from
-// other origins (the AG-UI endpoints): allowed reports whether a request's
+// other origins (the AG-UI endpoints, the SSE stream and sending over plain
+// HTTP), answering preflights for method: allowed reports whether a request's
 // Origin may call (the --allowed-origins policy of /ws; nil: only requests
 // without Origin and same-host ones). A request from an origin not allowed
 // is 403 forbidden_origin, counted in failures as "origin"; one from an
 // allowed origin gets Access-Control-Allow-Origin, and its preflight
 // (OPTIONS) is answered 204 with the method and the headers the endpoint
 // takes (Authorization, Content-Type, Accept, Last-Event-ID).
-func allowCORS(allowed func(*http.Request) bool, failures *prometheus.CounterVec) func(http.Handler) http.Handler {
+func allowCORS(method string, allowed func(*http.Request) bool, failures *prometheus.CounterVec) func(http.Handler) http.Handler {
 	if allowed == nil {
 		allowed = sameOrigin
 	}
@@ -97,7 +98,7 @@ func allowCORS(allowed func(*http.Request) bool, failures *prometheus.CounterVec
 			h := w.Header()
 			h.Set("Access-Control-Allow-Origin", origin)
 			if r.Method == http.MethodOptions {
-				h.Set("Access-Control-Allow-Methods", "POST")
+				h.Set("Access-Control-Allow-Methods", method)
 				h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Accept, Last-Event-ID")
 				h.Set("Access-Control-Max-Age", "600")
 				w.WriteHeader(http.StatusNoContent)

@@ -15,12 +15,20 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	// The list endpoints share a per-user bound of requests in flight.
 	reads := limitReads(d.MaxReadsPerUser)
 
+	// Browsers on other allowed origins (--allowed-origins) may call the
+	// HTTP transport and the AG-UI endpoints; /ws checks origins itself.
+	corsGet := allowCORS("GET", d.OriginAllowed, d.Metrics.AuthFailures)
+	corsPost := allowCORS("POST", d.OriginAllowed, d.Metrics.AuthFailures)
+
 	mux.Handle("GET /ws", d.WS)
 	if d.SSE != nil {
-		mux.Handle("GET /api/v1/stream", d.SSE)
+		mux.Handle("GET /api/v1/stream", corsGet(d.SSE))
+		mux.Handle("OPTIONS /api/v1/stream", corsGet(handleMethodNotAllowed("GET")))
 	}
-	mux.Handle("POST /api/v1/messages", user(handleSendMessage(d.Runs)))
-	mux.Handle("POST /api/v1/runs/{id}/stop", user(handleStopRun(d.Runs)))
+	mux.Handle("POST /api/v1/messages", corsPost(user(handleSendMessage(d.Runs))))
+	mux.Handle("OPTIONS /api/v1/messages", corsPost(handleMethodNotAllowed("POST")))
+	mux.Handle("POST /api/v1/runs/{id}/stop", corsPost(user(handleStopRun(d.Runs))))
+	mux.Handle("OPTIONS /api/v1/runs/{id}/stop", corsPost(handleMethodNotAllowed("POST")))
 
 	mux.Handle("POST /api/v1/tickets", user(handleTickets(d.Tickets, d.Logger)))
 	mux.Handle("GET /api/v1/events", user(reads(handleEvents(d.Stream, d.Logger))))
@@ -33,11 +41,10 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	if d.Hub != nil {
 		ag := &aguiServer{hub: d.Hub, runs: d.Runs, store: d.Store, stream: d.Stream, conns: d.Conns,
 			maxConns: d.MaxConnsPerUser, draining: d.Draining, heartbeat: d.SSEHeartbeat, log: d.Logger}
-		cors := allowCORS(d.OriginAllowed, d.Metrics.AuthFailures)
-		mux.Handle("POST /api/v1/agui", cors(user(handleAGUIRun(ag))))
-		mux.Handle("POST /api/v1/agui/connect", cors(user(handleAGUIConnect(ag))))
-		mux.Handle("OPTIONS /api/v1/agui", cors(handleMethodNotAllowed("POST")))
-		mux.Handle("OPTIONS /api/v1/agui/connect", cors(handleMethodNotAllowed("POST")))
+		mux.Handle("POST /api/v1/agui", corsPost(user(handleAGUIRun(ag))))
+		mux.Handle("POST /api/v1/agui/connect", corsPost(user(handleAGUIConnect(ag))))
+		mux.Handle("OPTIONS /api/v1/agui", corsPost(handleMethodNotAllowed("POST")))
+		mux.Handle("OPTIONS /api/v1/agui/connect", corsPost(handleMethodNotAllowed("POST")))
 	}
 
 	if d.DevLogin {
