@@ -182,7 +182,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Logger: log, Metrics: m, Stream: a.stream, Store: a.store, Runs: a.runs, Verifier: a.verifier, Tickets: tix,
 		APIKeys: apiKeys, DevLogin: cfg.Dev,
 		Issuer: cfg.Keys.Issuer, Audience: cfg.Keys.Audience, WS: a.ws, SSE: http.HandlerFunc(a.ws.ServeSSE), Draining: a.draining.Load,
-		BodyTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
+		BodyTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout, RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
 	}
 	deps.Hub, deps.MaxConnsPerUser, deps.OriginAllowed = a.hub, cfg.MaxConnsPerUser, a.ws.OriginAllowed
 	if a.conns != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -11,10 +12,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/time/rate"
 
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/auth/tickets"
@@ -670,4 +673,55 @@ func TestCORSOnBrowserTransports(t *testing.T) {
 			t.Errorf("%s %s from an allowed origin: %d, no Access-Control-Allow-Origin", c.method, c.path, rec.Code)
 		}
 	}
+}
+
+// TestLimitRate: a user's sends beyond the burst are refused 429
+// rate_limited with Retry-After, counted, and change nothing; another user
+// has a bucket of their own; the bucket refills with time, and buckets of
+// users gone idle are forgotten.
+func TestLimitRate(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "refused"})
+		var served sync.Map
+		h := limitRate(1, 2, refused)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n, _ := served.LoadOrStore(claimsFrom(r.Context()).Subject, new(int))
+			*n.(*int)++
+			w.WriteHeader(http.StatusNoContent)
+		}))
+		send := func(user string) *httptest.ResponseRecorder {
+			return serve(h, asUser(httptest.NewRequest(http.MethodPost, "/api/v1/messages", nil), user))
+		}
+		for i := range 2 {
+			if rec := send("ann"); rec.Code != http.StatusNoContent {
+				t.Fatalf("send %d within the burst: %d", i+1, rec.Code)
+			}
+		}
+		rec := send("ann")
+		wantError(t, rec, http.StatusTooManyRequests, protocol.CodeRateLimited)
+		if rec.Header().Get("Retry-After") != "1" || count(t, refused) != 1 {
+			t.Fatalf("refusal: Retry-After %q, counted %v", rec.Header().Get("Retry-After"), count(t, refused))
+		}
+		if n, _ := served.Load("ann"); *n.(*int) != 2 {
+			t.Fatalf("the refused send reached the handler")
+		}
+		if rec := send("bob"); rec.Code != http.StatusNoContent {
+			t.Fatalf("another user refused: %d", rec.Code)
+		}
+		time.Sleep(time.Second)
+		if rec := send("ann"); rec.Code != http.StatusNoContent {
+			t.Fatalf("after a second: %d", rec.Code)
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		l := &rateLimiter{limit: 10, burst: 5, users: map[string]*rate.Limiter{}}
+		for i := range 1000 {
+			l.allow(fmt.Sprint("user", i), time.Now())
+		}
+		time.Sleep(time.Second) // 5 tokens at 10/s: full again after 0.5 s
+		l.allow("last", time.Now())
+		if len(l.users) != 1 {
+			t.Fatalf("%d buckets kept after every other user went idle, want 1", len(l.users))
+		}
+	})
 }

@@ -8,6 +8,8 @@ import (
 
 	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/protocol"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 )
 
 // Defaults of the per-request bounds (Deps.BodyTimeout, Deps.WriteTimeout,
@@ -140,6 +142,64 @@ func limitReads(max int) func(http.Handler) http.Handler {
 				return
 			}
 			defer l.release(user)
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// rateLimiter holds a token bucket per user who sent recently; a bucket
+// left untouched long enough to be full again is dropped, so idle users
+// cost no memory.
+type rateLimiter struct {
+	limit rate.Limit
+	burst int
+	mu    sync.Mutex
+	users map[string]*rate.Limiter
+	swept time.Time
+}
+
+// allow takes one token of user's bucket, or reports false.
+func (l *rateLimiter) allow(user string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// A full bucket is as good as none: forget those, at most once per
+	// refill time, so the sweep costs nothing per request.
+	refill := time.Duration(float64(l.burst) / float64(l.limit) * float64(time.Second))
+	if now.Sub(l.swept) > refill {
+		for u, b := range l.users {
+			if b.TokensAt(now) >= float64(l.burst) {
+				delete(l.users, u)
+			}
+		}
+		l.swept = now
+	}
+	b := l.users[user]
+	if b == nil {
+		b = rate.NewLimiter(l.limit, l.burst)
+		l.users[user] = b
+	}
+	return b.AllowN(now, 1)
+}
+
+// limitRate returns the middleware of the endpoints that send on a user's
+// behalf: each user (from the claims requireUser put in the context) may
+// make perSecond such requests per second on this node, in bursts of
+// burst, like the frames of a WebSocket connection (--rate-limit,
+// --rate-burst). One more answers 429 rate_limited with Retry-After: 1 and
+// changes nothing; refused counts it. perSecond <= 0 means no bound.
+func limitRate(perSecond float64, burst int, refused prometheus.Counter) func(http.Handler) http.Handler {
+	if perSecond <= 0 {
+		return func(next http.Handler) http.Handler { return next }
+	}
+	l := &rateLimiter{limit: rate.Limit(perSecond), burst: max(burst, 1), users: make(map[string]*rate.Limiter)}
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !l.allow(claimsFrom(r.Context()).Subject, time.Now()) {
+				refused.Inc()
+				w.Header().Set("Retry-After", "1")
+				httpx.Error(w, http.StatusTooManyRequests, protocol.CodeRateLimited, "too many requests: slow down")
+				return
+			}
 			next.ServeHTTP(w, r)
 		})
 	}

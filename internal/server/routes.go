@@ -3,6 +3,7 @@ package server
 import (
 	"net/http"
 
+	"github.com/agentwire/agentwire/protocol"
 	"github.com/agentwire/agentwire/web"
 )
 
@@ -25,9 +26,11 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 		mux.Handle("GET /api/v1/stream", corsGet(d.SSE))
 		mux.Handle("OPTIONS /api/v1/stream", corsGet(handleMethodNotAllowed("GET")))
 	}
-	mux.Handle("POST /api/v1/messages", corsPost(user(handleSendMessage(d.Runs))))
+	// Sending is bounded per user like a WebSocket connection's frames.
+	sends := limitRate(d.RateLimit, d.RateBurst, d.Metrics.FramesIn.WithLabelValues(protocol.CodeRateLimited.String()))
+	mux.Handle("POST /api/v1/messages", corsPost(user(sends(handleSendMessage(d.Runs)))))
 	mux.Handle("OPTIONS /api/v1/messages", corsPost(handleMethodNotAllowed("POST")))
-	mux.Handle("POST /api/v1/runs/{id}/stop", corsPost(user(handleStopRun(d.Runs))))
+	mux.Handle("POST /api/v1/runs/{id}/stop", corsPost(user(sends(handleStopRun(d.Runs)))))
 	mux.Handle("OPTIONS /api/v1/runs/{id}/stop", corsPost(handleMethodNotAllowed("POST")))
 
 	mux.Handle("POST /api/v1/tickets", user(handleTickets(d.Tickets, d.Logger)))
@@ -41,7 +44,7 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	if d.Hub != nil {
 		ag := &aguiServer{hub: d.Hub, runs: d.Runs, store: d.Store, stream: d.Stream, conns: d.Conns,
 			maxConns: d.MaxConnsPerUser, draining: d.Draining, heartbeat: d.SSEHeartbeat, log: d.Logger}
-		mux.Handle("POST /api/v1/agui", corsPost(user(handleAGUIRun(ag))))
+		mux.Handle("POST /api/v1/agui", corsPost(user(sends(handleAGUIRun(ag)))))
 		mux.Handle("POST /api/v1/agui/connect", corsPost(user(handleAGUIConnect(ag))))
 		mux.Handle("OPTIONS /api/v1/agui", corsPost(handleMethodNotAllowed("POST")))
 		mux.Handle("OPTIONS /api/v1/agui/connect", corsPost(handleMethodNotAllowed("POST")))

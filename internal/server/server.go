@@ -54,6 +54,12 @@ type Deps struct {
 	BodyTimeout     time.Duration
 	WriteTimeout    time.Duration
 	MaxReadsPerUser int
+	// RateLimit and RateBurst bound each user's requests per second on this
+	// node to the endpoints that send (POST /api/v1/messages, the AG-UI
+	// run request, a stop over HTTP), the --rate-limit and --rate-burst of
+	// a WebSocket connection's frames (see limitRate). Zero means no bound.
+	RateLimit float64
+	RateBurst int
 	// JWKS reports the last JWKS fetch's failure (nil: fine), shown by
 	// /readyz; nil when no JWKS is configured.
 	JWKS func() error
