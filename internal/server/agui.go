@@ -16,6 +16,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agui"
 	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/internal/hub"
+	hubsse "github.com/agentwire/agentwire/internal/hub/sse"
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/sse"
 	"github.com/agentwire/agentwire/internal/store"
@@ -74,7 +75,7 @@ func handleAGUIRun(a *aguiServer) http.Handler {
 			sendError(w, perr)
 			return
 		}
-		a.respond(w, r, user, func(c *sse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
+		a.respond(w, r, user, func(c *hubsse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
 			ctx := r.Context()
 			before, err := a.stream.Head(ctx, user)
 			if err != nil {
@@ -148,7 +149,7 @@ func handleAGUIConnect(a *aguiServer) http.Handler {
 			storeFailed(a.log, w, user, "thread or run", err)
 			return
 		}
-		a.respond(w, r, user, func(c *sse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
+		a.respond(w, r, user, func(c *hubsse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
 			from, err := a.resume(ctx, user, run, cur, rs)
 			if err != nil {
 				a.unavailable(w, c, "resume", err)
@@ -162,7 +163,7 @@ func handleAGUIConnect(a *aguiServer) http.Handler {
 // respond makes the response a connection of user (see open), lets place
 // put the run on its mapper and say where the join starts (false: it
 // refused and answered), and serves it.
-func (a *aguiServer) respond(w http.ResponseWriter, r *http.Request, user string, place func(*sse.Conn, *aguiStream) (protocol.Cursor, bool)) {
+func (a *aguiServer) respond(w http.ResponseWriter, r *http.Request, user string, place func(*hubsse.Conn, *aguiStream) (protocol.Cursor, bool)) {
 	rs := &aguiStream{}
 	c, release, ok := a.open(w, r, user, rs)
 	if !ok {
@@ -190,7 +191,7 @@ func (a *aguiServer) respond(w http.ResponseWriter, r *http.Request, user string
 
 // unavailable gives up c, registered but not written to yet, and answers
 // 503 unavailable.
-func (a *aguiServer) unavailable(w http.ResponseWriter, c *sse.Conn, what string, err error) {
+func (a *aguiServer) unavailable(w http.ResponseWriter, c *hubsse.Conn, what string, err error) {
 	c.Discard()
 	a.log.Error("agui: "+what, "user", c.HC.User, "conn", c.HC.ID, "err", err)
 	httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "store or stream unavailable, retry")
@@ -199,12 +200,12 @@ func (a *aguiServer) unavailable(w http.ResponseWriter, c *sse.Conn, what string
 // open makes the response a hub connection of user over SSE, mapped by rs,
 // and registers it (the limits). On failure it has answered. release gives
 // the cluster-wide place back; call it when the response is over.
-func (a *aguiServer) open(w http.ResponseWriter, r *http.Request, user string, rs *aguiStream) (c *sse.Conn, release func(), ok bool) {
+func (a *aguiServer) open(w http.ResponseWriter, r *http.Request, user string, rs *aguiStream) (c *hubsse.Conn, release func(), ok bool) {
 	if a.draining != nil && a.draining() {
 		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeShuttingDown, "server is shutting down")
 		return nil, nil, false
 	}
-	c = sse.NewConn(a.hub, w, connID(), user, sse.Options{Mapper: rs.mapFrame, Heartbeat: a.heartbeat,
+	c = hubsse.NewConn(a.hub, w, connID(), user, hubsse.Options{Mapper: rs.mapFrame, Heartbeat: a.heartbeat,
 		Expires: claimsFrom(r.Context()).ExpiresAt})
 	release = func() {}
 	if a.conns != nil {
@@ -464,7 +465,7 @@ func (a *aguiServer) threadAround(ctx context.Context, user string, run store.Ru
 	return out, nil
 }
 
-// aguiStream is the sse.Mapper of an AG-UI response: the prelude when the
+// aguiStream is the hubsse.Mapper of an AG-UI response: the prelude when the
 // join places the connection (connection_established), then the frames of
 // one run, translated; the response ends after the run's last event. The
 // last AG-UI event made from a stream event carries that event's id,

@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/httpx"
-	"github.com/agentwire/agentwire/internal/sse"
+	hubsse "github.com/agentwire/agentwire/internal/hub/sse"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/protocol"
 )
@@ -33,7 +33,7 @@ func (s *Server) ServeSSE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user := adm.claims.Subject
-	c := sse.NewConn(s.cfg.Hub, w, newID(), user, sse.Options{Heartbeat: s.cfg.SSEHeartbeat, Expires: adm.claims.ExpiresAt})
+	c := hubsse.NewConn(s.cfg.Hub, w, newID(), user, hubsse.Options{Heartbeat: s.cfg.SSEHeartbeat, Expires: adm.claims.ExpiresAt})
 	limited, ok := s.place(w, r, c.HC)
 	if !ok {
 		return
@@ -75,5 +75,5 @@ func (s *Server) sseHeartbeat() time.Duration {
 	if s.cfg.SSEHeartbeat > 0 {
 		return s.cfg.SSEHeartbeat
 	}
-	return sse.DefaultHeartbeat
+	return hubsse.DefaultHeartbeat
 }

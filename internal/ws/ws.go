@@ -110,7 +110,7 @@ type Config struct {
 	// store and stream (0: DefaultOpTimeout).
 	OpTimeout time.Duration
 	// SSEHeartbeat is the interval of GET /api/v1/stream's heartbeat
-	// comments (0: sse.DefaultHeartbeat, 15 s).
+	// comments (0: hub/sse.DefaultHeartbeat, 15 s).
 	SSEHeartbeat time.Duration
 }
 
