@@ -32,25 +32,25 @@ const aguiMaxBody = 1 << 20
 // thread's messages before the run's user message, and from it on.
 const aguiThreadPage = 100
 
-// ConnLimiter counts a user's connections across every node (the cluster
-// limit /ws also takes its place in).
-type ConnLimiter interface {
-	Acquire(ctx context.Context, user, connID string, max int) (bool, error)
-	Release(ctx context.Context, user, connID string) error
-}
+// Placer admits a hub connection carried over an HTTP response: the drain
+// refusal, the per-user connection limit on this node and, with Redis,
+// across the cluster, and the registration with the hub, the one admission
+// of /ws and GET /api/v1/stream (ws.Server.Place). On failure it has
+// answered and reports false; otherwise done must be called once the
+// connection has ended and is unregistered.
+type Placer func(w http.ResponseWriter, r *http.Request, hc *hub.Conn) (done func(), ok bool)
 
 // aguiServer is what both AG-UI endpoints use: each response is a hub
-// connection of the user (it counts against the per-user connection limit,
-// on this node and with Redis across the cluster) carried over SSE, whose
+// connection of the user (admitted by place: it counts against the
+// per-user connection limit, on this node and with Redis across the
+// cluster, and is refused while the node drains) carried over SSE, whose
 // mapper keeps the frames of one run and translates them.
 type aguiServer struct {
 	hub       *hub.Hub
+	place     Placer
 	runs      *runs.Manager
 	store     store.Store
 	stream    stream.Stream
-	conns     ConnLimiter // nil: no cluster-wide limit
-	maxConns  int
-	draining  func() bool
 	heartbeat time.Duration
 	log       *slog.Logger
 }
@@ -165,11 +165,11 @@ func handleAGUIConnect(a *aguiServer) http.Handler {
 // refused and answered), and serves it.
 func (a *aguiServer) respond(w http.ResponseWriter, r *http.Request, user string, place func(*hubsse.Conn, *aguiStream) (protocol.Cursor, bool)) {
 	rs := &aguiStream{}
-	c, release, ok := a.open(w, r, user, rs)
+	c, done, ok := a.open(w, r, user, rs)
 	if !ok {
 		return
 	}
-	defer release()
+	defer done()
 	from, ok := place(c, rs)
 	if !ok {
 		return
@@ -198,46 +198,13 @@ func (a *aguiServer) unavailable(w http.ResponseWriter, c *hubsse.Conn, what str
 }
 
 // open makes the response a hub connection of user over SSE, mapped by rs,
-// and registers it (the limits). On failure it has answered. release gives
-// the cluster-wide place back; call it when the response is over.
-func (a *aguiServer) open(w http.ResponseWriter, r *http.Request, user string, rs *aguiStream) (c *hubsse.Conn, release func(), ok bool) {
-	if a.draining != nil && a.draining() {
-		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeShuttingDown, "server is shutting down")
-		return nil, nil, false
-	}
+// and admits it (a.place). On failure it has answered. done gives the
+// connection's places back; call it when the response is over.
+func (a *aguiServer) open(w http.ResponseWriter, r *http.Request, user string, rs *aguiStream) (c *hubsse.Conn, done func(), ok bool) {
 	c = hubsse.NewConn(a.hub, w, connID(), user, hubsse.Options{Mapper: rs.mapFrame, Heartbeat: a.heartbeat,
 		Expires: claimsFrom(r.Context()).ExpiresAt})
-	release = func() {}
-	if a.conns != nil {
-		held, err := a.conns.Acquire(r.Context(), user, c.HC.ID, a.maxConns)
-		if err != nil {
-			a.log.Error("agui: cluster connection limit", "user", user, "err", err)
-			httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "cluster coordination unavailable, retry")
-			return nil, nil, false
-		}
-		if !held {
-			httpx.Error(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
-			return nil, nil, false
-		}
-		release = func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			if err := a.conns.Release(ctx, user, c.HC.ID); err != nil {
-				a.log.Warn("agui: release cluster connection", "user", user, "conn", c.HC.ID, "err", err)
-			}
-		}
-	}
-	if err := a.hub.Register(r.Context(), c.HC); err != nil {
-		release()
-		if errors.Is(err, hub.ErrTooManyConnections) {
-			httpx.Error(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
-			return nil, nil, false
-		}
-		a.log.Error("agui: register connection", "user", user, "err", err)
-		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable")
-		return nil, nil, false
-	}
-	return c, release, true
+	done, ok = a.place(w, r, c.HC)
+	return c, done, ok
 }
 
 // startedAfter reports whether run runID's echo follows position before in

@@ -38,12 +38,7 @@ func (s *Server) ServeSSE(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	defer func() {
-		if limited {
-			s.releaseLimit(user, c.HC.ID)
-		}
-		s.wg.Done()
-	}()
+	defer s.leave(c.HC, limited)()
 	if !s.redeem(w, r, adm.ticket) { // answers 401 once c is discarded
 		c.Discard()
 		return
