@@ -184,10 +184,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Issuer: cfg.Keys.Issuer, Audience: cfg.Keys.Audience, WS: a.ws, SSE: http.HandlerFunc(a.ws.ServeSSE), Draining: a.draining.Load,
 		BodyTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout, RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
 	}
-	deps.Hub, deps.MaxConnsPerUser, deps.OriginAllowed = a.hub, cfg.MaxConnsPerUser, a.ws.OriginAllowed
-	if a.conns != nil {
-		deps.Conns = a.conns
-	}
+	deps.Hub, deps.Place, deps.OriginAllowed = a.hub, a.ws.Place, a.ws.OriginAllowed
 	if authCfg.JWKSURL != "" {
 		deps.JWKS = a.verifier.JWKSStatus
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agui"
 	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/internal/hub"
+	hubsse "github.com/agentwire/agentwire/internal/hub/sse"
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/sse"
 	"github.com/agentwire/agentwire/internal/store"
@@ -31,25 +32,25 @@ const aguiMaxBody = 1 << 20
 // thread's messages before the run's user message, and from it on.
 const aguiThreadPage = 100
 
-// ConnLimiter counts a user's connections across every node (the cluster
-// limit /ws also takes its place in).
-type ConnLimiter interface {
-	Acquire(ctx context.Context, user, connID string, max int) (bool, error)
-	Release(ctx context.Context, user, connID string) error
-}
+// Placer admits a hub connection carried over an HTTP response: the drain
+// refusal, the per-user connection limit on this node and, with Redis,
+// across the cluster, and the registration with the hub, the one admission
+// of /ws and GET /api/v1/stream (ws.Server.Place). On failure it has
+// answered and reports false; otherwise done must be called once the
+// connection has ended and is unregistered.
+type Placer func(w http.ResponseWriter, r *http.Request, hc *hub.Conn) (done func(), ok bool)
 
 // aguiServer is what both AG-UI endpoints use: each response is a hub
-// connection of the user (it counts against the per-user connection limit,
-// on this node and with Redis across the cluster) carried over SSE, whose
+// connection of the user (admitted by place: it counts against the
+// per-user connection limit, on this node and with Redis across the
+// cluster, and is refused while the node drains) carried over SSE, whose
 // mapper keeps the frames of one run and translates them.
 type aguiServer struct {
 	hub       *hub.Hub
+	place     Placer
 	runs      *runs.Manager
 	store     store.Store
 	stream    stream.Stream
-	conns     ConnLimiter // nil: no cluster-wide limit
-	maxConns  int
-	draining  func() bool
 	heartbeat time.Duration
 	log       *slog.Logger
 }
@@ -74,7 +75,7 @@ func handleAGUIRun(a *aguiServer) http.Handler {
 			sendError(w, perr)
 			return
 		}
-		a.respond(w, r, user, func(c *sse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
+		a.respond(w, r, user, func(c *hubsse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
 			ctx := r.Context()
 			before, err := a.stream.Head(ctx, user)
 			if err != nil {
@@ -148,7 +149,7 @@ func handleAGUIConnect(a *aguiServer) http.Handler {
 			storeFailed(a.log, w, user, "thread or run", err)
 			return
 		}
-		a.respond(w, r, user, func(c *sse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
+		a.respond(w, r, user, func(c *hubsse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
 			from, err := a.resume(ctx, user, run, cur, rs)
 			if err != nil {
 				a.unavailable(w, c, "resume", err)
@@ -162,13 +163,13 @@ func handleAGUIConnect(a *aguiServer) http.Handler {
 // respond makes the response a connection of user (see open), lets place
 // put the run on its mapper and say where the join starts (false: it
 // refused and answered), and serves it.
-func (a *aguiServer) respond(w http.ResponseWriter, r *http.Request, user string, place func(*sse.Conn, *aguiStream) (protocol.Cursor, bool)) {
+func (a *aguiServer) respond(w http.ResponseWriter, r *http.Request, user string, place func(*hubsse.Conn, *aguiStream) (protocol.Cursor, bool)) {
 	rs := &aguiStream{}
-	c, release, ok := a.open(w, r, user, rs)
+	c, done, ok := a.open(w, r, user, rs)
 	if !ok {
 		return
 	}
-	defer release()
+	defer done()
 	from, ok := place(c, rs)
 	if !ok {
 		return
@@ -190,53 +191,20 @@ func (a *aguiServer) respond(w http.ResponseWriter, r *http.Request, user string
 
 // unavailable gives up c, registered but not written to yet, and answers
 // 503 unavailable.
-func (a *aguiServer) unavailable(w http.ResponseWriter, c *sse.Conn, what string, err error) {
+func (a *aguiServer) unavailable(w http.ResponseWriter, c *hubsse.Conn, what string, err error) {
 	c.Discard()
 	a.log.Error("agui: "+what, "user", c.HC.User, "conn", c.HC.ID, "err", err)
 	httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "store or stream unavailable, retry")
 }
 
 // open makes the response a hub connection of user over SSE, mapped by rs,
-// and registers it (the limits). On failure it has answered. release gives
-// the cluster-wide place back; call it when the response is over.
-func (a *aguiServer) open(w http.ResponseWriter, r *http.Request, user string, rs *aguiStream) (c *sse.Conn, release func(), ok bool) {
-	if a.draining != nil && a.draining() {
-		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeShuttingDown, "server is shutting down")
-		return nil, nil, false
-	}
-	c = sse.NewConn(a.hub, w, connID(), user, sse.Options{Mapper: rs.mapFrame, Heartbeat: a.heartbeat,
+// and admits it (a.place). On failure it has answered. done gives the
+// connection's places back; call it when the response is over.
+func (a *aguiServer) open(w http.ResponseWriter, r *http.Request, user string, rs *aguiStream) (c *hubsse.Conn, done func(), ok bool) {
+	c = hubsse.NewConn(a.hub, w, connID(), user, hubsse.Options{Mapper: rs.mapFrame, Heartbeat: a.heartbeat,
 		Expires: claimsFrom(r.Context()).ExpiresAt})
-	release = func() {}
-	if a.conns != nil {
-		held, err := a.conns.Acquire(r.Context(), user, c.HC.ID, a.maxConns)
-		if err != nil {
-			a.log.Error("agui: cluster connection limit", "user", user, "err", err)
-			httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "cluster coordination unavailable, retry")
-			return nil, nil, false
-		}
-		if !held {
-			httpx.Error(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
-			return nil, nil, false
-		}
-		release = func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			if err := a.conns.Release(ctx, user, c.HC.ID); err != nil {
-				a.log.Warn("agui: release cluster connection", "user", user, "conn", c.HC.ID, "err", err)
-			}
-		}
-	}
-	if err := a.hub.Register(r.Context(), c.HC); err != nil {
-		release()
-		if errors.Is(err, hub.ErrTooManyConnections) {
-			httpx.Error(w, http.StatusTooManyRequests, protocol.CodeTooManyConnections, "user already has the maximum number of connections")
-			return nil, nil, false
-		}
-		a.log.Error("agui: register connection", "user", user, "err", err)
-		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable")
-		return nil, nil, false
-	}
-	return c, release, true
+	done, ok = a.place(w, r, c.HC)
+	return c, done, ok
 }
 
 // startedAfter reports whether run runID's echo follows position before in
@@ -464,7 +432,7 @@ func (a *aguiServer) threadAround(ctx context.Context, user string, run store.Ru
 	return out, nil
 }
 
-// aguiStream is the sse.Mapper of an AG-UI response: the prelude when the
+// aguiStream is the hubsse.Mapper of an AG-UI response: the prelude when the
 // join places the connection (connection_established), then the frames of
 // one run, translated; the response ends after the run's last event. The
 // last AG-UI event made from a stream event carries that event's id,

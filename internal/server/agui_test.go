@@ -25,6 +25,7 @@ import (
 	"github.com/agentwire/agentwire/internal/store/sqlite"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
+	"github.com/agentwire/agentwire/internal/ws"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -74,6 +75,7 @@ type aguiEnv struct {
 	url    string
 	signer *auth.Signer
 	stream *memory.Stream
+	ws     *ws.Server // the admission of the AG-UI responses (Deps.Place)
 }
 
 // aguiOpts tune newAGUI; zero values take the defaults.
@@ -98,18 +100,23 @@ func newAGUI(t *testing.T, a agent.Agent, o aguiOpts) *aguiEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := server.Deps{Metrics: m, Store: db, Stream: st, Runs: rm, Verifier: v, WS: http.NotFoundHandler(), Hub: h, SSEHeartbeat: o.heartbeat}
+	wss := ws.New(ws.Config{Hub: h, Metrics: m})
+	d := server.Deps{Metrics: m, Store: db, Stream: st, Runs: rm, Verifier: v, WS: wss, Hub: h, Place: wss.Place, SSEHeartbeat: o.heartbeat}
 	ts := httptest.NewServer(server.NewServer(d))
 	t.Cleanup(func() {
-		h.CloseAll(protocol.CloseGoingAway, "test over")
-		ts.Close()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		// Every response placed has ended and given its place back, or
+		// Shutdown's wait would not end.
+		if err := wss.Shutdown(sctx); err != nil {
+			t.Errorf("ws shutdown: %v", err)
+		}
+		ts.Close()
 		rm.Shutdown(sctx)
 		_ = db.Close()
 		_ = st.Close()
 	})
-	return &aguiEnv{t: t, url: ts.URL, signer: auth.NewSigner([]byte(testSecret)), stream: st}
+	return &aguiEnv{t: t, url: ts.URL, signer: auth.NewSigner([]byte(testSecret)), stream: st, ws: wss}
 }
 
 // post sends body to path as user with extra headers; the caller closes
@@ -404,5 +411,28 @@ func TestAGUILimits(t *testing.T) {
 	third.Body.Close()
 	if third.StatusCode != http.StatusTooManyRequests || eb.Error.Code != protocol.CodeTooManyConnections {
 		t.Fatalf("over the connection limit: %d %+v", third.StatusCode, eb)
+	}
+}
+
+// TestAGUIDrain: a draining node refuses AG-UI responses as it refuses
+// /ws, with 503 shutting_down, before anything is sent.
+func TestAGUIDrain(t *testing.T) {
+	t.Parallel()
+	e := newAGUI(t, scripted{}, aguiOpts{})
+	first := e.post(t.Context(), "alice", "/api/v1/agui", input("t1", "m1", "hi"))
+	read(t, first, nil) // the whole run: the thread exists
+	first.Body.Close()
+	e.ws.Drain()
+	for path, body := range map[string]any{
+		"/api/v1/agui":         input("t1", "m2", "again"),
+		"/api/v1/agui/connect": agui.ConnectInput{ThreadID: "t1"},
+	} {
+		resp := e.post(t.Context(), "alice", path, body)
+		var eb protocol.ErrorBody
+		_ = json.NewDecoder(resp.Body).Decode(&eb)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || eb.Error.Code != protocol.CodeShuttingDown {
+			t.Errorf("%s while draining: %d %+v", path, resp.StatusCode, eb)
+		}
 	}
 }

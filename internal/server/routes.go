@@ -41,9 +41,9 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	mux.Handle("GET /api/v1/config", handleConfig(d.DevLogin))
 	mux.Handle("POST /api/v1/publish", apiKey(handlePublish(d.Stream, d.Runs, d.Metrics.Published, d.Logger)))
 
-	if d.Hub != nil {
-		ag := &aguiServer{hub: d.Hub, runs: d.Runs, store: d.Store, stream: d.Stream, conns: d.Conns,
-			maxConns: d.MaxConnsPerUser, draining: d.Draining, heartbeat: d.SSEHeartbeat, log: d.Logger}
+	if d.Hub != nil && d.Place != nil {
+		ag := &aguiServer{hub: d.Hub, place: d.Place, runs: d.Runs, store: d.Store, stream: d.Stream,
+			heartbeat: d.SSEHeartbeat, log: d.Logger}
 		mux.Handle("POST /api/v1/agui", corsPost(user(sends(handleAGUIRun(ag)))))
 		mux.Handle("POST /api/v1/agui/connect", corsPost(user(handleAGUIConnect(ag))))
 		mux.Handle("OPTIONS /api/v1/agui", corsPost(handleMethodNotAllowed("POST")))

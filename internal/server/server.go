@@ -65,13 +65,13 @@ type Deps struct {
 	JWKS func() error
 
 	// Hub carries the AG-UI endpoints' responses as connections of their
-	// user (nil: the AG-UI endpoints are not served). They count against
-	// MaxConnsPerUser on this node and, with Conns, across the cluster, and
-	// send a heartbeat comment every SSEHeartbeat (0: 15 s).
-	Hub             *hub.Hub
-	Conns           ConnLimiter
-	MaxConnsPerUser int
-	SSEHeartbeat    time.Duration
+	// user, admitted by Place (ws.Server.Place: the connection limit, on
+	// this node and across the cluster, and the drain, as for /ws); they
+	// send a heartbeat comment every SSEHeartbeat (0: 15 s). Without Hub
+	// and Place the AG-UI endpoints are not served.
+	Hub          *hub.Hub
+	Place        Placer
+	SSEHeartbeat time.Duration
 	// OriginAllowed is the --allowed-origins policy of browsers calling
 	// the AG-UI endpoints from another origin (CORS); nil: same host only.
 	OriginAllowed func(*http.Request) bool

@@ -4,11 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 )
 
-// ErrTooLong is Reader.Next's error for an event larger than the Reader's
-// bound.
+// DefaultMaxEvent is a Reader's bound on one event (and one line) when its
+// caller gives none.
+const DefaultMaxEvent = 1 << 20
+
+// ErrTooLong is the error of an event whose data (over all its data lines),
+// or of a line, larger than the Reader's bound.
 var ErrTooLong = errors.New("sse: event too long")
 
 // Reader reads an event stream as the HTML standard's EventSource parses it:
@@ -16,20 +21,51 @@ var ErrTooLong = errors.New("sse: event too long")
 // last event id (kept across events, and ignored when it holds a NUL);
 // "event" names the event; comments and unknown fields are skipped, and a
 // blank line dispatches the event unless it has no data line.
+//
+// Memory is bounded by max: a line over max bytes, or an event whose data
+// lines come to more than max bytes (each counted with its line feed),
+// fails with ErrTooLong.
 type Reader struct {
 	br      *bufio.Reader
 	max     int
 	lastID  string
 	crSeen  bool // the previous line ended with CR: a LF right after it is not a line
 	comment func(string)
+	// cutLast dispatches an event the end of the stream cuts off (see Read).
+	cutLast bool
+	eof     bool
 }
 
-// NewReader reads r, refusing events (and lines) over max bytes (0: 1 MiB).
+// NewReader reads r, refusing events (and lines) over max bytes (0:
+// DefaultMaxEvent).
 func NewReader(r io.Reader, max int) *Reader {
 	if max <= 0 {
-		max = 1 << 20
+		max = DefaultMaxEvent
 	}
 	return &Reader{br: bufio.NewReaderSize(r, 4096), max: max}
+}
+
+// Read calls fn with each event of r, in order, until r ends (nil), fn
+// returns an error (that error) or reading fails (ErrTooLong for an event
+// or a line over max bytes; 0: DefaultMaxEvent). It is how agentwire reads
+// the streamed answers of model endpoints and agent services, which may end
+// their last event with the body: unlike EventSource, Read dispatches an
+// event that the end of r cuts off (no blank line after it).
+func Read(r io.Reader, max int, fn func(Event) error) error {
+	rd := NewReader(r, max)
+	rd.cutLast = true
+	for {
+		ev, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(ev); err != nil {
+			return err
+		}
+	}
 }
 
 // OnComment makes the Reader call fn with the text of every comment line
@@ -50,30 +86,24 @@ func (r *Reader) Next() (Event, error) {
 		hasData bool
 		size    int
 	)
-	for {
+	for !r.eof {
 		line, err := r.line()
-		if err != nil {
-			if errors.Is(err, io.EOF) && len(line) == 0 {
-				return Event{}, io.EOF
-			}
-			if !errors.Is(err, io.EOF) {
-				return Event{}, err
+		if err != nil && !errors.Is(err, io.EOF) {
+			return Event{}, err
+		}
+		if err != nil { // the end: line is what came after the last line end
+			r.eof = true
+			if len(line) == 0 {
+				break
 			}
 		}
-		size += len(line)
-		if size > r.max {
-			return Event{}, ErrTooLong
-		}
-		if len(line) == 0 {
-			if err != nil {
-				return Event{}, io.EOF
+		if len(line) == 0 { // a blank line: dispatch
+			if hasData {
+				ev.ID = r.lastID
+				return ev, nil
 			}
-			if !hasData {
-				ev.Name = ""
-				continue
-			}
-			ev.ID = r.lastID
-			return ev, nil
+			ev.Name, size = "", 0
+			continue
 		}
 		field, value, _ := bytes.Cut(line, []byte{':'})
 		value = bytes.TrimPrefix(value, []byte{' '})
@@ -83,6 +113,9 @@ func (r *Reader) Next() (Event, error) {
 				r.comment(string(value))
 			}
 		case "data":
+			if size += len(value) + 1; size > r.max {
+				return Event{}, ErrTooLong
+			}
 			if hasData {
 				ev.Data = append(ev.Data, '\n')
 			}
@@ -95,10 +128,12 @@ func (r *Reader) Next() (Event, error) {
 		case "event":
 			ev.Name = string(value)
 		}
-		if err != nil {
-			return Event{}, io.EOF
-		}
 	}
+	if hasData && r.cutLast {
+		ev.ID = r.lastID
+		return ev, nil
+	}
+	return Event{}, io.EOF
 }
 
 // line reads one line without its end (CRLF, LF or CR), bounded by max.
@@ -123,7 +158,7 @@ func (r *Reader) line() ([]byte, error) {
 			return out, nil
 		}
 		if len(out) >= r.max {
-			return nil, ErrTooLong
+			return nil, fmt.Errorf("%w: a line over %d bytes", ErrTooLong, r.max)
 		}
 		out = append(out, b)
 	}

@@ -1,18 +1,26 @@
-// Package sse writes Server-Sent Events (text/event-stream) over an HTTP
-// response, and carries a hub connection over it: Conn is a hub.Transport
-// whose frames go through a per-connection Mapper (Plain, the identity, for
-// GET /api/v1/stream; the AG-UI endpoints map frames to AG-UI events).
-//
-// The response is flushed once per batch (so a buffering proxy honouring
-// X-Accel-Buffering: no passes each batch on at once), every write has its
-// own deadline, and a comment line goes out every heartbeat interval.
+// Package sse is Server-Sent Events (text/event-stream) and nothing of
+// agentwire: the writer of an event stream over an HTTP response (headers,
+// id:/data: framing, comments, one flush per batch under a write deadline,
+// so a buffering proxy honouring X-Accel-Buffering: no passes each batch on
+// at once) and the one reader of event streams (the EventSource parsing
+// rules, bounded in bytes), which the agents' upstream clients, the tests
+// and the benchmarks use. A low-level library like httpx: the hub connection
+// carried over a response is internal/hub/sse.
 package sse
 
 import (
 	"bytes"
+	"errors"
 	"net/http"
 	"time"
 )
+
+// DefaultWriteTimeout bounds a Writer's flush when NewWriter is given none.
+const DefaultWriteTimeout = 10 * time.Second
+
+// ErrAborted is Flush's error when the Writer's abort function (SetAbort)
+// refused it.
+var ErrAborted = errors.New("sse: response ended")
 
 // Event is one SSE event. ID (when not empty) becomes the id: line, Name
 // (when not empty) the event: line, and Data one data: line per line of it
@@ -87,17 +95,14 @@ func SetHeaders(h http.Header) {
 
 // Writer writes an event stream to an HTTP response: events and comments are
 // gathered in a buffer and written with one Write and one Flush, under a
-// write deadline. It is not safe for concurrent use (Conn serialises it).
+// write deadline. It is not safe for concurrent use, but for Interrupt.
 type Writer struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	timeout time.Duration
 	buf     []byte
 	started bool
-	// abort, when set, is asked after each flush's deadline is set: true
-	// fails the flush. With interrupt it makes a close that races a flush
-	// either stop it before it writes or cut it short.
-	abort func() bool
+	abort   func() bool // see SetAbort
 }
 
 // NewWriter returns a Writer on w whose every flush must complete within
@@ -122,7 +127,7 @@ func (w *Writer) Flush() error {
 		return err
 	}
 	if w.abort != nil && w.abort() {
-		return errClosed
+		return ErrAborted
 	}
 	if !w.started {
 		w.started = true
@@ -143,5 +148,19 @@ func (w *Writer) Flush() error {
 	return w.rc.Flush()
 }
 
-// interrupt makes a write in flight fail at once (any goroutine).
-func (w *Writer) interrupt() { _ = w.rc.SetWriteDeadline(time.Now()) }
+// SetAbort makes every later Flush ask abort (nil: nothing) once the
+// flush's deadline is set: true fails the flush with ErrAborted before it
+// writes. With Interrupt it makes a close that races a flush either stop it
+// before it writes or cut it short.
+func (w *Writer) SetAbort(abort func() bool) { w.abort = abort }
+
+// Interrupt makes a write in flight fail at once. Any goroutine may call it.
+func (w *Writer) Interrupt() { _ = w.rc.SetWriteDeadline(time.Now()) }
+
+// SetTimeout bounds every later flush by d, and whatever is written from
+// now on without one (the response's end, once the handler returns), after
+// an Interrupt set the deadline to now.
+func (w *Writer) SetTimeout(d time.Duration) {
+	w.timeout = d
+	_ = w.rc.SetWriteDeadline(time.Now().Add(d))
+}

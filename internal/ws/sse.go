@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/httpx"
-	"github.com/agentwire/agentwire/internal/sse"
+	hubsse "github.com/agentwire/agentwire/internal/hub/sse"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/protocol"
 )
@@ -33,17 +33,12 @@ func (s *Server) ServeSSE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user := adm.claims.Subject
-	c := sse.NewConn(s.cfg.Hub, w, newID(), user, sse.Options{Heartbeat: s.cfg.SSEHeartbeat, Expires: adm.claims.ExpiresAt})
+	c := hubsse.NewConn(s.cfg.Hub, w, newID(), user, hubsse.Options{Heartbeat: s.cfg.SSEHeartbeat, Expires: adm.claims.ExpiresAt})
 	limited, ok := s.place(w, r, c.HC)
 	if !ok {
 		return
 	}
-	defer func() {
-		if limited {
-			s.releaseLimit(user, c.HC.ID)
-		}
-		s.wg.Done()
-	}()
+	defer s.leave(c.HC, limited)()
 	if !s.redeem(w, r, adm.ticket) { // answers 401 once c is discarded
 		c.Discard()
 		return
@@ -75,5 +70,5 @@ func (s *Server) sseHeartbeat() time.Duration {
 	if s.cfg.SSEHeartbeat > 0 {
 		return s.cfg.SSEHeartbeat
 	}
-	return sse.DefaultHeartbeat
+	return hubsse.DefaultHeartbeat
 }

@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	hubsse "github.com/agentwire/agentwire/internal/hub/sse"
 	"github.com/agentwire/agentwire/internal/sse"
+	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
 )
 
 // fakeLimiter is the cluster-wide connection limit (cluster.Slots in
@@ -43,13 +46,47 @@ func (l *fakeLimiter) Release(_ context.Context, _, id string) error {
 	return nil
 }
 
-// GET /api/v1/stream takes and gives back its place in the cluster-wide
-// limit as /ws does, and answers the same refusals.
+// GET /api/v1/stream, and a connection another endpoint admits with Place
+// (the AG-UI responses), take and give back their place in the
+// cluster-wide limit as /ws does, and answer the same refusals.
 func TestSSEAdmission(t *testing.T) {
 	t.Parallel()
+	for name, serve := range map[string]func(*Server) http.HandlerFunc{
+		"stream": func(s *Server) http.HandlerFunc { return s.ServeSSE },
+		"place":  placed,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			testAdmission(t, serve)
+		})
+	}
+}
+
+// placed serves a hub connection of u1 over SSE admitted by Place, as the
+// AG-UI endpoints do (their middleware authenticates).
+func placed(s *Server) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c := hubsse.NewConn(s.cfg.Hub, w, newID(), "u1", hubsse.Options{})
+		done, ok := s.Place(w, r, c.HC)
+		if !ok {
+			return
+		}
+		defer done()
+		if _, err := c.HC.Join(r.Context(), protocol.Cursor{None: true}, func(pos stream.Position) []byte {
+			return protocol.EncodeConnectionEstablished(protocol.ConnectionEstablished{ConnectionID: c.HC.ID, Epoch: pos.Epoch, HeadSeq: pos.Head})
+		}, resyncFrame); err != nil {
+			c.Discard()
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		c.Serve(r.Context())
+	}
+}
+
+func testAdmission(t *testing.T, serve func(*Server) http.HandlerFunc) {
 	lim := &fakeLimiter{held: map[string]bool{}, released: make(chan string, 4)}
 	ts := newTestServer(t, false, func(c *Config) { c.Limiter, c.MaxConnsPerUser = lim, 1 })
-	hs := httptest.NewServer(http.HandlerFunc(ts.srv.ServeSSE))
+	hs := httptest.NewServer(serve(ts.srv))
 	t.Cleanup(hs.Close)
 	get := func(ctx context.Context) *http.Response {
 		t.Helper()

@@ -6,7 +6,9 @@
 //
 // It also serves the same stream over Server-Sent Events (GET
 // /api/v1/stream, sse.go), through the same admission (admit, place,
-// redeem): one connection limit, one drain and shutdown for both.
+// redeem): one connection limit, one drain and shutdown for both; Place
+// gives the other endpoints that carry a hub connection over HTTP (AG-UI)
+// that limit, drain and shutdown too.
 //
 // On Linux an idle connection owns no goroutine and no read buffer: its socket
 // sits in an epoll set (poll_linux.go) and a goroutine is started only when
@@ -110,7 +112,7 @@ type Config struct {
 	// store and stream (0: DefaultOpTimeout).
 	OpTimeout time.Duration
 	// SSEHeartbeat is the interval of GET /api/v1/stream's heartbeat
-	// comments (0: sse.DefaultHeartbeat, 15 s).
+	// comments (0: hub/sse.DefaultHeartbeat, 15 s).
 	SSEHeartbeat time.Duration
 }
 
@@ -295,15 +297,56 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, cursor func() (pr
 		httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
 		return admission{}, false
 	}
-	s.mu.Lock()
-	if s.shutdown {
-		s.mu.Unlock()
-		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeShuttingDown, "server is shutting down")
+	if !s.enter(w) {
 		return admission{}, false
 	}
-	s.wg.Add(1)
-	s.mu.Unlock()
 	return admission{claims: claims, ticket: ticket, cur: cur}, true
+}
+
+// enter refuses a connect while the server drains (answering 503
+// shutting_down, false) and otherwise counts it in Shutdown's wait.
+func (s *Server) enter(w http.ResponseWriter) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeShuttingDown, "server is shutting down")
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+// Place admits hc, a hub connection of hc.User that another endpoint
+// carries over an HTTP response (the AG-UI endpoints, whose requests the
+// server's middleware authenticated), as /ws and GET /api/v1/stream admit
+// theirs: the drain refusal, the per-user connection limit across the
+// cluster (Config.Limiter) and on this node, and the registration with the
+// hub. On failure it has answered (503 shutting_down or unavailable, 429
+// too_many_connections) and reports false. Otherwise call done once, when
+// the connection has ended and is unregistered (its Serve or Discard
+// returned): it gives the cluster-wide place back and ends the
+// connection's share of Shutdown's wait.
+func (s *Server) Place(w http.ResponseWriter, r *http.Request, hc *hub.Conn) (done func(), ok bool) {
+	if !s.enter(w) {
+		return nil, false
+	}
+	limited, ok := s.place(w, r, hc)
+	if !ok {
+		return nil, false
+	}
+	return s.leave(hc, limited), true
+}
+
+// leave is what ends a placed connection that is over: its place in the
+// cluster-wide limit (limited: one is held) goes back and Shutdown's wait
+// lets it go.
+func (s *Server) leave(hc *hub.Conn, limited bool) func() {
+	return func() {
+		if limited {
+			s.releaseLimit(hc.User, hc.ID)
+		}
+		s.wg.Done()
+	}
 }
 
 // place takes hc's place in the cluster-wide connection limit (limited:

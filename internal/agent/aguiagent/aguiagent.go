@@ -34,7 +34,7 @@
 //
 // A stream that ends without RUN_FINISHED or RUN_ERROR, an event that is not
 // a JSON object or lacks a field its type needs, an event over
-// sse.MaxLine bytes, an answer over Config.MaxBytes, a non-2xx status or a
+// upstream.MaxEvent bytes, an answer over Config.MaxBytes, a non-2xx status or a
 // timeout end the run with agent_error agent_failed. Bytes that are not
 // UTF-8 become U+FFFD. Stop, the run's timeout and shutdown cancel the
 // upstream request.
@@ -50,9 +50,9 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
-	"github.com/agentwire/agentwire/internal/agent/internal/sse"
 	"github.com/agentwire/agentwire/internal/agent/internal/upstream"
 	"github.com/agentwire/agentwire/internal/agui"
+	"github.com/agentwire/agentwire/internal/sse"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -72,7 +72,7 @@ type Config struct {
 	// DefaultTimeout.
 	Timeout time.Duration
 	// MaxBytes bounds the bytes of one run's answer; default DefaultMaxBytes.
-	// One event is bounded by sse.MaxLine besides.
+	// One event is bounded by 1 MiB besides (upstream.MaxEvent).
 	MaxBytes int64
 }
 
@@ -141,8 +141,8 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 	}
 
 	r := relay{em: em, calls: map[string]*call{}}
-	err = sse.Read(svc.Body(resp), func(e sse.Event) error {
-		return r.handle([]byte(e.Data))
+	err = sse.Read(svc.Body(resp), upstream.MaxEvent, func(e sse.Event) error {
+		return r.handle(e.Data)
 	})
 	return svc.Ended(ctx, rctx, err, r.ended, string(agui.RunFinished))
 }
@@ -199,8 +199,8 @@ func (r *relay) handle(data []byte) error {
 		return nil
 	case agui.ReasoningMessageContent:
 		b := r.thought(e.MessageID)
-		if b.Len()+len(e.DeltaText()) > sse.MaxLine {
-			return upstream.Failf("AG-UI agent server sent a reasoning message over %d bytes", sse.MaxLine)
+		if b.Len()+len(e.DeltaText()) > upstream.MaxEvent {
+			return upstream.Failf("AG-UI agent server sent a reasoning message over %d bytes", upstream.MaxEvent)
 		}
 		b.WriteString(e.DeltaText())
 		return nil
@@ -217,8 +217,8 @@ func (r *relay) handle(data []byte) error {
 		if !r.inChunks {
 			r.inChunks, r.chunkThought = true, e.MessageID
 		}
-		if r.chunkThinking.Len()+len(e.DeltaText()) > sse.MaxLine {
-			return upstream.Failf("AG-UI agent server sent a reasoning message over %d bytes", sse.MaxLine)
+		if r.chunkThinking.Len()+len(e.DeltaText()) > upstream.MaxEvent {
+			return upstream.Failf("AG-UI agent server sent a reasoning message over %d bytes", upstream.MaxEvent)
 		}
 		r.chunkThinking.WriteString(e.DeltaText())
 		return nil
@@ -388,8 +388,8 @@ func (r *relay) startCall(id, name string) error {
 }
 
 func (r *relay) addArgs(c *call, delta string) error {
-	if c.args.Len()+len(delta) > sse.MaxLine {
-		return upstream.Failf("AG-UI agent server sent tool call arguments over %d bytes", sse.MaxLine)
+	if c.args.Len()+len(delta) > upstream.MaxEvent {
+		return upstream.Failf("AG-UI agent server sent tool call arguments over %d bytes", upstream.MaxEvent)
 	}
 	c.args.WriteString(delta)
 	return nil

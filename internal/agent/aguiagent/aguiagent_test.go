@@ -15,7 +15,6 @@ import (
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/agenttest"
 	"github.com/agentwire/agentwire/internal/agent/aguiagent"
-	"github.com/agentwire/agentwire/internal/agent/internal/sse"
 	"github.com/agentwire/agentwire/internal/agui"
 	"github.com/agentwire/agentwire/protocol"
 )
@@ -175,7 +174,7 @@ func TestInvalidUTF8IsRepaired(t *testing.T) {
 
 func TestBadStreamsFail(t *testing.T) {
 	t.Parallel()
-	big := strings.Repeat("x", sse.MaxLine)
+	big := strings.Repeat("x", 1<<20) // over the 1 MiB event bound
 	cases := map[string]struct {
 		events []string
 		cfg    aguiagent.Config

@@ -36,12 +36,11 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
-	"github.com/agentwire/agentwire/internal/agent/internal/sse"
 	"github.com/agentwire/agentwire/internal/agent/internal/upstream"
+	"github.com/agentwire/agentwire/internal/sse"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -114,11 +113,11 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 	r := relay{em: em, open: map[string]openCall{}}
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if mt == "text/event-stream" {
-		err = sse.Read(svc.Body(resp), func(e sse.Event) error {
-			if strings.TrimSpace(e.Data) == "[DONE]" {
+		err = sse.Read(svc.Body(resp), upstream.MaxEvent, func(e sse.Event) error {
+			if string(bytes.TrimSpace(e.Data)) == "[DONE]" {
 				return upstream.ErrStop
 			}
-			return r.handle([]byte(e.Data), e.Name)
+			return r.handle(e.Data, e.Name)
 		})
 	} else {
 		err = readLines(svc.Body(resp), func(line []byte) error { return r.handle(line, "") })
@@ -128,7 +127,7 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 
 func readLines(r io.Reader, fn func([]byte) error) error {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), sse.MaxLine)
+	sc.Buffer(make([]byte, 0, 64<<10), upstream.MaxEvent)
 	for sc.Scan() {
 		line := bytes.TrimSpace(sc.Bytes())
 		if len(line) == 0 {

@@ -21,8 +21,8 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/agentwire/agentwire/internal/agent"
-	"github.com/agentwire/agentwire/internal/agent/internal/sse"
 	"github.com/agentwire/agentwire/internal/agent/tools"
+	"github.com/agentwire/agentwire/internal/sse"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -34,6 +34,10 @@ const (
 	DefaultSystemPrompt   = "You are a helpful assistant inside a chat. Answer concisely. " +
 		"Use the tools you are given when they help, especially the calculator for arithmetic."
 )
+
+// maxChunk bounds one streamed chunk (one event's data): what Read refuses
+// over it ends the run with agent_failed.
+const maxChunk = 1 << 20
 
 // Config configures the agent.
 type Config struct {
@@ -283,13 +287,13 @@ func (a *Agent) complete(ctx context.Context, msgs []message, em agent.Emitter, 
 	calls := map[int]*toolCall{}
 	done := false
 	var round strings.Builder
-	err = sse.Read(resp.Body, func(e sse.Event) error {
-		if strings.TrimSpace(e.Data) == "[DONE]" {
+	err = sse.Read(resp.Body, maxChunk, func(e sse.Event) error {
+		if string(bytes.TrimSpace(e.Data)) == "[DONE]" {
 			done = true
 			return errDone
 		}
 		var c chunk
-		if err := json.Unmarshal([]byte(e.Data), &c); err != nil {
+		if err := json.Unmarshal(e.Data, &c); err != nil {
 			return failf("model endpoint sent a malformed stream chunk (%v): %.200q", err, e.Data)
 		}
 		if len(c.Error) > 0 && string(c.Error) != "null" {
@@ -325,8 +329,8 @@ func (a *Agent) complete(ctx context.Context, msgs []message, em agent.Emitter, 
 	})
 	switch {
 	case err == nil || errors.Is(err, errDone):
-	case errors.Is(err, sse.ErrLineTooLong):
-		return turn{}, failf("model endpoint sent a stream line over %d bytes", sse.MaxLine)
+	case errors.Is(err, sse.ErrTooLong):
+		return turn{}, failf("model endpoint sent a stream line over %d bytes", maxChunk)
 	case ctx.Err() != nil:
 		return turn{}, ctx.Err()
 	case rctx.Err() != nil:

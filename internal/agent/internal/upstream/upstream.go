@@ -19,7 +19,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/agentwire/agentwire/internal/agent"
-	"github.com/agentwire/agentwire/internal/agent/internal/sse"
+	"github.com/agentwire/agentwire/internal/sse"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -66,6 +66,11 @@ func Finish(ctx context.Context, em agent.Emitter, err error) error {
 // DefaultMaxBytes bounds one run's answer unless a Service says otherwise.
 const DefaultMaxBytes = 64 << 20
 
+// MaxEvent bounds one event of an answer (its data over all its data
+// lines), and one line of an NDJSON answer: what the agents pass to
+// sse.Read.
+const MaxEvent = 1 << 20
+
 // Service is one agent service: where runs are posted and how.
 type Service struct {
 	URL      string
@@ -105,8 +110,8 @@ var ErrStop = errors.New("upstream: stop")
 func (s *Service) Ended(ctx, rctx context.Context, err error, ended bool, terminal string) error {
 	switch {
 	case err == nil || errors.Is(err, ErrStop):
-	case errors.Is(err, sse.ErrLineTooLong) || errors.Is(err, bufio.ErrTooLong):
-		return Failf("agent service sent an event over %d bytes", sse.MaxLine)
+	case errors.Is(err, sse.ErrTooLong) || errors.Is(err, bufio.ErrTooLong):
+		return Failf("agent service sent an event over %d bytes", MaxEvent)
 	case errors.Is(err, ErrTooMuch):
 		return Failf("agent service sent more than %d bytes", s.MaxBytes)
 	default:

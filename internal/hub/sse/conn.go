@@ -1,3 +1,10 @@
+// Package sse carries a hub connection over a Server-Sent Events response:
+// Conn is a hub.Transport whose frames go through a per-connection Mapper
+// (Plain, the identity, for GET /api/v1/stream; the AG-UI endpoints map
+// frames to AG-UI events) and are written by an internal/sse Writer, with
+// heartbeat comments and token expiry. It is a subpackage of the concept it
+// serves, as hub/redis is; the event-stream format itself is internal/sse,
+// imported here under its own name (sse.Event, sse.Writer).
 package sse
 
 import (
@@ -9,14 +16,13 @@ import (
 	"time"
 
 	"github.com/agentwire/agentwire/internal/hub"
+	"github.com/agentwire/agentwire/internal/sse"
 	"github.com/agentwire/agentwire/protocol"
 )
 
-// Defaults of Options.
-const (
-	DefaultHeartbeat    = 15 * time.Second
-	DefaultWriteTimeout = 10 * time.Second
-)
+// DefaultHeartbeat is the interval of a Conn's heartbeat comments when
+// Options give none.
+const DefaultHeartbeat = 15 * time.Second
 
 // closeWriteTimeout bounds the comment that says why a response ends.
 const closeWriteTimeout = time.Second
@@ -30,13 +36,13 @@ var errClosed = errors.New("sse: response ended")
 // open text message, the run it filters on). frame is only valid during the
 // call: an Event must not keep it past the next call unless copied (Plain
 // keeps it, and the events are written before the next call).
-type Mapper func(dst []Event, frame []byte) (events []Event, end bool)
+type Mapper func(dst []sse.Event, frame []byte) (events []sse.Event, end bool)
 
 // Plain is the identity Mapper of GET /api/v1/stream: every frame is one
 // event whose data is the frame, with id <epoch>:<seq> on stream events
 // (protocol.EventID) and no id on the other frames.
-func Plain(dst []Event, frame []byte) ([]Event, bool) {
-	ev := Event{Data: frame}
+func Plain(dst []sse.Event, frame []byte) ([]sse.Event, bool) {
+	ev := sse.Event{Data: frame}
 	if cur, ok := protocol.FrameCursor(frame); ok {
 		ev.ID = protocol.EventID(cur.Epoch, cur.Seq)
 	}
@@ -50,7 +56,7 @@ type Options struct {
 	// Heartbeat is the interval of the comment lines that keep proxies and
 	// clients from timing the response out (0: DefaultHeartbeat).
 	Heartbeat time.Duration
-	// WriteTimeout bounds each flush to the client (0: DefaultWriteTimeout).
+	// WriteTimeout bounds each flush to the client (0: sse.DefaultWriteTimeout).
 	WriteTimeout time.Duration
 	// Expires, when set, ends the response with 4001 (token expired) at
 	// that time, after the frames already queued.
@@ -67,14 +73,14 @@ type Conn struct {
 	HC *hub.Conn
 
 	hub       *hub.Hub
-	w         *Writer
+	w         *sse.Writer
 	mapper    Mapper
 	heartbeat time.Duration
 	expires   time.Time
 
-	wmu    sync.Mutex // serialises writes: batches, heartbeats, the last comment
-	events []Event    // the mapper's scratch, under wmu
-	over   bool       // nothing more is written (a write failed, or Serve ended); under wmu
+	wmu    sync.Mutex  // serialises writes: batches, heartbeats, the last comment
+	events []sse.Event // the mapper's scratch, under wmu
+	over   bool        // nothing more is written (a write failed, or Serve ended); under wmu
 
 	mu     sync.Mutex
 	closed bool
@@ -96,13 +102,13 @@ func NewConn(h *hub.Hub, w http.ResponseWriter, id, user string, o Options) *Con
 	}
 	c := &Conn{
 		hub:       h,
-		w:         NewWriter(w, o.WriteTimeout),
+		w:         sse.NewWriter(w, o.WriteTimeout),
 		mapper:    o.Mapper,
 		heartbeat: o.Heartbeat,
 		expires:   o.Expires,
 		done:      make(chan struct{}),
 	}
-	c.w.abort = c.closing
+	c.w.SetAbort(c.closing)
 	c.HC = h.NewConn(id, user, c)
 	return c
 }
@@ -150,7 +156,7 @@ func (c *Conn) Close(code protocol.CloseCode, reason string) {
 	c.closed, c.code, c.reason = true, code, reason
 	close(c.done)
 	if !c.ended {
-		c.w.interrupt()
+		c.w.Interrupt()
 	}
 }
 
@@ -176,13 +182,12 @@ func (c *Conn) Serve(ctx context.Context) (protocol.CloseCode, string) {
 	// already (its last comment follows them).
 	c.wmu.Lock()
 	if !c.over {
-		abort := c.w.abort
-		c.w.abort = nil
+		c.w.SetAbort(nil)
 		if err := c.w.Flush(); err != nil {
 			c.over = true
 			c.Close(protocol.CloseInternalError, "write failed")
 		}
-		c.w.abort = abort
+		c.w.SetAbort(c.closing)
 	}
 	c.wmu.Unlock()
 	tick := time.NewTicker(c.heartbeat)
@@ -203,7 +208,7 @@ loop:
 		case <-expiry:
 			c.HC.Close(protocol.CloseTokenExpired, "token expired") // after the frames already queued
 		case <-tick.C:
-			c.write(func(w *Writer) { w.Comment("") })
+			c.write(func(w *sse.Writer) { w.Comment("") })
 		}
 	}
 	c.mu.Lock()
@@ -235,8 +240,8 @@ func (c *Conn) finish(ctx context.Context, code protocol.CloseCode, reason strin
 	c.wmu.Lock()
 	// Close set the write deadline to now (to interrupt a write in flight):
 	// the last comment and the response's end get a short one instead.
-	c.w.timeout, c.w.abort = closeWriteTimeout, nil
-	_ = c.w.rc.SetWriteDeadline(time.Now().Add(closeWriteTimeout))
+	c.w.SetAbort(nil)
+	c.w.SetTimeout(closeWriteTimeout)
 	if !c.over && ctx.Err() == nil && code != protocol.CloseNormal {
 		c.w.Comment("close " + strconv.Itoa(int(code)) + " " + reason)
 		_ = c.w.Flush()
@@ -251,7 +256,7 @@ func (c *Conn) finish(ctx context.Context, code protocol.CloseCode, reason strin
 
 // write runs fill on the writer and flushes, unless the response is over;
 // a failed write closes the connection.
-func (c *Conn) write(fill func(*Writer)) {
+func (c *Conn) write(fill func(*sse.Writer)) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.over {
