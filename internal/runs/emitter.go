@@ -224,14 +224,15 @@ func statusFor(code protocol.ErrorCode) store.RunStatus {
 	return store.RunFailed
 }
 
-// endLocked stores the answer, frees the run's cluster slot, appends the
-// terminal event and then stores the outcome, so a client that sees
-// agent_completed finds the answer in the thread and may start its next run
-// at once, and the store never has a run ended whose terminal event the
-// stream lacks. The run is ended even when storing or appending fails:
-// nothing may follow a terminal. A stream that fails is retried by resend,
-// under the run's end key, with the run's lease kept until it takes it (see
-// endWhenAppended); a store that fails is retried by the lease loop.
+// endLocked stores the outcome (and the answer), frees the run's cluster
+// slot, then appends the terminal event, so a client that sees
+// agent_completed finds the answer in the thread and the run ended in REST,
+// and may start its next run at once. The run is ended even when storing or
+// appending fails: nothing may follow a terminal. A store that fails is
+// retried by the lease loop; a terminal event the stream refuses is retried
+// by resend, under the run's end key, and the run is reopened in the store
+// meanwhile (see endWhenAppended), so the store never keeps a run ended
+// whose end the stream may never get.
 func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, text string) error {
 	e.ended = true
 	e.pending = nil
@@ -247,14 +248,7 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	} else {
 		fin.ErrorMessage = text
 	}
-	if fin.answer != nil {
-		// The answer is in the history before its agent_completed is in
-		// the stream: a client that reloads on completion finds it. A
-		// store that does not take it now takes it with the outcome.
-		if err := e.m.store.AddMessage(ctx, *fin.answer); err != nil && !errors.Is(err, store.ErrConflict) {
-			e.m.log.Warn("store the answer, will retry", "user", e.user, "run", e.runID, "err", err)
-		}
-	}
+	stored := e.m.record(ctx, fin)
 	e.m.releaseSlot(e.user, e.runID)
 	rec := stream.Record{ThreadID: e.threadID, RunID: e.runID, IdempotencyKey: endKey(e.runID)}
 	if status == store.RunCompleted {
@@ -264,13 +258,10 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 		rec.Type = protocol.TypeAgentError
 		rec.Data, _ = protocol.MarshalData(protocol.AgentError{Code: code, Message: text, DurationMS: dur})
 	}
-	// The terminal event first, then the outcome: the store never says a
-	// run ended whose end the stream does not have.
 	if err := e.appendRecordLocked(rec); err != nil {
-		e.m.endWhenAppended(fin, rec)
+		e.m.endWhenAppended(fin, stored, rec)
 		return err
 	}
-	e.m.record(ctx, fin)
 	return nil
 }
 

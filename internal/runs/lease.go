@@ -49,17 +49,19 @@ type finish struct {
 	answer *store.Message // the assistant message of a completed run
 }
 
-// record stores an ended run's outcome. When the store cannot take it, the
-// run stays running there, so the lease loop keeps its lease alive and
-// retries: otherwise a reaper would announce node_lost after the terminal
-// event the user already saw.
-func (m *Manager) record(ctx context.Context, f finish) {
+// record stores an ended run's outcome and reports whether the store took
+// it. When it cannot, the run stays running there, so the lease loop keeps
+// its lease alive and retries: otherwise a reaper would announce node_lost
+// after the terminal event the user already saw.
+func (m *Manager) record(ctx context.Context, f finish) bool {
 	if err := m.store1(ctx, f); err != nil {
 		m.log.Warn("store run outcome, will retry", "user", f.UserID, "run", f.RunID, "err", err)
 		m.mu.Lock()
 		m.unfinished[f.RunID] = f
 		m.mu.Unlock()
+		return false
 	}
+	return true
 }
 
 // store1 writes f once. A run already ended in the store (reaped, or a
@@ -214,15 +216,27 @@ const (
 
 // endWhenAppended ends a run whose terminal event (the last of recs) the
 // stream did not take: recs are resent until it does, and only then is the
-// outcome f stored. Meanwhile the run stays running in the store with its
-// lease renewed by this node, so REST agrees with the stream; should this
-// node die or shut down first, the lease expires and a reaper appends
-// whatever of the run's start is missing and node_lost under the same end
-// key, so the run still reads whole.
-func (m *Manager) endWhenAppended(f finish, recs ...stream.Record) {
+// outcome f stored. Meanwhile the run is running in the store (reopened,
+// when stored says its outcome was already stored) with its lease renewed
+// by this node, so REST agrees with the stream; should this node die or
+// shut down first, the lease expires and a reaper appends whatever of the
+// run's start is missing and node_lost under the same end key, so the run
+// still reads whole.
+func (m *Manager) endWhenAppended(f finish, stored bool, recs ...stream.Record) {
 	m.mu.Lock()
+	delete(m.unfinished, f.RunID) // stored after the stream takes the end
 	m.ending[f.RunID] = f
 	m.mu.Unlock()
+	if stored {
+		ctx, cancel := context.WithTimeout(m.loopCtx, appendTimeout)
+		err := m.store.ReopenRun(ctx, f.Outcome, m.node, m.now().Add(m.leaseTTL))
+		cancel()
+		if err != nil {
+			// The store says ended, so no reaper will announce the run:
+			// its end now rests on this node's resend alone.
+			m.log.Error("reopen a run whose end the stream refused", "user", f.UserID, "run", f.RunID, "err", err)
+		}
+	}
 	m.resend(f.UserID, func() {
 		m.mu.Lock()
 		_, mine := m.ending[f.RunID]

@@ -368,7 +368,7 @@ func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey 
 		}
 	}
 	end, _ := protocol.MarshalData(protocol.AgentError{Code: protocol.CodeAgentFailed, Message: msg})
-	m.endWhenAppended(finish{Outcome: store.Outcome{UserID: user, RunID: a.RunID, Status: store.RunFailed, EndedAt: m.now(), ErrorCode: string(protocol.CodeAgentFailed), ErrorMessage: msg}},
+	m.endWhenAppended(finish{Outcome: store.Outcome{UserID: user, RunID: a.RunID, Status: store.RunFailed, EndedAt: m.now(), ErrorCode: string(protocol.CodeAgentFailed), ErrorMessage: msg}}, false,
 		echo, startRecord(a.ThreadID, a.RunID, m.agent.Name()),
 		stream.Record{Type: protocol.TypeAgentError, ThreadID: a.ThreadID, RunID: a.RunID, Data: end, IdempotencyKey: endKey(a.RunID)})
 	return protocol.AckFrame{Ref: ref, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil

@@ -980,3 +980,61 @@ func TestRelayedEvents(t *testing.T) {
 		}
 	})
 }
+
+// storeFirstStream records, as each terminal event is appended, what the
+// store says of its run then.
+type storeFirstStream struct {
+	stream.Stream
+	db     store.Store
+	mu     sync.Mutex
+	status map[string]store.RunStatus
+}
+
+func (s *storeFirstStream) Append(ctx context.Context, user string, rec stream.Record) (stream.Event, error) {
+	if rec.Type == protocol.TypeAgentCompleted || rec.Type == protocol.TypeAgentError {
+		r, _ := s.db.GetRun(ctx, user, rec.RunID)
+		s.mu.Lock()
+		s.status[rec.RunID] = r.Status
+		s.mu.Unlock()
+	}
+	return s.Stream.Append(ctx, user, rec)
+}
+
+// TestOutcomeStoredBeforeTheEndIsAppended: when a client sees a run's
+// terminal event, REST already says how the run ended and the thread has
+// its answer (agentwire verify checks this right after agent_completed).
+func TestOutcomeStoredBeforeTheEndIsAppended(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		mem := memory.New(memory.Options{})
+		defer mem.Close()
+		db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		ss := &storeFirstStream{Stream: mem, db: db, status: map[string]store.RunStatus{}}
+		m := New(Config{Stream: ss, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			if strings.Contains(run.Messages[len(run.Messages)-1].Content, "fail") {
+				return em.Fail(protocol.CodeAgentFailed, "no")
+			}
+			return em.Complete("yes")
+		})})
+		m.Start()
+		defer m.Shutdown(context.Background())
+		f := &fixture{m: m, stream: mem, store: db}
+		for content, want := range map[string]store.RunStatus{"please": store.RunCompleted, "fail": store.RunFailed} {
+			ack, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: content})
+			if perr != nil {
+				t.Fatal(perr)
+			}
+			f.waitTerminal(t, "hal", ack.RunID)
+			ss.mu.Lock()
+			got := ss.status[ack.RunID]
+			ss.mu.Unlock()
+			if got != want {
+				t.Fatalf("%q: the store said %q as the terminal event was appended, want %q", content, got, want)
+			}
+		}
+	})
+}

@@ -292,6 +292,13 @@ type Store interface {
 	// ErrNotRunning if the run already ended, ErrNotFound if o.UserID has no
 	// such run.
 	FinishRun(ctx context.Context, o Outcome) error
+	// ReopenRun undoes a FinishRun whose terminal event the stream then
+	// refused: the user's run o.RunID, ended with o.Status and o.ErrorCode,
+	// is running again (no end, no error) under node's lease until until,
+	// so that its node keeps it until the stream takes its end, or a reaper
+	// ends it if the node dies first. ErrConflict if the run is running or
+	// ended otherwise, ErrNotFound if o.UserID has no such run.
+	ReopenRun(ctx context.Context, o Outcome, node string, until time.Time) error
 	// ClaimIdempotencyKey atomically records c.Value under (c.UserID, c.Key)
 	// unless a live entry exists, one recorded less than its ttl before c.At;
 	// then it returns that entry's value and claimed=false. Expired entries

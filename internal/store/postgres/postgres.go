@@ -511,6 +511,37 @@ func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, er
 	return r, err
 }
 
+// ReopenRun implements store.Store: the update only matches the run as it
+// ended with o.
+func (s *Store) ReopenRun(ctx context.Context, o store.Outcome, node string, until time.Time) error {
+	if !o.Status.Terminal() || node == "" {
+		return fmt.Errorf("%w: reopen run ended with %q on node %q", store.ErrInvalid, o.Status, node)
+	}
+	if !validID(o.UserID) || !validID(o.RunID) {
+		return fmt.Errorf("postgres: run %q: %w", o.RunID, store.ErrNotFound)
+	}
+	return s.withConn(ctx, "reopen run", func(c *pgx.Conn) error {
+		var updated, exists bool
+		err := c.QueryRow(ctx, `
+WITH reopened AS (
+	UPDATE runs SET status = 'running', ended_at = NULL, error_code = '', error_message = '', node = $1, lease_until = $2
+	WHERE id = $3 AND user_id = $4 AND status = $5 AND error_code = $6
+	RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM reopened), EXISTS (SELECT 1 FROM runs WHERE id = $3 AND user_id = $4)`,
+			node, leaseTime(until), o.RunID, o.UserID, string(o.Status), cleanText(o.ErrorCode)).Scan(&updated, &exists)
+		switch {
+		case err != nil:
+			return err
+		case updated:
+			return nil
+		case exists:
+			return fmt.Errorf("run %s: not ended with %s: %w", o.RunID, o.Status, store.ErrConflict)
+		}
+		return fmt.Errorf("run %s: %w", o.RunID, store.ErrNotFound)
+	})
+}
+
 // FinishRun implements store.Store. The update only matches a running run,
 // and concurrent updates of one row wait for each other and re-check the
 // condition, so of concurrent calls exactly one changes the row.

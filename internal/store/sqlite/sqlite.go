@@ -484,6 +484,33 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 	})
 }
 
+// ReopenRun implements store.Store.
+func (s *Store) ReopenRun(ctx context.Context, o store.Outcome, node string, until time.Time) error {
+	if !o.Status.Terminal() || node == "" {
+		return fmt.Errorf("%w: reopen run ended with %q on node %q", store.ErrInvalid, o.Status, node)
+	}
+	return s.write(ctx, "reopen run", func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx,
+			`UPDATE runs SET status = 'running', ended_at = NULL, error_code = '', error_message = '', node = ?, lease_until = ?
+			WHERE id = ? AND user_id = ? AND status = ? AND error_code = ?`,
+			node, leaseMillis(until), o.RunID, o.UserID, string(o.Status), o.ErrorCode)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 1 {
+			return err
+		}
+		var exists bool
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM runs WHERE id = ? AND user_id = ?)`, o.RunID, o.UserID).Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			return fmt.Errorf("run %s: not ended with %s: %w", o.RunID, o.Status, store.ErrConflict)
+		}
+		return fmt.Errorf("run %s: %w", o.RunID, store.ErrNotFound)
+	})
+}
+
 // RenewLeases implements store.Store, in one statement: the ids go in as a
 // JSON array, so any number of them is one bind parameter.
 func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, until time.Time) ([]string, error) {

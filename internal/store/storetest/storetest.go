@@ -97,6 +97,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"ConcurrentFinishRun", s.testConcurrentFinish},
 		{"LeaseRoundTrip", s.testLeaseRoundTrip},
 		{"RenewLeases", s.testRenewLeases},
+		{"ReopenRun", s.testReopenRun},
 		{"ReapExpired", s.testReapExpired},
 		{"ConcurrentReapers", s.testConcurrentReapers},
 		{"IdempotencyKeys", s.testIdempotency},
@@ -1071,6 +1072,69 @@ func (s *suite) testLeaseRoundTrip(t *testing.T) {
 	}
 	wantLeased.Status, wantLeased.EndedAt = store.RunCompleted, stored(end)
 	checkRun(t, mustGetRun(t, st, u, leased.ID), wantLeased)
+}
+
+// testReopenRun: a run ended with an outcome is running again under the
+// given node's lease, with no end or error, renewable by that node and
+// reaped once the lease passes; a run running or ended otherwise is
+// ErrConflict and unchanged, another user's or an unknown one ErrNotFound.
+func (s *suite) testReopenRun(t *testing.T) {
+	st, c := s.newStore(t), ctx(t)
+	u, other := s.user(t, "u"), s.user(t, "other")
+	t0 := base()
+	th := store.Thread{ID: id(), UserID: u, Title: "reopen", CreatedAt: t0}
+	mustCreateThread(t, st, th)
+	mk := func() store.Run {
+		r := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: t0, Node: "a", LeaseUntil: t0.Add(time.Minute)}
+		mustCreateRun(t, st, r)
+		return r
+	}
+	done, failed, running := mk(), mk(), mk()
+	doneOut := store.Outcome{UserID: u, RunID: done.ID, Status: store.RunCompleted, EndedAt: t0.Add(time.Second)}
+	failOut := store.Outcome{UserID: u, RunID: failed.ID, Status: store.RunFailed, EndedAt: t0.Add(time.Second), ErrorCode: "agent_failed", ErrorMessage: "the agent failed"}
+	for _, o := range []store.Outcome{doneOut, failOut} {
+		if err := st.FinishRun(c, o); err != nil {
+			t.Fatalf("FinishRun: %v", err)
+		}
+	}
+	until := t0.Add(2 * time.Minute)
+	for _, o := range []store.Outcome{doneOut, failOut} {
+		if err := st.ReopenRun(c, o, "b", until); err != nil {
+			t.Fatalf("ReopenRun(%s): %v", o.Status, err)
+		}
+		got := mustGetRun(t, st, u, o.RunID)
+		if got.Status != store.RunRunning || !got.EndedAt.IsZero() || got.ErrorCode != "" || got.ErrorMessage != "" ||
+			got.Node != "b" || !sameTime(got.LeaseUntil, stored(until)) {
+			t.Fatalf("reopened run %+v; want running on b until %v, no end or error", got, stored(until))
+		}
+	}
+	if lost, err := st.RenewLeases(c, "b", []string{done.ID, failed.ID}, until.Add(time.Minute)); err != nil || len(lost) != 0 {
+		t.Fatalf("RenewLeases of the reopened runs by their node: lost %v, %v", lost, err)
+	}
+	// Running (again, or never ended), or ended otherwise: ErrConflict.
+	if err := st.ReopenRun(c, doneOut, "b", until); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("ReopenRun of a running run: %v, want ErrConflict", err)
+	}
+	if err := st.ReopenRun(c, store.Outcome{UserID: u, RunID: running.ID, Status: store.RunCompleted}, "b", until); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("ReopenRun of a run never ended: %v, want ErrConflict", err)
+	}
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: running.ID, Status: store.RunCancelled, ErrorCode: "cancelled"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.ReopenRun(c, store.Outcome{UserID: u, RunID: running.ID, Status: store.RunFailed, ErrorCode: "node_lost"}, "b", until); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("ReopenRun with another outcome: %v, want ErrConflict", err)
+	}
+	if got := mustGetRun(t, st, u, running.ID); got.Status != store.RunCancelled || got.Node != "a" {
+		t.Fatalf("a refused ReopenRun changed the run: %+v", got)
+	}
+	for _, o := range []store.Outcome{{UserID: other, RunID: done.ID, Status: store.RunCompleted}, {UserID: u, RunID: id(), Status: store.RunCompleted}} {
+		if err := st.ReopenRun(c, o, "b", until); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("ReopenRun(%+v): %v, want ErrNotFound", o, err)
+		}
+	}
+	if err := st.ReopenRun(c, store.Outcome{UserID: u, RunID: done.ID, Status: store.RunRunning}, "b", until); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("ReopenRun to a non-terminal outcome: %v, want ErrInvalid", err)
+	}
 }
 
 func (s *suite) testRenewLeases(t *testing.T) {
