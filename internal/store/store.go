@@ -299,6 +299,22 @@ type Store interface {
 	// ends it if the node dies first. ErrConflict if the run is running or
 	// ended otherwise, ErrNotFound if o.UserID has no such run.
 	ReopenRun(ctx context.Context, o Outcome, node string, until time.Time) error
+	// AppendRunEvents stores evs in the transcript of the user's run runID
+	// (see RunEvent), in one transaction; an event whose Index the run
+	// already has is skipped, so a retry is harmless. ErrNotFound if the
+	// user has no such run; ErrInvalid if an event is not of that run (see
+	// ValidateRunEvents).
+	AppendRunEvents(ctx context.Context, userID, runID string, evs []RunEvent) error
+	// ListRunEvents returns one page of the transcript of the user's run,
+	// in Index order; more reports that events remain after it.
+	// ErrNotFound if the user has no such run.
+	ListRunEvents(ctx context.Context, userID, runID string, q RunEventQuery) (evs []RunEvent, more bool, err error)
+	// RunTranscripts returns the transcripts of the user's runs among
+	// runIDs (other ids are ignored), by run id, each in Index order, read
+	// in ascending run id order until their data totals maxBytes (no bound
+	// when <= 0): complete lists the runs read whole, and a run beyond the
+	// bound is absent or cut short.
+	RunTranscripts(ctx context.Context, userID string, runIDs []string, maxBytes int) (evs map[string][]RunEvent, complete map[string]bool, err error)
 	// ClaimIdempotencyKey atomically records c.Value under (c.UserID, c.Key)
 	// unless a live entry exists, one recorded less than its ttl before c.At;
 	// then it returns that entry's value and claimed=false. Expired entries

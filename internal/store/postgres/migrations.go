@@ -80,6 +80,22 @@ ALTER TABLE runs
 	ADD COLUMN lease_until timestamptz NOT NULL DEFAULT 'epoch';
 CREATE INDEX runs_lease ON runs (lease_until) WHERE status = 'running';
 `,
+	// issue 11 A: run transcripts. One row per stored event of a run (the
+	// deltas folded), keyed by the run and the event's index in it; data is
+	// the event's JSON data. Deleted with their run.
+	`
+CREATE TABLE run_events (
+	run_id  text COLLATE "C" NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+	idx     integer NOT NULL,
+	user_id text COLLATE "C" NOT NULL,
+	type    text NOT NULL,
+	seq     bigint NOT NULL,
+	epoch   text NOT NULL,
+	ts      timestamptz NOT NULL,
+	data    bytea NOT NULL,
+	PRIMARY KEY (run_id, idx)
+);
+`,
 }
 
 // migrationLockClass is the first key of the advisory lock that serializes

@@ -73,6 +73,22 @@ ALTER TABLE runs ADD COLUMN node TEXT NOT NULL DEFAULT '';
 ALTER TABLE runs ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX runs_status_lease ON runs (status, lease_until);
 `,
+	// issue 11 A: run transcripts. One row per stored event of a run (the
+	// deltas folded), keyed by the run and the event's index in it; data is
+	// the event's JSON data. Deleted with their run.
+	`
+CREATE TABLE run_events (
+	run_id  TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+	idx     INTEGER NOT NULL,
+	user_id TEXT NOT NULL,
+	type    TEXT NOT NULL,
+	seq     INTEGER NOT NULL,
+	epoch   TEXT NOT NULL,
+	ts      INTEGER NOT NULL,
+	data    BLOB NOT NULL,
+	PRIMARY KEY (run_id, idx)
+) STRICT, WITHOUT ROWID;
+`,
 }
 
 // migrate brings the schema of db to the newest version in one immediate

@@ -113,6 +113,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"StartRunAtomicity", s.testStartRunAtomicity},
 		{"StartRunInvalid", s.testStartRunInvalid},
 		{"DiscardRun", s.testDiscardRun},
+		{"RunEvents", s.testRunEvents},
 		{"InvalidArguments", s.testInvalid},
 		{"PingAndClose", s.testPingAndClose},
 	}

@@ -1,0 +1,108 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/store"
+)
+
+// AppendRunEvents implements store.Store.
+func (s *Store) AppendRunEvents(ctx context.Context, userID, runID string, evs []store.RunEvent) error {
+	if err := store.ValidateRunEvents(userID, runID, evs); err != nil {
+		return err
+	}
+	return s.write(ctx, "append run events", func(tx *sql.Tx) error {
+		var exists bool
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM runs WHERE id = ? AND user_id = ?)`, runID, userID).Scan(&exists); err != nil {
+			return err
+		}
+		if !exists {
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+		}
+		for _, ev := range evs {
+			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO run_events (run_id, idx, user_id, type, seq, epoch, ts, data)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+				runID, ev.Index, userID, ev.Type, int64(ev.Seq), ev.Epoch, toMillis(ev.TS, time.Now()), ev.Data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+const runEventColumns = `user_id, run_id, idx, type, seq, epoch, ts, data`
+
+func scanRunEvent(sc scanner) (store.RunEvent, error) {
+	var ev store.RunEvent
+	var seq, ts int64
+	err := sc.Scan(&ev.UserID, &ev.RunID, &ev.Index, &ev.Type, &seq, &ev.Epoch, &ts, &ev.Data)
+	ev.Seq, ev.TS = uint64(seq), fromMillis(ts)
+	return ev, err
+}
+
+// ListRunEvents implements store.Store.
+func (s *Store) ListRunEvents(ctx context.Context, userID, runID string, q store.RunEventQuery) ([]store.RunEvent, bool, error) {
+	if _, err := s.GetRun(ctx, userID, runID); err != nil {
+		return nil, false, err
+	}
+	limit := q.Limit
+	if limit <= 0 {
+		limit = store.DefaultListLimit
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT `+runEventColumns+` FROM run_events
+		WHERE run_id = ? AND user_id = ? AND idx > ? ORDER BY idx LIMIT ?`, runID, userID, q.After, limit+1)
+	if err != nil {
+		return nil, false, fmt.Errorf("sqlite: list run events: %w", err)
+	}
+	defer rows.Close()
+	evs, more, total := []store.RunEvent{}, false, 0
+	for rows.Next() {
+		ev, err := scanRunEvent(rows)
+		if err != nil {
+			return nil, false, fmt.Errorf("sqlite: list run events: %w", err)
+		}
+		if !q.Admit(len(evs), total, len(ev.Data)) {
+			more = true
+			break
+		}
+		evs, total = append(evs, ev), total+len(ev.Data)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("sqlite: list run events: %w", err)
+	}
+	return evs, more, nil
+}
+
+// RunTranscripts implements store.Store, in one statement: the ids go in as
+// a JSON array.
+func (s *Store) RunTranscripts(ctx context.Context, userID string, runIDs []string, maxBytes int) (map[string][]store.RunEvent, map[string]bool, error) {
+	out, complete := map[string][]store.RunEvent{}, map[string]bool{}
+	if len(runIDs) == 0 {
+		return out, complete, nil
+	}
+	ids, err := json.Marshal(runIDs)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sqlite: run transcripts: %w", err)
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT `+runEventColumns+` FROM run_events
+		WHERE user_id = ? AND run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, idx`, userID, string(ids))
+	if err != nil {
+		return nil, nil, fmt.Errorf("sqlite: run transcripts: %w", err)
+	}
+	defer rows.Close()
+	cut, err := store.ReadTranscripts(maxBytes, out, func() (store.RunEvent, bool, error) {
+		if !rows.Next() {
+			return store.RunEvent{}, false, rows.Err()
+		}
+		ev, err := scanRunEvent(rows)
+		return ev, err == nil, err
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("sqlite: run transcripts: %w", err)
+	}
+	return out, store.CompleteRuns(runIDs, cut), nil
+}

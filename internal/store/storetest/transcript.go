@@ -1,0 +1,154 @@
+package storetest
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/store"
+)
+
+// testRunEvents checks the transcript of a run: append (idempotent by
+// index), pages in index order bounded in count and bytes, ownership, and
+// RunTranscripts over several runs with its byte bound.
+func (s *suite) testRunEvents(t *testing.T) {
+	st, c := s.newStore(t), ctx(t)
+	u, other, t0 := s.user(t, "u"), s.user(t, "other"), base()
+	th := store.Thread{ID: id(), UserID: u, Title: "transcript", CreatedAt: t0}
+	mustCreateThread(t, st, th)
+	r := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: t0}
+	mustCreateRun(t, st, r)
+
+	ev := func(run string, i int, typ, data string) store.RunEvent {
+		return store.RunEvent{UserID: u, RunID: run, Index: i, Type: typ, Seq: uint64(100 + i), Epoch: "ep",
+			TS: t0.Add(time.Duration(i) * time.Millisecond), Data: []byte(data)}
+	}
+	evs := []store.RunEvent{
+		ev(r.ID, 1, "agent_started", `{"agent":"demo"}`),
+		ev(r.ID, 2, "agent_thinking", `{"text":"hmm 💭"}`),
+		ev(r.ID, 3, "tool_executing", `{"tool_call_id":"c1","tool":"calculator","args":{"expression":"2+2"}}`),
+	}
+	if err := st.AppendRunEvents(c, u, r.ID, evs); err != nil {
+		t.Fatalf("AppendRunEvents: %v", err)
+	}
+	// A retry of the same indexes changes nothing; new ones are added.
+	dup := ev(r.ID, 3, "tool_executing", `{"changed":true}`)
+	more := []store.RunEvent{dup, ev(r.ID, 4, "agent_message_delta", `{"delta":"four"}`), ev(r.ID, 5, "agent_error", `{"code":"cancelled"}`)}
+	if err := st.AppendRunEvents(c, u, r.ID, more); err != nil {
+		t.Fatalf("AppendRunEvents (retry and more): %v", err)
+	}
+	want := append(evs, more[1:]...)
+	got, hasMore, err := st.ListRunEvents(c, u, r.ID, store.RunEventQuery{})
+	if err != nil || hasMore {
+		t.Fatalf("ListRunEvents: more %v, %v", hasMore, err)
+	}
+	checkEvents(t, got, want)
+
+	// Pages: by count, after an index, by bytes (at least one event).
+	got, hasMore, err = st.ListRunEvents(c, u, r.ID, store.RunEventQuery{Limit: 2})
+	if err != nil || !hasMore {
+		t.Fatalf("ListRunEvents limit 2: more %v, %v", hasMore, err)
+	}
+	checkEvents(t, got, want[:2])
+	got, hasMore, err = st.ListRunEvents(c, u, r.ID, store.RunEventQuery{After: 2, Limit: 2})
+	if err != nil || !hasMore {
+		t.Fatalf("ListRunEvents after 2: more %v, %v", hasMore, err)
+	}
+	checkEvents(t, got, want[2:4])
+	got, hasMore, err = st.ListRunEvents(c, u, r.ID, store.RunEventQuery{After: 4})
+	if err != nil || hasMore {
+		t.Fatalf("ListRunEvents after 4: more %v, %v", hasMore, err)
+	}
+	checkEvents(t, got, want[4:])
+	got, hasMore, err = st.ListRunEvents(c, u, r.ID, store.RunEventQuery{MaxBytes: 1})
+	if err != nil || !hasMore {
+		t.Fatalf("ListRunEvents 1 byte: more %v, %v", hasMore, err)
+	}
+	checkEvents(t, got, want[:1])
+
+	// Another user's run is not found, for reading and writing.
+	if _, _, err := st.ListRunEvents(c, other, r.ID, store.RunEventQuery{}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("ListRunEvents of another user's run: %v, want ErrNotFound", err)
+	}
+	foreign := ev(r.ID, 9, "agent_thinking", `{}`)
+	foreign.UserID = other
+	if err := st.AppendRunEvents(c, other, r.ID, []store.RunEvent{foreign}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("AppendRunEvents to another user's run: %v, want ErrNotFound", err)
+	}
+	if err := st.AppendRunEvents(c, u, r.ID, []store.RunEvent{ev(r.ID, 0, "agent_thinking", `{}`)}); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("AppendRunEvents with index 0: %v, want ErrInvalid", err)
+	}
+	if err := st.AppendRunEvents(c, u, "nope", []store.RunEvent{ev("nope", 1, "agent_thinking", `{}`)}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("AppendRunEvents to no run: %v, want ErrNotFound", err)
+	}
+	if got, _, err := st.ListRunEvents(c, u, r.ID, store.RunEventQuery{}); err != nil || len(got) != len(want) {
+		t.Errorf("after refused appends: %d events, %v; want %d", len(got), err, len(want))
+	}
+
+	// RunTranscripts: several runs at once, the user's only, bounded.
+	r2 := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: t0}
+	mustCreateRun(t, st, r2)
+	r2evs := []store.RunEvent{ev(r2.ID, 1, "agent_started", `{"agent":"demo"}`), ev(r2.ID, 2, "agent_completed", `{"final_response":"x"}`)}
+	if err := st.AppendRunEvents(c, u, r2.ID, r2evs); err != nil {
+		t.Fatalf("AppendRunEvents r2: %v", err)
+	}
+	empty := id() // a run with no events, and an id of nothing
+	all, complete, err := st.RunTranscripts(c, u, []string{r2.ID, r.ID, empty}, 0)
+	if err != nil {
+		t.Fatalf("RunTranscripts: %v", err)
+	}
+	checkEvents(t, all[r.ID], want)
+	checkEvents(t, all[r2.ID], r2evs)
+	if len(all) != 2 || !complete[r.ID] || !complete[r2.ID] || !complete[empty] {
+		t.Errorf("RunTranscripts: %d runs, complete %v", len(all), complete)
+	}
+	if all, _, err := st.RunTranscripts(c, other, []string{r.ID, r2.ID}, 0); err != nil || len(all) != 0 {
+		t.Errorf("RunTranscripts of another user: %d runs, %v; want none", len(all), err)
+	}
+	// A bound of one byte reads the first run's first event only: the
+	// first run (in id order) is cut, the other absent.
+	first, second := r.ID, r2.ID
+	if second < first {
+		first, second = second, first
+	}
+	all, complete, err = st.RunTranscripts(c, u, []string{r.ID, r2.ID}, 1)
+	if err != nil {
+		t.Fatalf("RunTranscripts bounded: %v", err)
+	}
+	if len(all[first]) != 1 || len(all[second]) != 0 || complete[first] || complete[second] {
+		t.Errorf("RunTranscripts(1 byte): %d and %d events, complete %v; want 1, 0, none", len(all[first]), len(all[second]), complete)
+	}
+
+	// Discarding the run drops its transcript.
+	m, sr := store.Message{ID: id(), ThreadID: th.ID, UserID: u, Role: store.RoleUser, Content: "hi", CreatedAt: t0},
+		store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: t0, Node: "n", LeaseUntil: t0.Add(time.Hour)}
+	m.RunID, sr.UserMessageID = sr.ID, m.ID
+	if _, err := st.StartRun(c, nil, m, sr, 0); err != nil {
+		t.Fatalf("StartRun: %v", err)
+	}
+	if err := st.AppendRunEvents(c, u, sr.ID, []store.RunEvent{ev(sr.ID, 1, "agent_started", `{}`)}); err != nil {
+		t.Fatalf("AppendRunEvents: %v", err)
+	}
+	if err := st.DiscardRun(c, u, sr.ID, false); err != nil {
+		t.Fatalf("DiscardRun: %v", err)
+	}
+	if all, _, err := st.RunTranscripts(c, u, []string{sr.ID}, 0); err != nil || len(all) != 0 {
+		t.Errorf("transcript of a discarded run: %d runs, %v", len(all), err)
+	}
+}
+
+func checkEvents(t *testing.T, got, want []store.RunEvent) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%d events, want %d: %v", len(got), len(want), got)
+	}
+	for i := range want {
+		w := want[i]
+		w.TS = stored(w.TS)
+		g := got[i]
+		if fmt.Sprint(g.UserID, g.RunID, g.Index, g.Type, g.Seq, g.Epoch, string(g.Data)) != fmt.Sprint(w.UserID, w.RunID, w.Index, w.Type, w.Seq, w.Epoch, string(w.Data)) || !g.TS.Equal(w.TS) || g.TS.Location() != time.UTC {
+			t.Errorf("event %d: %+v, want %+v", i, g, w)
+		}
+	}
+}

@@ -1,0 +1,87 @@
+package store
+
+import (
+	"fmt"
+	"time"
+)
+
+// RunEvent is one event of a run's transcript: a stream event of the run as
+// the stream carried it (type, seq, epoch, time, data), kept with the run
+// after the stream's retention forgot it. The answer's deltas are kept
+// folded: one agent_message_delta holds the text of many.
+type RunEvent struct {
+	UserID string
+	RunID  string
+	// Index is the event's position in the run's transcript, from 1, unique
+	// per run; an append with an index already stored is ignored, so an
+	// append may be retried.
+	Index int
+	Type  string
+	// Seq and Epoch are the stream position the event had (the first one of
+	// a fold); zero and empty when the stream never took it.
+	Seq   uint64
+	Epoch string
+	TS    time.Time
+	// Data is the event's data, a JSON object.
+	Data []byte
+}
+
+// RunEventQuery selects one page of a run's transcript, in Index order.
+type RunEventQuery struct {
+	// After is an Index: the page starts after it (0: at the start).
+	After int
+	// Limit is the most events in the page (DefaultListLimit when <= 0).
+	Limit int
+	// MaxBytes bounds the page's total data, as MessageQuery.MaxBytes does.
+	MaxBytes int
+}
+
+// Admit is MessageQuery.Admit for a transcript page.
+func (q RunEventQuery) Admit(n, total, size int) bool {
+	return MessageQuery{Limit: q.Limit, MaxBytes: q.MaxBytes}.Admit(n, total, size)
+}
+
+// Validate reports an ErrInvalid error unless every event is of userID's
+// run runID with a positive index, a type and data.
+func ValidateRunEvents(userID, runID string, evs []RunEvent) error {
+	if userID == "" || runID == "" {
+		return fmt.Errorf("%w: run events without user or run", ErrInvalid)
+	}
+	for _, ev := range evs {
+		if ev.UserID != userID || ev.RunID != runID || ev.Index < 1 || ev.Type == "" || len(ev.Data) == 0 {
+			return fmt.Errorf("%w: run event %d (%q) of another run, without a type or data", ErrInvalid, ev.Index, ev.Type)
+		}
+	}
+	return nil
+}
+
+// ReadTranscripts is the shared part of RunTranscripts: it reads events in
+// (run id, index) order from next into out until their data would total more
+// than maxBytes (no bound when <= 0; the first event is always read), and
+// returns the run id it stopped in ("" when it read everything).
+func ReadTranscripts(maxBytes int, out map[string][]RunEvent, next func() (RunEvent, bool, error)) (cut string, err error) {
+	total := 0
+	for {
+		ev, ok, err := next()
+		if err != nil || !ok {
+			return "", err
+		}
+		if maxBytes > 0 && total > 0 && total+len(ev.Data) > maxBytes {
+			return ev.RunID, nil
+		}
+		total += len(ev.Data)
+		out[ev.RunID] = append(out[ev.RunID], ev)
+	}
+}
+
+// CompleteRuns is the complete set of RunTranscripts: every run of runIDs
+// that sorts before cut (all of them when cut is empty).
+func CompleteRuns(runIDs []string, cut string) map[string]bool {
+	complete := make(map[string]bool, len(runIDs))
+	for _, id := range runIDs {
+		if cut == "" || id < cut {
+			complete[id] = true
+		}
+	}
+	return complete
+}
