@@ -37,13 +37,40 @@ type Thread struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// Message is one message of a thread; Role is "user" or "assistant".
+// Message is one message of a thread; Role is "user" or "assistant". Run
+// is set on a user message that started a run: that run with its steps.
 type Message struct {
-	ID        string    `json:"id"`
-	Role      string    `json:"role"`
-	Content   string    `json:"content"`
-	RunID     string    `json:"run_id,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
+	ID        string         `json:"id"`
+	Role      string         `json:"role"`
+	Content   string         `json:"content"`
+	RunID     string         `json:"run_id,omitempty"`
+	CreatedAt time.Time      `json:"created_at"`
+	Run       *RunTranscript `json:"run,omitempty"`
+}
+
+// RunTranscript is a run with its stored events (its transcript), each
+// the frame a socket got (EncodeEvent), oldest first: every event of the
+// run but the answer's deltas, which are folded into fewer
+// agent_message_delta events, so a run that failed or was stopped keeps
+// its partial answer. A stored event's text may end with TruncatedMarker.
+// The terminal event, stored before the stream took it, has seq 0.
+type RunTranscript struct {
+	Run
+	Events []json.RawMessage `json:"events"`
+}
+
+// TruncatedMarker ends a text that a stored transcript cut (thinking, a
+// tool's arguments or result, the answer, an error message) to bound the
+// run's transcript; data with no such text becomes {"truncated":true}.
+const TruncatedMarker = "… [truncated]"
+
+// RunEventsPage answers GET /api/v1/runs/{id}/events: one page of the run's
+// transcript (see RunTranscript). Next ("" when none) is the after of the
+// next page.
+type RunEventsPage struct {
+	Events  []json.RawMessage `json:"events"`
+	Next    string            `json:"next"`
+	HasMore bool              `json:"has_more"`
 }
 
 // Run is one agent execution (GET /api/v1/runs/{id}); Status is running,
@@ -83,6 +110,7 @@ type MessagesPage struct {
 const (
 	ListThreads  = "threads"
 	ListMessages = "messages"
+	ListEvents   = "events"
 	ListNext     = "next"
 	ListHasMore  = "has_more"
 )

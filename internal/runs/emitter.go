@@ -36,6 +36,7 @@ type emitter struct {
 	ended   bool
 	answer  strings.Builder
 	pending map[string]bool // tool calls executing
+	tr      *transcript     // what the store keeps of the run; nil when off
 }
 
 var _ agent.Emitter = (*emitter)(nil)
@@ -62,6 +63,12 @@ func (e *emitter) appendRecordLocked(rec stream.Record) error {
 		return fmt.Errorf("%w: %w", errStream, err)
 	}
 	e.last = ev
+	if e.tr != nil && rec.Type != protocol.TypeAgentMessageDelta && !ev.Wire().Terminal() {
+		e.tr.add(e.user, ev)
+		if rec.Type != protocol.TypeAgentStarted { // it goes with the next step
+			e.saveLocked()
+		}
+	}
 	return nil
 }
 
@@ -144,6 +151,9 @@ func (e *emitter) Delta(text string) error {
 		return err
 	}
 	e.answer.WriteString(text)
+	if e.tr != nil {
+		e.tr.delta(e.user, e.last, text)
+	}
 	return nil
 }
 
@@ -248,8 +258,6 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	} else {
 		fin.ErrorMessage = text
 	}
-	stored := e.m.record(ctx, fin)
-	e.m.releaseSlot(e.user, e.runID)
 	rec := stream.Record{ThreadID: e.threadID, RunID: e.runID, IdempotencyKey: endKey(e.runID)}
 	if status == store.RunCompleted {
 		rec.Type = protocol.TypeAgentCompleted
@@ -258,6 +266,14 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 		rec.Type = protocol.TypeAgentError
 		rec.Data, _ = protocol.MarshalData(protocol.AgentError{Code: code, Message: text, DurationMS: dur})
 	}
+	if e.tr != nil {
+		// The terminal event is stored with the outcome, before the
+		// stream has it: its seq is not known yet (zero).
+		e.tr.add(e.user, stream.Event{TS: now, Record: rec})
+		fin.events = e.tr.take(true)
+	}
+	stored := e.m.record(ctx, fin)
+	e.m.releaseSlot(e.user, e.runID)
 	if err := e.appendRecordLocked(rec); err != nil {
 		e.m.endWhenAppended(fin, stored, rec)
 		return err
@@ -325,6 +341,13 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 		}
 		if err = e.appendRawLocked(typ, data); err == nil {
 			delete(e.pending, d.ToolCallID)
+		}
+	case protocol.TypeAgentMessageDelta:
+		if err = e.appendRawLocked(typ, data); err == nil && e.tr != nil {
+			var d protocol.AgentMessageDelta
+			if json.Unmarshal(data, &d) == nil {
+				e.tr.delta(e.user, e.last, d.Delta)
+			}
 		}
 	default:
 		err = e.appendRawLocked(typ, data)

@@ -64,6 +64,9 @@ type Config struct {
 	// Stops, when set, carries a stop for a run of another node to that
 	// node.
 	Stops Stops
+	// NoTranscripts turns off storing run transcripts (store.RunEvent):
+	// runs then keep only their outcome and answer, as before.
+	NoTranscripts bool
 
 	// crashAfterStore, in tests, makes UserMessage return right after the
 	// run is stored, as a node killed at that moment would.
@@ -90,24 +93,25 @@ type Stops interface {
 // Manager starts, tracks and ends runs. It implements the ws.Handler frames
 // user_message and stop_agent.
 type Manager struct {
-	stream     stream.Stream
-	store      store.Store
-	agent      agent.Agent
-	log        *slog.Logger
-	maxPerUser int
-	timeout    time.Duration
-	now        func() time.Time
-	node       string
-	leaseTTL   time.Duration
-	renewEvery time.Duration
-	reapEvery  time.Duration
-	slots      Slots
-	stops      Stops
-	crash      func() bool
-	loopCtx    context.Context // done at the end of Shutdown
-	stopLoop   context.CancelFunc
-	loopWG     sync.WaitGroup // lease loop, stop listener
-	resendWG   sync.WaitGroup // resend goroutines
+	stream        stream.Stream
+	store         store.Store
+	agent         agent.Agent
+	log           *slog.Logger
+	maxPerUser    int
+	timeout       time.Duration
+	now           func() time.Time
+	node          string
+	leaseTTL      time.Duration
+	renewEvery    time.Duration
+	reapEvery     time.Duration
+	slots         Slots
+	stops         Stops
+	crash         func() bool
+	noTranscripts bool
+	loopCtx       context.Context // done at the end of Shutdown
+	stopLoop      context.CancelFunc
+	loopWG        sync.WaitGroup // lease loop, stop listener
+	resendWG      sync.WaitGroup // resend goroutines
 
 	mu     sync.Mutex
 	active map[string]*active // by run id, until the terminal event
@@ -140,7 +144,7 @@ func New(cfg Config) *Manager {
 	m := &Manager{
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
-		slots: cfg.Slots, stops: cfg.Stops, crash: cfg.crashAfterStore,
+		slots: cfg.Slots, stops: cfg.Stops, crash: cfg.crashAfterStore, noTranscripts: cfg.NoTranscripts,
 		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), ending: make(map[string]finish),
 	}
 	if m.log == nil {
@@ -334,6 +338,9 @@ func (m *Manager) userMessage(ctx context.Context, user string, f *protocol.Fram
 		return m.acceptFailed(ctx, user, a, idemKey, echo, f.ID)
 	}
 	em := &emitter{m: m, user: user, threadID: a.ThreadID, runID: a.RunID, messageID: ulid.Make().String(), started: now}
+	if !m.noTranscripts {
+		em.tr = &transcript{messageID: em.messageID}
+	}
 	if err := em.start(m.agent.Name()); err != nil {
 		return m.acceptFailed(ctx, user, a, idemKey, echo, f.ID)
 	}

@@ -309,12 +309,12 @@ type Store interface {
 	// in Index order; more reports that events remain after it.
 	// ErrNotFound if the user has no such run.
 	ListRunEvents(ctx context.Context, userID, runID string, q RunEventQuery) (evs []RunEvent, more bool, err error)
-	// RunTranscripts returns the transcripts of the user's runs among
-	// runIDs (other ids are ignored), by run id, each in Index order, read
-	// in ascending run id order until their data totals maxBytes (no bound
-	// when <= 0): complete lists the runs read whole, and a run beyond the
-	// bound is absent or cut short.
-	RunTranscripts(ctx context.Context, userID string, runIDs []string, maxBytes int) (evs map[string][]RunEvent, complete map[string]bool, err error)
+	// RunTranscripts returns the user's runs among runIDs (other ids are
+	// left out) with their transcripts, by run id: the events of each in
+	// Index order, read in ascending run id order until their data totals
+	// maxBytes (no bound when <= 0). A run beyond the bound has its events
+	// cut short or none, and Complete false.
+	RunTranscripts(ctx context.Context, userID string, runIDs []string, maxBytes int) (map[string]*Transcript, error)
 	// ClaimIdempotencyKey atomically records c.Value under (c.UserID, c.Key)
 	// unless a live entry exists, one recorded less than its ttl before c.At;
 	// then it returns that entry's value and claimed=false. Expired entries

@@ -55,33 +55,45 @@ func ValidateRunEvents(userID, runID string, evs []RunEvent) error {
 	return nil
 }
 
-// ReadTranscripts is the shared part of RunTranscripts: it reads events in
-// (run id, index) order from next into out until their data would total more
-// than maxBytes (no bound when <= 0; the first event is always read), and
-// returns the run id it stopped in ("" when it read everything).
-func ReadTranscripts(maxBytes int, out map[string][]RunEvent, next func() (RunEvent, bool, error)) (cut string, err error) {
-	total := 0
-	for {
-		ev, ok, err := next()
-		if err != nil || !ok {
-			return "", err
-		}
-		if maxBytes > 0 && total > 0 && total+len(ev.Data) > maxBytes {
-			return ev.RunID, nil
-		}
-		total += len(ev.Data)
-		out[ev.RunID] = append(out[ev.RunID], ev)
-	}
+// Transcript is a run with its transcript, as RunTranscripts returns it.
+type Transcript struct {
+	Run    Run
+	Events []RunEvent
+	// Complete reports that Events is the whole transcript.
+	Complete bool
 }
 
-// CompleteRuns is the complete set of RunTranscripts: every run of runIDs
-// that sorts before cut (all of them when cut is empty).
-func CompleteRuns(runIDs []string, cut string) map[string]bool {
-	complete := make(map[string]bool, len(runIDs))
-	for _, id := range runIDs {
-		if cut == "" || id < cut {
-			complete[id] = true
-		}
+// ReadTranscripts is the shared part of RunTranscripts: given the user's
+// runs, it reads events in (run id, index) order from next into them until
+// their data would total more than maxBytes (no bound when <= 0; the first
+// event is always read), and marks the runs it read whole Complete.
+func ReadTranscripts(runs []Run, maxBytes int, next func() (RunEvent, bool, error)) (map[string]*Transcript, error) {
+	out := make(map[string]*Transcript, len(runs))
+	for _, r := range runs {
+		out[r.ID] = &Transcript{Run: r}
 	}
-	return complete
+	total, cut := 0, ""
+	for {
+		ev, ok, err := next()
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			break
+		}
+		t := out[ev.RunID]
+		if t == nil {
+			continue
+		}
+		if maxBytes > 0 && total > 0 && total+len(ev.Data) > maxBytes {
+			cut = ev.RunID
+			break
+		}
+		total += len(ev.Data)
+		t.Events = append(t.Events, ev)
+	}
+	for id, t := range out {
+		t.Complete = cut == "" || id < cut
+	}
+	return out, nil
 }

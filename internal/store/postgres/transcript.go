@@ -96,9 +96,9 @@ func (s *Store) ListRunEvents(ctx context.Context, userID, runID string, q store
 	return evs, more, err
 }
 
-// RunTranscripts implements store.Store.
-func (s *Store) RunTranscripts(ctx context.Context, userID string, runIDs []string, maxBytes int) (map[string][]store.RunEvent, map[string]bool, error) {
-	out := map[string][]store.RunEvent{}
+// RunTranscripts implements store.Store, in two statements on one
+// connection.
+func (s *Store) RunTranscripts(ctx context.Context, userID string, runIDs []string, maxBytes int) (map[string]*store.Transcript, error) {
 	ids := make([]string, 0, len(runIDs))
 	for _, id := range runIDs {
 		if validID(id) {
@@ -106,18 +106,25 @@ func (s *Store) RunTranscripts(ctx context.Context, userID string, runIDs []stri
 		}
 	}
 	if len(ids) == 0 || !validID(userID) {
-		return out, store.CompleteRuns(runIDs, ""), nil
+		return map[string]*store.Transcript{}, nil
 	}
-	var cut string
+	var out map[string]*store.Transcript
 	err := s.withConn(ctx, "run transcripts", func(c *pgx.Conn) error {
-		rows, err := c.Query(ctx, `SELECT `+runEventColumns+` FROM run_events
+		rows, err := c.Query(ctx, `SELECT `+runColumns+` FROM runs WHERE user_id = $1 AND id = ANY ($2)`, userID, ids)
+		if err != nil {
+			return err
+		}
+		runs, err := collect(rows, scanRun)
+		if err != nil {
+			return err
+		}
+		rows, err = c.Query(ctx, `SELECT `+runEventColumns+` FROM run_events
 			WHERE user_id = $1 AND run_id = ANY ($2) ORDER BY run_id, idx`, userID, ids)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
-		clear(out)
-		cut, err = store.ReadTranscripts(maxBytes, out, func() (store.RunEvent, bool, error) {
+		out, err = store.ReadTranscripts(runs, maxBytes, func() (store.RunEvent, bool, error) {
 			if !rows.Next() {
 				return store.RunEvent{}, false, rows.Err()
 			}
@@ -127,9 +134,7 @@ func (s *Store) RunTranscripts(ctx context.Context, userID string, runIDs []stri
 		return err
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return out, store.CompleteRuns(runIDs, cut), nil
+	return out, nil
 }
-
-

@@ -77,24 +77,37 @@ func (s *Store) ListRunEvents(ctx context.Context, userID, runID string, q store
 	return evs, more, nil
 }
 
-// RunTranscripts implements store.Store, in one statement: the ids go in as
-// a JSON array.
-func (s *Store) RunTranscripts(ctx context.Context, userID string, runIDs []string, maxBytes int) (map[string][]store.RunEvent, map[string]bool, error) {
-	out, complete := map[string][]store.RunEvent{}, map[string]bool{}
+// RunTranscripts implements store.Store, in two statements on one read
+// transaction: the ids go in as a JSON array.
+func (s *Store) RunTranscripts(ctx context.Context, userID string, runIDs []string, maxBytes int) (map[string]*store.Transcript, error) {
 	if len(runIDs) == 0 {
-		return out, complete, nil
+		return map[string]*store.Transcript{}, nil
 	}
 	ids, err := json.Marshal(runIDs)
 	if err != nil {
-		return nil, nil, fmt.Errorf("sqlite: run transcripts: %w", err)
+		return nil, fmt.Errorf("sqlite: run transcripts: %w", err)
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT `+runEventColumns+` FROM run_events
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: run transcripts: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	rows, err := tx.QueryContext(ctx, `SELECT `+runColumns+` FROM runs
+		WHERE user_id = ? AND id IN (SELECT value FROM json_each(?))`, userID, string(ids))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: run transcripts: %w", err)
+	}
+	runs, err := collect(rows, scanRun)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: run transcripts: %w", err)
+	}
+	rows, err = tx.QueryContext(ctx, `SELECT `+runEventColumns+` FROM run_events
 		WHERE user_id = ? AND run_id IN (SELECT value FROM json_each(?)) ORDER BY run_id, idx`, userID, string(ids))
 	if err != nil {
-		return nil, nil, fmt.Errorf("sqlite: run transcripts: %w", err)
+		return nil, fmt.Errorf("sqlite: run transcripts: %w", err)
 	}
 	defer rows.Close()
-	cut, err := store.ReadTranscripts(maxBytes, out, func() (store.RunEvent, bool, error) {
+	out, err := store.ReadTranscripts(runs, maxBytes, func() (store.RunEvent, bool, error) {
 		if !rows.Next() {
 			return store.RunEvent{}, false, rows.Err()
 		}
@@ -102,7 +115,7 @@ func (s *Store) RunTranscripts(ctx context.Context, userID string, runIDs []stri
 		return ev, err == nil, err
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("sqlite: run transcripts: %w", err)
+		return nil, fmt.Errorf("sqlite: run transcripts: %w", err)
 	}
-	return out, store.CompleteRuns(runIDs, cut), nil
+	return out, nil
 }

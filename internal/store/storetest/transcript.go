@@ -93,31 +93,35 @@ func (s *suite) testRunEvents(t *testing.T) {
 	if err := st.AppendRunEvents(c, u, r2.ID, r2evs); err != nil {
 		t.Fatalf("AppendRunEvents r2: %v", err)
 	}
-	empty := id() // a run with no events, and an id of nothing
-	all, complete, err := st.RunTranscripts(c, u, []string{r2.ID, r.ID, empty}, 0)
+	empty := id() // an id of no run
+	all, err := st.RunTranscripts(c, u, []string{r2.ID, r.ID, empty}, 0)
 	if err != nil {
 		t.Fatalf("RunTranscripts: %v", err)
 	}
-	checkEvents(t, all[r.ID], want)
-	checkEvents(t, all[r2.ID], r2evs)
-	if len(all) != 2 || !complete[r.ID] || !complete[r2.ID] || !complete[empty] {
-		t.Errorf("RunTranscripts: %d runs, complete %v", len(all), complete)
+	if len(all) != 2 || all[r.ID] == nil || all[r2.ID] == nil {
+		t.Fatalf("RunTranscripts: %d runs, want 2", len(all))
 	}
-	if all, _, err := st.RunTranscripts(c, other, []string{r.ID, r2.ID}, 0); err != nil || len(all) != 0 {
+	checkEvents(t, all[r.ID].Events, want)
+	checkEvents(t, all[r2.ID].Events, r2evs)
+	if !all[r.ID].Complete || !all[r2.ID].Complete || all[r2.ID].Run.ID != r2.ID || all[r2.ID].Run.Status != store.RunRunning {
+		t.Errorf("RunTranscripts: %+v %+v", all[r.ID], all[r2.ID])
+	}
+	if all, err := st.RunTranscripts(c, other, []string{r.ID, r2.ID}, 0); err != nil || len(all) != 0 {
 		t.Errorf("RunTranscripts of another user: %d runs, %v; want none", len(all), err)
 	}
 	// A bound of one byte reads the first run's first event only: the
-	// first run (in id order) is cut, the other absent.
+	// first run (in id order) is cut, the other has none.
 	first, second := r.ID, r2.ID
 	if second < first {
 		first, second = second, first
 	}
-	all, complete, err = st.RunTranscripts(c, u, []string{r.ID, r2.ID}, 1)
+	all, err = st.RunTranscripts(c, u, []string{r.ID, r2.ID}, 1)
 	if err != nil {
 		t.Fatalf("RunTranscripts bounded: %v", err)
 	}
-	if len(all[first]) != 1 || len(all[second]) != 0 || complete[first] || complete[second] {
-		t.Errorf("RunTranscripts(1 byte): %d and %d events, complete %v; want 1, 0, none", len(all[first]), len(all[second]), complete)
+	if len(all[first].Events) != 1 || len(all[second].Events) != 0 || all[first].Complete || all[second].Complete {
+		t.Errorf("RunTranscripts(1 byte): %d and %d events, complete %v %v; want 1, 0, neither",
+			len(all[first].Events), len(all[second].Events), all[first].Complete, all[second].Complete)
 	}
 
 	// Discarding the run drops its transcript.
@@ -133,7 +137,7 @@ func (s *suite) testRunEvents(t *testing.T) {
 	if err := st.DiscardRun(c, u, sr.ID, false); err != nil {
 		t.Fatalf("DiscardRun: %v", err)
 	}
-	if all, _, err := st.RunTranscripts(c, u, []string{sr.ID}, 0); err != nil || len(all) != 0 {
+	if all, err := st.RunTranscripts(c, u, []string{sr.ID}, 0); err != nil || len(all) != 0 {
 		t.Errorf("transcript of a discarded run: %d runs, %v", len(all), err)
 	}
 }

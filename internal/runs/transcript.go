@@ -1,0 +1,172 @@
+package runs
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/agentwire/agentwire/internal/store"
+	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/protocol"
+)
+
+// Bounds of a run's stored transcript (see transcript): no stored event's
+// data is longer than about maxStepBytes (its text cut, with
+// protocol.TruncatedMarker), and a run stores at most maxTranscriptBytes of
+// events before its terminal event, which is always stored.
+const (
+	maxStepBytes       = 16 << 10
+	maxTranscriptBytes = 256 << 10
+)
+
+// transcript keeps the events of one run for the store, under the
+// emitter's lock: every event but deltas, which are folded into one
+// agent_message_delta per stretch of text. The fold is flushed before the
+// next other event and at the end, so a run writes to the store at each
+// step (not at each delta), and a run that fails or is stopped keeps the
+// answer it had. Events the store did not take stay pending and go with
+// the next write (an index is stored once, so a retry is harmless).
+type transcript struct {
+	next    int // the next event's index
+	bytes   int // data kept so far, before the terminal event
+	full    bool
+	pending []store.RunEvent
+
+	fold      strings.Builder // the deltas since the last flush (bounded)
+	foldEv    store.RunEvent  // the first of them: its seq, epoch and time
+	messageID string
+}
+
+// add records ev, a non-delta event the stream took (or, for the terminal
+// event, is about to take: seq zero), after the fold.
+func (t *transcript) add(user string, ev stream.Event) {
+	t.flushFold()
+	t.keep(user, ev.RunID, ev.Type, ev.Seq, ev.Epoch, ev.TS, ev.Data, ev.Wire().Terminal())
+}
+
+// delta folds one delta the stream took.
+func (t *transcript) delta(user string, ev stream.Event, text string) {
+	if t.fold.Len() == 0 {
+		t.foldEv = store.RunEvent{UserID: user, RunID: ev.RunID, Seq: ev.Seq, Epoch: ev.Epoch, TS: ev.TS}
+	}
+	if t.fold.Len() <= maxStepBytes {
+		t.fold.WriteString(text)
+	}
+}
+
+func (t *transcript) flushFold() {
+	if t.fold.Len() == 0 {
+		return
+	}
+	data, _ := protocol.MarshalData(protocol.AgentMessageDelta{Delta: t.fold.String(), MessageID: t.messageID})
+	f := t.foldEv
+	t.fold.Reset()
+	t.keep(f.UserID, f.RunID, protocol.TypeAgentMessageDelta, f.Seq, f.Epoch, f.TS, data, false)
+}
+
+func (t *transcript) keep(user, runID, typ string, seq uint64, epoch string, ts time.Time, data json.RawMessage, terminal bool) {
+	data = clipData(typ, data, maxStepBytes)
+	if !terminal {
+		if t.full || t.bytes+len(data) > maxTranscriptBytes {
+			t.full = true
+			return
+		}
+		t.bytes += len(data)
+	}
+	t.next++
+	t.pending = append(t.pending, store.RunEvent{UserID: user, RunID: runID, Index: t.next, Type: typ,
+		Seq: seq, Epoch: epoch, TS: ts, Data: data})
+}
+
+// take returns the pending events (with the fold when flush is set) and
+// forgets them.
+func (t *transcript) take(flush bool) []store.RunEvent {
+	if flush {
+		t.flushFold()
+	}
+	p := t.pending
+	t.pending = nil
+	return p
+}
+
+// saveLocked writes the run's pending events (the emitter's lock held).
+// A failure is logged and the events stay pending for the next write.
+func (e *emitter) saveLocked() {
+	if e.tr == nil || len(e.tr.pending) == 0 {
+		return
+	}
+	evs := e.tr.take(false)
+	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	if err := e.m.store.AppendRunEvents(ctx, e.user, e.runID, evs); err != nil {
+		e.m.log.Warn("store run events, will retry", "user", e.user, "run", e.runID, "err", err)
+		e.tr.pending = append(evs, e.tr.pending...)
+	}
+}
+
+// clipData returns data cut to about max bytes: the text a type carries
+// (thinking, the answer, an error message, a tool's result or arguments)
+// cut at a rune boundary and marked with protocol.TruncatedMarker; the data
+// of other types becomes {"truncated":true}.
+func clipData(typ string, data json.RawMessage, max int) json.RawMessage {
+	if len(data) <= max {
+		return data
+	}
+	room := max - 256
+	var v any
+	switch typ {
+	case protocol.TypeAgentThinking:
+		var d protocol.AgentThinking
+		_ = json.Unmarshal(data, &d)
+		d.Text = clipText(d.Text, room)
+		v = d
+	case protocol.TypeAgentMessageDelta:
+		var d protocol.AgentMessageDelta
+		_ = json.Unmarshal(data, &d)
+		d.Delta = clipText(d.Delta, room)
+		v = d
+	case protocol.TypeAgentCompleted:
+		var d protocol.AgentCompleted
+		_ = json.Unmarshal(data, &d)
+		d.FinalResponse = clipText(d.FinalResponse, room)
+		v = d
+	case protocol.TypeAgentError:
+		var d protocol.AgentError
+		_ = json.Unmarshal(data, &d)
+		d.Message = clipText(d.Message, room)
+		v = d
+	case protocol.TypeToolExecuting:
+		var d protocol.ToolExecuting
+		_ = json.Unmarshal(data, &d)
+		d.Args, _ = json.Marshal(map[string]string{"truncated": clipText(string(d.Args), room)})
+		v = d
+	case protocol.TypeToolCompleted:
+		var d protocol.ToolCompleted
+		_ = json.Unmarshal(data, &d)
+		d.Result, _ = json.Marshal(clipText(string(d.Result), room))
+		d.Error = clipText(d.Error, 1024)
+		v = d
+	default:
+		return json.RawMessage(`{"truncated":true}`)
+	}
+	out, err := protocol.MarshalData(v)
+	if err != nil || len(out) > max+max/8 { // escaping may grow it a little, not more
+		return json.RawMessage(`{"truncated":true}`)
+	}
+	return out
+}
+
+// clipText cuts s to at most n bytes at a rune boundary, followed by
+// protocol.TruncatedMarker, when it is longer.
+func clipText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	n = max(n-len(protocol.TruncatedMarker), 0)
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + protocol.TruncatedMarker
+}

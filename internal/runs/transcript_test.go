@@ -1,0 +1,161 @@
+package runs
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/store"
+	"github.com/agentwire/agentwire/protocol"
+)
+
+// transcriptOf reads the whole stored transcript of a run.
+func (f *fixture) transcriptOf(t *testing.T, user, runID string) []store.RunEvent {
+	t.Helper()
+	evs, more, err := f.store.ListRunEvents(context.Background(), user, runID, store.RunEventQuery{Limit: 1000})
+	if err != nil || more {
+		t.Fatalf("ListRunEvents: more %v, %v", more, err)
+	}
+	return evs
+}
+
+func types(evs []store.RunEvent) string {
+	var b []string
+	for _, e := range evs {
+		b = append(b, e.Type)
+	}
+	return strings.Join(b, " ")
+}
+
+// The transcript keeps every event but deltas, which it folds per stretch
+// of text; seq and epoch are the stream's, the terminal's stored first.
+func TestTranscriptOfACompletedRun(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			_ = em.Thinking("let me see")
+			_ = em.Delta("Four")
+			_ = em.Delta(", ")
+			_ = em.ToolExecuting("c1", "calculator", map[string]any{"expression": "2+2"})
+			_ = em.ToolCompleted(agent.ToolResult{CallID: "c1", Tool: "calculator", OK: true, Result: 4, Duration: 3 * time.Millisecond})
+			_ = em.Delta("it is ")
+			_ = em.Delta("4.")
+			return em.Complete("")
+		}), Config{})
+		ack, perr := f.send(t, "tr", "2+2?", "")
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		f.waitTerminal(t, "tr", ack.RunID)
+		got := f.transcriptOf(t, "tr", ack.RunID)
+		want := "agent_started agent_thinking agent_message_delta tool_executing tool_completed agent_message_delta agent_completed"
+		if types(got) != want {
+			t.Fatalf("transcript %q, want %q", types(got), want)
+		}
+		if string(got[2].Data) == "" || !strings.Contains(string(got[2].Data), `"delta":"Four, "`) ||
+			!strings.Contains(string(got[5].Data), `"delta":"it is 4."`) {
+			t.Errorf("folded deltas: %s / %s", got[2].Data, got[5].Data)
+		}
+		if !strings.Contains(string(got[4].Data), `"duration_ms":3`) || !strings.Contains(string(got[3].Data), `"expression":"2+2"`) {
+			t.Errorf("tool events: %s / %s", got[3].Data, got[4].Data)
+		}
+		for i, e := range got[:len(got)-1] {
+			if e.Seq == 0 || e.Epoch == "" || e.Index != i+1 {
+				t.Errorf("event %d (%s): seq %d epoch %q index %d", i, e.Type, e.Seq, e.Epoch, e.Index)
+			}
+		}
+		if last := got[len(got)-1]; last.Seq != 0 || !strings.Contains(string(last.Data), `"final_response":"Four, it is 4."`) {
+			t.Errorf("terminal %+v %s", last, last.Data)
+		}
+	})
+}
+
+// A stopped run keeps the answer it had, folded, and its end.
+func TestTranscriptOfAStoppedRunKeepsThePartialAnswer(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			_ = em.Delta("half ")
+			_ = em.Delta("an answer")
+			<-ctx.Done()
+			return ctx.Err()
+		}), Config{})
+		ack, _ := f.send(t, "st", "go", "")
+		waitFor(t, "deltas", func() bool { return len(f.events(t, "st", ack.RunID)) >= 4 })
+		if _, perr := f.m.StopAgent(context.Background(), "st", &protocol.Frame{RunID: ack.RunID}); perr != nil {
+			t.Fatal(perr)
+		}
+		f.waitTerminal(t, "st", ack.RunID)
+		got := f.transcriptOf(t, "st", ack.RunID)
+		if types(got) != "agent_started agent_message_delta agent_error" {
+			t.Fatalf("transcript %q", types(got))
+		}
+		var d protocol.AgentMessageDelta
+		_ = json.Unmarshal(got[1].Data, &d)
+		var e protocol.AgentError
+		_ = json.Unmarshal(got[2].Data, &e)
+		if d.Delta != "half an answer" || e.Code != protocol.CodeCancelled {
+			t.Errorf("delta %q, end %+v", d.Delta, e)
+		}
+	})
+}
+
+// Big steps are cut with the marker, and a run stores a bounded transcript
+// whatever its agent emits, its end always.
+func TestTranscriptIsBounded(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		big := strings.Repeat("é", maxStepBytes/2+64) // over the bound in bytes
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			for i := range maxTranscriptBytes/maxStepBytes/2 + 2 {
+				_ = em.Thinking(big)
+				id := "c" + string(rune('a'+i%26))
+				_ = em.ToolExecuting(id, "t", map[string]any{"x": big})
+				_ = em.ToolCompleted(agent.ToolResult{CallID: id, Tool: "t", OK: true, Result: big})
+			}
+			return em.Fail(protocol.CodeAgentFailed, big)
+		}), Config{})
+		ack, _ := f.send(t, "big", "go", "")
+		f.waitTerminal(t, "big", ack.RunID)
+		got := f.transcriptOf(t, "big", ack.RunID)
+		total := 0
+		for _, e := range got {
+			total += len(e.Data)
+			if len(e.Data) > maxStepBytes+maxStepBytes/8 {
+				t.Fatalf("%s of %d bytes", e.Type, len(e.Data))
+			}
+			if e.Type != protocol.TypeAgentStarted && !strings.Contains(string(e.Data), protocol.TruncatedMarker) {
+				t.Errorf("%s without the marker", e.Type)
+			}
+			if !json.Valid(e.Data) {
+				t.Errorf("%s: invalid JSON", e.Type)
+			}
+		}
+		if total > maxTranscriptBytes+maxStepBytes+maxStepBytes/8 {
+			t.Errorf("transcript of %d bytes", total)
+		}
+		if got[len(got)-1].Type != protocol.TypeAgentError {
+			t.Errorf("last stored %s, want the end", got[len(got)-1].Type)
+		}
+	})
+}
+
+// With transcripts off, a run stores none.
+func TestNoTranscripts(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			_ = em.Thinking("x")
+			return em.Complete("done")
+		}), Config{NoTranscripts: true})
+		ack, _ := f.send(t, "off", "go", "")
+		f.waitTerminal(t, "off", ack.RunID)
+		if got := f.transcriptOf(t, "off", ack.RunID); len(got) != 0 {
+			t.Fatalf("transcript %q with transcripts off", types(got))
+		}
+	})
+}
