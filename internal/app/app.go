@@ -120,7 +120,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	m := metrics.New()
 	retention := stream.Retention{MaxEvents: cfg.RetentionEvents, MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}
 	var tix tickets.Store = tickets.NewMemory(tickets.TTL, nil)
-	runCfg := runs.Config{MaxPerUser: cfg.MaxRunsPerUser, Timeout: cfg.RunTimeout,
+	runCfg := runs.Config{MaxPerUser: cfg.MaxRunsPerUser, Timeout: cfg.RunTimeout, NoTranscripts: !cfg.Transcripts,
 		LeaseTTL: cfg.RunLeaseTTL, RenewEvery: cfg.RunLeaseRenew, ReapEvery: cfg.RunLeaseRenew}
 	if cfg.RedisURL != "" {
 		// One client for everything the nodes share in Redis; it closes

@@ -38,6 +38,7 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	mux.Handle("GET /api/v1/threads", user(reads(handleThreads(d.Store, d.Logger))))
 	mux.Handle("GET /api/v1/threads/{id}/messages", user(reads(handleMessages(d.Store, d.Logger))))
 	mux.Handle("GET /api/v1/runs/{id}", user(handleRun(d.Store, d.Logger)))
+	mux.Handle("GET /api/v1/runs/{id}/events", user(reads(handleRunEvents(d.Store, d.Logger))))
 	mux.Handle("GET /api/v1/config", handleConfig(d.DevLogin))
 	mux.Handle("POST /api/v1/publish", apiKey(handlePublish(d.Stream, d.Runs, d.Metrics.Published, d.Logger)))
 
@@ -61,7 +62,7 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	// Any other method on an API path: a JSON 405, not the mux's plain text.
 	for path, allow := range map[string]string{
 		"/ws": "GET", "/api/v1/tickets": "POST", "/api/v1/events": "GET", "/api/v1/threads": "GET",
-		"/api/v1/threads/{id}/messages": "GET", "/api/v1/runs/{id}": "GET", "/api/v1/config": "GET",
+		"/api/v1/threads/{id}/messages": "GET", "/api/v1/runs/{id}": "GET", "/api/v1/runs/{id}/events": "GET", "/api/v1/config": "GET",
 		"/api/v1/publish": "POST", "/api/v1/agui": "POST", "/api/v1/agui/connect": "POST", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
 		"/api/v1/stream": "GET", "/api/v1/messages": "POST", "/api/v1/runs/{id}/stop": "POST",
 	} {

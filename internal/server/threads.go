@@ -129,6 +129,11 @@ func handleMessages(db store.Store, log *slog.Logger) http.Handler {
 			storeFailed(log, w, user, "thread", err)
 			return
 		}
+		msgs, trs, more, err := withTranscripts(r, db, user, msgs, q.Before != "", more)
+		if err != nil {
+			storeFailed(log, w, user, "thread", err)
+			return
+		}
 		next := ""
 		switch {
 		case !more:
@@ -138,7 +143,11 @@ func handleMessages(db store.Store, log *slog.Logger) http.Handler {
 			next = msgs[len(msgs)-1].ID
 		}
 		httpx.List(w, protocol.ListMessages, msgs, next, func(m store.Message) any {
-			return protocol.Message{ID: m.ID, Role: m.Role, Content: m.Content, RunID: m.RunID, CreatedAt: m.CreatedAt.UTC()}
+			out := protocol.Message{ID: m.ID, Role: m.Role, Content: m.Content, RunID: m.RunID, CreatedAt: m.CreatedAt.UTC()}
+			if t := trs[m.RunID]; t != nil && m.Role == store.RoleUser {
+				out.Run = wireTranscript(t)
+			}
+			return out
 		})
 	})
 }
@@ -152,12 +161,7 @@ func handleRun(db store.Store, log *slog.Logger) http.Handler {
 			storeFailed(log, w, user, "run", err)
 			return
 		}
-		out := protocol.Run{ID: run.ID, ThreadID: run.ThreadID, Status: string(run.Status), Agent: run.Agent,
-			StartedAt: run.StartedAt.UTC(), ErrorCode: protocol.ErrorCode(run.ErrorCode), ErrorMessage: run.ErrorMessage}
-		if !run.EndedAt.IsZero() {
-			e := run.EndedAt.UTC()
-			out.EndedAt = &e
-		}
+		out := wireRun(run)
 		httpx.JSON(w, http.StatusOK, out)
 	})
 }

@@ -34,7 +34,7 @@ func (s *suite) testRunEvents(t *testing.T) {
 	}
 	// A retry of the same indexes changes nothing; new ones are added.
 	dup := ev(r.ID, 3, "tool_executing", `{"changed":true}`)
-	more := []store.RunEvent{dup, ev(r.ID, 4, "agent_message_delta", `{"delta":"four"}`), ev(r.ID, 5, "agent_error", `{"code":"cancelled"}`)}
+	more := []store.RunEvent{dup, ev(r.ID, 4, "agent_message_delta", `{"delta":"four"}`), ev(r.ID, 5, "agent_error", `{"message":"stopped"}`)}
 	if err := st.AppendRunEvents(c, u, r.ID, more); err != nil {
 		t.Fatalf("AppendRunEvents (retry and more): %v", err)
 	}
