@@ -7,19 +7,46 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 
 	"github.com/agentwire/agentwire/protocol"
 )
 
-// Message is one earlier message of the thread, oldest first.
+// Message roles: RoleUser and RoleAssistant as stored; RoleTool is a
+// tool's result, rebuilt from a run's transcript.
+const (
+	RoleUser      = "user"
+	RoleAssistant = "assistant"
+	RoleTool      = "tool"
+)
+
+// Message is one earlier message of the thread, oldest first. Between a
+// user message and the answer of its run come the run's tool calls, from
+// its stored transcript: an assistant message with ToolCalls (and no
+// Content), then one RoleTool message per call, in the Chat Completions
+// shape. Every call of ToolCalls has its RoleTool message.
 type Message struct {
 	// ID is the stored message's id, stable across runs of the thread
-	// (empty when the caller has none).
-	ID      string
-	Role    string // "user" or "assistant"
+	// (empty when the caller has none, and for tool calls and results).
+	ID   string
+	Role string // RoleUser, RoleAssistant or RoleTool
+	// Content is the text; for RoleTool the tool's result as JSON, or
+	// {"error": "…"} for a call that failed.
 	Content string
+	// ToolCalls are the tools an assistant message called.
+	ToolCalls []ToolCall
+	// ToolCallID is the call a RoleTool message answers.
+	ToolCallID string
+}
+
+// ToolCall is one call of a tool by an assistant message.
+type ToolCall struct {
+	ID   string
+	Name string
+	// Args is the call's arguments, a JSON object.
+	Args json.RawMessage
 }
 
 // Run is what an agent is given for one run.

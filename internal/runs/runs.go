@@ -626,17 +626,16 @@ func (m *Manager) launch(em *emitter, history []store.Message) {
 	if len(msgs) > historyLimit {
 		msgs = msgs[len(msgs)-historyLimit:]
 	}
-	run := agent.Run{ID: em.runID, ThreadID: em.threadID, UserID: em.user, Messages: make([]agent.Message, 0, len(msgs))}
-	for _, h := range msgs {
-		run.Messages = append(run.Messages, agent.Message{ID: h.ID, Role: h.Role, Content: h.Content})
-	}
-	go m.execute(ctx, act, run)
+	run := agent.Run{ID: em.runID, ThreadID: em.threadID, UserID: em.user}
+	go m.execute(ctx, act, run, msgs)
 }
 
-func (m *Manager) execute(ctx context.Context, act *active, run agent.Run) {
+func (m *Manager) execute(ctx context.Context, act *active, run agent.Run, history []store.Message) {
 	defer m.wg.Done()
 	em := act.em
 	defer act.cancel(nil)
+	// Read here, not before the ack: the earlier runs' tool calls.
+	run.Messages = m.agentMessages(ctx, em.user, run.ID, history)
 	m.mu.Lock()
 	if m.active[run.ID] == act { // not already ended by a stop
 		act.timer = time.AfterFunc(m.timeout, func() {

@@ -159,3 +159,53 @@ func TestNoTranscripts(t *testing.T) {
 		}
 	})
 }
+
+// A run's agent gets the earlier runs' tool calls and results, rebuilt
+// from their transcripts, between each user message and its answer; a
+// call the run never finished is left out.
+func TestAgentContextCarriesToolHistory(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		seen := make(chan []agent.Message, 2)
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			seen <- run.Messages
+			_ = em.ToolExecuting("c1", "calculator", map[string]any{"expression": "6*7"})
+			_ = em.ToolCompleted(agent.ToolResult{CallID: "c1", Tool: "calculator", OK: true, Result: 42})
+			_ = em.ToolExecuting("c2", "current_time", nil)
+			_ = em.ToolCompleted(agent.ToolResult{CallID: "c2", Tool: "current_time", OK: false, Error: "no clock"})
+			_ = em.ToolExecuting("c3", "never", nil)
+			return em.Complete("42")
+		}), Config{})
+		ack, _ := f.send(t, "ctx", "6*7?", "")
+		f.waitTerminal(t, "ctx", ack.RunID)
+		<-seen
+		ack2, perr := f.m.UserMessage(context.Background(), "ctx", &protocol.Frame{Type: protocol.TypeUserMessage, ThreadID: ack.ThreadID, Content: "and times 2?"})
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		f.waitTerminal(t, "ctx", ack2.RunID)
+		msgs := <-seen
+		var got []string
+		for _, m := range msgs {
+			s := m.Role + ":" + m.Content
+			for _, c := range m.ToolCalls {
+				s += "[" + c.ID + " " + c.Name + " " + string(c.Args) + "]"
+			}
+			if m.ToolCallID != "" {
+				s += "(" + m.ToolCallID + ")"
+			}
+			got = append(got, s)
+		}
+		want := []string{
+			"user:6*7?",
+			`assistant:[c1 calculator {"expression":"6*7"}][c2 current_time {}]`,
+			"tool:42(c1)",
+			`tool:{"error":"no clock"}(c2)`,
+			"assistant:42",
+			"user:and times 2?",
+		}
+		if strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Fatalf("context:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	})
+}

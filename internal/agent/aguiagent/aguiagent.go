@@ -110,10 +110,23 @@ func Input(run agent.Run) agui.RunAgentInput {
 	}
 	for i, m := range run.Messages {
 		id := m.ID
-		if id == "" {
+		switch {
+		case id != "":
+		case m.ToolCallID != "": // stable across runs, as stored ids are
+			id = m.ToolCallID + "-result"
+		case len(m.ToolCalls) > 0:
+			id = m.ToolCalls[0].ID + "-calls"
+		default:
 			id = fmt.Sprintf("%s-%d", run.ID, i)
 		}
-		in.Messages = append(in.Messages, agui.Message{ID: id, Role: m.Role, Content: agui.String(m.Content)})
+		am := agui.Message{ID: id, Role: m.Role, ToolCallID: m.ToolCallID}
+		if m.Content != "" || len(m.ToolCalls) == 0 {
+			am.Content = agui.String(m.Content)
+		}
+		for _, c := range m.ToolCalls {
+			am.ToolCalls = append(am.ToolCalls, agui.ToolCall{ID: c.ID, Type: "function", Function: agui.FunctionCall{Name: c.Name, Arguments: string(c.Args)}})
+		}
+		in.Messages = append(in.Messages, am)
 	}
 	return in
 }

@@ -279,3 +279,21 @@ func TestInputFallsBackToRunScopedIDs(t *testing.T) {
 		t.Errorf("input %+v", in)
 	}
 }
+
+// Earlier tool calls go as an assistant message with toolCalls and a tool
+// message with toolCallId, with ids stable across runs.
+func TestInputCarriesToolCalls(t *testing.T) {
+	t.Parallel()
+	in := aguiagent.Input(agent.Run{ID: "r", ThreadID: "t", Messages: []agent.Message{
+		{ID: "m1", Role: agent.RoleUser, Content: "6*7?"},
+		{Role: agent.RoleAssistant, ToolCalls: []agent.ToolCall{{ID: "c1", Name: "calculator", Args: json.RawMessage(`{"expression":"6*7"}`)}}},
+		{Role: agent.RoleTool, ToolCallID: "c1", Content: "42"},
+	}})
+	b, _ := json.Marshal(in.Messages)
+	want := `[{"id":"m1","role":"user","content":"6*7?"},` +
+		`{"id":"c1-calls","role":"assistant","toolCalls":[{"id":"c1","type":"function","function":{"name":"calculator","arguments":"{\"expression\":\"6*7\"}"}}]},` +
+		`{"id":"c1-result","role":"tool","content":"42","toolCallId":"c1"}]`
+	if string(b) != want {
+		t.Errorf("messages %s\nwant %s", b, want)
+	}
+}

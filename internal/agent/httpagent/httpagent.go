@@ -82,9 +82,20 @@ type request struct {
 	Messages []message `json:"messages"`
 }
 
+// message is one message of the thread (PROTOCOL.md section 9): an
+// assistant message may carry the tools it called, a "tool" message is the
+// result of one of them.
 type message struct {
-	Role    string `json:"role"`
-	Content string `json:"content"`
+	Role       string     `json:"role"`
+	Content    string     `json:"content"`
+	ToolCalls  []toolCall `json:"tool_calls,omitempty"`
+	ToolCallID string     `json:"tool_call_id,omitempty"`
+}
+
+type toolCall struct {
+	ID   string          `json:"id"`
+	Tool string          `json:"tool"`
+	Args json.RawMessage `json:"args"`
 }
 
 // Run posts run to the service and relays its events to em.
@@ -98,7 +109,11 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 	defer cancel() // also tells the service to stop, once we have our terminal event
 	msgs := make([]message, 0, len(run.Messages))
 	for _, m := range run.Messages {
-		msgs = append(msgs, message{Role: m.Role, Content: m.Content})
+		hm := message{Role: m.Role, Content: m.Content, ToolCallID: m.ToolCallID}
+		for _, c := range m.ToolCalls {
+			hm.ToolCalls = append(hm.ToolCalls, toolCall{ID: c.ID, Tool: c.Name, Args: c.Args})
+		}
+		msgs = append(msgs, hm)
 	}
 	body, err := json.Marshal(request{RunID: run.ID, ThreadID: run.ThreadID, UserID: run.UserID, Messages: msgs})
 	if err != nil {

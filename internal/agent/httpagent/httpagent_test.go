@@ -335,3 +335,29 @@ func FuzzDecode(f *testing.F) {
 		_ = fmt.Sprint(e)
 	})
 }
+
+// Earlier tool calls reach the service as documented (PROTOCOL.md
+// section 9): tool_calls on the assistant message, then a tool message.
+func TestRequestCarriesToolCalls(t *testing.T) {
+	t.Parallel()
+	got := make(chan map[string]any, 1)
+	a := service(t, "application/x-ndjson", ndjson(`{"type":"agent_completed","data":{"final_response":"84"}}`), got)
+	run := agent.Run{ID: "run1", ThreadID: "th1", UserID: "alice", Messages: []agent.Message{
+		{Role: agent.RoleUser, Content: "6*7?"},
+		{Role: agent.RoleAssistant, ToolCalls: []agent.ToolCall{{ID: "c1", Name: "calculator", Args: json.RawMessage(`{"expression":"6*7"}`)}}},
+		{Role: agent.RoleTool, ToolCallID: "c1", Content: "42"},
+		{Role: agent.RoleAssistant, Content: "42"},
+		{Role: agent.RoleUser, Content: "and times 2?"},
+	}}
+	rec := &agenttest.Recorder{}
+	if err := a.Run(context.Background(), run, rec); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal((<-got)["messages"])
+	want := `[{"content":"6*7?","role":"user"},` +
+		`{"content":"","role":"assistant","tool_calls":[{"args":{"expression":"6*7"},"id":"c1","tool":"calculator"}]},` +
+		`{"content":"42","role":"tool","tool_call_id":"c1"},{"content":"42","role":"assistant"},{"content":"and times 2?","role":"user"}]`
+	if string(b) != want {
+		t.Errorf("messages %s\nwant %s", b, want)
+	}
+}

@@ -133,13 +133,7 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 		return err
 	}
 	msgs := []message{{Role: "system", Content: ptr(a.cfg.SystemPrompt)}}
-	for _, m := range run.Messages {
-		role := m.Role
-		if role != "assistant" {
-			role = "user"
-		}
-		msgs = append(msgs, message{Role: role, Content: ptr(m.Content)})
-	}
+	msgs = append(msgs, history(run.Messages)...)
 
 	var text answer
 	for rounds := 0; ; rounds++ {
@@ -174,6 +168,35 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 			msgs = append(msgs, message{Role: "tool", ToolCallID: c.ID, Content: ptr(string(content))})
 		}
 	}
+}
+
+// history is the thread in Chat Completions form: an assistant message's
+// tool calls as its tool_calls (content null when it has no text), each
+// result as a tool message.
+func history(in []agent.Message) []message {
+	out := make([]message, 0, len(in))
+	for _, m := range in {
+		switch {
+		case m.Role == agent.RoleTool:
+			out = append(out, message{Role: "tool", ToolCallID: m.ToolCallID, Content: ptr(m.Content)})
+		case m.Role == agent.RoleAssistant && len(m.ToolCalls) > 0:
+			am := message{Role: "assistant"}
+			if m.Content != "" {
+				am.Content = ptr(m.Content)
+			}
+			for _, c := range m.ToolCalls {
+				tc := toolCall{ID: c.ID, Type: "function"}
+				tc.Function.Name, tc.Function.Arguments = c.Name, string(c.Args)
+				am.ToolCalls = append(am.ToolCalls, tc)
+			}
+			out = append(out, am)
+		case m.Role == agent.RoleAssistant:
+			out = append(out, message{Role: "assistant", Content: ptr(m.Content)})
+		default:
+			out = append(out, message{Role: "user", Content: ptr(m.Content)})
+		}
+	}
+	return out
 }
 
 // answer is the text streamed to the user across rounds.

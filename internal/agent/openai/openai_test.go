@@ -460,3 +460,37 @@ func TestNewValidates(t *testing.T) {
 		t.Errorf("New default: %v", err)
 	}
 }
+
+// Earlier tool calls and results in the run's messages go to the model in
+// Chat Completions form: the assistant's tool_calls (content null), then
+// one tool message per result.
+func TestHistoryWithToolCalls(t *testing.T) {
+	t.Parallel()
+	f := &fake{scripts: []func(http.ResponseWriter, *http.Request){stream(content("84."), finish("stop"), done)}}
+	a, _ := newAgent(t, f, nil)
+	r := agent.Run{ID: "r", ThreadID: "t", UserID: "u", Messages: []agent.Message{
+		{Role: agent.RoleUser, Content: "what is 6*7?"},
+		{Role: agent.RoleAssistant, ToolCalls: []agent.ToolCall{{ID: "call_1", Name: "calculator", Args: json.RawMessage(`{"expression":"6*7"}`)}}},
+		{Role: agent.RoleTool, ToolCallID: "call_1", Content: "42"},
+		{Role: agent.RoleAssistant, Content: "It is 42."},
+		{Role: agent.RoleUser, Content: "and times 2?"},
+	}}
+	run(t, a, r).Completed(t)
+	msgs := f.requests()[0]["messages"].([]any)
+	if len(msgs) != 6 {
+		t.Fatalf("%d messages: %v", len(msgs), msgs)
+	}
+	asst, tool := msgs[2].(map[string]any), msgs[3].(map[string]any)
+	calls, _ := asst["tool_calls"].([]any)
+	if asst["role"] != "assistant" || asst["content"] != nil || len(calls) != 1 {
+		t.Fatalf("assistant message = %v", asst)
+	}
+	c := calls[0].(map[string]any)
+	fn := c["function"].(map[string]any)
+	if c["id"] != "call_1" || c["type"] != "function" || fn["name"] != "calculator" || fn["arguments"] != `{"expression":"6*7"}` {
+		t.Errorf("tool call = %v", c)
+	}
+	if tool["role"] != "tool" || tool["tool_call_id"] != "call_1" || tool["content"] != "42" {
+		t.Errorf("tool message = %v", tool)
+	}
+}
