@@ -292,8 +292,19 @@ async function openThread(id, focus) {
     if (messages === null || app.current !== id) return;
     // Runs this page saw start are drawn from their events, timeline included.
     const seen = new Set((app.live.get(id) || []).filter((ev) => ev.type === "agent_started").map((ev) => ev.run_id));
+    // A run whose transcript came with its message is drawn from its
+    // stored events, the same timeline as live, failed and stopped runs
+    // (and their partial answers) included.
+    const stored = new Set();
     for (const m of messages) {
-      if (m.role === "user") addUserMessage(m.id, m.content);
+      if (m.role === "user") {
+        addUserMessage(m.id, m.content);
+        if (m.run && m.run.events?.length && !seen.has(m.run.id)) {
+          stored.add(m.run.id);
+          const v = runView(m.run.id);
+          for (const ev of m.run.events) v.apply(ev);
+        }
+      } else if (m.run_id && stored.has(m.run_id)) runView(m.run_id).storedAnswer(m.content);
       else if (m.run_id && seen.has(m.run_id)) runView(m.run_id);
       else if (m.run_id) runView(m.run_id).fromHistory(m.content);
       else addUserMessage(m.id, m.content, "assistant");
@@ -377,6 +388,13 @@ class RunView {
     this.answer = content;
     this.answerEl.textContent = content;
     this.timeline.hidden = true;
+  }
+
+  // The stored answer of a run drawn from its transcript: whole, where the
+  // transcript may have cut it.
+  storedAnswer(content) {
+    this.answer = content;
+    this.answerEl.textContent = content;
   }
 
   line(ev, cls, text) {
