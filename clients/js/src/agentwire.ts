@@ -186,6 +186,8 @@ export interface Message {
   content: string;
   run_id?: string;
   created_at: string;
+  /** On a user message that started a run: that run with its stored events. */
+  run?: RunTranscript;
 }
 export interface Run {
   id: string;
@@ -196,6 +198,10 @@ export interface Run {
   agent?: string;
   error_code?: string;
   error_message?: string;
+}
+/** A run with its transcript: its stored events, deltas folded (PROTOCOL.md section 7). */
+export interface RunTranscript extends Run {
+  events: StreamEvent[];
 }
 export interface TicketResponse {
   ticket: string;
