@@ -85,6 +85,7 @@ func main() {
 	flag.DurationVar(&o.baseline, "baseline", 3*time.Second, "duration of the in-process demo agent baseline")
 	flag.StringVar(&o.message, "message", "what is 12*(3+4)?", "the user message of every run")
 	flag.BoolVar(&o.sameThread, "same-thread", false, "keep each user's runs in one thread (history grows) instead of a new thread per run")
+	compare := flag.Bool("compare-transcripts", false, "also measure the same build with --transcripts=false, alternating on, off, on, off, and report both")
 	prebuilt := flag.String("bin", "", "use this agentwire binary instead of building ./cmd/agentwire")
 	timeout := flag.Duration("timeout", 2*time.Minute, "hard bound on the whole run")
 	flag.Parse()
@@ -107,13 +108,21 @@ func main() {
 	base := agentBaseline(o)
 	printBase("before", base)
 
-	s := run.Start("agentwire", bin, []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", run.Tmp,
-		"--jwt-secret", secret, "--log-level", "warn", "--agent", "demo"}, 30*time.Second)
-	res, err := measure(s.Addr, o)
-	if err != nil {
-		fail(err)
+	serve := func(transcripts bool, dir string) *results {
+		s := run.Start("agentwire", bin, []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", dir,
+			"--jwt-secret", secret, "--log-level", "warn", "--agent", "demo", "--transcripts=" + strconv.FormatBool(transcripts)}, 30*time.Second)
+		res, err := measure(s.Addr, o)
+		if err != nil {
+			fail(err)
+		}
+		s.Stop()
+		return res
 	}
-	s.Stop()
+	if *compare {
+		compareTranscripts(o, run.Tmp, serve)
+		return
+	}
+	res := serve(true, run.Tmp)
 	after := agentBaseline(o)
 	printBase("after", after)
 	base = append(base, after...)
@@ -138,6 +147,46 @@ func main() {
 	}
 	if ideal := float64(o.users) / pace.Seconds(); ideal > 0 {
 		fmt.Printf("RESULT runs/s vs ideal %d users ÷ %v = %.1f/s: %.2f\n", o.users, pace, ideal, float64(n)/window/ideal)
+	}
+}
+
+// compareTranscripts measures the same build with run transcripts on and
+// off, alternating (on, off, on, off: drift on a shared box hits both), each
+// round on a fresh data dir, and reports runs/s and send → agent_completed
+// of each setting over its two rounds.
+func compareTranscripts(o options, tmp string, serve func(transcripts bool, dir string) *results) {
+	type agg struct {
+		runs int
+		done []time.Duration
+		errs int64
+	}
+	var on, off agg
+	for i, transcripts := range []bool{true, false, true, false} {
+		dir, err := os.MkdirTemp(tmp, "round")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		res := serve(transcripts, dir)
+		a := &off
+		if transcripts {
+			a = &on
+		}
+		a.runs += len(res.done)
+		a.done = append(a.done, res.done...)
+		a.errs += res.errors
+		fmt.Printf("round %d transcripts=%v: runs/s %.1f, send → agent_completed p50 %v p99 %v, errors %d\n",
+			i+1, transcripts, float64(len(res.done))/o.duration.Seconds(), q(res.done, 0.5), q(res.done, 0.99), res.errors)
+	}
+	slices.Sort(on.done)
+	slices.Sort(off.done)
+	window := 2 * o.duration.Seconds()
+	rOn, rOff := float64(on.runs)/window, float64(off.runs)/window
+	fmt.Println()
+	fmt.Printf("RESULT transcripts on:  runs/s %.1f, send → agent_completed p50 %v p99 %v, errors %d\n", rOn, q(on.done, 0.5), q(on.done, 0.99), on.errs)
+	fmt.Printf("RESULT transcripts off: runs/s %.1f, send → agent_completed p50 %v p99 %v, errors %d\n", rOff, q(off.done, 0.5), q(off.done, 0.99), off.errs)
+	if rOff > 0 {
+		fmt.Printf("RESULT transcripts on vs off: runs/s %+.1f%%, p50 %+v\n", 100*(rOn-rOff)/rOff, q(on.done, 0.5)-q(off.done, 0.5))
 	}
 }
 

@@ -65,7 +65,8 @@ func (e *emitter) appendRecordLocked(rec stream.Record) error {
 	e.last = ev
 	if e.tr != nil && rec.Type != protocol.TypeAgentMessageDelta && !ev.Wire().Terminal() {
 		e.tr.add(e.user, ev)
-		if rec.Type != protocol.TypeAgentStarted { // it goes with the next step
+		if now := e.m.now(); now.Sub(e.tr.saved) >= transcriptSaveEvery {
+			e.tr.saved = now
 			e.saveLocked()
 		}
 	}
@@ -270,7 +271,7 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 		// The terminal event is stored with the outcome, before the
 		// stream has it: its seq is not known yet (zero).
 		e.tr.add(e.user, stream.Event{TS: now, Record: rec})
-		fin.events = e.tr.take(true)
+		fin.Events = e.tr.take(true)
 	}
 	stored := e.m.record(ctx, fin)
 	e.m.releaseSlot(e.user, e.runID)

@@ -47,9 +47,6 @@ func (m *Manager) leaseLoop(ctx context.Context) {
 type finish struct {
 	store.Outcome
 	answer *store.Message // the assistant message of a completed run
-	// events are the run's transcript events not stored yet, its terminal
-	// event last (none when transcripts are off).
-	events []store.RunEvent
 }
 
 // record stores an ended run's outcome and reports whether the store took
@@ -70,17 +67,17 @@ func (m *Manager) record(ctx context.Context, f finish) bool {
 // store1 writes f once. A run already ended in the store (reaped, or a
 // retry after a lost answer) counts as done.
 func (m *Manager) store1(ctx context.Context, f finish) error {
-	if len(f.events) > 0 {
-		if err := m.store.AppendRunEvents(ctx, f.UserID, f.RunID, f.events); err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
-	}
 	if f.answer != nil {
 		if err := m.store.AddMessage(ctx, *f.answer); err != nil && !errors.Is(err, store.ErrConflict) {
 			return err
 		}
 	}
-	err := m.store.FinishRun(ctx, f.Outcome)
+	err := m.store.FinishRun(ctx, f.Outcome) // the transcript's rest in the same transaction
+	if errors.Is(err, store.ErrNotRunning) && len(f.Events) > 0 {
+		// Ended elsewhere (reaped) or by an earlier try: the events go
+		// on their own (indexes already stored are skipped).
+		err = m.store.AppendRunEvents(ctx, f.UserID, f.RunID, f.Events)
+	}
 	if errors.Is(err, store.ErrNotRunning) || errors.Is(err, store.ErrNotFound) {
 		return nil
 	}

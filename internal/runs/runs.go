@@ -339,7 +339,7 @@ func (m *Manager) userMessage(ctx context.Context, user string, f *protocol.Fram
 	}
 	em := &emitter{m: m, user: user, threadID: a.ThreadID, runID: a.RunID, messageID: ulid.Make().String(), started: now}
 	if !m.noTranscripts {
-		em.tr = &transcript{messageID: em.messageID}
+		em.tr = &transcript{messageID: em.messageID, saved: now}
 	}
 	if err := em.start(m.agent.Name()); err != nil {
 		return m.acceptFailed(ctx, user, a, idemKey, echo, f.ID)

@@ -21,16 +21,25 @@ const (
 	maxTranscriptBytes = 256 << 10
 )
 
+// transcriptSaveEvery is how often a running run writes the steps it took
+// to the store: its transcript goes with its outcome (store.Outcome.Events,
+// the same transaction), so a run shorter than this costs the store no
+// write of its own; a longer one writes at its first step past each
+// interval. What a node that dies loses is the steps since its last write
+// (the run ends node_lost, with what was written).
+const transcriptSaveEvery = time.Second
+
 // transcript keeps the events of one run for the store, under the
 // emitter's lock: every event but deltas, which are folded into one
-// agent_message_delta per stretch of text. The fold is flushed before the
-// next other event and at the end, so a run writes to the store at each
-// step (not at each delta), and a run that fails or is stopped keeps the
-// answer it had. Events the store did not take stay pending and go with
-// the next write (an index is stored once, so a retry is harmless).
+// agent_message_delta per stretch of text (before the next other event
+// and at the end), so a run that fails or is stopped keeps the answer it
+// had. Events are written at most every transcriptSaveEvery and with the
+// outcome; those the store did not take stay pending and go with the next
+// write (an index is stored once, so a retry is harmless).
 type transcript struct {
-	next    int // the next event's index
-	bytes   int // data kept so far, before the terminal event
+	saved   time.Time // the last write, or the run's start
+	next    int       // the next event's index
+	bytes   int       // data kept so far, before the terminal event
 	full    bool
 	pending []store.RunEvent
 

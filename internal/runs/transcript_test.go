@@ -209,3 +209,29 @@ func TestAgentContextCarriesToolHistory(t *testing.T) {
 		}
 	})
 }
+
+// A run longer than transcriptSaveEvery writes its steps while it runs,
+// not only with its end.
+func TestTranscriptSavedWhileRunning(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			_ = em.Thinking("first")
+			time.Sleep(transcriptSaveEvery)
+			_ = em.Delta("so far")
+			_ = em.Thinking("second")
+			<-release
+			return em.Complete("")
+		}), Config{})
+		ack, _ := f.send(t, "long", "go", "")
+		waitFor(t, "the steps stored while running", func() bool {
+			return types(f.transcriptOf(t, "long", ack.RunID)) == "agent_started agent_thinking agent_message_delta agent_thinking"
+		})
+		close(release)
+		f.waitTerminal(t, "long", ack.RunID)
+		if got := types(f.transcriptOf(t, "long", ack.RunID)); got != "agent_started agent_thinking agent_message_delta agent_thinking agent_completed" {
+			t.Fatalf("transcript %q", got)
+		}
+	})
+}

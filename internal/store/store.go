@@ -207,6 +207,10 @@ type Outcome struct {
 	// e.g. "agent_failed".
 	ErrorCode    string
 	ErrorMessage string
+	// Events are transcript events of the run (see AppendRunEvents) that
+	// FinishRun stores in the same transaction when it ends the run; an
+	// index already stored is skipped. They must be of UserID's run RunID.
+	Events []RunEvent
 }
 
 // Claim is one claim of an idempotency key: what ClaimIdempotencyKey
@@ -288,7 +292,8 @@ type Store interface {
 	// GetRun returns the user's run, or ErrNotFound.
 	GetRun(ctx context.Context, userID, runID string) (Run, error)
 	// FinishRun moves the user's run o.RunID from running to o.Status, a
-	// terminal status, atomically: of concurrent calls at most one succeeds.
+	// terminal status, atomically, with o.Events in its transcript: of
+	// concurrent calls at most one succeeds (and stores its events).
 	// ErrNotRunning if the run already ended, ErrNotFound if o.UserID has no
 	// such run.
 	FinishRun(ctx context.Context, o Outcome) error

@@ -552,19 +552,33 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 	if !validID(o.UserID) || !validID(o.RunID) {
 		return fmt.Errorf("postgres: run %q: %w", o.RunID, store.ErrNotFound)
 	}
+	if len(o.Events) > 0 {
+		if err := store.ValidateRunEvents(o.UserID, o.RunID, o.Events); err != nil {
+			return err
+		}
+	}
 	ended := toTime(o.EndedAt, time.Now())
+	idx, typ, seq, epoch, ts, data := eventColumns(o.Events)
 	return s.withConn(ctx, "finish run", func(c *pgx.Conn) error {
 		// The EXISTS sees the statement's snapshot, where the run exists if
-		// it existed when the update began.
+		// it existed when the update began. The transcript's events go in
+		// only with the update (one row from finished).
 		var updated, exists bool
 		err := c.QueryRow(ctx, `
 WITH finished AS (
 	UPDATE runs SET status = $1, ended_at = $2, error_code = $3, error_message = $4
 	WHERE id = $5 AND user_id = $6 AND status = 'running'
 	RETURNING 1
+),
+events AS (
+	INSERT INTO run_events (run_id, idx, user_id, type, seq, epoch, ts, data)
+	SELECT $5, e.idx, $6, e.type, e.seq, e.epoch, e.ts, e.data
+	FROM finished, unnest($7::int[], $8::text[], $9::bigint[], $10::text[], $11::timestamptz[], $12::bytea[]) AS e (idx, type, seq, epoch, ts, data)
+	ON CONFLICT (run_id, idx) DO NOTHING
 )
 SELECT EXISTS (SELECT 1 FROM finished), EXISTS (SELECT 1 FROM runs WHERE id = $5 AND user_id = $6)`,
-			string(o.Status), ended, cleanText(o.ErrorCode), cleanText(o.ErrorMessage), o.RunID, o.UserID).Scan(&updated, &exists)
+			string(o.Status), ended, cleanText(o.ErrorCode), cleanText(o.ErrorMessage), o.RunID, o.UserID,
+			idx, typ, seq, epoch, ts, data).Scan(&updated, &exists)
 		switch {
 		case err != nil:
 			return err

@@ -19,15 +19,7 @@ func (s *Store) AppendRunEvents(ctx context.Context, userID, runID string, evs [
 	if !validID(userID) || !validID(runID) {
 		return fmt.Errorf("postgres: run %q: %w", runID, store.ErrNotFound)
 	}
-	n := len(evs)
-	idx, seq := make([]int32, n), make([]int64, n)
-	typ, epoch := make([]string, n), make([]string, n)
-	ts, data := make([]time.Time, n), make([][]byte, n)
-	now := time.Now()
-	for i, ev := range evs {
-		idx[i], seq[i], typ[i], epoch[i] = int32(ev.Index), int64(ev.Seq), cleanText(ev.Type), cleanText(ev.Epoch)
-		ts[i], data[i] = toTime(ev.TS, now), ev.Data
-	}
+	idx, typ, seq, epoch, ts, data := eventColumns(evs)
 	return s.withConn(ctx, "append run events", func(c *pgx.Conn) error {
 		var owned bool
 		err := c.QueryRow(ctx, `
@@ -47,6 +39,21 @@ SELECT EXISTS (SELECT 1 FROM run)`, runID, userID, idx, typ, seq, epoch, ts, dat
 		}
 		return nil
 	})
+}
+
+// eventColumns returns evs as the column arrays the statements unnest, in
+// the order idx, type, seq, epoch, ts, data.
+func eventColumns(evs []store.RunEvent) ([]int32, []string, []int64, []string, []time.Time, [][]byte) {
+	n := len(evs)
+	idx, seq := make([]int32, n), make([]int64, n)
+	typ, epoch := make([]string, n), make([]string, n)
+	ts, data := make([]time.Time, n), make([][]byte, n)
+	now := time.Now()
+	for i, ev := range evs {
+		idx[i], seq[i], typ[i], epoch[i] = int32(ev.Index), int64(ev.Seq), cleanText(ev.Type), cleanText(ev.Epoch)
+		ts[i], data[i] = toTime(ev.TS, now), ev.Data
+	}
+	return idx, typ, seq, epoch, ts, data
 }
 
 const runEventColumns = `user_id, run_id, idx, type, seq, epoch, ts, data`

@@ -461,6 +461,11 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 	if !o.Status.Terminal() {
 		return fmt.Errorf("%w: finish run with status %q", store.ErrInvalid, o.Status)
 	}
+	if len(o.Events) > 0 {
+		if err := store.ValidateRunEvents(o.UserID, o.RunID, o.Events); err != nil {
+			return err
+		}
+	}
 	ended := toMillis(o.EndedAt, time.Now())
 	return s.write(ctx, "finish run", func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx,
@@ -471,7 +476,10 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 			return err
 		}
 		if n, err := res.RowsAffected(); err != nil || n == 1 {
-			return err
+			if err != nil {
+				return err
+			}
+			return insertRunEvents(ctx, tx, o.UserID, o.RunID, o.Events)
 		}
 		var exists bool
 		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM runs WHERE id = ? AND user_id = ?)`, o.RunID, o.UserID).Scan(&exists); err != nil {

@@ -23,16 +23,38 @@ func (s *Store) AppendRunEvents(ctx context.Context, userID, runID string, evs [
 		if !exists {
 			return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
 		}
-		for _, ev := range evs {
-			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO run_events (run_id, idx, user_id, type, seq, epoch, ts, data)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-				runID, ev.Index, userID, ev.Type, int64(ev.Seq), ev.Epoch, toMillis(ev.TS, time.Now()), ev.Data); err != nil {
-				return err
-			}
-		}
-		return nil
+		return insertRunEvents(ctx, tx, userID, runID, evs)
 	})
 }
+
+// insertRunEvents inserts evs into the transcript of runID, skipping the
+// indexes it has: one statement per insertBatch events (SQLite parses each
+// statement anew, a cost a run's end should pay once).
+func insertRunEvents(ctx context.Context, tx *sql.Tx, userID, runID string, evs []store.RunEvent) error {
+	now := time.Now()
+	for len(evs) > 0 {
+		batch := evs[:min(len(evs), insertBatch)]
+		evs = evs[len(batch):]
+		q := make([]byte, 0, 96+len(batch)*26)
+		q = append(q, `INSERT OR IGNORE INTO run_events (run_id, idx, user_id, type, seq, epoch, ts, data) VALUES `...)
+		args := make([]any, 0, 8*len(batch))
+		for i, ev := range batch {
+			if i > 0 {
+				q = append(q, ',')
+			}
+			q = append(q, `(?, ?, ?, ?, ?, ?, ?, ?)`...)
+			args = append(args, runID, ev.Index, userID, ev.Type, int64(ev.Seq), ev.Epoch, toMillis(ev.TS, now), ev.Data)
+		}
+		if _, err := tx.ExecContext(ctx, string(q), args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// insertBatch is the most events one INSERT takes (8 parameters each, far
+// under SQLite's bound of 32766).
+const insertBatch = 200
 
 const runEventColumns = `user_id, run_id, idx, type, seq, epoch, ts, data`
 

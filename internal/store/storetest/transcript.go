@@ -124,6 +124,35 @@ func (s *suite) testRunEvents(t *testing.T) {
 			len(all[first].Events), len(all[second].Events), all[first].Complete, all[second].Complete)
 	}
 
+	// FinishRun stores the events it is given with the end, once.
+	r3 := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: t0}
+	mustCreateRun(t, st, r3)
+	if err := st.AppendRunEvents(c, u, r3.ID, []store.RunEvent{ev(r3.ID, 1, "agent_started", `{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	end := []store.RunEvent{ev(r3.ID, 1, "agent_started", `{"again":true}`), ev(r3.ID, 2, "agent_message_delta", `{"delta":"part"}`), ev(r3.ID, 3, "agent_error", `{}`)}
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: r3.ID, Status: store.RunCancelled, Events: end}); err != nil {
+		t.Fatalf("FinishRun with events: %v", err)
+	}
+	late := []store.RunEvent{ev(r3.ID, 4, "agent_thinking", `{}`)}
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: r3.ID, Status: store.RunFailed, Events: late}); !errors.Is(err, store.ErrNotRunning) {
+		t.Fatalf("FinishRun twice: %v, want ErrNotRunning", err)
+	}
+	got, _, err = st.ListRunEvents(c, u, r3.ID, store.RunEventQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEvents(t, got, []store.RunEvent{ev(r3.ID, 1, "agent_started", `{}`), end[1], end[2]})
+	bad := []store.RunEvent{ev(r.ID, 9, "agent_thinking", `{}`)} // of another run
+	r4 := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: t0}
+	mustCreateRun(t, st, r4)
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: r4.ID, Status: store.RunFailed, Events: bad}); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("FinishRun with another run's events: %v, want ErrInvalid", err)
+	}
+	if mustGetRun(t, st, u, r4.ID).Status != store.RunRunning {
+		t.Error("a refused FinishRun ended the run")
+	}
+
 	// Discarding the run drops its transcript.
 	m, sr := store.Message{ID: id(), ThreadID: th.ID, UserID: u, Role: store.RoleUser, Content: "hi", CreatedAt: t0},
 		store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: t0, Node: "n", LeaseUntil: t0.Add(time.Hour)}
