@@ -123,48 +123,53 @@ func clipData(typ string, data json.RawMessage, max int) json.RawMessage {
 	if len(data) <= max {
 		return data
 	}
-	room := max - 256
+	// Escaping may make the cut text longer than its bytes (up to six
+	// times): cut shorter until the data fits.
+	for room := max - 256; room >= 64; room /= 2 {
+		if out, ok := clipOnce(typ, data, room); !ok {
+			break
+		} else if len(out) <= max {
+			return out
+		}
+	}
+	return json.RawMessage(`{"truncated":true}`)
+}
+
+// clipOnce is data of typ with its text cut to room bytes; false for a type
+// with no text to cut.
+func clipOnce(typ string, data json.RawMessage, room int) (json.RawMessage, bool) {
 	var v any
 	switch typ {
 	case protocol.TypeAgentThinking:
-		var d protocol.AgentThinking
-		_ = json.Unmarshal(data, &d)
-		d.Text = clipText(d.Text, room)
-		v = d
+		v = clipped(data, func(d *protocol.AgentThinking) { d.Text = clipText(d.Text, room) })
 	case protocol.TypeAgentMessageDelta:
-		var d protocol.AgentMessageDelta
-		_ = json.Unmarshal(data, &d)
-		d.Delta = clipText(d.Delta, room)
-		v = d
+		v = clipped(data, func(d *protocol.AgentMessageDelta) { d.Delta = clipText(d.Delta, room) })
 	case protocol.TypeAgentCompleted:
-		var d protocol.AgentCompleted
-		_ = json.Unmarshal(data, &d)
-		d.FinalResponse = clipText(d.FinalResponse, room)
-		v = d
+		v = clipped(data, func(d *protocol.AgentCompleted) { d.FinalResponse = clipText(d.FinalResponse, room) })
 	case protocol.TypeAgentError:
-		var d protocol.AgentError
-		_ = json.Unmarshal(data, &d)
-		d.Message = clipText(d.Message, room)
-		v = d
+		v = clipped(data, func(d *protocol.AgentError) { d.Message = clipText(d.Message, room) })
 	case protocol.TypeToolExecuting:
-		var d protocol.ToolExecuting
-		_ = json.Unmarshal(data, &d)
-		d.Args, _ = json.Marshal(map[string]string{"truncated": clipText(string(d.Args), room)})
-		v = d
+		v = clipped(data, func(d *protocol.ToolExecuting) {
+			d.Args, _ = json.Marshal(map[string]string{"truncated": clipText(string(d.Args), room)})
+		})
 	case protocol.TypeToolCompleted:
-		var d protocol.ToolCompleted
-		_ = json.Unmarshal(data, &d)
-		d.Result, _ = json.Marshal(clipText(string(d.Result), room))
-		d.Error = clipText(d.Error, 1024)
-		v = d
+		v = clipped(data, func(d *protocol.ToolCompleted) {
+			d.Result, _ = json.Marshal(clipText(string(d.Result), room))
+			d.Error = clipText(d.Error, 1024)
+		})
 	default:
-		return json.RawMessage(`{"truncated":true}`)
+		return nil, false
 	}
 	out, err := protocol.MarshalData(v)
-	if err != nil || len(out) > max+max/8 { // escaping may grow it a little, not more
-		return json.RawMessage(`{"truncated":true}`)
-	}
-	return out
+	return out, err == nil
+}
+
+// clipped is data decoded as a T and cut by cut.
+func clipped[T any](data json.RawMessage, cut func(*T)) T {
+	var d T
+	_ = json.Unmarshal(data, &d)
+	cut(&d)
+	return d
 }
 
 // clipText cuts s to at most n bytes at a rune boundary, followed by

@@ -235,3 +235,19 @@ func TestTranscriptSavedWhileRunning(t *testing.T) {
 		}
 	})
 }
+
+// Text that escaping makes six times longer is still cut to fit, keeping
+// the other fields; data with no text to cut becomes {"truncated":true}.
+func TestClipDataFitsEscapedText(t *testing.T) {
+	t.Parallel()
+	raw, _ := protocol.MarshalData(protocol.AgentError{Code: protocol.CodeAgentFailed, Message: strings.Repeat("\x01", 2*maxStepBytes)})
+	out := clipData(protocol.TypeAgentError, raw, maxStepBytes)
+	var d protocol.AgentError
+	if err := json.Unmarshal(out, &d); err != nil || len(out) > maxStepBytes || d.Code != protocol.CodeAgentFailed || !strings.HasSuffix(d.Message, protocol.TruncatedMarker) {
+		t.Fatalf("%d bytes, %v: code %q", len(out), err, d.Code)
+	}
+	big, _ := json.Marshal(map[string]string{"x": strings.Repeat("y", 2*maxStepBytes)})
+	if got := string(clipData("state_snapshot", big, maxStepBytes)); got != `{"truncated":true}` {
+		t.Fatalf("relayed event: %s", got)
+	}
+}
