@@ -3,14 +3,20 @@ package runs
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/protocol"
 )
 
-// contextBytes bounds the transcripts read for one run's context.
-const contextBytes = 1 << 20
+// contextBytes bounds the transcripts read for one run's context, and
+// contextTimeout the read: a store that does not answer delays the agent's
+// start that long at most (it then gets the messages alone).
+const (
+	contextBytes   = 1 << 20
+	contextTimeout = 2 * time.Second
+)
 
 // agentMessages is the context of run runID: the thread's history, each
 // earlier run's tool calls and results (from its transcript) after the
@@ -26,7 +32,7 @@ func (m *Manager) agentMessages(ctx context.Context, user, runID string, history
 			}
 		}
 		if len(ids) > 0 {
-			rctx, cancel := context.WithTimeout(ctx, appendTimeout)
+			rctx, cancel := context.WithTimeout(ctx, contextTimeout)
 			var err error
 			trs, err = m.store.RunTranscripts(rctx, user, ids, contextBytes)
 			cancel()

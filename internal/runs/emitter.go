@@ -66,8 +66,7 @@ func (e *emitter) appendRecordLocked(rec stream.Record) error {
 	if e.tr != nil && rec.Type != protocol.TypeAgentMessageDelta && !ev.Wire().Terminal() {
 		e.tr.add(e.user, ev)
 		if now := e.m.now(); now.Sub(e.tr.saved) >= transcriptSaveEvery {
-			e.tr.saved = now
-			e.saveLocked()
+			e.saveLocked(now)
 		}
 	}
 	return nil

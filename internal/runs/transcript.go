@@ -100,20 +100,31 @@ func (t *transcript) take(flush bool) []store.RunEvent {
 	return p
 }
 
-// saveLocked writes the run's pending events (the emitter's lock held).
-// A failure is logged and the events stay pending for the next write.
-func (e *emitter) saveLocked() {
-	if e.tr == nil || len(e.tr.pending) == 0 {
+// saveLocked writes the run's pending events (the emitter's lock held), at
+// now. It waits at most transcriptSaveTimeout, so a slow or unreachable
+// store delays the run's events little; a failure is logged, the events
+// stay pending (they go with the outcome at the latest), and the next try
+// waits transcriptRetryAfter.
+func (e *emitter) saveLocked(now time.Time) {
+	e.tr.saved = now
+	if len(e.tr.pending) == 0 {
 		return
 	}
 	evs := e.tr.take(false)
-	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), transcriptSaveTimeout)
 	defer cancel()
 	if err := e.m.store.AppendRunEvents(ctx, e.user, e.runID, evs); err != nil {
 		e.m.log.Warn("store run events, will retry", "user", e.user, "run", e.runID, "err", err)
 		e.tr.pending = append(evs, e.tr.pending...)
+		e.tr.saved = now.Add(transcriptRetryAfter - transcriptSaveEvery)
 	}
 }
+
+// Bounds of a running run's writes of its transcript.
+const (
+	transcriptSaveTimeout = time.Second
+	transcriptRetryAfter  = 30 * time.Second
+)
 
 // clipData returns data cut to about max bytes: the text a type carries
 // (thinking, the answer, an error message, a tool's result or arguments)
