@@ -59,6 +59,17 @@ func TestClusterStopFromAnotherNode(t *testing.T) {
 	if r := n2.waitRunStatus(tok, ack.RunID, "cancelled"); r.EndedAt == nil {
 		t.Fatalf("cancelled run without ended_at: %+v", r)
 	}
+	// Its transcript, written on n1, reads the same from n2: the stream's
+	// events but deltas (folded), ending with the stop.
+	var page struct {
+		Events []frame `json:"events"`
+	}
+	if code := n2.do("GET", "/api/v1/runs/"+ack.RunID+"/events", tok, nil, &page); code != 200 {
+		t.Fatalf("GET the run's events on n2: %d", code)
+	}
+	if got, want := summary(t, page.Events, true), summary(t, run[1:], false); got != want { // run[0]: the echo
+		t.Errorf("transcript on n2:\n%s\nthe stream:\n%s", got, want)
+	}
 }
 
 // TestClusterRunLimit: the per-user run limit (3) holds across two nodes,
