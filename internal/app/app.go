@@ -120,7 +120,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	m := metrics.New()
 	retention := stream.Retention{MaxEvents: cfg.RetentionEvents, MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}
 	var tix tickets.Store = tickets.NewMemory(tickets.TTL, nil)
-	runCfg := runs.Config{MaxPerUser: cfg.MaxRunsPerUser, Timeout: cfg.RunTimeout,
+	runCfg := runs.Config{MaxPerUser: cfg.MaxRunsPerUser, Timeout: cfg.RunTimeout, InputTimeout: cfg.InputTimeout,
 		LeaseTTL: cfg.RunLeaseTTL, RenewEvery: cfg.RunLeaseRenew, ReapEvery: cfg.RunLeaseRenew}
 	if cfg.RedisURL != "" {
 		// One client for everything the nodes share in Redis; it closes
@@ -142,6 +142,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		// died stop counting when a reaper may end them.
 		runCfg.Slots = runsredis.NewSlots(rc, redisx.DefaultPrefix, cfg.RunLeaseTTL)
 		runCfg.Stops = runsredis.NewStops(rc, redisx.DefaultPrefix)
+		runCfg.Inputs = runsredis.NewInputs(rc, redisx.DefaultPrefix)
 	} else {
 		st := memory.New(memory.Options{Retention: retention})
 		a.stream = st

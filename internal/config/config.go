@@ -55,6 +55,7 @@ type Config struct {
 	RunLeaseRenew  time.Duration // --run-lease-renew
 	MaxRunsPerUser int           // --max-runs-per-user
 	RunTimeout     time.Duration // --run-timeout
+	InputTimeout   time.Duration // --input-timeout
 
 	APIKeys        []string   // --api-keys, comma-separated
 	AllowedOrigins []string   // --allowed-origins, comma-separated
@@ -91,6 +92,7 @@ func Default() Config {
 		RunLeaseRenew:   runs.DefaultRenewEvery,
 		MaxRunsPerUser:  runs.DefaultMaxPerUser,
 		RunTimeout:      runs.DefaultTimeout,
+		InputTimeout:    runs.DefaultInputTimeout,
 		LogLevel:        slog.LevelInfo,
 		MaxConnsPerUser: hub.DefaultMaxConnsPerUser,
 		MaxQueueBytes:   hub.DefaultMaxQueueBytes,
@@ -132,6 +134,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	f.String(&c.AgentURL, "agent-url", "AGENTWIRE_AGENT_URL", c.AgentURL, "URL the http or agui agent POSTs runs to (--agent http, --agent agui)")
 	f.Int(&c.MaxRunsPerUser, "max-runs-per-user", "AGENTWIRE_MAX_RUNS_PER_USER", c.MaxRunsPerUser, "concurrent runs one user may have (across the cluster with --redis-url); more answer too_many_runs")
 	f.Duration(&c.RunTimeout, "run-timeout", "AGENTWIRE_RUN_TIMEOUT", c.RunTimeout, "a run still going after this ends with agent_error timeout")
+	f.Duration(&c.InputTimeout, "input-timeout", "AGENTWIRE_INPUT_TIMEOUT", c.InputTimeout, "a run waiting for its user's answer (input_required) this long ends with agent_error input_timeout; the run timeout does not count the wait")
 	f.Duration(&c.DrainTimeout, "drain-timeout", "AGENTWIRE_DRAIN_TIMEOUT", c.DrainTimeout, "on SIGTERM, how long running runs may finish before they are cancelled")
 	f.String(&apiKeys, "api-keys", "AGENTWIRE_API_KEYS", "", "comma-separated API keys for the server endpoints (POST /api/v1/publish)")
 	f.String(&origins, "allowed-origins", "AGENTWIRE_ALLOWED_ORIGINS", "", "comma-separated browser origins allowed on /ws; empty: same origin only; * any")
@@ -173,6 +176,7 @@ func (c *Config) validate() error {
 	}
 	positive("max-runs-per-user", c.MaxRunsPerUser > 0, c.MaxRunsPerUser)
 	positive("run-timeout", c.RunTimeout > 0, c.RunTimeout)
+	positive("input-timeout", c.InputTimeout > 0, c.InputTimeout)
 	positive("run-lease-ttl", c.RunLeaseTTL > 0, c.RunLeaseTTL)
 	positive("run-lease-renew", c.RunLeaseRenew > 0, c.RunLeaseRenew)
 	positive("max-connections-per-user", c.MaxConnsPerUser > 0, c.MaxConnsPerUser)

@@ -36,6 +36,10 @@ type emitter struct {
 	ended   bool
 	answer  strings.Builder
 	pending map[string]bool // tool calls executing
+	// waiting is the input request the agent waits on (nil when none);
+	// answered are the requests of the run already answered.
+	waiting  *waitReq
+	answered map[string]bool
 }
 
 var _ agent.Emitter = (*emitter)(nil)
@@ -218,7 +222,7 @@ func statusFor(code protocol.ErrorCode) store.RunStatus {
 	switch code {
 	case protocol.CodeCancelled:
 		return store.RunCancelled
-	case protocol.CodeTimeout:
+	case protocol.CodeTimeout, protocol.CodeInputTimeout:
 		return store.RunTimeout
 	}
 	return store.RunFailed

@@ -64,6 +64,12 @@ type Config struct {
 	// Stops, when set, carries a stop for a run of another node to that
 	// node.
 	Stops Stops
+	// Inputs, when set, carries a user_input for a run of another node to
+	// that node.
+	Inputs Inputs
+	// InputTimeout bounds a run's wait for its user's answer; 0 →
+	// DefaultInputTimeout.
+	InputTimeout time.Duration
 
 	// crashAfterStore, in tests, makes UserMessage return right after the
 	// run is stored, as a node killed at that moment would.
@@ -90,24 +96,26 @@ type Stops interface {
 // Manager starts, tracks and ends runs. It implements the ws.Handler frames
 // user_message and stop_agent.
 type Manager struct {
-	stream     stream.Stream
-	store      store.Store
-	agent      agent.Agent
-	log        *slog.Logger
-	maxPerUser int
-	timeout    time.Duration
-	now        func() time.Time
-	node       string
-	leaseTTL   time.Duration
-	renewEvery time.Duration
-	reapEvery  time.Duration
-	slots      Slots
-	stops      Stops
-	crash      func() bool
-	loopCtx    context.Context // done at the end of Shutdown
-	stopLoop   context.CancelFunc
-	loopWG     sync.WaitGroup // lease loop, stop listener
-	resendWG   sync.WaitGroup // resend goroutines
+	stream       stream.Stream
+	store        store.Store
+	agent        agent.Agent
+	log          *slog.Logger
+	maxPerUser   int
+	timeout      time.Duration
+	now          func() time.Time
+	node         string
+	leaseTTL     time.Duration
+	renewEvery   time.Duration
+	reapEvery    time.Duration
+	slots        Slots
+	stops        Stops
+	inputs       Inputs
+	inputTimeout time.Duration
+	crash        func() bool
+	loopCtx      context.Context // done at the end of Shutdown
+	stopLoop     context.CancelFunc
+	loopWG       sync.WaitGroup // lease loop, stop listener
+	resendWG     sync.WaitGroup // resend goroutines
 
 	mu     sync.Mutex
 	active map[string]*active // by run id, until the terminal event
@@ -132,7 +140,7 @@ type Manager struct {
 type active struct {
 	em     *emitter
 	cancel context.CancelCauseFunc
-	timer  *time.Timer
+	clock  *clock // the run and input timeouts; nil until execute arms it
 }
 
 // New returns a Manager; it starts no goroutine (see Start).
@@ -140,7 +148,7 @@ func New(cfg Config) *Manager {
 	m := &Manager{
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
-		slots: cfg.Slots, stops: cfg.Stops, crash: cfg.crashAfterStore,
+		slots: cfg.Slots, stops: cfg.Stops, inputs: cfg.Inputs, inputTimeout: cfg.InputTimeout, crash: cfg.crashAfterStore,
 		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), ending: make(map[string]finish),
 	}
 	if m.log == nil {
@@ -154,6 +162,9 @@ func New(cfg Config) *Manager {
 	}
 	if m.now == nil {
 		m.now = time.Now
+	}
+	if m.inputTimeout <= 0 {
+		m.inputTimeout = DefaultInputTimeout
 	}
 	m.node, m.leaseTTL, m.renewEvery, m.reapEvery = cfg.Node, cfg.LeaseTTL, cfg.RenewEvery, cfg.ReapEvery
 	if m.node == "" {
@@ -185,6 +196,13 @@ func (m *Manager) Start() {
 		go func() {
 			defer m.loopWG.Done()
 			m.stops.Listen(m.loopCtx, m.node, m.stopLocal)
+		}()
+	}
+	if m.inputs != nil {
+		m.loopWG.Add(1)
+		go func() {
+			defer m.loopWG.Done()
+			m.inputs.Serve(m.loopCtx, m.node, m.serveInput)
 		}()
 	}
 }
@@ -597,8 +615,8 @@ func (m *Manager) release(e *emitter) {
 	delete(m.active, e.runID)
 	m.mu.Unlock()
 	if a != nil {
-		if a.timer != nil {
-			a.timer.Stop()
+		if a.clock != nil {
+			a.clock.stop()
 		}
 		a.cancel(errRunEnded) // the agent has nothing left to do
 	}
@@ -632,9 +650,13 @@ func (m *Manager) execute(ctx context.Context, act *active, run agent.Run) {
 	defer act.cancel(nil)
 	m.mu.Lock()
 	if m.active[run.ID] == act { // not already ended by a stop
-		act.timer = time.AfterFunc(m.timeout, func() {
+		act.clock = startClock(m.timeout, func() {
 			if em.end(protocol.CodeTimeout, fmt.Sprintf("the run took longer than %s", m.timeout)) {
 				act.cancel(errors.New(string(protocol.CodeTimeout)))
+			}
+		}, func() {
+			if em.end(protocol.CodeInputTimeout, fmt.Sprintf("no answer to the run's question within %s", m.inputTimeout)) {
+				act.cancel(errors.New(string(protocol.CodeInputTimeout)))
 			}
 		})
 	}
