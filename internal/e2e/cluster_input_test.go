@@ -68,6 +68,7 @@ func TestClusterInputApprovalFromAnotherNode(t *testing.T) {
 		t.Fatalf("input_required %+v, want an approval with a prompt", req)
 	}
 	waitInput(t, tab1, ack.RunID)
+	n2.waitRunStatus(tok, ack.RunID, "waiting_for_input")
 	tab2.send(map[string]any{"type": "user_input", "id": "i1", "run_id": ack.RunID, "request_id": req.RequestID, "approved": true})
 	if reply, _ := tab2.untilReply("i1", 5*time.Second); reply.Type != "ack" || reply.RunID != ack.RunID {
 		t.Fatalf("user_input on n2: %s, want ack", reply.raw)
@@ -161,6 +162,7 @@ func TestClusterInputDenialTextConflictStop(t *testing.T) {
 	if req.Kind != "choice" || len(req.Options) == 0 {
 		t.Fatalf("input_required %+v, want a choice", req)
 	}
+	n2.waitRunStatus(tok, ack.RunID, "waiting_for_input") // a stop of a waiting run goes to its node too
 	if code, _, err := n2.status("POST", "/api/v1/runs/"+ack.RunID+"/stop", tok, nil); err != nil || code != 200 {
 		t.Fatalf("stop: %d %v", code, err)
 	}
@@ -196,6 +198,7 @@ func TestClusterInputTimeoutAndNodeLost(t *testing.T) {
 
 	ack = tab1.ack("m2", "approve", nil)
 	req := waitInput(t, tab2, ack.RunID)
+	n2.waitRunStatus(tok, ack.RunID, "waiting_for_input")
 	n1.Kill()
 	fs = tab2.readUntilFn(30*time.Second, "node_lost", func(f frame) bool { return isTerminal(f) && f.RunID == ack.RunID })
 	if last := fs[len(fs)-1]; last.Type != "agent_error" || dataOf(t, last).Code != "node_lost" {

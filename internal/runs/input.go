@@ -99,8 +99,10 @@ func (e *emitter) RequestInput(ctx context.Context, req agent.InputRequest) (pro
 	if c != nil {
 		c.pause(e.m.inputTimeout)
 	}
+	e.m.setWaiting(e.user, e.runID, true)
 	select {
 	case a := <-w.answer:
+		e.m.setWaiting(e.user, e.runID, false)
 		if c != nil && !c.resume() {
 			return protocol.InputAnswer{}, agent.ErrRunEnded // the input timeout won
 		}
@@ -145,6 +147,18 @@ func (e *emitter) take(requestID string, a protocol.InputAnswer) error {
 	e.waiting = nil
 	w.answer <- a
 	return nil
+}
+
+// setWaiting records in the store that a run waits for its user, or no
+// longer does (GET /api/v1/runs/{id}: waiting_for_input). The status is
+// what REST reports, not what the run relies on: a store that fails is
+// logged, and a run that has ended meanwhile stays ended.
+func (m *Manager) setWaiting(user, runID string, waiting bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	if err := m.store.SetRunWaiting(ctx, user, runID, waiting); err != nil && !errors.Is(err, store.ErrNotRunning) {
+		m.log.Warn("store the run's waiting status", "user", user, "run", runID, "waiting", waiting, "err", err)
+	}
 }
 
 // clockOf returns the clock of a run running here (nil before it has one).

@@ -55,6 +55,10 @@ func TestInputFirstAnswerWins(t *testing.T) {
 		f := newFixture(t, asker(0), Config{})
 		ack, _ := f.send(t, "ann", "go", "")
 		req := f.waitRequest(t, "ann", ack.RunID)
+		waitFor(t, "status waiting_for_input", func() bool {
+			r, err := f.store.GetRun(context.Background(), "ann", ack.RunID)
+			return err == nil && r.Status == store.RunWaiting
+		})
 		if _, e := f.answer("bob", ack.RunID, req, yes(true)); e == nil || e.Code != protocol.CodeNotFound {
 			t.Fatalf("another user's answer: %v", e)
 		}
@@ -94,6 +98,9 @@ func TestInputFirstAnswerWins(t *testing.T) {
 		}
 		if _, e := f.answer("ann", ack.RunID, req, yes(true)); e == nil || e.Code != protocol.CodeConflict {
 			t.Fatalf("an answer after the end: %v, want conflict", e)
+		}
+		if r, _ := f.store.GetRun(context.Background(), "ann", ack.RunID); r.Status != store.RunCompleted {
+			t.Fatalf("status %s, want completed", r.Status)
 		}
 	})
 }

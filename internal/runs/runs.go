@@ -498,7 +498,7 @@ func (m *Manager) StopAgent(ctx context.Context, user string, f *protocol.Frame)
 		}
 		return protocol.AckFrame{}, perr(protocol.CodeInternal, "store unavailable, retry", f.ID)
 	}
-	if !m.end(user, f.RunID, protocol.CodeCancelled, stoppedMessage) && r.Status == store.RunRunning && r.Node != m.node && m.stops != nil {
+	if !m.end(user, f.RunID, protocol.CodeCancelled, stoppedMessage) && !r.Status.Terminal() && r.Node != m.node && m.stops != nil {
 		if err := m.sendStop(ctx, r); err != nil {
 			m.log.Error("send stop to the run's node", "user", user, "run", r.ID, "node", r.Node, "err", err)
 			return protocol.AckFrame{}, perr(protocol.CodeInternal, "stop not delivered, retry", f.ID)

@@ -80,6 +80,17 @@ ALTER TABLE runs
 	ADD COLUMN lease_until timestamptz NOT NULL DEFAULT 'epoch';
 CREATE INDEX runs_lease ON runs (lease_until) WHERE status = 'running';
 `,
+	// issue 11 C: the status waiting_for_input (a running run whose agent
+	// waits for its user's answer): leased, renewed and reaped like a
+	// running one, so the partial indexes of live runs hold both.
+	`
+ALTER TABLE runs DROP CONSTRAINT runs_status_check,
+	ADD CONSTRAINT runs_status_check CHECK (status IN ('running', 'completed', 'failed', 'cancelled', 'timeout', 'waiting_for_input'));
+DROP INDEX runs_running;
+CREATE INDEX runs_running ON runs (started_at, id) WHERE status IN ('running', 'waiting_for_input');
+DROP INDEX runs_lease;
+CREATE INDEX runs_lease ON runs (lease_until) WHERE status IN ('running', 'waiting_for_input');
+`,
 }
 
 // migrationLockClass is the first key of the advisory lock that serializes

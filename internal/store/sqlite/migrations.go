@@ -73,6 +73,20 @@ ALTER TABLE runs ADD COLUMN node TEXT NOT NULL DEFAULT '';
 ALTER TABLE runs ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX runs_status_lease ON runs (status, lease_until);
 `,
+	// issue 11 C: the status waiting_for_input (a running run whose agent
+	// waits for its user's answer). SQLite cannot alter a CHECK; widening
+	// one is the documented edit of the table's definition in
+	// sqlite_schema (https://sqlite.org/lang_altertable.html, section 7:
+	// every existing row still satisfies it). Re-creating an index then
+	// bumps the schema cookie, so every connection reloads the schema.
+	`
+PRAGMA writable_schema = ON;
+UPDATE sqlite_schema SET sql = replace(sql, '''cancelled'', ''timeout'')', '''cancelled'', ''timeout'', ''waiting_for_input'')')
+	WHERE type = 'table' AND name = 'runs';
+PRAGMA writable_schema = RESET;
+DROP INDEX runs_thread;
+CREATE INDEX runs_thread ON runs (thread_id);
+`,
 }
 
 // migrate brings the schema of db to the newest version in one immediate

@@ -115,6 +115,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"DiscardRun", s.testDiscardRun},
 		{"InvalidArguments", s.testInvalid},
 		{"PingAndClose", s.testPingAndClose},
+		{"RunWaiting", s.testRunWaiting},
+		{"ReapWaiting", s.testReapWaiting},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
