@@ -280,7 +280,8 @@ func decodeLegacyContentAndThread(f *Frame, r *rawFrame) *Error {
 }
 
 // decodeUserInput reads run_id, request_id and exactly one answer field:
-// approved (a JSON boolean), text (a string of at most MaxContentBytes) or
+// approved (a JSON boolean), text (a string of at most MaxContentBytes,
+// without NUL) or
 // choice (a string of at most MaxKeyBytes).
 func decodeUserInput(f *Frame, r *rawFrame) *Error {
 	var e *Error
@@ -303,7 +304,7 @@ func decodeUserInput(f *Frame, r *rawFrame) *Error {
 	}
 	if !isNull(r.text) {
 		n++
-		v, e := decodeString(r.text, "text", MaxContentBytes, f.ID)
+		v, e := optionalText(r.text, "text", MaxContentBytes, f.ID)
 		if e != nil {
 			return e
 		}
