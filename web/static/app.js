@@ -353,6 +353,7 @@ class RunView {
     this.runId = runId;
     this.seqs = new Set();
     this.tools = new Map();
+    this.prompts = new Map(); // request_id → the open question's controls
     this.answer = "";
     this.done = false;
     this.historic = false;
@@ -425,6 +426,15 @@ class RunView {
           `${d.ok ? "→ " + short(d.result) : "failed: " + (d.error || short(d.result))} · ${fmtMs(d.duration_ms ?? 0)}`;
         break;
       }
+      case "input_required":
+        this.ask(ev, d);
+        break;
+      case "input_received": {
+        const said = d.approved !== undefined ? (d.approved ? "approved" : "denied") : d.text !== undefined ? `“${d.text}”` : d.choice;
+        this.line(ev, "answered", `Answered: ${said}`);
+        this.closePrompt(d.request_id);
+        break;
+      }
       case "agent_message_delta":
         if (this.done) break;
         this.answer += d.delta ?? "";
@@ -445,7 +455,56 @@ class RunView {
     }
   }
 
+  // ask shows the run's question with its controls (Approve/Deny, a text
+  // box, or one button per option) until an answer arrives from any tab.
+  ask(ev, d) {
+    const li = this.line(ev, "asks", `Asks: ${d.prompt}`);
+    if (this.done) return;
+    const form = el("form", { class: "prompt", "aria-label": "Answer the agent" });
+    const send = async (answer) => {
+      for (const c of form.elements) c.disabled = true;
+      try {
+        await app.client.answerInput(this.runId, d.request_id, answer);
+      } catch (err) {
+        if (err.code === "conflict") return this.closePrompt(d.request_id); // another tab answered first
+        for (const c of form.elements) c.disabled = false;
+        showError("chat-error", err);
+      }
+    };
+    const button = (text, answer, cls = "") => {
+      const b = el("button", { type: "button", class: cls, text });
+      b.addEventListener("click", () => send(answer));
+      return b;
+    };
+    if (d.kind === "approval") {
+      form.append(button("Approve", { approved: true }, "approve"), button("Deny", { approved: false }, "deny"));
+    } else if (d.kind === "choice") {
+      for (const o of d.options || []) form.append(button(o, { choice: o }, "choice"));
+    } else {
+      const input = el("input", { type: "text", class: "prompt-text", "aria-label": d.prompt });
+      form.append(input, el("button", { type: "submit", text: "Send" }));
+      form.addEventListener("submit", (e) => {
+        e.preventDefault();
+        send({ text: input.value });
+      });
+    }
+    li.append(form);
+    this.prompts.set(d.request_id, form);
+    this.status.textContent = "waiting for input";
+    form.querySelector("button, input")?.focus();
+  }
+
+  closePrompt(requestId) {
+    const form = this.prompts.get(requestId);
+    if (!form) return;
+    this.prompts.delete(requestId);
+    if (form.contains(document.activeElement)) $("composer-input").focus();
+    form.remove();
+    if (!this.done) this.status.textContent = "running";
+  }
+
   finish(status, total) {
+    for (const id of [...this.prompts.keys()]) this.closePrompt(id);
     this.done = true;
     this.root.classList.remove("running");
     this.root.classList.add(status);
