@@ -361,7 +361,8 @@ func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store
 func newAgent(cfg *config.Config) (agent.Agent, error) {
 	switch cfg.Agent {
 	case config.AgentOpenAI:
-		return openai.New(openai.Config{BaseURL: cfg.OpenAIBaseURL, APIKey: cfg.OpenAIAPIKey, Model: cfg.OpenAIModel, Tools: tools.Default()})
+		return openai.New(openai.Config{BaseURL: cfg.OpenAIBaseURL, APIKey: cfg.OpenAIAPIKey, Model: cfg.OpenAIModel, Tools: tools.Default(),
+			RequireApproval: cfg.RequireApproval})
 	case config.AgentHTTP:
 		return httpagent.New(httpagent.Config{URL: cfg.AgentURL})
 	case config.AgentAGUI:

@@ -45,7 +45,10 @@ type Config struct {
 	OpenAIBaseURL string // --openai-base-url
 	OpenAIAPIKey  string // --openai-api-key
 	OpenAIModel   string // --openai-model
-	AgentURL      string // --agent-url
+	// RequireApproval: tools whose calls the openai agent asks the user
+	// to approve first; "*" is every tool (--require-approval).
+	RequireApproval []string
+	AgentURL        string // --agent-url
 
 	RedisURL       string // --redis-url; "" is one node, in memory
 	DatabaseURL    string // --database-url (postgres://…); "" is SQLite in the data dir
@@ -119,13 +122,14 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	c := Default()
 	f := NewFlagSet("serve", getenv)
 	c.Keys.Register(f)
-	var apiKeys, origins, logLevel string
+	var apiKeys, origins, logLevel, requireApproval string
 	f.String(&c.Addr, "addr", "AGENTWIRE_ADDR", c.Addr, "listen address; :0 picks a free port")
 	f.Bool(&c.Dev, "dev", "AGENTWIRE_DEV", c.Dev, "development mode: enables POST /auth/dev-login and allows localhost origins")
 	f.String(&c.Agent, "agent", "AGENTWIRE_AGENT", c.Agent, "agent that answers user messages: demo, openai, http or agui")
 	f.String(&c.OpenAIBaseURL, "openai-base-url", "AGENTWIRE_OPENAI_BASE_URL", c.OpenAIBaseURL, "OpenAI-compatible API root (--agent openai)")
 	f.String(&c.OpenAIAPIKey, "openai-api-key", "AGENTWIRE_OPENAI_API_KEY", c.OpenAIAPIKey, "API key of the OpenAI-compatible endpoint (--agent openai)")
 	f.String(&c.OpenAIModel, "openai-model", "AGENTWIRE_OPENAI_MODEL", c.OpenAIModel, "model name (--agent openai)")
+	f.String(&requireApproval, "require-approval", "AGENTWIRE_REQUIRE_APPROVAL", "", "comma-separated tools whose calls ask the user to approve first, or * for every tool (--agent openai); a denial is the call's result")
 	f.String(&c.RedisURL, "redis-url", "AGENTWIRE_REDIS_URL", c.RedisURL, "redis://… shared by every node: streams, tickets, connection and run limits, stop requests (default: in memory, one node)")
 	f.String(&c.DatabaseURL, "database-url", "AGENTWIRE_DATABASE_URL", c.DatabaseURL, "postgres://… shared by every node (default: SQLite in --data-dir)")
 	f.String(&c.DatabaseSchema, "database-schema", "AGENTWIRE_DATABASE_SCHEMA", c.DatabaseSchema, "PostgreSQL schema holding agentwire's tables; created if missing (--database-url postgres://…)")
@@ -157,6 +161,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	c.APIKeys, c.AllowedOrigins = splitList(apiKeys), splitList(origins)
+	c.RequireApproval = splitList(requireApproval)
 	if err := c.LogLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return Config{}, fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
 	}
