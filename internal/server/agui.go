@@ -70,6 +70,10 @@ func handleAGUIRun(a *aguiServer) http.Handler {
 		if !httpx.DecodeMax(w, r, &in, aguiMaxBody) {
 			return
 		}
+		if len(in.Resume) > 0 {
+			a.resumeInterrupt(w, r, user, &in)
+			return
+		}
 		f, perr := in.UserFrame()
 		if perr != nil {
 			sendError(w, perr)
@@ -109,6 +113,38 @@ func handleAGUIRun(a *aguiServer) http.Handler {
 			}
 			return from, true
 		})
+	})
+}
+
+// resumeInterrupt answers the run request that resumes an interrupted run
+// (RunAgentInput.resume): its entry becomes the user_input of the run's
+// question, through the same runs path as the WebSocket frame (any node;
+// the first answer wins, a later one is 409 conflict), and the answer is
+// the run's AG-UI events from there (RUN_STARTED, as the run goes on) over
+// SSE, until its end or its next interrupt.
+func (a *aguiServer) resumeInterrupt(w http.ResponseWriter, r *http.Request, user string, in *agui.RunAgentInput) {
+	f, perr := in.ResumeFrame()
+	if perr != nil {
+		sendError(w, perr)
+		return
+	}
+	a.respond(w, r, user, func(c *hubsse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
+		ctx := r.Context()
+		before, err := a.stream.Head(ctx, user)
+		if err != nil {
+			a.unavailable(w, c, "stream head", err)
+			return protocol.Cursor{}, false
+		}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sendTimeout)
+		ack, perr := a.runs.UserInput(sctx, user, &f)
+		cancel()
+		if perr != nil {
+			c.Discard()
+			sendError(w, perr)
+			return protocol.Cursor{}, false
+		}
+		rs.tr = agui.NewTranslator(ack.ThreadID, ack.RunID)
+		return protocol.Cursor{Seq: before.Head, Epoch: before.Epoch}, true
 	})
 }
 
