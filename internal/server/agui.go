@@ -81,19 +81,10 @@ func handleAGUIRun(a *aguiServer) http.Handler {
 		}
 		a.respond(w, r, user, func(c *hubsse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
 			ctx := r.Context()
-			before, err := a.stream.Head(ctx, user)
-			if err != nil {
-				a.unavailable(w, c, "stream head", err)
-				return protocol.Cursor{}, false
-			}
-			// As POST /api/v1/messages: a client that leaves does not cut
-			// the placing of its run short.
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sendTimeout)
-			ack, perr := a.runs.UserMessageInThread(sctx, user, &f)
-			cancel()
-			if perr != nil {
-				c.Discard()
-				sendError(w, perr)
+			ack, before, ok := a.send(w, r, c, user, func(sctx context.Context) (protocol.AckFrame, *protocol.Error) {
+				return a.runs.UserMessageInThread(sctx, user, &f)
+			})
+			if !ok {
 				return protocol.Cursor{}, false
 			}
 			if a.startedAfter(ctx, user, before, ack.RunID) {
@@ -129,23 +120,38 @@ func (a *aguiServer) resumeInterrupt(w http.ResponseWriter, r *http.Request, use
 		return
 	}
 	a.respond(w, r, user, func(c *hubsse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
-		ctx := r.Context()
-		before, err := a.stream.Head(ctx, user)
-		if err != nil {
-			a.unavailable(w, c, "stream head", err)
-			return protocol.Cursor{}, false
-		}
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sendTimeout)
-		ack, perr := a.runs.UserInput(sctx, user, &f)
-		cancel()
-		if perr != nil {
-			c.Discard()
-			sendError(w, perr)
+		ack, before, ok := a.send(w, r, c, user, func(sctx context.Context) (protocol.AckFrame, *protocol.Error) {
+			return a.runs.UserInput(sctx, user, &f)
+		})
+		if !ok {
 			return protocol.Cursor{}, false
 		}
 		rs.tr = agui.NewTranslator(ack.ThreadID, ack.RunID)
 		return protocol.Cursor{Seq: before.Head, Epoch: before.Epoch}, true
 	})
+}
+
+// send reads the stream's head, then does what the request sends (a
+// user_message or a user_input) and returns its ack and that head, from
+// where the response joins. On failure it has given up c and answered.
+// As POST /api/v1/messages: a client that leaves does not cut the sending
+// short.
+func (a *aguiServer) send(w http.ResponseWriter, r *http.Request, c *hubsse.Conn, user string,
+	do func(ctx context.Context) (protocol.AckFrame, *protocol.Error)) (protocol.AckFrame, stream.Position, bool) {
+	before, err := a.stream.Head(r.Context(), user)
+	if err != nil {
+		a.unavailable(w, c, "stream head", err)
+		return protocol.AckFrame{}, before, false
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), sendTimeout)
+	ack, perr := do(sctx)
+	cancel()
+	if perr != nil {
+		c.Discard()
+		sendError(w, perr)
+		return protocol.AckFrame{}, before, false
+	}
+	return ack, before, true
 }
 
 // handleAGUIConnect serves POST /api/v1/agui/connect: a client that lost

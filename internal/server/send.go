@@ -31,12 +31,9 @@ const sendTimeout = 10 * time.Second
 // as an HTTP status (sendStatus) with the error body.
 func handleSendMessage(s sender) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, httpx.MaxBody))
-		if err != nil {
-			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				httpx.Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over 128 KiB")
-			}
-			return // the client stopped sending: nothing was read, nothing done
+		body, ok := readBody(w, r)
+		if !ok {
+			return
 		}
 		f, perr := protocol.DecodeAs(protocol.TypeUserMessage, body)
 		if perr != nil {
@@ -70,11 +67,8 @@ func handleStopRun(s sender) http.Handler {
 // checked as the frame is.
 func handleRunInput(s sender) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, httpx.MaxBody))
-		if err != nil {
-			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				httpx.Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over 128 KiB")
-			}
+		body, ok := readBody(w, r)
+		if !ok {
 			return
 		}
 		var fields map[string]json.RawMessage
@@ -93,6 +87,20 @@ func handleRunInput(s sender) http.Handler {
 			return s.UserInput(ctx, user, &f)
 		})
 	})
+}
+
+// readBody reads a send's body, at most httpx.MaxBody (else 413
+// too_large); false when it could not be read, answered or not (a client
+// that stopped sending: nothing was read, nothing done).
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, httpx.MaxBody))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			httpx.Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over 128 KiB")
+		}
+		return nil, false
+	}
+	return body, true
 }
 
 // send runs do for the request's user and answers the ack. It goes on if the
