@@ -80,6 +80,14 @@ ALTER TABLE runs
 	ADD COLUMN lease_until timestamptz NOT NULL DEFAULT 'epoch';
 CREATE INDEX runs_lease ON runs (lease_until) WHERE status = 'running';
 `,
+	// 3: end_announced says an ended run's terminal event is confirmed in the
+	// stream (runs ended before this version count as announced). The
+	// partial index holds only ended runs still waiting for it, the ones
+	// ClaimEnds scans, in lease order.
+	`
+ALTER TABLE runs ADD COLUMN end_announced boolean NOT NULL DEFAULT true;
+CREATE INDEX runs_unannounced ON runs (lease_until) WHERE NOT end_announced AND status <> 'running';
+`,
 }
 
 // migrationLockClass is the first key of the advisory lock that serializes
