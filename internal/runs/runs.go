@@ -119,8 +119,8 @@ type Manager struct {
 	// lease loop confirms them in one batch. Until then a claimer may
 	// announce the end again, under the same end key: a no-op.
 	announced map[string]struct{}
-	perUser map[string]int // active runs per user, reserved before creation
-	closed  bool
+	perUser   map[string]int // active runs per user, reserved before creation
+	closed    bool
 	// loopStopped is set when Shutdown stops the loop: no resend may
 	// start after it.
 	loopStopped bool
