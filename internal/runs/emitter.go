@@ -234,9 +234,9 @@ func statusFor(code protocol.ErrorCode) store.RunStatus {
 // and may start its next run at once. The run is ended even when storing or
 // appending fails: nothing may follow a terminal. A store that fails is
 // retried by the lease loop; a terminal event the stream refuses is retried
-// by resend, under the run's end key, and the run is reopened in the store
-// meanwhile (see endWhenAppended), so the store never keeps a run ended
-// whose end the stream may never get.
+// by resend, under the run's end key. The store keeps the end unannounced
+// until the stream has it (endAppended), so should this node die before,
+// whoever claims the end once its lease lapses appends it (see announce).
 func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, text string) error {
 	e.ended = true
 	e.pending = nil
@@ -252,7 +252,7 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	} else {
 		fin.ErrorMessage = text
 	}
-	stored := e.m.record(ctx, fin)
+	e.m.record(ctx, fin)
 	e.m.releaseSlot(e.user, e.runID)
 	rec := stream.Record{ThreadID: e.threadID, RunID: e.runID, IdempotencyKey: endKey(e.runID)}
 	if status == store.RunCompleted {
@@ -263,9 +263,10 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 		rec.Data, _ = protocol.MarshalData(protocol.AgentError{Code: code, Message: text, DurationMS: dur})
 	}
 	if err := e.appendRecordLocked(rec); err != nil {
-		e.m.endWhenAppended(fin, stored, rec)
+		e.m.resend(e.user, func() { e.m.endAppended(e.runID) }, rec)
 		return err
 	}
+	e.m.endAppended(e.runID)
 	return nil
 }
 

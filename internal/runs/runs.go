@@ -122,14 +122,13 @@ type Manager struct {
 	// unfinished are ended runs whose outcome the store has not taken yet
 	// (it was unreachable): the lease loop keeps their leases and retries.
 	unfinished map[string]finish
-	// ending are ended runs whose terminal event the stream has not taken
-	// yet: resend retries it, the lease loop keeps their leases (so no
-	// reaper announces them while this node lives), and the outcome is
-	// stored once the stream has the event. Should this node die first,
-	// the lease expires and the reaper ends the run whole.
-	ending  map[string]finish
-	perUser map[string]int // active runs per user, reserved before creation
-	closed  bool
+	// announced are ended runs whose terminal event the stream took but
+	// whose confirmation (Store.ConfirmEnds) the store has not yet: the
+	// lease loop confirms them in one batch. Until then a claimer may
+	// announce the end again, under the same end key: a no-op.
+	announced map[string]struct{}
+	perUser   map[string]int // active runs per user, reserved before creation
+	closed    bool
 	// loopStopped is set when Shutdown stops the loop: no resend may
 	// start after it.
 	loopStopped bool
@@ -149,7 +148,7 @@ func New(cfg Config) *Manager {
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
 		slots: cfg.Slots, stops: cfg.Stops, inputs: cfg.Inputs, inputTimeout: cfg.InputTimeout, crash: cfg.crashAfterStore,
-		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), ending: make(map[string]finish),
+		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), announced: make(map[string]struct{}),
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -373,8 +372,8 @@ func (m *Manager) userMessage(ctx context.Context, user string, f *protocol.Fram
 // the echo of a run that does not exist. The message is accepted (acked,
 // its client_message_id confirmed) and its run fails at once; the echo,
 // agent_started and agent_error are appended under their run keys, in
-// the background until the stream takes them, so the run reads whole, and
-// only then is the run stored as failed (see endWhenAppended).
+// the background until the stream takes them, so the run reads whole (and,
+// should this node die first, by whoever claims its unannounced end).
 func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey string, echo stream.Record, ref string) (protocol.AckFrame, *protocol.Error) {
 	const msg = "the event stream was unavailable when the message arrived; send the message again"
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), appendTimeout)
@@ -385,9 +384,9 @@ func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey 
 			m.log.Warn("confirm client_message_id", "user", user, "run", a.RunID, "err", err)
 		}
 	}
+	m.record(bctx, finish{Outcome: store.Outcome{UserID: user, RunID: a.RunID, Status: store.RunFailed, EndedAt: m.now(), ErrorCode: string(protocol.CodeAgentFailed), ErrorMessage: msg}})
 	end, _ := protocol.MarshalData(protocol.AgentError{Code: protocol.CodeAgentFailed, Message: msg})
-	m.endWhenAppended(finish{Outcome: store.Outcome{UserID: user, RunID: a.RunID, Status: store.RunFailed, EndedAt: m.now(), ErrorCode: string(protocol.CodeAgentFailed), ErrorMessage: msg}}, false,
-		echo, startRecord(a.ThreadID, a.RunID, m.agent.Name()),
+	m.resend(user, func() { m.endAppended(a.RunID) }, echo, startRecord(a.ThreadID, a.RunID, m.agent.Name()),
 		stream.Record{Type: protocol.TypeAgentError, ThreadID: a.ThreadID, RunID: a.RunID, Data: end, IdempotencyKey: endKey(a.RunID)})
 	return protocol.AckFrame{Ref: ref, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
 }
@@ -723,6 +722,11 @@ func (m *Manager) Shutdown(ctx context.Context) {
 		m.stopLoop()
 		m.loopWG.Wait()
 		m.resendWG.Wait() // no resend starts any more; the rest give up now
+		// Ends the stream took are confirmed now rather than claimed and
+		// appended again (a no-op) by another node later.
+		cctx, cancel := context.WithTimeout(context.Background(), shutdownResendGrace)
+		m.confirmEnds(cctx)
+		cancel()
 	}()
 	done := make(chan struct{})
 	go func() { m.wg.Wait(); close(done) }()

@@ -492,7 +492,7 @@ func startRunBatch(ctx context.Context, c *pgx.Conn, b *pgx.Batch, newThread boo
 	return collect(rows, scanMessage)
 }
 
-const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until`
+const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until, end_announced`
 
 // GetRun implements store.Store.
 func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, error) {
@@ -511,35 +511,43 @@ func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, er
 	return r, err
 }
 
-// ReopenRun implements store.Store: the update only matches the run as it
-// ended with o.
-func (s *Store) ReopenRun(ctx context.Context, o store.Outcome, node string, until time.Time) error {
-	if !o.Status.Terminal() || node == "" {
-		return fmt.Errorf("%w: reopen run ended with %q on node %q", store.ErrInvalid, o.Status, node)
-	}
-	if !validID(o.UserID) || !validID(o.RunID) {
-		return fmt.Errorf("postgres: run %q: %w", o.RunID, store.ErrNotFound)
-	}
-	return s.withConn(ctx, "reopen run", func(c *pgx.Conn) error {
-		var updated, exists bool
-		err := c.QueryRow(ctx, `
-WITH reopened AS (
-	UPDATE runs SET status = 'running', ended_at = NULL, error_code = '', error_message = '', node = $1, lease_until = $2
-	WHERE id = $3 AND user_id = $4 AND status = $5 AND error_code = $6
-	RETURNING 1
-)
-SELECT EXISTS (SELECT 1 FROM reopened), EXISTS (SELECT 1 FROM runs WHERE id = $3 AND user_id = $4)`,
-			node, leaseTime(until), o.RunID, o.UserID, string(o.Status), cleanText(o.ErrorCode)).Scan(&updated, &exists)
-		switch {
-		case err != nil:
-			return err
-		case updated:
-			return nil
-		case exists:
-			return fmt.Errorf("run %s: not ended with %s: %w", o.RunID, o.Status, store.ErrConflict)
+// ConfirmEnds implements store.Store.
+func (s *Store) ConfirmEnds(ctx context.Context, runIDs []string) error {
+	ids := make([]string, 0, len(runIDs))
+	for _, id := range runIDs {
+		if validID(id) {
+			ids = append(ids, id)
 		}
-		return fmt.Errorf("run %s: %w", o.RunID, store.ErrNotFound)
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	return s.withConn(ctx, "confirm ends", func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, `UPDATE runs SET end_announced = true WHERE id = ANY ($1) AND NOT end_announced AND status <> 'running'`, ids)
+		return err
 	})
+}
+
+// ClaimEnds implements store.Store. Concurrent claimers skip each other's
+// locked rows, so each run goes to one of them.
+func (s *Store) ClaimEnds(ctx context.Context, c store.EndClaim) ([]store.Run, error) {
+	if c.Node == "" || !validID(c.Node) {
+		return nil, fmt.Errorf("%w: claim ends for node %q", store.ErrInvalid, c.Node)
+	}
+	limit := c.Limit
+	if limit <= 0 {
+		limit = store.DefaultReapLimit
+	}
+	at := toTime(c.Before, time.Now())
+	return s.listRuns(ctx, "claim ends", `
+UPDATE runs SET node = $1, lease_until = $2
+WHERE NOT end_announced AND status <> 'running' AND id = ANY (ARRAY (
+	SELECT id FROM runs WHERE NOT end_announced AND status <> 'running' AND lease_until < $3
+	ORDER BY lease_until LIMIT $4
+	FOR UPDATE SKIP LOCKED
+))
+RETURNING `+runColumns,
+		c.Node, leaseTime(c.LeaseUntil), at, limit)
 }
 
 // FinishRun implements store.Store. The update only matches a running run,
@@ -559,12 +567,12 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 		var updated, exists bool
 		err := c.QueryRow(ctx, `
 WITH finished AS (
-	UPDATE runs SET status = $1, ended_at = $2, error_code = $3, error_message = $4
+	UPDATE runs SET status = $1, ended_at = $2, error_code = $3, error_message = $4, end_announced = $7
 	WHERE id = $5 AND user_id = $6 AND status IN ('running', 'waiting_for_input')
 	RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM finished), EXISTS (SELECT 1 FROM runs WHERE id = $5 AND user_id = $6)`,
-			string(o.Status), ended, cleanText(o.ErrorCode), cleanText(o.ErrorMessage), o.RunID, o.UserID).Scan(&updated, &exists)
+			string(o.Status), ended, cleanText(o.ErrorCode), cleanText(o.ErrorMessage), o.RunID, o.UserID, o.Announced).Scan(&updated, &exists)
 		switch {
 		case err != nil:
 			return err
@@ -691,14 +699,15 @@ func (s *Store) ReapExpired(ctx context.Context, r store.Reap) ([]store.Run, err
 	}
 	at := toTime(now, time.Now())
 	return s.listRuns(ctx, "reap expired", `
-UPDATE runs SET status = 'failed', ended_at = $1, error_code = $2, error_message = $3
+UPDATE runs SET status = 'failed', ended_at = $1, error_code = $2, error_message = $3, end_announced = false,
+	node = CASE WHEN $5 = '' THEN node ELSE $5 END, lease_until = COALESCE($6, lease_until)
 WHERE status IN ('running', 'waiting_for_input') AND id = ANY (ARRAY (
 	SELECT id FROM runs WHERE status IN ('running', 'waiting_for_input') AND lease_until < $1
 	ORDER BY lease_until LIMIT $4
 	FOR UPDATE SKIP LOCKED
 ))
 RETURNING `+runColumns,
-		at, cleanText(errCode), cleanText(errMsg), limit)
+		at, cleanText(errCode), cleanText(errMsg), limit, cleanText(r.Node), optLease(r.LeaseUntil))
 }
 
 // ListRunning implements storetest.Store (tests only).
@@ -996,6 +1005,15 @@ var noLease = time.Unix(0, 0).UTC()
 
 // leaseTime returns a lease time as stored: truncated, in UTC, and noLease
 // for the zero time. scanRun maps noLease back to the zero time.
+// optLease is a lease to set, or nil (SQL NULL) for none: keep the row's.
+func optLease(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	l := leaseTime(t)
+	return &l
+}
+
 func leaseTime(t time.Time) time.Time {
 	if t.IsZero() {
 		return noLease
@@ -1022,8 +1040,10 @@ func scanRun(row pgx.Row) (store.Run, error) {
 	var status string
 	var ended *time.Time
 	var lease time.Time
-	err := row.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &r.StartedAt, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease)
+	var announced bool
+	err := row.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &r.StartedAt, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease, &announced)
 	r.Status, r.StartedAt = store.RunStatus(status), r.StartedAt.UTC()
+	r.EndAnnounced = announced && r.Status != store.RunRunning
 	if ended != nil {
 		r.EndedAt = ended.UTC()
 	}
