@@ -292,11 +292,20 @@ async function openThread(id, focus) {
     if (messages === null || app.current !== id) return;
     // Runs this page saw start are drawn from their events, timeline included.
     const seen = new Set((app.live.get(id) || []).filter((ev) => ev.type === "agent_started").map((ev) => ev.run_id));
+    const answered = new Set(messages.filter((m) => m.role === "assistant").map((m) => m.run_id));
     for (const m of messages) {
       if (m.role === "user") addUserMessage(m.id, m.content);
       else if (m.run_id && seen.has(m.run_id)) runView(m.run_id);
       else if (m.run_id) runView(m.run_id).fromHistory(m.content);
       else addUserMessage(m.id, m.content, "assistant");
+    }
+    // A run that waits for an answer, started before this page: its
+    // question comes from the retained events, so every tab can answer.
+    const open = messages.filter((m) => m.role === "user" && m.run_id && !answered.has(m.run_id) && !seen.has(m.run_id));
+    for (const m of open.slice(-3)) {
+      const run = await api(`/api/v1/runs/${encodeURIComponent(m.run_id)}`);
+      if (app.current !== id) return;
+      if (run.status === "waiting_for_input") await replayRun(m.run_id, () => app.current === id);
     }
   } catch (err) {
     if (app.current === id) showError("chat-error", err);
@@ -311,6 +320,19 @@ async function openThread(id, focus) {
 }
 
 // ---------------------------------------------------------------- events
+
+// replayRun draws a run this page did not see start from the events the
+// stream still holds (at most 10 pages of them).
+async function replayRun(runId, stillWanted) {
+  let since = 0;
+  for (let page = 0; page < 10; page++) {
+    const res = await api(`/api/v1/events?since=${since}&limit=1000`);
+    if (!stillWanted()) return;
+    for (const ev of res.events || []) if (ev.run_id === runId) runView(runId).apply(ev);
+    if (res.next === undefined || res.next === null) return;
+    since = res.next;
+  }
+}
 
 function onEvent(ev) {
   if (!ev.thread_id) return;
