@@ -109,13 +109,20 @@ func (e *emitter) RequestInput(ctx context.Context, req agent.InputRequest) (pro
 		return a, nil
 	case <-ctx.Done():
 		e.mu.Lock()
-		defer e.mu.Unlock()
 		if e.waiting == w {
 			e.waiting = nil
 		}
-		if e.ended {
+		ended := e.ended
+		e.mu.Unlock()
+		if ended {
 			return protocol.InputAnswer{}, agent.ErrRunEnded
 		}
+		// The agent gave up asking (its own context), the run goes on: its
+		// run timeout again, not the input timeout.
+		if c != nil {
+			c.resume()
+		}
+		e.m.setWaiting(e.user, e.runID, false)
 		return protocol.InputAnswer{}, ctx.Err()
 	}
 }

@@ -207,3 +207,25 @@ func TestInputRequestChecked(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// An agent that stops asking (its own context) goes on under the run
+// timeout, not the input timeout, and is running again.
+func TestAgentGivesUpAsking(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, agentFunc(func(ctx context.Context, _ agent.Run, em agent.Emitter) error {
+			qctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if _, err := em.RequestInput(qctx, agent.InputRequest{Kind: protocol.InputText, Prompt: "name?"}); !errors.Is(err, context.DeadlineExceeded) {
+				return err
+			}
+			time.Sleep(3 * time.Second)
+			return em.Complete("nobody answered")
+		}), Config{Timeout: 10 * time.Second, InputTimeout: 2 * time.Second})
+		ack, _ := f.send(t, "ann", "go", "")
+		evs := f.waitTerminal(t, "ann", ack.RunID)
+		if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentCompleted {
+			t.Fatalf("terminal %v, want completed (the input timeout disarmed)", last)
+		}
+	})
+}
