@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/agentwire/agentwire/internal/agui"
+	"github.com/agentwire/agentwire/internal/agui/aguitest"
 )
 
 // Human in the loop across nodes (PROTOCOL.md sections 3, 4 and 7): the
@@ -213,5 +216,38 @@ func TestClusterInputTimeoutAndNodeLost(t *testing.T) {
 	checkRunOrder(t, run)
 	if n := strings.Count(typesOf(run), "agent_error"); n != 1 {
 		t.Fatalf("%d agent_error in %s, want exactly one", n, typesOf(run))
+	}
+}
+
+// TestClusterAGUIInterruptResumedOnOtherNode: through the AG-UI endpoint,
+// a run of n1 that asks ends its response with an interrupt; the resume
+// request on n2 answers it and streams the rest of the run; resuming again
+// is 409 conflict.
+func TestClusterAGUIInterruptResumedOnOtherNode(t *testing.T) {
+	e := newClusterEnv(t)
+	n1, n2 := e.startNode("n1", ""), e.startNode("n2", "")
+	dana := e.user("dana")
+	tok := n1.token(dana)
+	thread := "agui-hitl-" + e.id
+	in := agui.RunAgentInput{ThreadID: thread, RunID: "client-run",
+		Messages: []agui.Message{{ID: "m-" + e.id, Role: agui.RoleUser, Content: agui.String("approve 6*7")}}}
+	first := aguiPost(t, n1.URL, "/api/v1/agui", tok, "", in, nil)
+	end := first[len(first)-1]
+	var interrupts []agui.Interrupt
+	if end.Type != agui.RunFinished || end.Outcome == nil || end.Outcome.Type != agui.OutcomeInterrupt ||
+		json.Unmarshal(end.Outcome.Interrupts, &interrupts) != nil || len(interrupts) != 1 {
+		t.Fatalf("first response ends with %+v", end.Event)
+	}
+	resume := agui.RunAgentInput{ThreadID: thread, RunID: "client-run-2",
+		Resume: []agui.ResumeEntry{{InterruptID: interrupts[0].ID, Status: agui.ResumeResolved, Payload: json.RawMessage(`{"approved":true}`)}}}
+	rest := aguiPost(t, n2.URL, "/api/v1/agui", tok, "", resume, nil)
+	types := strings.Join(aguitest.Types(rest), " ")
+	fin := rest[len(rest)-1]
+	if rest[0].Type != agui.RunStarted || rest[0].RunID != first[0].RunID || fin.Type != agui.RunFinished ||
+		fin.Outcome == nil || fin.Outcome.Type != agui.OutcomeSuccess || !strings.Contains(string(fin.Result), "42") {
+		t.Fatalf("resumed on n2: %s, result %s", types, fin.Result)
+	}
+	if code, c := answerHTTP(t, n2, tok, first[0].RunID, map[string]any{"request_id": strings.TrimPrefix(interrupts[0].ID, first[0].RunID+":"), "approved": true}); code != 409 || c != "conflict" {
+		t.Fatalf("answering again: %d %s, want 409 conflict", code, c)
 	}
 }
