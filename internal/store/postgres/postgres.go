@@ -523,7 +523,7 @@ func (s *Store) ConfirmEnds(ctx context.Context, runIDs []string) error {
 		return nil
 	}
 	return s.withConn(ctx, "confirm ends", func(c *pgx.Conn) error {
-		_, err := c.Exec(ctx, `UPDATE runs SET end_announced = true WHERE id = ANY ($1) AND NOT end_announced AND status <> 'running'`, ids)
+		_, err := c.Exec(ctx, `UPDATE runs SET end_announced = true WHERE id = ANY ($1) AND NOT end_announced AND status <> 'running' AND status <> 'waiting_for_input'`, ids)
 		return err
 	})
 }
@@ -541,8 +541,8 @@ func (s *Store) ClaimEnds(ctx context.Context, c store.EndClaim) ([]store.Run, e
 	at := toTime(c.Before, time.Now())
 	return s.listRuns(ctx, "claim ends", `
 UPDATE runs SET node = $1, lease_until = $2
-WHERE NOT end_announced AND status <> 'running' AND id = ANY (ARRAY (
-	SELECT id FROM runs WHERE NOT end_announced AND status <> 'running' AND lease_until < $3
+WHERE NOT end_announced AND status <> 'running' AND status <> 'waiting_for_input' AND id = ANY (ARRAY (
+	SELECT id FROM runs WHERE NOT end_announced AND status <> 'running' AND status <> 'waiting_for_input' AND lease_until < $3
 	ORDER BY lease_until LIMIT $4
 	FOR UPDATE SKIP LOCKED
 ))
@@ -1043,7 +1043,7 @@ func scanRun(row pgx.Row) (store.Run, error) {
 	var announced bool
 	err := row.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &r.StartedAt, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease, &announced)
 	r.Status, r.StartedAt = store.RunStatus(status), r.StartedAt.UTC()
-	r.EndAnnounced = announced && r.Status != store.RunRunning
+	r.EndAnnounced = announced && r.Status.Terminal()
 	if ended != nil {
 		r.EndedAt = ended.UTC()
 	}

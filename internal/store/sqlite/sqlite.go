@@ -497,7 +497,7 @@ func (s *Store) ConfirmEnds(ctx context.Context, runIDs []string) error {
 	return s.write(ctx, "confirm ends", func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx,
 			`UPDATE runs SET end_announced = 1
-			WHERE id IN (SELECT value FROM json_each(?)) AND end_announced = 0 AND status != 'running'`, string(ids))
+			WHERE id IN (SELECT value FROM json_each(?)) AND end_announced = 0 AND status != 'running' AND status != 'waiting_for_input'`, string(ids))
 		return err
 	})
 }
@@ -516,7 +516,7 @@ func (s *Store) ClaimEnds(ctx context.Context, c store.EndClaim) ([]store.Run, e
 	err := s.write(ctx, "claim ends", func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx,
 			`UPDATE runs SET node = ?, lease_until = ?
-			WHERE id IN (SELECT id FROM runs WHERE end_announced = 0 AND status != 'running' AND lease_until < ? ORDER BY lease_until LIMIT ?)
+			WHERE id IN (SELECT id FROM runs WHERE end_announced = 0 AND status != 'running' AND status != 'waiting_for_input' AND lease_until < ? ORDER BY lease_until LIMIT ?)
 			RETURNING `+runColumns,
 			c.Node, leaseMillis(c.LeaseUntil), at, limit)
 		if err != nil {
@@ -780,7 +780,7 @@ func scanRun(sc scanner) (store.Run, error) {
 	var announced bool
 	err := sc.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &started, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease, &announced)
 	r.Status, r.StartedAt = store.RunStatus(status), fromMillis(started)
-	r.EndAnnounced = announced && r.Status != store.RunRunning
+	r.EndAnnounced = announced && r.Status.Terminal()
 	if ended.Valid {
 		r.EndedAt = fromMillis(ended.Int64)
 	}
