@@ -23,7 +23,8 @@ const (
 func RunEventType(typ string) bool {
 	switch typ {
 	case TypeUserMessage, TypeAgentStarted, TypeAgentThinking, TypeToolExecuting,
-		TypeToolCompleted, TypeAgentMessageDelta, TypeAgentCompleted, TypeAgentError:
+		TypeToolCompleted, TypeAgentMessageDelta, TypeAgentCompleted, TypeAgentError,
+		TypeInputRequired, TypeInputReceived:
 		return true
 	}
 	return false

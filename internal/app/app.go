@@ -120,7 +120,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	m := metrics.New()
 	retention := stream.Retention{MaxEvents: cfg.RetentionEvents, MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}
 	var tix tickets.Store = tickets.NewMemory(tickets.TTL, nil)
-	runCfg := runs.Config{MaxPerUser: cfg.MaxRunsPerUser, Timeout: cfg.RunTimeout, NoTranscripts: !cfg.Transcripts,
+	runCfg := runs.Config{MaxPerUser: cfg.MaxRunsPerUser, Timeout: cfg.RunTimeout, InputTimeout: cfg.InputTimeout, NoTranscripts: !cfg.Transcripts,
 		LeaseTTL: cfg.RunLeaseTTL, RenewEvery: cfg.RunLeaseRenew, ReapEvery: cfg.RunLeaseRenew}
 	if cfg.RedisURL != "" {
 		// One client for everything the nodes share in Redis; it closes
@@ -142,6 +142,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		// died stop counting when a reaper may end them.
 		runCfg.Slots = runsredis.NewSlots(rc, redisx.DefaultPrefix, cfg.RunLeaseTTL)
 		runCfg.Stops = runsredis.NewStops(rc, redisx.DefaultPrefix)
+		runCfg.Inputs = runsredis.NewInputs(rc, redisx.DefaultPrefix)
 	} else {
 		st := memory.New(memory.Options{Retention: retention})
 		a.stream = st
@@ -360,7 +361,8 @@ func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store
 func newAgent(cfg *config.Config) (agent.Agent, error) {
 	switch cfg.Agent {
 	case config.AgentOpenAI:
-		return openai.New(openai.Config{BaseURL: cfg.OpenAIBaseURL, APIKey: cfg.OpenAIAPIKey, Model: cfg.OpenAIModel, Tools: tools.Default()})
+		return openai.New(openai.Config{BaseURL: cfg.OpenAIBaseURL, APIKey: cfg.OpenAIAPIKey, Model: cfg.OpenAIModel, Tools: tools.Default(),
+			RequireApproval: cfg.RequireApproval})
 	case config.AgentHTTP:
 		return httpagent.New(httpagent.Config{URL: cfg.AgentURL})
 	case config.AgentAGUI:

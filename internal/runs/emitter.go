@@ -37,6 +37,10 @@ type emitter struct {
 	answer  strings.Builder
 	pending map[string]bool // tool calls executing
 	tr      *transcript     // what the store keeps of the run; nil when off
+	// waiting is the input request the agent waits on (nil when none);
+	// answered are the requests of the run already answered.
+	waiting  *waitReq
+	answered map[string]bool
 }
 
 var _ agent.Emitter = (*emitter)(nil)
@@ -228,7 +232,7 @@ func statusFor(code protocol.ErrorCode) store.RunStatus {
 	switch code {
 	case protocol.CodeCancelled:
 		return store.RunCancelled
-	case protocol.CodeTimeout:
+	case protocol.CodeTimeout, protocol.CodeInputTimeout:
 		return store.RunTimeout
 	}
 	return store.RunFailed
@@ -240,9 +244,9 @@ func statusFor(code protocol.ErrorCode) store.RunStatus {
 // and may start its next run at once. The run is ended even when storing or
 // appending fails: nothing may follow a terminal. A store that fails is
 // retried by the lease loop; a terminal event the stream refuses is retried
-// by resend, under the run's end key, and the run is reopened in the store
-// meanwhile (see endWhenAppended), so the store never keeps a run ended
-// whose end the stream may never get.
+// by resend, under the run's end key. The store keeps the end unannounced
+// until the stream has it (endAppended), so should this node die before,
+// whoever claims the end once its lease lapses appends it (see announce).
 func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, text string) error {
 	e.ended = true
 	e.pending = nil
@@ -272,12 +276,13 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 		e.tr.add(e.user, stream.Event{TS: now, Record: rec})
 		fin.Events = e.tr.take(true)
 	}
-	stored := e.m.record(ctx, fin)
+	e.m.record(ctx, fin)
 	e.m.releaseSlot(e.user, e.runID)
 	if err := e.appendRecordLocked(rec); err != nil {
-		e.m.endWhenAppended(fin, stored, rec)
+		e.m.resend(e.user, func() { e.m.endAppended(e.runID) }, rec)
 		return err
 	}
+	e.m.endAppended(e.runID)
 	return nil
 }
 

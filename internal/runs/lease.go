@@ -43,25 +43,61 @@ func (m *Manager) leaseLoop(ctx context.Context) {
 	}
 }
 
-// finish is the outcome of an ended run, as the store records it.
+// finish is the outcome of an ended run, as the store records it
+// (Outcome.Announced: its terminal event is already in the stream).
 type finish struct {
 	store.Outcome
 	answer *store.Message // the assistant message of a completed run
 }
 
-// record stores an ended run's outcome and reports whether the store took
-// it. When it cannot, the run stays running there, so the lease loop keeps
-// its lease alive and retries: otherwise a reaper would announce node_lost
-// after the terminal event the user already saw.
-func (m *Manager) record(ctx context.Context, f finish) bool {
+// record stores an ended run's outcome. When the store cannot take it, the
+// run stays running there, so the lease loop keeps its lease alive and
+// retries: otherwise a reaper would announce node_lost after the terminal
+// event the user already saw.
+func (m *Manager) record(ctx context.Context, f finish) {
 	if err := m.store1(ctx, f); err != nil {
 		m.log.Warn("store run outcome, will retry", "user", f.UserID, "run", f.RunID, "err", err)
 		m.mu.Lock()
 		m.unfinished[f.RunID] = f
 		m.mu.Unlock()
-		return false
 	}
-	return true
+}
+
+// endAppended notes that the stream has run's terminal event: the lease
+// loop confirms it in the store (ConfirmEnds), and an outcome the store has
+// not taken yet is stored as announced.
+func (m *Manager) endAppended(run string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if f, ok := m.unfinished[run]; ok {
+		f.Announced = true
+		m.unfinished[run] = f
+	}
+	m.announced[run] = struct{}{}
+}
+
+// confirmEnds confirms in the store the ends the stream has taken.
+func (m *Manager) confirmEnds(ctx context.Context) {
+	m.mu.Lock()
+	ids := make([]string, 0, len(m.announced))
+	for id := range m.announced {
+		ids = append(ids, id)
+	}
+	m.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, m.renewEvery)
+	defer cancel()
+	if err := m.store.ConfirmEnds(cctx, ids); err != nil {
+		m.log.Warn("confirm run ends, will retry", "runs", len(ids), "err", err)
+		return
+	}
+	m.mu.Lock()
+	for _, id := range ids {
+		delete(m.announced, id)
+	}
+	m.mu.Unlock()
 }
 
 // store1 writes f once. A run already ended in the store (reaped, or a
@@ -111,6 +147,7 @@ func (m *Manager) retryUnfinished(ctx context.Context) {
 // node has announced its end.
 func (m *Manager) renew(ctx context.Context) {
 	m.retryUnfinished(ctx)
+	m.confirmEnds(ctx)
 	m.mu.Lock()
 	ids := make([]string, 0, len(m.active)+len(m.unfinished))
 	held := make(map[string][]string)
@@ -119,9 +156,6 @@ func (m *Manager) renew(ctx context.Context) {
 		held[a.em.user] = append(held[a.em.user], id)
 	}
 	for id := range m.unfinished {
-		ids = append(ids, id)
-	}
-	for id := range m.ending {
 		ids = append(ids, id)
 	}
 	m.mu.Unlock()
@@ -146,7 +180,6 @@ func (m *Manager) renew(ctx context.Context) {
 		m.mu.Lock()
 		a := m.active[id]
 		delete(m.unfinished, id) // ended in the store after all
-		delete(m.ending, id)     // reaped: its end key now holds node_lost
 		m.mu.Unlock()
 		if a != nil && a.em.abandon() {
 			m.log.Warn("run ended elsewhere while running here", "run", id)
@@ -155,31 +188,42 @@ func (m *Manager) renew(ctx context.Context) {
 	}
 }
 
-// announceLost appends the end of a reaped run: its echo and agent_started
-// first, in case its node died between storing the run and appending them
-// (under the run's keys, so they are not repeated when they are there),
-// then agent_error node_lost under its end key (a no-op when the node
-// appended its terminal event but died before storing the outcome). The
-// three are retried until the stream takes them.
-func (m *Manager) announceLost(ctx context.Context, r store.Run) {
+// announce appends the end of a run the store has ended but whose terminal
+// event is not confirmed in the stream: a run reaped as lost, or one whose
+// node died (or shut down) before the stream took its end. Its echo and
+// agent_started come first, in case its node died between storing the run
+// and appending them (under the run's keys, so they are not repeated when
+// they are there), then its terminal event, built from the store (the
+// answer of a completed run, the code and message of another), under its
+// end key: a no-op when the node appended it but died before confirming
+// it. All are retried until the stream takes them; then the end is
+// confirmed. Should this node die meanwhile, the end is claimed again once
+// the lease ClaimEnds or ReapExpired gave it lapses.
+func (m *Manager) announce(ctx context.Context, r store.Run) {
 	recs := make([]stream.Record, 0, 3)
-	// The start's keys are remembered for stream.IdempotencyWindow: a run
-	// older than that (less a margin for the node's clock) was started long
-	// before its node died, and appending its start again would repeat it.
-	if m.now().Sub(r.StartedAt) < stream.IdempotencyWindow-time.Minute {
+	// The run's keys are remembered for stream.IdempotencyWindow: a start
+	// older than that (less a margin for the node's clock) was appended long
+	// before its node died, and appending it again would repeat it.
+	window := stream.IdempotencyWindow - time.Minute
+	withStart := m.now().Sub(r.StartedAt) < window
+	var answer *store.Message
+	if withStart || r.Status == store.RunCompleted {
 		lctx, cancel := context.WithTimeout(ctx, m.reapEvery)
-		// Page through the thread until the run's message.
+		// Page through the thread for the run's message and answer.
 		q := store.MessageQuery{Limit: 1000}
 	pages:
 		for {
 			msgs, more, err := m.store.ListMessages(lctx, r.UserID, r.ThreadID, q)
 			if err != nil {
-				m.log.Warn("read a lost run's message", "user", r.UserID, "run", r.ID, "err", err)
+				m.log.Warn("read an unannounced run's messages", "user", r.UserID, "run", r.ID, "err", err)
 				break
 			}
 			for _, msg := range msgs {
-				if msg.ID == r.UserMessageID {
+				if withStart && msg.ID == r.UserMessageID {
 					recs = append(recs, echoRecord(r.ThreadID, r.ID, msg.ID, msg.Content, ""))
+				}
+				if msg.RunID == r.ID && msg.Role == store.RoleAssistant {
+					answer = &msg
 					break pages
 				}
 			}
@@ -189,15 +233,37 @@ func (m *Manager) announceLost(ctx context.Context, r store.Run) {
 			q.After = msgs[len(msgs)-1].ID
 		}
 		cancel()
+	}
+	if withStart {
 		recs = append(recs, startRecord(r.ThreadID, r.ID, r.Agent))
 	}
-	data, _ := protocol.MarshalData(protocol.AgentError{Code: protocol.CodeNodeLost, Message: nodeLostMessage,
-		DurationMS: m.now().Sub(r.StartedAt).Milliseconds()})
-	recs = append(recs, stream.Record{Type: protocol.TypeAgentError, ThreadID: r.ThreadID, RunID: r.ID, Data: data, IdempotencyKey: endKey(r.ID)})
-	if err := m.appendAll(ctx, r.UserID, recs); err != nil {
-		m.log.Error("announce lost run, will retry", "user", r.UserID, "run", r.ID, "err", err)
-		m.resend(r.UserID, nil, recs...)
+	if m.now().Sub(r.EndedAt) >= window {
+		// Its end key may be forgotten: appending the end again could
+		// repeat one the stream took. Leave the run as the store has it.
+		m.log.Warn("run end left unannounced: older than the stream's idempotency window", "user", r.UserID, "run", r.ID)
+		m.endAppended(r.ID)
+		return
 	}
+	dur := r.EndedAt.Sub(r.StartedAt).Milliseconds()
+	end := stream.Record{ThreadID: r.ThreadID, RunID: r.ID, IdempotencyKey: endKey(r.ID)}
+	if r.Status == store.RunCompleted {
+		c := protocol.AgentCompleted{DurationMS: dur}
+		if answer != nil {
+			c.MessageID, c.FinalResponse = answer.ID, answer.Content
+		}
+		end.Type = protocol.TypeAgentCompleted
+		end.Data, _ = protocol.MarshalData(c)
+	} else {
+		end.Type = protocol.TypeAgentError
+		end.Data, _ = protocol.MarshalData(protocol.AgentError{Code: protocol.ErrorCode(r.ErrorCode), Message: r.ErrorMessage, DurationMS: dur})
+	}
+	recs = append(recs, end)
+	if err := m.appendAll(ctx, r.UserID, recs); err != nil {
+		m.log.Error("announce a run's end, will retry", "user", r.UserID, "run", r.ID, "err", err)
+		m.resend(r.UserID, func() { m.endAppended(r.ID) }, recs...)
+		return
+	}
+	m.endAppended(r.ID)
 }
 
 // appendAll appends recs in order, each under its own timeout.
@@ -218,43 +284,6 @@ const (
 	resendFirstPause = 100 * time.Millisecond
 	resendMaxPause   = 2 * time.Second
 )
-
-// endWhenAppended ends a run whose terminal event (the last of recs) the
-// stream did not take: recs are resent until it does, and only then is the
-// outcome f stored. Meanwhile the run is running in the store (reopened,
-// when stored says its outcome was already stored) with its lease renewed
-// by this node, so REST agrees with the stream; should this node die or
-// shut down first, the lease expires and a reaper appends whatever of the
-// run's start is missing and node_lost under the same end key, so the run
-// still reads whole.
-func (m *Manager) endWhenAppended(f finish, stored bool, recs ...stream.Record) {
-	m.mu.Lock()
-	delete(m.unfinished, f.RunID) // stored after the stream takes the end
-	m.ending[f.RunID] = f
-	m.mu.Unlock()
-	if stored {
-		ctx, cancel := context.WithTimeout(m.loopCtx, appendTimeout)
-		err := m.store.ReopenRun(ctx, f.Outcome, m.node, m.now().Add(m.leaseTTL))
-		cancel()
-		if err != nil {
-			// The store says ended, so no reaper will announce the run:
-			// its end now rests on this node's resend alone.
-			m.log.Error("reopen a run whose end the stream refused", "user", f.UserID, "run", f.RunID, "err", err)
-		}
-	}
-	m.resend(f.UserID, func() {
-		m.mu.Lock()
-		_, mine := m.ending[f.RunID]
-		delete(m.ending, f.RunID)
-		m.mu.Unlock()
-		if !mine {
-			return // reaped meanwhile: the store has its outcome
-		}
-		ctx, cancel := context.WithTimeout(m.loopCtx, appendTimeout)
-		defer cancel()
-		m.record(ctx, f)
-	}, recs...)
-}
 
 // resend appends recs (each with an idempotency key, so a try the stream
 // took but did not confirm is not repeated), in order, in the background,
@@ -292,8 +321,9 @@ func (m *Manager) resend(user string, done func(), recs ...stream.Record) {
 	}()
 }
 
-// reap ends the runs whose node stopped renewing them. The store hands each
-// expired run to exactly one reaper, which announces its end.
+// reap ends the runs whose node stopped renewing them, and announces the
+// ends a node stored but did not see into the stream before it died. The
+// store hands each to exactly one reaper at a time.
 func (m *Manager) reap(ctx context.Context) {
 	if _, err := m.reapBefore(ctx, m.now()); err != nil {
 		m.log.Warn("reap expired runs", "err", err)
@@ -301,28 +331,55 @@ func (m *Manager) reap(ctx context.Context) {
 }
 
 // EndLeftovers ends, as failed with node_lost, every run the store still has
-// as running, whatever its lease, and announces each as the reaper does. It
-// is for a store no other process shares (SQLite), called at start before
-// any run begins: such runs were cut short by the previous process, whose
-// leases may not have expired yet (a kill -9 and a quick restart).
+// as running, whatever its lease, and announces each as the reaper does,
+// with the ends the previous process stored but did not see into the
+// stream. It is for a store no other process shares (SQLite), called at
+// start before any run begins: such runs were cut short by the previous
+// process, whose leases may not have expired yet (a kill -9 and a quick
+// restart).
 func (m *Manager) EndLeftovers(ctx context.Context) (int, error) {
 	return m.reapBefore(ctx, m.now().Add(100*365*24*time.Hour)) // past every lease a process could take
 }
 
 // reapBefore ends the running runs whose lease expires before t, a page at
-// a time, and announces each.
+// a time, and announces each; then it claims and announces the ended runs
+// whose end is unannounced and whose lease expires before t.
 func (m *Manager) reapBefore(ctx context.Context, t time.Time) (int, error) {
+	n, err := m.reapRunning(ctx, t)
+	if err != nil {
+		return n, err
+	}
+	for {
+		cctx, cancel := context.WithTimeout(ctx, m.reapEvery)
+		ends, err := m.store.ClaimEnds(cctx, store.EndClaim{Before: t, Node: m.node, LeaseUntil: m.now().Add(m.leaseTTL), Limit: 100})
+		cancel()
+		if err != nil {
+			return n, err
+		}
+		for _, r := range ends {
+			m.log.Warn("run end not seen into the stream by its node, announcing it", "user", r.UserID, "run", r.ID, "status", r.Status)
+			m.announce(ctx, r)
+		}
+		if len(ends) < 100 {
+			return n, nil
+		}
+	}
+}
+
+// reapRunning is reapBefore's first half: the running runs.
+func (m *Manager) reapRunning(ctx context.Context, t time.Time) (int, error) {
 	n := 0
 	for {
 		cctx, cancel := context.WithTimeout(ctx, m.reapEvery)
-		lost, err := m.store.ReapExpired(cctx, store.Reap{Before: t, ErrorCode: string(protocol.CodeNodeLost), ErrorMessage: nodeLostMessage, Limit: 100})
+		lost, err := m.store.ReapExpired(cctx, store.Reap{Before: t, ErrorCode: string(protocol.CodeNodeLost), ErrorMessage: nodeLostMessage, Limit: 100,
+			Node: m.node, LeaseUntil: m.now().Add(m.leaseTTL)})
 		cancel()
 		if err != nil {
 			return n, err
 		}
 		for _, r := range lost {
 			m.log.Warn("run lost with its node", "user", r.UserID, "run", r.ID, "node", r.Node)
-			m.announceLost(ctx, r)
+			m.announce(ctx, r)
 		}
 		n += len(lost)
 		if len(lost) < 100 {

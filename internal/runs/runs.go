@@ -67,6 +67,12 @@ type Config struct {
 	// NoTranscripts turns off storing run transcripts (store.RunEvent):
 	// runs then keep only their outcome and answer, as before.
 	NoTranscripts bool
+	// Inputs, when set, carries a user_input for a run of another node to
+	// that node.
+	Inputs Inputs
+	// InputTimeout bounds a run's wait for its user's answer; 0 →
+	// DefaultInputTimeout.
+	InputTimeout time.Duration
 
 	// crashAfterStore, in tests, makes UserMessage return right after the
 	// run is stored, as a node killed at that moment would.
@@ -106,6 +112,8 @@ type Manager struct {
 	reapEvery     time.Duration
 	slots         Slots
 	stops         Stops
+	inputs        Inputs
+	inputTimeout  time.Duration
 	crash         func() bool
 	noTranscripts bool
 	loopCtx       context.Context // done at the end of Shutdown
@@ -118,14 +126,13 @@ type Manager struct {
 	// unfinished are ended runs whose outcome the store has not taken yet
 	// (it was unreachable): the lease loop keeps their leases and retries.
 	unfinished map[string]finish
-	// ending are ended runs whose terminal event the stream has not taken
-	// yet: resend retries it, the lease loop keeps their leases (so no
-	// reaper announces them while this node lives), and the outcome is
-	// stored once the stream has the event. Should this node die first,
-	// the lease expires and the reaper ends the run whole.
-	ending  map[string]finish
-	perUser map[string]int // active runs per user, reserved before creation
-	closed  bool
+	// announced are ended runs whose terminal event the stream took but
+	// whose confirmation (Store.ConfirmEnds) the store has not yet: the
+	// lease loop confirms them in one batch. Until then a claimer may
+	// announce the end again, under the same end key: a no-op.
+	announced map[string]struct{}
+	perUser   map[string]int // active runs per user, reserved before creation
+	closed    bool
 	// loopStopped is set when Shutdown stops the loop: no resend may
 	// start after it.
 	loopStopped bool
@@ -136,7 +143,7 @@ type Manager struct {
 type active struct {
 	em     *emitter
 	cancel context.CancelCauseFunc
-	timer  *time.Timer
+	clock  *clock // the run and input timeouts; nil until execute arms it
 }
 
 // New returns a Manager; it starts no goroutine (see Start).
@@ -144,8 +151,8 @@ func New(cfg Config) *Manager {
 	m := &Manager{
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
-		slots: cfg.Slots, stops: cfg.Stops, crash: cfg.crashAfterStore, noTranscripts: cfg.NoTranscripts,
-		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), ending: make(map[string]finish),
+		slots: cfg.Slots, stops: cfg.Stops, inputs: cfg.Inputs, inputTimeout: cfg.InputTimeout, crash: cfg.crashAfterStore, noTranscripts: cfg.NoTranscripts,
+		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), announced: make(map[string]struct{}),
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -158,6 +165,9 @@ func New(cfg Config) *Manager {
 	}
 	if m.now == nil {
 		m.now = time.Now
+	}
+	if m.inputTimeout <= 0 {
+		m.inputTimeout = DefaultInputTimeout
 	}
 	m.node, m.leaseTTL, m.renewEvery, m.reapEvery = cfg.Node, cfg.LeaseTTL, cfg.RenewEvery, cfg.ReapEvery
 	if m.node == "" {
@@ -189,6 +199,13 @@ func (m *Manager) Start() {
 		go func() {
 			defer m.loopWG.Done()
 			m.stops.Listen(m.loopCtx, m.node, m.stopLocal)
+		}()
+	}
+	if m.inputs != nil {
+		m.loopWG.Add(1)
+		go func() {
+			defer m.loopWG.Done()
+			m.inputs.Serve(m.loopCtx, m.node, m.serveInput)
 		}()
 	}
 }
@@ -362,8 +379,8 @@ func (m *Manager) userMessage(ctx context.Context, user string, f *protocol.Fram
 // the echo of a run that does not exist. The message is accepted (acked,
 // its client_message_id confirmed) and its run fails at once; the echo,
 // agent_started and agent_error are appended under their run keys, in
-// the background until the stream takes them, so the run reads whole, and
-// only then is the run stored as failed (see endWhenAppended).
+// the background until the stream takes them, so the run reads whole (and,
+// should this node die first, by whoever claims its unannounced end).
 func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey string, echo stream.Record, ref string) (protocol.AckFrame, *protocol.Error) {
 	const msg = "the event stream was unavailable when the message arrived; send the message again"
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), appendTimeout)
@@ -374,9 +391,9 @@ func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey 
 			m.log.Warn("confirm client_message_id", "user", user, "run", a.RunID, "err", err)
 		}
 	}
+	m.record(bctx, finish{Outcome: store.Outcome{UserID: user, RunID: a.RunID, Status: store.RunFailed, EndedAt: m.now(), ErrorCode: string(protocol.CodeAgentFailed), ErrorMessage: msg}})
 	end, _ := protocol.MarshalData(protocol.AgentError{Code: protocol.CodeAgentFailed, Message: msg})
-	m.endWhenAppended(finish{Outcome: store.Outcome{UserID: user, RunID: a.RunID, Status: store.RunFailed, EndedAt: m.now(), ErrorCode: string(protocol.CodeAgentFailed), ErrorMessage: msg}}, false,
-		echo, startRecord(a.ThreadID, a.RunID, m.agent.Name()),
+	m.resend(user, func() { m.endAppended(a.RunID) }, echo, startRecord(a.ThreadID, a.RunID, m.agent.Name()),
 		stream.Record{Type: protocol.TypeAgentError, ThreadID: a.ThreadID, RunID: a.RunID, Data: end, IdempotencyKey: endKey(a.RunID)})
 	return protocol.AckFrame{Ref: ref, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
 }
@@ -487,7 +504,7 @@ func (m *Manager) StopAgent(ctx context.Context, user string, f *protocol.Frame)
 		}
 		return protocol.AckFrame{}, perr(protocol.CodeInternal, "store unavailable, retry", f.ID)
 	}
-	if !m.end(user, f.RunID, protocol.CodeCancelled, stoppedMessage) && r.Status == store.RunRunning && r.Node != m.node && m.stops != nil {
+	if !m.end(user, f.RunID, protocol.CodeCancelled, stoppedMessage) && !r.Status.Terminal() && r.Node != m.node && m.stops != nil {
 		if err := m.sendStop(ctx, r); err != nil {
 			m.log.Error("send stop to the run's node", "user", user, "run", r.ID, "node", r.Node, "err", err)
 			return protocol.AckFrame{}, perr(protocol.CodeInternal, "stop not delivered, retry", f.ID)
@@ -604,8 +621,8 @@ func (m *Manager) release(e *emitter) {
 	delete(m.active, e.runID)
 	m.mu.Unlock()
 	if a != nil {
-		if a.timer != nil {
-			a.timer.Stop()
+		if a.clock != nil {
+			a.clock.stop()
 		}
 		a.cancel(errRunEnded) // the agent has nothing left to do
 	}
@@ -638,9 +655,13 @@ func (m *Manager) execute(ctx context.Context, act *active, run agent.Run, histo
 	run.Messages = m.agentMessages(ctx, em.user, run.ID, history)
 	m.mu.Lock()
 	if m.active[run.ID] == act { // not already ended by a stop
-		act.timer = time.AfterFunc(m.timeout, func() {
+		act.clock = startClock(m.timeout, func() {
 			if em.end(protocol.CodeTimeout, fmt.Sprintf("the run took longer than %s", m.timeout)) {
 				act.cancel(errors.New(string(protocol.CodeTimeout)))
+			}
+		}, func() {
+			if em.end(protocol.CodeInputTimeout, fmt.Sprintf("no answer to the run's question within %s", m.inputTimeout)) {
+				act.cancel(errors.New(string(protocol.CodeInputTimeout)))
 			}
 		})
 	}
@@ -707,6 +728,11 @@ func (m *Manager) Shutdown(ctx context.Context) {
 		m.stopLoop()
 		m.loopWG.Wait()
 		m.resendWG.Wait() // no resend starts any more; the rest give up now
+		// Ends the stream took are confirmed now rather than claimed and
+		// appended again (a no-op) by another node later.
+		cctx, cancel := context.WithTimeout(context.Background(), shutdownResendGrace)
+		m.confirmEnds(cctx)
+		cancel()
 	}()
 	done := make(chan struct{})
 	go func() { m.wg.Wait(); close(done) }()

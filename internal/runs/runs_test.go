@@ -603,11 +603,10 @@ func (s *failingStream) Append(ctx context.Context, user string, rec stream.Reco
 
 // TestTerminalEventRetriedUntilTheStreamTakesIt: the stream fails while a
 // run ends; the terminal event arrives, once, when it is back, and no
-// user-visible message carries the driver's error. Until then the store
-// keeps the run running (REST agrees with the stream) with its lease
-// renewed, so no reaper announces it; once the stream has the event the
-// outcome is stored. A message refused while the stream is down leaves no
-// row behind.
+// user-visible message carries the driver's error. The store has the run
+// ended from the start, its end unannounced until the stream takes it, then
+// confirmed. A message refused while the stream is down leaves no row
+// behind.
 func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -638,10 +637,11 @@ func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 		fs.failing.Store(true)
 		close(release)
 		<-returned
-		// Several lease lifetimes later the run is still running, ours.
+		// Several lease lifetimes later (the node's own reaper claims the
+		// unannounced end meanwhile: one more resend under the same key).
 		time.Sleep(10 * time.Second)
-		if r, _ := db.GetRun(context.Background(), "hal", ack.RunID); r.Status != store.RunRunning {
-			t.Fatalf("stored run %+v while its terminal event is not in the stream, want running", r)
+		if r, _ := db.GetRun(context.Background(), "hal", ack.RunID); r.Status != store.RunFailed || r.EndAnnounced {
+			t.Fatalf("stored run %+v while its terminal event is not in the stream, want failed, end unannounced", r)
 		}
 		// Refused while the stream is down: nothing stored.
 		if _, perr := m.UserMessage(context.Background(), "hal", &protocol.Frame{Content: "refused"}); perr == nil {
@@ -650,8 +650,8 @@ func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 		if threads, _, _ := db.ListThreads(context.Background(), "hal", store.ThreadQuery{}); len(threads) != 1 {
 			t.Fatalf("%d threads after a refused message, want 1", len(threads))
 		}
-		if running, _ := db.ListRunning(context.Background(), "hal"); len(running) != 1 {
-			t.Fatalf("running runs after a refused message: %v, want the one ending", running)
+		if running, _ := db.ListRunning(context.Background(), "hal"); len(running) != 0 {
+			t.Fatalf("running runs after a refused message: %v", running)
 		}
 		fs.failing.Store(false)
 		f := &fixture{m: m, stream: mem, store: db}
@@ -662,9 +662,9 @@ func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 			t.Fatalf("terminal event carries the driver's error: %v", last)
 		}
 		var r store.Run
-		waitFor(t, "the outcome is stored once the stream has the terminal event", func() bool {
+		waitFor(t, "the end confirmed once the stream has the terminal event", func() bool {
 			r, _ = db.GetRun(context.Background(), "hal", ack.RunID)
-			return r.Status != store.RunRunning
+			return r.EndAnnounced
 		})
 		if r.Status != store.RunFailed || r.ErrorCode != last.Data["code"] {
 			t.Fatalf("stored run %+v, terminal event %v", r, last)
@@ -869,10 +869,10 @@ func echoInTheStream(t *testing.T, echoErr bool) {
 
 // TestNodeGoneBeforeTheStreamTookTheEnd: a node whose run's terminal event
 // the stream refused goes away (here: shuts down while the stream is still
-// down) before the stream takes it. The run was never stored as ended, so
-// once its lease lapses another node reaps it and the run reads whole:
-// agent_started first, one terminal event last (node_lost), and the store
-// agreeing with it.
+// down) before the stream takes it. The store has the run completed, its
+// end unannounced, so once the lease lapses another node claims the end and
+// appends it from the store: the run reads whole (agent_started first, one
+// agent_completed last with the stored answer) and agrees with REST.
 func TestNodeGoneBeforeTheStreamTookTheEnd(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -902,8 +902,8 @@ func TestNodeGoneBeforeTheStreamTookTheEnd(t *testing.T) {
 		}
 		<-returned
 		m.Shutdown(context.Background())
-		if r, _ := db.GetRun(context.Background(), "hal", ack.RunID); r.Status != store.RunRunning {
-			t.Fatalf("stored run %+v whose terminal event the stream never took, want running", r)
+		if r, _ := db.GetRun(context.Background(), "hal", ack.RunID); r.Status != store.RunCompleted || r.EndAnnounced {
+			t.Fatalf("stored run %+v whose terminal event the stream never took, want completed, end unannounced", r)
 		}
 		fs.failing.Store(false)
 		b := lease
@@ -915,12 +915,13 @@ func TestNodeGoneBeforeTheStreamTookTheEnd(t *testing.T) {
 		evs := f.waitTerminal(t, "hal", ack.RunID)
 		checkOrder(t, evs)
 		last := evs[len(evs)-1]
-		if last.Type != protocol.TypeAgentError || last.Data["code"] != string(protocol.CodeNodeLost) {
-			t.Fatalf("last event %v, want agent_error node_lost", last)
+		if last.Type != protocol.TypeAgentCompleted || last.Data["final_response"] != "done" || last.Data["message_id"] == "" {
+			t.Fatalf("last event %v, want agent_completed with the stored answer", last)
 		}
-		if r, _ := db.GetRun(context.Background(), "hal", ack.RunID); r.Status != store.RunFailed || r.ErrorCode != string(protocol.CodeNodeLost) {
-			t.Fatalf("stored run %+v, want failed node_lost like its terminal event", r)
-		}
+		waitFor(t, "the claimed end confirmed", func() bool {
+			r, _ := db.GetRun(context.Background(), "hal", ack.RunID)
+			return r.EndAnnounced && r.Status == store.RunCompleted
+		})
 	})
 }
 

@@ -117,12 +117,16 @@ const DefaultReapLimit = 100
 // Reap is what ReapExpired ends: the running runs whose lease expired before
 // Before (the current time when zero), at most Limit of them
 // (DefaultReapLimit when Limit <= 0), as failed with ErrorCode and
-// ErrorMessage.
+// ErrorMessage, their end not announced and leased to Node until LeaseUntil
+// (the reaper, which announces it and then confirms it: ConfirmEnds; an
+// empty Node or zero LeaseUntil keeps the run's).
 type Reap struct {
 	Before       time.Time
 	ErrorCode    string
 	ErrorMessage string
 	Limit        int
+	Node         string
+	LeaseUntil   time.Time
 }
 
 // Thread is a conversation owned by one user.
@@ -155,8 +159,9 @@ type Message struct {
 	CreatedAt time.Time
 }
 
-// RunStatus is the state of a run: RunRunning, then exactly one terminal
-// status.
+// RunStatus is the state of a run: RunRunning (or RunWaiting while its
+// agent waits for the user's answer, back and forth), then exactly one
+// terminal status.
 type RunStatus string
 
 // Run statuses, as they appear on the wire.
@@ -166,6 +171,9 @@ const (
 	RunFailed    RunStatus = "failed"
 	RunCancelled RunStatus = "cancelled"
 	RunTimeout   RunStatus = "timeout"
+	// RunWaiting is a running run whose agent waits for its user's answer
+	// (input_required): leased, renewed and reaped like RunRunning.
+	RunWaiting RunStatus = "waiting_for_input"
 )
 
 // Terminal reports whether s is one of the statuses a run ends with.
@@ -193,6 +201,9 @@ type Run struct {
 	// time until which that process vouches for it (see RenewLeases).
 	Node       string
 	LeaseUntil time.Time
+	// EndAnnounced says the terminal event of an ended run is confirmed in
+	// the stream (always false while running).
+	EndAnnounced bool
 }
 
 // Outcome is how a run ended: what FinishRun records.
@@ -211,6 +222,18 @@ type Outcome struct {
 	// FinishRun stores in the same transaction when it ends the run; an
 	// index already stored is skipped. They must be of UserID's run RunID.
 	Events []RunEvent
+	// Announced says the run's terminal event is already in the stream;
+	// otherwise the run awaits ConfirmEnds, and ClaimEnds hands it out once
+	// its lease expires.
+	Announced bool
+}
+
+// EndClaim is what ClaimEnds hands out and to whom.
+type EndClaim struct {
+	Before     time.Time
+	Node       string
+	LeaseUntil time.Time
+	Limit      int
 }
 
 // Claim is one claim of an idempotency key: what ClaimIdempotencyKey
@@ -297,13 +320,21 @@ type Store interface {
 	// ErrNotRunning if the run already ended, ErrNotFound if o.UserID has no
 	// such run.
 	FinishRun(ctx context.Context, o Outcome) error
-	// ReopenRun undoes a FinishRun whose terminal event the stream then
-	// refused: the user's run o.RunID, ended with o.Status and o.ErrorCode,
-	// is running again (no end, no error) under node's lease until until,
-	// so that its node keeps it until the stream takes its end, or a reaper
-	// ends it if the node dies first. ErrConflict if the run is running or
-	// ended otherwise, ErrNotFound if o.UserID has no such run.
-	ReopenRun(ctx context.Context, o Outcome, node string, until time.Time) error
+	// SetRunWaiting moves the user's run from RunRunning to RunWaiting
+	// (waiting) or back. Setting the status it has is not an error.
+	// ErrNotRunning if the run has ended, ErrNotFound if userID has no
+	// such run.
+	SetRunWaiting(ctx context.Context, userID, runID string, waiting bool) error
+	// ConfirmEnds records that the terminal events of the ended runs
+	// runIDs are in the stream (Outcome.Announced): ClaimEnds no longer
+	// returns them. Unknown and running runs are skipped.
+	ConfirmEnds(ctx context.Context, runIDs []string) error
+	// ClaimEnds hands out the ended runs whose terminal event is not
+	// confirmed in the stream and whose lease expired before c.Before (their
+	// node died or shut down before the stream took the event), at most
+	// c.Limit of them (DefaultReapLimit when <= 0): each is leased to c.Node
+	// until c.LeaseUntil, so one claimer at a time announces it, and returned.
+	ClaimEnds(ctx context.Context, c EndClaim) ([]Run, error)
 	// AppendRunEvents stores evs in the transcript of the user's run runID
 	// (see RunEvent), in one transaction; an event whose Index the run
 	// already has is skipped, so a retry is harmless. ErrNotFound if the

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -61,6 +62,11 @@ type Config struct {
 	RequestTimeout time.Duration
 	// SystemPrompt opens every conversation; default DefaultSystemPrompt.
 	SystemPrompt string
+	// RequireApproval names the tools whose calls ask the user first
+	// (input_required approval, with the call's tool_call_id); "*" is
+	// every tool. A denied call is not run: the model gets the denial as
+	// the call's result, and the timeline a failed tool call.
+	RequireApproval []string
 }
 
 // Agent is the OpenAI-compatible agent. It is safe for concurrent runs.
@@ -154,6 +160,14 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 		}
 		msgs = append(msgs, assistant)
 		for _, c := range t.calls {
+			denied, err := a.deniedByUser(ctx, em, c)
+			if err != nil {
+				return err
+			}
+			if denied {
+				msgs = append(msgs, message{Role: "tool", ToolCallID: c.ID, Content: ptr(deniedResult)})
+				continue
+			}
 			res, err := tools.CallTool(ctx, em, a.cfg.Tools, c.ID, c.Function.Name, json.RawMessage(c.Function.Arguments))
 			var toolErr *tools.CallError
 			var content []byte
@@ -197,6 +211,40 @@ func history(in []agent.Message) []message {
 		}
 	}
 	return out
+}
+
+// deniedResult is what the model gets for a call the user denied.
+const deniedResult = `{"error":"the user denied this tool call; do not retry it"}`
+
+// maxPromptArgs bounds the arguments quoted in an approval prompt.
+const maxPromptArgs = 1000
+
+// deniedByUser asks the user to approve call when its tool needs approval,
+// and reports a denial, which it also records as a failed tool call.
+func (a *Agent) deniedByUser(ctx context.Context, em agent.Emitter, c toolCall) (bool, error) {
+	if !slices.Contains(a.cfg.RequireApproval, "*") && !slices.Contains(a.cfg.RequireApproval, c.Function.Name) {
+		return false, nil
+	}
+	args := c.Function.Arguments
+	if len(args) > maxPromptArgs {
+		args = strings.ToValidUTF8(args[:maxPromptArgs], "") + "…"
+	}
+	ans, err := em.RequestInput(ctx, agent.InputRequest{Kind: protocol.InputApproval, ToolCallID: c.ID,
+		Prompt: fmt.Sprintf("Allow the tool %s with %s?", c.Function.Name, args)})
+	if err != nil {
+		return false, err
+	}
+	if *ans.Approved {
+		return false, nil
+	}
+	var raw map[string]any
+	if json.Unmarshal([]byte(c.Function.Arguments), &raw) != nil {
+		raw = map[string]any{}
+	}
+	if err := em.ToolExecuting(c.ID, c.Function.Name, raw); err != nil {
+		return false, err
+	}
+	return true, em.ToolCompleted(agent.ToolResult{CallID: c.ID, Tool: c.Function.Name, Result: json.RawMessage(deniedResult), Error: "denied by the user"})
 }
 
 // answer is the text streamed to the user across rounds.

@@ -80,6 +80,25 @@ ALTER TABLE runs
 	ADD COLUMN lease_until timestamptz NOT NULL DEFAULT 'epoch';
 CREATE INDEX runs_lease ON runs (lease_until) WHERE status = 'running';
 `,
+	// 3: end_announced says an ended run's terminal event is confirmed in the
+	// stream (runs ended before this version count as announced). The
+	// partial index holds only ended runs still waiting for it, the ones
+	// ClaimEnds scans, in lease order.
+	`
+ALTER TABLE runs ADD COLUMN end_announced boolean NOT NULL DEFAULT true;
+CREATE INDEX runs_unannounced ON runs (lease_until) WHERE NOT end_announced AND status <> 'running';
+`,
+	// issue 11 C: the status waiting_for_input (a running run whose agent
+	// waits for its user's answer): leased, renewed and reaped like a
+	// running one, so the partial indexes of live runs hold both.
+	`
+ALTER TABLE runs DROP CONSTRAINT runs_status_check,
+	ADD CONSTRAINT runs_status_check CHECK (status IN ('running', 'completed', 'failed', 'cancelled', 'timeout', 'waiting_for_input'));
+DROP INDEX runs_running;
+CREATE INDEX runs_running ON runs (started_at, id) WHERE status IN ('running', 'waiting_for_input');
+DROP INDEX runs_lease;
+CREATE INDEX runs_lease ON runs (lease_until) WHERE status IN ('running', 'waiting_for_input');
+`,
 	// issue 11 A: run transcripts. One row per stored event of a run (the
 	// deltas folded), keyed by the run and the event's index in it; data is
 	// the event's JSON data. Deleted with their run.

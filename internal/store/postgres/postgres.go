@@ -492,7 +492,7 @@ func startRunBatch(ctx context.Context, c *pgx.Conn, b *pgx.Batch, newThread boo
 	return collect(rows, scanMessage)
 }
 
-const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until`
+const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until, end_announced`
 
 // GetRun implements store.Store.
 func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, error) {
@@ -511,35 +511,43 @@ func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, er
 	return r, err
 }
 
-// ReopenRun implements store.Store: the update only matches the run as it
-// ended with o.
-func (s *Store) ReopenRun(ctx context.Context, o store.Outcome, node string, until time.Time) error {
-	if !o.Status.Terminal() || node == "" {
-		return fmt.Errorf("%w: reopen run ended with %q on node %q", store.ErrInvalid, o.Status, node)
-	}
-	if !validID(o.UserID) || !validID(o.RunID) {
-		return fmt.Errorf("postgres: run %q: %w", o.RunID, store.ErrNotFound)
-	}
-	return s.withConn(ctx, "reopen run", func(c *pgx.Conn) error {
-		var updated, exists bool
-		err := c.QueryRow(ctx, `
-WITH reopened AS (
-	UPDATE runs SET status = 'running', ended_at = NULL, error_code = '', error_message = '', node = $1, lease_until = $2
-	WHERE id = $3 AND user_id = $4 AND status = $5 AND error_code = $6
-	RETURNING 1
-)
-SELECT EXISTS (SELECT 1 FROM reopened), EXISTS (SELECT 1 FROM runs WHERE id = $3 AND user_id = $4)`,
-			node, leaseTime(until), o.RunID, o.UserID, string(o.Status), cleanText(o.ErrorCode)).Scan(&updated, &exists)
-		switch {
-		case err != nil:
-			return err
-		case updated:
-			return nil
-		case exists:
-			return fmt.Errorf("run %s: not ended with %s: %w", o.RunID, o.Status, store.ErrConflict)
+// ConfirmEnds implements store.Store.
+func (s *Store) ConfirmEnds(ctx context.Context, runIDs []string) error {
+	ids := make([]string, 0, len(runIDs))
+	for _, id := range runIDs {
+		if validID(id) {
+			ids = append(ids, id)
 		}
-		return fmt.Errorf("run %s: %w", o.RunID, store.ErrNotFound)
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	return s.withConn(ctx, "confirm ends", func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, `UPDATE runs SET end_announced = true WHERE id = ANY ($1) AND NOT end_announced AND status <> 'running' AND status <> 'waiting_for_input'`, ids)
+		return err
 	})
+}
+
+// ClaimEnds implements store.Store. Concurrent claimers skip each other's
+// locked rows, so each run goes to one of them.
+func (s *Store) ClaimEnds(ctx context.Context, c store.EndClaim) ([]store.Run, error) {
+	if c.Node == "" || !validID(c.Node) {
+		return nil, fmt.Errorf("%w: claim ends for node %q", store.ErrInvalid, c.Node)
+	}
+	limit := c.Limit
+	if limit <= 0 {
+		limit = store.DefaultReapLimit
+	}
+	at := toTime(c.Before, time.Now())
+	return s.listRuns(ctx, "claim ends", `
+UPDATE runs SET node = $1, lease_until = $2
+WHERE NOT end_announced AND status <> 'running' AND status <> 'waiting_for_input' AND id = ANY (ARRAY (
+	SELECT id FROM runs WHERE NOT end_announced AND status <> 'running' AND status <> 'waiting_for_input' AND lease_until < $3
+	ORDER BY lease_until LIMIT $4
+	FOR UPDATE SKIP LOCKED
+))
+RETURNING `+runColumns,
+		c.Node, leaseTime(c.LeaseUntil), at, limit)
 }
 
 // FinishRun implements store.Store. The update only matches a running run,
@@ -566,18 +574,18 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 		var updated, exists bool
 		err := c.QueryRow(ctx, `
 WITH finished AS (
-	UPDATE runs SET status = $1, ended_at = $2, error_code = $3, error_message = $4
-	WHERE id = $5 AND user_id = $6 AND status = 'running'
+	UPDATE runs SET status = $1, ended_at = $2, error_code = $3, error_message = $4, end_announced = $7
+	WHERE id = $5 AND user_id = $6 AND status IN ('running', 'waiting_for_input')
 	RETURNING 1
 ),
 events AS (
 	INSERT INTO run_events (run_id, idx, user_id, type, seq, epoch, ts, data)
 	SELECT $5, e.idx, $6, e.type, e.seq, e.epoch, e.ts, e.data
-	FROM finished, unnest($7::int[], $8::text[], $9::bigint[], $10::text[], $11::timestamptz[], $12::bytea[]) AS e (idx, type, seq, epoch, ts, data)
+	FROM finished, unnest($8::int[], $9::text[], $10::bigint[], $11::text[], $12::timestamptz[], $13::bytea[]) AS e (idx, type, seq, epoch, ts, data)
 	ON CONFLICT (run_id, idx) DO NOTHING
 )
 SELECT EXISTS (SELECT 1 FROM finished), EXISTS (SELECT 1 FROM runs WHERE id = $5 AND user_id = $6)`,
-			string(o.Status), ended, cleanText(o.ErrorCode), cleanText(o.ErrorMessage), o.RunID, o.UserID,
+			string(o.Status), ended, cleanText(o.ErrorCode), cleanText(o.ErrorMessage), o.RunID, o.UserID, o.Announced,
 			idx, typ, seq, epoch, ts, data).Scan(&updated, &exists)
 		switch {
 		case err != nil:
@@ -591,6 +599,38 @@ SELECT EXISTS (SELECT 1 FROM finished), EXISTS (SELECT 1 FROM runs WHERE id = $5
 	})
 }
 
+// SetRunWaiting implements store.Store. The update only matches a run
+// that has not ended, so it never reopens one a concurrent FinishRun ended.
+func (s *Store) SetRunWaiting(ctx context.Context, userID, runID string, waiting bool) error {
+	if !validID(userID) || !validID(runID) {
+		return fmt.Errorf("postgres: run %q: %w", runID, store.ErrNotFound)
+	}
+	to := store.RunRunning
+	if waiting {
+		to = store.RunWaiting
+	}
+	return s.withConn(ctx, "set run waiting", func(c *pgx.Conn) error {
+		var updated, exists bool
+		err := c.QueryRow(ctx, `
+WITH set AS (
+	UPDATE runs SET status = $1
+	WHERE id = $2 AND user_id = $3 AND status IN ('running', 'waiting_for_input')
+	RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM set), EXISTS (SELECT 1 FROM runs WHERE id = $2 AND user_id = $3)`,
+			string(to), runID, userID).Scan(&updated, &exists)
+		switch {
+		case err != nil:
+			return err
+		case updated:
+			return nil
+		case exists:
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotRunning)
+		}
+		return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+	})
+}
+
 // DiscardRun implements store.Store.
 func (s *Store) DiscardRun(ctx context.Context, userID, runID string, withThread bool) error {
 	if !validID(userID) || !validID(runID) {
@@ -598,7 +638,7 @@ func (s *Store) DiscardRun(ctx context.Context, userID, runID string, withThread
 	}
 	return s.inTx(ctx, "discard run", func(tx pgx.Tx) error {
 		var threadID, messageID string
-		err := tx.QueryRow(ctx, `DELETE FROM runs WHERE id = $1 AND user_id = $2 AND status = 'running' RETURNING thread_id, user_message_id`,
+		err := tx.QueryRow(ctx, `DELETE FROM runs WHERE id = $1 AND user_id = $2 AND status IN ('running', 'waiting_for_input') RETURNING thread_id, user_message_id`,
 			runID, userID).Scan(&threadID, &messageID)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
@@ -635,7 +675,7 @@ func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, u
 	err := s.withConn(ctx, "renew leases", func(c *pgx.Conn) error {
 		rows, err := c.Query(ctx, `
 UPDATE runs SET lease_until = $3
-WHERE id = ANY ($2) AND node = $1 AND status = 'running'
+WHERE id = ANY ($2) AND node = $1 AND status IN ('running', 'waiting_for_input')
 RETURNING id`,
 			node, ids, leaseTime(until))
 		if err != nil {
@@ -673,14 +713,15 @@ func (s *Store) ReapExpired(ctx context.Context, r store.Reap) ([]store.Run, err
 	}
 	at := toTime(now, time.Now())
 	return s.listRuns(ctx, "reap expired", `
-UPDATE runs SET status = 'failed', ended_at = $1, error_code = $2, error_message = $3
-WHERE status = 'running' AND id = ANY (ARRAY (
-	SELECT id FROM runs WHERE status = 'running' AND lease_until < $1
+UPDATE runs SET status = 'failed', ended_at = $1, error_code = $2, error_message = $3, end_announced = false,
+	node = CASE WHEN $5 = '' THEN node ELSE $5 END, lease_until = COALESCE($6, lease_until)
+WHERE status IN ('running', 'waiting_for_input') AND id = ANY (ARRAY (
+	SELECT id FROM runs WHERE status IN ('running', 'waiting_for_input') AND lease_until < $1
 	ORDER BY lease_until LIMIT $4
 	FOR UPDATE SKIP LOCKED
 ))
 RETURNING `+runColumns,
-		at, cleanText(errCode), cleanText(errMsg), limit)
+		at, cleanText(errCode), cleanText(errMsg), limit, cleanText(r.Node), optLease(r.LeaseUntil))
 }
 
 // ListRunning implements storetest.Store (tests only).
@@ -689,7 +730,7 @@ func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, er
 		return []store.Run{}, nil
 	}
 	return s.listRuns(ctx, "list running",
-		`SELECT `+runColumns+` FROM runs WHERE user_id = $1 AND status = 'running' ORDER BY started_at, id`, userID)
+		`SELECT `+runColumns+` FROM runs WHERE user_id = $1 AND status IN ('running', 'waiting_for_input') ORDER BY started_at, id`, userID)
 }
 
 // ListAllRunning returns the runs of every user that are still running,
@@ -698,7 +739,7 @@ func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, er
 // it finds, only those whose lease expired.
 func (s *Store) ListAllRunning(ctx context.Context) ([]store.Run, error) {
 	return s.listRuns(ctx, "list all running",
-		`SELECT `+runColumns+` FROM runs WHERE status = 'running' ORDER BY started_at, id`)
+		`SELECT `+runColumns+` FROM runs WHERE status IN ('running', 'waiting_for_input') ORDER BY started_at, id`)
 }
 
 func (s *Store) listRuns(ctx context.Context, what, query string, args ...any) ([]store.Run, error) {
@@ -978,6 +1019,15 @@ var noLease = time.Unix(0, 0).UTC()
 
 // leaseTime returns a lease time as stored: truncated, in UTC, and noLease
 // for the zero time. scanRun maps noLease back to the zero time.
+// optLease is a lease to set, or nil (SQL NULL) for none: keep the row's.
+func optLease(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	l := leaseTime(t)
+	return &l
+}
+
 func leaseTime(t time.Time) time.Time {
 	if t.IsZero() {
 		return noLease
@@ -1004,8 +1054,10 @@ func scanRun(row pgx.Row) (store.Run, error) {
 	var status string
 	var ended *time.Time
 	var lease time.Time
-	err := row.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &r.StartedAt, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease)
+	var announced bool
+	err := row.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &r.StartedAt, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease, &announced)
 	r.Status, r.StartedAt = store.RunStatus(status), r.StartedAt.UTC()
+	r.EndAnnounced = announced && r.Status.Terminal()
 	if ended != nil {
 		r.EndedAt = ended.UTC()
 	}

@@ -441,7 +441,7 @@ func (s *Store) StartRun(ctx context.Context, newThread *store.Thread, m store.M
 	return history, nil
 }
 
-const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until`
+const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until, end_announced`
 
 // GetRun implements store.Store.
 func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, error) {
@@ -469,9 +469,9 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 	ended := toMillis(o.EndedAt, time.Now())
 	return s.write(ctx, "finish run", func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx,
-			`UPDATE runs SET status = ?, ended_at = ?, error_code = ?, error_message = ?
-			WHERE id = ? AND user_id = ? AND status = 'running'`,
-			string(o.Status), ended, o.ErrorCode, o.ErrorMessage, o.RunID, o.UserID)
+			`UPDATE runs SET status = ?, ended_at = ?, error_code = ?, error_message = ?, end_announced = ?
+			WHERE id = ? AND user_id = ? AND status IN ('running', 'waiting_for_input')`,
+			string(o.Status), ended, o.ErrorCode, o.ErrorMessage, o.Announced, o.RunID, o.UserID)
 		if err != nil {
 			return err
 		}
@@ -492,31 +492,51 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 	})
 }
 
-// ReopenRun implements store.Store.
-func (s *Store) ReopenRun(ctx context.Context, o store.Outcome, node string, until time.Time) error {
-	if !o.Status.Terminal() || node == "" {
-		return fmt.Errorf("%w: reopen run ended with %q on node %q", store.ErrInvalid, o.Status, node)
+// ConfirmEnds implements store.Store, in one statement (the ids as one
+// JSON array).
+func (s *Store) ConfirmEnds(ctx context.Context, runIDs []string) error {
+	if len(runIDs) == 0 {
+		return nil
 	}
-	return s.write(ctx, "reopen run", func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx,
-			`UPDATE runs SET status = 'running', ended_at = NULL, error_code = '', error_message = '', node = ?, lease_until = ?
-			WHERE id = ? AND user_id = ? AND status = ? AND error_code = ?`,
-			node, leaseMillis(until), o.RunID, o.UserID, string(o.Status), o.ErrorCode)
+	ids, err := json.Marshal(runIDs)
+	if err != nil {
+		return err
+	}
+	return s.write(ctx, "confirm ends", func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx,
+			`UPDATE runs SET end_announced = 1
+			WHERE id IN (SELECT value FROM json_each(?)) AND end_announced = 0 AND status != 'running' AND status != 'waiting_for_input'`, string(ids))
+		return err
+	})
+}
+
+// ClaimEnds implements store.Store.
+func (s *Store) ClaimEnds(ctx context.Context, c store.EndClaim) ([]store.Run, error) {
+	if c.Node == "" {
+		return nil, fmt.Errorf("%w: claim ends for no node", store.ErrInvalid)
+	}
+	limit := c.Limit
+	if limit <= 0 {
+		limit = store.DefaultReapLimit
+	}
+	at := toMillis(c.Before, time.Now())
+	var claimed []store.Run
+	err := s.write(ctx, "claim ends", func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx,
+			`UPDATE runs SET node = ?, lease_until = ?
+			WHERE id IN (SELECT id FROM runs WHERE end_announced = 0 AND status != 'running' AND status != 'waiting_for_input' AND lease_until < ? ORDER BY lease_until LIMIT ?)
+			RETURNING `+runColumns,
+			c.Node, leaseMillis(c.LeaseUntil), at, limit)
 		if err != nil {
 			return err
 		}
-		if n, err := res.RowsAffected(); err != nil || n == 1 {
-			return err
-		}
-		var exists bool
-		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM runs WHERE id = ? AND user_id = ?)`, o.RunID, o.UserID).Scan(&exists); err != nil {
-			return err
-		}
-		if exists {
-			return fmt.Errorf("run %s: not ended with %s: %w", o.RunID, o.Status, store.ErrConflict)
-		}
-		return fmt.Errorf("run %s: %w", o.RunID, store.ErrNotFound)
+		claimed, err = collect(rows, scanRun)
+		return err
 	})
+	if err != nil {
+		return nil, err
+	}
+	return claimed, nil
 }
 
 // RenewLeases implements store.Store, in one statement: the ids go in as a
@@ -533,7 +553,7 @@ func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, u
 	err = s.write(ctx, "renew leases", func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx,
 			`UPDATE runs SET lease_until = ?
-			WHERE node = ? AND status = 'running' AND id IN (SELECT value FROM json_each(?))
+			WHERE node = ? AND status IN ('running', 'waiting_for_input') AND id IN (SELECT value FROM json_each(?))
 			RETURNING id`,
 			leaseMillis(until), node, string(ids))
 		if err != nil {
@@ -551,11 +571,33 @@ func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, u
 	return store.LostRuns(runIDs, renewed), nil
 }
 
+// SetRunWaiting implements store.Store.
+func (s *Store) SetRunWaiting(ctx context.Context, userID, runID string, waiting bool) error {
+	to := store.RunRunning
+	if waiting {
+		to = store.RunWaiting
+	}
+	return s.write(ctx, "set run waiting", func(tx *sql.Tx) error {
+		var status string
+		err := tx.QueryRowContext(ctx, `SELECT status FROM runs WHERE id = ? AND user_id = ?`, runID, userID).Scan(&status)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+		case err != nil:
+			return err
+		case store.RunStatus(status).Terminal():
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotRunning)
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE runs SET status = ? WHERE id = ?`, string(to), runID)
+		return err
+	})
+}
+
 // DiscardRun implements store.Store.
 func (s *Store) DiscardRun(ctx context.Context, userID, runID string, withThread bool) error {
 	return s.write(ctx, "discard run", func(tx *sql.Tx) error {
 		var threadID, messageID string
-		err := tx.QueryRowContext(ctx, `DELETE FROM runs WHERE id = ? AND user_id = ? AND status = 'running' RETURNING thread_id, user_message_id`,
+		err := tx.QueryRowContext(ctx, `DELETE FROM runs WHERE id = ? AND user_id = ? AND status IN ('running', 'waiting_for_input') RETURNING thread_id, user_message_id`,
 			runID, userID).Scan(&threadID, &messageID)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
@@ -586,10 +628,11 @@ func (s *Store) ReapExpired(ctx context.Context, r store.Reap) ([]store.Run, err
 	var reaped []store.Run
 	err := s.write(ctx, "reap expired", func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx,
-			`UPDATE runs SET status = 'failed', ended_at = ?, error_code = ?, error_message = ?
-			WHERE id IN (SELECT id FROM runs WHERE status = 'running' AND lease_until < ? ORDER BY lease_until LIMIT ?)
+			`UPDATE runs SET status = 'failed', ended_at = ?, error_code = ?, error_message = ?, end_announced = 0,
+				node = CASE WHEN ? = '' THEN node ELSE ? END, lease_until = CASE WHEN ? = 0 THEN lease_until ELSE ? END
+			WHERE id IN (SELECT id FROM runs WHERE status IN ('running', 'waiting_for_input') AND lease_until < ? ORDER BY lease_until LIMIT ?)
 			RETURNING `+runColumns,
-			at, errCode, errMsg, at, limit)
+			at, errCode, errMsg, r.Node, r.Node, leaseMillis(r.LeaseUntil), leaseMillis(r.LeaseUntil), at, limit)
 		if err != nil {
 			return err
 		}
@@ -605,7 +648,7 @@ func (s *Store) ReapExpired(ctx context.Context, r store.Reap) ([]store.Run, err
 // ListRunning implements storetest.Store (tests only).
 func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, error) {
 	rows, err := s.r.QueryContext(ctx,
-		`SELECT `+runColumns+` FROM runs WHERE user_id = ? AND status = 'running' ORDER BY started_at, id`, userID)
+		`SELECT `+runColumns+` FROM runs WHERE user_id = ? AND status IN ('running', 'waiting_for_input') ORDER BY started_at, id`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list running: %w", err)
 	}
@@ -742,8 +785,10 @@ func scanRun(sc scanner) (store.Run, error) {
 	var started int64
 	var ended sql.NullInt64
 	var lease int64
-	err := sc.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &started, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease)
+	var announced bool
+	err := sc.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &started, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease, &announced)
 	r.Status, r.StartedAt = store.RunStatus(status), fromMillis(started)
+	r.EndAnnounced = announced && r.Status.Terminal()
 	if ended.Valid {
 		r.EndedAt = fromMillis(ended.Int64)
 	}

@@ -97,7 +97,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"ConcurrentFinishRun", s.testConcurrentFinish},
 		{"LeaseRoundTrip", s.testLeaseRoundTrip},
 		{"RenewLeases", s.testRenewLeases},
-		{"ReopenRun", s.testReopenRun},
+		{"Ends", s.testEnds},
 		{"ReapExpired", s.testReapExpired},
 		{"ConcurrentReapers", s.testConcurrentReapers},
 		{"IdempotencyKeys", s.testIdempotency},
@@ -116,6 +116,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"RunEvents", s.testRunEvents},
 		{"InvalidArguments", s.testInvalid},
 		{"PingAndClose", s.testPingAndClose},
+		{"RunWaiting", s.testRunWaiting},
+		{"ReapWaiting", s.testReapWaiting},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1075,66 +1077,114 @@ func (s *suite) testLeaseRoundTrip(t *testing.T) {
 	checkRun(t, mustGetRun(t, st, u, leased.ID), wantLeased)
 }
 
-// testReopenRun: a run ended with an outcome is running again under the
-// given node's lease, with no end or error, renewable by that node and
-// reaped once the lease passes; a run running or ended otherwise is
-// ErrConflict and unchanged, another user's or an unknown one ErrNotFound.
-func (s *suite) testReopenRun(t *testing.T) {
+// testEnds: a run finished unannounced awaits its confirmation; while its
+// lease holds no one may claim it, once it passes ClaimEnds hands it to one
+// claimer (leased to it), and after ConfirmEnds it is never handed out again.
+// A run finished announced, or reaped and confirmed, is never handed out; a
+// reaped run is leased to its reaper.
+func (s *suite) testEnds(t *testing.T) {
 	st, c := s.newStore(t), ctx(t)
-	u, other := s.user(t, "u"), s.user(t, "other")
-	t0 := base()
-	th := store.Thread{ID: id(), UserID: u, Title: "reopen", CreatedAt: t0}
+	s.reapMu.Lock() // ClaimEnds and ReapExpired act on every user's runs
+	defer s.reapMu.Unlock()
+	u := s.user(t, "u")
+	t0 := reapBase() // see reapBase: no other subtest's run is claimable then
+	th := store.Thread{ID: id(), UserID: u, Title: "ends", CreatedAt: t0}
 	mustCreateThread(t, st, th)
+	lease := t0.Add(time.Minute)
 	mk := func() store.Run {
-		r := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: t0, Node: "a", LeaseUntil: t0.Add(time.Minute)}
+		r := store.Run{ID: id(), ThreadID: th.ID, UserID: u, Agent: "demo", StartedAt: t0, Node: "a", LeaseUntil: lease}
 		mustCreateRun(t, st, r)
 		return r
 	}
-	done, failed, running := mk(), mk(), mk()
-	doneOut := store.Outcome{UserID: u, RunID: done.ID, Status: store.RunCompleted, EndedAt: t0.Add(time.Second)}
-	failOut := store.Outcome{UserID: u, RunID: failed.ID, Status: store.RunFailed, EndedAt: t0.Add(time.Second), ErrorCode: "agent_failed", ErrorMessage: "the agent failed"}
-	for _, o := range []store.Outcome{doneOut, failOut} {
-		if err := st.FinishRun(c, o); err != nil {
-			t.Fatalf("FinishRun: %v", err)
-		}
-	}
-	until := t0.Add(2 * time.Minute)
-	for _, o := range []store.Outcome{doneOut, failOut} {
-		if err := st.ReopenRun(c, o, "b", until); err != nil {
-			t.Fatalf("ReopenRun(%s): %v", o.Status, err)
-		}
-		got := mustGetRun(t, st, u, o.RunID)
-		if got.Status != store.RunRunning || !got.EndedAt.IsZero() || got.ErrorCode != "" || got.ErrorMessage != "" ||
-			got.Node != "b" || !sameTime(got.LeaseUntil, stored(until)) {
-			t.Fatalf("reopened run %+v; want running on b until %v, no end or error", got, stored(until))
-		}
-	}
-	if lost, err := st.RenewLeases(c, "b", []string{done.ID, failed.ID}, until.Add(time.Minute)); err != nil || len(lost) != 0 {
-		t.Fatalf("RenewLeases of the reopened runs by their node: lost %v, %v", lost, err)
-	}
-	// Running (again, or never ended), or ended otherwise: ErrConflict.
-	if err := st.ReopenRun(c, doneOut, "b", until); !errors.Is(err, store.ErrConflict) {
-		t.Fatalf("ReopenRun of a running run: %v, want ErrConflict", err)
-	}
-	if err := st.ReopenRun(c, store.Outcome{UserID: u, RunID: running.ID, Status: store.RunCompleted}, "b", until); !errors.Is(err, store.ErrConflict) {
-		t.Fatalf("ReopenRun of a run never ended: %v, want ErrConflict", err)
-	}
-	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: running.ID, Status: store.RunCancelled, ErrorCode: "cancelled"}); err != nil {
+	pending, announced, running, reaped := mk(), mk(), mk(), mk()
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: pending.ID, Status: store.RunCompleted, EndedAt: t0.Add(time.Second)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.ReopenRun(c, store.Outcome{UserID: u, RunID: running.ID, Status: store.RunFailed, ErrorCode: "node_lost"}, "b", until); !errors.Is(err, store.ErrConflict) {
-		t.Fatalf("ReopenRun with another outcome: %v, want ErrConflict", err)
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: announced.ID, Status: store.RunFailed, ErrorCode: "agent_failed", Announced: true}); err != nil {
+		t.Fatal(err)
 	}
-	if got := mustGetRun(t, st, u, running.ID); got.Status != store.RunCancelled || got.Node != "a" {
-		t.Fatalf("a refused ReopenRun changed the run: %+v", got)
+	if got := mustGetRun(t, st, u, pending.ID); got.EndAnnounced || got.Status != store.RunCompleted {
+		t.Fatalf("finished unannounced: %+v", got)
 	}
-	for _, o := range []store.Outcome{{UserID: other, RunID: done.ID, Status: store.RunCompleted}, {UserID: u, RunID: id(), Status: store.RunCompleted}} {
-		if err := st.ReopenRun(c, o, "b", until); !errors.Is(err, store.ErrNotFound) {
-			t.Fatalf("ReopenRun(%+v): %v, want ErrNotFound", o, err)
+	if got := mustGetRun(t, st, u, announced.ID); !got.EndAnnounced {
+		t.Fatalf("finished announced: %+v", got)
+	}
+	if got := mustGetRun(t, st, u, running.ID); got.EndAnnounced {
+		t.Fatalf("running run says its end is announced: %+v", got)
+	}
+	ids := func(rs []store.Run) []string {
+		out := runIDs(rs)
+		slices.Sort(out)
+		return out
+	}
+	mine := func(rs []store.Run) []store.Run { // other subtests' runs may be claimable too
+		var out []store.Run
+		for _, r := range rs {
+			if r.UserID == u {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	// Within the lease: nothing to claim.
+	if got, err := st.ClaimEnds(c, store.EndClaim{Before: t0.Add(30 * time.Second), Node: "b", LeaseUntil: t0.Add(time.Hour)}); err != nil || len(mine(got)) != 0 {
+		t.Fatalf("ClaimEnds within the lease: %v, %v", ids(mine(got)), err)
+	}
+	// Reaped by "r": failed, unannounced, leased to r.
+	later := t0.Add(2 * time.Minute)
+	rr, err := st.ReapExpired(c, store.Reap{Before: later, ErrorCode: "node_lost", ErrorMessage: "lost", Node: "r", LeaseUntil: later.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(mine(rr)); !slices.Equal(got, []string{running.ID, reaped.ID}) && !slices.Equal(got, ids([]store.Run{running, reaped})) {
+		t.Fatalf("ReapExpired reaped %v, want the two running runs", got)
+	}
+	for _, r := range mine(rr) {
+		if r.Node != "r" || !sameTime(r.LeaseUntil, stored(later.Add(time.Minute))) || r.EndAnnounced {
+			t.Fatalf("reaped run %+v: want leased to r until %v, unannounced", r, stored(later.Add(time.Minute)))
 		}
 	}
-	if err := st.ReopenRun(c, store.Outcome{UserID: u, RunID: done.ID, Status: store.RunRunning}, "b", until); !errors.Is(err, store.ErrInvalid) {
-		t.Fatalf("ReopenRun to a non-terminal outcome: %v, want ErrInvalid", err)
+	if err := st.ConfirmEnds(c, []string{reaped.ID, id()}); err != nil {
+		t.Fatalf("ConfirmEnds: %v", err)
+	}
+	// Past the finished run's lease but within the reaper's: only pending.
+	claimed, err := st.ClaimEnds(c, store.EndClaim{Before: later, Node: "b", LeaseUntil: later.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(mine(claimed)); !slices.Equal(got, []string{pending.ID}) {
+		t.Fatalf("ClaimEnds = %v, want [%s] (the finished run not announced)", got, pending.ID)
+	}
+	if r := mine(claimed)[0]; r.Node != "b" || !sameTime(r.LeaseUntil, stored(later.Add(time.Minute))) || r.Status != store.RunCompleted {
+		t.Fatalf("claimed run %+v: want completed, leased to b", r)
+	}
+	// Claimed: not again within the claimer's lease.
+	if got, err := st.ClaimEnds(c, store.EndClaim{Before: later.Add(30 * time.Second), Node: "c", LeaseUntil: later.Add(time.Hour)}); err != nil || len(mine(got)) != 0 {
+		t.Fatalf("ClaimEnds within the claimer's lease: %v, %v", ids(mine(got)), err)
+	}
+	// Past every lease: the two not confirmed (pending, running reaped).
+	far := later.Add(time.Hour + time.Minute)
+	again, err := st.ClaimEnds(c, store.EndClaim{Before: far, Node: "c", LeaseUntil: far.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(mine(again)); !slices.Equal(got, ids([]store.Run{pending, running})) {
+		t.Fatalf("ClaimEnds past every lease = %v, want %v", got, ids([]store.Run{pending, running}))
+	}
+	if err := st.ConfirmEnds(c, []string{pending.ID, running.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := st.ClaimEnds(c, store.EndClaim{Before: far.Add(time.Hour), Node: "d", LeaseUntil: far.Add(2 * time.Hour)}); err != nil || len(mine(got)) != 0 {
+		t.Fatalf("ClaimEnds after ConfirmEnds: %v, %v", ids(mine(got)), err)
+	}
+	if got := mustGetRun(t, st, u, pending.ID); !got.EndAnnounced {
+		t.Fatalf("confirmed run %+v", got)
+	}
+	if _, err := st.ClaimEnds(c, store.EndClaim{Before: far}); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("ClaimEnds for no node: %v, want ErrInvalid", err)
+	}
+	if err := st.ConfirmEnds(c, nil); err != nil {
+		t.Fatalf("ConfirmEnds(nil): %v", err)
 	}
 }
 
