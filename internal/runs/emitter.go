@@ -69,7 +69,9 @@ func (e *emitter) appendRecordLocked(rec stream.Record) error {
 	e.last = ev
 	if e.tr != nil && rec.Type != protocol.TypeAgentMessageDelta && !ev.Wire().Terminal() {
 		e.tr.add(e.user, ev)
-		if now := e.m.now(); now.Sub(e.tr.saved) >= transcriptSaveEvery {
+		// A run that starts waiting for its user writes what it has:
+		// the wait may be long, and costs the agent nothing.
+		if now := e.m.now(); now.Sub(e.tr.saved) >= transcriptSaveEvery || rec.Type == protocol.TypeInputRequired {
 			e.saveLocked(now)
 		}
 	}

@@ -58,8 +58,11 @@ func (t *transcript) add(user string, ev stream.Event) {
 // delta folds one delta the stream took.
 func (t *transcript) delta(user string, ev stream.Event, text string) {
 	if t.fold.Len() == 0 {
-		t.foldEv = store.RunEvent{UserID: user, RunID: ev.RunID, Seq: ev.Seq, Epoch: ev.Epoch, TS: ev.TS}
+		t.foldEv = store.RunEvent{UserID: user, RunID: ev.RunID, Epoch: ev.Epoch, TS: ev.TS}
 	}
+	// The fold's position is its last delta's: a reader that has it has
+	// every delta up to there.
+	t.foldEv.Seq = ev.Seq
 	if t.fold.Len() <= maxStepBytes {
 		t.fold.WriteString(text)
 	}

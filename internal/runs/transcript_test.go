@@ -251,3 +251,27 @@ func TestClipDataFitsEscapedText(t *testing.T) {
 		t.Fatalf("relayed event: %s", got)
 	}
 }
+
+// A run that starts waiting for its user writes its transcript then, the
+// question included, and a stop while it waits ends it there.
+func TestTranscriptSavedWhenWaiting(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			_ = em.Thinking("let me ask")
+			_, err := em.RequestInput(ctx, agent.InputRequest{Kind: protocol.InputApproval, Prompt: "May I?"})
+			return err
+		}), Config{})
+		ack, _ := f.send(t, "wait", "go", "")
+		waitFor(t, "the question stored", func() bool {
+			return types(f.transcriptOf(t, "wait", ack.RunID)) == "agent_started agent_thinking input_required"
+		})
+		if _, perr := f.m.StopAgent(context.Background(), "wait", &protocol.Frame{RunID: ack.RunID}); perr != nil {
+			t.Fatal(perr)
+		}
+		f.waitTerminal(t, "wait", ack.RunID)
+		if got := types(f.transcriptOf(t, "wait", ack.RunID)); got != "agent_started agent_thinking input_required agent_error" {
+			t.Fatalf("transcript %q", got)
+		}
+	})
+}

@@ -17,8 +17,8 @@ type RunEvent struct {
 	// append may be retried.
 	Index int
 	Type  string
-	// Seq and Epoch are the stream position the event had (the first one of
-	// a fold); zero and empty when the stream never took it.
+	// Seq and Epoch are the stream position the event had (a fold's is its
+	// last delta's); zero and empty when the stream never took it.
 	Seq   uint64
 	Epoch string
 	TS    time.Time

@@ -385,6 +385,7 @@ class RunView {
   constructor(runId) {
     this.runId = runId;
     this.seqs = new Set();
+    this.maxSeq = 0;
     this.tools = new Map();
     this.prompts = new Map(); // request_id → the open question's controls
     this.answer = "";
@@ -431,7 +432,13 @@ class RunView {
 
   apply(ev) {
     if (this.historic || this.seqs.has(ev.seq)) return;
+    // A stored transcript folds deltas into one, numbered as its last: a
+    // delta at or before an event already drawn is in the answer already,
+    // and a run drawn to its end takes no second end.
+    if (ev.type === "agent_message_delta" && ev.seq <= this.maxSeq) return;
+    if (this.done && (ev.type === "agent_completed" || ev.type === "agent_error")) return;
     this.seqs.add(ev.seq);
+    this.maxSeq = Math.max(this.maxSeq, ev.seq || 0);
     const d = ev.data || {};
     switch (ev.type) {
       case "agent_started":
