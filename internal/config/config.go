@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agentwire/agentwire/internal/agent/mcptools"
 	"github.com/agentwire/agentwire/internal/agent/openai"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/hub"
@@ -46,6 +47,12 @@ type Config struct {
 	OpenAIAPIKey  string // --openai-api-key
 	OpenAIModel   string // --openai-model
 	AgentURL      string // --agent-url
+	// MCPServers are the MCP servers whose tools the openai agent is
+	// offered (--mcp-server NAME=URL or NAME=stdio:COMMAND, repeatable).
+	MCPServers []mcptools.Server
+	// UserTokenQuota is the tokens one user's runs may use per UTC day
+	// (--user-token-quota); 0 is no quota.
+	UserTokenQuota int64
 
 	RedisURL       string // --redis-url; "" is one node, in memory
 	DatabaseURL    string // --database-url (postgres://…); "" is SQLite in the data dir
@@ -118,12 +125,14 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	f := NewFlagSet("serve", getenv)
 	c.Keys.Register(f)
 	var apiKeys, origins, logLevel string
+	var mcpServers []string
 	f.String(&c.Addr, "addr", "AGENTWIRE_ADDR", c.Addr, "listen address; :0 picks a free port")
 	f.Bool(&c.Dev, "dev", "AGENTWIRE_DEV", c.Dev, "development mode: enables POST /auth/dev-login and allows localhost origins")
 	f.String(&c.Agent, "agent", "AGENTWIRE_AGENT", c.Agent, "agent that answers user messages: demo, openai, http or agui")
 	f.String(&c.OpenAIBaseURL, "openai-base-url", "AGENTWIRE_OPENAI_BASE_URL", c.OpenAIBaseURL, "OpenAI-compatible API root (--agent openai)")
 	f.String(&c.OpenAIAPIKey, "openai-api-key", "AGENTWIRE_OPENAI_API_KEY", c.OpenAIAPIKey, "API key of the OpenAI-compatible endpoint (--agent openai)")
 	f.String(&c.OpenAIModel, "openai-model", "AGENTWIRE_OPENAI_MODEL", c.OpenAIModel, "model name (--agent openai)")
+	f.Repeated(&mcpServers, "mcp-server", "AGENTWIRE_MCP_SERVER", "an MCP server whose tools the openai agent may call, as NAME.tool: NAME=URL (Streamable HTTP) or NAME=stdio:COMMAND ARGS (a local process)")
 	f.String(&c.RedisURL, "redis-url", "AGENTWIRE_REDIS_URL", c.RedisURL, "redis://… shared by every node: streams, tickets, connection and run limits, stop requests (default: in memory, one node)")
 	f.String(&c.DatabaseURL, "database-url", "AGENTWIRE_DATABASE_URL", c.DatabaseURL, "postgres://… shared by every node (default: SQLite in --data-dir)")
 	f.String(&c.DatabaseSchema, "database-schema", "AGENTWIRE_DATABASE_SCHEMA", c.DatabaseSchema, "PostgreSQL schema holding agentwire's tables; created if missing (--database-url postgres://…)")
@@ -154,6 +163,13 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	c.APIKeys, c.AllowedOrigins = splitList(apiKeys), splitList(origins)
+	for _, v := range mcpServers {
+		srv, err := mcptools.ParseServer(v)
+		if err != nil {
+			return Config{}, UsageError{fmt.Errorf("--mcp-server %w", err)}
+		}
+		c.MCPServers = append(c.MCPServers, srv)
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return Config{}, fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
 	}
@@ -202,6 +218,9 @@ func (c *Config) validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("--agent %q: want demo, openai, http or agui", c.Agent))
+	}
+	if len(c.MCPServers) > 0 && c.Agent != AgentOpenAI {
+		errs = append(errs, fmt.Errorf("--mcp-server: MCP tools are offered to the model of --agent openai; --agent %s does not call them", c.Agent))
 	}
 	if c.DatabaseURL != "" && !c.Postgres() {
 		errs = append(errs, errors.New("--database-url: want postgres://…; without it the SQLite file in --data-dir is used"))

@@ -36,6 +36,7 @@ type emitter struct {
 	ended   bool
 	answer  strings.Builder
 	pending map[string]bool // tool calls executing
+	usage   protocol.Usage  // summed by AddUsage
 }
 
 var _ agent.Emitter = (*emitter)(nil)
@@ -129,6 +130,36 @@ func (e *emitter) ToolCompleted(r agent.ToolResult) error {
 	delete(e.pending, r.CallID)
 	return e.appendLocked(protocol.TypeToolCompleted, protocol.ToolCompleted{
 		ToolCallID: r.CallID, Tool: r.Tool, OK: r.OK, Result: raw, DurationMS: r.Duration.Milliseconds(), Error: r.Error})
+}
+
+func (e *emitter) ToolProgress(p agent.Progress) error {
+	d := protocol.ToolProgress{ToolCallID: p.CallID, Progress: p.Progress, Message: p.Message}
+	if p.Total > 0 {
+		d.Total = &p.Total
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return agent.ErrRunEnded
+	}
+	if !e.pending[p.CallID] {
+		return ErrUnknownToolCall
+	}
+	return e.appendLocked(protocol.TypeToolProgress, d)
+}
+
+func (e *emitter) AddUsage(u protocol.Usage) error {
+	if u.InputTokens < 0 || u.OutputTokens < 0 {
+		return errors.New("runs: negative token usage")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return agent.ErrRunEnded
+	}
+	e.usage.InputTokens += u.InputTokens
+	e.usage.OutputTokens += u.OutputTokens
+	return nil
 }
 
 func (e *emitter) Delta(text string) error {
@@ -253,7 +284,11 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	rec := stream.Record{ThreadID: e.threadID, RunID: e.runID, IdempotencyKey: endKey(e.runID)}
 	if status == store.RunCompleted {
 		rec.Type = protocol.TypeAgentCompleted
-		rec.Data, _ = protocol.MarshalData(protocol.AgentCompleted{MessageID: e.messageID, FinalResponse: text, DurationMS: dur})
+		done := protocol.AgentCompleted{MessageID: e.messageID, FinalResponse: text, DurationMS: dur}
+		if e.usage != (protocol.Usage{}) {
+			done.Usage = &e.usage
+		}
+		rec.Data, _ = protocol.MarshalData(done)
 	} else {
 		rec.Type = protocol.TypeAgentError
 		rec.Data, _ = protocol.MarshalData(protocol.AgentError{Code: code, Message: text, DurationMS: dur})

@@ -1039,3 +1039,45 @@ func TestOutcomeStoredBeforeTheEndIsAppended(t *testing.T) {
 		}
 	})
 }
+
+// TestToolProgressAndUsage: tool_progress is taken only inside its call,
+// and agent_completed carries the usage the agent added up.
+func TestToolProgressAndUsage(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		var outside, after, negative error
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			outside = em.ToolProgress(agent.Progress{CallID: "c1", Progress: 1})
+			_ = em.ToolExecuting("c1", "srv.count", map[string]any{})
+			_ = em.ToolProgress(agent.Progress{CallID: "c1", Progress: 1, Total: 3, Message: "step 1"})
+			_ = em.ToolProgress(agent.Progress{CallID: "c1", Progress: 2})
+			_ = em.ToolCompleted(agent.ToolResult{CallID: "c1", Tool: "srv.count", OK: true, Result: "counted"})
+			after = em.ToolProgress(agent.Progress{CallID: "c1", Progress: 3})
+			_ = em.AddUsage(protocol.Usage{InputTokens: 10, OutputTokens: 4})
+			_ = em.AddUsage(protocol.Usage{InputTokens: 20, OutputTokens: 6})
+			negative = em.AddUsage(protocol.Usage{InputTokens: -1})
+			return em.Complete("counted")
+		}), Config{})
+		ack, perr := f.send(t, "ann", "count", "")
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		evs := f.waitTerminal(t, "ann", ack.RunID)
+		checkOrder(t, evs)
+		if !errors.Is(outside, ErrUnknownToolCall) || !errors.Is(after, ErrUnknownToolCall) || negative == nil {
+			t.Errorf("refusals: outside %v, after %v, negative %v", outside, after, negative)
+		}
+		var prog []string
+		for _, e := range evs {
+			if e.Type == protocol.TypeToolProgress {
+				prog = append(prog, fmt.Sprint(e.Data))
+			}
+		}
+		if want := "[map[message:step 1 progress:1 tool_call_id:c1 total:3] map[progress:2 tool_call_id:c1]]"; fmt.Sprint(prog) != want {
+			t.Errorf("tool_progress %v, want %v", prog, want)
+		}
+		if u := fmt.Sprint(evs[len(evs)-1].Data["usage"]); u != "map[input_tokens:30 output_tokens:10]" {
+			t.Errorf("usage %s", u)
+		}
+	})
+}

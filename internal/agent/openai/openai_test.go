@@ -460,3 +460,48 @@ func TestNewValidates(t *testing.T) {
 		t.Errorf("New default: %v", err)
 	}
 }
+
+// namedTool is a tool with any name, answering "ok".
+type namedTool string
+
+func (n namedTool) Name() string                { return string(n) }
+func (n namedTool) Description() string         { return "test tool" }
+func (n namedTool) Parameters() json.RawMessage { return json.RawMessage(`{"type":"object"}`) }
+func (n namedTool) Call(context.Context, json.RawMessage) (any, error) {
+	return "ok from " + string(n), nil
+}
+
+// TestUsageAndFunctionNames: usage is asked for (stream_options) and summed
+// over the run's requests; tool names the API refuses as function names
+// ("srv.read") are offered under valid ones and mapped back on the call.
+func TestUsageAndFunctionNames(t *testing.T) {
+	t.Parallel()
+	usage := func(in, out int) string {
+		return fmt.Sprintf(`{"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}`, in, out, in+out)
+	}
+	f := &fake{scripts: []func(http.ResponseWriter, *http.Request){
+		stream(toolDelta(0, "call_1", "srv_read", `{}`), finish("tool_calls"), usage(100, 7), done),
+		stream(content("read it"), finish("stop"), usage(130, 3), done),
+	}}
+	a, _ := newAgent(t, f, func(c *openai.Config) { c.Tools = tools.New(namedTool("srv.read"), namedTool("srv_read")) })
+	rec := run(t, a, userRun("read"))
+	rec.Completed(t)
+	if u := rec.Usage(); u != (protocol.Usage{InputTokens: 230, OutputTokens: 10}) {
+		t.Errorf("usage %+v", u)
+	}
+	reqs := f.requests()
+	if so, _ := reqs[0]["stream_options"].(map[string]any); so["include_usage"] != true {
+		t.Errorf("stream_options %v", reqs[0]["stream_options"])
+	}
+	var names []string
+	for _, tl := range reqs[0]["tools"].([]any) {
+		names = append(names, tl.(map[string]any)["function"].(map[string]any)["name"].(string))
+	}
+	if got := strings.Join(names, " "); got != "srv_read_2 srv_read" {
+		t.Errorf("function names %q", got)
+	}
+	// The model called srv_read: the tool of that very name, not srv.read.
+	if ex := rec.Of(protocol.TypeToolExecuting); len(ex) != 1 || ex[0].Tool != "srv_read" {
+		t.Errorf("tool_executing %+v", ex)
+	}
+}
