@@ -107,6 +107,10 @@ const (
 	// CodeTooManyRuns: the user already has the maximum number of runs
 	// running; nothing was created. Retry once a run has ended.
 	CodeTooManyRuns ErrorCode = "too_many_runs"
+	// CodeQuotaExceeded: the user's runs used their daily token quota
+	// (--user-token-quota) today (UTC); nothing was created. Retry after
+	// midnight UTC.
+	CodeQuotaExceeded ErrorCode = "quota_exceeded"
 	// CodeInternal: a backend (store, stream, Redis) failed or the server is
 	// shutting down; nothing half-done was kept. Retry (with the same
 	// client_message_id).

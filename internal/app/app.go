@@ -155,6 +155,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	}
 	a.closers = append(a.closers, func() { _ = a.store.Close() })
 	runCfg.Stream, runCfg.Store, runCfg.Agent, runCfg.Logger = a.stream, a.store, ag, log
+	runCfg.TokenQuota, runCfg.Tokens = int64(cfg.UserTokenQuota), m.Tokens
 	a.runs = runs.New(runCfg)
 	if !cfg.Postgres() {
 		// The SQLite file belongs to this process alone: runs it still has

@@ -52,7 +52,7 @@ type Config struct {
 	MCPServers []mcptools.Server
 	// UserTokenQuota is the tokens one user's runs may use per UTC day
 	// (--user-token-quota); 0 is no quota.
-	UserTokenQuota int64
+	UserTokenQuota int
 
 	RedisURL       string // --redis-url; "" is one node, in memory
 	DatabaseURL    string // --database-url (postgres://…); "" is SQLite in the data dir
@@ -140,6 +140,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	f.Duration(&c.RunLeaseRenew, "run-lease-renew", "AGENTWIRE_RUN_LEASE_RENEW", c.RunLeaseRenew, "how often a node renews its runs' leases and reaps expired ones; keep well under --run-lease-ttl")
 	f.String(&c.AgentURL, "agent-url", "AGENTWIRE_AGENT_URL", c.AgentURL, "URL the http or agui agent POSTs runs to (--agent http, --agent agui)")
 	f.Int(&c.MaxRunsPerUser, "max-runs-per-user", "AGENTWIRE_MAX_RUNS_PER_USER", c.MaxRunsPerUser, "concurrent runs one user may have (across the cluster with --redis-url); more answer too_many_runs")
+	f.Int(&c.UserTokenQuota, "user-token-quota", "AGENTWIRE_USER_TOKEN_QUOTA", c.UserTokenQuota, "tokens one user's runs may use per UTC day (as the agent reports them, e.g. --agent openai); past it a message answers quota_exceeded; 0: no quota")
 	f.Duration(&c.RunTimeout, "run-timeout", "AGENTWIRE_RUN_TIMEOUT", c.RunTimeout, "a run still going after this ends with agent_error timeout")
 	f.Duration(&c.DrainTimeout, "drain-timeout", "AGENTWIRE_DRAIN_TIMEOUT", c.DrainTimeout, "on SIGTERM, how long running runs may finish before they are cancelled")
 	f.String(&apiKeys, "api-keys", "AGENTWIRE_API_KEYS", "", "comma-separated API keys for the server endpoints (POST /api/v1/publish)")
@@ -203,6 +204,9 @@ func (c *Config) validate() error {
 	positive("pong-timeout", c.PongTimeout > 0, c.PongTimeout)
 	positive("read-timeout", c.ReadTimeout > 0, c.ReadTimeout)
 	positive("write-timeout", c.WriteTimeout > 0, c.WriteTimeout)
+	if c.UserTokenQuota < 0 {
+		errs = append(errs, fmt.Errorf("--user-token-quota %d: must not be negative (0 is no quota)", c.UserTokenQuota))
+	}
 	if c.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("--drain-timeout %v: must not be negative", c.DrainTimeout))
 	}

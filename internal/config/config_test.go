@@ -79,6 +79,7 @@ func TestLoadErrorsNameTheFlag(t *testing.T) {
 		{args: []string{"--rate-limit", "-1"}, names: []string{"--rate-limit -1"}},
 		{args: []string{"--pong-timeout", "0s"}, names: []string{"--pong-timeout 0s"}},
 		{args: []string{"--drain-timeout", "-1s"}, names: []string{"--drain-timeout -1s"}},
+		{args: []string{"--user-token-quota", "-5"}, names: []string{"--user-token-quota -5"}},
 		{args: []string{"--log-level", "loud"}, names: []string{"--log-level", "loud"}},
 		{args: []string{"--agent", "magic"}, names: []string{"--agent", "magic"}},
 		{args: []string{"--agent", "openai"}, names: []string{"--openai-model"}},

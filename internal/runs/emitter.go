@@ -272,7 +272,9 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	defer cancel()
 	now := e.m.now()
 	dur := now.Sub(e.started).Milliseconds()
-	fin := finish{Outcome: store.Outcome{UserID: e.user, RunID: e.runID, Status: status, EndedAt: now, ErrorCode: string(code)}}
+	fin := finish{Outcome: store.Outcome{UserID: e.user, RunID: e.runID, Status: status, EndedAt: now, ErrorCode: string(code),
+		InputTokens: e.usage.InputTokens, OutputTokens: e.usage.OutputTokens}}
+	e.m.countTokens(e.usage)
 	if status == store.RunCompleted {
 		fin.answer = &store.Message{ID: e.messageID, ThreadID: e.threadID, UserID: e.user,
 			Role: store.RoleAssistant, Content: text, RunID: e.runID, CreatedAt: now}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/store"
@@ -64,6 +65,14 @@ type Config struct {
 	// Stops, when set, carries a stop for a run of another node to that
 	// node.
 	Stops Stops
+	// TokenQuota, when positive, is the tokens one user's runs may use per
+	// UTC day: a user_message once the user's ended runs of the day used
+	// that many is answered quota_exceeded. Counted from the store, so
+	// across every node sharing it; runs still going count once they end.
+	TokenQuota int64
+	// Tokens, when set, counts the tokens runs used, by agent and
+	// direction (metrics.Metrics.Tokens).
+	Tokens *prometheus.CounterVec
 
 	// crashAfterStore, in tests, makes UserMessage return right after the
 	// run is stored, as a node killed at that moment would.
@@ -103,6 +112,8 @@ type Manager struct {
 	reapEvery  time.Duration
 	slots      Slots
 	stops      Stops
+	tokenQuota int64
+	tokens     *prometheus.CounterVec
 	crash      func() bool
 	loopCtx    context.Context // done at the end of Shutdown
 	stopLoop   context.CancelFunc
@@ -139,7 +150,7 @@ func New(cfg Config) *Manager {
 	m := &Manager{
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
-		slots: cfg.Slots, stops: cfg.Stops, crash: cfg.crashAfterStore,
+		slots: cfg.Slots, stops: cfg.Stops, crash: cfg.crashAfterStore, tokenQuota: cfg.TokenQuota, tokens: cfg.Tokens,
 		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), announced: make(map[string]struct{}),
 	}
 	if m.log == nil {
@@ -259,6 +270,9 @@ func (m *Manager) userMessage(ctx context.Context, user string, f *protocol.Fram
 		return protocol.AckFrame{}, e
 	}
 
+	if e := m.checkQuota(ctx, user, f.ID); e != nil {
+		return fail(e)
+	}
 	tooMany := func() (protocol.AckFrame, *protocol.Error) {
 		return fail(perr(protocol.CodeTooManyRuns, fmt.Sprintf("at most %d runs at once: wait for one to finish or stop it", m.maxPerUser), f.ID))
 	}

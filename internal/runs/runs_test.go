@@ -21,6 +21,8 @@ import (
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
 	"github.com/agentwire/agentwire/protocol"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -1078,6 +1080,54 @@ func TestToolProgressAndUsage(t *testing.T) {
 		}
 		if u := fmt.Sprint(evs[len(evs)-1].Data["usage"]); u != "map[input_tokens:30 output_tokens:10]" {
 			t.Errorf("usage %s", u)
+		}
+	})
+}
+
+// TestTokenQuota: a run's usage is stored with it and counted in the
+// metric; once the user's runs of the day used the quota, the next message
+// is answered quota_exceeded and starts nothing, while another user is not
+// affected.
+func TestTokenQuota(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		tokens := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "t"}, []string{"agent", "direction"})
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			_ = em.AddUsage(protocol.Usage{InputTokens: 50, OutputTokens: 10})
+			return em.Complete("ok")
+		}), Config{TokenQuota: 100, Tokens: tokens})
+		for range 2 { // 60, then 120 tokens: the second run starts under the quota
+			ack, perr := f.send(t, "ann", "hi", "")
+			if perr != nil {
+				t.Fatal(perr)
+			}
+			f.waitTerminal(t, "ann", ack.RunID)
+			r, err := f.store.GetRun(context.Background(), "ann", ack.RunID)
+			if err != nil || r.InputTokens != 50 || r.OutputTokens != 10 {
+				t.Fatalf("stored run %+v, %v", r, err)
+			}
+		}
+		before, _, _ := f.stream.Since(context.Background(), "ann", protocol.Cursor{}, stream.Limit{})
+		_, perr := f.send(t, "ann", "more", "")
+		if perr == nil || perr.Code != protocol.CodeQuotaExceeded || !strings.Contains(perr.Message, "120") {
+			t.Fatalf("over the quota: %+v", perr)
+		}
+		after, _, _ := f.stream.Since(context.Background(), "ann", protocol.Cursor{}, stream.Limit{})
+		if len(after) != len(before) {
+			t.Errorf("a refused message appended %d events", len(after)-len(before))
+		}
+		bob, perr := f.send(t, "bob", "hi", "")
+		if perr != nil {
+			t.Fatalf("another user: %+v", perr)
+		}
+		f.waitTerminal(t, "bob", bob.RunID)
+		value := func(direction string) float64 {
+			var m dto.Metric
+			_ = tokens.WithLabelValues("fake", direction).Write(&m)
+			return m.GetCounter().GetValue()
+		}
+		if in, out := value("input"), value("output"); in != 150 || out != 30 { // three runs
+			t.Errorf("metric input %v output %v", in, out)
 		}
 	})
 }

@@ -88,7 +88,7 @@ func sendStatus(c protocol.ErrorCode) int {
 		return http.StatusBadRequest
 	case protocol.CodeNotFound:
 		return http.StatusNotFound
-	case protocol.CodeTooManyRuns, protocol.CodeRateLimited:
+	case protocol.CodeTooManyRuns, protocol.CodeRateLimited, protocol.CodeQuotaExceeded:
 		return http.StatusTooManyRequests
 	}
 	return http.StatusServiceUnavailable // internal_error: retry (with the same client_message_id)

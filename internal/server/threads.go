@@ -158,6 +158,9 @@ func handleRun(db store.Store, log *slog.Logger) http.Handler {
 			e := run.EndedAt.UTC()
 			out.EndedAt = &e
 		}
+		if run.InputTokens != 0 || run.OutputTokens != 0 {
+			out.Usage = &protocol.Usage{InputTokens: run.InputTokens, OutputTokens: run.OutputTokens}
+		}
 		httpx.JSON(w, http.StatusOK, out)
 	})
 }

@@ -81,6 +81,13 @@ CREATE INDEX runs_status_lease ON runs (status, lease_until);
 ALTER TABLE runs ADD COLUMN end_announced INTEGER NOT NULL DEFAULT 1;
 CREATE INDEX runs_unannounced ON runs (lease_until) WHERE end_announced = 0 AND status != 'running';
 `,
+	// issue 11 D: token usage. The tokens a run used, as its agent reported
+	// them; TokensUsed sums them over a user's runs of the day through
+	// runs_user_status (user_id, status, started_at).
+	`
+ALTER TABLE runs ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+`,
 }
 
 // migrate brings the schema of db to the newest version in one immediate

@@ -115,6 +115,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"DiscardRun", s.testDiscardRun},
 		{"InvalidArguments", s.testInvalid},
 		{"PingAndClose", s.testPingAndClose},
+		{"TokenUsage", s.testTokenUsage}, // issue 11 D
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
