@@ -250,6 +250,11 @@ func (a *App) Run(ctx context.Context) error {
 	a.loops.Go(func() { a.verifier.Run(loopCtx) }) // the JWKS refresh; returns at once without one
 	if a.mcp != nil {
 		a.loops.Go(func() { a.mcp.Run(loopCtx) }) // connects the MCP servers and keeps them connected
+		// The first runs are offered the tools of every MCP server that is up.
+		select {
+		case <-a.mcp.Ready():
+		case <-ctx.Done():
+		}
 	}
 	if a.conns != nil {
 		a.loops.Go(func() { a.conns.Keep(loopCtx, a.hub.ConnIDs, a.log) })

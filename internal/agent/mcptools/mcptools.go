@@ -113,6 +113,8 @@ type Set struct {
 	servers []*server
 	reg     atomic.Pointer[tools.Registry]
 	mu      sync.Mutex // orders rebuilds of reg
+	tried   sync.WaitGroup
+	ready   chan struct{} // closed once every server was tried once
 }
 
 var _ tools.Source = (*Set)(nil)
@@ -131,7 +133,7 @@ func New(cfg Config) (*Set, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Set{cfg: cfg, log: cfg.Logger}
+	s := &Set{cfg: cfg, log: cfg.Logger, ready: make(chan struct{})}
 	seen := map[string]bool{}
 	for _, sv := range cfg.Servers {
 		if seen[sv.Name] {
@@ -144,14 +146,21 @@ func New(cfg Config) (*Set, error) {
 	return s, nil
 }
 
+// Ready is closed once Run has tried to connect to every server once
+// (each within ConnectTimeout), whether it could or not: from then on the
+// tools of every server that was up are offered.
+func (s *Set) Ready() <-chan struct{} { return s.ready }
+
 // Registry returns the tools as they are now.
 func (s *Set) Registry() *tools.Registry { return s.reg.Load() }
 
 // Run keeps every server connected until ctx ends, reconnecting with
 // backoff (up to 30 s) when one is down or goes away; it returns once
-// every connection is closed.
+// every connection is closed. Call it once.
 func (s *Set) Run(ctx context.Context) {
 	var wg sync.WaitGroup
+	s.tried.Add(len(s.servers))
+	wg.Go(func() { s.tried.Wait(); close(s.ready) })
 	for _, sv := range s.servers {
 		wg.Go(func() { sv.run(ctx) })
 	}
@@ -199,8 +208,13 @@ func (sv *server) current() *mcp.ClientSession {
 func (sv *server) run(ctx context.Context) {
 	log := sv.set.log.With("mcp_server", sv.cfg.Name)
 	backoff := 500 * time.Millisecond
+	first := true
 	for ctx.Err() == nil {
 		cs, err := sv.connect(ctx)
+		if first {
+			first = false
+			sv.set.tried.Done()
+		}
 		if err == nil {
 			backoff = 500 * time.Millisecond
 			log.Info("mcp server connected", "tools", len(sv.toolList()))

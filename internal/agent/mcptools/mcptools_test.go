@@ -128,8 +128,8 @@ func stdioServer(t *testing.T) mcptools.Server {
 	return mcptools.Server{Name: "local", Command: []string{exe, "-test.run=^$"}}
 }
 
-// start runs a Set over servers until the test ends and waits until it
-// offers want tools.
+// start runs a Set over servers until the test ends and checks that, once
+// Ready, it offers want tools.
 func start(t *testing.T, cfg mcptools.Config, want int) *mcptools.Set {
 	t.Helper()
 	set, err := mcptools.New(cfg)
@@ -140,7 +140,10 @@ func start(t *testing.T, cfg mcptools.Config, want int) *mcptools.Set {
 	done := make(chan struct{})
 	go func() { set.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	waitTools(t, set, want)
+	<-set.Ready()
+	if n := set.Registry().Len(); n != want {
+		t.Fatalf("tools once ready: %d, want %d", n, want)
+	}
 	return set
 }
 
@@ -363,6 +366,7 @@ func TestDownAtStart(t *testing.T) {
 	done := make(chan struct{})
 	go func() { set.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
+	<-set.Ready() // tried, and failed
 	if n := set.Registry().Len(); n != 2 {
 		t.Errorf("tools %d, want the 2 built-in", n)
 	}
