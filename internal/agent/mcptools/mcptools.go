@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -191,6 +192,30 @@ type server struct {
 
 	pmu      sync.Mutex
 	progress map[string]*progressSink // progress token → the call's sink
+
+	lists sync.WaitGroup // tools/list calls after list_changed
+}
+
+// redact keeps the server's URL out of a logged error: it may carry a
+// credential (user info, a token in the query); its host and path stay.
+func (sv *server) redact(err error) string {
+	msg := err.Error()
+	if sv.cfg.URL == "" {
+		return msg
+	}
+	u, perr := url.Parse(sv.cfg.URL)
+	if perr != nil {
+		return strings.ReplaceAll(msg, sv.cfg.URL, "[mcp server URL]")
+	}
+	safe := u.Scheme + "://" + u.Host + u.Path
+	msg = strings.ReplaceAll(msg, sv.cfg.URL, safe)
+	if u.User != nil {
+		msg = strings.ReplaceAll(msg, u.User.String(), "[redacted]")
+	}
+	if u.RawQuery != "" {
+		msg = strings.ReplaceAll(msg, u.RawQuery, "[redacted]")
+	}
+	return msg
 }
 
 func (sv *server) toolList() []tools.Tool {
@@ -207,14 +232,14 @@ func (sv *server) current() *mcp.ClientSession {
 
 func (sv *server) run(ctx context.Context) {
 	log := sv.set.log.With("mcp_server", sv.cfg.Name)
+	var once sync.Once
+	tried := func() { once.Do(sv.set.tried.Done) }
+	defer tried()         // even when ctx ended before the first attempt
+	defer sv.lists.Wait() // the lists list_changed started
 	backoff := 500 * time.Millisecond
-	first := true
 	for ctx.Err() == nil {
 		cs, err := sv.connect(ctx)
-		if first {
-			first = false
-			sv.set.tried.Done()
-		}
+		tried()
 		if err == nil {
 			backoff = 500 * time.Millisecond
 			log.Info("mcp server connected", "tools", len(sv.toolList()))
@@ -229,7 +254,7 @@ func (sv *server) run(ctx context.Context) {
 			}
 			log.Warn("mcp server connection lost; reconnecting")
 		} else if ctx.Err() == nil {
-			log.Warn("mcp server unreachable; retrying", "err", err, "in", backoff)
+			log.Warn("mcp server unreachable; retrying", "err", sv.redact(err), "in", backoff)
 		}
 		t := time.NewTimer(backoff)
 		select {
@@ -248,16 +273,16 @@ func (sv *server) connect(ctx context.Context) (*mcp.ClientSession, error) {
 	defer cancel()
 	client := mcp.NewClient(&mcp.Implementation{Name: "agentwire", Version: "1"}, &mcp.ClientOptions{
 		Capabilities: &mcp.ClientCapabilities{},
-		ToolListChangedHandler: func(ctx context.Context, req *mcp.ToolListChangedRequest) {
+		ToolListChangedHandler: func(_ context.Context, req *mcp.ToolListChangedRequest) {
 			// Not on the session's reading goroutine: listing waits for
 			// an answer that goroutine must read.
-			go func() {
-				lctx, cancel := context.WithTimeout(context.Background(), sv.set.cfg.ConnectTimeout)
+			sv.lists.Go(func() {
+				lctx, cancel := context.WithTimeout(ctx, sv.set.cfg.ConnectTimeout)
 				defer cancel()
-				if err := sv.list(lctx, req.Session); err != nil {
-					sv.set.log.Warn("mcp tools/list after list_changed", "mcp_server", sv.cfg.Name, "err", err)
+				if err := sv.list(lctx, req.Session); err != nil && ctx.Err() == nil {
+					sv.set.log.Warn("mcp tools/list after list_changed", "mcp_server", sv.cfg.Name, "err", sv.redact(err))
 				}
-			}()
+			})
 		},
 		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
 			sv.reportProgress(req.Params)
@@ -271,6 +296,7 @@ func (sv *server) connect(ctx context.Context) (*mcp.ClientSession, error) {
 	} else {
 		// Not CommandContext: the process is ended by closing the session.
 		cmd := exec.Command(sv.cfg.Command[0], sv.cfg.Command[1:]...)
+		cmd.Env = childEnv(os.Environ())
 		tr = &mcp.CommandTransport{Command: cmd, TerminateDuration: 2 * time.Second}
 	}
 	cs, err := client.Connect(cctx, tr, &mcp.ClientSessionOptions{ProtocolVersion: protocolVersion})
@@ -327,6 +353,19 @@ func validToolName(s string) bool {
 		}
 	}
 	return true
+}
+
+// childEnv is the environment of a stdio server: agentwire's own, less its
+// AGENTWIRE_… variables, which hold its secrets (signing key, API keys,
+// database and model credentials) that a tool process has no use for.
+func childEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "AGENTWIRE_") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // progressSink forwards one call's progress until the call returns.
@@ -406,7 +445,7 @@ func (t *tool) Call(ctx context.Context, args json.RawMessage) (any, error) {
 	case cctx.Err() != nil:
 		return nil, fmt.Errorf("MCP server %q did not answer within %v", sv.cfg.Name, sv.set.cfg.CallTimeout)
 	case errors.Is(err, mcp.ErrConnectionClosed) || !isToolError(err):
-		sv.set.log.Warn("mcp call failed; reconnecting", "mcp_server", sv.cfg.Name, "tool", t.remote, "err", err)
+		sv.set.log.Warn("mcp call failed; reconnecting", "mcp_server", sv.cfg.Name, "tool", t.remote, "err", sv.redact(err))
 		_ = cs.Close()
 		return nil, fmt.Errorf("MCP server %q went away during the call: try again once it is back", sv.cfg.Name)
 	default:

@@ -26,7 +26,7 @@ import (
 
 // stdioEnv makes the test binary an MCP server on stdin and stdout (the
 // stdio transport's "local process"): TestMain runs it instead of the tests.
-const stdioEnv = "AGENTWIRE_MCPTOOLS_TEST_STDIO_SERVER"
+const stdioEnv = "MCPTOOLS_TEST_STDIO_SERVER" // not AGENTWIRE_…: the process would not get it
 
 func TestMain(m *testing.M) {
 	if os.Getenv(stdioEnv) == "1" {
@@ -374,4 +374,16 @@ func TestDownAtStart(t *testing.T) {
 
 func runOf(text string) agent.Run {
 	return agent.Run{ID: "r1", ThreadID: "t1", UserID: "u1", Messages: []agent.Message{{Role: "user", Content: text}}}
+}
+
+// TestRunWithEndedContext returns at once, Ready closed.
+func TestRunWithEndedContext(t *testing.T) {
+	set, err := mcptools.New(mcptools.Config{Servers: []mcptools.Server{{Name: "x", URL: "http://127.0.0.1:1/mcp"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	set.Run(ctx)
+	<-set.Ready()
 }
