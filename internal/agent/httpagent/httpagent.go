@@ -160,6 +160,8 @@ type Fields struct {
 	FinalResponse string          `json:"final_response"`
 	Code          string          `json:"code"`
 	Message       string          `json:"message"`
+	// Usage, on agent_completed: the tokens the service's model calls used.
+	Usage *protocol.Usage `json:"usage"`
 }
 
 // Decode parses one event, nested ({"type","data":{…}}) or flat. name is
@@ -268,6 +270,11 @@ func (r *relay) handle(line []byte, name string) error {
 		return r.emit(r.em.Delta(f.Delta))
 	case protocol.TypeAgentCompleted:
 		r.ended = true
+		if u := f.Usage; u != nil && u.InputTokens >= 0 && u.OutputTokens >= 0 {
+			if err := r.emit(r.em.AddUsage(*u)); err != nil {
+				return err
+			}
+		}
 		if err := r.emit(r.em.Complete(f.FinalResponse)); err != nil {
 			return err
 		}
