@@ -316,6 +316,7 @@ func (sv *server) connect(ctx context.Context) (*mcp.ClientSession, error) {
 // list reads the server's tools and rebuilds the set's registry.
 func (sv *server) list(ctx context.Context, cs *mcp.ClientSession) error {
 	var ts []tools.Tool
+	seen := map[string]bool{} // a name listed twice would make tools.New panic
 	for t, err := range cs.Tools(ctx, nil) {
 		if err != nil {
 			return fmt.Errorf("tools/list: %w", err)
@@ -324,10 +325,11 @@ func (sv *server) list(ctx context.Context, cs *mcp.ClientSession) error {
 			sv.set.log.Warn("mcp server lists too many tools; the rest are ignored", "mcp_server", sv.cfg.Name, "max", maxTools)
 			break
 		}
-		if !nameRE.MatchString(t.Name) && !validToolName(t.Name) {
-			sv.set.log.Warn("mcp tool with an unusable name ignored", "mcp_server", sv.cfg.Name)
+		if !validToolName(t.Name) || seen[t.Name] {
+			sv.set.log.Warn("mcp tool with an unusable or repeated name ignored", "mcp_server", sv.cfg.Name)
 			continue
 		}
+		seen[t.Name] = true
 		schema, err := json.Marshal(t.InputSchema)
 		if err != nil || len(schema) == 0 || schema[0] != '{' {
 			schema = json.RawMessage(`{"type":"object"}`)
