@@ -889,6 +889,7 @@ func TestNodeGoneBeforeTheStreamTookTheEnd(t *testing.T) {
 		returned := make(chan struct{})
 		ag := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
 			defer close(returned)
+			_ = em.AddUsage(protocol.Usage{InputTokens: 7, OutputTokens: 2})
 			return em.Complete("done")
 		})
 		lease := Config{Store: db, Agent: ag, LeaseTTL: 3 * time.Second, RenewEvery: time.Second, ReapEvery: time.Second}
@@ -917,8 +918,9 @@ func TestNodeGoneBeforeTheStreamTookTheEnd(t *testing.T) {
 		evs := f.waitTerminal(t, "hal", ack.RunID)
 		checkOrder(t, evs)
 		last := evs[len(evs)-1]
-		if last.Type != protocol.TypeAgentCompleted || last.Data["final_response"] != "done" || last.Data["message_id"] == "" {
-			t.Fatalf("last event %v, want agent_completed with the stored answer", last)
+		if last.Type != protocol.TypeAgentCompleted || last.Data["final_response"] != "done" || last.Data["message_id"] == "" ||
+			fmt.Sprint(last.Data["usage"]) != "map[input_tokens:7 output_tokens:2]" {
+			t.Fatalf("last event %v, want agent_completed with the stored answer and usage", last)
 		}
 		waitFor(t, "the claimed end confirmed", func() bool {
 			r, _ := db.GetRun(context.Background(), "hal", ack.RunID)
