@@ -312,6 +312,28 @@ func (c *Conn) Stop(ctx context.Context, runID string) (Ack, error) {
 	return Ack{AckFrame: f.Ack()}, nil
 }
 
+// AnswerInput answers run runID's input_required requestID with answer
+// (exactly one of its fields set, of the request's kind) and returns the
+// ack; every connection of the user then gets input_received. The first
+// answer from any connection wins: a later one is a *Error with Code
+// conflict (so is an answer to a run that has ended). With SSE it is POST
+// /api/v1/runs/{id}/input, sent again on a failed request like every send:
+// an answer that was taken before its reply was lost then gets conflict.
+func (c *Conn) AnswerInput(ctx context.Context, runID, requestID string, answer protocol.InputAnswer) (Ack, error) {
+	fr := protocol.Frame{Type: protocol.TypeUserInput, RunID: runID, RequestID: requestID, Answer: answer}
+	var f protocol.ServerFrame
+	var err error
+	if c.opts.SSE {
+		f, err = c.post(ctx, "/api/v1/runs/"+url.PathEscape(runID)+"/input", protocol.EncodeFrame(&fr))
+	} else {
+		f, err = c.request(ctx, fr)
+	}
+	if err != nil {
+		return Ack{}, err
+	}
+	return Ack{AckFrame: f.Ack()}, nil
+}
+
 // Ping sends an application-level ping and waits for its pong (with SSE:
 // GET /healthz).
 func (c *Conn) Ping(ctx context.Context) error {

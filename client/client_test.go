@@ -398,6 +398,40 @@ func TestStop(t *testing.T) {
 	}
 }
 
+// The demo agent asks for approval; one connection (WebSocket) and one
+// over SSE see the question, the SSE one answers, the second answer is
+// conflict, and the run completes.
+func TestAnswerInput(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	ws := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc("asker", nil)})
+	sse := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc("asker", nil), SSE: true})
+	ctx := ctxT(t)
+	ack, err := ws.SendMessage(ctx, "approve 2+3", client.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var req protocol.InputRequired
+	for ev := range sse.Events() {
+		if d, ok := ev.InputRequired(); ok && ev.RunID == ack.RunID {
+			req = d
+			break
+		}
+	}
+	yes := true
+	if _, err := sse.AnswerInput(ctx, ack.RunID, req.RequestID, protocol.InputAnswer{Approved: &yes}); err != nil {
+		t.Fatal(err)
+	}
+	var pe *client.Error
+	if _, err := ws.AnswerInput(ctx, ack.RunID, req.RequestID, protocol.InputAnswer{Approved: &yes}); !errors.As(err, &pe) || pe.Code != protocol.CodeConflict {
+		t.Fatalf("second answer: %v, want conflict", err)
+	}
+	run, _ := untilTerminal(t, ws, ack.RunID)
+	if d, ok := run[len(run)-1].AgentCompleted(); !ok || !strings.Contains(d.FinalResponse, "5") {
+		t.Fatalf("terminal %s %s", run[len(run)-1].Type, run[len(run)-1].Data)
+	}
+}
+
 func TestDialRefused(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)

@@ -111,6 +111,9 @@ const (
 	// (--user-token-quota) today (UTC); nothing was created. Retry after
 	// midnight UTC.
 	CodeQuotaExceeded ErrorCode = "quota_exceeded"
+	// CodeConflict (HTTP 409): a user_input for a request that was already
+	// answered (the first answer wins) or whose run has ended. Do not retry.
+	CodeConflict ErrorCode = "conflict"
 	// CodeInternal: a backend (store, stream, Redis) failed or the server is
 	// shutting down; nothing half-done was kept. Retry (with the same
 	// client_message_id).
@@ -176,6 +179,9 @@ const (
 	CodeAgentFailed ErrorCode = "agent_failed"
 	// CodeNodeLost: the node running the run died; another node ended it.
 	CodeNodeLost ErrorCode = "node_lost"
+	// CodeInputTimeout: the run asked its user (input_required) and no
+	// answer came within --input-timeout.
+	CodeInputTimeout ErrorCode = "input_timeout"
 )
 
 // String returns the code as it goes on the wire.

@@ -100,6 +100,8 @@ func decode(msg, typ []byte) (Frame, *Error) {
 		f.RunID, e = requiredString(r.runID, "run_id", MaxKeyBytes, f.ID)
 	case TypeResume:
 		e = decodeResume(&f, &r)
+	case TypeUserInput:
+		e = decodeUserInput(&f, &r)
 	}
 	if e != nil {
 		return Frame{}, e
@@ -113,6 +115,7 @@ type rawFrame struct {
 	typ, id                               []byte
 	content, threadID, clientMessageID    []byte
 	runID, since, lastSeq, epoch, payload []byte
+	requestID, approved, text, choice     []byte
 }
 
 func (r *rawFrame) set(name, val []byte) {
@@ -137,6 +140,14 @@ func (r *rawFrame) set(name, val []byte) {
 		r.epoch = val
 	case "payload":
 		r.payload = val
+	case "request_id":
+		r.requestID = val
+	case "approved":
+		r.approved = val
+	case "text":
+		r.text = val
+	case "choice":
+		r.choice = val
 	}
 }
 
@@ -178,6 +189,8 @@ func resolveType(raw []byte, ref string) (typ, alias string, e *Error) {
 		return TypeStopAgent, "", nil
 	case TypeResume:
 		return TypeResume, "", nil
+	case TypeUserInput:
+		return TypeUserInput, "", nil
 	case TypePing:
 		return TypePing, "", nil
 	case "chat":
@@ -192,7 +205,7 @@ func resolveType(raw []byte, ref string) (typ, alias string, e *Error) {
 		return TypeResume, "session_restore", nil
 	}
 	// The client's type is not quoted back: it may be arbitrary junk.
-	return "", "", &Error{Code: CodeUnknownType, Message: "unknown frame type; expected user_message, stop_agent, resume or ping", Ref: ref}
+	return "", "", &Error{Code: CodeUnknownType, Message: "unknown frame type; expected user_message, stop_agent, user_input, resume or ping", Ref: ref}
 }
 
 func decodeUserMessage(f *Frame, r *rawFrame) *Error {
@@ -264,6 +277,51 @@ func decodeLegacyContentAndThread(f *Frame, r *rawFrame) *Error {
 	}
 	f.ThreadID, e = optionalString(p.threadID, "payload.thread_id", MaxKeyBytes, f.ID)
 	return e
+}
+
+// decodeUserInput reads run_id, request_id and exactly one answer field:
+// approved (a JSON boolean), text (a string of at most MaxContentBytes,
+// without NUL) or
+// choice (a string of at most MaxKeyBytes).
+func decodeUserInput(f *Frame, r *rawFrame) *Error {
+	var e *Error
+	if f.RunID, e = requiredString(r.runID, "run_id", MaxKeyBytes, f.ID); e != nil {
+		return e
+	}
+	if f.RequestID, e = requiredString(r.requestID, "request_id", MaxKeyBytes, f.ID); e != nil {
+		return e
+	}
+	n := 0
+	if !isNull(r.approved) {
+		n++
+		switch string(r.approved) {
+		case "true", "false":
+			v := string(r.approved) == "true"
+			f.Answer.Approved = &v
+		default:
+			return invalid(f.ID, `field "approved" must be a boolean`)
+		}
+	}
+	if !isNull(r.text) {
+		n++
+		v, e := optionalText(r.text, "text", MaxContentBytes, f.ID)
+		if e != nil {
+			return e
+		}
+		f.Answer.Text = &v
+	}
+	if !isNull(r.choice) {
+		n++
+		v, e := requiredText(r.choice, "choice", MaxKeyBytes, f.ID)
+		if e != nil {
+			return e
+		}
+		f.Answer.Choice = &v
+	}
+	if n != 1 {
+		return invalid(f.ID, `exactly one of "approved", "text" and "choice" is required`)
+	}
+	return nil
 }
 
 func decodeResume(f *Frame, r *rawFrame) *Error {

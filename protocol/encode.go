@@ -116,6 +116,7 @@ func MarshalData(v any) (json.RawMessage, error) {
 //
 //	{"type":"user_message","id":…,"content":…,"thread_id":…,"client_message_id":…}
 //	{"type":"stop_agent","id":…,"run_id":…}
+//	{"type":"user_input","id":…,"run_id":…,"request_id":…,"approved"|"text"|"choice":…}
 //	{"type":"resume","id":…,"since":…,"epoch":…}
 //	{"type":"ping","id":…}
 //
@@ -135,6 +136,22 @@ func EncodeFrame(f *Frame) []byte {
 	case TypeStopAgent:
 		b = append(b, `,"run_id":`...)
 		b = AppendString(b, f.RunID)
+	case TypeUserInput:
+		b = append(b, `,"run_id":`...)
+		b = AppendString(b, f.RunID)
+		b = append(b, `,"request_id":`...)
+		b = AppendString(b, f.RequestID)
+		switch {
+		case f.Answer.Approved != nil:
+			b = append(b, `,"approved":`...)
+			b = strconv.AppendBool(b, *f.Answer.Approved)
+		case f.Answer.Text != nil:
+			b = append(b, `,"text":`...)
+			b = AppendString(b, *f.Answer.Text)
+		case f.Answer.Choice != nil:
+			b = append(b, `,"choice":`...)
+			b = AppendString(b, *f.Answer.Choice)
+		}
 	case TypeResume:
 		b = append(b, `,"since":`...)
 		b = strconv.AppendUint(b, f.Cursor.Seq, 10)

@@ -26,7 +26,8 @@ const (
 func RunEventType(typ string) bool {
 	switch typ {
 	case TypeUserMessage, TypeAgentStarted, TypeAgentThinking, TypeToolExecuting,
-		TypeToolCompleted, TypeToolProgress, TypeAgentMessageDelta, TypeAgentCompleted, TypeAgentError:
+		TypeToolCompleted, TypeToolProgress, TypeAgentMessageDelta, TypeAgentCompleted, TypeAgentError,
+		TypeInputRequired, TypeInputReceived:
 		return true
 	}
 	return false

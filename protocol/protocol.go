@@ -61,8 +61,13 @@ type Frame struct {
 	ThreadID        string
 	ClientMessageID string
 
-	// stop_agent. Always non-empty.
+	// stop_agent and user_input. Always non-empty.
 	RunID string
+
+	// user_input: the request answered (non-empty) and the answer (exactly
+	// one field set).
+	RequestID string
+	Answer    InputAnswer
 
 	// resume: the position to replay after. Never None; without since (or
 	// with null) Seq is 0, the beginning of the retained history, and

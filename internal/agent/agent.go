@@ -7,6 +7,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 
@@ -60,6 +61,19 @@ type Progress struct {
 	Message string
 }
 
+// InputRequest is what an agent asks its user (the data of input_required
+// but its request id, which the emitter assigns).
+type InputRequest struct {
+	Kind   protocol.InputKind
+	Prompt string
+	// ToolCallID names the tool call the request is about, if any.
+	ToolCallID string
+	// Options are the choices of a protocol.InputChoice request.
+	Options []string
+	// Schema optionally describes the expected text (a JSON object).
+	Schema json.RawMessage
+}
+
 // Emitter reports a run's progress to its user. It is bound at creation to
 // one user, thread and run and cannot address anything else. Methods are safe
 // for concurrent use; every method returns ErrRunEnded after the terminal
@@ -85,6 +99,11 @@ type Emitter interface {
 	// Fail ends the run with agent_error with the given code (usually
 	// protocol.CodeAgentFailed) and message.
 	Fail(code protocol.ErrorCode, message string) error
+	// RequestInput asks the run's user (input_required) and blocks until
+	// the first answer (input_received), ctx's end, or the run's end
+	// (ErrRunEnded: stopped, or no answer within the input timeout). The
+	// run timeout does not run meanwhile. One request at a time per run.
+	RequestInput(ctx context.Context, req InputRequest) (protocol.InputAnswer, error)
 	// Event emits a run event of a relayed type (protocol.RelayedEventType:
 	// state, steps, activities, custom, raw) with data, which must marshal
 	// to a JSON object (usually that type's protocol struct). Other types

@@ -160,6 +160,32 @@ type RunAgentInput struct {
 	Tools           []Tool          `json:"tools"`
 	Context         []Context       `json:"context"`
 	ForwardedProps  json.RawMessage `json:"forwardedProps,omitempty"`
+	// Resume answers the interrupts of an earlier RUN_FINISHED (see
+	// ResumeFrame).
+	Resume []ResumeEntry `json:"resume,omitempty"`
+}
+
+// ResumeEntry answers one interrupt.
+type ResumeEntry struct {
+	InterruptID string          `json:"interruptId"`
+	Status      string          `json:"status"` // "resolved" or "cancelled"
+	Payload     json.RawMessage `json:"payload,omitempty"`
+}
+
+// Resume entry statuses.
+const (
+	ResumeResolved  = "resolved"
+	ResumeCancelled = "cancelled"
+)
+
+// Interrupt is one entry of an interrupt outcome: a question of a run.
+type Interrupt struct {
+	ID             string          `json:"id"`
+	Reason         string          `json:"reason"`
+	Message        string          `json:"message,omitempty"`
+	ToolCallID     string          `json:"toolCallId,omitempty"`
+	ResponseSchema json.RawMessage `json:"responseSchema,omitempty"`
+	Metadata       json.RawMessage `json:"metadata,omitempty"`
 }
 
 // Roles.

@@ -1,6 +1,10 @@
 package agui
 
 import (
+	"bytes"
+	"encoding/json"
+	"strings"
+
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -24,6 +28,48 @@ func (in *RunAgentInput) UserFrame() (protocol.Frame, *protocol.Error) {
 	}
 	m := &in.Messages[last]
 	f := protocol.Frame{Type: protocol.TypeUserMessage, Content: m.Text(), ThreadID: in.ThreadID, ClientMessageID: m.ID}
+	return protocol.Decode(protocol.EncodeFrame(&f))
+}
+
+// InterruptID is the id of the interrupt a run's input_required becomes:
+// the run and the request, so that a resume names both.
+func InterruptID(runID, requestID string) string { return runID + ":" + requestID }
+
+// ResumeFrame returns the user_input a resuming run request asks for: its
+// one resume entry answers interrupt "<run id>:<request id>" with a payload
+// of agentwire's answer shape ({"approved": bool}, {"text": string} or
+// {"choice": string}) or a bare boolean (approved); "cancelled" without a
+// payload denies (an approval; another kind of question refuses it). The
+// frame is validated as a user_input frame from a WebSocket.
+func (in *RunAgentInput) ResumeFrame() (protocol.Frame, *protocol.Error) {
+	bad := func(msg string) (protocol.Frame, *protocol.Error) {
+		return protocol.Frame{}, &protocol.Error{Code: protocol.CodeInvalidMessage, Message: msg}
+	}
+	if len(in.Resume) != 1 {
+		return bad("resume must hold exactly one entry: a run asks one question at a time")
+	}
+	e := in.Resume[0]
+	runID, reqID, ok := strings.Cut(e.InterruptID, ":")
+	if !ok {
+		return bad("interruptId is not one of agentwire's")
+	}
+	f := protocol.Frame{Type: protocol.TypeUserInput, RunID: runID, RequestID: reqID}
+	payload := bytes.TrimSpace(e.Payload)
+	switch {
+	case len(payload) == 0 || string(payload) == "null":
+		if e.Status != ResumeCancelled {
+			return bad("a resolved resume entry needs a payload")
+		}
+		no := false
+		f.Answer.Approved = &no
+	case string(payload) == "true" || string(payload) == "false":
+		v := string(payload) == "true"
+		f.Answer.Approved = &v
+	default:
+		if json.Unmarshal(payload, &f.Answer) != nil {
+			return bad(`payload must be {"approved": bool}, {"text": string}, {"choice": string} or a boolean`)
+		}
+	}
 	return protocol.Decode(protocol.EncodeFrame(&f))
 }
 

@@ -1,6 +1,7 @@
 package agui
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 
@@ -28,6 +29,10 @@ import (
 //	                       ACTIVITY_SNAPSHOT, ACTIVITY_DELTA, CUSTOM, RAW (what an
 //	                       AG-UI agent server reported, relayed back; open steps are
 //	                       finished before RUN_FINISHED)
+//	input_required         TEXT_MESSAGE_END (if open), RUN_FINISHED (outcome interrupt,
+//	                       one Interrupt: id "<run>:<request>", reason the kind
+//	                       ("tool_approval" for an approval of a tool call))
+//	input_received         RUN_STARTED (the run goes on, after an interrupt)
 //	any other type         CUSTOM{name: type, value: data}
 //	user_message           nothing (the client sent it)
 //
@@ -38,6 +43,9 @@ type Translator struct {
 
 	started bool
 	ended   bool
+	// interrupted: the run's RUN_FINISHED was an interrupt; the answer
+	// (input_received) starts it again.
+	interrupted bool
 	// text is the open text message, "" when none; textMeta the metadata of
 	// the last event that touched it (a re-opening carries it).
 	text     string
@@ -98,7 +106,7 @@ func MetadataCursor(metadata json.RawMessage) (c protocol.Cursor, ok bool) {
 // Event returns the AG-UI events ev becomes: none for an event of another
 // run, one after the run's end, or one that makes no AG-UI event.
 func (t *Translator) Event(ev protocol.Event) []Event {
-	if ev.RunID != t.runID || t.ended {
+	if ev.RunID != t.runID || (t.ended && !(t.interrupted && ev.Type == protocol.TypeInputReceived)) {
 		return nil
 	}
 	meta := Metadata(ev)
@@ -179,6 +187,35 @@ func (t *Translator) Event(ev protocol.Event) []Event {
 		result := String(d.FinalResponse)
 		add(Event{Type: RunFinished, ThreadID: t.threadID, RunID: t.runID, Result: result, Outcome: &Outcome{Type: OutcomeSuccess}})
 		t.ended = true
+	case protocol.TypeInputRequired:
+		d, ok := ev.InputRequired()
+		if !ok || d.RequestID == "" {
+			return nil
+		}
+		reason := string(d.Kind)
+		if d.Kind == protocol.InputApproval && d.ToolCallID != "" {
+			reason = "tool_approval"
+		}
+		var ws bytes.Buffer
+		ws.WriteString(`{"agentwire":{"kind":`)
+		ws.Write(protocol.AppendString(nil, string(d.Kind)))
+		if len(d.Options) > 0 {
+			opts, _ := json.Marshal(d.Options)
+			ws.WriteString(`,"options":`)
+			ws.Write(opts)
+		}
+		ws.WriteString(`}}`)
+		interrupts, _ := json.Marshal([]Interrupt{{ID: InterruptID(t.runID, d.RequestID), Reason: reason, Message: d.Prompt,
+			ToolCallID: d.ToolCallID, ResponseSchema: d.Schema, Metadata: ws.Bytes()}})
+		out = t.closeOpen(out, meta, ts)
+		add(Event{Type: RunFinished, ThreadID: t.threadID, RunID: t.runID, Outcome: &Outcome{Type: OutcomeInterrupt, Interrupts: interrupts}})
+		t.ended, t.interrupted = true, true
+	case protocol.TypeInputReceived:
+		if t.started && !t.interrupted {
+			return nil
+		}
+		t.started, t.ended, t.interrupted = true, false, false
+		add(Event{Type: RunStarted, ThreadID: t.threadID, RunID: t.runID})
 	case protocol.TypeAgentError:
 		d, _ := ev.AgentError()
 		if d.Code == protocol.CodeCancelled {

@@ -122,7 +122,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	m := metrics.New()
 	retention := stream.Retention{MaxEvents: cfg.RetentionEvents, MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}
 	var tix tickets.Store = tickets.NewMemory(tickets.TTL, nil)
-	runCfg := runs.Config{MaxPerUser: cfg.MaxRunsPerUser, Timeout: cfg.RunTimeout,
+	runCfg := runs.Config{MaxPerUser: cfg.MaxRunsPerUser, Timeout: cfg.RunTimeout, InputTimeout: cfg.InputTimeout,
 		LeaseTTL: cfg.RunLeaseTTL, RenewEvery: cfg.RunLeaseRenew, ReapEvery: cfg.RunLeaseRenew}
 	if cfg.RedisURL != "" {
 		// One client for everything the nodes share in Redis; it closes
@@ -144,6 +144,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		// died stop counting when a reaper may end them.
 		runCfg.Slots = runsredis.NewSlots(rc, redisx.DefaultPrefix, cfg.RunLeaseTTL)
 		runCfg.Stops = runsredis.NewStops(rc, redisx.DefaultPrefix)
+		runCfg.Inputs = runsredis.NewInputs(rc, redisx.DefaultPrefix)
 	} else {
 		st := memory.New(memory.Options{Retention: retention})
 		a.stream = st
@@ -380,7 +381,8 @@ func (a *App) newAgent(cfg *config.Config) (agent.Agent, error) {
 			}
 			a.mcp, src = set, set
 		}
-		return openai.New(openai.Config{BaseURL: cfg.OpenAIBaseURL, APIKey: cfg.OpenAIAPIKey, Model: cfg.OpenAIModel, Tools: src})
+		return openai.New(openai.Config{BaseURL: cfg.OpenAIBaseURL, APIKey: cfg.OpenAIAPIKey, Model: cfg.OpenAIModel, Tools: src,
+			RequireApproval: cfg.RequireApproval})
 	case config.AgentHTTP:
 		return httpagent.New(httpagent.Config{URL: cfg.AgentURL})
 	case config.AgentAGUI:

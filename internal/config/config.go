@@ -46,7 +46,10 @@ type Config struct {
 	OpenAIBaseURL string // --openai-base-url
 	OpenAIAPIKey  string // --openai-api-key
 	OpenAIModel   string // --openai-model
-	AgentURL      string // --agent-url
+	// RequireApproval: tools whose calls the openai agent asks the user
+	// to approve first; "*" is every tool (--require-approval).
+	RequireApproval []string
+	AgentURL        string // --agent-url
 	// MCPServers are the MCP servers whose tools the openai agent is
 	// offered (--mcp-server NAME=URL or NAME=stdio:COMMAND, repeatable).
 	MCPServers []mcptools.Server
@@ -62,6 +65,7 @@ type Config struct {
 	RunLeaseRenew  time.Duration // --run-lease-renew
 	MaxRunsPerUser int           // --max-runs-per-user
 	RunTimeout     time.Duration // --run-timeout
+	InputTimeout   time.Duration // --input-timeout
 
 	APIKeys        []string   // --api-keys, comma-separated
 	AllowedOrigins []string   // --allowed-origins, comma-separated
@@ -98,6 +102,7 @@ func Default() Config {
 		RunLeaseRenew:   runs.DefaultRenewEvery,
 		MaxRunsPerUser:  runs.DefaultMaxPerUser,
 		RunTimeout:      runs.DefaultTimeout,
+		InputTimeout:    runs.DefaultInputTimeout,
 		LogLevel:        slog.LevelInfo,
 		MaxConnsPerUser: hub.DefaultMaxConnsPerUser,
 		MaxQueueBytes:   hub.DefaultMaxQueueBytes,
@@ -124,7 +129,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	c := Default()
 	f := NewFlagSet("serve", getenv)
 	c.Keys.Register(f)
-	var apiKeys, origins, logLevel string
+	var apiKeys, origins, logLevel, requireApproval string
 	var mcpServers []string
 	f.String(&c.Addr, "addr", "AGENTWIRE_ADDR", c.Addr, "listen address; :0 picks a free port")
 	f.Bool(&c.Dev, "dev", "AGENTWIRE_DEV", c.Dev, "development mode: enables POST /auth/dev-login and allows localhost origins")
@@ -133,6 +138,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	f.String(&c.OpenAIAPIKey, "openai-api-key", "AGENTWIRE_OPENAI_API_KEY", c.OpenAIAPIKey, "API key of the OpenAI-compatible endpoint (--agent openai)")
 	f.String(&c.OpenAIModel, "openai-model", "AGENTWIRE_OPENAI_MODEL", c.OpenAIModel, "model name (--agent openai)")
 	f.Repeated(&mcpServers, "mcp-server", "AGENTWIRE_MCP_SERVER", "an MCP server whose tools the openai agent may call, as NAME.tool: NAME=URL (Streamable HTTP) or NAME=stdio:COMMAND ARGS (a local process)")
+	f.String(&requireApproval, "require-approval", "AGENTWIRE_REQUIRE_APPROVAL", "", "comma-separated tools whose calls ask the user to approve first, or * for every tool (--agent openai); a denial is the call's result")
 	f.String(&c.RedisURL, "redis-url", "AGENTWIRE_REDIS_URL", c.RedisURL, "redis://… shared by every node: streams, tickets, connection and run limits, stop requests (default: in memory, one node)")
 	f.String(&c.DatabaseURL, "database-url", "AGENTWIRE_DATABASE_URL", c.DatabaseURL, "postgres://… shared by every node (default: SQLite in --data-dir)")
 	f.String(&c.DatabaseSchema, "database-schema", "AGENTWIRE_DATABASE_SCHEMA", c.DatabaseSchema, "PostgreSQL schema holding agentwire's tables; created if missing (--database-url postgres://…)")
@@ -142,6 +148,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	f.Int(&c.MaxRunsPerUser, "max-runs-per-user", "AGENTWIRE_MAX_RUNS_PER_USER", c.MaxRunsPerUser, "concurrent runs one user may have (across the cluster with --redis-url); more answer too_many_runs")
 	f.Int(&c.UserTokenQuota, "user-token-quota", "AGENTWIRE_USER_TOKEN_QUOTA", c.UserTokenQuota, "tokens one user's runs may use per UTC day (as the agent reports them, e.g. --agent openai); past it a message answers quota_exceeded; 0: no quota")
 	f.Duration(&c.RunTimeout, "run-timeout", "AGENTWIRE_RUN_TIMEOUT", c.RunTimeout, "a run still going after this ends with agent_error timeout")
+	f.Duration(&c.InputTimeout, "input-timeout", "AGENTWIRE_INPUT_TIMEOUT", c.InputTimeout, "a run waiting for its user's answer (input_required) this long ends with agent_error input_timeout; the run timeout does not count the wait")
 	f.Duration(&c.DrainTimeout, "drain-timeout", "AGENTWIRE_DRAIN_TIMEOUT", c.DrainTimeout, "on SIGTERM, how long running runs may finish before they are cancelled")
 	f.String(&apiKeys, "api-keys", "AGENTWIRE_API_KEYS", "", "comma-separated API keys for the server endpoints (POST /api/v1/publish)")
 	f.String(&origins, "allowed-origins", "AGENTWIRE_ALLOWED_ORIGINS", "", "comma-separated browser origins allowed on /ws; empty: same origin only; * any")
@@ -171,6 +178,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		}
 		c.MCPServers = append(c.MCPServers, srv)
 	}
+	c.RequireApproval = splitList(requireApproval)
 	if err := c.LogLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return Config{}, fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
 	}
@@ -190,6 +198,7 @@ func (c *Config) validate() error {
 	}
 	positive("max-runs-per-user", c.MaxRunsPerUser > 0, c.MaxRunsPerUser)
 	positive("run-timeout", c.RunTimeout > 0, c.RunTimeout)
+	positive("input-timeout", c.InputTimeout > 0, c.InputTimeout)
 	positive("run-lease-ttl", c.RunLeaseTTL > 0, c.RunLeaseTTL)
 	positive("run-lease-renew", c.RunLeaseRenew > 0, c.RunLeaseRenew)
 	positive("max-connections-per-user", c.MaxConnsPerUser > 0, c.MaxConnsPerUser)

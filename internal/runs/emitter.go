@@ -37,6 +37,10 @@ type emitter struct {
 	answer  strings.Builder
 	pending map[string]bool // tool calls executing
 	usage   protocol.Usage  // summed by AddUsage
+	// waiting is the input request the agent waits on (nil when none);
+	// answered are the requests of the run already answered.
+	waiting  *waitReq
+	answered map[string]bool
 }
 
 var _ agent.Emitter = (*emitter)(nil)
@@ -249,7 +253,7 @@ func statusFor(code protocol.ErrorCode) store.RunStatus {
 	switch code {
 	case protocol.CodeCancelled:
 		return store.RunCancelled
-	case protocol.CodeTimeout:
+	case protocol.CodeTimeout, protocol.CodeInputTimeout:
 		return store.RunTimeout
 	}
 	return store.RunFailed

@@ -73,6 +73,12 @@ type Config struct {
 	// Tokens, when set, counts the tokens runs used, by agent and
 	// direction (metrics.Metrics.Tokens).
 	Tokens *prometheus.CounterVec
+	// Inputs, when set, carries a user_input for a run of another node to
+	// that node.
+	Inputs Inputs
+	// InputTimeout bounds a run's wait for its user's answer; 0 →
+	// DefaultInputTimeout.
+	InputTimeout time.Duration
 
 	// crashAfterStore, in tests, makes UserMessage return right after the
 	// run is stored, as a node killed at that moment would.
@@ -99,26 +105,28 @@ type Stops interface {
 // Manager starts, tracks and ends runs. It implements the ws.Handler frames
 // user_message and stop_agent.
 type Manager struct {
-	stream     stream.Stream
-	store      store.Store
-	agent      agent.Agent
-	log        *slog.Logger
-	maxPerUser int
-	timeout    time.Duration
-	now        func() time.Time
-	node       string
-	leaseTTL   time.Duration
-	renewEvery time.Duration
-	reapEvery  time.Duration
-	slots      Slots
-	stops      Stops
-	tokenQuota int64
-	tokens     *prometheus.CounterVec
-	crash      func() bool
-	loopCtx    context.Context // done at the end of Shutdown
-	stopLoop   context.CancelFunc
-	loopWG     sync.WaitGroup // lease loop, stop listener
-	resendWG   sync.WaitGroup // resend goroutines
+	stream       stream.Stream
+	store        store.Store
+	agent        agent.Agent
+	log          *slog.Logger
+	maxPerUser   int
+	timeout      time.Duration
+	now          func() time.Time
+	node         string
+	leaseTTL     time.Duration
+	renewEvery   time.Duration
+	reapEvery    time.Duration
+	slots        Slots
+	stops        Stops
+	inputs       Inputs
+	inputTimeout time.Duration
+	tokenQuota   int64
+	tokens       *prometheus.CounterVec
+	crash        func() bool
+	loopCtx      context.Context // done at the end of Shutdown
+	stopLoop     context.CancelFunc
+	loopWG       sync.WaitGroup // lease loop, stop listener
+	resendWG     sync.WaitGroup // resend goroutines
 
 	mu     sync.Mutex
 	active map[string]*active // by run id, until the terminal event
@@ -142,7 +150,7 @@ type Manager struct {
 type active struct {
 	em     *emitter
 	cancel context.CancelCauseFunc
-	timer  *time.Timer
+	clock  *clock // the run and input timeouts; nil until execute arms it
 }
 
 // New returns a Manager; it starts no goroutine (see Start).
@@ -150,7 +158,8 @@ func New(cfg Config) *Manager {
 	m := &Manager{
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
-		slots: cfg.Slots, stops: cfg.Stops, crash: cfg.crashAfterStore, tokenQuota: cfg.TokenQuota, tokens: cfg.Tokens,
+		slots: cfg.Slots, stops: cfg.Stops, inputs: cfg.Inputs, inputTimeout: cfg.InputTimeout, crash: cfg.crashAfterStore,
+		tokenQuota: cfg.TokenQuota, tokens: cfg.Tokens,
 		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), announced: make(map[string]struct{}),
 	}
 	if m.log == nil {
@@ -164,6 +173,9 @@ func New(cfg Config) *Manager {
 	}
 	if m.now == nil {
 		m.now = time.Now
+	}
+	if m.inputTimeout <= 0 {
+		m.inputTimeout = DefaultInputTimeout
 	}
 	m.node, m.leaseTTL, m.renewEvery, m.reapEvery = cfg.Node, cfg.LeaseTTL, cfg.RenewEvery, cfg.ReapEvery
 	if m.node == "" {
@@ -195,6 +207,13 @@ func (m *Manager) Start() {
 		go func() {
 			defer m.loopWG.Done()
 			m.stops.Listen(m.loopCtx, m.node, m.stopLocal)
+		}()
+	}
+	if m.inputs != nil {
+		m.loopWG.Add(1)
+		go func() {
+			defer m.loopWG.Done()
+			m.inputs.Serve(m.loopCtx, m.node, m.serveInput)
 		}()
 	}
 }
@@ -493,7 +512,7 @@ func (m *Manager) StopAgent(ctx context.Context, user string, f *protocol.Frame)
 		}
 		return protocol.AckFrame{}, perr(protocol.CodeInternal, "store unavailable, retry", f.ID)
 	}
-	if !m.end(user, f.RunID, protocol.CodeCancelled, stoppedMessage) && r.Status == store.RunRunning && r.Node != m.node && m.stops != nil {
+	if !m.end(user, f.RunID, protocol.CodeCancelled, stoppedMessage) && !r.Status.Terminal() && r.Node != m.node && m.stops != nil {
 		if err := m.sendStop(ctx, r); err != nil {
 			m.log.Error("send stop to the run's node", "user", user, "run", r.ID, "node", r.Node, "err", err)
 			return protocol.AckFrame{}, perr(protocol.CodeInternal, "stop not delivered, retry", f.ID)
@@ -610,8 +629,8 @@ func (m *Manager) release(e *emitter) {
 	delete(m.active, e.runID)
 	m.mu.Unlock()
 	if a != nil {
-		if a.timer != nil {
-			a.timer.Stop()
+		if a.clock != nil {
+			a.clock.stop()
 		}
 		a.cancel(errRunEnded) // the agent has nothing left to do
 	}
@@ -645,9 +664,13 @@ func (m *Manager) execute(ctx context.Context, act *active, run agent.Run) {
 	defer act.cancel(nil)
 	m.mu.Lock()
 	if m.active[run.ID] == act { // not already ended by a stop
-		act.timer = time.AfterFunc(m.timeout, func() {
+		act.clock = startClock(m.timeout, func() {
 			if em.end(protocol.CodeTimeout, fmt.Sprintf("the run took longer than %s", m.timeout)) {
 				act.cancel(errors.New(string(protocol.CodeTimeout)))
+			}
+		}, func() {
+			if em.end(protocol.CodeInputTimeout, fmt.Sprintf("no answer to the run's question within %s", m.inputTimeout)) {
+				act.cancel(errors.New(string(protocol.CodeInputTimeout)))
 			}
 		})
 	}

@@ -70,6 +70,10 @@ func handleAGUIRun(a *aguiServer) http.Handler {
 		if !httpx.DecodeMax(w, r, &in, aguiMaxBody) {
 			return
 		}
+		if len(in.Resume) > 0 {
+			a.resumeInterrupt(w, r, user, &in)
+			return
+		}
 		f, perr := in.UserFrame()
 		if perr != nil {
 			sendError(w, perr)
@@ -77,19 +81,10 @@ func handleAGUIRun(a *aguiServer) http.Handler {
 		}
 		a.respond(w, r, user, func(c *hubsse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
 			ctx := r.Context()
-			before, err := a.stream.Head(ctx, user)
-			if err != nil {
-				a.unavailable(w, c, "stream head", err)
-				return protocol.Cursor{}, false
-			}
-			// As POST /api/v1/messages: a client that leaves does not cut
-			// the placing of its run short.
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sendTimeout)
-			ack, perr := a.runs.UserMessageInThread(sctx, user, &f)
-			cancel()
-			if perr != nil {
-				c.Discard()
-				sendError(w, perr)
+			ack, before, ok := a.send(w, r, c, user, func(sctx context.Context) (protocol.AckFrame, *protocol.Error) {
+				return a.runs.UserMessageInThread(sctx, user, &f)
+			})
+			if !ok {
 				return protocol.Cursor{}, false
 			}
 			if a.startedAfter(ctx, user, before, ack.RunID) {
@@ -110,6 +105,53 @@ func handleAGUIRun(a *aguiServer) http.Handler {
 			return from, true
 		})
 	})
+}
+
+// resumeInterrupt answers the run request that resumes an interrupted run
+// (RunAgentInput.resume): its entry becomes the user_input of the run's
+// question, through the same runs path as the WebSocket frame (any node;
+// the first answer wins, a later one is 409 conflict), and the answer is
+// the run's AG-UI events from there (RUN_STARTED, as the run goes on) over
+// SSE, until its end or its next interrupt.
+func (a *aguiServer) resumeInterrupt(w http.ResponseWriter, r *http.Request, user string, in *agui.RunAgentInput) {
+	f, perr := in.ResumeFrame()
+	if perr != nil {
+		sendError(w, perr)
+		return
+	}
+	a.respond(w, r, user, func(c *hubsse.Conn, rs *aguiStream) (protocol.Cursor, bool) {
+		ack, before, ok := a.send(w, r, c, user, func(sctx context.Context) (protocol.AckFrame, *protocol.Error) {
+			return a.runs.UserInput(sctx, user, &f)
+		})
+		if !ok {
+			return protocol.Cursor{}, false
+		}
+		rs.tr = agui.NewTranslator(ack.ThreadID, ack.RunID)
+		return protocol.Cursor{Seq: before.Head, Epoch: before.Epoch}, true
+	})
+}
+
+// send reads the stream's head, then does what the request sends (a
+// user_message or a user_input) and returns its ack and that head, from
+// where the response joins. On failure it has given up c and answered.
+// As POST /api/v1/messages: a client that leaves does not cut the sending
+// short.
+func (a *aguiServer) send(w http.ResponseWriter, r *http.Request, c *hubsse.Conn, user string,
+	do func(ctx context.Context) (protocol.AckFrame, *protocol.Error)) (protocol.AckFrame, stream.Position, bool) {
+	before, err := a.stream.Head(r.Context(), user)
+	if err != nil {
+		a.unavailable(w, c, "stream head", err)
+		return protocol.AckFrame{}, before, false
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), sendTimeout)
+	ack, perr := do(sctx)
+	cancel()
+	if perr != nil {
+		c.Discard()
+		sendError(w, perr)
+		return protocol.AckFrame{}, before, false
+	}
+	return ack, before, true
 }
 
 // handleAGUIConnect serves POST /api/v1/agui/connect: a client that lost

@@ -32,6 +32,8 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	mux.Handle("OPTIONS /api/v1/messages", corsPost(handleMethodNotAllowed("POST")))
 	mux.Handle("POST /api/v1/runs/{id}/stop", corsPost(user(sends(handleStopRun(d.Runs)))))
 	mux.Handle("OPTIONS /api/v1/runs/{id}/stop", corsPost(handleMethodNotAllowed("POST")))
+	mux.Handle("POST /api/v1/runs/{id}/input", corsPost(user(sends(handleRunInput(d.Runs)))))
+	mux.Handle("OPTIONS /api/v1/runs/{id}/input", corsPost(handleMethodNotAllowed("POST")))
 
 	mux.Handle("POST /api/v1/tickets", user(handleTickets(d.Tickets, d.Logger)))
 	mux.Handle("GET /api/v1/events", user(reads(handleEvents(d.Stream, d.Logger))))
@@ -64,6 +66,7 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 		"/api/v1/threads/{id}/messages": "GET", "/api/v1/runs/{id}": "GET", "/api/v1/config": "GET",
 		"/api/v1/publish": "POST", "/api/v1/agui": "POST", "/api/v1/agui/connect": "POST", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
 		"/api/v1/stream": "GET", "/api/v1/messages": "POST", "/api/v1/runs/{id}/stop": "POST",
+		"/api/v1/runs/{id}/input": "POST",
 	} {
 		mux.Handle(path, handleMethodNotAllowed(allow))
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 type sender interface {
 	UserMessage(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error)
 	StopAgent(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error)
+	UserInput(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error)
 }
 
 // sendTimeout bounds what one send does in the store and the stream, as a
@@ -29,12 +31,9 @@ const sendTimeout = 10 * time.Second
 // as an HTTP status (sendStatus) with the error body.
 func handleSendMessage(s sender) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, httpx.MaxBody))
-		if err != nil {
-			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				httpx.Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over 128 KiB")
-			}
-			return // the client stopped sending: nothing was read, nothing done
+		body, ok := readBody(w, r)
+		if !ok {
+			return
 		}
 		f, perr := protocol.DecodeAs(protocol.TypeUserMessage, body)
 		if perr != nil {
@@ -60,6 +59,48 @@ func handleStopRun(s sender) http.Handler {
 			return s.StopAgent(ctx, user, &f)
 		})
 	})
+}
+
+// handleRunInput is POST /api/v1/runs/{id}/input: user_input over HTTP, on
+// any node of a cluster. The body holds the frame's other fields
+// (request_id and one of approved, text, choice; id optional), decoded and
+// checked as the frame is.
+func handleRunInput(s sender) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, ok := readBody(w, r)
+		if !ok {
+			return
+		}
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(body, &fields); err != nil || fields == nil {
+			sendError(w, &protocol.Error{Code: protocol.CodeBadJSON, Message: "body must be a JSON object"})
+			return
+		}
+		fields["run_id"], _ = json.Marshal(r.PathValue("id"))
+		body, _ = json.Marshal(fields)
+		f, perr := protocol.DecodeAs(protocol.TypeUserInput, body)
+		if perr != nil {
+			sendError(w, perr)
+			return
+		}
+		send(w, r, func(ctx context.Context, user string) (protocol.AckFrame, *protocol.Error) {
+			return s.UserInput(ctx, user, &f)
+		})
+	})
+}
+
+// readBody reads a send's body, at most httpx.MaxBody (else 413
+// too_large); false when it could not be read, answered or not (a client
+// that stopped sending: nothing was read, nothing done).
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, httpx.MaxBody))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			httpx.Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over 128 KiB")
+		}
+		return nil, false
+	}
+	return body, true
 }
 
 // send runs do for the request's user and answers the ack. It goes on if the
@@ -88,6 +129,8 @@ func sendStatus(c protocol.ErrorCode) int {
 		return http.StatusBadRequest
 	case protocol.CodeNotFound:
 		return http.StatusNotFound
+	case protocol.CodeConflict:
+		return http.StatusConflict
 	case protocol.CodeTooManyRuns, protocol.CodeRateLimited, protocol.CodeQuotaExceeded:
 		return http.StatusTooManyRequests
 	}

@@ -40,6 +40,47 @@ func (f *fakeSender) StopAgent(ctx context.Context, user string, fr *protocol.Fr
 	return f.answer(ctx, user, fr)
 }
 
+func (f *fakeSender) UserInput(ctx context.Context, user string, fr *protocol.Frame) (protocol.AckFrame, *protocol.Error) {
+	return f.answer(ctx, user, fr)
+}
+
+func TestRunInput(t *testing.T) {
+	t.Parallel()
+	f := &fakeSender{}
+	mux := http.NewServeMux()
+	mux.Handle("POST /api/v1/runs/{id}/input", handleRunInput(f))
+	rec := serve(mux, asUser(httptest.NewRequest("POST", "/api/v1/runs/r1/input", strings.NewReader(`{"request_id":"q1","approved":true,"run_id":"ignored"}`)), "bob"))
+	var ack map[string]string
+	wantJSON(t, rec, 200, &ack)
+	if ack["type"] != "ack" || f.user != "bob" || f.frame.Type != protocol.TypeUserInput || f.frame.RunID != "r1" ||
+		f.frame.RequestID != "q1" || f.frame.Answer.Approved == nil || !*f.frame.Answer.Approved {
+		t.Fatalf("ack %v, sender got %s %+v", ack, f.user, f.frame)
+	}
+	for _, tc := range []struct {
+		body   string
+		status int
+		code   protocol.ErrorCode
+	}{
+		{`[]`, 400, protocol.CodeBadJSON},
+		{`{"approved":true}`, 400, protocol.CodeInvalidMessage},
+		{`{"request_id":"q1"}`, 400, protocol.CodeInvalidMessage},
+		{`{"request_id":"q1","approved":true,"text":"x"}`, 400, protocol.CodeInvalidMessage},
+		{`{"request_id":"q1","approved":"yes"}`, 400, protocol.CodeInvalidMessage},
+	} {
+		f := &fakeSender{}
+		mux := http.NewServeMux()
+		mux.Handle("POST /api/v1/runs/{id}/input", handleRunInput(f))
+		wantError(t, serve(mux, asUser(httptest.NewRequest("POST", "/api/v1/runs/r1/input", strings.NewReader(tc.body)), "bob")), tc.status, tc.code)
+		if f.calls != 0 {
+			t.Fatalf("%s: the sender was called", tc.body)
+		}
+	}
+	f = &fakeSender{err: &protocol.Error{Code: protocol.CodeConflict, Message: "already answered"}}
+	mux = http.NewServeMux()
+	mux.Handle("POST /api/v1/runs/{id}/input", handleRunInput(f))
+	wantError(t, serve(mux, asUser(httptest.NewRequest("POST", "/api/v1/runs/r1/input", strings.NewReader(`{"request_id":"q1","text":"x"}`)), "bob")), 409, protocol.CodeConflict)
+}
+
 func TestSendMessage(t *testing.T) {
 	t.Parallel()
 	f := &fakeSender{}

@@ -159,8 +159,9 @@ type Message struct {
 	CreatedAt time.Time
 }
 
-// RunStatus is the state of a run: RunRunning, then exactly one terminal
-// status.
+// RunStatus is the state of a run: RunRunning (or RunWaiting while its
+// agent waits for the user's answer, back and forth), then exactly one
+// terminal status.
 type RunStatus string
 
 // Run statuses, as they appear on the wire.
@@ -170,6 +171,9 @@ const (
 	RunFailed    RunStatus = "failed"
 	RunCancelled RunStatus = "cancelled"
 	RunTimeout   RunStatus = "timeout"
+	// RunWaiting is a running run whose agent waits for its user's answer
+	// (input_required): leased, renewed and reaped like RunRunning.
+	RunWaiting RunStatus = "waiting_for_input"
 )
 
 // Terminal reports whether s is one of the statuses a run ends with.
@@ -319,6 +323,11 @@ type Store interface {
 	// ErrNotRunning if the run already ended, ErrNotFound if o.UserID has no
 	// such run.
 	FinishRun(ctx context.Context, o Outcome) error
+	// SetRunWaiting moves the user's run from RunRunning to RunWaiting
+	// (waiting) or back. Setting the status it has is not an error.
+	// ErrNotRunning if the run has ended, ErrNotFound if userID has no
+	// such run.
+	SetRunWaiting(ctx context.Context, userID, runID string, waiting bool) error
 	// ConfirmEnds records that the terminal events of the ended runs
 	// runIDs are in the stream (Outcome.Announced): ClaimEnds no longer
 	// returns them. Unknown and running runs are skipped.

@@ -119,6 +119,8 @@ func (ss *session) handle(ctx context.Context, f *protocol.Frame) {
 		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.UserMessage(ctx, ss.user, f) })
 	case protocol.TypeStopAgent:
 		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.StopAgent(ctx, ss.user, f) })
+	case protocol.TypeUserInput:
+		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.UserInput(ctx, ss.user, f) })
 	}
 }
 

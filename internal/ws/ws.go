@@ -72,6 +72,7 @@ type TicketRedeemer interface {
 type Handler interface {
 	UserMessage(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error)
 	StopAgent(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error)
+	UserInput(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error)
 }
 
 // ConnLimiter counts a user's connections across every node.

@@ -45,6 +45,10 @@ func (nopHandler) UserMessage(context.Context, string, *protocol.Frame) (protoco
 	return protocol.AckFrame{}, &protocol.Error{Code: protocol.CodeNotFound, Message: "no"}
 }
 
+func (nopHandler) UserInput(context.Context, string, *protocol.Frame) (protocol.AckFrame, *protocol.Error) {
+	return protocol.AckFrame{}, &protocol.Error{Code: protocol.CodeNotFound, Message: "no"}
+}
+
 func (nopHandler) StopAgent(context.Context, string, *protocol.Frame) (protocol.AckFrame, *protocol.Error) {
 	return protocol.AckFrame{}, &protocol.Error{Code: protocol.CodeNotFound, Message: "no"}
 }

@@ -292,11 +292,20 @@ async function openThread(id, focus) {
     if (messages === null || app.current !== id) return;
     // Runs this page saw start are drawn from their events, timeline included.
     const seen = new Set((app.live.get(id) || []).filter((ev) => ev.type === "agent_started").map((ev) => ev.run_id));
+    const answered = new Set(messages.filter((m) => m.role === "assistant").map((m) => m.run_id));
     for (const m of messages) {
       if (m.role === "user") addUserMessage(m.id, m.content);
       else if (m.run_id && seen.has(m.run_id)) runView(m.run_id);
       else if (m.run_id) runView(m.run_id).fromHistory(m.content);
       else addUserMessage(m.id, m.content, "assistant");
+    }
+    // A run that waits for an answer, started before this page: its
+    // question comes from the retained events, so every tab can answer.
+    const open = messages.filter((m) => m.role === "user" && m.run_id && !answered.has(m.run_id) && !seen.has(m.run_id));
+    for (const m of open.slice(-3)) {
+      const run = await api(`/api/v1/runs/${encodeURIComponent(m.run_id)}`);
+      if (app.current !== id) return;
+      if (run.status === "waiting_for_input") await replayRun(m.run_id, () => app.current === id);
     }
   } catch (err) {
     if (app.current === id) showError("chat-error", err);
@@ -311,6 +320,19 @@ async function openThread(id, focus) {
 }
 
 // ---------------------------------------------------------------- events
+
+// replayRun draws a run this page did not see start from the events the
+// stream still holds (at most 10 pages of them).
+async function replayRun(runId, stillWanted) {
+  let since = 0;
+  for (let page = 0; page < 10; page++) {
+    const res = await api(`/api/v1/events?since=${since}&limit=1000`);
+    if (!stillWanted()) return;
+    for (const ev of res.events || []) if (ev.run_id === runId) runView(runId).apply(ev);
+    if (res.next === undefined || res.next === null) return;
+    since = res.next;
+  }
+}
 
 function onEvent(ev) {
   if (!ev.thread_id) return;
@@ -353,6 +375,7 @@ class RunView {
     this.runId = runId;
     this.seqs = new Set();
     this.tools = new Map();
+    this.prompts = new Map(); // request_id → the open question's controls
     this.answer = "";
     this.done = false;
     this.historic = false;
@@ -432,6 +455,15 @@ class RunView {
         li.querySelector(".tool-result").textContent = `running… ${of}${d.message ? ` ${d.message}` : ""}`;
         break;
       }
+      case "input_required":
+        this.ask(ev, d);
+        break;
+      case "input_received": {
+        const said = d.approved !== undefined ? (d.approved ? "approved" : "denied") : d.text !== undefined ? `“${d.text}”` : d.choice;
+        this.line(ev, "answered", `Answered: ${said}`);
+        this.closePrompt(d.request_id);
+        break;
+      }
       case "agent_message_delta":
         if (this.done) break;
         this.answer += d.delta ?? "";
@@ -452,7 +484,56 @@ class RunView {
     }
   }
 
+  // ask shows the run's question with its controls (Approve/Deny, a text
+  // box, or one button per option) until an answer arrives from any tab.
+  ask(ev, d) {
+    const li = this.line(ev, "asks", `Asks: ${d.prompt}`);
+    if (this.done) return;
+    const form = el("form", { class: "prompt", "aria-label": "Answer the agent" });
+    const send = async (answer) => {
+      for (const c of form.elements) c.disabled = true;
+      try {
+        await app.client.answerInput(this.runId, d.request_id, answer);
+      } catch (err) {
+        if (err.code === "conflict") return this.closePrompt(d.request_id); // another tab answered first
+        for (const c of form.elements) c.disabled = false;
+        showError("chat-error", err);
+      }
+    };
+    const button = (text, answer, cls = "") => {
+      const b = el("button", { type: "button", class: cls, text });
+      b.addEventListener("click", () => send(answer));
+      return b;
+    };
+    if (d.kind === "approval") {
+      form.append(button("Approve", { approved: true }, "approve"), button("Deny", { approved: false }, "deny"));
+    } else if (d.kind === "choice") {
+      for (const o of d.options || []) form.append(button(o, { choice: o }, "choice"));
+    } else {
+      const input = el("input", { type: "text", class: "prompt-text", "aria-label": d.prompt });
+      form.append(input, el("button", { type: "submit", text: "Send" }));
+      form.addEventListener("submit", (e) => {
+        e.preventDefault();
+        send({ text: input.value });
+      });
+    }
+    li.append(form);
+    this.prompts.set(d.request_id, form);
+    this.status.textContent = "waiting for input";
+    form.querySelector("button, input")?.focus();
+  }
+
+  closePrompt(requestId) {
+    const form = this.prompts.get(requestId);
+    if (!form) return;
+    this.prompts.delete(requestId);
+    if (form.contains(document.activeElement)) $("composer-input").focus();
+    form.remove();
+    if (!this.done) this.status.textContent = "running";
+  }
+
   finish(status, total) {
+    for (const id of [...this.prompts.keys()]) this.closePrompt(id);
     this.done = true;
     this.root.classList.remove("running");
     this.root.classList.add(status);

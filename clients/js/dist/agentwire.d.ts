@@ -75,6 +75,23 @@ export interface AgentErrorData {
     message: string;
     duration_ms: number;
 }
+/** The run asks its user; answer with AgentwireClient.answerInput. */
+export interface InputRequiredData {
+    request_id: string;
+    kind: "approval" | "text" | "choice";
+    prompt: string;
+    tool_call_id?: string;
+    options?: string[];
+    schema?: Record<string, unknown>;
+}
+/** The answer the run took (the first one): every tab closes its prompt. */
+export type InputReceivedData = {
+    request_id: string;
+} & Partial<{
+    approved: boolean;
+    text: string;
+    choice: string;
+}>;
 export type UserMessageEvent = StreamEventBase<"user_message", UserMessageData>;
 export type AgentStartedEvent = StreamEventBase<"agent_started", AgentStartedData>;
 export type AgentThinkingEvent = StreamEventBase<"agent_thinking", AgentThinkingData>;
@@ -84,6 +101,8 @@ export type ToolProgressEvent = StreamEventBase<"tool_progress", ToolProgressDat
 export type AgentMessageDeltaEvent = StreamEventBase<"agent_message_delta", AgentMessageDeltaData>;
 export type AgentCompletedEvent = StreamEventBase<"agent_completed", AgentCompletedData>;
 export type AgentErrorEvent = StreamEventBase<"agent_error", AgentErrorData>;
+export type InputRequiredEvent = StreamEventBase<"input_required", InputRequiredData>;
+export type InputReceivedEvent = StreamEventBase<"input_received", InputReceivedData>;
 /** An event given to POST /api/v1/publish: any type, any object as data. */
 export type PublishedEvent = StreamEventBase<string, Record<string, unknown>>;
 /** The stream events agentwire's runs produce, by type. */
@@ -97,6 +116,8 @@ export interface AgentEventMap {
     agent_message_delta: AgentMessageDeltaEvent;
     agent_completed: AgentCompletedEvent;
     agent_error: AgentErrorEvent;
+    input_required: InputRequiredEvent;
+    input_received: InputReceivedEvent;
 }
 export type AgentEvent = AgentEventMap[keyof AgentEventMap];
 /** Any frame with a seq: an agent event or a published one. */
@@ -155,6 +176,12 @@ export interface StopAgentFrame {
     id?: string;
     run_id: string;
 }
+export type UserInputFrame = {
+    type: "user_input";
+    id?: string;
+    run_id: string;
+    request_id: string;
+} & InputAnswer;
 export interface ResumeFrame {
     type: "resume";
     id?: string;
@@ -165,7 +192,7 @@ export interface PingFrame {
     type: "ping";
     id?: string;
 }
-export type ClientFrame = UserMessageFrame | StopAgentFrame | ResumeFrame | PingFrame;
+export type ClientFrame = UserMessageFrame | StopAgentFrame | UserInputFrame | ResumeFrame | PingFrame;
 export interface Thread {
     id: string;
     title: string;
@@ -289,6 +316,14 @@ export interface ClientOptions {
     /** Random source in [0, 1) for jitter (tests). */
     random?: () => number;
 }
+/** The answer of a user_input frame: exactly one field. */
+export type InputAnswer = {
+    approved: boolean;
+} | {
+    text: string;
+} | {
+    choice: string;
+};
 /** A rejected sendMessage/stop/ping. `code` is the error frame's code, or `timeout`, `closed`. */
 export declare class AgentwireError extends Error {
     readonly code: string;
@@ -394,6 +429,13 @@ export declare class AgentwireClient {
     sendMessage(content: string, opts?: SendMessageOptions): Promise<MessageAck>;
     /** Asks the server to stop run runId; resolves with the ack. The run then ends with agent_error `cancelled`. */
     stop(runId: string, timeoutMs?: number): Promise<AckFrame>;
+    /**
+     * Answers a run's `input_required` (`request_id`) with exactly one of
+     * `approved`, `text` or `choice`; resolves with the ack. The first answer
+     * from any tab wins; a later one rejects with code `conflict`. Every tab
+     * then sees `input_received`.
+     */
+    answerInput(runId: string, requestId: string, answer: InputAnswer, timeoutMs?: number): Promise<AckFrame>;
     /** Sends an application-level ping; resolves with the pong. */
     ping(timeoutMs?: number): Promise<PongFrame>;
     private request;

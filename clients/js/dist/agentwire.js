@@ -244,6 +244,15 @@ export class AgentwireClient {
     async stop(runId, timeoutMs) {
         return (await this.request({ type: "stop_agent", id: frameID(), run_id: runId }, timeoutMs));
     }
+    /**
+     * Answers a run's `input_required` (`request_id`) with exactly one of
+     * `approved`, `text` or `choice`; resolves with the ack. The first answer
+     * from any tab wins; a later one rejects with code `conflict`. Every tab
+     * then sees `input_received`.
+     */
+    async answerInput(runId, requestId, answer, timeoutMs) {
+        return (await this.request({ type: "user_input", id: frameID(), run_id: runId, request_id: requestId, ...answer }, timeoutMs));
+    }
     /** Sends an application-level ping; resolves with the pong. */
     async ping(timeoutMs) {
         return (await this.request({ type: "ping", id: frameID() }, timeoutMs));

@@ -2,6 +2,7 @@
 package agenttest
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,20 +23,22 @@ var ErrOrder = errors.New("agenttest: event breaks the run's rules")
 // Event is one recorded call. Only the fields of its Type are set.
 type Event struct {
 	Type       string
-	Text       string             // agent_thinking
-	ToolCallID string             // tool_executing, tool_completed
-	Tool       string             // tool_executing, tool_completed
-	Args       json.RawMessage    // tool_executing: args as they would be sent
-	OK         bool               // tool_completed
-	Result     json.RawMessage    // tool_completed: result as it would be sent
-	Duration   time.Duration      // tool_completed
-	Error      string             // tool_completed
-	Delta      string             // agent_message_delta
-	Final      string             // agent_completed: final_response
-	Code       protocol.ErrorCode // agent_error
-	Message    string             // agent_error
-	Data       json.RawMessage    // a relayed type (Emitter.Event): data as it would be sent
-	Progress   agent.Progress     // tool_progress
+	Text       string               // agent_thinking
+	ToolCallID string               // tool_executing, tool_completed
+	Tool       string               // tool_executing, tool_completed
+	Args       json.RawMessage      // tool_executing: args as they would be sent
+	OK         bool                 // tool_completed
+	Result     json.RawMessage      // tool_completed: result as it would be sent
+	Duration   time.Duration        // tool_completed
+	Error      string               // tool_completed
+	Delta      string               // agent_message_delta
+	Final      string               // agent_completed: final_response
+	Code       protocol.ErrorCode   // agent_error
+	Message    string               // agent_error
+	Data       json.RawMessage      // a relayed type (Emitter.Event): data as it would be sent
+	Input      agent.InputRequest   // input_required
+	Answer     protocol.InputAnswer // input_received
+	Progress   agent.Progress       // tool_progress
 }
 
 // Recorder is an agent.Emitter that records events in order and enforces
@@ -49,6 +52,11 @@ type Recorder struct {
 	// outside the Recorder's lock (so it may call the Recorder, or cancel a
 	// context to test cancellation at a precise point).
 	OnEvent func(Event)
+	// Answer, when set before use, answers RequestInput (after the request
+	// is recorded as input_required, before input_received); without it
+	// RequestInput fails with agent.ErrRunEnded, as a run whose user never
+	// answers does.
+	Answer func(agent.InputRequest) protocol.InputAnswer
 
 	mu         sync.Mutex
 	events     []Event
@@ -148,6 +156,29 @@ func (r *Recorder) End() {
 	r.mu.Lock()
 	r.ended = true
 	r.mu.Unlock()
+}
+
+// RequestInput records input_required, then input_received with the
+// answer of r.Answer.
+func (r *Recorder) RequestInput(ctx context.Context, req agent.InputRequest) (protocol.InputAnswer, error) {
+	if err := r.record(Event{Type: protocol.TypeInputRequired, Input: req, ToolCallID: req.ToolCallID}); err != nil {
+		return protocol.InputAnswer{}, err
+	}
+	if r.Answer == nil {
+		r.End()
+		return protocol.InputAnswer{}, agent.ErrRunEnded
+	}
+	if err := ctx.Err(); err != nil {
+		return protocol.InputAnswer{}, err
+	}
+	a := r.Answer(req)
+	if a.Kind() != req.Kind {
+		return protocol.InputAnswer{}, r.violate(fmt.Sprintf("answer of kind %q to a %q request", a.Kind(), req.Kind))
+	}
+	if err := r.record(Event{Type: protocol.TypeInputReceived, Answer: a}); err != nil {
+		return protocol.InputAnswer{}, err
+	}
+	return a, nil
 }
 
 func (r *Recorder) violate(msg string) error {

@@ -79,6 +79,10 @@ type step func(ctx context.Context, em agent.Emitter) error
 // Run answers the last user message of run.
 func (a *Agent) Run(ctx context.Context, run agent.Run, em agent.Emitter) error {
 	msg := lastUserMessage(run.Messages)
+	msg, done, err := a.ask(ctx, msg, em)
+	if done || err != nil {
+		return err
+	}
 	steps := []step{thinking("Reading your message.")}
 	switch expr, hasExpr := FindExpression(msg); {
 	case HasWord(msg, "fail"):
@@ -133,6 +137,52 @@ func (a *Agent) Run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 // calcChunks is how many delta steps a calculator answer gets; the answer
 // is chunked to fit once it is known.
 const calcChunks = 8
+
+// The demo's questions (human in the loop): "approve" asks for approval
+// before anything else (a denial ends the run with an answer that says so),
+// "ask" asks for text and "choose" for one of ChoiceOptions; the text or
+// choice then stands for the message (so an answer "2+3" is computed).
+var ChoiceOptions = []string{"red", "green", "blue"}
+
+// Prompts of the demo's questions.
+const (
+	ApprovalPrompt = "May I answer your message?"
+	TextPrompt     = "What should I answer? (arithmetic is computed)"
+	ChoicePrompt   = "Pick a colour."
+	// DeniedAnswer is the whole answer after a denial.
+	DeniedAnswer = "You denied the request, so I did nothing."
+)
+
+// ask asks what msg calls for and returns the message to answer; done
+// when the run has already ended (denied).
+func (a *Agent) ask(ctx context.Context, msg string, em agent.Emitter) (string, bool, error) {
+	switch {
+	case HasWord(msg, "approve"):
+		ans, err := em.RequestInput(ctx, agent.InputRequest{Kind: protocol.InputApproval, Prompt: ApprovalPrompt})
+		if err != nil {
+			return "", true, err
+		}
+		if !*ans.Approved {
+			if err := em.Thinking("The request was denied."); err != nil {
+				return "", true, err
+			}
+			return "", true, em.Complete(DeniedAnswer)
+		}
+	case HasWord(msg, "ask"):
+		ans, err := em.RequestInput(ctx, agent.InputRequest{Kind: protocol.InputText, Prompt: TextPrompt})
+		if err != nil {
+			return "", true, err
+		}
+		return *ans.Text, false, nil
+	case HasWord(msg, "choose"):
+		ans, err := em.RequestInput(ctx, agent.InputRequest{Kind: protocol.InputChoice, Prompt: ChoicePrompt, Options: ChoiceOptions})
+		if err != nil {
+			return "", true, err
+		}
+		return *ans.Choice, false, nil
+	}
+	return msg, false, nil
+}
 
 // answerSteps streams answer() in n deltas, then completes with it.
 func answerSteps(answer func() string, n int) []step {

@@ -15,6 +15,15 @@
 // result, duration_ms?, error?}, agent_message_delta {delta},
 // agent_completed {final_response?}, agent_error {code?, message}.
 //
+// Human in the loop: the service may ask the user with input_required
+// {kind, prompt, tool_call_id?, options?, schema?} and then end its response
+// (agentwire reads nothing after it). agentwire asks the user and, with the
+// answer, POSTs the same request again with "input": {"kind", "prompt",
+// "tool_call_id"?, and "approved", "text" or "choice"}; the new response
+// continues the run (open tool calls and the answer so far carry over).
+// At most MaxInputRounds questions per run; the run's timeout applies to
+// each request, not to the user's wait.
+//
 // The service speaks for this one run only: user_id, run_id and thread_id
 // in its events are ignored (the Emitter is bound to the run), and so is
 // agent_started (agentwire sent it). Anything else ends the run with
@@ -80,7 +89,20 @@ type request struct {
 	ThreadID string    `json:"thread_id"`
 	UserID   string    `json:"user_id"`
 	Messages []message `json:"messages"`
+	// Input is the user's answer to the previous response's input_required.
+	Input *input `json:"input,omitempty"`
 }
+
+// input is a question the service asked and the user's answer.
+type input struct {
+	Kind       protocol.InputKind `json:"kind"`
+	Prompt     string             `json:"prompt"`
+	ToolCallID string             `json:"tool_call_id,omitempty"`
+	protocol.InputAnswer
+}
+
+// MaxInputRounds bounds the questions of one run.
+const MaxInputRounds = 16
 
 type message struct {
 	Role    string `json:"role"`
@@ -93,14 +115,40 @@ func (a *Agent) Run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 }
 
 func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error {
-	svc := a.svc
-	rctx, cancel := context.WithTimeout(ctx, svc.Timeout)
-	defer cancel() // also tells the service to stop, once we have our terminal event
 	msgs := make([]message, 0, len(run.Messages))
 	for _, m := range run.Messages {
 		msgs = append(msgs, message{Role: m.Role, Content: m.Content})
 	}
-	body, err := json.Marshal(request{RunID: run.ID, ThreadID: run.ThreadID, UserID: run.UserID, Messages: msgs})
+	req := request{RunID: run.ID, ThreadID: run.ThreadID, UserID: run.UserID, Messages: msgs}
+	r := relay{em: em, open: map[string]openCall{}}
+	for rounds := 0; ; rounds++ {
+		if err := a.round(ctx, req, &r); err != nil || r.ask == nil {
+			return err
+		}
+		if rounds == MaxInputRounds {
+			return upstream.Failf("agent service asked more than %d questions in one run", MaxInputRounds)
+		}
+		ask := *r.ask
+		r.ask = nil
+		ans, err := em.RequestInput(ctx, ask)
+		switch {
+		case err == nil:
+		case errors.Is(err, agent.ErrRunEnded) || ctx.Err() != nil:
+			return err
+		default:
+			return upstream.Failf("agent service asked a question that cannot be asked: %v", err)
+		}
+		req.Input = &input{Kind: ask.Kind, Prompt: ask.Prompt, ToolCallID: ask.ToolCallID, InputAnswer: ans}
+	}
+}
+
+// round posts req and relays the response, until the run's end or the
+// service's question (r.ask).
+func (a *Agent) round(ctx context.Context, req request, r *relay) error {
+	svc := a.svc
+	rctx, cancel := context.WithTimeout(ctx, svc.Timeout)
+	defer cancel() // also tells the service to stop, once we have our terminal event
+	body, err := json.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("httpagent: encoding the request: %w", err)
 	}
@@ -110,7 +158,6 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 	}
 	defer resp.Body.Close()
 
-	r := relay{em: em, open: map[string]openCall{}}
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if mt == "text/event-stream" {
 		err = sse.Read(svc.Body(resp), upstream.MaxEvent, func(e sse.Event) error {
@@ -121,6 +168,9 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 		})
 	} else {
 		err = readLines(svc.Body(resp), func(line []byte) error { return r.handle(line, "") })
+	}
+	if r.ask != nil && errors.Is(err, upstream.ErrStop) {
+		return nil
 	}
 	return svc.Ended(ctx, rctx, err, r.ended, protocol.TypeAgentCompleted)
 }
@@ -162,6 +212,11 @@ type Fields struct {
 	Message       string          `json:"message"`
 	// Usage, on agent_completed: the tokens the service's model calls used.
 	Usage *protocol.Usage `json:"usage"`
+	// input_required
+	Kind    protocol.InputKind `json:"kind"`
+	Prompt  string             `json:"prompt"`
+	Options []string           `json:"options"`
+	Schema  json.RawMessage    `json:"schema"`
 }
 
 // Decode parses one event, nested ({"type","data":{…}}) or flat. name is
@@ -207,6 +262,7 @@ type relay struct {
 	seen  map[string]bool
 	line  int
 	ended bool
+	ask   *agent.InputRequest // the service's question, which ends its response
 }
 
 func (r *relay) handle(line []byte, name string) error {
@@ -278,6 +334,13 @@ func (r *relay) handle(line []byte, name string) error {
 		if err := r.emit(r.em.Complete(f.FinalResponse)); err != nil {
 			return err
 		}
+		return upstream.ErrStop
+	case protocol.TypeInputRequired:
+		ask := agent.InputRequest{Kind: f.Kind, Prompt: f.Prompt, ToolCallID: f.ToolCallID, Options: f.Options}
+		if len(f.Schema) > 0 && string(f.Schema) != "null" {
+			ask.Schema = f.Schema
+		}
+		r.ask = &ask
 		return upstream.ErrStop
 	case protocol.TypeAgentError:
 		msg := f.Message

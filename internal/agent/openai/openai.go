@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -63,6 +64,11 @@ type Config struct {
 	RequestTimeout time.Duration
 	// SystemPrompt opens every conversation; default DefaultSystemPrompt.
 	SystemPrompt string
+	// RequireApproval names the tools whose calls ask the user first
+	// (input_required approval, with the call's tool_call_id); "*" is
+	// every tool. A denied call is not run: the model gets the denial as
+	// the call's result, and the timeline a failed tool call.
+	RequireApproval []string
 }
 
 // Agent is the OpenAI-compatible agent. It is safe for concurrent runs.
@@ -171,6 +177,14 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 			if tool, ok := fns.byFunction[name]; ok {
 				name = tool
 			}
+			denied, err := a.deniedByUser(ctx, em, c, name)
+			if err != nil {
+				return err
+			}
+			if denied {
+				msgs = append(msgs, message{Role: "tool", ToolCallID: c.ID, Content: ptr(deniedResult)})
+				continue
+			}
 			res, err := tools.CallTool(ctx, em, reg, c.ID, name, json.RawMessage(c.Function.Arguments))
 			var toolErr *tools.CallError
 			var content []byte
@@ -185,6 +199,42 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 			msgs = append(msgs, message{Role: "tool", ToolCallID: c.ID, Content: ptr(string(content))})
 		}
 	}
+}
+
+// deniedResult is what the model gets for a call the user denied.
+const deniedResult = `{"error":"the user denied this tool call; do not retry it"}`
+
+// maxPromptArgs bounds the arguments quoted in an approval prompt.
+const maxPromptArgs = 1000
+
+// deniedByUser asks the user to approve call, of the tool named tool (its
+// name in the registry, "NAME.tool" for an MCP server's, not the function
+// name the model saw), when that tool needs approval, and reports a denial,
+// which it also records as a failed tool call.
+func (a *Agent) deniedByUser(ctx context.Context, em agent.Emitter, c toolCall, tool string) (bool, error) {
+	if !slices.Contains(a.cfg.RequireApproval, "*") && !slices.Contains(a.cfg.RequireApproval, tool) {
+		return false, nil
+	}
+	args := c.Function.Arguments
+	if len(args) > maxPromptArgs {
+		args = strings.ToValidUTF8(args[:maxPromptArgs], "") + "…"
+	}
+	ans, err := em.RequestInput(ctx, agent.InputRequest{Kind: protocol.InputApproval, ToolCallID: c.ID,
+		Prompt: fmt.Sprintf("Allow the tool %s with %s?", tool, args)})
+	if err != nil {
+		return false, err
+	}
+	if *ans.Approved {
+		return false, nil
+	}
+	var raw map[string]any
+	if json.Unmarshal([]byte(c.Function.Arguments), &raw) != nil {
+		raw = map[string]any{}
+	}
+	if err := em.ToolExecuting(c.ID, tool, raw); err != nil {
+		return false, err
+	}
+	return true, em.ToolCompleted(agent.ToolResult{CallID: c.ID, Tool: tool, Result: json.RawMessage(deniedResult), Error: "denied by the user"})
 }
 
 // answer is the text streamed to the user across rounds.

@@ -505,3 +505,77 @@ func TestUsageAndFunctionNames(t *testing.T) {
 		t.Errorf("tool_executing %+v", ex)
 	}
 }
+
+func TestRequireApproval(t *testing.T) {
+	t.Parallel()
+	for _, approve := range []bool{true, false} {
+		f := &fake{scripts: []func(http.ResponseWriter, *http.Request){
+			stream(role(), toolDelta(0, "call_1", "calculator", `{"expression":"6*7"}`), finish("tool_calls"), done),
+			stream(content("Done."), finish("stop"), done),
+		}}
+		a, _ := newAgent(t, f, func(c *openai.Config) { c.RequireApproval = []string{"calculator"} })
+		var asked []agent.InputRequest
+		rec := &agenttest.Recorder{Answer: func(r agent.InputRequest) protocol.InputAnswer {
+			asked = append(asked, r)
+			return protocol.InputAnswer{Approved: &approve}
+		}}
+		if err := a.Run(context.Background(), userRun("6*7?"), rec); err != nil {
+			t.Fatal(err)
+		}
+		rec.AssertValid(t)
+		if len(asked) != 1 || asked[0].Kind != protocol.InputApproval || asked[0].ToolCallID != "call_1" || !strings.Contains(asked[0].Prompt, "calculator") {
+			t.Fatalf("asked %+v", asked)
+		}
+		co := rec.Of(protocol.TypeToolCompleted)[0]
+		tool := f.requests()[1]["messages"].([]any)[3].(map[string]any)
+		if approve {
+			if !co.OK || tool["content"] != "42" {
+				t.Errorf("approved: tool_completed %+v, tool message %v", co, tool)
+			}
+		} else if co.OK || co.Error == "" || !strings.Contains(tool["content"].(string), "denied") {
+			t.Errorf("denied: tool_completed %+v, tool message %v", co, tool)
+		}
+	}
+	// Tools not named run without asking.
+	f := &fake{scripts: []func(http.ResponseWriter, *http.Request){
+		stream(role(), toolDelta(0, "call_1", "calculator", `{"expression":"1+1"}`), finish("tool_calls"), done),
+		stream(content("2."), finish("stop"), done),
+	}}
+	a, _ := newAgent(t, f, func(c *openai.Config) { c.RequireApproval = []string{"current_time"} })
+	rec := run(t, a, userRun("1+1?"))
+	if n := len(rec.Of(protocol.TypeInputRequired)); n != 0 {
+		t.Errorf("%d questions for a tool that needs no approval", n)
+	}
+}
+
+// TestRequireApprovalToolName: --require-approval names a tool as the
+// registry does ("srv.read", an MCP server's tool), not as the function
+// name the model was offered ("srv_read"); the question and the timeline
+// name it so too.
+func TestRequireApprovalToolName(t *testing.T) {
+	t.Parallel()
+	f := &fake{scripts: []func(http.ResponseWriter, *http.Request){
+		stream(role(), toolDelta(0, "call_1", "srv_read", `{}`), finish("tool_calls"), done),
+		stream(content("Done."), finish("stop"), done),
+	}}
+	a, _ := newAgent(t, f, func(c *openai.Config) {
+		c.Tools = tools.New(namedTool("srv.read"))
+		c.RequireApproval = []string{"srv.read"}
+	})
+	var asked []agent.InputRequest
+	rec := &agenttest.Recorder{Answer: func(r agent.InputRequest) protocol.InputAnswer {
+		asked = append(asked, r)
+		no := false
+		return protocol.InputAnswer{Approved: &no}
+	}}
+	if err := a.Run(context.Background(), userRun("read"), rec); err != nil {
+		t.Fatal(err)
+	}
+	rec.Completed(t)
+	if len(asked) != 1 || asked[0].ToolCallID != "call_1" || !strings.Contains(asked[0].Prompt, "srv.read") {
+		t.Fatalf("asked %+v", asked)
+	}
+	if co := rec.Of(protocol.TypeToolCompleted); len(co) != 1 || co[0].Tool != "srv.read" || co[0].OK {
+		t.Errorf("tool_completed %+v", co)
+	}
+}

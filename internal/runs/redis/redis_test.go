@@ -72,3 +72,34 @@ func TestStopsReachTheNode(t *testing.T) {
 	cancel()
 	<-done
 }
+
+func TestInputsAskAndReply(t *testing.T) {
+	t.Parallel()
+	c, prefix := redisxtest.Client(t)
+	in := NewInputs(c, prefix)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		in.Serve(ctx, "n1", func(req []byte) []byte { return append([]byte("re:"), req...) })
+	}()
+	var reply []byte
+	delivered := false
+	for deadline := time.Now().Add(30 * time.Second); !delivered && time.Now().Before(deadline); {
+		var err error
+		if reply, delivered, err = in.Ask(ctx, "n1", []byte("hi")); err != nil {
+			t.Fatal(err)
+		}
+		if !delivered {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if !delivered || string(reply) != "re:hi" {
+		t.Fatalf("reply %q delivered %v, want re:hi", reply, delivered)
+	}
+	if _, ok, err := in.Ask(ctx, "n2", []byte("x")); err != nil || ok {
+		t.Fatalf("an answer for a node nobody serves: delivered %v, %v", ok, err)
+	}
+	cancel()
+	<-done
+}

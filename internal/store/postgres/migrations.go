@@ -88,6 +88,17 @@ CREATE INDEX runs_lease ON runs (lease_until) WHERE status = 'running';
 ALTER TABLE runs ADD COLUMN end_announced boolean NOT NULL DEFAULT true;
 CREATE INDEX runs_unannounced ON runs (lease_until) WHERE NOT end_announced AND status <> 'running';
 `,
+	// issue 11 C: the status waiting_for_input (a running run whose agent
+	// waits for its user's answer): leased, renewed and reaped like a
+	// running one, so the partial indexes of live runs hold both.
+	`
+ALTER TABLE runs DROP CONSTRAINT runs_status_check,
+	ADD CONSTRAINT runs_status_check CHECK (status IN ('running', 'completed', 'failed', 'cancelled', 'timeout', 'waiting_for_input'));
+DROP INDEX runs_running;
+CREATE INDEX runs_running ON runs (started_at, id) WHERE status IN ('running', 'waiting_for_input');
+DROP INDEX runs_lease;
+CREATE INDEX runs_lease ON runs (lease_until) WHERE status IN ('running', 'waiting_for_input');
+`,
 	// issue 11 D: token usage. The tokens a run used, as its agent reported
 	// them; TokensUsed sums them over a user's runs of the day through
 	// runs_user_status (user_id, status, started_at, id).

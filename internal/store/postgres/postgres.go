@@ -582,7 +582,7 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 		err := c.QueryRow(ctx, `
 WITH finished AS (
 	UPDATE runs SET status = $1, ended_at = $2, error_code = $3, error_message = $4, end_announced = $7, input_tokens = $8, output_tokens = $9
-	WHERE id = $5 AND user_id = $6 AND status = 'running'
+	WHERE id = $5 AND user_id = $6 AND status IN ('running', 'waiting_for_input')
 	RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM finished), EXISTS (SELECT 1 FROM runs WHERE id = $5 AND user_id = $6)`,
@@ -599,6 +599,38 @@ SELECT EXISTS (SELECT 1 FROM finished), EXISTS (SELECT 1 FROM runs WHERE id = $5
 	})
 }
 
+// SetRunWaiting implements store.Store. The update only matches a run
+// that has not ended, so it never reopens one a concurrent FinishRun ended.
+func (s *Store) SetRunWaiting(ctx context.Context, userID, runID string, waiting bool) error {
+	if !validID(userID) || !validID(runID) {
+		return fmt.Errorf("postgres: run %q: %w", runID, store.ErrNotFound)
+	}
+	to := store.RunRunning
+	if waiting {
+		to = store.RunWaiting
+	}
+	return s.withConn(ctx, "set run waiting", func(c *pgx.Conn) error {
+		var updated, exists bool
+		err := c.QueryRow(ctx, `
+WITH set AS (
+	UPDATE runs SET status = $1
+	WHERE id = $2 AND user_id = $3 AND status IN ('running', 'waiting_for_input')
+	RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM set), EXISTS (SELECT 1 FROM runs WHERE id = $2 AND user_id = $3)`,
+			string(to), runID, userID).Scan(&updated, &exists)
+		switch {
+		case err != nil:
+			return err
+		case updated:
+			return nil
+		case exists:
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotRunning)
+		}
+		return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+	})
+}
+
 // DiscardRun implements store.Store.
 func (s *Store) DiscardRun(ctx context.Context, userID, runID string, withThread bool) error {
 	if !validID(userID) || !validID(runID) {
@@ -606,7 +638,7 @@ func (s *Store) DiscardRun(ctx context.Context, userID, runID string, withThread
 	}
 	return s.inTx(ctx, "discard run", func(tx pgx.Tx) error {
 		var threadID, messageID string
-		err := tx.QueryRow(ctx, `DELETE FROM runs WHERE id = $1 AND user_id = $2 AND status = 'running' RETURNING thread_id, user_message_id`,
+		err := tx.QueryRow(ctx, `DELETE FROM runs WHERE id = $1 AND user_id = $2 AND status IN ('running', 'waiting_for_input') RETURNING thread_id, user_message_id`,
 			runID, userID).Scan(&threadID, &messageID)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
@@ -643,7 +675,7 @@ func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, u
 	err := s.withConn(ctx, "renew leases", func(c *pgx.Conn) error {
 		rows, err := c.Query(ctx, `
 UPDATE runs SET lease_until = $3
-WHERE id = ANY ($2) AND node = $1 AND status = 'running'
+WHERE id = ANY ($2) AND node = $1 AND status IN ('running', 'waiting_for_input')
 RETURNING id`,
 			node, ids, leaseTime(until))
 		if err != nil {
@@ -683,8 +715,8 @@ func (s *Store) ReapExpired(ctx context.Context, r store.Reap) ([]store.Run, err
 	return s.listRuns(ctx, "reap expired", `
 UPDATE runs SET status = 'failed', ended_at = $1, error_code = $2, error_message = $3, end_announced = false,
 	node = CASE WHEN $5 = '' THEN node ELSE $5 END, lease_until = COALESCE($6, lease_until)
-WHERE status = 'running' AND id = ANY (ARRAY (
-	SELECT id FROM runs WHERE status = 'running' AND lease_until < $1
+WHERE status IN ('running', 'waiting_for_input') AND id = ANY (ARRAY (
+	SELECT id FROM runs WHERE status IN ('running', 'waiting_for_input') AND lease_until < $1
 	ORDER BY lease_until LIMIT $4
 	FOR UPDATE SKIP LOCKED
 ))
@@ -698,7 +730,7 @@ func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, er
 		return []store.Run{}, nil
 	}
 	return s.listRuns(ctx, "list running",
-		`SELECT `+runColumns+` FROM runs WHERE user_id = $1 AND status = 'running' ORDER BY started_at, id`, userID)
+		`SELECT `+runColumns+` FROM runs WHERE user_id = $1 AND status IN ('running', 'waiting_for_input') ORDER BY started_at, id`, userID)
 }
 
 // ListAllRunning returns the runs of every user that are still running,
@@ -707,7 +739,7 @@ func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, er
 // it finds, only those whose lease expired.
 func (s *Store) ListAllRunning(ctx context.Context) ([]store.Run, error) {
 	return s.listRuns(ctx, "list all running",
-		`SELECT `+runColumns+` FROM runs WHERE status = 'running' ORDER BY started_at, id`)
+		`SELECT `+runColumns+` FROM runs WHERE status IN ('running', 'waiting_for_input') ORDER BY started_at, id`)
 }
 
 func (s *Store) listRuns(ctx context.Context, what, query string, args ...any) ([]store.Run, error) {

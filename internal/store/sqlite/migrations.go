@@ -81,6 +81,20 @@ CREATE INDEX runs_status_lease ON runs (status, lease_until);
 ALTER TABLE runs ADD COLUMN end_announced INTEGER NOT NULL DEFAULT 1;
 CREATE INDEX runs_unannounced ON runs (lease_until) WHERE end_announced = 0 AND status != 'running';
 `,
+	// issue 11 C: the status waiting_for_input (a running run whose agent
+	// waits for its user's answer). SQLite cannot alter a CHECK; widening
+	// one is the documented edit of the table's definition in
+	// sqlite_schema (https://sqlite.org/lang_altertable.html, section 7:
+	// every existing row still satisfies it). Re-creating an index then
+	// bumps the schema cookie, so every connection reloads the schema.
+	`
+PRAGMA writable_schema = ON;
+UPDATE sqlite_schema SET sql = replace(sql, '''cancelled'', ''timeout'')', '''cancelled'', ''timeout'', ''waiting_for_input'')')
+	WHERE type = 'table' AND name = 'runs';
+PRAGMA writable_schema = RESET;
+DROP INDEX runs_thread;
+CREATE INDEX runs_thread ON runs (thread_id);
+`,
 	// issue 11 D: token usage. The tokens a run used, as its agent reported
 	// them; TokensUsed sums them over a user's runs of the day through
 	// runs_user_status (user_id, status, started_at).

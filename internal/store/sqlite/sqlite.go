@@ -465,7 +465,7 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 	return s.write(ctx, "finish run", func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx,
 			`UPDATE runs SET status = ?, ended_at = ?, error_code = ?, error_message = ?, end_announced = ?, input_tokens = ?, output_tokens = ?
-			WHERE id = ? AND user_id = ? AND status = 'running'`,
+			WHERE id = ? AND user_id = ? AND status IN ('running', 'waiting_for_input')`,
 			string(o.Status), ended, o.ErrorCode, o.ErrorMessage, o.Announced, o.InputTokens, o.OutputTokens, o.RunID, o.UserID)
 		if err != nil {
 			return err
@@ -557,7 +557,7 @@ func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, u
 	err = s.write(ctx, "renew leases", func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx,
 			`UPDATE runs SET lease_until = ?
-			WHERE node = ? AND status = 'running' AND id IN (SELECT value FROM json_each(?))
+			WHERE node = ? AND status IN ('running', 'waiting_for_input') AND id IN (SELECT value FROM json_each(?))
 			RETURNING id`,
 			leaseMillis(until), node, string(ids))
 		if err != nil {
@@ -575,11 +575,33 @@ func (s *Store) RenewLeases(ctx context.Context, node string, runIDs []string, u
 	return store.LostRuns(runIDs, renewed), nil
 }
 
+// SetRunWaiting implements store.Store.
+func (s *Store) SetRunWaiting(ctx context.Context, userID, runID string, waiting bool) error {
+	to := store.RunRunning
+	if waiting {
+		to = store.RunWaiting
+	}
+	return s.write(ctx, "set run waiting", func(tx *sql.Tx) error {
+		var status string
+		err := tx.QueryRowContext(ctx, `SELECT status FROM runs WHERE id = ? AND user_id = ?`, runID, userID).Scan(&status)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+		case err != nil:
+			return err
+		case store.RunStatus(status).Terminal():
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotRunning)
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE runs SET status = ? WHERE id = ?`, string(to), runID)
+		return err
+	})
+}
+
 // DiscardRun implements store.Store.
 func (s *Store) DiscardRun(ctx context.Context, userID, runID string, withThread bool) error {
 	return s.write(ctx, "discard run", func(tx *sql.Tx) error {
 		var threadID, messageID string
-		err := tx.QueryRowContext(ctx, `DELETE FROM runs WHERE id = ? AND user_id = ? AND status = 'running' RETURNING thread_id, user_message_id`,
+		err := tx.QueryRowContext(ctx, `DELETE FROM runs WHERE id = ? AND user_id = ? AND status IN ('running', 'waiting_for_input') RETURNING thread_id, user_message_id`,
 			runID, userID).Scan(&threadID, &messageID)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
@@ -612,7 +634,7 @@ func (s *Store) ReapExpired(ctx context.Context, r store.Reap) ([]store.Run, err
 		rows, err := tx.QueryContext(ctx,
 			`UPDATE runs SET status = 'failed', ended_at = ?, error_code = ?, error_message = ?, end_announced = 0,
 				node = CASE WHEN ? = '' THEN node ELSE ? END, lease_until = CASE WHEN ? = 0 THEN lease_until ELSE ? END
-			WHERE id IN (SELECT id FROM runs WHERE status = 'running' AND lease_until < ? ORDER BY lease_until LIMIT ?)
+			WHERE id IN (SELECT id FROM runs WHERE status IN ('running', 'waiting_for_input') AND lease_until < ? ORDER BY lease_until LIMIT ?)
 			RETURNING `+runColumns,
 			at, errCode, errMsg, r.Node, r.Node, leaseMillis(r.LeaseUntil), leaseMillis(r.LeaseUntil), at, limit)
 		if err != nil {
@@ -630,7 +652,7 @@ func (s *Store) ReapExpired(ctx context.Context, r store.Reap) ([]store.Run, err
 // ListRunning implements storetest.Store (tests only).
 func (s *Store) ListRunning(ctx context.Context, userID string) ([]store.Run, error) {
 	rows, err := s.r.QueryContext(ctx,
-		`SELECT `+runColumns+` FROM runs WHERE user_id = ? AND status = 'running' ORDER BY started_at, id`, userID)
+		`SELECT `+runColumns+` FROM runs WHERE user_id = ? AND status IN ('running', 'waiting_for_input') ORDER BY started_at, id`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list running: %w", err)
 	}

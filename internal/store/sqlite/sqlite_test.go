@@ -262,3 +262,38 @@ func TestLeasesAfterUpgrade(t *testing.T) {
 		t.Fatalf("ReapExpired = %v, want [bare old]", ids)
 	}
 }
+
+// issue 11 C: the migration that widens the runs' status CHECK keeps the
+// file sound, keeps refusing unknown statuses, and holds after a reopen.
+func TestWaitingStatusMigration(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "agentwire.db")
+	s := open(t, path)
+	c := t.Context()
+	if err := s.CreateThread(c, store.Thread{ID: "t", UserID: "u", Title: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateRun(c, store.Run{ID: "r", ThreadID: "t", UserID: "u", Agent: "demo"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetRunWaiting(c, "u", "r", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.w.ExecContext(c, `UPDATE runs SET status = 'done' WHERE id = 'r'`); err == nil {
+		t.Fatal("status 'done' accepted: the CHECK is gone")
+	}
+	var ok string
+	if err := s.w.QueryRowContext(c, `PRAGMA integrity_check`).Scan(&ok); err != nil || ok != "ok" {
+		t.Fatalf("integrity_check: %q, %v", ok, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path)
+	if r, err := s.GetRun(c, "u", "r"); err != nil || r.Status != store.RunWaiting {
+		t.Fatalf("after reopening: %+v, %v", r, err)
+	}
+	if err := s.SetRunWaiting(c, "u", "r", false); err != nil {
+		t.Fatal(err)
+	}
+}

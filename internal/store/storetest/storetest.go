@@ -115,6 +115,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"DiscardRun", s.testDiscardRun},
 		{"InvalidArguments", s.testInvalid},
 		{"PingAndClose", s.testPingAndClose},
+		{"RunWaiting", s.testRunWaiting},
+		{"ReapWaiting", s.testReapWaiting},
 		{"TokenUsage", s.testTokenUsage}, // issue 11 D
 	}
 	for _, tc := range tests {

@@ -197,6 +197,30 @@ test("stop: RUN_FINISHED with outcome cancelled", async () => {
   assert.equal(last.outcome?.type, "cancelled");
 });
 
+test("interrupt: the approval asked ends the run with an interrupt outcome; resume answers it and the run finishes", async () => {
+  const token = sign(newUser());
+  const agent = new AgentwireAgent({ base, token, threadId: newId("thread"), initialMessages: [userMessage("please approve 6*7")] });
+  const first = recorder();
+  await agent.runAgent({}, first);
+  const fin = first.events.at(-1);
+  assert.equal(fin.type, "RUN_FINISHED", types(first.events).join());
+  assert.equal(fin.outcome?.type, "interrupt");
+  assert.equal(fin.outcome.interrupts.length, 1);
+  const [intr] = fin.outcome.interrupts;
+  assert.equal(intr.reason, "approval");
+  assert.equal(intr.message, "May I answer your message?");
+  const second = recorder();
+  await agent.runAgent({ resume: [{ interruptId: intr.id, status: "resolved", payload: { approved: true } }] }, second);
+  const t = types(second.events);
+  assert.equal(t[0], "RUN_STARTED");
+  assert.equal(second.events[0].runId, first.events[0].runId);
+  assert.ok(t.includes("TOOL_CALL_RESULT"), t.join());
+  const end = second.events.at(-1);
+  assert.equal(end.type, "RUN_FINISHED");
+  assert.equal(end.outcome?.type, "success");
+  assert.match(end.result, /42/);
+});
+
 test("a retried POST with the same message id starts no second run", async () => {
   const token = sign(newUser());
   const threadId = newId("thread");
