@@ -107,6 +107,10 @@ const (
 	// CodeTooManyRuns: the user already has the maximum number of runs
 	// running; nothing was created. Retry once a run has ended.
 	CodeTooManyRuns ErrorCode = "too_many_runs"
+	// CodeQuotaExceeded: the user's runs used their daily token quota
+	// (--user-token-quota) today (UTC); nothing was created. Retry after
+	// midnight UTC.
+	CodeQuotaExceeded ErrorCode = "quota_exceeded"
 	// CodeConflict (HTTP 409): a user_input for a request that was already
 	// answered (the first answer wins) or whose run has ended. Do not retry.
 	CodeConflict ErrorCode = "conflict"

@@ -9,10 +9,13 @@ import (
 // run's user_message echo has type TypeUserMessage. Each has its data
 // struct below and an accessor on Event.
 const (
-	TypeAgentStarted      = "agent_started"
-	TypeAgentThinking     = "agent_thinking"
-	TypeToolExecuting     = "tool_executing"
-	TypeToolCompleted     = "tool_completed"
+	TypeAgentStarted  = "agent_started"
+	TypeAgentThinking = "agent_thinking"
+	TypeToolExecuting = "tool_executing"
+	TypeToolCompleted = "tool_completed"
+	// TypeToolProgress comes between a call's tool_executing and its
+	// tool_completed, as often as the tool reports progress (MCP tools).
+	TypeToolProgress      = "tool_progress"
 	TypeAgentMessageDelta = "agent_message_delta"
 	TypeAgentCompleted    = "agent_completed"
 	TypeAgentError        = "agent_error"
@@ -23,7 +26,7 @@ const (
 func RunEventType(typ string) bool {
 	switch typ {
 	case TypeUserMessage, TypeAgentStarted, TypeAgentThinking, TypeToolExecuting,
-		TypeToolCompleted, TypeAgentMessageDelta, TypeAgentCompleted, TypeAgentError,
+		TypeToolCompleted, TypeToolProgress, TypeAgentMessageDelta, TypeAgentCompleted, TypeAgentError,
 		TypeInputRequired, TypeInputReceived:
 		return true
 	}
@@ -86,6 +89,16 @@ type ToolCompleted struct {
 	Error      string          `json:"error,omitempty"`
 }
 
+// ToolProgress is the data of tool_progress: how far the call ToolCallID
+// (announced by tool_executing, not yet completed) has come. Progress grows
+// with each event of a call; Total is absent when the tool does not know it.
+type ToolProgress struct {
+	ToolCallID string   `json:"tool_call_id"`
+	Progress   float64  `json:"progress"`
+	Total      *float64 `json:"total,omitempty"`
+	Message    string   `json:"message,omitempty"`
+}
+
 // AgentMessageDelta is the data of agent_message_delta: one chunk of the
 // answer.
 type AgentMessageDelta struct {
@@ -93,11 +106,20 @@ type AgentMessageDelta struct {
 	MessageID string `json:"message_id"`
 }
 
-// AgentCompleted is the data of agent_completed: the whole answer.
+// AgentCompleted is the data of agent_completed: the whole answer, and the
+// tokens the run's model calls used when the agent knows them.
 type AgentCompleted struct {
 	MessageID     string `json:"message_id"`
 	FinalResponse string `json:"final_response"`
 	DurationMS    int64  `json:"duration_ms"`
+	Usage         *Usage `json:"usage,omitempty"`
+}
+
+// Usage is the tokens a run's model calls consumed, summed over the run:
+// InputTokens sent to the model (prompt), OutputTokens it generated.
+type Usage struct {
+	InputTokens  int64 `json:"input_tokens"`
+	OutputTokens int64 `json:"output_tokens"`
 }
 
 // AgentError is the data of agent_error; Code is CodeCancelled,
@@ -137,6 +159,11 @@ func (e Event) ToolExecuting() (ToolExecuting, bool) {
 // ToolCompleted returns e's data when e is a well-formed tool_completed.
 func (e Event) ToolCompleted() (ToolCompleted, bool) {
 	return decodeData[ToolCompleted](e, TypeToolCompleted)
+}
+
+// ToolProgress returns e's data when e is a well-formed tool_progress.
+func (e Event) ToolProgress() (ToolProgress, bool) {
+	return decodeData[ToolProgress](e, TypeToolProgress)
 }
 
 // AgentMessageDelta returns e's data when e is a well-formed agent_message_delta.

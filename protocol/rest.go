@@ -85,6 +85,8 @@ type Run struct {
 	EndedAt      *time.Time `json:"ended_at,omitempty"`
 	ErrorCode    ErrorCode  `json:"error_code,omitempty"`
 	ErrorMessage string     `json:"error_message,omitempty"`
+	// Usage is the tokens the run used, when its agent reported them.
+	Usage *Usage `json:"usage,omitempty"`
 }
 
 // ThreadsPage answers GET /api/v1/threads: Next ("" when none) is the cursor

@@ -77,6 +77,16 @@ type ToolResult struct {
 	Error string
 }
 
+// Progress is how far a tool call has come: the data of tool_progress.
+type Progress struct {
+	// CallID is the id the call was announced with by ToolExecuting.
+	CallID   string
+	Progress float64
+	// Total is the progress at which the call is done; 0 when unknown.
+	Total   float64
+	Message string
+}
+
 // InputRequest is what an agent asks its user (the data of input_required
 // but its request id, which the emitter assigns).
 type InputRequest struct {
@@ -101,6 +111,12 @@ type Emitter interface {
 	ToolExecuting(callID, tool string, args any) error
 	// ToolCompleted emits tool_completed for a call announced by ToolExecuting.
 	ToolCompleted(r ToolResult) error
+	// ToolProgress emits tool_progress for a call announced by
+	// ToolExecuting and not yet completed.
+	ToolProgress(p Progress) error
+	// AddUsage adds u to the tokens the run has used; agent_completed
+	// carries the sum. It emits nothing.
+	AddUsage(u protocol.Usage) error
 	// Delta emits agent_message_delta with the next chunk of the answer.
 	Delta(text string) error
 	// Complete ends the run with agent_completed. final is the whole answer;

@@ -24,6 +24,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent/aguiagent"
 	"github.com/agentwire/agentwire/internal/agent/demo"
 	"github.com/agentwire/agentwire/internal/agent/httpagent"
+	"github.com/agentwire/agentwire/internal/agent/mcptools"
 	"github.com/agentwire/agentwire/internal/agent/openai"
 	"github.com/agentwire/agentwire/internal/agent/tools"
 	"github.com/agentwire/agentwire/internal/auth"
@@ -70,6 +71,7 @@ type App struct {
 	debugLn     net.Listener
 	draining    atomic.Bool
 	apiKeys     int
+	mcp         *mcptools.Set // the MCP servers' tools (--mcp-server); nil without
 
 	// closers release what New opened, in reverse order.
 	closers []func()
@@ -96,7 +98,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 			a.release()
 		}
 	}()
-	ag, err := newAgent(&cfg)
+	ag, err := a.newAgent(&cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +156,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	}
 	a.closers = append(a.closers, func() { _ = a.store.Close() })
 	runCfg.Stream, runCfg.Store, runCfg.Agent, runCfg.Logger = a.stream, a.store, ag, log
+	runCfg.TokenQuota, runCfg.Tokens = int64(cfg.UserTokenQuota), m.Tokens
 	a.runs = runs.New(runCfg)
 	if !cfg.Postgres() {
 		// The SQLite file belongs to this process alone: runs it still has
@@ -246,6 +249,14 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	a.runs.Start()
 	a.loops.Go(func() { a.verifier.Run(loopCtx) }) // the JWKS refresh; returns at once without one
+	if a.mcp != nil {
+		a.loops.Go(func() { a.mcp.Run(loopCtx) }) // connects the MCP servers and keeps them connected
+		// The first runs are offered the tools of every MCP server that is up.
+		select {
+		case <-a.mcp.Ready():
+		case <-ctx.Done():
+		}
+	}
 	if a.conns != nil {
 		a.loops.Go(func() { a.conns.Keep(loopCtx, a.hub.ConnIDs, a.log) })
 	}
@@ -357,11 +368,20 @@ func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store
 	return db, nil
 }
 
-// newAgent builds the agent --agent names (Load validated the choice).
-func newAgent(cfg *config.Config) (agent.Agent, error) {
+// newAgent builds the agent --agent names (Load validated the choice), and
+// the MCP tool set of --mcp-server, whose loop Run starts.
+func (a *App) newAgent(cfg *config.Config) (agent.Agent, error) {
 	switch cfg.Agent {
 	case config.AgentOpenAI:
-		return openai.New(openai.Config{BaseURL: cfg.OpenAIBaseURL, APIKey: cfg.OpenAIAPIKey, Model: cfg.OpenAIModel, Tools: tools.Default(),
+		var src tools.Source = tools.Default()
+		if len(cfg.MCPServers) > 0 {
+			set, err := mcptools.New(mcptools.Config{Servers: cfg.MCPServers, Builtin: tools.Default(), Logger: a.log})
+			if err != nil {
+				return nil, fmt.Errorf("--mcp-server: %w", err)
+			}
+			a.mcp, src = set, set
+		}
+		return openai.New(openai.Config{BaseURL: cfg.OpenAIBaseURL, APIKey: cfg.OpenAIAPIKey, Model: cfg.OpenAIModel, Tools: src,
 			RequireApproval: cfg.RequireApproval})
 	case config.AgentHTTP:
 		return httpagent.New(httpagent.Config{URL: cfg.AgentURL})

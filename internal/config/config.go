@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agentwire/agentwire/internal/agent/mcptools"
 	"github.com/agentwire/agentwire/internal/agent/openai"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/hub"
@@ -49,6 +50,12 @@ type Config struct {
 	// to approve first; "*" is every tool (--require-approval).
 	RequireApproval []string
 	AgentURL        string // --agent-url
+	// MCPServers are the MCP servers whose tools the openai agent is
+	// offered (--mcp-server NAME=URL or NAME=stdio:COMMAND, repeatable).
+	MCPServers []mcptools.Server
+	// UserTokenQuota is the tokens one user's runs may use per UTC day
+	// (--user-token-quota); 0 is no quota.
+	UserTokenQuota int
 
 	RedisURL       string // --redis-url; "" is one node, in memory
 	DatabaseURL    string // --database-url (postgres://…); "" is SQLite in the data dir
@@ -125,12 +132,14 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	f := NewFlagSet("serve", getenv)
 	c.Keys.Register(f)
 	var apiKeys, origins, logLevel, requireApproval string
+	var mcpServers []string
 	f.String(&c.Addr, "addr", "AGENTWIRE_ADDR", c.Addr, "listen address; :0 picks a free port")
 	f.Bool(&c.Dev, "dev", "AGENTWIRE_DEV", c.Dev, "development mode: enables POST /auth/dev-login and allows localhost origins")
 	f.String(&c.Agent, "agent", "AGENTWIRE_AGENT", c.Agent, "agent that answers user messages: demo, openai, http or agui")
 	f.String(&c.OpenAIBaseURL, "openai-base-url", "AGENTWIRE_OPENAI_BASE_URL", c.OpenAIBaseURL, "OpenAI-compatible API root (--agent openai)")
 	f.String(&c.OpenAIAPIKey, "openai-api-key", "AGENTWIRE_OPENAI_API_KEY", c.OpenAIAPIKey, "API key of the OpenAI-compatible endpoint (--agent openai)")
 	f.String(&c.OpenAIModel, "openai-model", "AGENTWIRE_OPENAI_MODEL", c.OpenAIModel, "model name (--agent openai)")
+	f.Repeated(&mcpServers, "mcp-server", "AGENTWIRE_MCP_SERVER", "an MCP server whose tools the openai agent may call, as NAME.tool: NAME=URL (Streamable HTTP) or NAME=stdio:COMMAND ARGS (a local process)")
 	f.String(&requireApproval, "require-approval", "AGENTWIRE_REQUIRE_APPROVAL", "", "comma-separated tools whose calls ask the user to approve first, or * for every tool (--agent openai); a denial is the call's result")
 	f.String(&c.RedisURL, "redis-url", "AGENTWIRE_REDIS_URL", c.RedisURL, "redis://… shared by every node: streams, tickets, connection and run limits, stop requests (default: in memory, one node)")
 	f.String(&c.DatabaseURL, "database-url", "AGENTWIRE_DATABASE_URL", c.DatabaseURL, "postgres://… shared by every node (default: SQLite in --data-dir)")
@@ -139,6 +148,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	f.Duration(&c.RunLeaseRenew, "run-lease-renew", "AGENTWIRE_RUN_LEASE_RENEW", c.RunLeaseRenew, "how often a node renews its runs' leases and reaps expired ones; keep well under --run-lease-ttl")
 	f.String(&c.AgentURL, "agent-url", "AGENTWIRE_AGENT_URL", c.AgentURL, "URL the http or agui agent POSTs runs to (--agent http, --agent agui)")
 	f.Int(&c.MaxRunsPerUser, "max-runs-per-user", "AGENTWIRE_MAX_RUNS_PER_USER", c.MaxRunsPerUser, "concurrent runs one user may have (across the cluster with --redis-url); more answer too_many_runs")
+	f.Int(&c.UserTokenQuota, "user-token-quota", "AGENTWIRE_USER_TOKEN_QUOTA", c.UserTokenQuota, "tokens one user's runs may use per UTC day (as the agent reports them, e.g. --agent openai); past it a message answers quota_exceeded; 0: no quota")
 	f.Duration(&c.RunTimeout, "run-timeout", "AGENTWIRE_RUN_TIMEOUT", c.RunTimeout, "a run still going after this ends with agent_error timeout")
 	f.Bool(&c.Transcripts, "transcripts", "AGENTWIRE_TRANSCRIPTS", c.Transcripts, "store each run's events with it (GET /api/v1/runs/{id}/events, the steps in a thread's messages); false keeps only answers and outcomes")
 	f.Duration(&c.InputTimeout, "input-timeout", "AGENTWIRE_INPUT_TIMEOUT", c.InputTimeout, "a run waiting for its user's answer (input_required) this long ends with agent_error input_timeout; the run timeout does not count the wait")
@@ -164,6 +174,13 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	c.APIKeys, c.AllowedOrigins = splitList(apiKeys), splitList(origins)
+	for _, v := range mcpServers {
+		srv, err := mcptools.ParseServer(v)
+		if err != nil {
+			return Config{}, UsageError{fmt.Errorf("--mcp-server %w", err)}
+		}
+		c.MCPServers = append(c.MCPServers, srv)
+	}
 	c.RequireApproval = splitList(requireApproval)
 	if err := c.LogLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return Config{}, fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
@@ -199,6 +216,9 @@ func (c *Config) validate() error {
 	positive("pong-timeout", c.PongTimeout > 0, c.PongTimeout)
 	positive("read-timeout", c.ReadTimeout > 0, c.ReadTimeout)
 	positive("write-timeout", c.WriteTimeout > 0, c.WriteTimeout)
+	if c.UserTokenQuota < 0 {
+		errs = append(errs, fmt.Errorf("--user-token-quota %d: must not be negative (0 is no quota)", c.UserTokenQuota))
+	}
 	if c.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("--drain-timeout %v: must not be negative", c.DrainTimeout))
 	}
@@ -214,6 +234,9 @@ func (c *Config) validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("--agent %q: want demo, openai, http or agui", c.Agent))
+	}
+	if len(c.MCPServers) > 0 && c.Agent != AgentOpenAI {
+		errs = append(errs, fmt.Errorf("--mcp-server: MCP tools are offered to the model of --agent openai; --agent %s does not call them", c.Agent))
 	}
 	if c.DatabaseURL != "" && !c.Postgres() {
 		errs = append(errs, errors.New("--database-url: want postgres://…; without it the SQLite file in --data-dir is used"))

@@ -79,12 +79,15 @@ func TestLoadErrorsNameTheFlag(t *testing.T) {
 		{args: []string{"--rate-limit", "-1"}, names: []string{"--rate-limit -1"}},
 		{args: []string{"--pong-timeout", "0s"}, names: []string{"--pong-timeout 0s"}},
 		{args: []string{"--drain-timeout", "-1s"}, names: []string{"--drain-timeout -1s"}},
+		{args: []string{"--user-token-quota", "-5"}, names: []string{"--user-token-quota -5"}},
 		{args: []string{"--log-level", "loud"}, names: []string{"--log-level", "loud"}},
 		{args: []string{"--agent", "magic"}, names: []string{"--agent", "magic"}},
 		{args: []string{"--agent", "openai"}, names: []string{"--openai-model"}},
 		{args: []string{"--agent", "http"}, names: []string{"--agent-url"}},
 		{args: []string{"--agent", "agui"}, names: []string{"--agent agui", "--agent-url"}},
 		{args: []string{"--database-url", "mysql://x"}, names: []string{"--database-url"}},
+		{args: []string{"--agent", "openai", "--openai-model", "m", "--mcp-server", "files"}, names: []string{"--mcp-server", "NAME=URL"}, usage: true},
+		{args: []string{"--mcp-server", "files=http://127.0.0.1:1/mcp"}, names: []string{"--mcp-server", "--agent openai"}},
 		{args: []string{"--jwt-secret", "s", "--jwks-url", "http://x"}, names: []string{"--jwt-secret", "--jwks-url"}},
 		{args: []string{"--jwt-secret", strings.Repeat("s", 31)}, names: []string{"--jwt-secret", "at least 32"}},
 	}
@@ -106,6 +109,28 @@ func TestLoadErrorsNameTheFlag(t *testing.T) {
 	// A short secret is accepted with --dev.
 	if _, err := config.Load([]string{"--dev", "--jwt-secret", "short"}, env(nil)); err != nil {
 		t.Errorf("--dev with a short secret: %v", err)
+	}
+}
+
+// TestLoadMCPServers: --mcp-server repeats; its variable holds several,
+// separated by semicolons, and the flags replace them.
+func TestLoadMCPServers(t *testing.T) {
+	t.Parallel()
+	e := env(map[string]string{"AGENTWIRE_AGENT": "openai", "AGENTWIRE_OPENAI_MODEL": "m",
+		"AGENTWIRE_MCP_SERVER": "a=http://127.0.0.1:1/mcp; b=stdio:mcp-b --flag"})
+	got, err := config.Load(nil, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.MCPServers) != 2 || got.MCPServers[0].URL != "http://127.0.0.1:1/mcp" || strings.Join(got.MCPServers[1].Command, " ") != "mcp-b --flag" {
+		t.Errorf("from the variable: %+v", got.MCPServers)
+	}
+	got, err = config.Load([]string{"--mcp-server", "c=https://x.example/mcp", "--mcp-server", "d=stdio:d"}, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.MCPServers) != 2 || got.MCPServers[0].Name != "c" || got.MCPServers[1].Name != "d" {
+		t.Errorf("from the flags: %+v", got.MCPServers)
 	}
 }
 

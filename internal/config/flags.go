@@ -63,6 +63,40 @@ func (f *FlagSet) String(p *string, name, env, def, usage string) {
 	f.StringVar(p, name, def, usage+" ["+env+"]")
 }
 
+// Repeated defines a flag name that may be given many times, each value
+// appended to *p; the variable env holds values separated by newlines or
+// semicolons, used when the flag is not given.
+func (f *FlagSet) Repeated(p *[]string, name, env, usage string) {
+	if v, ok := f.env(env); ok {
+		for _, s := range strings.FieldsFunc(v, func(r rune) bool { return r == '\n' || r == ';' }) {
+			if s = strings.TrimSpace(s); s != "" {
+				*p = append(*p, s)
+			}
+		}
+	}
+	f.Var(&repeated{p: p, fromEnv: len(*p) > 0}, name, usage+" (repeatable) ["+env+"]")
+}
+
+type repeated struct {
+	p       *[]string
+	fromEnv bool // *p holds the variable's values until the first flag
+}
+
+func (r *repeated) String() string {
+	if r == nil || r.p == nil {
+		return ""
+	}
+	return strings.Join(*r.p, "; ")
+}
+
+func (r *repeated) Set(s string) error {
+	if r.fromEnv {
+		*r.p, r.fromEnv = nil, false
+	}
+	*r.p = append(*r.p, s)
+	return nil
+}
+
 // Bool defines a bool flag name, also read from the variable env (true,
 // false, 1, 0, yes, no, on, off).
 func (f *FlagSet) Bool(p *bool, name, env string, def bool, usage string) {

@@ -29,6 +29,7 @@ type Metrics struct {
 	Published        prometheus.Counter
 	ErrorsSent       *prometheus.CounterVec // by code
 	PublishToWrite   prometheus.Histogram
+	Tokens           *prometheus.CounterVec // by agent and direction (input, output)
 }
 
 // New creates the collectors and registers them, with the Go and process
@@ -61,6 +62,9 @@ func New() *Metrics {
 			Name: "agentwire_published_total", Help: "Events accepted by POST /api/v1/publish."}),
 		ErrorsSent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "agentwire_errors_sent_total", Help: "error frames sent to clients, by code."}, []string{"code"}),
+		Tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentwire_tokens_total", Help: "Tokens the runs' model calls used, as their agents reported them, by agent and direction (input, output)."},
+			[]string{"agent", "direction"}),
 		PublishToWrite: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "agentwire_publish_to_write_seconds",
 			Help:    "Time from an event's append to its write on a socket.",
@@ -83,7 +87,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Connections, m.ConnectionsTotal, m.FramesIn, m.FramesOut, m.BytesIn, m.BytesOut,
 		m.QueueOverflows, m.AuthFailures, m.Deprecated, m.Closes, m.Published, m.ErrorsSent,
-		m.PublishToWrite,
+		m.PublishToWrite, m.Tokens,
 	)
 	return m
 }

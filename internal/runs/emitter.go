@@ -37,6 +37,7 @@ type emitter struct {
 	answer  strings.Builder
 	pending map[string]bool // tool calls executing
 	tr      *transcript     // what the store keeps of the run; nil when off
+	usage   protocol.Usage  // summed by AddUsage
 	// waiting is the input request the agent waits on (nil when none);
 	// answered are the requests of the run already answered.
 	waiting  *waitReq
@@ -67,7 +68,11 @@ func (e *emitter) appendRecordLocked(rec stream.Record) error {
 		return fmt.Errorf("%w: %w", errStream, err)
 	}
 	e.last = ev
-	if e.tr != nil && rec.Type != protocol.TypeAgentMessageDelta && !ev.Wire().Terminal() {
+	// Deltas are folded by Delta and the terminal event kept by endLocked.
+	// A tool_progress is left out: its tool_completed supersedes it, and a
+	// tool reporting progress often would spend the transcript's bytes
+	// before the events that matter.
+	if e.tr != nil && rec.Type != protocol.TypeAgentMessageDelta && rec.Type != protocol.TypeToolProgress && !ev.Wire().Terminal() {
 		e.tr.add(e.user, ev)
 		// A run that starts waiting for its user writes what it has:
 		// the wait may be long, and costs the agent nothing.
@@ -142,6 +147,36 @@ func (e *emitter) ToolCompleted(r agent.ToolResult) error {
 	delete(e.pending, r.CallID)
 	return e.appendLocked(protocol.TypeToolCompleted, protocol.ToolCompleted{
 		ToolCallID: r.CallID, Tool: r.Tool, OK: r.OK, Result: raw, DurationMS: r.Duration.Milliseconds(), Error: r.Error})
+}
+
+func (e *emitter) ToolProgress(p agent.Progress) error {
+	d := protocol.ToolProgress{ToolCallID: p.CallID, Progress: p.Progress, Message: p.Message}
+	if p.Total > 0 {
+		d.Total = &p.Total
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return agent.ErrRunEnded
+	}
+	if !e.pending[p.CallID] {
+		return ErrUnknownToolCall
+	}
+	return e.appendLocked(protocol.TypeToolProgress, d)
+}
+
+func (e *emitter) AddUsage(u protocol.Usage) error {
+	if u.InputTokens < 0 || u.OutputTokens < 0 {
+		return errors.New("runs: negative token usage")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended {
+		return agent.ErrRunEnded
+	}
+	e.usage.InputTokens += u.InputTokens
+	e.usage.OutputTokens += u.OutputTokens
+	return nil
 }
 
 func (e *emitter) Delta(text string) error {
@@ -257,7 +292,9 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	defer cancel()
 	now := e.m.now()
 	dur := now.Sub(e.started).Milliseconds()
-	fin := finish{Outcome: store.Outcome{UserID: e.user, RunID: e.runID, Status: status, EndedAt: now, ErrorCode: string(code)}}
+	fin := finish{Outcome: store.Outcome{UserID: e.user, RunID: e.runID, Status: status, EndedAt: now, ErrorCode: string(code),
+		InputTokens: e.usage.InputTokens, OutputTokens: e.usage.OutputTokens}}
+	e.m.countTokens(e.usage)
 	if status == store.RunCompleted {
 		fin.answer = &store.Message{ID: e.messageID, ThreadID: e.threadID, UserID: e.user,
 			Role: store.RoleAssistant, Content: text, RunID: e.runID, CreatedAt: now}
@@ -267,7 +304,11 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	rec := stream.Record{ThreadID: e.threadID, RunID: e.runID, IdempotencyKey: endKey(e.runID)}
 	if status == store.RunCompleted {
 		rec.Type = protocol.TypeAgentCompleted
-		rec.Data, _ = protocol.MarshalData(protocol.AgentCompleted{MessageID: e.messageID, FinalResponse: text, DurationMS: dur})
+		done := protocol.AgentCompleted{MessageID: e.messageID, FinalResponse: text, DurationMS: dur}
+		if e.usage != (protocol.Usage{}) {
+			done.Usage = &e.usage
+		}
+		rec.Data, _ = protocol.MarshalData(done)
 	} else {
 		rec.Type = protocol.TypeAgentError
 		rec.Data, _ = protocol.MarshalData(protocol.AgentError{Code: code, Message: text, DurationMS: dur})

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/store"
@@ -67,6 +68,14 @@ type Config struct {
 	// NoTranscripts turns off storing run transcripts (store.RunEvent):
 	// runs then keep only their outcome and answer, as before.
 	NoTranscripts bool
+	// TokenQuota, when positive, is the tokens one user's runs may use per
+	// UTC day: a user_message once the user's ended runs of the day used
+	// that many is answered quota_exceeded. Counted from the store, so
+	// across every node sharing it; runs still going count once they end.
+	TokenQuota int64
+	// Tokens, when set, counts the tokens runs used, by agent and
+	// direction (metrics.Metrics.Tokens).
+	Tokens *prometheus.CounterVec
 	// Inputs, when set, carries a user_input for a run of another node to
 	// that node.
 	Inputs Inputs
@@ -114,8 +123,10 @@ type Manager struct {
 	stops         Stops
 	inputs        Inputs
 	inputTimeout  time.Duration
-	crash         func() bool
+	tokenQuota    int64
+	tokens        *prometheus.CounterVec
 	noTranscripts bool
+	crash         func() bool
 	loopCtx       context.Context // done at the end of Shutdown
 	stopLoop      context.CancelFunc
 	loopWG        sync.WaitGroup // lease loop, stop listener
@@ -152,6 +163,7 @@ func New(cfg Config) *Manager {
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
 		slots: cfg.Slots, stops: cfg.Stops, inputs: cfg.Inputs, inputTimeout: cfg.InputTimeout, crash: cfg.crashAfterStore, noTranscripts: cfg.NoTranscripts,
+		tokenQuota: cfg.TokenQuota, tokens: cfg.Tokens,
 		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), announced: make(map[string]struct{}),
 	}
 	if m.log == nil {
@@ -281,6 +293,9 @@ func (m *Manager) userMessage(ctx context.Context, user string, f *protocol.Fram
 		return protocol.AckFrame{}, e
 	}
 
+	if e := m.checkQuota(ctx, user, f.ID); e != nil {
+		return fail(e)
+	}
 	tooMany := func() (protocol.AckFrame, *protocol.Error) {
 		return fail(perr(protocol.CodeTooManyRuns, fmt.Sprintf("at most %d runs at once: wait for one to finish or stop it", m.maxPerUser), f.ID))
 	}

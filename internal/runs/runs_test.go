@@ -21,6 +21,8 @@ import (
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
 	"github.com/agentwire/agentwire/protocol"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -887,6 +889,7 @@ func TestNodeGoneBeforeTheStreamTookTheEnd(t *testing.T) {
 		returned := make(chan struct{})
 		ag := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
 			defer close(returned)
+			_ = em.AddUsage(protocol.Usage{InputTokens: 7, OutputTokens: 2})
 			return em.Complete("done")
 		})
 		lease := Config{Store: db, Agent: ag, LeaseTTL: 3 * time.Second, RenewEvery: time.Second, ReapEvery: time.Second}
@@ -915,8 +918,9 @@ func TestNodeGoneBeforeTheStreamTookTheEnd(t *testing.T) {
 		evs := f.waitTerminal(t, "hal", ack.RunID)
 		checkOrder(t, evs)
 		last := evs[len(evs)-1]
-		if last.Type != protocol.TypeAgentCompleted || last.Data["final_response"] != "done" || last.Data["message_id"] == "" {
-			t.Fatalf("last event %v, want agent_completed with the stored answer", last)
+		if last.Type != protocol.TypeAgentCompleted || last.Data["final_response"] != "done" || last.Data["message_id"] == "" ||
+			fmt.Sprint(last.Data["usage"]) != "map[input_tokens:7 output_tokens:2]" {
+			t.Fatalf("last event %v, want agent_completed with the stored answer and usage", last)
 		}
 		waitFor(t, "the claimed end confirmed", func() bool {
 			r, _ := db.GetRun(context.Background(), "hal", ack.RunID)
@@ -1036,6 +1040,104 @@ func TestOutcomeStoredBeforeTheEndIsAppended(t *testing.T) {
 			if got != want {
 				t.Fatalf("%q: the store said %q as the terminal event was appended, want %q", content, got, want)
 			}
+		}
+	})
+}
+
+// TestToolProgressAndUsage: tool_progress is taken only inside its call,
+// and agent_completed carries the usage the agent added up.
+func TestToolProgressAndUsage(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		var outside, after, negative error
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			outside = em.ToolProgress(agent.Progress{CallID: "c1", Progress: 1})
+			_ = em.ToolExecuting("c1", "srv.count", map[string]any{})
+			_ = em.ToolProgress(agent.Progress{CallID: "c1", Progress: 1, Total: 3, Message: "step 1"})
+			_ = em.ToolProgress(agent.Progress{CallID: "c1", Progress: 2})
+			_ = em.ToolCompleted(agent.ToolResult{CallID: "c1", Tool: "srv.count", OK: true, Result: "counted"})
+			after = em.ToolProgress(agent.Progress{CallID: "c1", Progress: 3})
+			_ = em.AddUsage(protocol.Usage{InputTokens: 10, OutputTokens: 4})
+			_ = em.AddUsage(protocol.Usage{InputTokens: 20, OutputTokens: 6})
+			negative = em.AddUsage(protocol.Usage{InputTokens: -1})
+			return em.Complete("counted")
+		}), Config{})
+		ack, perr := f.send(t, "ann", "count", "")
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		evs := f.waitTerminal(t, "ann", ack.RunID)
+		checkOrder(t, evs)
+		if !errors.Is(outside, ErrUnknownToolCall) || !errors.Is(after, ErrUnknownToolCall) || negative == nil {
+			t.Errorf("refusals: outside %v, after %v, negative %v", outside, after, negative)
+		}
+		var prog []string
+		for _, e := range evs {
+			if e.Type == protocol.TypeToolProgress {
+				prog = append(prog, fmt.Sprint(e.Data))
+			}
+		}
+		if want := "[map[message:step 1 progress:1 tool_call_id:c1 total:3] map[progress:2 tool_call_id:c1]]"; fmt.Sprint(prog) != want {
+			t.Errorf("tool_progress %v, want %v", prog, want)
+		}
+		if u := fmt.Sprint(evs[len(evs)-1].Data["usage"]); u != "map[input_tokens:30 output_tokens:10]" {
+			t.Errorf("usage %s", u)
+		}
+		// The transcript leaves the progress out; its end carries the usage.
+		tr := f.transcriptOf(t, "ann", ack.RunID)
+		if got, want := types(tr), "agent_started tool_executing tool_completed agent_completed"; got != want {
+			t.Errorf("transcript %q, want %q", got, want)
+		}
+		if last := tr[len(tr)-1]; !strings.Contains(string(last.Data), `"usage":{"input_tokens":30,"output_tokens":10}`) {
+			t.Errorf("stored terminal %s", last.Data)
+		}
+	})
+}
+
+// TestTokenQuota: a run's usage is stored with it and counted in the
+// metric; once the user's runs of the day used the quota, the next message
+// is answered quota_exceeded and starts nothing, while another user is not
+// affected.
+func TestTokenQuota(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		tokens := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "t"}, []string{"agent", "direction"})
+		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
+			_ = em.AddUsage(protocol.Usage{InputTokens: 50, OutputTokens: 10})
+			return em.Complete("ok")
+		}), Config{TokenQuota: 100, Tokens: tokens})
+		for range 2 { // 60, then 120 tokens: the second run starts under the quota
+			ack, perr := f.send(t, "ann", "hi", "")
+			if perr != nil {
+				t.Fatal(perr)
+			}
+			f.waitTerminal(t, "ann", ack.RunID)
+			r, err := f.store.GetRun(context.Background(), "ann", ack.RunID)
+			if err != nil || r.InputTokens != 50 || r.OutputTokens != 10 {
+				t.Fatalf("stored run %+v, %v", r, err)
+			}
+		}
+		before, _, _ := f.stream.Since(context.Background(), "ann", protocol.Cursor{}, stream.Limit{})
+		_, perr := f.send(t, "ann", "more", "")
+		if perr == nil || perr.Code != protocol.CodeQuotaExceeded || !strings.Contains(perr.Message, "120") {
+			t.Fatalf("over the quota: %+v", perr)
+		}
+		after, _, _ := f.stream.Since(context.Background(), "ann", protocol.Cursor{}, stream.Limit{})
+		if len(after) != len(before) {
+			t.Errorf("a refused message appended %d events", len(after)-len(before))
+		}
+		bob, perr := f.send(t, "bob", "hi", "")
+		if perr != nil {
+			t.Fatalf("another user: %+v", perr)
+		}
+		f.waitTerminal(t, "bob", bob.RunID)
+		value := func(direction string) float64 {
+			var m dto.Metric
+			_ = tokens.WithLabelValues("fake", direction).Write(&m)
+			return m.GetCounter().GetValue()
+		}
+		if in, out := value("input"), value("output"); in != 150 || out != 30 { // three runs
+			t.Errorf("metric input %v output %v", in, out)
 		}
 	})
 }

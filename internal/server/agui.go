@@ -355,6 +355,9 @@ func storedEnd(run store.Run, thread []agui.StoredMessage) protocol.Event {
 				d.MessageID, d.FinalResponse = m.ID, m.Content
 			}
 		}
+		if run.InputTokens != 0 || run.OutputTokens != 0 { // as its node sent it
+			d.Usage = &protocol.Usage{InputTokens: run.InputTokens, OutputTokens: run.OutputTokens}
+		}
 		ev.Type, ev.Data = protocol.TypeAgentCompleted, mustData(d)
 		return ev
 	}

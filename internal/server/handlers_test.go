@@ -530,14 +530,15 @@ func TestHandleRun(t *testing.T) {
 	}
 	var run protocol.Run
 	wantJSON(t, get(db, "alice", runID), http.StatusOK, &run)
-	if run.ID != runID || run.ThreadID != threadID || run.Status != string(store.RunRunning) || run.Agent != "echo" || run.EndedAt != nil || run.StartedAt.IsZero() {
+	if run.ID != runID || run.ThreadID != threadID || run.Status != string(store.RunRunning) || run.Agent != "echo" || run.EndedAt != nil || run.StartedAt.IsZero() || run.Usage != nil {
 		t.Fatalf("run %+v", run)
 	}
-	if err := db.FinishRun(context.Background(), store.Outcome{UserID: "alice", RunID: runID, Status: store.RunFailed, EndedAt: time.Now(), ErrorCode: "agent_failed", ErrorMessage: "boom"}); err != nil {
+	if err := db.FinishRun(context.Background(), store.Outcome{UserID: "alice", RunID: runID, Status: store.RunFailed, EndedAt: time.Now(), ErrorCode: "agent_failed", ErrorMessage: "boom",
+		InputTokens: 12, OutputTokens: 3}); err != nil {
 		t.Fatal(err)
 	}
 	wantJSON(t, get(db, "alice", runID), http.StatusOK, &run)
-	if run.EndedAt == nil || run.ErrorCode != "agent_failed" || run.ErrorMessage != "boom" {
+	if run.EndedAt == nil || run.ErrorCode != "agent_failed" || run.ErrorMessage != "boom" || run.Usage == nil || *run.Usage != (protocol.Usage{InputTokens: 12, OutputTokens: 3}) {
 		t.Fatalf("finished run %+v", run)
 	}
 	wantError(t, get(db, "bob", runID), http.StatusNotFound, protocol.CodeNotFound)

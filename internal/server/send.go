@@ -131,7 +131,7 @@ func sendStatus(c protocol.ErrorCode) int {
 		return http.StatusNotFound
 	case protocol.CodeConflict:
 		return http.StatusConflict
-	case protocol.CodeTooManyRuns, protocol.CodeRateLimited:
+	case protocol.CodeTooManyRuns, protocol.CodeRateLimited, protocol.CodeQuotaExceeded:
 		return http.StatusTooManyRequests
 	}
 	return http.StatusServiceUnavailable // internal_error: retry (with the same client_message_id)

@@ -19,6 +19,9 @@ func wireRun(run store.Run) protocol.Run {
 		e := run.EndedAt.UTC()
 		out.EndedAt = &e
 	}
+	if run.InputTokens != 0 || run.OutputTokens != 0 {
+		out.Usage = &protocol.Usage{InputTokens: run.InputTokens, OutputTokens: run.OutputTokens}
+	}
 	return out
 }
 

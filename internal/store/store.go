@@ -204,6 +204,10 @@ type Run struct {
 	// EndAnnounced says the terminal event of an ended run is confirmed in
 	// the stream (always false while running).
 	EndAnnounced bool
+	// InputTokens and OutputTokens are the tokens the run's model calls
+	// used, as its agent reported them (FinishRun); 0 when unknown.
+	InputTokens  int64
+	OutputTokens int64
 }
 
 // Outcome is how a run ended: what FinishRun records.
@@ -226,6 +230,10 @@ type Outcome struct {
 	// otherwise the run awaits ConfirmEnds, and ClaimEnds hands it out once
 	// its lease expires.
 	Announced bool
+	// InputTokens and OutputTokens are the tokens the run used (negative
+	// is ErrInvalid).
+	InputTokens  int64
+	OutputTokens int64
 }
 
 // EndClaim is what ClaimEnds hands out and to whom.
@@ -329,6 +337,10 @@ type Store interface {
 	// runIDs are in the stream (Outcome.Announced): ClaimEnds no longer
 	// returns them. Unknown and running runs are skipped.
 	ConfirmEnds(ctx context.Context, runIDs []string) error
+	// TokensUsed returns the tokens (input and output) of the user's runs
+	// that started at or after since and have ended: what a daily token
+	// quota counts.
+	TokensUsed(ctx context.Context, userID string, since time.Time) (int64, error)
 	// ClaimEnds hands out the ended runs whose terminal event is not
 	// confirmed in the stream and whose lease expired before c.Before (their
 	// node died or shut down before the stream took the event), at most

@@ -473,6 +473,13 @@ class RunView {
           `${d.ok ? "→ " + short(d.result) : "failed: " + (d.error || short(d.result))} · ${fmtMs(d.duration_ms ?? 0)}`;
         break;
       }
+      case "tool_progress": {
+        const li = this.tools.get(d.tool_call_id);
+        if (!li || !li.classList.contains("running")) break; // the call is over: its result stays
+        const of = d.total ? `${d.progress}/${d.total}` : `${d.progress}`;
+        li.querySelector(".tool-result").textContent = `running… ${of}${d.message ? ` ${d.message}` : ""}`;
+        break;
+      }
       case "input_required":
         this.ask(ev, d);
         break;
@@ -490,7 +497,7 @@ class RunView {
       case "agent_completed":
         this.answer = d.final_response ?? this.answer;
         this.answerEl.textContent = this.answer;
-        this.line(ev, "completed", `Completed in ${fmtMs(d.duration_ms ?? 0)}`);
+        this.line(ev, "completed", `Completed in ${fmtMs(d.duration_ms ?? 0)}${d.usage ? ` · ${d.usage.input_tokens} + ${d.usage.output_tokens} tokens` : ""}`);
         this.finish("completed", fmtMs(d.duration_ms ?? 0));
         break;
       case "agent_error":

@@ -46,6 +46,18 @@ export interface ToolCompletedData {
     duration_ms: number;
     error?: string;
 }
+/** How far a running tool call has come (between its tool_executing and tool_completed). */
+export interface ToolProgressData {
+    tool_call_id: string;
+    progress: number;
+    total?: number;
+    message?: string;
+}
+/** Tokens a run's model calls used, summed over the run. */
+export interface Usage {
+    input_tokens: number;
+    output_tokens: number;
+}
 export interface AgentMessageDeltaData {
     message_id: string;
     delta: string;
@@ -54,6 +66,8 @@ export interface AgentCompletedData {
     message_id: string;
     final_response: string;
     duration_ms: number;
+    /** Present when the agent reported the tokens it used. */
+    usage?: Usage;
 }
 /** `code` is one of `cancelled`, `timeout`, `agent_failed`, `too_many_runs`, … */
 export interface AgentErrorData {
@@ -83,6 +97,7 @@ export type AgentStartedEvent = StreamEventBase<"agent_started", AgentStartedDat
 export type AgentThinkingEvent = StreamEventBase<"agent_thinking", AgentThinkingData>;
 export type ToolExecutingEvent = StreamEventBase<"tool_executing", ToolExecutingData>;
 export type ToolCompletedEvent = StreamEventBase<"tool_completed", ToolCompletedData>;
+export type ToolProgressEvent = StreamEventBase<"tool_progress", ToolProgressData>;
 export type AgentMessageDeltaEvent = StreamEventBase<"agent_message_delta", AgentMessageDeltaData>;
 export type AgentCompletedEvent = StreamEventBase<"agent_completed", AgentCompletedData>;
 export type AgentErrorEvent = StreamEventBase<"agent_error", AgentErrorData>;
@@ -97,6 +112,7 @@ export interface AgentEventMap {
     agent_thinking: AgentThinkingEvent;
     tool_executing: ToolExecutingEvent;
     tool_completed: ToolCompletedEvent;
+    tool_progress: ToolProgressEvent;
     agent_message_delta: AgentMessageDeltaEvent;
     agent_completed: AgentCompletedEvent;
     agent_error: AgentErrorEvent;
@@ -118,7 +134,7 @@ export interface PongFrame {
     type: "pong";
     ref?: string;
 }
-/** `code`: bad_json, unknown_type, invalid_message, not_found, rate_limited, too_many_runs, internal_error, … */
+/** `code`: bad_json, unknown_type, invalid_message, not_found, rate_limited, too_many_runs, quota_exceeded, internal_error, … */
 export interface ErrorFrame {
     type: "error";
     code: string;

@@ -38,6 +38,7 @@ type Event struct {
 	Data       json.RawMessage      // a relayed type (Emitter.Event): data as it would be sent
 	Input      agent.InputRequest   // input_required
 	Answer     protocol.InputAnswer // input_received
+	Progress   agent.Progress       // tool_progress
 }
 
 // Recorder is an agent.Emitter that records events in order and enforces
@@ -64,6 +65,7 @@ type Recorder struct {
 	seen       map[string]bool   // every tool_call_id announced
 	deltas     strings.Builder
 	violations []string
+	usage      protocol.Usage
 }
 
 var _ agent.Emitter = (*Recorder)(nil)
@@ -92,6 +94,30 @@ func (r *Recorder) ToolCompleted(res agent.ToolResult) error {
 		return r.violate(fmt.Sprintf("tool_completed %q: result does not encode: %v", res.CallID, err))
 	}
 	return r.record(Event{Type: protocol.TypeToolCompleted, ToolCallID: res.CallID, Tool: res.Tool, OK: res.OK, Result: b, Duration: res.Duration, Error: res.Error})
+}
+
+// ToolProgress records tool_progress; its call must be executing.
+func (r *Recorder) ToolProgress(p agent.Progress) error {
+	return r.record(Event{Type: protocol.TypeToolProgress, ToolCallID: p.CallID, Progress: p})
+}
+
+// AddUsage adds u to the run's usage (Usage), recording no event.
+func (r *Recorder) AddUsage(u protocol.Usage) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ended {
+		return agent.ErrRunEnded
+	}
+	r.usage.InputTokens += u.InputTokens
+	r.usage.OutputTokens += u.OutputTokens
+	return nil
+}
+
+// Usage returns the sum of what AddUsage was given.
+func (r *Recorder) Usage() protocol.Usage {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.usage
 }
 
 // Delta records agent_message_delta.
@@ -188,6 +214,11 @@ func (r *Recorder) record(e Event) error {
 			return r.violate(fmt.Sprintf("tool_completed %q (%s) without its tool_executing", e.ToolCallID, e.Tool))
 		}
 		delete(r.open, e.ToolCallID)
+	case protocol.TypeToolProgress:
+		if _, ok := r.open[e.ToolCallID]; !ok {
+			r.mu.Unlock()
+			return r.violate(fmt.Sprintf("tool_progress %q outside its call", e.ToolCallID))
+		}
 	case protocol.TypeAgentMessageDelta:
 		r.deltas.WriteString(e.Delta)
 	case protocol.TypeAgentCompleted:
@@ -328,6 +359,8 @@ func (r *Recorder) String() string {
 			fmt.Fprintf(&b, " %s %s %s", e.ToolCallID, e.Tool, e.Args)
 		case protocol.TypeToolCompleted:
 			fmt.Fprintf(&b, " %s %s ok=%v result=%s error=%q", e.ToolCallID, e.Tool, e.OK, e.Result, e.Error)
+		case protocol.TypeToolProgress:
+			fmt.Fprintf(&b, " %s %v/%v %q", e.ToolCallID, e.Progress.Progress, e.Progress.Total, e.Progress.Message)
 		case protocol.TypeAgentMessageDelta:
 			fmt.Fprintf(&b, " %q", e.Delta)
 		case protocol.TypeAgentCompleted:

@@ -225,6 +225,8 @@ type Fields struct {
 	FinalResponse string          `json:"final_response"`
 	Code          string          `json:"code"`
 	Message       string          `json:"message"`
+	// Usage, on agent_completed: the tokens the service's model calls used.
+	Usage *protocol.Usage `json:"usage"`
 	// input_required
 	Kind    protocol.InputKind `json:"kind"`
 	Prompt  string             `json:"prompt"`
@@ -339,6 +341,11 @@ func (r *relay) handle(line []byte, name string) error {
 		return r.emit(r.em.Delta(f.Delta))
 	case protocol.TypeAgentCompleted:
 		r.ended = true
+		if u := f.Usage; u != nil && u.InputTokens >= 0 && u.OutputTokens >= 0 {
+			if err := r.emit(r.em.AddUsage(*u)); err != nil {
+				return err
+			}
+		}
 		if err := r.emit(r.em.Complete(f.FinalResponse)); err != nil {
 			return err
 		}

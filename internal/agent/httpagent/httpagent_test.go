@@ -98,10 +98,14 @@ func TestNDJSON(t *testing.T) {
 		`{"type":"tool_completed","data":{"tool_call_id":"c1","tool":"calculator","ok":true,"result":84,"duration_ms":3}}`,
 		`{"type":"agent_message_delta","data":{"delta":"It is "}}`,
 		`{"type":"agent_message_delta","data":{"delta":"84."}}`,
-		`{"type":"agent_completed","data":{"final_response":"It is 84."}}`,
+		`{"type":"agent_completed","data":{"final_response":"It is 84.","usage":{"input_tokens":12,"output_tokens":4}}}`,
 		`{"type":"agent_thinking","data":{"text":"after the end: never read"}}`,
 	), got)
-	checkFull(t, runIt(t, a))
+	rec := runIt(t, a)
+	checkFull(t, rec)
+	if u := rec.Usage(); u != (protocol.Usage{InputTokens: 12, OutputTokens: 4}) {
+		t.Errorf("usage %+v", u)
+	}
 	body := <-got
 	b, _ := json.Marshal(body)
 	want := `{"messages":[{"content":"hi","role":"user"},{"content":"hello","role":"assistant"},{"content":"12*(3+4)?","role":"user"}],"run_id":"run1","thread_id":"th1","user_id":"alice"}`

@@ -52,8 +52,10 @@ type Config struct {
 	// HTTPClient makes the requests; default http.DefaultClient. Its own
 	// Timeout, if any, should exceed RequestTimeout.
 	HTTPClient *http.Client
-	// Tools are offered to the model; nil offers none.
-	Tools *tools.Registry
+	// Tools are offered to the model, asked again before each request (so
+	// an MCP server's new list counts from the next request); nil offers
+	// none.
+	Tools tools.Source
 	// MaxToolRounds is how many times in one run the model may ask for tool
 	// calls; one more ends the run with agent_failed. Default 5.
 	MaxToolRounds int
@@ -144,7 +146,12 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 	var text answer
 	for rounds := 0; ; rounds++ {
 		text.newRound()
-		t, err := a.complete(ctx, msgs, em, &text)
+		var reg *tools.Registry
+		if a.cfg.Tools != nil {
+			reg = a.cfg.Tools.Registry()
+		}
+		fns := functions(reg)
+		t, err := a.complete(ctx, msgs, fns, em, &text)
 		if err != nil {
 			return err
 		}
@@ -160,7 +167,11 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 		}
 		msgs = append(msgs, assistant)
 		for _, c := range t.calls {
-			denied, err := a.deniedByUser(ctx, em, c)
+			name := c.Function.Name
+			if tool, ok := fns.byFunction[name]; ok {
+				name = tool
+			}
+			denied, err := a.deniedByUser(ctx, em, c, name)
 			if err != nil {
 				return err
 			}
@@ -168,7 +179,7 @@ func (a *Agent) run(ctx context.Context, run agent.Run, em agent.Emitter) error 
 				msgs = append(msgs, message{Role: "tool", ToolCallID: c.ID, Content: ptr(deniedResult)})
 				continue
 			}
-			res, err := tools.CallTool(ctx, em, a.cfg.Tools, c.ID, c.Function.Name, json.RawMessage(c.Function.Arguments))
+			res, err := tools.CallTool(ctx, em, reg, c.ID, name, json.RawMessage(c.Function.Arguments))
 			var toolErr *tools.CallError
 			var content []byte
 			switch {
@@ -219,10 +230,12 @@ const deniedResult = `{"error":"the user denied this tool call; do not retry it"
 // maxPromptArgs bounds the arguments quoted in an approval prompt.
 const maxPromptArgs = 1000
 
-// deniedByUser asks the user to approve call when its tool needs approval,
-// and reports a denial, which it also records as a failed tool call.
-func (a *Agent) deniedByUser(ctx context.Context, em agent.Emitter, c toolCall) (bool, error) {
-	if !slices.Contains(a.cfg.RequireApproval, "*") && !slices.Contains(a.cfg.RequireApproval, c.Function.Name) {
+// deniedByUser asks the user to approve call, of the tool named tool (its
+// name in the registry, "NAME.tool" for an MCP server's, not the function
+// name the model saw), when that tool needs approval, and reports a denial,
+// which it also records as a failed tool call.
+func (a *Agent) deniedByUser(ctx context.Context, em agent.Emitter, c toolCall, tool string) (bool, error) {
+	if !slices.Contains(a.cfg.RequireApproval, "*") && !slices.Contains(a.cfg.RequireApproval, tool) {
 		return false, nil
 	}
 	args := c.Function.Arguments
@@ -230,7 +243,7 @@ func (a *Agent) deniedByUser(ctx context.Context, em agent.Emitter, c toolCall) 
 		args = strings.ToValidUTF8(args[:maxPromptArgs], "") + "…"
 	}
 	ans, err := em.RequestInput(ctx, agent.InputRequest{Kind: protocol.InputApproval, ToolCallID: c.ID,
-		Prompt: fmt.Sprintf("Allow the tool %s with %s?", c.Function.Name, args)})
+		Prompt: fmt.Sprintf("Allow the tool %s with %s?", tool, args)})
 	if err != nil {
 		return false, err
 	}
@@ -241,10 +254,10 @@ func (a *Agent) deniedByUser(ctx context.Context, em agent.Emitter, c toolCall) 
 	if json.Unmarshal([]byte(c.Function.Arguments), &raw) != nil {
 		raw = map[string]any{}
 	}
-	if err := em.ToolExecuting(c.ID, c.Function.Name, raw); err != nil {
+	if err := em.ToolExecuting(c.ID, tool, raw); err != nil {
 		return false, err
 	}
-	return true, em.ToolCompleted(agent.ToolResult{CallID: c.ID, Tool: c.Function.Name, Result: json.RawMessage(deniedResult), Error: "denied by the user"})
+	return true, em.ToolCompleted(agent.ToolResult{CallID: c.ID, Tool: tool, Result: json.RawMessage(deniedResult), Error: "denied by the user"})
 }
 
 // answer is the text streamed to the user across rounds.
@@ -300,10 +313,68 @@ type toolCall struct {
 }
 
 type request struct {
-	Model    string                 `json:"model"`
-	Messages []message              `json:"messages"`
-	Stream   bool                   `json:"stream"`
-	Tools    []tools.FunctionSchema `json:"tools,omitempty"`
+	Model         string                 `json:"model"`
+	Messages      []message              `json:"messages"`
+	Stream        bool                   `json:"stream"`
+	StreamOptions streamOptions          `json:"stream_options"`
+	Tools         []tools.FunctionSchema `json:"tools,omitempty"`
+}
+
+// streamOptions asks for the usage chunk: one last chunk, with no choices,
+// whose usage counts the request's tokens.
+type streamOptions struct {
+	IncludeUsage bool `json:"include_usage"`
+}
+
+// toolFunctions is what a request offers the model: the schemas, under
+// function names the Chat Completions API accepts, and the way back from
+// such a name to the tool's.
+type toolFunctions struct {
+	schemas    []tools.FunctionSchema
+	byFunction map[string]string // function name → tool name, where they differ
+}
+
+// functions names reg's tools for the model. Tool names like "files.read"
+// (an MCP server's tools) are not valid function names (^[a-zA-Z0-9_-]{1,64}$),
+// so every other character becomes '_', with a numeric suffix should two
+// names then collide.
+func functions(reg *tools.Registry) toolFunctions {
+	fns := toolFunctions{schemas: reg.Schemas(), byFunction: map[string]string{}}
+	used := map[string]bool{}
+	for i := range fns.schemas {
+		used[fns.schemas[i].Function.Name] = validFunctionName(fns.schemas[i].Function.Name)
+	}
+	for i := range fns.schemas {
+		f := &fns.schemas[i].Function
+		if validFunctionName(f.Name) {
+			continue
+		}
+		base := functionName(f.Name)
+		name := base
+		for n := 2; used[name]; n++ {
+			name = fmt.Sprintf("%.60s_%d", base, n)
+		}
+		used[name] = true
+		fns.byFunction[name] = f.Name
+		f.Name = name
+	}
+	return fns
+}
+
+func validFunctionName(s string) bool { return s != "" && functionName(s) == s }
+
+// functionName replaces what a function name may not hold and cuts it to 64 bytes.
+func functionName(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			b[i] = '_'
+		}
+	}
+	if len(b) > 64 {
+		b = b[:64]
+	}
+	return string(b)
 }
 
 type chunk struct {
@@ -322,16 +393,21 @@ type chunk struct {
 		} `json:"delta"`
 		FinishReason *string `json:"finish_reason"`
 	} `json:"choices"`
+	Usage *struct {
+		PromptTokens     int64 `json:"prompt_tokens"`
+		CompletionTokens int64 `json:"completion_tokens"`
+	} `json:"usage"`
 	Error json.RawMessage `json:"error"`
 }
 
 var errDone = errors.New("stream done")
 
 // complete makes one streamed request and returns what the model said.
-func (a *Agent) complete(ctx context.Context, msgs []message, em agent.Emitter, text *answer) (turn, error) {
+func (a *Agent) complete(ctx context.Context, msgs []message, fns toolFunctions, em agent.Emitter, text *answer) (turn, error) {
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
-	body, err := json.Marshal(request{Model: a.cfg.Model, Messages: msgs, Stream: true, Tools: a.cfg.Tools.Schemas()})
+	body, err := json.Marshal(request{Model: a.cfg.Model, Messages: msgs, Stream: true,
+		StreamOptions: streamOptions{IncludeUsage: true}, Tools: fns.schemas})
 	if err != nil {
 		return turn{}, fmt.Errorf("openai: encoding the request: %w", err)
 	}
@@ -369,6 +445,11 @@ func (a *Agent) complete(ctx context.Context, msgs []message, em agent.Emitter, 
 		}
 		if len(c.Error) > 0 && string(c.Error) != "null" {
 			return failf("model endpoint reported an error mid-stream: %s", apiMessage(c.Error))
+		}
+		if u := c.Usage; u != nil && (u.PromptTokens > 0 || u.CompletionTokens > 0) {
+			if err := em.AddUsage(protocol.Usage{InputTokens: max(u.PromptTokens, 0), OutputTokens: max(u.CompletionTokens, 0)}); err != nil {
+				return err
+			}
 		}
 		for _, ch := range c.Choices {
 			if ch.Index != 0 {

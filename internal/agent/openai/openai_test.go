@@ -495,6 +495,51 @@ func TestHistoryWithToolCalls(t *testing.T) {
 	}
 }
 
+// namedTool is a tool with any name, answering "ok".
+type namedTool string
+
+func (n namedTool) Name() string                { return string(n) }
+func (n namedTool) Description() string         { return "test tool" }
+func (n namedTool) Parameters() json.RawMessage { return json.RawMessage(`{"type":"object"}`) }
+func (n namedTool) Call(context.Context, json.RawMessage) (any, error) {
+	return "ok from " + string(n), nil
+}
+
+// TestUsageAndFunctionNames: usage is asked for (stream_options) and summed
+// over the run's requests; tool names the API refuses as function names
+// ("srv.read") are offered under valid ones and mapped back on the call.
+func TestUsageAndFunctionNames(t *testing.T) {
+	t.Parallel()
+	usage := func(in, out int) string {
+		return fmt.Sprintf(`{"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}`, in, out, in+out)
+	}
+	f := &fake{scripts: []func(http.ResponseWriter, *http.Request){
+		stream(toolDelta(0, "call_1", "srv_read", `{}`), finish("tool_calls"), usage(100, 7), done),
+		stream(content("read it"), finish("stop"), usage(130, 3), done),
+	}}
+	a, _ := newAgent(t, f, func(c *openai.Config) { c.Tools = tools.New(namedTool("srv.read"), namedTool("srv_read")) })
+	rec := run(t, a, userRun("read"))
+	rec.Completed(t)
+	if u := rec.Usage(); u != (protocol.Usage{InputTokens: 230, OutputTokens: 10}) {
+		t.Errorf("usage %+v", u)
+	}
+	reqs := f.requests()
+	if so, _ := reqs[0]["stream_options"].(map[string]any); so["include_usage"] != true {
+		t.Errorf("stream_options %v", reqs[0]["stream_options"])
+	}
+	var names []string
+	for _, tl := range reqs[0]["tools"].([]any) {
+		names = append(names, tl.(map[string]any)["function"].(map[string]any)["name"].(string))
+	}
+	if got := strings.Join(names, " "); got != "srv_read_2 srv_read" {
+		t.Errorf("function names %q", got)
+	}
+	// The model called srv_read: the tool of that very name, not srv.read.
+	if ex := rec.Of(protocol.TypeToolExecuting); len(ex) != 1 || ex[0].Tool != "srv_read" {
+		t.Errorf("tool_executing %+v", ex)
+	}
+}
+
 func TestRequireApproval(t *testing.T) {
 	t.Parallel()
 	for _, approve := range []bool{true, false} {
@@ -534,5 +579,37 @@ func TestRequireApproval(t *testing.T) {
 	rec := run(t, a, userRun("1+1?"))
 	if n := len(rec.Of(protocol.TypeInputRequired)); n != 0 {
 		t.Errorf("%d questions for a tool that needs no approval", n)
+	}
+}
+
+// TestRequireApprovalToolName: --require-approval names a tool as the
+// registry does ("srv.read", an MCP server's tool), not as the function
+// name the model was offered ("srv_read"); the question and the timeline
+// name it so too.
+func TestRequireApprovalToolName(t *testing.T) {
+	t.Parallel()
+	f := &fake{scripts: []func(http.ResponseWriter, *http.Request){
+		stream(role(), toolDelta(0, "call_1", "srv_read", `{}`), finish("tool_calls"), done),
+		stream(content("Done."), finish("stop"), done),
+	}}
+	a, _ := newAgent(t, f, func(c *openai.Config) {
+		c.Tools = tools.New(namedTool("srv.read"))
+		c.RequireApproval = []string{"srv.read"}
+	})
+	var asked []agent.InputRequest
+	rec := &agenttest.Recorder{Answer: func(r agent.InputRequest) protocol.InputAnswer {
+		asked = append(asked, r)
+		no := false
+		return protocol.InputAnswer{Approved: &no}
+	}}
+	if err := a.Run(context.Background(), userRun("read"), rec); err != nil {
+		t.Fatal(err)
+	}
+	rec.Completed(t)
+	if len(asked) != 1 || asked[0].ToolCallID != "call_1" || !strings.Contains(asked[0].Prompt, "srv.read") {
+		t.Fatalf("asked %+v", asked)
+	}
+	if co := rec.Of(protocol.TypeToolCompleted); len(co) != 1 || co[0].Tool != "srv.read" || co[0].OK {
+		t.Errorf("tool_completed %+v", co)
 	}
 }

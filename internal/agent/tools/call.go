@@ -48,6 +48,10 @@ func CallTool(ctx context.Context, em agent.Emitter, reg *Registry, callID, name
 		return nil, err
 	}
 
+	ctx = context.WithValue(ctx, progressKey{}, progressFunc(func(p agent.Progress) {
+		p.CallID = callID
+		_ = em.ToolProgress(p) // an ended run ends the call through ctx
+	}))
 	start := time.Now()
 	var result any
 	var toolErr error
@@ -80,6 +84,19 @@ func CallTool(ctx context.Context, em agent.Emitter, reg *Registry, callID, name
 		return nil, &CallError{Tool: name, Err: toolErr}
 	}
 	return result, nil
+}
+
+type progressKey struct{}
+
+type progressFunc func(agent.Progress)
+
+// ReportProgress tells the user how far the tool call ctx belongs to has
+// come (tool_progress; p.CallID is filled in). A tool calls it from Call;
+// outside CallTool it does nothing.
+func ReportProgress(ctx context.Context, p agent.Progress) {
+	if f, ok := ctx.Value(progressKey{}).(progressFunc); ok {
+		f(p)
+	}
 }
 
 // argsObject returns args as something that encodes to a JSON object for

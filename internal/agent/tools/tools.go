@@ -25,6 +25,17 @@ type Tool interface {
 	Call(ctx context.Context, args json.RawMessage) (any, error)
 }
 
+// Source gives an agent its tools, asked again before each model request:
+// a *Registry is a fixed set; the MCP tools (internal/agent/mcptools) change
+// when a server's list does.
+type Source interface {
+	// Registry returns the tools as they are now; nil holds none.
+	Registry() *Registry
+}
+
+// Registry returns r itself: a Registry is its own Source.
+func (r *Registry) Registry() *Registry { return r }
+
 // Registry is an immutable set of tools, looked up by name. A nil *Registry
 // holds no tools.
 type Registry struct {

@@ -115,6 +115,13 @@ CREATE TABLE run_events (
 	PRIMARY KEY (run_id, idx)
 );
 `,
+	// issue 11 D: token usage. The tokens a run used, as its agent reported
+	// them; TokensUsed sums them over a user's runs of the day through
+	// runs_user_status (user_id, status, started_at, id).
+	`
+ALTER TABLE runs ADD COLUMN input_tokens bigint NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN output_tokens bigint NOT NULL DEFAULT 0;
+`,
 }
 
 // migrationLockClass is the first key of the advisory lock that serializes

@@ -492,7 +492,7 @@ func startRunBatch(ctx context.Context, c *pgx.Conn, b *pgx.Batch, newThread boo
 	return collect(rows, scanMessage)
 }
 
-const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until, end_announced`
+const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until, end_announced, input_tokens, output_tokens`
 
 // GetRun implements store.Store.
 func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, error) {
@@ -509,6 +509,20 @@ func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, er
 		return err
 	})
 	return r, err
+}
+
+// TokensUsed implements store.Store.
+func (s *Store) TokensUsed(ctx context.Context, userID string, since time.Time) (int64, error) {
+	if !validID(userID) {
+		return 0, nil
+	}
+	var n int64
+	err := s.withConn(ctx, "tokens used", func(c *pgx.Conn) error {
+		return c.QueryRow(ctx, `SELECT COALESCE(SUM(input_tokens + output_tokens), 0)::bigint FROM runs
+WHERE user_id = $1 AND status IN ('completed', 'failed', 'cancelled', 'timeout') AND started_at >= $2`,
+			userID, toTime(since, since)).Scan(&n)
+	})
+	return n, err
 }
 
 // ConfirmEnds implements store.Store.
@@ -554,8 +568,8 @@ RETURNING `+runColumns,
 // and concurrent updates of one row wait for each other and re-check the
 // condition, so of concurrent calls exactly one changes the row.
 func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
-	if !o.Status.Terminal() {
-		return fmt.Errorf("%w: finish run with status %q", store.ErrInvalid, o.Status)
+	if !o.Status.Terminal() || o.InputTokens < 0 || o.OutputTokens < 0 {
+		return fmt.Errorf("%w: finish run with status %q, tokens %d/%d", store.ErrInvalid, o.Status, o.InputTokens, o.OutputTokens)
 	}
 	if !validID(o.UserID) || !validID(o.RunID) {
 		return fmt.Errorf("postgres: run %q: %w", o.RunID, store.ErrNotFound)
@@ -574,7 +588,7 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 		var updated, exists bool
 		err := c.QueryRow(ctx, `
 WITH finished AS (
-	UPDATE runs SET status = $1, ended_at = $2, error_code = $3, error_message = $4, end_announced = $7
+	UPDATE runs SET status = $1, ended_at = $2, error_code = $3, error_message = $4, end_announced = $7, input_tokens = $14, output_tokens = $15
 	WHERE id = $5 AND user_id = $6 AND status IN ('running', 'waiting_for_input')
 	RETURNING 1
 ),
@@ -586,7 +600,7 @@ events AS (
 )
 SELECT EXISTS (SELECT 1 FROM finished), EXISTS (SELECT 1 FROM runs WHERE id = $5 AND user_id = $6)`,
 			string(o.Status), ended, cleanText(o.ErrorCode), cleanText(o.ErrorMessage), o.RunID, o.UserID, o.Announced,
-			idx, typ, seq, epoch, ts, data).Scan(&updated, &exists)
+			idx, typ, seq, epoch, ts, data, o.InputTokens, o.OutputTokens).Scan(&updated, &exists)
 		switch {
 		case err != nil:
 			return err
@@ -1055,7 +1069,8 @@ func scanRun(row pgx.Row) (store.Run, error) {
 	var ended *time.Time
 	var lease time.Time
 	var announced bool
-	err := row.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &r.StartedAt, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease, &announced)
+	err := row.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &r.StartedAt, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease, &announced,
+		&r.InputTokens, &r.OutputTokens)
 	r.Status, r.StartedAt = store.RunStatus(status), r.StartedAt.UTC()
 	r.EndAnnounced = announced && r.Status.Terminal()
 	if ended != nil {

@@ -111,6 +111,13 @@ CREATE TABLE run_events (
 	PRIMARY KEY (run_id, idx)
 ) STRICT, WITHOUT ROWID;
 `,
+	// issue 11 D: token usage. The tokens a run used, as its agent reported
+	// them; TokensUsed sums them over a user's runs of the day through
+	// runs_user_status (user_id, status, started_at).
+	`
+ALTER TABLE runs ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+`,
 }
 
 // migrate brings the schema of db to the newest version in one immediate

@@ -441,7 +441,7 @@ func (s *Store) StartRun(ctx context.Context, newThread *store.Thread, m store.M
 	return history, nil
 }
 
-const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until, end_announced`
+const runColumns = `id, thread_id, user_id, agent, status, user_message_id, started_at, ended_at, error_code, error_message, node, lease_until, end_announced, input_tokens, output_tokens`
 
 // GetRun implements store.Store.
 func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, error) {
@@ -458,8 +458,8 @@ func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, er
 
 // FinishRun implements store.Store.
 func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
-	if !o.Status.Terminal() {
-		return fmt.Errorf("%w: finish run with status %q", store.ErrInvalid, o.Status)
+	if !o.Status.Terminal() || o.InputTokens < 0 || o.OutputTokens < 0 {
+		return fmt.Errorf("%w: finish run with status %q, tokens %d/%d", store.ErrInvalid, o.Status, o.InputTokens, o.OutputTokens)
 	}
 	if len(o.Events) > 0 {
 		if err := store.ValidateRunEvents(o.UserID, o.RunID, o.Events); err != nil {
@@ -469,9 +469,9 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 	ended := toMillis(o.EndedAt, time.Now())
 	return s.write(ctx, "finish run", func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx,
-			`UPDATE runs SET status = ?, ended_at = ?, error_code = ?, error_message = ?, end_announced = ?
+			`UPDATE runs SET status = ?, ended_at = ?, error_code = ?, error_message = ?, end_announced = ?, input_tokens = ?, output_tokens = ?
 			WHERE id = ? AND user_id = ? AND status IN ('running', 'waiting_for_input')`,
-			string(o.Status), ended, o.ErrorCode, o.ErrorMessage, o.Announced, o.RunID, o.UserID)
+			string(o.Status), ended, o.ErrorCode, o.ErrorMessage, o.Announced, o.InputTokens, o.OutputTokens, o.RunID, o.UserID)
 		if err != nil {
 			return err
 		}
@@ -490,6 +490,18 @@ func (s *Store) FinishRun(ctx context.Context, o store.Outcome) error {
 		}
 		return fmt.Errorf("run %s: %w", o.RunID, store.ErrNotFound)
 	})
+}
+
+// TokensUsed implements store.Store.
+func (s *Store) TokensUsed(ctx context.Context, userID string, since time.Time) (int64, error) {
+	var n int64
+	err := s.r.QueryRowContext(ctx, `SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM runs
+		WHERE user_id = ? AND status IN ('completed', 'failed', 'cancelled', 'timeout') AND started_at >= ?`,
+		userID, since.UnixMilli()).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: tokens used: %w", err)
+	}
+	return n, nil
 }
 
 // ConfirmEnds implements store.Store, in one statement (the ids as one
@@ -786,7 +798,8 @@ func scanRun(sc scanner) (store.Run, error) {
 	var ended sql.NullInt64
 	var lease int64
 	var announced bool
-	err := sc.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &started, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease, &announced)
+	err := sc.Scan(&r.ID, &r.ThreadID, &r.UserID, &r.Agent, &status, &r.UserMessageID, &started, &ended, &r.ErrorCode, &r.ErrorMessage, &r.Node, &lease, &announced,
+		&r.InputTokens, &r.OutputTokens)
 	r.Status, r.StartedAt = store.RunStatus(status), fromMillis(started)
 	r.EndAnnounced = announced && r.Status.Terminal()
 	if ended.Valid {

@@ -118,6 +118,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"PingAndClose", s.testPingAndClose},
 		{"RunWaiting", s.testRunWaiting},
 		{"ReapWaiting", s.testReapWaiting},
+		{"TokenUsage", s.testTokenUsage}, // issue 11 D
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -131,8 +131,12 @@ func (s *suite) testRunEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	end := []store.RunEvent{ev(r3.ID, 1, "agent_started", `{"again":true}`), ev(r3.ID, 2, "agent_message_delta", `{"delta":"part"}`), ev(r3.ID, 3, "agent_error", `{}`)}
-	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: r3.ID, Status: store.RunCancelled, Events: end}); err != nil {
+	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: r3.ID, Status: store.RunCancelled, Events: end, InputTokens: 7, OutputTokens: 3}); err != nil {
 		t.Fatalf("FinishRun with events: %v", err)
+	}
+	// The outcome's tokens go in with its events.
+	if got := mustGetRun(t, st, u, r3.ID); got.InputTokens != 7 || got.OutputTokens != 3 {
+		t.Errorf("FinishRun with events stored tokens %d/%d, want 7/3", got.InputTokens, got.OutputTokens)
 	}
 	late := []store.RunEvent{ev(r3.ID, 4, "agent_thinking", `{}`)}
 	if err := st.FinishRun(c, store.Outcome{UserID: u, RunID: r3.ID, Status: store.RunFailed, Events: late}); !errors.Is(err, store.ErrNotRunning) {
