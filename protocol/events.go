@@ -122,6 +122,15 @@ type Usage struct {
 	OutputTokens int64 `json:"output_tokens"`
 }
 
+// UsageOf is the usage of a run that used in and out tokens, or nil (no
+// "usage" field) when it reported none.
+func UsageOf(in, out int64) *Usage {
+	if in == 0 && out == 0 {
+		return nil
+	}
+	return &Usage{InputTokens: in, OutputTokens: out}
+}
+
 // AgentError is the data of agent_error; Code is CodeCancelled,
 // CodeTimeout, CodeAgentFailed or CodeNodeLost.
 type AgentError struct {

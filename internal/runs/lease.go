@@ -251,9 +251,7 @@ func (m *Manager) announce(ctx context.Context, r store.Run) {
 		if answer != nil {
 			c.MessageID, c.FinalResponse = answer.ID, answer.Content
 		}
-		if r.InputTokens != 0 || r.OutputTokens != 0 { // the same usage as the event its node would have sent
-			c.Usage = &protocol.Usage{InputTokens: r.InputTokens, OutputTokens: r.OutputTokens}
-		}
+		c.Usage = protocol.UsageOf(r.InputTokens, r.OutputTokens) // as its node would have sent it
 		end.Type = protocol.TypeAgentCompleted
 		end.Data, _ = protocol.MarshalData(c)
 	} else {

@@ -355,9 +355,7 @@ func storedEnd(run store.Run, thread []agui.StoredMessage) protocol.Event {
 				d.MessageID, d.FinalResponse = m.ID, m.Content
 			}
 		}
-		if run.InputTokens != 0 || run.OutputTokens != 0 { // as its node sent it
-			d.Usage = &protocol.Usage{InputTokens: run.InputTokens, OutputTokens: run.OutputTokens}
-		}
+		d.Usage = protocol.UsageOf(run.InputTokens, run.OutputTokens) // as its node sent it
 		ev.Type, ev.Data = protocol.TypeAgentCompleted, mustData(d)
 		return ev
 	}

@@ -19,9 +19,7 @@ func wireRun(run store.Run) protocol.Run {
 		e := run.EndedAt.UTC()
 		out.EndedAt = &e
 	}
-	if run.InputTokens != 0 || run.OutputTokens != 0 {
-		out.Usage = &protocol.Usage{InputTokens: run.InputTokens, OutputTokens: run.OutputTokens}
-	}
+	out.Usage = protocol.UsageOf(run.InputTokens, run.OutputTokens)
 	return out
 }
 
