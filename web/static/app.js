@@ -95,6 +95,7 @@ async function init() {
 function showLogin(message) {
   $("app").hidden = true;
   $("logout").hidden = true;
+  $("threads-toggle").hidden = true;
   $("who").hidden = true;
   $("login").hidden = false;
   $("dev-login").hidden = !app.config.dev;
@@ -166,6 +167,7 @@ async function start(token) {
   $("who").hidden = false;
   $("who").textContent = app.user;
   $("logout").hidden = false;
+  $("threads-toggle").hidden = false;
   showError("login-error");
 
   app.client?.close();
@@ -274,6 +276,9 @@ $("new-thread").addEventListener("click", () => openThread(null, true));
 async function openThread(id, focus) {
   app.current = id;
   app.runs.clear();
+  setDrawer(false);
+  following = true;
+  $("new-below").hidden = true;
   const box = $("messages");
   box.replaceChildren();
   showError("chat-error");
@@ -373,10 +378,60 @@ function addUserMessage(id, content, role = "user") {
     el("p", { class: "body", text: content })));
 }
 
-function scrollDown() {
-  const box = $("messages");
-  box.scrollTop = box.scrollHeight;
+// The message pane follows new content while the reader is at its bottom;
+// once they scroll up it stays put and a "new messages" pill offers the way
+// back down.
+let following = true;
+
+function atBottom(box) {
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 48;
 }
+
+function scrollDown(force = false) {
+  const box = $("messages");
+  if (force || following) {
+    box.scrollTop = box.scrollHeight;
+    following = true;
+    $("new-below").hidden = true;
+  } else if (!atBottom(box)) {
+    $("new-below").hidden = false;
+  }
+}
+
+$("messages").addEventListener("scroll", () => {
+  const box = $("messages");
+  following = atBottom(box);
+  if (following) $("new-below").hidden = true;
+}, { passive: true });
+
+$("new-below").addEventListener("click", () => {
+  scrollDown(true);
+  $("composer-input").focus();
+});
+
+// Content that grows without an event of its own (a prompt, fonts, a
+// textarea resize) keeps the pane at its bottom while following.
+new ResizeObserver(() => {
+  if (following) $("messages").scrollTop = $("messages").scrollHeight;
+}).observe($("messages"));
+
+// ---------------------------------------------------------------- drawer
+
+function setDrawer(open) {
+  $("app").classList.toggle("drawer-open", open);
+  $("scrim").hidden = !open;
+  $("threads-toggle").setAttribute("aria-expanded", String(open));
+  if (open) $("new-thread").focus();
+}
+
+$("threads-toggle").addEventListener("click", () => setDrawer(!$("app").classList.contains("drawer-open")));
+$("scrim").addEventListener("click", () => setDrawer(false));
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && $("app").classList.contains("drawer-open")) {
+    setDrawer(false);
+    $("threads-toggle").focus();
+  }
+});
 
 // A run of the current thread: a header with status and time, a timeline of
 // steps (one line per event, tool results folded into their call's line),
@@ -613,6 +668,7 @@ $("composer").addEventListener("submit", async (e) => {
   if (!content || !app.client) return;
   input.value = "";
   showError("chat-error");
+  scrollDown(true); // the writer wants to see the answer
   try {
     const ack = await app.client.sendMessage(content, { threadId: app.current ?? undefined });
     if (app.current === null) await openThread(ack.thread_id, false);
