@@ -1,8 +1,10 @@
 // The agentwire chat page. Plain ES modules, no framework: the SDK
 // (/static/agentwire.js, built from clients/js) keeps the socket up, resumes
 // and dedupes; this file turns threads, history and live events into DOM.
-// Every text from the server goes through textContent, never innerHTML.
+// Every text from the server goes through textContent, never innerHTML;
+// answers are Markdown, drawn by markdown.js, which builds nodes the same way.
 import { AgentwireClient, tokenExpiry } from "/static/agentwire.js";
+import { renderMarkdown } from "/static/markdown.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "agentwire.token";
@@ -464,16 +466,36 @@ class RunView {
     if (this.seqs.size > 0) return;
     this.historic = true;
     this.finish("completed", "");
-    this.answer = content;
-    this.answerEl.textContent = content;
+    this.setAnswer(content, true);
     this.timeline.hidden = true;
   }
 
   // The stored answer of a run drawn from its transcript: whole, where the
   // transcript may have cut it.
   storedAnswer(content) {
-    this.answer = content;
-    this.answerEl.textContent = content;
+    this.setAnswer(content, true);
+  }
+
+  // setAnswer draws the answer as Markdown: at once when it is whole, at
+  // most once a frame while it streams (each frame draws all of it so far,
+  // so a half-written table or code block settles as it completes).
+  setAnswer(text, now) {
+    this.answer = text;
+    if (now) {
+      if (this.frame) cancelAnimationFrame(this.frame);
+      this.frame = undefined;
+      this.answerEl.replaceChildren(renderMarkdown(this.answer));
+      scrollDown();
+      return;
+    }
+    if (this.frame) return;
+    // A hidden tab runs no animation frames: it draws each delta.
+    if (document.visibilityState !== "visible") return this.setAnswer(text, true);
+    this.frame = requestAnimationFrame(() => {
+      this.frame = undefined;
+      this.answerEl.replaceChildren(renderMarkdown(this.answer));
+      scrollDown();
+    });
   }
 
   line(ev, cls, text) {
@@ -546,12 +568,10 @@ class RunView {
       }
       case "agent_message_delta":
         if (this.done) break;
-        this.answer += d.delta ?? "";
-        this.answerEl.textContent = this.answer;
+        this.setAnswer(this.answer + (d.delta ?? ""), false);
         break;
       case "agent_completed":
-        this.answer = d.final_response ?? this.answer;
-        this.answerEl.textContent = this.answer;
+        this.setAnswer(d.final_response ?? this.answer, true);
         this.line(ev, "completed", `Completed in ${fmtMs(d.duration_ms ?? 0)}${d.usage ? ` · ${d.usage.input_tokens} + ${d.usage.output_tokens} tokens` : ""}`);
         this.finish("completed", fmtMs(d.duration_ms ?? 0));
         break;
@@ -613,6 +633,7 @@ class RunView {
   }
 
   finish(status, total) {
+    if (this.frame) this.setAnswer(this.answer, true);
     for (const id of [...this.prompts.keys()]) this.closePrompt(id);
     this.done = true;
     this.root.classList.remove("running");
