@@ -30,6 +30,9 @@ var (
 	ErrConflict = errors.New("store: conflict")
 	// ErrNotRunning means FinishRun found the run already finished.
 	ErrNotRunning = errors.New("store: run is not running")
+	// ErrRunInProgress means DeleteThread found a run of the thread still
+	// running or waiting for input: nothing was deleted.
+	ErrRunInProgress = errors.New("store: the thread has a run in progress")
 	// ErrInvalid means an argument is malformed: an empty id, an unknown
 	// role or status, a non-positive ttl. It is a bug in the caller.
 	ErrInvalid = errors.New("store: invalid argument")
@@ -269,6 +272,16 @@ type Store interface {
 	// q.Limit of them. more reports that threads remain after the page; the
 	// last thread's UpdatedAt and ID are the cursor of the next page.
 	ListThreads(ctx context.Context, userID string, q ThreadQuery) (threads []Thread, more bool, err error)
+	// RenameThread sets the title of the user's thread (its UpdatedAt does
+	// not change) and returns the thread as stored. ErrNotFound if the user
+	// owns no such thread, ErrInvalid if !ValidTitle(title).
+	RenameThread(ctx context.Context, userID, threadID, title string) (Thread, error)
+	// DeleteThread deletes the user's thread with its messages, its runs
+	// and their transcripts, in one transaction. ErrNotFound if the user
+	// owns no such thread; ErrRunInProgress, deleting nothing, if a run of
+	// it is running or waiting for input (a run must end, where its agent
+	// is, before its thread can go).
+	DeleteThread(ctx context.Context, userID, threadID string) error
 	// AddMessage inserts m into thread m.ThreadID, which must exist and be
 	// owned by m.UserID (else ErrNotFound), and moves the thread's UpdatedAt
 	// forward to m.CreatedAt (never backwards). ErrConflict if the id is
@@ -414,6 +427,17 @@ func TitleFrom(content string) string {
 		n++
 	}
 	return line // unreachable: the line has more runes than MaxTitleRunes
+}
+
+// ValidTitle reports whether title can be a thread's title given by its
+// owner (RenameThread): valid UTF-8, 1 to MaxTitleRunes runes, no control
+// characters, not blank and without leading or trailing space.
+func ValidTitle(title string) bool {
+	if !utf8.ValidString(title) || strings.TrimSpace(title) != title || title == "" ||
+		utf8.RuneCountInString(title) > MaxTitleRunes {
+		return false
+	}
+	return !strings.ContainsFunc(title, unicode.IsControl)
 }
 
 // Validate reports an ErrInvalid error if t lacks an id, owner or title.

@@ -645,6 +645,57 @@ SELECT EXISTS (SELECT 1 FROM set), EXISTS (SELECT 1 FROM runs WHERE id = $2 AND 
 	})
 }
 
+// RenameThread implements store.Store.
+func (s *Store) RenameThread(ctx context.Context, userID, threadID, title string) (store.Thread, error) {
+	if !store.ValidTitle(title) {
+		return store.Thread{}, fmt.Errorf("postgres: rename thread: %w: title %q", store.ErrInvalid, title)
+	}
+	if !validID(userID) || !validID(threadID) {
+		return store.Thread{}, fmt.Errorf("postgres: thread %q: %w", threadID, store.ErrNotFound)
+	}
+	var t store.Thread
+	err := s.inTx(ctx, "rename thread", func(tx pgx.Tx) error {
+		var err error
+		t, err = scanThread(tx.QueryRow(ctx,
+			`UPDATE threads SET title = $3 WHERE id = $1 AND user_id = $2 RETURNING `+threadColumns, threadID, userID, title))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("thread %s: %w", threadID, store.ErrNotFound)
+		}
+		return err
+	})
+	return t, err
+}
+
+// DeleteThread implements store.Store. The thread's row is locked first:
+// StartRun updates that row before it inserts a run, so a run starting
+// concurrently either committed before the check (which then sees it) or
+// waits and then finds no thread. ON DELETE CASCADE takes the messages,
+// the runs and their transcripts.
+func (s *Store) DeleteThread(ctx context.Context, userID, threadID string) error {
+	if !validID(userID) || !validID(threadID) {
+		return fmt.Errorf("postgres: thread %q: %w", threadID, store.ErrNotFound)
+	}
+	return s.inTx(ctx, "delete thread", func(tx pgx.Tx) error {
+		var one int
+		err := tx.QueryRow(ctx, `SELECT 1 FROM threads WHERE id = $1 AND user_id = $2 FOR UPDATE`, threadID, userID).Scan(&one)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("thread %s: %w", threadID, store.ErrNotFound)
+		} else if err != nil {
+			return err
+		}
+		var busy bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM runs WHERE thread_id = $1 AND status IN ('running', 'waiting_for_input'))`,
+			threadID).Scan(&busy); err != nil {
+			return err
+		}
+		if busy {
+			return fmt.Errorf("thread %s: %w", threadID, store.ErrRunInProgress)
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM threads WHERE id = $1 AND user_id = $2`, threadID, userID)
+		return err
+	})
+}
+
 // DiscardRun implements store.Store.
 func (s *Store) DiscardRun(ctx context.Context, userID, runID string, withThread bool) error {
 	if !validID(userID) || !validID(runID) {

@@ -236,6 +236,47 @@ func (s *Store) GetThread(ctx context.Context, userID, threadID string) (store.T
 	return t, nil
 }
 
+// RenameThread implements store.Store.
+func (s *Store) RenameThread(ctx context.Context, userID, threadID, title string) (store.Thread, error) {
+	if !store.ValidTitle(title) {
+		return store.Thread{}, fmt.Errorf("sqlite: rename thread: %w: title %q", store.ErrInvalid, title)
+	}
+	var t store.Thread
+	err := s.write(ctx, "rename thread", func(tx *sql.Tx) error {
+		var err error
+		t, err = scanThread(tx.QueryRowContext(ctx,
+			`UPDATE threads SET title = ? WHERE id = ? AND user_id = ? RETURNING id, user_id, title, created_at, updated_at`,
+			title, threadID, userID))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("thread %s: %w", threadID, store.ErrNotFound)
+		}
+		return err
+	})
+	return t, err
+}
+
+// DeleteThread implements store.Store. The one writer connection
+// serializes it with StartRun, so no run can start between the check and
+// the delete; the schema's ON DELETE CASCADE takes the messages, the runs
+// and their transcripts.
+func (s *Store) DeleteThread(ctx context.Context, userID, threadID string) error {
+	return s.write(ctx, "delete thread", func(tx *sql.Tx) error {
+		if err := ownThread(ctx, tx, userID, threadID); err != nil {
+			return err
+		}
+		var busy bool
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM runs WHERE thread_id = ? AND status IN ('running', 'waiting_for_input'))`,
+			threadID).Scan(&busy); err != nil {
+			return err
+		}
+		if busy {
+			return fmt.Errorf("thread %s: %w", threadID, store.ErrRunInProgress)
+		}
+		_, err := tx.ExecContext(ctx, `DELETE FROM threads WHERE id = ? AND user_id = ?`, threadID, userID)
+		return err
+	})
+}
+
 // ListThreads implements store.Store: a range scan of threads_user_updated
 // from the cursor.
 func (s *Store) ListThreads(ctx context.Context, userID string, q store.ThreadQuery) ([]store.Thread, bool, error) {

@@ -118,7 +118,9 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"PingAndClose", s.testPingAndClose},
 		{"RunWaiting", s.testRunWaiting},
 		{"ReapWaiting", s.testReapWaiting},
-		{"TokenUsage", s.testTokenUsage}, // issue 11 D
+		{"TokenUsage", s.testTokenUsage},     // issue 11 D
+		{"RenameThread", s.testRenameThread}, // issue 12
+		{"DeleteThread", s.testDeleteThread}, // issue 12
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
