@@ -113,6 +113,8 @@ const (
 	CodeQuotaExceeded ErrorCode = "quota_exceeded"
 	// CodeConflict (HTTP 409): a user_input for a request that was already
 	// answered (the first answer wins) or whose run has ended. Do not retry.
+	// Also DELETE /api/v1/threads/{id} of a thread with a run still running
+	// or waiting for input: stop the run, then retry.
 	CodeConflict ErrorCode = "conflict"
 	// CodeInternal: a backend (store, stream, Redis) failed or the server is
 	// shutting down; nothing half-done was kept. Retry (with the same

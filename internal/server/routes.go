@@ -39,6 +39,8 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	mux.Handle("GET /api/v1/events", user(reads(handleEvents(d.Stream, d.Logger))))
 	mux.Handle("GET /api/v1/threads", user(reads(handleThreads(d.Store, d.Logger))))
 	mux.Handle("GET /api/v1/threads/{id}/messages", user(reads(handleMessages(d.Store, d.Logger))))
+	mux.Handle("PATCH /api/v1/threads/{id}", user(handleRenameThread(d.Store, d.Logger)))
+	mux.Handle("DELETE /api/v1/threads/{id}", user(handleDeleteThread(d.Store, d.Logger)))
 	mux.Handle("GET /api/v1/runs/{id}", user(handleRun(d.Store, d.Logger)))
 	mux.Handle("GET /api/v1/runs/{id}/events", user(reads(handleRunEvents(d.Store, d.Logger))))
 	mux.Handle("GET /api/v1/config", handleConfig(d.DevLogin))
@@ -67,7 +69,7 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 		"/api/v1/threads/{id}/messages": "GET", "/api/v1/runs/{id}": "GET", "/api/v1/runs/{id}/events": "GET", "/api/v1/config": "GET",
 		"/api/v1/publish": "POST", "/api/v1/agui": "POST", "/api/v1/agui/connect": "POST", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
 		"/api/v1/stream": "GET", "/api/v1/messages": "POST", "/api/v1/runs/{id}/stop": "POST",
-		"/api/v1/runs/{id}/input": "POST",
+		"/api/v1/runs/{id}/input": "POST", "/api/v1/threads/{id}": "PATCH, DELETE",
 	} {
 		mux.Handle(path, handleMethodNotAllowed(allow))
 	}

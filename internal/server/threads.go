@@ -165,3 +165,53 @@ func handleRun(db store.Store, log *slog.Logger) http.Handler {
 		httpx.JSON(w, http.StatusOK, out)
 	})
 }
+
+// handleRenameThread sets a thread's title: PATCH /api/v1/threads/{id}
+// {"title"}. The title is trimmed and must then be 1 to store.MaxTitleRunes
+// characters without control characters. Another user's thread is 404.
+func handleRenameThread(db store.Store, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user := claimsFrom(r.Context()).Subject
+		var body struct {
+			Title *string `json:"title"`
+		}
+		if !httpx.Decode(w, r, &body) {
+			return
+		}
+		if body.Title == nil {
+			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "title is required")
+			return
+		}
+		title := strings.TrimSpace(*body.Title)
+		if !store.ValidTitle(title) {
+			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest,
+				"title must be 1 to "+strconv.Itoa(store.MaxTitleRunes)+" characters, without control characters")
+			return
+		}
+		t, err := db.RenameThread(r.Context(), user, r.PathValue("id"), title)
+		if err != nil {
+			storeFailed(log, w, user, "thread", err)
+			return
+		}
+		httpx.JSON(w, http.StatusOK, protocol.Thread{ID: t.ID, Title: t.Title, CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.UpdatedAt.UTC()})
+	})
+}
+
+// handleDeleteThread deletes a thread with its messages, runs and their
+// transcripts: DELETE /api/v1/threads/{id}, 204. A thread with a run still
+// running or waiting for input is 409 conflict (stop the run first);
+// another user's thread is 404.
+func handleDeleteThread(db store.Store, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user := claimsFrom(r.Context()).Subject
+		err := db.DeleteThread(r.Context(), user, r.PathValue("id"))
+		switch {
+		case errors.Is(err, store.ErrRunInProgress):
+			httpx.Error(w, http.StatusConflict, protocol.CodeConflict, "the thread has a run in progress: stop it first")
+		case err != nil:
+			storeFailed(log, w, user, "thread", err)
+		default:
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+}
