@@ -275,10 +275,92 @@ function renderThreads() {
 
 $("new-thread").addEventListener("click", () => openThread(null, true));
 
+// ---------------------------------------------------------------- rename and delete
+
+function closeRename() {
+  $("rename-form").hidden = true;
+  $("chat-title").hidden = false;
+  $("thread-actions").hidden = !app.current;
+}
+
+$("rename-thread").addEventListener("click", () => {
+  $("delete-confirm").hidden = true;
+  $("rename-input").value = $("chat-title").textContent;
+  $("chat-title").hidden = true;
+  $("thread-actions").hidden = true;
+  $("rename-form").hidden = false;
+  $("rename-input").select();
+});
+
+$("rename-cancel").addEventListener("click", () => {
+  closeRename();
+  $("rename-thread").focus();
+});
+
+$("rename-input").addEventListener("keydown", (e) => {
+  if (e.key === "Escape") {
+    e.stopPropagation();
+    closeRename();
+    $("rename-thread").focus();
+  }
+});
+
+$("rename-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const id = app.current;
+  const title = $("rename-input").value.trim();
+  if (!id || !title) return;
+  showError("chat-error");
+  try {
+    const t = await api(`/api/v1/threads/${encodeURIComponent(id)}`, { method: "PATCH", body: JSON.stringify({ title }) });
+    const known = app.threads.find((x) => x.id === id);
+    if (known) known.title = t.title;
+    if (app.current === id) {
+      $("chat-title").textContent = t.title;
+      closeRename();
+      $("rename-thread").focus();
+    }
+    renderThreads();
+  } catch (err) {
+    showError("chat-error", err);
+  }
+});
+
+$("delete-thread").addEventListener("click", () => {
+  $("delete-confirm").hidden = false;
+  $("delete-no").focus();
+});
+
+$("delete-no").addEventListener("click", () => {
+  $("delete-confirm").hidden = true;
+  $("delete-thread").focus();
+});
+
+$("delete-yes").addEventListener("click", async () => {
+  const id = app.current;
+  $("delete-confirm").hidden = true;
+  if (!id) return;
+  showError("chat-error");
+  try {
+    await api(`/api/v1/threads/${encodeURIComponent(id)}`, { method: "DELETE" });
+  } catch (err) {
+    showError("chat-error", err.status === 409 ? "A run of this conversation is still going: stop it, then delete." : err);
+    $("delete-thread").focus();
+    return;
+  }
+  app.live.delete(id);
+  app.threads = app.threads.filter((t) => t.id !== id);
+  if (app.current === id) openThread(null, true);
+  else renderThreads();
+});
+
 async function openThread(id, focus) {
   app.current = id;
   app.runs.clear();
   setDrawer(false);
+  closeRename();
+  $("delete-confirm").hidden = true;
+  $("thread-actions").hidden = !id;
   following = true;
   $("new-below").hidden = true;
   const box = $("messages");

@@ -1,0 +1,91 @@
+package browsertest
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// threadTitlesJS is the thread list's titles, top first.
+const threadTitlesJS = `[...document.querySelectorAll("#thread-list .thread-title")].map(e => e.textContent)`
+
+// A conversation is renamed and deleted from the page; a conversation
+// whose run is still going is not deleted.
+func TestRenameDeleteThreadInBrowser(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	b := newBrowser(t)
+	const user = "frank"
+	b.login(srv.URL, user)
+
+	b.ask("what is 2+2?")
+	b.waitJS("the first answer", `document.querySelectorAll(".run.completed").length === 1`, 15*time.Second)
+	b.do("new conversation", chromedp.Click(chromedp.ID("new-thread")))
+	b.ask("what is 3+3?")
+	b.waitJS("the second answer", `document.querySelectorAll(".run.completed").length === 1 && document.querySelector(".run .answer").textContent.includes("6")`, 15*time.Second)
+	b.waitJS("two threads listed", `document.querySelectorAll("#thread-list .thread").length === 2`, 5*time.Second)
+
+	// Rename the open one.
+	b.do("rename",
+		chromedp.Click(chromedp.ID("rename-thread")),
+		chromedp.WaitVisible(chromedp.ID("rename-input")),
+		chromedp.SetValue(chromedp.ID("rename-input"), "  Sums & <b>friends</b> "),
+		chromedp.Click(chromedp.CSS(`#rename-form button[type=submit]`)),
+	)
+	b.waitJS("the new title", `document.getElementById("chat-title").textContent === "Sums & <b>friends</b>" && !document.getElementById("chat-title").hidden`, 5*time.Second)
+	if titles := eval[[]string](b, threadTitlesJS); len(titles) != 2 || !strings.Contains(strings.Join(titles, "|"), "Sums & <b>friends</b>") {
+		t.Errorf("thread list %q after rename", titles)
+	}
+	b.do("reload", chromedp.Reload())
+	b.waitJS("the renamed thread after reload", `[...document.querySelectorAll("#thread-list .thread-title")].some(e => e.textContent === "Sums & <b>friends</b>")`, 10*time.Second)
+	b.waitJS("the renamed thread open", `document.getElementById("chat-title").textContent === "Sums & <b>friends</b>"`, 10*time.Second)
+	b.screenshot("renamed")
+
+	// Delete it: a confirmation, then it is gone from the page and the server.
+	b.do("delete", chromedp.Click(chromedp.ID("delete-thread")), chromedp.WaitVisible(chromedp.ID("delete-yes")))
+	b.do("cancel", chromedp.Click(chromedp.ID("delete-no")))
+	if n := eval[int](b, `document.querySelectorAll("#thread-list .thread").length`); n != 2 {
+		t.Fatalf("%d threads after a cancelled delete, want 2", n)
+	}
+	b.do("delete for real", chromedp.Click(chromedp.ID("delete-thread")), chromedp.WaitVisible(chromedp.ID("delete-yes")), chromedp.Click(chromedp.ID("delete-yes")))
+	b.waitJS("the thread to go", `document.querySelectorAll("#thread-list .thread").length === 1 && document.getElementById("chat-title").textContent === "New conversation" && document.querySelectorAll(".run").length === 0`, 5*time.Second)
+	if titles := remoteTitles(t, srv, srv.devToken(t, user)); len(titles) != 1 || !strings.Contains(titles[0], "2+2") {
+		t.Fatalf("threads on the server after delete: %q", titles)
+	}
+
+	// A thread with a run under way is kept, with a message saying why.
+	b.do("open the other thread", chromedp.Click(chromedp.CSS(`#thread-list button.thread`)))
+	b.waitJS("its history", `document.querySelectorAll(".run.completed").length === 1`, 10*time.Second)
+	b.ask("slow: what is 6*7?")
+	b.waitJS("the slow run", `!!document.querySelector(".run.running")`, 10*time.Second)
+	b.do("delete while running", chromedp.Click(chromedp.ID("delete-thread")), chromedp.WaitVisible(chromedp.ID("delete-yes")), chromedp.Click(chromedp.ID("delete-yes")))
+	b.waitJS("the refusal", `document.getElementById("chat-error").textContent.includes("stop it")`, 5*time.Second)
+	b.waitJS("the slow run to end", `document.querySelectorAll(".run.completed").length === 2`, 15*time.Second)
+	if n := len(remoteTitles(t, srv, srv.devToken(t, user))); n != 1 {
+		t.Errorf("%d threads on the server after a refused delete, want 1", n)
+	}
+}
+
+func remoteTitles(t *testing.T, srv *server, token string) []string {
+	t.Helper()
+	req, _ := http.NewRequest("GET", srv.URL+"/api/v1/threads", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var page struct{ Threads []struct{ Title string } }
+	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
+		t.Fatal(err)
+	}
+	titles := make([]string, 0, len(page.Threads))
+	for _, th := range page.Threads {
+		titles = append(titles, th.Title)
+	}
+	return titles
+}
