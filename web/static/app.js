@@ -19,6 +19,7 @@ const app = {
   loading: false, // history of the current thread in flight
   live: new Map(), // thread id → stream events received on this page
   runs: new Map(), // run id → RunView of the current thread
+  running: new Map(), // thread id → ids of its runs this page saw start and not end
 };
 
 // ---------------------------------------------------------------- helpers
@@ -36,6 +37,7 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function fmtMs(ms) {
+  if (ms < 1) return "<1 ms";
   if (ms < 1000) return `${Math.round(ms)} ms`;
   return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
 }
@@ -264,9 +266,12 @@ function renderThreads() {
     list.append(el("li", { class: "empty", text: "No conversations yet." }));
   }
   for (const t of app.threads) {
+    const busy = app.running.get(t.id)?.size > 0;
     const b = el("button", { type: "button", class: "thread", "data-thread-id": t.id },
       el("span", { class: "thread-title", text: t.title || "Untitled" }),
-      el("time", { datetime: t.updated_at, text: new Date(t.updated_at).toLocaleString() }));
+      el("span", { class: "thread-meta" },
+        busy ? el("span", { class: "badge running", text: "running" }) : null,
+        el("time", { datetime: t.updated_at, text: new Date(t.updated_at).toLocaleString() })));
     if (t.id === app.current) b.setAttribute("aria-current", "true");
     b.addEventListener("click", () => openThread(t.id, true));
     list.append(el("li", {}, b));
@@ -371,7 +376,10 @@ async function openThread(id, focus) {
   $("chat-title").textContent = id ? t?.title || "Conversation" : "New conversation";
   renderThreads();
   if (focus) $("composer-input").focus();
-  if (!id) return;
+  if (!id) {
+    box.append(examples());
+    return;
+  }
 
   app.loading = true;
   box.setAttribute("aria-busy", "true");
@@ -419,6 +427,28 @@ async function openThread(id, focus) {
   }
 }
 
+// examples is what an empty conversation offers to try: each of the demo
+// agent's behaviours, sent with one click.
+const EXAMPLES = [
+  ["what is 12*(3+4)?", "a tool call"],
+  ["slow: what is 6*7?", "a slow run you can stop"],
+  ["fail on purpose", "a failing run"],
+  ["approve: what is 2+2?", "asks for your approval"],
+];
+
+function examples() {
+  const list = el("ul", { class: "example-list" });
+  for (const [prompt, what] of EXAMPLES) {
+    const b = el("button", { type: "button", class: "example" }, el("span", { class: "example-prompt", text: prompt }), el("span", { class: "example-what", text: what }));
+    b.addEventListener("click", () => {
+      $("composer-input").value = prompt;
+      $("composer").requestSubmit();
+    });
+    list.append(el("li", {}, b));
+  }
+  return el("div", { class: "examples" }, el("p", { class: "examples-title", text: "Try one of these, or ask anything:" }), list);
+}
+
 // ---------------------------------------------------------------- events
 
 // replayRun draws a run this page did not see start from the events the
@@ -439,11 +469,27 @@ function onEvent(ev) {
   let list = app.live.get(ev.thread_id);
   if (!list) app.live.set(ev.thread_id, (list = []));
   list.push(ev);
+  trackRunning(ev);
   if (!app.threads.some((t) => t.id === ev.thread_id) || ev.type === "user_message") loadThreadsSoon();
   if (ev.thread_id === app.current && !app.loading) {
     applyEvent(ev);
     scrollDown();
   }
+}
+
+// trackRunning keeps the thread list's "running" badges: a run is running
+// from its agent_started to its agent_completed or agent_error.
+function trackRunning(ev) {
+  if (!ev.run_id) return;
+  let set = app.running.get(ev.thread_id);
+  const before = set?.size > 0;
+  if (ev.type === "agent_started") {
+    if (!set) app.running.set(ev.thread_id, (set = new Set()));
+    set.add(ev.run_id);
+  } else if (ev.type === "agent_completed" || ev.type === "agent_error") {
+    set?.delete(ev.run_id);
+  } else return;
+  if (before !== set?.size > 0) renderThreads();
 }
 
 function applyEvent(ev) {
@@ -534,13 +580,19 @@ class RunView {
 
     this.status = el("span", { class: "status", text: "running" });
     this.clock = el("span", { class: "clock", text: "" });
+    this.summary = el("span", { class: "summary-text", text: "Working…" });
     this.stopBtn = el("button", { type: "button", class: "stop", text: "Stop", "aria-label": "Stop this run" });
     this.stopBtn.addEventListener("click", () => this.stop());
     this.timeline = el("ol", { class: "timeline", "aria-label": "Steps" });
     this.answerEl = el("div", { class: "answer", "aria-live": "polite", "aria-busy": "true", "aria-label": "Answer" });
+    // The steps fold away once the run ends; their one-line summary
+    // ("3 steps · calculator · total 457 ms") stays.
+    this.steps = el("details", { class: "steps", open: true },
+      el("summary", {}, this.summary, this.clock), this.timeline);
+    this.marker = el("p", { class: "partial", hidden: true });
     this.root = el("article", { class: "run running", "data-run-id": runId, "aria-label": "Agent run" },
-      el("header", { class: "run-head" }, el("span", { class: "who-label", text: "Agent" }), this.status, this.clock, this.stopBtn),
-      this.timeline, this.answerEl);
+      el("header", { class: "run-head" }, el("span", { class: "who-label", text: "Agent" }), this.status, this.stopBtn),
+      this.steps, this.answerEl, this.marker);
     $("messages").append(this.root);
   }
 
@@ -549,7 +601,7 @@ class RunView {
     this.historic = true;
     this.finish("completed", "");
     this.setAnswer(content, true);
-    this.timeline.hidden = true;
+    this.steps.hidden = true;
   }
 
   // The stored answer of a run drawn from its transcript: whole, where the
@@ -586,7 +638,18 @@ class RunView {
     if (this.startedAt === undefined) this.startedAt = t;
     li.append(el("span", { class: "at", text: `+${fmtMs(Math.max(0, t - this.startedAt))}` }), el("span", { class: "what", text }));
     this.timeline.append(li);
+    this.summarize();
     return li;
+  }
+
+  // summarize writes the steps' one-line summary: how many steps (lines
+  // between the start and the end) and which tools.
+  summarize() {
+    const lines = [...this.timeline.children];
+    const n = lines.filter((li) => !["agent_started", "agent_completed", "agent_error"].includes(li.dataset.type)).length;
+    const tools = [...new Set(lines.map((li) => li.querySelector(".tool-name")?.dataset.tool).filter(Boolean))];
+    const parts = [`${n} step${n === 1 ? "" : "s"}`, ...tools];
+    this.summary.textContent = parts.join(" · ") + (this.clock.textContent ? " · " : "");
   }
 
   apply(ev) {
@@ -613,17 +676,18 @@ class RunView {
         const li = this.line(ev, "tool running", "");
         const what = li.querySelector(".what");
         what.replaceChildren(
-          el("span", { class: "tool-name", text: `Tool ${d.tool}` }),
+          el("span", { class: "tool-name", "data-tool": d.tool, text: `Tool ${d.tool}` }),
           el("code", { class: "tool-args", text: short(d.args ?? {}) }),
           el("span", { class: "tool-result", text: "running…" }));
         this.tools.set(d.tool_call_id, li);
+        this.summarize();
         break;
       }
       case "tool_completed": {
         let li = this.tools.get(d.tool_call_id);
         if (!li) {
           li = this.line(ev, "tool", "");
-          li.querySelector(".what").append(el("span", { class: "tool-name", text: `Tool ${d.tool}` }), el("code", { class: "tool-args" }), el("span", { class: "tool-result" }));
+          li.querySelector(".what").append(el("span", { class: "tool-name", "data-tool": d.tool, text: `Tool ${d.tool}` }), el("code", { class: "tool-args" }), el("span", { class: "tool-result" }));
         }
         li.classList.remove("running");
         li.classList.add(d.ok ? "ok" : "failed");
@@ -654,11 +718,12 @@ class RunView {
         break;
       case "agent_completed":
         this.setAnswer(d.final_response ?? this.answer, true);
-        this.line(ev, "completed", `Completed in ${fmtMs(d.duration_ms ?? 0)}${d.usage ? ` · ${d.usage.input_tokens} + ${d.usage.output_tokens} tokens` : ""}`);
+        this.line(ev, "completed", `Completed${d.usage ? ` · ${d.usage.input_tokens} + ${d.usage.output_tokens} tokens` : ""}`);
         this.finish("completed", fmtMs(d.duration_ms ?? 0));
         break;
       case "agent_error":
-        this.line(ev, "error", `${d.code === "cancelled" ? "Stopped" : "Error"}: ${d.code}${d.message ? ` (${d.message})` : ""}`);
+        // A stop says so once: "Stopped: cancelled", not its message again.
+        this.line(ev, "error", d.code === "cancelled" ? "Stopped: cancelled" : `Error: ${d.code}${d.message ? ` (${d.message})` : ""}`);
         this.finish(d.code === "cancelled" ? "cancelled" : "failed", fmtMs(d.duration_ms ?? 0));
         break;
       default:
@@ -671,6 +736,7 @@ class RunView {
   ask(ev, d) {
     const li = this.line(ev, "asks", `Asks: ${d.prompt}`);
     if (this.done) return;
+    this.steps.open = true;
     const form = el("form", { class: "prompt", "aria-label": "Answer the agent" });
     const send = async (answer) => {
       for (const c of form.elements) c.disabled = true;
@@ -722,6 +788,13 @@ class RunView {
     this.root.classList.add(status);
     this.status.textContent = status;
     this.clock.textContent = total ? `total ${total}` : "";
+    this.summarize();
+    this.steps.open = false;
+    if (status !== "completed" && this.answer) {
+      // A partial answer says that it is one.
+      this.marker.textContent = status === "cancelled" ? "Stopped: the answer above is incomplete." : "Failed: the answer above is incomplete.";
+      this.marker.hidden = false;
+    }
     this.answerEl.setAttribute("aria-busy", "false");
     if (this.stopBtn.contains(document.activeElement)) $("composer-input").focus();
     this.stopBtn.remove();
@@ -754,6 +827,7 @@ function tick() {
       if (v.done || v.localStart === undefined) continue;
       any = true;
       v.clock.textContent = fmtMs(performance.now() - v.localStart);
+      if (!v.summary.textContent.endsWith(" · ")) v.summarize();
     }
     if (!any) {
       clearInterval(ticker);
