@@ -7,7 +7,13 @@ import { AgentwireClient, tokenExpiry } from "/static/agentwire.js";
 import { renderMarkdown } from "/static/markdown.js";
 
 const $ = (id) => document.getElementById(id);
+// The session is kept in localStorage, which every tab of the origin
+// shares: one login serves them all, a refreshed token reaches them all,
+// and a logout in one (the key removed) logs every tab out (the storage
+// event). The stream position is kept per user, so a reload resumes from
+// the last event this browser handled instead of starting at the head.
 const TOKEN_KEY = "agentwire.token";
+const posKey = (user) => `agentwire.position.${user}`;
 
 const app = {
   config: { dev: false },
@@ -87,7 +93,7 @@ async function init() {
   } catch {
     app.config = { dev: false };
   }
-  const saved = sessionStorage.getItem(TOKEN_KEY);
+  const saved = localStorage.getItem(TOKEN_KEY);
   const exp = saved ? tokenExpiry(saved) : undefined;
   if (saved && (exp === undefined || exp > Date.now() + 5000)) {
     start(saved);
@@ -140,20 +146,93 @@ $("token-login").addEventListener("submit", (e) => {
 });
 
 $("logout").addEventListener("click", () => {
-  sessionStorage.removeItem(TOKEN_KEY);
+  localStorage.removeItem(TOKEN_KEY); // the other tabs follow (storage event)
+  stop();
+  showLogin();
+});
+
+// stop ends this tab's session: socket, timers and what it drew.
+function stop() {
+  savePosition();
   app.client?.close();
   app.client = null;
   app.token = null;
+  app.user = "";
   app.live.clear();
+  app.running.clear();
+  clearTimeout(refreshTimer);
   renderConn({ state: "idle" });
-  showLogin();
+}
+
+// Another tab logged in, refreshed the token or logged out.
+window.addEventListener("storage", (e) => {
+  if (e.key !== TOKEN_KEY && e.key !== null) return;
+  const tok = localStorage.getItem(TOKEN_KEY);
+  if (!tok) {
+    if (app.token) {
+      stop();
+      showLogin("You logged out in another tab.");
+    }
+    return;
+  }
+  if (tok === app.token) return;
+  if (app.token && subject(tok) === app.user) {
+    app.token = tok; // the same session, renewed elsewhere: the socket keeps going
+    scheduleRefresh();
+    return;
+  }
+  start(tok);
 });
+
+// savePosition keeps the last seq this tab handled for its user (at most
+// every 500 ms, and when the page goes away).
+let posTimer;
+function savePosition() {
+  clearTimeout(posTimer);
+  posTimer = undefined;
+  const pos = app.client?.position;
+  if (!app.user || !pos || pos.epoch === undefined) return;
+  const old = loadPosition(app.user);
+  if (old && old.epoch === pos.epoch && old.since >= pos.since) return; // another tab is further
+  localStorage.setItem(posKey(app.user), JSON.stringify({ since: pos.since, epoch: pos.epoch }));
+}
+function savePositionSoon() {
+  if (!posTimer) posTimer = setTimeout(savePosition, 500);
+}
+function loadPosition(user) {
+  try {
+    const p = JSON.parse(localStorage.getItem(posKey(user)) || "null");
+    return p && Number.isSafeInteger(p.since) && typeof p.epoch === "string" ? p : null;
+  } catch {
+    return null;
+  }
+}
+window.addEventListener("pagehide", savePosition);
+
+// A dev token is renewed a minute before it expires (whichever tab does it
+// first; the others take it from the storage event).
+let refreshTimer;
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  const exp = tokenExpiry(app.token);
+  if (!app.config.dev || exp === undefined) return;
+  refreshTimer = setTimeout(() => {
+    refreshToken().catch(() => {});
+  }, Math.max(5000, exp - Date.now() - 60000));
+}
 
 async function refreshToken() {
   // A dev token is renewed by logging in again; a pasted token cannot be.
   if (app.config.dev && app.user) {
-    app.token = await devLogin(app.user);
-    sessionStorage.setItem(TOKEN_KEY, app.token);
+    const latest = localStorage.getItem(TOKEN_KEY);
+    const exp = latest ? tokenExpiry(latest) : undefined;
+    if (latest && latest !== app.token && subject(latest) === app.user && exp !== undefined && exp > Date.now() + 60000) {
+      app.token = latest; // another tab renewed it already
+    } else {
+      app.token = await devLogin(app.user);
+      localStorage.setItem(TOKEN_KEY, app.token);
+    }
+    scheduleRefresh();
     return app.token;
   }
   showLogin("Your token expired: paste a new one.");
@@ -163,9 +242,11 @@ async function refreshToken() {
 // ---------------------------------------------------------------- session
 
 async function start(token) {
+  if (app.client) stop();
   app.token = token;
   app.user = subject(token);
-  sessionStorage.setItem(TOKEN_KEY, token);
+  if (localStorage.getItem(TOKEN_KEY) !== token) localStorage.setItem(TOKEN_KEY, token);
+  scheduleRefresh();
   $("login").hidden = true;
   $("app").hidden = false;
   $("who").hidden = false;
@@ -175,7 +256,8 @@ async function start(token) {
   showError("login-error");
 
   app.client?.close();
-  const client = new AgentwireClient({ getToken: () => app.token, refreshToken });
+  const pos = loadPosition(app.user);
+  const client = new AgentwireClient({ getToken: () => app.token, refreshToken, ...(pos ? { since: pos.since, epoch: pos.epoch } : {}) });
   app.client = client;
   client.onStateChange(renderConn);
   client.on("*", onEvent);
@@ -413,7 +495,9 @@ async function openThread(id, focus) {
     for (const m of open.slice(-3)) {
       const run = await api(`/api/v1/runs/${encodeURIComponent(m.run_id)}`);
       if (app.current !== id) return;
-      if (run.status === "waiting_for_input") await replayRun(m.run_id, () => app.current === id);
+      // A run under way (a reload in the middle of it, another tab's run):
+      // its steps so far come from the stream, the rest live.
+      if (run.status === "waiting_for_input" || run.status === "running") await replayRun(m.run_id, () => app.current === id);
     }
   } catch (err) {
     if (app.current === id) showError("chat-error", err);
@@ -458,7 +542,8 @@ async function replayRun(runId, stillWanted) {
   for (let page = 0; page < 10; page++) {
     const res = await api(`/api/v1/events?since=${since}&limit=1000`);
     if (!stillWanted()) return;
-    for (const ev of res.events || []) if (ev.run_id === runId) runView(runId).apply(ev);
+    // The user's message is drawn from the thread's history already.
+    for (const ev of res.events || []) if (ev.run_id === runId && ev.type !== "user_message") runView(runId).apply(ev);
     if (res.next === undefined || res.next === null) return;
     since = res.next;
   }
@@ -470,6 +555,7 @@ function onEvent(ev) {
   if (!list) app.live.set(ev.thread_id, (list = []));
   list.push(ev);
   trackRunning(ev);
+  savePositionSoon();
   if (!app.threads.some((t) => t.id === ev.thread_id) || ev.type === "user_message") loadThreadsSoon();
   if (ev.thread_id === app.current && !app.loading) {
     applyEvent(ev);
