@@ -73,18 +73,24 @@ type event struct {
 // events returns every retained event of the token's user.
 func (s *server) events(t *testing.T, token string) []event {
 	t.Helper()
-	req, _ := http.NewRequest("GET", s.URL+"/api/v1/events?since=0&limit=1000", nil)
+	var out struct{ Events []event }
+	s.getJSON(t, token, "/api/v1/events?since=0&limit=1000", &out)
+	return out.Events
+}
+
+// getJSON GETs path as the token's user and decodes the answer into v.
+func (s *server) getJSON(t *testing.T, token, path string, v any) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", s.URL+path, nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var out struct{ Events []event }
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatal(err)
 	}
-	return out.Events
 }
 
 // ---------------------------------------------------------------- proxy

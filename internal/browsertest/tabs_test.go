@@ -88,6 +88,17 @@ func TestTabsShareSessionInBrowser(t *testing.T) {
 	two.waitJS("the running badge from the events it missed", `!!document.querySelector("#thread-list .thread .badge.running")`, 10*time.Second)
 	one.waitJS("the third run to end", `!!document.querySelector(".run.completed")`, 15*time.Second)
 
+	// A rename and a delete in the first tab reach the second at once.
+	two.do("open the third thread in the second tab", chromedp.Click(chromedp.CSS(`#thread-list button.thread`)))
+	two.waitJS("its run", `!!document.querySelector(".run.completed")`, 10*time.Second)
+	one.do("rename in the first tab",
+		chromedp.Click(chromedp.ID("rename-thread")),
+		chromedp.SetValue(chromedp.ID("rename-input"), "Squares"),
+		chromedp.Click(chromedp.CSS(`#rename-form button[type=submit]`)))
+	two.waitJS("the new title in the second tab", `document.getElementById("chat-title").textContent === "Squares"`, 5*time.Second)
+	one.do("delete in the first tab", chromedp.Click(chromedp.ID("delete-thread")), chromedp.Click(chromedp.ID("delete-yes")))
+	two.waitJS("the thread gone from the second tab", `document.querySelectorAll("#thread-list .thread").length === 1 && document.getElementById("chat-title").textContent === "New conversation"`, 5*time.Second)
+
 	// Log out in the first tab: the second follows.
 	one.do("log out", chromedp.Click(chromedp.ID("logout")))
 	two.waitJS("the second tab to log out", `!document.getElementById("login").hidden && document.getElementById("conn").dataset.state === "idle"`, 10*time.Second)

@@ -1,8 +1,6 @@
 package browsertest
 
 import (
-	"encoding/json"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -72,17 +70,8 @@ func TestRenameDeleteThreadInBrowser(t *testing.T) {
 
 func remoteTitles(t *testing.T, srv *server, token string) []string {
 	t.Helper()
-	req, _ := http.NewRequest("GET", srv.URL+"/api/v1/threads", nil)
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
 	var page struct{ Threads []struct{ Title string } }
-	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
-		t.Fatal(err)
-	}
+	srv.getJSON(t, token, "/api/v1/threads", &page)
 	titles := make([]string, 0, len(page.Threads))
 	for _, th := range page.Threads {
 		titles = append(titles, th.Title)

@@ -408,6 +408,7 @@ $("rename-form").addEventListener("submit", async (e) => {
       $("rename-thread").focus();
     }
     renderThreads();
+    tabs?.postMessage({ user: app.user, threads: "changed" });
   } catch (err) {
     showError("chat-error", err);
   }
@@ -437,8 +438,18 @@ $("delete-yes").addEventListener("click", async () => {
   }
   app.live.delete(id);
   app.threads = app.threads.filter((t) => t.id !== id);
+  tabs?.postMessage({ user: app.user, threads: "changed" });
   if (app.current === id) openThread(null, true);
   else renderThreads();
+});
+
+// The other tabs of this browser hear of a rename or a delete at once (a
+// deleted thread they have open closes); the stream carries no such event.
+const tabs = "BroadcastChannel" in window ? new BroadcastChannel("agentwire") : null;
+tabs?.addEventListener("message", async (e) => {
+  if (e.data?.user !== app.user || e.data?.threads !== "changed" || !app.token) return;
+  await loadThreads();
+  if (app.current && !app.threads.some((t) => t.id === app.current)) openThread(null, false);
 });
 
 async function openThread(id, focus) {
