@@ -52,6 +52,18 @@ func TestMarkdownAnswerInBrowser(t *testing.T) {
 	b.ask("slow: say something")
 	b.waitJS("the run to start", `!!document.querySelector(".run.running[data-run-id]")`, 10*time.Second)
 	runID := eval[string](b, `document.querySelector(".run.running").dataset.runId`)
+	// A tool call with nested arguments and a long result: shown on one
+	// line, and in full, pretty-printed, folded under it.
+	publish("tool_executing", runID, map[string]any{"tool_call_id": "t1", "tool": "search",
+		"args": map[string]any{"query": "sea", "filters": map[string]any{"lang": "go", "year": 2026}}})
+	publish("tool_completed", runID, map[string]any{"tool_call_id": "t1", "tool": "search", "ok": true, "duration_ms": 12,
+		"result": map[string]any{"hits": []string{"the sea", "the wind", "the waves", "the shore", "the tide", "the storm"}}})
+	b.waitJS("the tool's folded arguments and result", `document.querySelectorAll(".run .ev.tool .tool-io").length === 2`, 10*time.Second)
+	io := eval[[]string](b, `[...document.querySelectorAll(".run .ev.tool .tool-io")].map(d => (d.open ? "open:" : "") + d.querySelector("summary").textContent + "=" + d.querySelector("pre").textContent)`)
+	if len(io) != 2 || !strings.HasPrefix(io[0], "Arguments={\n  \"filters\": {") || !strings.HasPrefix(io[1], "Result={\n  \"hits\": [") {
+		t.Errorf("tool arguments and result in full: %q", io)
+	}
+
 	// Streamed in two halves (the table is cut in the middle), then ended
 	// with the whole answer as the final response.
 	half := strings.Index(markdownAnswer, "| 2+2")

@@ -53,6 +53,20 @@ function short(v, max = 200) {
   return s.length > max ? s.slice(0, max - 1) + "…" : s;
 }
 
+// fullValue is a tool's arguments or result in full, pretty-printed and
+// folded, when the one-line form (short) does not show all of it; else
+// nothing.
+function fullValue(label, v) {
+  if (v === undefined || v === null) return [];
+  const flat = typeof v === "string" ? v : JSON.stringify(v);
+  const nested = typeof v === "object" && Object.values(v).some((x) => x !== null && typeof x === "object");
+  if (flat.length <= 60 && !nested && !flat.includes("\n")) return [];
+  let pretty = typeof v === "string" ? v : JSON.stringify(v, null, 2);
+  if (pretty.length > 20000) pretty = pretty.slice(0, 19999) + "…";
+  const pre = el("pre", { tabindex: "0" }, el("code", { text: pretty }));
+  return [el("details", { class: "tool-io" }, el("summary", { text: label }), pre)];
+}
+
 function subject(token) {
   try {
     const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -776,6 +790,7 @@ class RunView {
           el("span", { class: "tool-name", "data-tool": d.tool, text: `Tool ${d.tool}` }),
           el("code", { class: "tool-args", text: short(d.args ?? {}) }),
           el("span", { class: "tool-result", text: "running…" }));
+        li.append(...fullValue("Arguments", d.args));
         this.tools.set(d.tool_call_id, li);
         this.summarize();
         break;
@@ -791,6 +806,7 @@ class RunView {
         li.dataset.completedSeq = ev.seq;
         li.querySelector(".tool-result").textContent =
           `${d.ok ? "→ " + short(d.result) : "failed: " + (d.error || short(d.result))} · ${fmtMs(d.duration_ms ?? 0)}`;
+        li.append(...fullValue("Result", d.result));
         break;
       }
       case "tool_progress": {
