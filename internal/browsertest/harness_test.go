@@ -78,6 +78,25 @@ func (s *server) events(t *testing.T, token string) []event {
 	return out.Events
 }
 
+// publish appends an event of type typ to user's stream through POST
+// /api/v1/publish (into run runID when it is set), failing the test unless
+// it is accepted.
+func (s *server) publish(t *testing.T, apiKey, user, typ, runID string, data map[string]any) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"user_id": user, "type": typ, "run_id": runID, "data": data})
+	req, _ := http.NewRequest("POST", s.URL+"/api/v1/publish", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+apiKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		t.Fatalf("publish %s: %d %s", typ, resp.StatusCode, msg)
+	}
+}
+
 // getJSON GETs path as the token's user and decodes the answer into v.
 func (s *server) getJSON(t *testing.T, token, path string, v any) {
 	t.Helper()

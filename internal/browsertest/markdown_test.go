@@ -1,10 +1,6 @@
 package browsertest
 
 import (
-	"bytes"
-	"encoding/json"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -32,18 +28,7 @@ func TestMarkdownAnswerInBrowser(t *testing.T) {
 	srv := &server{URL: testserver.Start(t, "--dev", "--api-keys", apiKey, "--log-level", "warn").URL}
 	publish := func(typ, runID string, data map[string]any) {
 		t.Helper()
-		body, _ := json.Marshal(map[string]any{"user_id": user, "type": typ, "run_id": runID, "data": data})
-		req, _ := http.NewRequest("POST", srv.URL+"/api/v1/publish", bytes.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+apiKey)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != 200 {
-			msg, _ := io.ReadAll(resp.Body)
-			t.Fatalf("publish %s: %d %s", typ, resp.StatusCode, msg)
-		}
+		srv.publish(t, apiKey, user, typ, runID, data)
 	}
 
 	b := newBrowser(t)
