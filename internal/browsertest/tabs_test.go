@@ -47,13 +47,16 @@ func TestTabsShareSessionInBrowser(t *testing.T) {
 	two.waitJS("the second tab to be logged in and connected", `document.getElementById("login").hidden &&
 		document.getElementById("who").textContent === "heidi" && document.getElementById("conn").dataset.state === "connected"`, 10*time.Second)
 
-	// A run started in the first tab, followed live in the second.
-	one.ask("slow: what is 6*7?")
+	// A run started in the first tab, followed live in the second (it
+	// waits for an approval, so it is under way however slow the machine),
+	// and approved there.
+	one.ask("approve: what is 6*7?")
 	two.waitJS("the thread with its running badge", `!!document.querySelector("#thread-list .thread .badge.running")`, 10*time.Second)
 	two.do("open the thread", chromedp.Click(chromedp.CSS(`#thread-list button.thread`)))
-	two.waitJS("the run live in the second tab", `!!document.querySelector(".run.running") && document.querySelectorAll(".run.running .timeline li").length >= 2`, 10*time.Second)
+	two.waitJS("the run live in the second tab", `!!document.querySelector(".run.running .prompt button.approve")`, 10*time.Second)
+	two.do("approve in the second tab", chromedp.Click(chromedp.CSS(`.run.running .prompt button.approve`)))
 	two.waitJS("the run to complete in the second tab", `!!document.querySelector(".run.completed .answer") && document.querySelector(".run.completed .answer").textContent.includes("42")`, 15*time.Second)
-	one.waitJS("the run to complete in the first tab", `!!document.querySelector(".run.completed")`, 10*time.Second)
+	one.waitJS("the run to complete in the first tab", `!!document.querySelector(".run.completed .answer") && document.querySelector(".run.completed .answer").textContent.includes("42")`, 10*time.Second)
 
 	// The second tab reloads in the middle of the next run.
 	one.ask("slow: what is 5*5?")
@@ -73,20 +76,24 @@ func TestTabsShareSessionInBrowser(t *testing.T) {
 	if ans := eval[string](two, `document.querySelector(".run.completed[data-run-id='`+runID+`'] .answer").textContent`); !strings.Contains(ans, "25") {
 		t.Errorf("answer after reload %q", ans)
 	}
-	if pos := eval[string](two, `localStorage.getItem("agentwire.position.heidi") || ""`); !strings.Contains(pos, `"since"`) {
+	if pos := eval[string](two, `sessionStorage.getItem("agentwire.position.heidi") || ""`); !strings.Contains(pos, `"since"`) {
 		t.Errorf("kept position %q", pos)
 	}
 	two.screenshot("after-reload")
 
 	// The second tab leaves; a run starts while it is away; back, it
 	// resumes from its kept position, so it knows the run is under way.
+	// (The run waits for an approval, so it is still under way however
+	// slowly the tab comes back.)
 	two.do("leave", chromedp.Navigate("about:blank"))
 	one.do("new conversation", chromedp.Click(chromedp.ID("new-thread")))
-	one.ask("slow: what is 7*7?")
-	one.waitJS("the third run under way", `document.querySelectorAll(".run.running .timeline li").length >= 2`, 10*time.Second)
+	one.ask("approve: what is 7*7?")
+	one.waitJS("the third run waiting", `!!document.querySelector(".run.running .prompt button.approve")`, 10*time.Second)
 	two.do("come back", chromedp.Navigate(srv.URL))
 	two.waitJS("the running badge from the events it missed", `!!document.querySelector("#thread-list .thread .badge.running")`, 10*time.Second)
+	one.do("approve", chromedp.Click(chromedp.CSS(`.run.running .prompt button.approve`)))
 	one.waitJS("the third run to end", `!!document.querySelector(".run.completed")`, 15*time.Second)
+	two.waitJS("the badge to go", `!document.querySelector("#thread-list .thread .badge.running")`, 10*time.Second)
 
 	// A rename and a delete in the first tab reach the second at once.
 	two.do("open the third thread in the second tab", chromedp.Click(chromedp.CSS(`#thread-list button.thread`)))

@@ -10,8 +10,10 @@ const $ = (id) => document.getElementById(id);
 // The session is kept in localStorage, which every tab of the origin
 // shares: one login serves them all, a refreshed token reaches them all,
 // and a logout in one (the key removed) logs every tab out (the storage
-// event). The stream position is kept per user, so a reload resumes from
-// the last event this browser handled instead of starting at the head.
+// event). The stream position is kept per tab and user in sessionStorage
+// (a tab's own, kept across its reloads), so a reload resumes from the last
+// event this tab handled instead of starting at the head; a position shared
+// by tabs would let one tab skip what another had seen but it had not.
 const TOKEN_KEY = "agentwire.token";
 const posKey = (user) => `agentwire.position.${user}`;
 
@@ -206,16 +208,14 @@ function savePosition() {
   posTimer = undefined;
   const pos = app.client?.position;
   if (!app.user || !pos || pos.epoch === undefined) return;
-  const old = loadPosition(app.user);
-  if (old && old.epoch === pos.epoch && old.since >= pos.since) return; // another tab is further
-  localStorage.setItem(posKey(app.user), JSON.stringify({ since: pos.since, epoch: pos.epoch }));
+  sessionStorage.setItem(posKey(app.user), JSON.stringify({ since: pos.since, epoch: pos.epoch }));
 }
 function savePositionSoon() {
   if (!posTimer) posTimer = setTimeout(savePosition, 500);
 }
 function loadPosition(user) {
   try {
-    const p = JSON.parse(localStorage.getItem(posKey(user)) || "null");
+    const p = JSON.parse(sessionStorage.getItem(posKey(user)) || "null");
     return p && Number.isSafeInteger(p.since) && typeof p.epoch === "string" ? p : null;
   } catch {
     return null;
