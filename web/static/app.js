@@ -623,6 +623,7 @@ function addUserMessage(id, content, role = "user") {
 // once they scroll up it stays put and a "new messages" pill offers the way
 // back down.
 let following = true;
+let autoTop = 0; // scrollTop where the page last scrolled the pane itself
 
 function atBottom(box) {
   return box.scrollHeight - box.scrollTop - box.clientHeight < 48;
@@ -630,8 +631,11 @@ function atBottom(box) {
 
 function scrollDown(force = false) {
   const box = $("messages");
+  // The reader scrolled up and its scroll event is not handled yet.
+  if (!force && following && box.scrollTop < autoTop - 2 && !atBottom(box)) following = false;
   if (force || following) {
     box.scrollTop = box.scrollHeight;
+    autoTop = box.scrollTop;
     following = true;
     $("new-below").hidden = true;
   } else if (!atBottom(box)) {
@@ -642,7 +646,10 @@ function scrollDown(force = false) {
 $("messages").addEventListener("scroll", () => {
   const box = $("messages");
   following = atBottom(box);
-  if (following) $("new-below").hidden = true;
+  if (following) {
+    autoTop = box.scrollTop;
+    $("new-below").hidden = true;
+  }
 }, { passive: true });
 
 $("new-below").addEventListener("click", () => {
@@ -653,7 +660,7 @@ $("new-below").addEventListener("click", () => {
 // Content that grows without an event of its own (a prompt, fonts, a
 // textarea resize) keeps the pane at its bottom while following.
 new ResizeObserver(() => {
-  if (following) $("messages").scrollTop = $("messages").scrollHeight;
+  if (following) scrollDown();
 }).observe($("messages"));
 
 // ---------------------------------------------------------------- drawer
