@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/agentwire/agentwire/internal/testserver"
 )
 
 // An empty conversation offers examples; a finished run folds its steps
@@ -14,7 +16,8 @@ import (
 // partial answer; the thread list shows which conversation is running.
 func TestTimelinePolishInBrowser(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	const apiKey = "browser-api-key"
+	srv := &server{URL: testserver.Start(t, "--dev", "--api-keys", apiKey, "--log-level", "warn").URL}
 	b := newBrowser(t)
 	b.login(srv.URL, "grace")
 
@@ -57,8 +60,13 @@ func TestTimelinePolishInBrowser(t *testing.T) {
 		t.Error("the summary does not unfold the steps")
 	}
 
-	// A slow answer, stopped half-way: marked as partial.
-	b.ask("slow: tell me a long story about the sea and the wind")
+	// An answer stopped half-way is marked as partial. (The run waits for
+	// an approval, and its agent's first words are published into it, so
+	// it is under way with part of an answer however slow the machine.)
+	b.ask("approve: tell me a story")
+	b.waitJS("the run to ask", `!!document.querySelector(".run.running .prompt button.approve")`, 10*time.Second)
+	runID := eval[string](b, `document.querySelector(".run.running").dataset.runId`)
+	srv.publish(t, apiKey, "grace", "agent_message_delta", runID, map[string]any{"delta": "Once upon a time, "})
 	b.waitJS("part of the answer", `[...document.querySelectorAll(".run.running .answer")].some(a => a.textContent.length > 0)`, 10*time.Second)
 	b.waitJS("the running badge", `!!document.querySelector("#thread-list .thread[aria-current=true] .badge.running")`, 5*time.Second)
 	b.do("stop", chromedp.Click(chromedp.CSS(`.run.running button.stop`)))
