@@ -20,8 +20,9 @@ type (
 	Thread = protocol.Thread
 	// Message is one message of a thread; Role is "user" or "assistant".
 	Message = protocol.Message
-	// Run is one agent execution (GET /api/v1/runs/{id}).
-	Run = protocol.Run
+	// RunInfo is one agent execution as the server stores it (GET
+	// /api/v1/runs/{id}); Run is the handle on a run Conn.Send started.
+	RunInfo = protocol.Run
 )
 
 // Threads lists all the user's threads, most recently updated first,
@@ -86,8 +87,8 @@ func (c *Conn) pages(ctx context.Context, path string, page func(body []byte) (n
 
 // Run returns run runID. A run that does not exist or belongs to someone else
 // is a *HTTPError with Status 404.
-func (c *Conn) Run(ctx context.Context, runID string) (Run, error) {
-	var out Run
+func (c *Conn) Run(ctx context.Context, runID string) (RunInfo, error) {
+	var out RunInfo
 	err := c.do(ctx, http.MethodGet, "/api/v1/runs/"+url.PathEscape(runID), nil, &out)
 	return out, err
 }
