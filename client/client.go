@@ -422,11 +422,8 @@ func (c *Conn) request(ctx context.Context, f protocol.Frame, sub *runSub) (prot
 	p := &pending{sub: sub, frame: protocol.EncodeFrame(&f), done: make(chan result, 1)}
 	c.mu.Lock()
 	if c.stopped {
-		err := c.err
+		err := c.stoppedErr()
 		c.mu.Unlock()
-		if err == nil {
-			err = ErrClosed
-		}
 		return protocol.ServerFrame{}, err
 	}
 	c.nextN++
@@ -446,6 +443,14 @@ func (c *Conn) request(ctx context.Context, f protocol.Frame, sub *runSub) (prot
 		c.mu.Unlock()
 		return protocol.ServerFrame{}, ctx.Err()
 	}
+}
+
+// stoppedErr is what a request on the stopped Conn fails with; c.mu is held.
+func (c *Conn) stoppedErr() error {
+	if c.err != nil {
+		return c.err
+	}
+	return ErrClosed
 }
 
 // write sends one text frame; a failure shows up in the read loop as a close.

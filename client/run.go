@@ -58,11 +58,8 @@ func (c *Conn) Send(ctx context.Context, content string, opts SendOptions) (*Run
 	sub := &runSub{sink: sink{ch: make(chan Event, c.opts.EventBuffer)}, cmid: opts.ClientMessageID, done: make(chan struct{})}
 	c.mu.Lock()
 	if c.stopped {
-		err := c.err
+		err := c.stoppedErr()
 		c.mu.Unlock()
-		if err == nil {
-			err = ErrClosed
-		}
 		return nil, err
 	}
 	c.subs[sub.cmid] = sub
