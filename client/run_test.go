@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"errors"
 	"log/slog"
 	"slices"
 	"strings"
@@ -181,5 +182,42 @@ func TestRunHandleSlowReader(t *testing.T) {
 	c.Close()
 	if ev, ok := <-c.Events(); ok { // RunsOnly: nothing on Events, closed by Close
 		t.Fatalf("event %s on Events with RunsOnly", ev.Type)
+	}
+}
+
+// A reconnect that lands on a server with another epoch (a restart with a
+// memory stream) gets resync_required: the Run gets the notice, its
+// channel closes, and Wait says ErrResync.
+func TestRunHandleResync(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	p := newProxy(t, strings.TrimPrefix(s.URL, "http://"))
+	c := dial(t, client.Options{URL: p.URL(), Token: s.tokenFunc("handle-resync", nil), RunsOnly: true, InitialBackoff: 50 * time.Millisecond})
+	ctx := ctxT(t)
+	r, err := c.Send(ctx, "slow: what is 12*(3+4)?", client.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := startServer(t)
+	evs := runEvents(t, r, func(i int, _ client.Event) {
+		if i == 0 {
+			p.to(strings.TrimPrefix(other.URL, "http://"))
+			p.cut()
+		}
+	})
+	last := evs[len(evs)-1]
+	if last.Type != protocol.TypeResyncRequired || last.Resync == nil || last.Resync.Epoch == evs[0].Epoch {
+		t.Fatalf("last event %+v, want resync_required with a new epoch", last)
+	}
+	if _, err := r.Wait(ctx); !errors.Is(err, client.ErrResync) {
+		t.Fatalf("Wait: %v, want ErrResync", err)
+	}
+	// The Conn goes on, on the new server.
+	r2, err := c.Send(ctx, "what is 1+1?", client.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if final, err := r2.Wait(ctx); err != nil || !final.Terminal() {
+		t.Fatalf("run after the resync: %+v, %v", final, err)
 	}
 }
