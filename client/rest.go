@@ -99,8 +99,9 @@ func (c *Conn) RunEvents(ctx context.Context, runID string) ([]Event, error) {
 }
 
 // RenameThread sets thread threadID's title (PATCH /api/v1/threads/{id}
-// {"title"}) and returns the thread as it now is. An unknown or foreign
-// thread is a *HTTPError with Status 404.
+// {"title"}; the server trims it, 1 to 80 characters) and returns the
+// thread as it now is. A bad title is a *HTTPError with Status 400; an
+// unknown or foreign thread, 404.
 func (c *Conn) RenameThread(ctx context.Context, threadID, title string) (Thread, error) {
 	body, err := json.Marshal(struct {
 		Title string `json:"title"`
@@ -113,9 +114,11 @@ func (c *Conn) RenameThread(ctx context.Context, threadID, title string) (Thread
 	return out, err
 }
 
-// DeleteThread deletes thread threadID with its messages and runs (DELETE
-// /api/v1/threads/{id}). An unknown or foreign thread is a *HTTPError with
-// Status 404.
+// DeleteThread deletes thread threadID with its messages, runs and their
+// transcripts (DELETE /api/v1/threads/{id}). A thread with a run in
+// progress is a *HTTPError with Status 409 (Code conflict) and nothing is
+// deleted: stop the run, wait for its end, then delete. An unknown or
+// foreign thread is a *HTTPError with Status 404.
 func (c *Conn) DeleteThread(ctx context.Context, threadID string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/threads/"+url.PathEscape(threadID), nil, nil)
 }

@@ -106,3 +106,61 @@ func TestRESTHelpers(t *testing.T) {
 		t.Fatalf("publish with a wrong key: %v", err)
 	}
 }
+
+// Rename and delete a thread. The endpoints come with the chat page's
+// branch: where the server has no such route (its catch-all 404, "no such
+// endpoint", for a thread that exists) the test says so and skips.
+func TestRenameDeleteThread(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	c := dial(t, client.Options{URL: s.URL, Token: s.tokenFunc("renamer", nil), RunsOnly: true})
+	ctx := ctxT(t)
+	r, err := c.Send(ctx, "what is 1+1?", client.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	th, err := c.RenameThread(ctx, r.ThreadID, "  Sums  ")
+	var he *client.HTTPError
+	if errors.As(err, &he) && he.Status == 404 && he.Message == "no such endpoint" {
+		t.Skip("this server has no PATCH /api/v1/threads/{id}")
+	}
+	if err != nil || th.ID != r.ThreadID || th.Title != "Sums" {
+		t.Fatalf("RenameThread: %+v, %v", th, err)
+	}
+	if page, err := c.ThreadsPage(ctx, client.Page{}); err != nil || len(page.Threads) != 1 || page.Threads[0].Title != "Sums" {
+		t.Fatalf("threads after the rename: %+v, %v", page, err)
+	}
+	if _, err := c.RenameThread(ctx, r.ThreadID, "   "); !errors.As(err, &he) || he.Status != 400 {
+		t.Fatalf("blank title: %v", err)
+	}
+
+	// A thread with a run in progress is kept until the run ends.
+	slow, err := c.Send(ctx, "slow: what is 2+2?", client.SendOptions{ThreadID: r.ThreadID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteThread(ctx, r.ThreadID); !errors.As(err, &he) || he.Status != 409 || he.Code != protocol.CodeConflict {
+		t.Fatalf("delete while a run is in progress: %v", err)
+	}
+	if err := slow.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := slow.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteThread(ctx, r.ThreadID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.MessagesPage(ctx, r.ThreadID, client.Page{}); !errors.As(err, &he) || he.Status != 404 {
+		t.Fatalf("messages of the deleted thread: %v", err)
+	}
+	if _, err := c.Run(ctx, r.RunID); !errors.As(err, &he) || he.Status != 404 {
+		t.Fatalf("run of the deleted thread: %v", err)
+	}
+	if err := c.DeleteThread(ctx, r.ThreadID); !errors.As(err, &he) || he.Status != 404 || he.Code != protocol.CodeNotFound {
+		t.Fatalf("second delete: %v", err)
+	}
+}
