@@ -7,15 +7,19 @@
 // /api/v1/stream), and messages and stops go over plain HTTP.
 //
 // A Conn delivers the user's stream events in seq order, each once, across
-// reconnects, on the channel returned by Events:
+// reconnects, on the channel returned by Events. Send starts a run and
+// returns a Run handle that has that run's events only, its terminal event
+// (Wait) and Stop:
 //
-//	c, err := client.Dial(ctx, client.Options{URL: "http://127.0.0.1:8080", Token: tokenFunc})
+//	c, err := client.Dial(ctx, client.Options{URL: "http://127.0.0.1:8080", Token: tokenFunc, RunsOnly: true})
 //	if err != nil { … }
 //	defer c.Close()
-//	ack, err := c.SendMessage(ctx, "what is 12*(3+4)?", client.SendOptions{})
-//	for ev := range c.Events() {
-//		if ev.RunID == ack.RunID && ev.Terminal() { break }
-//	}
+//	run, err := c.Send(ctx, "what is 12*(3+4)?", client.SendOptions{})
+//	for ev := range run.Events() { … } // closed after the terminal event
+//	final, err := run.Wait(ctx)        // agent_completed or agent_error
+//
+// Tokens: a function that returns the user's JWT (DevTokens against a
+// server started with --dev). Servers publish with a Publisher (API key).
 package client
 
 import (
@@ -80,8 +84,14 @@ type Options struct {
 	// Resume, when set, makes the first connect continue after that
 	// position; without it the Conn starts live from the stream's head.
 	Resume *Position
-	// EventBuffer is the capacity of the Events channel (default 256).
+	// EventBuffer is the capacity of the Events channel, and of each Run's
+	// (default 256).
 	EventBuffer int
+	// RunsOnly puts no event on Events (it only closes when the Conn
+	// stops): for a program that follows its runs through Run handles
+	// (Conn.Send) and would otherwise have to drain Events so that it does
+	// not hold the connection back.
+	RunsOnly bool
 	// SlowConsumerTimeout is how long the read loop waits for room in a full
 	// Events channel before it drops the connection (default 10 s); see Events.
 	SlowConsumerTimeout time.Duration
@@ -120,7 +130,8 @@ type Conn struct {
 	hc     *http.Client
 	dialer *websocket.Dialer
 	log    *slog.Logger
-	events chan Event
+	events sink
+	slow   chan Event      // the read loop's: the channel that was full too long
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the Conn has stopped
@@ -134,6 +145,8 @@ type Conn struct {
 	est     ConnectionEstablished
 	pos     Position // None until the first connection_established unless Options.Resume
 	pending map[string]*pending
+	subs    map[string]*runSub // Runs not yet bound, by client_message_id
+	runs    map[string]*runSub // Runs by run id
 	nextN   uint64
 	stopped bool
 	err     error
@@ -142,7 +155,8 @@ type Conn struct {
 }
 
 type pending struct {
-	n     uint64 // send order
+	sub   *runSub // the Run a user_message starts, bound by its ack
+	n     uint64  // send order
 	frame []byte
 	done  chan result
 }
@@ -171,7 +185,8 @@ func Dial(ctx context.Context, opts Options) (*Conn, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("client: Options.URL %q: want http(s)://host:port", opts.URL)
 	}
-	c := &Conn{opts: opts, base: u.String(), hc: opts.HTTPClient, log: opts.Logger, pending: map[string]*pending{}, done: make(chan struct{})}
+	c := &Conn{opts: opts, base: u.String(), hc: opts.HTTPClient, log: opts.Logger, pending: map[string]*pending{},
+		subs: map[string]*runSub{}, runs: map[string]*runSub{}, done: make(chan struct{})}
 	ws := *u
 	ws.Scheme = map[string]string{"http": "ws", "https": "wss"}[u.Scheme]
 	ws.Path += "/ws"
@@ -193,7 +208,7 @@ func Dial(ctx context.Context, opts Options) (*Conn, error) {
 	if c.opts.EventBuffer <= 0 {
 		c.opts.EventBuffer = DefaultEventBuffer
 	}
-	c.events = make(chan Event, c.opts.EventBuffer)
+	c.events = sink{ch: make(chan Event, c.opts.EventBuffer)}
 	c.pos = Position{None: true}
 	if r := opts.Resume; r != nil {
 		c.pos = *r
@@ -224,7 +239,10 @@ func defaultDur(p *time.Duration, d time.Duration) {
 // reconnects with resume from the last event it put on the channel. Nothing
 // is lost or repeated, provided the server still retains the events (else
 // a resync_required notice follows).
-func (c *Conn) Events() <-chan Event { return c.events }
+//
+// With Options.RunsOnly it carries nothing. The events of a run started
+// with Send also go to its Run, whose channel follows the same rules.
+func (c *Conn) Events() <-chan Event { return c.events.ch }
 
 // Done is closed when the Conn has stopped: after Close, or after the
 // server closed with 1000, 1008 or 1009.
@@ -276,7 +294,15 @@ func (c *Conn) Close() error {
 // drops before the ack, the same frame (same client_message_id) is sent again
 // on the next connection, so the server starts the run once. An error frame
 // answering it is a *Error; ctx bounds the wait.
+//
+// Send does the same and returns a handle on the run.
 func (c *Conn) SendMessage(ctx context.Context, content string, opts SendOptions) (Ack, error) {
+	return c.sendMessage(ctx, content, opts, nil)
+}
+
+// sendMessage is SendMessage; the ack of a WebSocket request binds sub,
+// when not nil, to its run on the read goroutine, before any later event.
+func (c *Conn) sendMessage(ctx context.Context, content string, opts SendOptions, sub *runSub) (Ack, error) {
 	cmid := opts.ClientMessageID
 	if cmid == "" {
 		cmid = randomID()
@@ -287,7 +313,7 @@ func (c *Conn) SendMessage(ctx context.Context, content string, opts SendOptions
 	if c.opts.SSE {
 		f, err = c.post(ctx, "/api/v1/messages", protocol.EncodeFrame(&fr))
 	} else {
-		f, err = c.request(ctx, fr)
+		f, err = c.request(ctx, fr, sub)
 	}
 	if err != nil {
 		return Ack{}, err
@@ -304,7 +330,7 @@ func (c *Conn) Stop(ctx context.Context, runID string) (Ack, error) {
 	if c.opts.SSE {
 		f, err = c.post(ctx, "/api/v1/runs/"+url.PathEscape(runID)+"/stop", nil)
 	} else {
-		f, err = c.request(ctx, protocol.Frame{Type: protocol.TypeStopAgent, RunID: runID})
+		f, err = c.request(ctx, protocol.Frame{Type: protocol.TypeStopAgent, RunID: runID}, nil)
 	}
 	if err != nil {
 		return Ack{}, err
@@ -326,7 +352,7 @@ func (c *Conn) AnswerInput(ctx context.Context, runID, requestID string, answer 
 	if c.opts.SSE {
 		f, err = c.post(ctx, "/api/v1/runs/"+url.PathEscape(runID)+"/input", protocol.EncodeFrame(&fr))
 	} else {
-		f, err = c.request(ctx, fr)
+		f, err = c.request(ctx, fr, nil)
 	}
 	if err != nil {
 		return Ack{}, err
@@ -341,7 +367,7 @@ func (c *Conn) Ping(ctx context.Context) error {
 		var out json.RawMessage
 		return c.do(ctx, http.MethodGet, "/healthz", nil, &out)
 	}
-	_, err := c.request(ctx, protocol.Frame{Type: protocol.TypePing})
+	_, err := c.request(ctx, protocol.Frame{Type: protocol.TypePing}, nil)
 	return err
 }
 
@@ -391,16 +417,13 @@ func (c *Conn) post(ctx context.Context, path string, body []byte) (protocol.Ser
 // request sends f with a fresh id (now if connected, else on the next
 // connection, and again after every reconnect until answered) and waits for
 // the ack, pong or error frame whose ref is that id.
-func (c *Conn) request(ctx context.Context, f protocol.Frame) (protocol.ServerFrame, error) {
+func (c *Conn) request(ctx context.Context, f protocol.Frame, sub *runSub) (protocol.ServerFrame, error) {
 	f.ID = "g" + strconv.FormatUint(c.ids.Add(1), 36) + "-" + randomID()[:8]
-	p := &pending{frame: protocol.EncodeFrame(&f), done: make(chan result, 1)}
+	p := &pending{sub: sub, frame: protocol.EncodeFrame(&f), done: make(chan result, 1)}
 	c.mu.Lock()
 	if c.stopped {
-		err := c.err
+		err := c.stoppedErr()
 		c.mu.Unlock()
-		if err == nil {
-			err = ErrClosed
-		}
 		return protocol.ServerFrame{}, err
 	}
 	c.nextN++
@@ -420,6 +443,14 @@ func (c *Conn) request(ctx context.Context, f protocol.Frame) (protocol.ServerFr
 		c.mu.Unlock()
 		return protocol.ServerFrame{}, ctx.Err()
 	}
+}
+
+// stoppedErr is what a request on the stopped Conn fails with; c.mu is held.
+func (c *Conn) stoppedErr() error {
+	if c.err != nil {
+		return c.err
+	}
+	return ErrClosed
 }
 
 // write sends one text frame; a failure shows up in the read loop as a close.
@@ -696,11 +727,13 @@ func (c *Conn) sleep(d time.Duration) bool {
 	}
 }
 
-// waitForRoom waits until Events is at most half full; false when Close came first.
+// waitForRoom waits until the channel that was full too long (Events or a
+// Run's) is at most half full; false when Close came first.
 func (c *Conn) waitForRoom() bool {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
-	for len(c.events) > cap(c.events)/2 {
+	defer func() { c.slow = nil }()
+	for ch := c.slow; ch != nil && len(ch) > cap(ch)/2; {
 		select {
 		case <-t.C:
 		case <-c.ctx.Done():
@@ -724,7 +757,10 @@ func (c *Conn) stop(err error) {
 		delete(c.pending, id)
 	}
 	c.mu.Unlock()
-	close(c.events)
+	for _, sub := range c.allSubs() {
+		c.endRun(sub, Event{}, err)
+	}
+	close(c.events.ch)
 	c.log.Info("agentwire: stopped", "err", c.err)
 }
 
@@ -816,25 +852,57 @@ func (c *Conn) handle(b []byte, g *gap) error {
 	return nil
 }
 
-// deliver puts ev on Events and then moves the position to pos.
+// deliver puts ev on Events and on its Run's channel (a resync_required
+// notice on every Run's, which it ends) and then moves the position to pos.
 func (c *Conn) deliver(ev Event, pos Position) error {
-	select {
-	case c.events <- ev:
-	default:
-		t := time.NewTimer(c.opts.SlowConsumerTimeout)
-		defer t.Stop()
-		select {
-		case c.events <- ev:
-		case <-c.ctx.Done():
-			return ErrClosed
-		case <-t.C:
-			c.log.Warn("agentwire: events consumer too slow, reconnecting", "seq", c.Position().Seq)
-			return errSlowConsumer
+	if !c.opts.RunsOnly {
+		if err := c.put(&c.events, ev, pos); err != nil {
+			return err
+		}
+	}
+	if ev.Resync != nil {
+		for _, sub := range c.allSubs() {
+			if err := c.put(&sub.sink, ev, pos); err != nil {
+				return err // the notice comes again after the reconnect
+			}
+			c.endRun(sub, Event{}, ErrResync)
+		}
+	} else if sub := c.subFor(&ev); sub != nil {
+		if err := c.put(&sub.sink, ev, pos); err != nil {
+			return err
+		}
+		if ev.Terminal() {
+			c.endRun(sub, ev, nil)
 		}
 	}
 	c.mu.Lock()
 	c.pos = pos
 	c.mu.Unlock()
+	return nil
+}
+
+// put puts ev on s's channel unless it is there already (delivered before
+// a slow consumer drop), waiting up to Options.SlowConsumerTimeout for room.
+func (c *Conn) put(s *sink, ev Event, pos Position) error {
+	if s.has && s.last.Epoch == pos.Epoch && pos.Seq <= s.last.Seq {
+		return nil
+	}
+	select {
+	case s.ch <- ev:
+	default:
+		t := time.NewTimer(c.opts.SlowConsumerTimeout)
+		defer t.Stop()
+		select {
+		case s.ch <- ev:
+		case <-c.ctx.Done():
+			return ErrClosed
+		case <-t.C:
+			c.log.Warn("agentwire: events consumer too slow, reconnecting", "seq", c.Position().Seq)
+			c.slow = s.ch
+			return errSlowConsumer
+		}
+	}
+	s.last, s.has = pos, true
 	return nil
 }
 
@@ -853,6 +921,9 @@ func (c *Conn) answer(f *protocol.ServerFrame) {
 	if f.Type == protocol.TypeError {
 		p.done <- result{err: f.Err()}
 		return
+	}
+	if p.sub != nil {
+		c.bind(p.sub, f.RunID)
 	}
 	p.done <- result{f: *f}
 }

@@ -232,7 +232,10 @@ func (p *proxy) accept() {
 		if err != nil {
 			return
 		}
-		up, err := net.Dial("tcp", p.upstream)
+		p.mu.Lock()
+		upstream := p.upstream
+		p.mu.Unlock()
+		up, err := net.Dial("tcp", upstream)
 		if err != nil {
 			down.Close()
 			continue
@@ -245,6 +248,13 @@ func (p *proxy) accept() {
 		go func() { defer p.wg.Done(); _, _ = io.Copy(up, down); up.Close() }()
 		go func() { defer p.wg.Done(); _, _ = io.Copy(down, up); down.Close() }()
 	}
+}
+
+// to makes the proxy relay new connections to upstream (host:port).
+func (p *proxy) to(upstream string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.upstream = upstream
 }
 
 // cut closes every connection through the proxy, as a network failure would.

@@ -6,6 +6,7 @@ package testserver
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -21,7 +22,7 @@ type Server struct {
 	// URL is http://127.0.0.1:PORT, from the "listening on" line.
 	URL string
 
-	t      testing.TB
+	t      testing.TB // nil after StartMain
 	cancel context.CancelFunc
 	done   chan error
 	stderr testproc.SyncBuffer
@@ -32,9 +33,25 @@ type Server struct {
 // "listening on" line, and stops it when the test ends.
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
-	argv := append([]string{"serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir()}, args...)
+	s, err := start(t.TempDir(), args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.t = t
+	t.Cleanup(func() { _ = s.Stop() })
+	return s
+}
+
+// StartMain is Start for code that has no testing.TB (a TestMain, the
+// server of runnable examples): the caller calls Stop and removes dataDir.
+func StartMain(dataDir string, args ...string) (*Server, error) {
+	return start(dataDir, args)
+}
+
+func start(dataDir string, args []string) (*Server, error) {
+	argv := append([]string{"serve", "--addr", "127.0.0.1:0", "--data-dir", dataDir}, args...)
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{t: t, cancel: cancel, done: make(chan error, 1)}
+	s := &Server{cancel: cancel, done: make(chan error, 1)}
 	pr, pw := io.Pipe()
 	go func() {
 		err := cli.Run(ctx, argv, func(string) string { return "" }, pw, &s.stderr)
@@ -44,16 +61,15 @@ func Start(t testing.TB, args ...string) *Server {
 	line, err := bufio.NewReader(pr).ReadString('\n')
 	if err != nil {
 		cancel()
-		t.Fatalf("server did not start: %v\n%s", err, s.Stderr())
+		return nil, fmt.Errorf("server did not start: %v\n%s", err, s.Stderr())
 	}
 	go func() { _, _ = io.Copy(io.Discard, pr) }()
 	s.URL = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
 	if !strings.HasPrefix(s.URL, "http://") {
 		cancel()
-		t.Fatalf("first line %q is not 'listening on http://…'", line)
+		return nil, fmt.Errorf("first line %q is not 'listening on http://…'", line)
 	}
-	t.Cleanup(func() { _ = s.Stop() })
-	return s
+	return s, nil
 }
 
 // Stop cancels the server as SIGTERM does and returns what serve returned
@@ -65,8 +81,12 @@ func (s *Server) Stop() error {
 		s.done <- err
 		return err
 	case <-time.After(20 * time.Second):
-		s.t.Errorf("server did not stop within 20 s")
-		return nil
+		err := errors.New("server did not stop within 20 s")
+		if s.t != nil {
+			s.t.Error(err)
+			return nil
+		}
+		return err
 	}
 }
 
