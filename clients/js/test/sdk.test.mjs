@@ -217,3 +217,41 @@ test("devLogin and publish", async () => {
   await assert.rejects(devLogin("bad user!", { url: srv.url }), (err) => err.status === 400 && err.code === "invalid_request");
   c.close();
 });
+
+test("run handle: events lost to retention are filled from the transcript after resync_required", async () => {
+  const small = await startServer(["--retention-events", "3"]);
+  const proxy = await startProxy(small.url);
+  const user = newUser();
+  let c;
+  try {
+    c = new AgentwireClient({ url: proxy.url, getToken: () => sign(user), initialDelayMs: 50 });
+    const resynced = new Promise((r) => c.onResync(r));
+    await c.connect();
+    const run = await c.sendMessage("slow: what is 6*7?");
+    // From its first event on, nothing more reaches the client.
+    let terminalSeen = false;
+    c.onRun(run.run_id, (ev) => { proxy.freezeDown(); terminalSeen ||= ev.type === "agent_completed"; });
+    const direct = new AgentwireClient({ url: small.url, getToken: () => sign(user) }); // REST not through the frozen proxy
+    const deadline = Date.now() + 20000;
+    while ((await direct.getRun(run.run_id)).status === "running") {
+      assert.ok(Date.now() < deadline, "the run did not end in 20 s");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(terminalSeen, false, "the terminal event must not have reached the client before the cut");
+    proxy.cut(); // the resume position is now older than what the stream keeps
+    await resynced;
+    const terminal = await run.done;
+    assert.match(terminal.data.final_response, /42/);
+    const events = await collect(run.events);
+    const types = events.map((e) => e.type);
+    assert.equal(types.filter((t) => t === "agent_started").length, 1, `${types}`);
+    assert.ok(types.includes("tool_completed"), `${types}`);
+    assert.equal(types.at(-1), "agent_completed");
+    const answer = events.filter((e) => e.type === "agent_message_delta").map((e) => e.data.delta).join("");
+    assert.equal(answer, terminal.data.final_response);
+  } finally {
+    c?.close();
+    await proxy.close();
+    await small.stop();
+  }
+});
