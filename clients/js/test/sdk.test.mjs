@@ -5,7 +5,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 
 import { AgentwireClient, AgentwireError, RunHandle, devLogin, publish } from "../dist/agentwire.js";
-import { startServer, startProxy, sign, apiKey, until } from "./helpers.mjs";
+import { startServer, startProxy, sign, apiKey, until, assertWholeRun } from "./helpers.mjs";
 
 let srv;
 before(async () => { srv = await startServer(); });
@@ -16,21 +16,6 @@ const newUser = () => `js-sdk-${process.pid}-${++userN}`;
 
 /** No options.WebSocket: the client finds one itself (Node 22's, or the ws dev dependency on Node 20). */
 const client = (user, opts = {}) => new AgentwireClient({ url: srv.url, getToken: () => sign(user), ...opts });
-
-/** Every event of a run once, in order, its deltas adding up to the answer. */
-function assertWholeRun(events, terminal = "agent_completed") {
-  const types = events.map((e) => e.type);
-  assert.equal(types.filter((t) => t === "agent_started").length, 1, `one agent_started in ${types}`);
-  assert.equal(types.at(-1), terminal, `ends with ${terminal}: ${types}`);
-  assert.equal(types.filter((t) => t === "agent_completed" || t === "agent_error").length, 1, `one terminal event in ${types}`);
-  for (let i = 1; i < events.length; i++) {
-    assert.ok(events[i].seq > events[i - 1].seq, `seq strictly increasing: ${events.map((e) => e.seq)}`);
-  }
-  if (terminal === "agent_completed") {
-    const answer = events.filter((e) => e.type === "agent_message_delta").map((e) => e.data.delta).join("");
-    assert.equal(answer, events.at(-1).data.final_response, "the deltas add up to the final response, once");
-  }
-}
 
 async function collect(iterable) {
   const out = [];
