@@ -222,8 +222,8 @@ export class AgentwireClient {
     }
     // -- requests ------------------------------------------------------------
     /**
-     * Sends a user_message and resolves with its ack (thread_id, run_id,
-     * message_id). Sent now if connected, else on the next connection; if the
+     * Sends a user_message and resolves with a RunHandle: its ack (thread_id,
+     * run_id, message_id) with the run's events, done and stop(). Sent now if connected, else on the next connection; if the
      * connection drops before the ack it is sent again with the same
      * client_message_id, so the server starts the run once. Rejects with an
      * AgentwireError on an error frame answering it, or on timeout.
