@@ -1,8 +1,10 @@
 // agentwire client SDK: one WebSocket per client with authentication by ticket
 // or subprotocol token, automatic reconnect with exponential backoff and full
 // jitter, resume from the last seq/epoch, dedupe by seq, and sendMessage()
-// resolving with the ack. The wire contract is PROTOCOL.md (agentwire.v1).
-// No runtime dependencies: in Node, pass a WebSocket constructor (e.g. `ws`).
+// resolving with a run handle; REST helpers for threads, messages and runs;
+// devLogin() and publish(). The wire contract is PROTOCOL.md (agentwire.v1).
+// No runtime dependencies: the browser's or Node 22's WebSocket is used, and
+// on Node 20 the `ws` package when it is installed (or options.WebSocket).
 /** The subprotocol and version this client speaks. */
 export const PROTOCOL = "agentwire.v1";
 // ---------------------------------------------------------------------------
@@ -19,13 +21,21 @@ export const CloseCode = {
     SlowConsumer: 4008,
     TooManyErrors: 4029,
 };
-/** A rejected sendMessage/stop/ping. `code` is the error frame's code, or `timeout`, `closed`. */
+/** Whether ev ends its run (agent_completed or agent_error). */
+export function isTerminal(ev) {
+    return ev.type === "agent_completed" || ev.type === "agent_error";
+}
+/**
+ * A rejected request. `code` is the error frame's code (or `timeout`,
+ * `closed`), or for an HTTP call the error body's code with `status` set.
+ */
 export class AgentwireError extends Error {
-    constructor(code, message, ref) {
+    constructor(code, message, ref, status) {
         super(message);
         this.name = "AgentwireError";
         this.code = code;
         this.ref = ref;
+        this.status = status;
     }
 }
 const OPEN = 1;
@@ -85,19 +95,10 @@ export class AgentwireClient {
         this.resyncHandlers = new Set();
         this.stateHandlers = new Set();
         this.opts = opts;
-        const WS = opts.WebSocket ?? globalThis.WebSocket;
-        const f = opts.fetch ?? globalThis.fetch;
-        if (!WS)
-            throw new Error("agentwire: no WebSocket: pass options.WebSocket");
-        if (!f)
-            throw new Error("agentwire: no fetch: pass options.fetch");
-        this.WS = WS;
-        this.fetchFn = f.bind(globalThis);
-        const loc = globalThis.location;
-        const base = opts.url ?? loc?.origin;
-        if (!base)
-            throw new Error("agentwire: options.url is required outside a browser");
-        this.base = base.replace(/\/+$/, "");
+        // Found at the first connect, so a client used only for REST needs none.
+        this.WS = opts.WebSocket ?? globalThis.WebSocket;
+        this.fetchFn = fetchOf(opts.fetch);
+        this.base = baseOf(opts.url);
         this.rand = opts.random ?? Math.random;
         if (opts.since !== undefined) {
             this.seq = opts.since;
@@ -221,8 +222,8 @@ export class AgentwireClient {
     }
     // -- requests ------------------------------------------------------------
     /**
-     * Sends a user_message and resolves with its ack (thread_id, run_id,
-     * message_id). Sent now if connected, else on the next connection; if the
+     * Sends a user_message and resolves with a RunHandle: its ack (thread_id,
+     * run_id, message_id) with the run's events, done and stop(). Sent now if connected, else on the next connection; if the
      * connection drops before the ack it is sent again with the same
      * client_message_id, so the server starts the run once. Rejects with an
      * AgentwireError on an error frame answering it, or on timeout.
@@ -238,7 +239,23 @@ export class AgentwireClient {
         if (opts.threadId)
             frame.thread_id = opts.threadId;
         const ack = (await this.request(frame, opts.timeoutMs));
-        return { ...ack, client_message_id: cmid };
+        return new RunHandle(this, { ...ack, client_message_id: cmid });
+    }
+    /**
+     * A handle on run runId started elsewhere (another tab, a REST send): its
+     * events from now on (and those kept from the last runBufferRuns runs),
+     * done and stop(). A run that has already ended resolves done from its
+     * transcript (GET /api/v1/runs/{id}/events).
+     */
+    run(runId, threadId) {
+        const h = new RunHandle(this, { type: "ack", ref: "", run_id: runId, thread_id: threadId, client_message_id: "" });
+        void this.getRun(runId).then((r) => {
+            if (r.status !== "running" && r.status !== "waiting_for_input")
+                h.catchUp();
+        }, () => {
+            /* the stream may still bring its events */
+        });
+        return h;
     }
     /** Asks the server to stop run runId; resolves with the ack. The run then ends with agent_error `cancelled`. */
     async stop(runId, timeoutMs) {
@@ -288,6 +305,64 @@ export class AgentwireClient {
         this.ws.send(JSON.stringify(frame));
         return true;
     }
+    // -- REST ----------------------------------------------------------------
+    /**
+     * An authenticated HTTP call to the server: the user's token as bearer,
+     * refreshed once (reason `unauthorized`) on a 401. Resolves with the JSON
+     * answer (undefined for an empty one); rejects with an AgentwireError
+     * carrying the error body's code and the status.
+     */
+    async api(method, path, body) {
+        const call = async () => httpJSON(this.fetchFn, method, this.base + path, { Authorization: "Bearer " + (await this.currentToken()) }, body);
+        try {
+            return await call();
+        }
+        catch (err) {
+            if (!(err instanceof AgentwireError) || err.status !== 401)
+                throw err;
+            await this.refresh("unauthorized");
+            return call();
+        }
+    }
+    /** One page of the user's threads, most recently updated first (GET /api/v1/threads). */
+    listThreads(opts = {}) {
+        return this.api("GET", "/api/v1/threads" + query(opts));
+    }
+    /** Every thread of the user, page after page. */
+    threads(opts = {}) {
+        return paginate((after) => this.listThreads({ ...opts, after }), (p) => p.threads);
+    }
+    /** One page of a thread's messages, oldest first (GET /api/v1/threads/{id}/messages). */
+    listMessages(threadId, opts = {}) {
+        return this.api("GET", `/api/v1/threads/${encodeURIComponent(threadId)}/messages` + query(opts));
+    }
+    /** Every message of a thread, oldest first, page after page. */
+    messages(threadId, opts = {}) {
+        return paginate((after) => this.listMessages(threadId, { ...opts, after }), (p) => p.messages);
+    }
+    /** Renames a thread (PATCH /api/v1/threads/{id} `{"title"}`); resolves with the thread. */
+    renameThread(threadId, title) {
+        return this.api("PATCH", `/api/v1/threads/${encodeURIComponent(threadId)}`, { title });
+    }
+    /** Deletes a thread with its messages and runs (DELETE /api/v1/threads/{id}). */
+    async deleteThread(threadId) {
+        await this.api("DELETE", `/api/v1/threads/${encodeURIComponent(threadId)}`);
+    }
+    /** A run's status (GET /api/v1/runs/{id}). */
+    getRun(runId) {
+        return this.api("GET", `/api/v1/runs/${encodeURIComponent(runId)}`);
+    }
+    /** One page of a run's transcript (GET /api/v1/runs/{id}/events). */
+    listRunEvents(runId, opts = {}) {
+        return this.api("GET", `/api/v1/runs/${encodeURIComponent(runId)}/events` + query(opts));
+    }
+    /** A run's whole transcript, oldest first: deltas folded, the terminal event (if the run ended) last with seq 0. */
+    async runTranscript(runId, opts = {}) {
+        const out = [];
+        for await (const ev of paginate((after) => this.listRunEvents(runId, { ...opts, after }), (p) => p.events))
+            out.push(ev);
+        return out;
+    }
     // -- connection ----------------------------------------------------------
     async currentToken() {
         if (this.token === null)
@@ -318,6 +393,15 @@ export class AgentwireClient {
     async dial() {
         if (!this.wanted)
             return;
+        if (!this.WS) {
+            this.WS = await loadWebSocket();
+            if (!this.WS) {
+                // Nothing to dial with: retrying cannot help.
+                this.failForGood(new AgentwireError("closed", "agentwire: no WebSocket: use Node ≥ 22, install ws, or pass options.WebSocket"));
+                return;
+            }
+        }
+        const WS = this.WS;
         let ws;
         try {
             let token = await this.currentToken();
@@ -343,12 +427,12 @@ export class AgentwireClient {
                 query.ticket = t.ticket;
                 if (!this.wanted)
                     return;
-                ws = new this.WS(this.wsURL(query));
+                ws = new WS(this.wsURL(query));
             }
             else {
                 if (!this.wanted)
                     return;
-                ws = new this.WS(this.wsURL(query), [PROTOCOL, "bearer." + token]);
+                ws = new WS(this.wsURL(query), [PROTOCOL, "bearer." + token]);
             }
         }
         catch (err) {
@@ -396,16 +480,7 @@ export class AgentwireClient {
             case CloseCode.PolicyViolation:
             case CloseCode.TooLarge: {
                 // The contract: 1008 stop, 1009 fix the client; 1000 is a deliberate end.
-                this.wanted = false;
-                const err = new AgentwireError("closed", `connection closed with ${code}${reason ? ": " + reason : ""}`);
-                for (const [, p] of this.pending) {
-                    clearTimeout(p.timer);
-                    p.reject(err);
-                }
-                this.pending.clear();
-                this.firstConnect?.reject(err);
-                this.firstConnect = null;
-                this.setState({ state: "closed", code, reason });
+                this.failForGood(new AgentwireError("closed", `connection closed with ${code}${reason ? ": " + reason : ""}`), code, reason);
                 return;
             }
             case CloseCode.TokenExpired: {
@@ -421,6 +496,18 @@ export class AgentwireClient {
         // Before connection_established a 401 looks like 1006 to a browser: an
         // expired token is the likely cause when exp has passed (checked in dial).
         this.scheduleReconnect(code, reason);
+    }
+    /** Stops for good: pending requests and connect() reject with err, state closed. */
+    failForGood(err, code, reason) {
+        this.wanted = false;
+        for (const [, p] of this.pending) {
+            clearTimeout(p.timer);
+            p.reject(err);
+        }
+        this.pending.clear();
+        this.firstConnect?.reject(err);
+        this.firstConnect = null;
+        this.setState({ state: "closed", code, reason: reason ?? err.message });
     }
     /** Waits (full jitter over an exponential ceiling, or delayMs) and dials again with resume. */
     scheduleReconnect(code, reason, delayMs) {
@@ -626,4 +713,187 @@ export class AgentwireClient {
             });
         }, every);
     }
+}
+// ---------------------------------------------------------------------------
+// Run handle.
+/**
+ * One run: the ack of the message that started it (thread_id, run_id,
+ * message_id, client_message_id) plus its events, its end and stop().
+ * Events reach the handle once each, in order, across reconnects. After a
+ * resync_required (events lost), the handle fills the gap from the run's
+ * transcript, where the answer's deltas are folded (one delta may then hold
+ * text an earlier delta of the handle also held).
+ */
+export class RunHandle {
+    /** @internal Made by AgentwireClient.sendMessage and AgentwireClient.run. */
+    constructor(client, ack) {
+        this.type = "ack";
+        this.seen = [];
+        this.lastSeq = 0;
+        this.ended = false;
+        this.wake = [];
+        this.unsubscribe = [];
+        this.client = client;
+        this.ref = ack.ref;
+        this.run_id = ack.run_id;
+        this.thread_id = ack.thread_id;
+        this.message_id = ack.message_id;
+        this.client_message_id = ack.client_message_id;
+        this.done = new Promise((resolve) => (this.resolveDone = resolve));
+        this.events = { [Symbol.asyncIterator]: () => this.iterate() };
+        this.unsubscribe.push(client.onResync(() => this.catchUp()));
+        this.unsubscribe.push(client.onRun(this.run_id, (ev) => this.add(ev)));
+        if (this.ended)
+            for (const u of this.unsubscribe)
+                u(); // ended among the kept events
+    }
+    /** The ack's fields (the handle itself holds its client). */
+    toJSON() {
+        const { type, ref, run_id, thread_id, message_id, client_message_id } = this;
+        return { type, ref, run_id, thread_id, message_id, client_message_id };
+    }
+    /** Asks the server to stop the run; resolves with the ack. `done` then resolves with agent_error `cancelled`. */
+    stop(timeoutMs) {
+        return this.client.stop(this.run_id, timeoutMs);
+    }
+    /** Answers the run's input_required `requestId`. */
+    answerInput(requestId, answer, timeoutMs) {
+        return this.client.answerInput(this.run_id, requestId, answer, timeoutMs);
+    }
+    /** Fills what the stream lost from the run's transcript. */
+    catchUp() {
+        if (this.ended)
+            return;
+        this.client.runTranscript(this.run_id).then((events) => {
+            for (const ev of events)
+                this.add(ev);
+        }, () => {
+            /* the stream may still bring the rest */
+        });
+    }
+    add(ev) {
+        if (this.ended)
+            return;
+        if (ev.seq === 0) {
+            // A transcript's terminal event (stored before the stream took it).
+            if (!isTerminal(ev))
+                return;
+        }
+        else {
+            if (ev.epoch && ev.epoch !== this.lastEpoch) {
+                this.lastEpoch = ev.epoch;
+                this.lastSeq = 0;
+            }
+            if (ev.seq <= this.lastSeq)
+                return;
+            this.lastSeq = ev.seq;
+        }
+        this.seen.push(ev);
+        if (isTerminal(ev)) {
+            this.ended = true;
+            for (const u of this.unsubscribe)
+                u();
+            this.resolveDone(ev);
+        }
+        const w = this.wake;
+        this.wake = [];
+        for (const fn of w)
+            fn();
+    }
+    async *iterate() {
+        let i = 0;
+        for (;;) {
+            while (i < this.seen.length)
+                yield this.seen[i++];
+            if (this.ended)
+                return;
+            await new Promise((r) => this.wake.push(r));
+        }
+    }
+}
+// ---------------------------------------------------------------------------
+// HTTP helpers.
+function fetchOf(f) {
+    const g = f ?? globalThis.fetch;
+    if (!g)
+        throw new Error("agentwire: no fetch: pass options.fetch");
+    return g.bind(globalThis);
+}
+function baseOf(url) {
+    const loc = globalThis.location;
+    const base = url ?? loc?.origin;
+    if (!base)
+        throw new Error("agentwire: options.url is required outside a browser");
+    return base.replace(/\/+$/, "");
+}
+/** globalThis.WebSocket (browsers, Node ≥ 22), else the `ws` package when it is installed. */
+async function loadWebSocket() {
+    const g = globalThis.WebSocket;
+    if (g)
+        return g;
+    const spec = "ws"; // a variable: bundlers for the browser must not resolve it
+    try {
+        const mod = (await import(spec));
+        return mod.WebSocket ?? mod.default;
+    }
+    catch {
+        return undefined;
+    }
+}
+function query(opts) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(opts))
+        if (v !== undefined && v !== null && v !== "")
+            q.set(k, String(v));
+    const s = q.toString();
+    return s ? "?" + s : "";
+}
+async function* paginate(page, items) {
+    let after;
+    for (;;) {
+        const p = await page(after);
+        yield* items(p);
+        if (!p.has_more || !p.next)
+            return;
+        after = p.next;
+    }
+}
+/** One JSON call: the answer's JSON (undefined when empty), or an AgentwireError with the error body's code and the status. */
+async function httpJSON(f, method, url, headers, body) {
+    const init = { method, headers: { ...headers } };
+    if (body !== undefined) {
+        init.headers["Content-Type"] = "application/json";
+        init.body = JSON.stringify(body);
+    }
+    const res = await f(url, init);
+    let parsed;
+    if (res.status !== 204) {
+        try {
+            parsed = await res.json();
+        }
+        catch {
+            parsed = undefined;
+        }
+    }
+    if (!res.ok) {
+        const e = parsed?.error;
+        throw new AgentwireError(e?.code ?? "http_" + res.status, e?.message ?? `${method} ${new URL(url).pathname} answered ${res.status}`, undefined, res.status);
+    }
+    return parsed;
+}
+/**
+ * Development login (a server started with --dev): a 12-hour JWT for
+ * userId (POST /auth/dev-login). Use it as getToken: `() => devLogin("alice", {url}).then((r) => r.token)`.
+ */
+export function devLogin(userId, opts = {}) {
+    return httpJSON(fetchOf(opts.fetch), "POST", baseOf(opts.url) + "/auth/dev-login", {}, { user_id: userId });
+}
+/**
+ * Server side: appends one event to a user's stream (POST /api/v1/publish
+ * with an API key); resolves with its seq and epoch. Every connection of
+ * the user receives it. The same idempotency_key within 10 minutes appends
+ * nothing and answers the first seq.
+ */
+export function publish(event, opts) {
+    return httpJSON(fetchOf(opts.fetch), "POST", baseOf(opts.url) + "/api/v1/publish", { Authorization: "Bearer " + opts.apiKey }, event);
 }

@@ -211,12 +211,14 @@ export interface Message {
 export interface Run {
     id: string;
     thread_id: string;
-    status: "running" | "completed" | "failed" | "cancelled" | "timeout";
+    status: "running" | "waiting_for_input" | "completed" | "failed" | "cancelled" | "timeout";
     started_at: string;
     ended_at?: string;
     agent?: string;
     error_code?: string;
     error_message?: string;
+    /** Once a run whose agent reported its tokens has ended. */
+    usage?: Usage;
 }
 /** A run with its transcript: its stored events, deltas folded (PROTOCOL.md section 7). */
 export interface RunTranscript extends Run {
@@ -225,6 +227,49 @@ export interface RunTranscript extends Run {
 export interface TicketResponse {
     ticket: string;
     expires_at: string;
+}
+/** A page of a list: `next` is the cursor of the next page, null when none. */
+export interface Page {
+    next: string | null;
+    has_more: boolean;
+}
+export interface ThreadsPage extends Page {
+    threads: Thread[];
+}
+/** Messages oldest first. */
+export interface MessagesPage extends Page {
+    messages: Message[];
+}
+/** A run's transcript, oldest first (deltas folded; the terminal event has seq 0). */
+export interface RunEventsPage extends Page {
+    events: StreamEvent[];
+}
+export interface PageOptions {
+    /** 1 to 1000 (server default 100). */
+    limit?: number;
+    /** The `next` of the previous page. */
+    after?: string;
+}
+export interface MessagesPageOptions extends PageOptions {
+    /** The `limit` messages right before this message id (not with after). */
+    before?: string;
+}
+export interface DevLoginResponse {
+    token: string;
+    expires_at: string;
+}
+/** The body of POST /api/v1/publish. */
+export interface PublishRequest {
+    user_id: string;
+    type: string;
+    thread_id?: string;
+    run_id?: string;
+    data?: Record<string, unknown>;
+    idempotency_key?: string;
+}
+export interface PublishResponse {
+    seq: number;
+    epoch: string;
 }
 export interface EventsResponse {
     epoch: string;
@@ -272,6 +317,12 @@ export type FetchLike = (input: string, init?: {
     status: number;
     json(): Promise<unknown>;
 }>;
+/** The terminal event of a run. */
+export type TerminalEvent = AgentCompletedEvent | AgentErrorEvent;
+/** Whether ev ends its run (agent_completed or agent_error). */
+export declare function isTerminal(ev: {
+    type: string;
+}): ev is TerminalEvent;
 /**
  * Connection states: `connecting` (first connect), `connected`,
  * `reconnecting` (waiting or dialing after a drop), `resumed` (connected
@@ -299,7 +350,7 @@ export interface ClientOptions {
     refreshToken?: (reason: RefreshReason) => string | Promise<string>;
     /** "ticket" (POST /api/v1/tickets, then ?ticket=) or "subprotocol" (agentwire.v1, bearer.<JWT>). Default "ticket". */
     auth?: "ticket" | "subprotocol";
-    /** WebSocket constructor. Default: globalThis.WebSocket. */
+    /** WebSocket constructor. Default: globalThis.WebSocket (browsers, Node ≥ 22), else the `ws` package if installed. */
     WebSocket?: WebSocketConstructor;
     /** fetch. Default: globalThis.fetch. */
     fetch?: FetchLike;
@@ -330,11 +381,16 @@ export type InputAnswer = {
 } | {
     choice: string;
 };
-/** A rejected sendMessage/stop/ping. `code` is the error frame's code, or `timeout`, `closed`. */
+/**
+ * A rejected request. `code` is the error frame's code (or `timeout`,
+ * `closed`), or for an HTTP call the error body's code with `status` set.
+ */
 export declare class AgentwireError extends Error {
     readonly code: string;
     readonly ref?: string;
-    constructor(code: string, message: string, ref?: string);
+    /** The HTTP status, for REST helpers. */
+    readonly status?: number;
+    constructor(code: string, message: string, ref?: string, status?: number);
 }
 export interface SendMessageOptions {
     /** Omit to start a new thread. */
@@ -356,7 +412,7 @@ export declare function tokenExpiry(token: string): number | undefined;
  */
 export declare class AgentwireClient {
     private readonly opts;
-    private readonly WS;
+    private WS;
     private readonly fetchFn;
     private readonly base;
     private readonly rand;
@@ -426,13 +482,20 @@ export declare class AgentwireClient {
     /** Calls fn on every connection state change. */
     onStateChange(fn: Handler<StateChange>): () => void;
     /**
-     * Sends a user_message and resolves with its ack (thread_id, run_id,
-     * message_id). Sent now if connected, else on the next connection; if the
+     * Sends a user_message and resolves with a RunHandle: its ack (thread_id,
+     * run_id, message_id) with the run's events, done and stop(). Sent now if connected, else on the next connection; if the
      * connection drops before the ack it is sent again with the same
      * client_message_id, so the server starts the run once. Rejects with an
      * AgentwireError on an error frame answering it, or on timeout.
      */
-    sendMessage(content: string, opts?: SendMessageOptions): Promise<MessageAck>;
+    sendMessage(content: string, opts?: SendMessageOptions): Promise<RunHandle>;
+    /**
+     * A handle on run runId started elsewhere (another tab, a REST send): its
+     * events from now on (and those kept from the last runBufferRuns runs),
+     * done and stop(). A run that has already ended resolves done from its
+     * transcript (GET /api/v1/runs/{id}/events).
+     */
+    run(runId: string, threadId?: string): RunHandle;
     /** Asks the server to stop run runId; resolves with the ack. The run then ends with agent_error `cancelled`. */
     stop(runId: string, timeoutMs?: number): Promise<AckFrame>;
     /**
@@ -452,12 +515,45 @@ export declare class AgentwireClient {
      * Returns false when not connected.
      */
     requestReplay(since?: number): boolean;
+    /**
+     * An authenticated HTTP call to the server: the user's token as bearer,
+     * refreshed once (reason `unauthorized`) on a 401. Resolves with the JSON
+     * answer (undefined for an empty one); rejects with an AgentwireError
+     * carrying the error body's code and the status.
+     */
+    api<T>(method: string, path: string, body?: unknown): Promise<T>;
+    /** One page of the user's threads, most recently updated first (GET /api/v1/threads). */
+    listThreads(opts?: PageOptions): Promise<ThreadsPage>;
+    /** Every thread of the user, page after page. */
+    threads(opts?: {
+        limit?: number;
+    }): AsyncIterable<Thread>;
+    /** One page of a thread's messages, oldest first (GET /api/v1/threads/{id}/messages). */
+    listMessages(threadId: string, opts?: MessagesPageOptions): Promise<MessagesPage>;
+    /** Every message of a thread, oldest first, page after page. */
+    messages(threadId: string, opts?: {
+        limit?: number;
+    }): AsyncIterable<Message>;
+    /** Renames a thread (PATCH /api/v1/threads/{id} `{"title"}`); resolves with the thread. */
+    renameThread(threadId: string, title: string): Promise<Thread>;
+    /** Deletes a thread with its messages and runs (DELETE /api/v1/threads/{id}). */
+    deleteThread(threadId: string): Promise<void>;
+    /** A run's status (GET /api/v1/runs/{id}). */
+    getRun(runId: string): Promise<Run>;
+    /** One page of a run's transcript (GET /api/v1/runs/{id}/events). */
+    listRunEvents(runId: string, opts?: PageOptions): Promise<RunEventsPage>;
+    /** A run's whole transcript, oldest first: deltas folded, the terminal event (if the run ended) last with seq 0. */
+    runTranscript(runId: string, opts?: {
+        limit?: number;
+    }): Promise<StreamEvent[]>;
     private currentToken;
     private refresh;
     private wsURL;
     private ticket;
     private dial;
     private onSocketClose;
+    /** Stops for good: pending requests and connect() reject with err, state closed. */
+    private failForGood;
     /** Waits (full jitter over an exponential ceiling, or delayMs) and dials again with resume. */
     private scheduleReconnect;
     private handleFrame;
@@ -471,4 +567,70 @@ export declare class AgentwireClient {
     private refreshAndReconnect;
     private armPing;
 }
+/**
+ * One run: the ack of the message that started it (thread_id, run_id,
+ * message_id, client_message_id) plus its events, its end and stop().
+ * Events reach the handle once each, in order, across reconnects. After a
+ * resync_required (events lost), the handle fills the gap from the run's
+ * transcript, where the answer's deltas are folded (one delta may then hold
+ * text an earlier delta of the handle also held).
+ */
+export declare class RunHandle implements MessageAck {
+    readonly type: "ack";
+    readonly ref: string;
+    readonly run_id: string;
+    readonly thread_id?: string;
+    readonly message_id?: string;
+    readonly client_message_id: string;
+    /** The run's terminal event: agent_completed, or agent_error (`cancelled`, `agent_failed`, `timeout`, …). */
+    readonly done: Promise<TerminalEvent>;
+    /**
+     * The run's events, in order, ending after the terminal event. Each
+     * iteration starts from the run's first event the handle saw (the handle
+     * keeps them until it is dropped).
+     */
+    readonly events: AsyncIterable<StreamEvent>;
+    private readonly client;
+    private readonly seen;
+    private lastSeq;
+    private lastEpoch;
+    private ended;
+    private wake;
+    private resolveDone;
+    private readonly unsubscribe;
+    /** @internal Made by AgentwireClient.sendMessage and AgentwireClient.run. */
+    constructor(client: AgentwireClient, ack: MessageAck);
+    /** The ack's fields (the handle itself holds its client). */
+    toJSON(): MessageAck;
+    /** Asks the server to stop the run; resolves with the ack. `done` then resolves with agent_error `cancelled`. */
+    stop(timeoutMs?: number): Promise<AckFrame>;
+    /** Answers the run's input_required `requestId`. */
+    answerInput(requestId: string, answer: InputAnswer, timeoutMs?: number): Promise<AckFrame>;
+    /** Fills what the stream lost from the run's transcript. */
+    catchUp(): void;
+    private add;
+    private iterate;
+}
+export interface HTTPOptions {
+    /** Base URL of the server. Default: the page's origin. */
+    url?: string;
+    /** fetch. Default: globalThis.fetch. */
+    fetch?: FetchLike;
+}
+/**
+ * Development login (a server started with --dev): a 12-hour JWT for
+ * userId (POST /auth/dev-login). Use it as getToken: `() => devLogin("alice", {url}).then((r) => r.token)`.
+ */
+export declare function devLogin(userId: string, opts?: HTTPOptions): Promise<DevLoginResponse>;
+export interface PublishOptions extends HTTPOptions {
+    /** A server API key (--api-keys). Keep it on the server: never ship it to a browser. */
+    apiKey: string;
+}
+/**
+ * Server side: appends one event to a user's stream (POST /api/v1/publish
+ * with an API key); resolves with its seq and epoch. Every connection of
+ * the user receives it. The same idempotency_key within 10 minutes appends
+ * nothing and answers the first seq.
+ */
+export declare function publish(event: PublishRequest, opts: PublishOptions): Promise<PublishResponse>;
 export {};

@@ -1,8 +1,10 @@
 // agentwire client SDK: one WebSocket per client with authentication by ticket
 // or subprotocol token, automatic reconnect with exponential backoff and full
 // jitter, resume from the last seq/epoch, dedupe by seq, and sendMessage()
-// resolving with the ack. The wire contract is PROTOCOL.md (agentwire.v1).
-// No runtime dependencies: in Node, pass a WebSocket constructor (e.g. `ws`).
+// resolving with a run handle; REST helpers for threads, messages and runs;
+// devLogin() and publish(). The wire contract is PROTOCOL.md (agentwire.v1).
+// No runtime dependencies: the browser's or Node 22's WebSocket is used, and
+// on Node 20 the `ws` package when it is installed (or options.WebSocket).
 
 /** The subprotocol and version this client speaks. */
 export const PROTOCOL = "agentwire.v1";
@@ -230,12 +232,14 @@ export interface Message {
 export interface Run {
   id: string;
   thread_id: string;
-  status: "running" | "completed" | "failed" | "cancelled" | "timeout";
+  status: "running" | "waiting_for_input" | "completed" | "failed" | "cancelled" | "timeout";
   started_at: string;
   ended_at?: string;
   agent?: string;
   error_code?: string;
   error_message?: string;
+  /** Once a run whose agent reported its tokens has ended. */
+  usage?: Usage;
 }
 /** A run with its transcript: its stored events, deltas folded (PROTOCOL.md section 7). */
 export interface RunTranscript extends Run {
@@ -244,6 +248,49 @@ export interface RunTranscript extends Run {
 export interface TicketResponse {
   ticket: string;
   expires_at: string;
+}
+/** A page of a list: `next` is the cursor of the next page, null when none. */
+export interface Page {
+  next: string | null;
+  has_more: boolean;
+}
+export interface ThreadsPage extends Page {
+  threads: Thread[];
+}
+/** Messages oldest first. */
+export interface MessagesPage extends Page {
+  messages: Message[];
+}
+/** A run's transcript, oldest first (deltas folded; the terminal event has seq 0). */
+export interface RunEventsPage extends Page {
+  events: StreamEvent[];
+}
+export interface PageOptions {
+  /** 1 to 1000 (server default 100). */
+  limit?: number;
+  /** The `next` of the previous page. */
+  after?: string;
+}
+export interface MessagesPageOptions extends PageOptions {
+  /** The `limit` messages right before this message id (not with after). */
+  before?: string;
+}
+export interface DevLoginResponse {
+  token: string;
+  expires_at: string;
+}
+/** The body of POST /api/v1/publish. */
+export interface PublishRequest {
+  user_id: string;
+  type: string;
+  thread_id?: string;
+  run_id?: string;
+  data?: Record<string, unknown>;
+  idempotency_key?: string;
+}
+export interface PublishResponse {
+  seq: number;
+  epoch: string;
 }
 export interface EventsResponse {
   epoch: string;
@@ -290,6 +337,14 @@ export type FetchLike = (
   init?: { method?: string; headers?: Record<string, string>; body?: string },
 ) => Promise<{ ok: boolean; status: number; json(): Promise<unknown> }>;
 
+/** The terminal event of a run. */
+export type TerminalEvent = AgentCompletedEvent | AgentErrorEvent;
+
+/** Whether ev ends its run (agent_completed or agent_error). */
+export function isTerminal(ev: { type: string }): ev is TerminalEvent {
+  return ev.type === "agent_completed" || ev.type === "agent_error";
+}
+
 /**
  * Connection states: `connecting` (first connect), `connected`,
  * `reconnecting` (waiting or dialing after a drop), `resumed` (connected
@@ -320,7 +375,7 @@ export interface ClientOptions {
   refreshToken?: (reason: RefreshReason) => string | Promise<string>;
   /** "ticket" (POST /api/v1/tickets, then ?ticket=) or "subprotocol" (agentwire.v1, bearer.<JWT>). Default "ticket". */
   auth?: "ticket" | "subprotocol";
-  /** WebSocket constructor. Default: globalThis.WebSocket. */
+  /** WebSocket constructor. Default: globalThis.WebSocket (browsers, Node ≥ 22), else the `ws` package if installed. */
   WebSocket?: WebSocketConstructor;
   /** fetch. Default: globalThis.fetch. */
   fetch?: FetchLike;
@@ -347,15 +402,21 @@ export interface ClientOptions {
 /** The answer of a user_input frame: exactly one field. */
 export type InputAnswer = { approved: boolean } | { text: string } | { choice: string };
 
-/** A rejected sendMessage/stop/ping. `code` is the error frame's code, or `timeout`, `closed`. */
+/**
+ * A rejected request. `code` is the error frame's code (or `timeout`,
+ * `closed`), or for an HTTP call the error body's code with `status` set.
+ */
 export class AgentwireError extends Error {
   readonly code: string;
   readonly ref?: string;
-  constructor(code: string, message: string, ref?: string) {
+  /** The HTTP status, for REST helpers. */
+  readonly status?: number;
+  constructor(code: string, message: string, ref?: string, status?: number) {
     super(message);
     this.name = "AgentwireError";
     this.code = code;
     this.ref = ref;
+    this.status = status;
   }
 }
 
@@ -420,7 +481,7 @@ export function tokenExpiry(token: string): number | undefined {
  */
 export class AgentwireClient {
   private readonly opts: ClientOptions;
-  private readonly WS: WebSocketConstructor;
+  private WS: WebSocketConstructor | undefined;
   private readonly fetchFn: FetchLike;
   private readonly base: string;
   private readonly rand: () => number;
@@ -452,16 +513,10 @@ export class AgentwireClient {
 
   constructor(opts: ClientOptions) {
     this.opts = opts;
-    const WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    const f = opts.fetch ?? (globalThis as { fetch?: FetchLike }).fetch;
-    if (!WS) throw new Error("agentwire: no WebSocket: pass options.WebSocket");
-    if (!f) throw new Error("agentwire: no fetch: pass options.fetch");
-    this.WS = WS;
-    this.fetchFn = f.bind(globalThis) as FetchLike;
-    const loc = (globalThis as { location?: { origin: string } }).location;
-    const base = opts.url ?? loc?.origin;
-    if (!base) throw new Error("agentwire: options.url is required outside a browser");
-    this.base = base.replace(/\/+$/, "");
+    // Found at the first connect, so a client used only for REST needs none.
+    this.WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    this.fetchFn = fetchOf(opts.fetch);
+    this.base = baseOf(opts.url);
     this.rand = opts.random ?? Math.random;
     if (opts.since !== undefined) {
       this.seq = opts.since;
@@ -604,13 +659,13 @@ export class AgentwireClient {
   // -- requests ------------------------------------------------------------
 
   /**
-   * Sends a user_message and resolves with its ack (thread_id, run_id,
-   * message_id). Sent now if connected, else on the next connection; if the
+   * Sends a user_message and resolves with a RunHandle: its ack (thread_id,
+   * run_id, message_id) with the run's events, done and stop(). Sent now if connected, else on the next connection; if the
    * connection drops before the ack it is sent again with the same
    * client_message_id, so the server starts the run once. Rejects with an
    * AgentwireError on an error frame answering it, or on timeout.
    */
-  async sendMessage(content: string, opts: SendMessageOptions = {}): Promise<MessageAck> {
+  async sendMessage(content: string, opts: SendMessageOptions = {}): Promise<RunHandle> {
     const cmid = opts.clientMessageId ?? randomID();
     const frame: UserMessageFrame & { id: string } = {
       type: "user_message",
@@ -620,7 +675,26 @@ export class AgentwireClient {
     };
     if (opts.threadId) frame.thread_id = opts.threadId;
     const ack = (await this.request(frame, opts.timeoutMs)) as AckFrame;
-    return { ...ack, client_message_id: cmid };
+    return new RunHandle(this, { ...ack, client_message_id: cmid });
+  }
+
+  /**
+   * A handle on run runId started elsewhere (another tab, a REST send): its
+   * events from now on (and those kept from the last runBufferRuns runs),
+   * done and stop(). A run that has already ended resolves done from its
+   * transcript (GET /api/v1/runs/{id}/events).
+   */
+  run(runId: string, threadId?: string): RunHandle {
+    const h = new RunHandle(this, { type: "ack", ref: "", run_id: runId, thread_id: threadId, client_message_id: "" });
+    void this.getRun(runId).then(
+      (r) => {
+        if (r.status !== "running" && r.status !== "waiting_for_input") h.catchUp();
+      },
+      () => {
+        /* the stream may still bring its events */
+      },
+    );
+    return h;
   }
 
   /** Asks the server to stop run runId; resolves with the ack. The run then ends with agent_error `cancelled`. */
@@ -673,6 +747,73 @@ export class AgentwireClient {
     return true;
   }
 
+  // -- REST ----------------------------------------------------------------
+
+  /**
+   * An authenticated HTTP call to the server: the user's token as bearer,
+   * refreshed once (reason `unauthorized`) on a 401. Resolves with the JSON
+   * answer (undefined for an empty one); rejects with an AgentwireError
+   * carrying the error body's code and the status.
+   */
+  async api<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const call = async () =>
+      httpJSON<T>(this.fetchFn, method, this.base + path, { Authorization: "Bearer " + (await this.currentToken()) }, body);
+    try {
+      return await call();
+    } catch (err) {
+      if (!(err instanceof AgentwireError) || err.status !== 401) throw err;
+      await this.refresh("unauthorized");
+      return call();
+    }
+  }
+
+  /** One page of the user's threads, most recently updated first (GET /api/v1/threads). */
+  listThreads(opts: PageOptions = {}): Promise<ThreadsPage> {
+    return this.api("GET", "/api/v1/threads" + query(opts));
+  }
+
+  /** Every thread of the user, page after page. */
+  threads(opts: { limit?: number } = {}): AsyncIterable<Thread> {
+    return paginate((after) => this.listThreads({ ...opts, after }), (p) => p.threads);
+  }
+
+  /** One page of a thread's messages, oldest first (GET /api/v1/threads/{id}/messages). */
+  listMessages(threadId: string, opts: MessagesPageOptions = {}): Promise<MessagesPage> {
+    return this.api("GET", `/api/v1/threads/${encodeURIComponent(threadId)}/messages` + query(opts));
+  }
+
+  /** Every message of a thread, oldest first, page after page. */
+  messages(threadId: string, opts: { limit?: number } = {}): AsyncIterable<Message> {
+    return paginate((after) => this.listMessages(threadId, { ...opts, after }), (p) => p.messages);
+  }
+
+  /** Renames a thread (PATCH /api/v1/threads/{id} `{"title"}`); resolves with the thread. */
+  renameThread(threadId: string, title: string): Promise<Thread> {
+    return this.api("PATCH", `/api/v1/threads/${encodeURIComponent(threadId)}`, { title });
+  }
+
+  /** Deletes a thread with its messages and runs (DELETE /api/v1/threads/{id}). */
+  async deleteThread(threadId: string): Promise<void> {
+    await this.api("DELETE", `/api/v1/threads/${encodeURIComponent(threadId)}`);
+  }
+
+  /** A run's status (GET /api/v1/runs/{id}). */
+  getRun(runId: string): Promise<Run> {
+    return this.api("GET", `/api/v1/runs/${encodeURIComponent(runId)}`);
+  }
+
+  /** One page of a run's transcript (GET /api/v1/runs/{id}/events). */
+  listRunEvents(runId: string, opts: PageOptions = {}): Promise<RunEventsPage> {
+    return this.api("GET", `/api/v1/runs/${encodeURIComponent(runId)}/events` + query(opts));
+  }
+
+  /** A run's whole transcript, oldest first: deltas folded, the terminal event (if the run ended) last with seq 0. */
+  async runTranscript(runId: string, opts: { limit?: number } = {}): Promise<StreamEvent[]> {
+    const out: StreamEvent[] = [];
+    for await (const ev of paginate((after) => this.listRunEvents(runId, { ...opts, after }), (p) => p.events)) out.push(ev);
+    return out;
+  }
+
   // -- connection ----------------------------------------------------------
 
   private async currentToken(): Promise<string> {
@@ -704,6 +845,15 @@ export class AgentwireClient {
 
   private async dial(): Promise<void> {
     if (!this.wanted) return;
+    if (!this.WS) {
+      this.WS = await loadWebSocket();
+      if (!this.WS) {
+        // Nothing to dial with: retrying cannot help.
+        this.failForGood(new AgentwireError("closed", "agentwire: no WebSocket: use Node ≥ 22, install ws, or pass options.WebSocket"));
+        return;
+      }
+    }
+    const WS = this.WS;
     let ws: WebSocketLike;
     try {
       let token = await this.currentToken();
@@ -726,10 +876,10 @@ export class AgentwireClient {
         if (!t.ticket) throw new Error(`POST /api/v1/tickets answered ${t.status}`);
         query.ticket = t.ticket;
         if (!this.wanted) return;
-        ws = new this.WS(this.wsURL(query));
+        ws = new WS(this.wsURL(query));
       } else {
         if (!this.wanted) return;
-        ws = new this.WS(this.wsURL(query), [PROTOCOL, "bearer." + token]);
+        ws = new WS(this.wsURL(query), [PROTOCOL, "bearer." + token]);
       }
     } catch (err) {
       if (!this.wanted) return;
@@ -770,16 +920,7 @@ export class AgentwireClient {
       case CloseCode.PolicyViolation:
       case CloseCode.TooLarge: {
         // The contract: 1008 stop, 1009 fix the client; 1000 is a deliberate end.
-        this.wanted = false;
-        const err = new AgentwireError("closed", `connection closed with ${code}${reason ? ": " + reason : ""}`);
-        for (const [, p] of this.pending) {
-          clearTimeout(p.timer);
-          p.reject(err);
-        }
-        this.pending.clear();
-        this.firstConnect?.reject(err);
-        this.firstConnect = null;
-        this.setState({ state: "closed", code, reason });
+        this.failForGood(new AgentwireError("closed", `connection closed with ${code}${reason ? ": " + reason : ""}`), code, reason);
         return;
       }
       case CloseCode.TokenExpired: {
@@ -797,6 +938,19 @@ export class AgentwireClient {
     // Before connection_established a 401 looks like 1006 to a browser: an
     // expired token is the likely cause when exp has passed (checked in dial).
     this.scheduleReconnect(code, reason);
+  }
+
+  /** Stops for good: pending requests and connect() reject with err, state closed. */
+  private failForGood(err: AgentwireError, code?: number, reason?: string): void {
+    this.wanted = false;
+    for (const [, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.pending.clear();
+    this.firstConnect?.reject(err);
+    this.firstConnect = null;
+    this.setState({ state: "closed", code, reason: reason ?? err.message });
   }
 
   /** Waits (full jitter over an exponential ceiling, or delayMs) and dials again with resume. */
@@ -993,4 +1147,217 @@ export class AgentwireClient {
       });
     }, every);
   }
+}
+
+// ---------------------------------------------------------------------------
+// Run handle.
+
+/**
+ * One run: the ack of the message that started it (thread_id, run_id,
+ * message_id, client_message_id) plus its events, its end and stop().
+ * Events reach the handle once each, in order, across reconnects. After a
+ * resync_required (events lost), the handle fills the gap from the run's
+ * transcript, where the answer's deltas are folded (one delta may then hold
+ * text an earlier delta of the handle also held).
+ */
+export class RunHandle implements MessageAck {
+  readonly type = "ack" as const;
+  readonly ref: string;
+  readonly run_id: string;
+  readonly thread_id?: string;
+  readonly message_id?: string;
+  readonly client_message_id: string;
+  /** The run's terminal event: agent_completed, or agent_error (`cancelled`, `agent_failed`, `timeout`, …). */
+  readonly done: Promise<TerminalEvent>;
+  /**
+   * The run's events, in order, ending after the terminal event. Each
+   * iteration starts from the run's first event the handle saw (the handle
+   * keeps them until it is dropped).
+   */
+  readonly events: AsyncIterable<StreamEvent>;
+
+  private readonly client: AgentwireClient;
+  private readonly seen: StreamEvent[] = [];
+  private lastSeq = 0;
+  private lastEpoch: string | undefined;
+  private ended = false;
+  private wake: (() => void)[] = [];
+  private resolveDone!: (ev: TerminalEvent) => void;
+  private readonly unsubscribe: (() => void)[] = [];
+
+  /** @internal Made by AgentwireClient.sendMessage and AgentwireClient.run. */
+  constructor(client: AgentwireClient, ack: MessageAck) {
+    this.client = client;
+    this.ref = ack.ref;
+    this.run_id = ack.run_id as string;
+    this.thread_id = ack.thread_id;
+    this.message_id = ack.message_id;
+    this.client_message_id = ack.client_message_id;
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+    this.events = { [Symbol.asyncIterator]: () => this.iterate() };
+    this.unsubscribe.push(client.onResync(() => this.catchUp()));
+    this.unsubscribe.push(client.onRun(this.run_id, (ev) => this.add(ev)));
+    if (this.ended) for (const u of this.unsubscribe) u(); // ended among the kept events
+  }
+
+  /** The ack's fields (the handle itself holds its client). */
+  toJSON(): MessageAck {
+    const { type, ref, run_id, thread_id, message_id, client_message_id } = this;
+    return { type, ref, run_id, thread_id, message_id, client_message_id };
+  }
+
+  /** Asks the server to stop the run; resolves with the ack. `done` then resolves with agent_error `cancelled`. */
+  stop(timeoutMs?: number): Promise<AckFrame> {
+    return this.client.stop(this.run_id, timeoutMs);
+  }
+
+  /** Answers the run's input_required `requestId`. */
+  answerInput(requestId: string, answer: InputAnswer, timeoutMs?: number): Promise<AckFrame> {
+    return this.client.answerInput(this.run_id, requestId, answer, timeoutMs);
+  }
+
+  /** Fills what the stream lost from the run's transcript. */
+  catchUp(): void {
+    if (this.ended) return;
+    this.client.runTranscript(this.run_id).then(
+      (events) => {
+        for (const ev of events) this.add(ev);
+      },
+      () => {
+        /* the stream may still bring the rest */
+      },
+    );
+  }
+
+  private add(ev: StreamEvent): void {
+    if (this.ended) return;
+    if (ev.seq === 0) {
+      // A transcript's terminal event (stored before the stream took it).
+      if (!isTerminal(ev)) return;
+    } else {
+      if (ev.epoch && ev.epoch !== this.lastEpoch) {
+        this.lastEpoch = ev.epoch;
+        this.lastSeq = 0;
+      }
+      if (ev.seq <= this.lastSeq) return;
+      this.lastSeq = ev.seq;
+    }
+    this.seen.push(ev);
+    if (isTerminal(ev)) {
+      this.ended = true;
+      for (const u of this.unsubscribe) u();
+      this.resolveDone(ev);
+    }
+    const w = this.wake;
+    this.wake = [];
+    for (const fn of w) fn();
+  }
+
+  private async *iterate(): AsyncGenerator<StreamEvent> {
+    let i = 0;
+    for (;;) {
+      while (i < this.seen.length) yield this.seen[i++];
+      if (this.ended) return;
+      await new Promise<void>((r) => this.wake.push(r));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP helpers.
+
+function fetchOf(f?: FetchLike): FetchLike {
+  const g = f ?? (globalThis as { fetch?: FetchLike }).fetch;
+  if (!g) throw new Error("agentwire: no fetch: pass options.fetch");
+  return g.bind(globalThis) as FetchLike;
+}
+
+function baseOf(url?: string): string {
+  const loc = (globalThis as { location?: { origin: string } }).location;
+  const base = url ?? loc?.origin;
+  if (!base) throw new Error("agentwire: options.url is required outside a browser");
+  return base.replace(/\/+$/, "");
+}
+
+/** globalThis.WebSocket (browsers, Node ≥ 22), else the `ws` package when it is installed. */
+async function loadWebSocket(): Promise<WebSocketConstructor | undefined> {
+  const g = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+  if (g) return g;
+  const spec = "ws"; // a variable: bundlers for the browser must not resolve it
+  try {
+    const mod = (await import(spec)) as { default?: WebSocketConstructor; WebSocket?: WebSocketConstructor };
+    return mod.WebSocket ?? mod.default;
+  } catch {
+    return undefined;
+  }
+}
+
+function query(opts: object): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(opts)) if (v !== undefined && v !== null && v !== "") q.set(k, String(v));
+  const s = q.toString();
+  return s ? "?" + s : "";
+}
+
+async function* paginate<P extends Page, T>(page: (after?: string) => Promise<P>, items: (p: P) => T[]): AsyncGenerator<T> {
+  let after: string | undefined;
+  for (;;) {
+    const p = await page(after);
+    yield* items(p);
+    if (!p.has_more || !p.next) return;
+    after = p.next;
+  }
+}
+
+/** One JSON call: the answer's JSON (undefined when empty), or an AgentwireError with the error body's code and the status. */
+async function httpJSON<T>(f: FetchLike, method: string, url: string, headers: Record<string, string>, body?: unknown): Promise<T> {
+  const init: { method: string; headers: Record<string, string>; body?: string } = { method, headers: { ...headers } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const res = await f(url, init);
+  let parsed: unknown;
+  if (res.status !== 204) {
+    try {
+      parsed = await res.json();
+    } catch {
+      parsed = undefined;
+    }
+  }
+  if (!res.ok) {
+    const e = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error;
+    throw new AgentwireError(e?.code ?? "http_" + res.status, e?.message ?? `${method} ${new URL(url).pathname} answered ${res.status}`, undefined, res.status);
+  }
+  return parsed as T;
+}
+
+export interface HTTPOptions {
+  /** Base URL of the server. Default: the page's origin. */
+  url?: string;
+  /** fetch. Default: globalThis.fetch. */
+  fetch?: FetchLike;
+}
+
+/**
+ * Development login (a server started with --dev): a 12-hour JWT for
+ * userId (POST /auth/dev-login). Use it as getToken: `() => devLogin("alice", {url}).then((r) => r.token)`.
+ */
+export function devLogin(userId: string, opts: HTTPOptions = {}): Promise<DevLoginResponse> {
+  return httpJSON(fetchOf(opts.fetch), "POST", baseOf(opts.url) + "/auth/dev-login", {}, { user_id: userId });
+}
+
+export interface PublishOptions extends HTTPOptions {
+  /** A server API key (--api-keys). Keep it on the server: never ship it to a browser. */
+  apiKey: string;
+}
+
+/**
+ * Server side: appends one event to a user's stream (POST /api/v1/publish
+ * with an API key); resolves with its seq and epoch. Every connection of
+ * the user receives it. The same idempotency_key within 10 minutes appends
+ * nothing and answers the first seq.
+ */
+export function publish(event: PublishRequest, opts: PublishOptions): Promise<PublishResponse> {
+  return httpJSON(fetchOf(opts.fetch), "POST", baseOf(opts.url) + "/api/v1/publish", { Authorization: "Bearer " + opts.apiKey }, event);
 }

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import WebSocket from "ws";
 
 import { AgentwireClient, AgentwireError } from "../dist/agentwire.js";
-import { startServer, startProxy, sign, publish, get, until } from "./helpers.mjs";
+import { startServer, startProxy, sign, publish, get, until, assertWholeRun } from "./helpers.mjs";
 
 let srv;
 before(async () => { srv = await startServer(); });
@@ -31,20 +31,6 @@ function collectRun(c, runId) {
     });
   });
   return { events, done };
-}
-
-function assertWholeRun(events) {
-  const types = events.map((e) => e.type);
-  assert.equal(types.filter((t) => t === "agent_started").length, 1, `one agent_started in ${types}`);
-  assert.equal(types.filter((t) => t === "agent_completed").length, 1, `one agent_completed in ${types}`);
-  assert.equal(types.at(-1), "agent_completed");
-  for (let i = 1; i < events.length; i++) {
-    assert.ok(events[i].seq > events[i - 1].seq, `seq strictly increasing: ${events.map((e) => e.seq)}`);
-  }
-  const seqs = new Set(events.map((e) => e.seq));
-  assert.equal(seqs.size, events.length, "no duplicate seq");
-  const answer = events.filter((e) => e.type === "agent_message_delta").map((e) => e.data.delta).join("");
-  assert.equal(answer, events.at(-1).data.final_response, "the deltas add up to the final response, once");
 }
 
 test("golden path: ticket auth, calculator, 84", async () => {

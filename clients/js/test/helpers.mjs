@@ -1,6 +1,7 @@
 // Test helpers: a real agentwire server built from this repository, a TCP
 // proxy the tests can cut or freeze, and HS256 tokens signed with the
 // server's secret.
+import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -126,5 +127,20 @@ export async function until(pred, ms = 10000, what = "condition") {
   while (!pred()) {
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Every event of a run once, in order, its deltas adding up to the answer. */
+export function assertWholeRun(events, terminal = "agent_completed") {
+  const types = events.map((e) => e.type);
+  assert.equal(types.filter((t) => t === "agent_started").length, 1, `one agent_started in ${types}`);
+  assert.equal(types.at(-1), terminal, `ends with ${terminal}: ${types}`);
+  assert.equal(types.filter((t) => t === "agent_completed" || t === "agent_error").length, 1, `one terminal event in ${types}`);
+  for (let i = 1; i < events.length; i++) {
+    assert.ok(events[i].seq > events[i - 1].seq, `seq strictly increasing: ${events.map((e) => e.seq)}`);
+  }
+  if (terminal === "agent_completed") {
+    const answer = events.filter((e) => e.type === "agent_message_delta").map((e) => e.data.delta).join("");
+    assert.equal(answer, events.at(-1).data.final_response, "the deltas add up to the final response, once");
   }
 }
