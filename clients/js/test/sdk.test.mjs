@@ -240,3 +240,24 @@ test("run handle: events lost to retention are filled from the transcript after 
     await small.stop();
   }
 });
+
+test("renameThread and deleteThread against the real server: owner only, cascading", async () => {
+  const user = newUser();
+  const c = client(user);
+  await c.connect();
+  const run = await c.sendMessage("what is 2+2?");
+  await run.done;
+  const renamed = await c.renameThread(run.thread_id, "Sums");
+  assert.equal(renamed.title, "Sums");
+  const listed = await c.listThreads();
+  assert.equal(listed.threads.find((t) => t.id === run.thread_id)?.title, "Sums");
+
+  const other = client(newUser()); // REST only: another user's thread is not found
+  await assert.rejects(other.renameThread(run.thread_id, "Mine"), (err) => err instanceof AgentwireError && err.status === 404);
+  await assert.rejects(other.deleteThread(run.thread_id), (err) => err.status === 404);
+
+  assert.equal(await c.deleteThread(run.thread_id), undefined);
+  assert.equal((await c.listThreads()).threads.some((t) => t.id === run.thread_id), false);
+  await assert.rejects(c.getRun(run.run_id), (err) => err.status === 404);
+  c.close();
+});
