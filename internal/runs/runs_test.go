@@ -41,13 +41,21 @@ type fixture struct {
 	store  store.Store
 }
 
-func newFixture(t *testing.T, a agent.Agent, cfg Config) *fixture {
+// openStore opens a fresh SQLite store, closed when the test ends.
+func openStore(t *testing.T) *sqlite.Store {
 	t.Helper()
-	st := memory.New(memory.Options{})
 	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func newFixture(t *testing.T, a agent.Agent, cfg Config) *fixture {
+	t.Helper()
+	st := memory.New(memory.Options{})
+	db := openStore(t)
 	cfg.Stream, cfg.Store, cfg.Agent = st, db, a
 	m := New(cfg)
 	m.Start()
@@ -55,7 +63,6 @@ func newFixture(t *testing.T, a agent.Agent, cfg Config) *fixture {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		m.Shutdown(ctx)
-		db.Close()
 		st.Close()
 	})
 	return &fixture{m: m, stream: st, store: db}
@@ -485,11 +492,7 @@ func TestOutcomeRetriedAndNeverReapedTwice(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := memory.New(memory.Options{})
 		defer st.Close()
-		db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := openStore(t)
 		flaky := &flakyStore{Store: db}
 		flaky.failing.Store(true)
 		fast := Config{Stream: st, Store: flaky, LeaseTTL: 200 * time.Millisecond, RenewEvery: 40 * time.Millisecond, ReapEvery: 40 * time.Millisecond}
@@ -545,11 +548,7 @@ func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := memory.New(memory.Options{})
 		defer st.Close()
-		db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := openStore(t)
 		never := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
 			t.Error("the agent of a run whose node died ran")
 			return nil
@@ -615,11 +614,7 @@ func TestTerminalEventRetriedUntilTheStreamTakesIt(t *testing.T) {
 		mem := memory.New(memory.Options{})
 		defer mem.Close()
 		fs := &failingStream{Stream: mem}
-		db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := openStore(t)
 		release, returned := make(chan struct{}), make(chan struct{})
 		ag := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
 			defer close(returned)
@@ -707,11 +702,7 @@ func TestRepeatWhileFirstAttemptPending(t *testing.T) {
 		mem := memory.New(memory.Options{})
 		defer mem.Close()
 		gs := &gatedStream{Stream: mem, echo: make(chan chan error)}
-		db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := openStore(t)
 		m := New(Config{Stream: gs, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error { return em.Complete("ok") })})
 		m.Start()
 		defer m.Shutdown(context.Background())
@@ -826,11 +817,7 @@ func echoInTheStream(t *testing.T, echoErr bool) {
 	mem := memory.New(memory.Options{})
 	defer mem.Close()
 	us := &unsureStream{Stream: mem, echoErr: echoErr}
-	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := openStore(t)
 	ran := make(chan struct{}, 1)
 	m := New(Config{Stream: us, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
 		ran <- struct{}{}
@@ -881,11 +868,7 @@ func TestNodeGoneBeforeTheStreamTookTheEnd(t *testing.T) {
 		mem := memory.New(memory.Options{})
 		defer mem.Close()
 		fs := &failingStream{Stream: mem}
-		db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := openStore(t)
 		returned := make(chan struct{})
 		ag := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
 			defer close(returned)
@@ -1013,11 +996,7 @@ func TestOutcomeStoredBeforeTheEndIsAppended(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		mem := memory.New(memory.Options{})
 		defer mem.Close()
-		db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "agentwire.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := openStore(t)
 		ss := &storeFirstStream{Stream: mem, db: db, status: map[string]store.RunStatus{}}
 		m := New(Config{Stream: ss, Store: db, Agent: agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
 			if strings.Contains(run.Messages[len(run.Messages)-1].Content, "fail") {
