@@ -113,6 +113,24 @@ func (q MessageQuery) Validate() error {
 	return nil
 }
 
+// ActiveRunQuery selects one page of ListActiveRuns.
+type ActiveRunQuery struct {
+	// UserID, when set, keeps only that user's runs.
+	UserID string
+	// After: the page holds the active runs after this position in
+	// ListActiveRuns order (the StartedAt and ID of the previous page's
+	// last run); zero for the first page.
+	After RunCursor
+	// Limit is the most runs in the page (DefaultListLimit when <= 0).
+	Limit int
+}
+
+// RunCursor is a position in ListActiveRuns order.
+type RunCursor struct {
+	StartedAt time.Time
+	ID        string
+}
+
 // DefaultReapLimit is the number of runs ReapExpired ends when given no
 // positive limit.
 const DefaultReapLimit = 100
@@ -335,6 +353,15 @@ type Store interface {
 	ReapExpired(ctx context.Context, r Reap) ([]Run, error)
 	// GetRun returns the user's run, or ErrNotFound.
 	GetRun(ctx context.Context, userID, runID string) (Run, error)
+	// FindRun returns the run runID whoever's it is, or ErrNotFound. Only
+	// the admin API calls it: every user-facing read is GetRun, with its
+	// user.
+	FindRun(ctx context.Context, runID string) (Run, error)
+	// ListActiveRuns returns one page of the runs that are running or
+	// waiting for input, of every user (q.UserID: of that user only),
+	// oldest first (StartedAt, then ID); more reports that active runs lie
+	// beyond the page. For the admin API.
+	ListActiveRuns(ctx context.Context, q ActiveRunQuery) (runs []Run, more bool, err error)
 	// FinishRun moves the user's run o.RunID from running to o.Status, a
 	// terminal status, atomically, with o.Events in its transcript: of
 	// concurrent calls at most one succeeds (and stores its events).

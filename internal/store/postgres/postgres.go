@@ -511,6 +511,57 @@ func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, er
 	return r, err
 }
 
+// FindRun implements store.Store.
+func (s *Store) FindRun(ctx context.Context, runID string) (store.Run, error) {
+	if !validID(runID) {
+		return store.Run{}, fmt.Errorf("postgres: run %q: %w", runID, store.ErrNotFound)
+	}
+	var r store.Run
+	err := s.withConn(ctx, "find run", func(c *pgx.Conn) error {
+		var err error
+		r, err = scanRun(c.QueryRow(ctx, `SELECT `+runColumns+` FROM runs WHERE id = $1`, runID))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("run %s: %w", runID, store.ErrNotFound)
+		}
+		return err
+	})
+	return r, err
+}
+
+// ListActiveRuns implements store.Store, through the partial index
+// runs_running (started_at, id) of the active runs.
+func (s *Store) ListActiveRuns(ctx context.Context, q store.ActiveRunQuery) ([]store.Run, bool, error) {
+	limit := q.Limit
+	if limit <= 0 {
+		limit = store.DefaultListLimit
+	}
+	if (q.UserID != "" && !validID(q.UserID)) || (q.After.ID != "" && !validID(q.After.ID)) {
+		return []store.Run{}, false, nil
+	}
+	var rs []store.Run
+	err := s.withConn(ctx, "list active runs", func(c *pgx.Conn) error {
+		after := q.After.StartedAt.Truncate(store.TimePrecision)
+		if after.IsZero() {
+			after = time.Unix(0, 0).AddDate(-100, 0, 0)
+		}
+		rows, err := c.Query(ctx, `SELECT `+runColumns+` FROM runs
+WHERE status IN ('running', 'waiting_for_input') AND (started_at, id) > ($1, $2) AND ($3 = '' OR user_id = $3)
+ORDER BY started_at, id LIMIT $4`, after, q.After.ID, q.UserID, limit+1)
+		if err != nil {
+			return err
+		}
+		rs, err = collect(rows, scanRun)
+		return err
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	if len(rs) > limit {
+		return rs[:limit], true, nil
+	}
+	return rs, false, nil
+}
+
 // TokensUsed implements store.Store.
 func (s *Store) TokensUsed(ctx context.Context, userID string, since time.Time) (int64, error) {
 	if !validID(userID) {

@@ -118,6 +118,11 @@ CREATE TABLE run_events (
 ALTER TABLE runs ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
 `,
+	// issue 14: the admin API's list of active runs across users, oldest
+	// first. The partial index holds only running and waiting runs.
+	`
+CREATE INDEX runs_active ON runs (started_at, id) WHERE status IN ('running', 'waiting_for_input');
+`,
 }
 
 // migrate brings the schema of db to the newest version in one immediate

@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -495,6 +496,50 @@ func (s *Store) GetRun(ctx context.Context, userID, runID string) (store.Run, er
 		return store.Run{}, fmt.Errorf("sqlite: get run: %w", err)
 	}
 	return r, nil
+}
+
+// FindRun implements store.Store.
+func (s *Store) FindRun(ctx context.Context, runID string) (store.Run, error) {
+	r, err := scanRun(s.r.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs WHERE id = ?`, runID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Run{}, fmt.Errorf("sqlite: run %s: %w", runID, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Run{}, fmt.Errorf("sqlite: find run: %w", err)
+	}
+	return r, nil
+}
+
+// ListActiveRuns implements store.Store, through the partial index
+// runs_active (migration 7), which holds only the active runs.
+func (s *Store) ListActiveRuns(ctx context.Context, q store.ActiveRunQuery) ([]store.Run, bool, error) {
+	limit := q.Limit
+	if limit <= 0 {
+		limit = store.DefaultListLimit
+	}
+	where := `status IN ('running', 'waiting_for_input') AND (started_at, id) > (?, ?)`
+	after := int64(math.MinInt64)
+	if !q.After.StartedAt.IsZero() {
+		after = toMillis(q.After.StartedAt, time.Time{})
+	}
+	args := []any{after, q.After.ID}
+	if q.UserID != "" {
+		where += ` AND user_id = ?`
+		args = append(args, q.UserID)
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT `+runColumns+` FROM runs INDEXED BY runs_active WHERE `+where+` ORDER BY started_at, id LIMIT ?`,
+		append(args, limit+1)...)
+	if err != nil {
+		return nil, false, fmt.Errorf("sqlite: list active runs: %w", err)
+	}
+	rs, err := collect(rows, scanRun)
+	if err != nil {
+		return nil, false, fmt.Errorf("sqlite: list active runs: %w", err)
+	}
+	if len(rs) > limit {
+		return rs[:limit], true, nil
+	}
+	return rs, false, nil
 }
 
 // FinishRun implements store.Store.

@@ -121,6 +121,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"TokenUsage", s.testTokenUsage},     // issue 11 D
 		{"RenameThread", s.testRenameThread}, // issue 12
 		{"DeleteThread", s.testDeleteThread}, // issue 12
+		{"ActiveRuns", s.testActiveRuns},     // issue 14
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
