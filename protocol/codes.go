@@ -41,6 +41,10 @@ const (
 	// CloseTokenExpired (4001): the token's exp passed. Get a fresh token,
 	// then reconnect with resume.
 	CloseTokenExpired CloseCode = 4001
+	// CloseDisconnected (4003): an admin disconnected the user, or revoked
+	// the token the connection came with (the admin API). Do not reconnect
+	// at once: a revoked token is refused (401); get a fresh token first.
+	CloseDisconnected CloseCode = 4003
 	// CloseSlowConsumer (4008): the connection's outbound queue went over
 	// its bound (--max-queue-bytes): the client did not read fast enough.
 	// Reconnect with resume; the missed events may have left the retained
@@ -73,6 +77,8 @@ func (c CloseCode) String() string {
 		return "4000"
 	case CloseTokenExpired:
 		return "4001"
+	case CloseDisconnected:
+		return "4003"
 	case CloseSlowConsumer:
 		return "4008"
 	case CloseTooManyErrors:
@@ -140,6 +146,10 @@ const (
 	// CodeForbiddenOrigin (403): /ws from an origin not allowed. Do not
 	// retry.
 	CodeForbiddenOrigin ErrorCode = "forbidden_origin"
+	// CodeForbidden (403): valid credentials of the wrong kind for the
+	// endpoint, e.g. a publish API key or a user's token on the admin API.
+	// Do not retry.
+	CodeForbidden ErrorCode = "forbidden"
 	// CodeMethodNotAllowed (405): a known path with another method; the
 	// Allow header names the right one. Do not retry as is.
 	CodeMethodNotAllowed ErrorCode = "method_not_allowed"

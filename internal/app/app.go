@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/agentwire/agentwire/internal/admin"
+	adminredis "github.com/agentwire/agentwire/internal/admin/redis"
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agent/aguiagent"
 	"github.com/agentwire/agentwire/internal/agent/demo"
@@ -62,6 +64,7 @@ type App struct {
 	redisStream *redisstream.Stream
 	store       store.Store
 	conns       *hubredis.Conns // the cluster-wide connection limit; nil on one node
+	adminNode   *admin.Node     // applies admin actions here; nil without --admin-keys
 	hub         *hub.Hub
 	runs        *runs.Manager
 	ws          *ws.Server
@@ -122,6 +125,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	m := metrics.New()
 	retention := stream.Retention{MaxEvents: cfg.RetentionEvents, MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}
 	var tix tickets.Store = tickets.NewMemory(tickets.TTL, nil)
+	var adminBus interface {
+		admin.Bus
+		admin.Revocations
+	}
 	runCfg := runs.Config{MaxPerUser: cfg.MaxRunsPerUser, Timeout: cfg.RunTimeout, InputTimeout: cfg.InputTimeout, NoTranscripts: !cfg.Transcripts,
 		LeaseTTL: cfg.RunLeaseTTL, RenewEvery: cfg.RunLeaseRenew, ReapEvery: cfg.RunLeaseRenew}
 	if cfg.RedisURL != "" {
@@ -145,6 +152,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		runCfg.Slots = runsredis.NewSlots(rc, redisx.DefaultPrefix, cfg.RunLeaseTTL)
 		runCfg.Stops = runsredis.NewStops(rc, redisx.DefaultPrefix)
 		runCfg.Inputs = runsredis.NewInputs(rc, redisx.DefaultPrefix)
+		if len(cfg.AdminKeys) > 0 {
+			adminBus = adminredis.New(rc, redisx.DefaultPrefix, cfg.RevocationTTL, log)
+		}
 	} else {
 		st := memory.New(memory.Options{Retention: retention})
 		a.stream = st
@@ -170,6 +180,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		}
 	}
 	a.hub = hub.New(hub.Config{Stream: a.stream, Metrics: m, Logger: log, MaxConnsPerUser: cfg.MaxConnsPerUser, MaxQueueBytes: cfg.MaxQueueBytes})
+	if len(cfg.AdminKeys) > 0 && adminBus == nil {
+		adminBus = admin.NewMemory(a.runs.Node(), cfg.RevocationTTL)
+	}
 	wsCfg := ws.Config{
 		Hub: a.hub, Verifier: a.verifier, Tickets: tix, Handler: a.runs, Metrics: m, Logger: log,
 		AllowedOrigins: cfg.AllowedOrigins, Dev: cfg.Dev, MaxConnsPerUser: cfg.MaxConnsPerUser,
@@ -178,6 +191,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	}
 	if a.conns != nil {
 		wsCfg.Limiter = a.conns
+	}
+	if adminBus != nil {
+		wsCfg.Revocations = adminBus
+		a.adminNode = &admin.Node{ID: a.runs.Node(), Hub: a.hub, Bus: adminBus, Log: log}
 	}
 	a.ws = ws.New(wsCfg)
 	apiKeys := auth.NewAPIKeys(cfg.APIKeys)
@@ -189,6 +206,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		BodyTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout, RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
 	}
 	deps.Hub, deps.Place, deps.OriginAllowed = a.hub, a.ws.Place, a.ws.OriginAllowed
+	if adminBus != nil {
+		deps.AdminKeys, deps.AdminBus, deps.Revocations = auth.NewNamedKeys(cfg.AdminKeys), adminBus, adminBus
+	}
 	if authCfg.JWKSURL != "" {
 		deps.JWKS = a.verifier.JWKSStatus
 	}
@@ -260,13 +280,19 @@ func (a *App) Run(ctx context.Context) error {
 	if a.conns != nil {
 		a.loops.Go(func() { a.conns.Keep(loopCtx, a.hub.ConnIDs, a.log) })
 	}
+	if n := a.adminNode; n != nil {
+		// Admin actions reach this node's connections; the node is listed
+		// as live for the admin API's connection lists.
+		a.loops.Go(func() { n.Run(loopCtx) })
+		a.loops.Go(func() { n.Bus.Announce(loopCtx, n.ID) })
+	}
 	if a.debug != nil {
 		a.loops.Go(func() { _ = a.debug.Serve(a.debugLn) })
 		a.log.Info("pprof listening", "addr", a.debugLn.Addr().String())
 	}
 	a.serveErr = make(chan error, 1)
 	go func() { a.serveErr <- a.http.Serve(a.ln) }()
-	a.log.Info("agentwire started", "addr", a.ln.Addr().String(), "dev", a.cfg.Dev, "agent", a.cfg.Agent, "api_keys", a.apiKeys)
+	a.log.Info("agentwire started", "addr", a.ln.Addr().String(), "dev", a.cfg.Dev, "agent", a.cfg.Agent, "api_keys", a.apiKeys, "admin_keys", len(a.cfg.AdminKeys))
 	select {
 	case err := <-a.serveErr:
 		a.serveErr <- err // Shutdown waits for it

@@ -23,6 +23,10 @@ type Claims struct {
 	Subject string
 	// ExpiresAt is the `exp` claim: the token is not valid at or after it.
 	ExpiresAt time.Time
+	// IssuedAt is the `iat` claim, zero when the token has none. An
+	// admin's revocation (POST /api/v1/admin/users/{user}/revoke) refuses
+	// the tokens issued before a time, and those without iat.
+	IssuedAt time.Time
 }
 
 // Sentinel errors. Every error returned by Verify, Redeem and the ticket

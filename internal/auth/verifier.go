@@ -159,7 +159,14 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Claims, error) {
 		}
 		return Claims{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	return Claims{Subject: c.Subject, ExpiresAt: c.ExpiresAt.Time}, nil
+	cl := Claims{Subject: c.Subject}
+	if c.ExpiresAt != nil {
+		cl.ExpiresAt = c.ExpiresAt.Time
+	}
+	if c.IssuedAt != nil {
+		cl.IssuedAt = c.IssuedAt.Time
+	}
+	return cl, nil
 }
 
 // JWKSStatus returns the error of the last JWKS fetch: nil when it

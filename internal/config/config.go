@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,9 +69,13 @@ type Config struct {
 	Transcripts    bool          // --transcripts
 	InputTimeout   time.Duration // --input-timeout
 
-	APIKeys        []string   // --api-keys, comma-separated
-	AllowedOrigins []string   // --allowed-origins, comma-separated
-	LogLevel       slog.Level // --log-level
+	APIKeys []string // --api-keys, comma-separated
+	// AdminKeys are the admin API's keys by name (--admin-keys
+	// name:key,…); none: the admin API is not served.
+	AdminKeys      map[string]string
+	RevocationTTL  time.Duration // --revocation-ttl
+	AllowedOrigins []string      // --allowed-origins, comma-separated
+	LogLevel       slog.Level    // --log-level
 
 	MaxConnsPerUser int           // --max-connections-per-user
 	MaxQueueBytes   int           // --max-queue-bytes
@@ -105,6 +110,7 @@ func Default() Config {
 		RunTimeout:      runs.DefaultTimeout,
 		Transcripts:     true,
 		InputTimeout:    runs.DefaultInputTimeout,
+		RevocationTTL:   30 * 24 * time.Hour,
 		LogLevel:        slog.LevelInfo,
 		MaxConnsPerUser: hub.DefaultMaxConnsPerUser,
 		MaxQueueBytes:   hub.DefaultMaxQueueBytes,
@@ -131,7 +137,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	c := Default()
 	f := NewFlagSet("serve", getenv)
 	c.Keys.Register(f)
-	var apiKeys, origins, logLevel, requireApproval string
+	var apiKeys, adminKeys, origins, logLevel, requireApproval string
 	var mcpServers []string
 	f.String(&c.Addr, "addr", "AGENTWIRE_ADDR", c.Addr, "listen address; :0 picks a free port")
 	f.Bool(&c.Dev, "dev", "AGENTWIRE_DEV", c.Dev, "development mode: enables POST /auth/dev-login and allows localhost origins")
@@ -154,6 +160,8 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	f.Duration(&c.InputTimeout, "input-timeout", "AGENTWIRE_INPUT_TIMEOUT", c.InputTimeout, "a run waiting for its user's answer (input_required) this long ends with agent_error input_timeout; the run timeout does not count the wait")
 	f.Duration(&c.DrainTimeout, "drain-timeout", "AGENTWIRE_DRAIN_TIMEOUT", c.DrainTimeout, "on SIGTERM, how long running runs may finish before they are cancelled")
 	f.String(&apiKeys, "api-keys", "AGENTWIRE_API_KEYS", "", "comma-separated API keys for the server endpoints (POST /api/v1/publish)")
+	f.String(&adminKeys, "admin-keys", "AGENTWIRE_ADMIN_KEYS", "", "comma-separated name:key pairs for the admin API (/api/v1/admin/…); the name is logged with each admin action, never the key; each key at least 16 bytes and different from every --api-keys key; none: no admin API")
+	f.Duration(&c.RevocationTTL, "revocation-ttl", "AGENTWIRE_REVOCATION_TTL", c.RevocationTTL, "how long an admin's revocation of a user's tokens is kept (longer than your tokens live)")
 	f.String(&origins, "allowed-origins", "AGENTWIRE_ALLOWED_ORIGINS", "", "comma-separated browser origins allowed on /ws; empty: same origin only; * any")
 	f.String(&logLevel, "log-level", "AGENTWIRE_LOG_LEVEL", strings.ToLower(c.LogLevel.String()), "debug, info, warn or error")
 	f.Int(&c.MaxConnsPerUser, "max-connections-per-user", "AGENTWIRE_MAX_CONNECTIONS_PER_USER", c.MaxConnsPerUser, "WebSocket connections one user may hold")
@@ -174,6 +182,11 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	c.APIKeys, c.AllowedOrigins = splitList(apiKeys), splitList(origins)
+	admin, err := parseAdminKeys(adminKeys)
+	if err != nil {
+		return Config{}, UsageError{err}
+	}
+	c.AdminKeys = admin
 	for _, v := range mcpServers {
 		srv, err := mcptools.ParseServer(v)
 		if err != nil {
@@ -216,6 +229,12 @@ func (c *Config) validate() error {
 	positive("pong-timeout", c.PongTimeout > 0, c.PongTimeout)
 	positive("read-timeout", c.ReadTimeout > 0, c.ReadTimeout)
 	positive("write-timeout", c.WriteTimeout > 0, c.WriteTimeout)
+	positive("revocation-ttl", c.RevocationTTL > 0, c.RevocationTTL)
+	for name, key := range c.AdminKeys {
+		if slices.Contains(c.APIKeys, key) {
+			errs = append(errs, fmt.Errorf("--admin-keys: the key of %q is also an --api-keys key; admin keys must be their own", name))
+		}
+	}
 	if c.UserTokenQuota < 0 {
 		errs = append(errs, fmt.Errorf("--user-token-quota %d: must not be negative (0 is no quota)", c.UserTokenQuota))
 	}
@@ -248,6 +267,38 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("--jwt-secret is %d bytes: HS256 needs at least %d (a shorter one is accepted only with --dev)", n, MinSecretBytes))
 	}
 	return errors.Join(errs...)
+}
+
+// MinAdminKeyBytes is the shortest admin key accepted.
+const MinAdminKeyBytes = 16
+
+// parseAdminKeys reads --admin-keys: comma-separated name:key pairs, names
+// of letters, digits, '.', '_' or '-' (at most 64), unique, keys at least
+// MinAdminKeyBytes long.
+func parseAdminKeys(v string) (map[string]string, error) {
+	keys := map[string]string{}
+	for _, pair := range splitList(v) {
+		name, key, ok := strings.Cut(pair, ":")
+		name, key = strings.TrimSpace(name), strings.TrimSpace(key)
+		switch {
+		case !ok || name == "" || key == "":
+			return nil, errors.New("--admin-keys: want comma-separated name:key pairs")
+		case len(name) > 64 || strings.IndexFunc(name, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-')
+		}) >= 0:
+			return nil, fmt.Errorf("--admin-keys: key name %q: want at most 64 letters, digits, '.', '_' or '-'", name)
+		case len(key) < MinAdminKeyBytes:
+			return nil, fmt.Errorf("--admin-keys: the key of %q is %d bytes, want at least %d", name, len(key), MinAdminKeyBytes)
+		}
+		if _, dup := keys[name]; dup {
+			return nil, fmt.Errorf("--admin-keys: key name %q given twice", name)
+		}
+		keys[name] = key
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	return keys, nil
 }
 
 // Postgres reports whether --database-url names PostgreSQL (else the store

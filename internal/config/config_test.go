@@ -90,6 +90,12 @@ func TestLoadErrorsNameTheFlag(t *testing.T) {
 		{args: []string{"--mcp-server", "files=http://127.0.0.1:1/mcp"}, names: []string{"--mcp-server", "--agent openai"}},
 		{args: []string{"--jwt-secret", "s", "--jwks-url", "http://x"}, names: []string{"--jwt-secret", "--jwks-url"}},
 		{args: []string{"--jwt-secret", strings.Repeat("s", 31)}, names: []string{"--jwt-secret", "at least 32"}},
+		{args: []string{"--admin-keys", "ops"}, names: []string{"--admin-keys", "name:key"}, usage: true},
+		{args: []string{"--admin-keys", "ops:short"}, names: []string{"--admin-keys", `"ops"`, "at least 16"}, usage: true},
+		{args: []string{"--admin-keys", "o p:0123456789abcdef"}, names: []string{"--admin-keys", `"o p"`}, usage: true},
+		{args: []string{"--admin-keys", "ops:0123456789abcdef,ops:fedcba9876543210"}, names: []string{"--admin-keys", `"ops"`, "twice"}, usage: true},
+		{args: []string{"--admin-keys", "ops:0123456789abcdef", "--api-keys", "0123456789abcdef"}, names: []string{"--admin-keys", `"ops"`, "--api-keys"}},
+		{args: []string{"--revocation-ttl", "0s"}, names: []string{"--revocation-ttl 0s"}},
 	}
 	for _, tc := range cases {
 		_, err := config.Load(tc.args, env(tc.env))
@@ -105,6 +111,11 @@ func TestLoadErrorsNameTheFlag(t *testing.T) {
 		if got := errors.As(err, new(config.UsageError)); got != tc.usage {
 			t.Errorf("%v %v: UsageError %v, want %v", tc.args, tc.env, got, tc.usage)
 		}
+	}
+	// Admin keys by name.
+	if c, err := config.Load([]string{"--admin-keys", " ops:0123456789abcdef , ci-bot:fedcba9876543210fedcba"}, env(nil)); err != nil ||
+		len(c.AdminKeys) != 2 || c.AdminKeys["ops"] != "0123456789abcdef" || c.AdminKeys["ci-bot"] != "fedcba9876543210fedcba" {
+		t.Errorf("--admin-keys: %v, %v", c.AdminKeys, err)
 	}
 	// A short secret is accepted with --dev.
 	if _, err := config.Load([]string{"--dev", "--jwt-secret", "short"}, env(nil)); err != nil {

@@ -42,6 +42,13 @@ type Transport interface {
 type Conn struct {
 	ID   string
 	User string
+	// Transport, Since (unix ns) and IssuedAt (the token's iat, unix ms; 0
+	// when none) describe the connection to the admin API, which lists a
+	// user's connections and closes those of revoked tokens. Set them
+	// before Register.
+	Transport string
+	Since     int64
+	IssuedAt  int64
 
 	hub        *Hub
 	t          Transport

@@ -76,7 +76,7 @@ func New() *Metrics {
 		"invalid", protocol.CodeRateLimited.String()} {
 		m.FramesIn.WithLabelValues(t)
 	}
-	for _, r := range []string{"missing", "expired", "invalid", "ticket", "origin", "api_key"} {
+	for _, r := range []string{"missing", "expired", "invalid", "ticket", "origin", "api_key", "admin_key", "revoked"} {
 		m.AuthFailures.WithLabelValues(r)
 	}
 	for _, a := range protocol.Aliases() {

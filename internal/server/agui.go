@@ -243,8 +243,10 @@ func (a *aguiServer) unavailable(w http.ResponseWriter, c *hubsse.Conn, what str
 // and admits it (a.place). On failure it has answered. done gives the
 // connection's places back; call it when the response is over.
 func (a *aguiServer) open(w http.ResponseWriter, r *http.Request, user string, rs *aguiStream) (c *hubsse.Conn, done func(), ok bool) {
+	claims := claimsFrom(r.Context())
 	c = hubsse.NewConn(a.hub, w, connID(), user, hubsse.Options{Mapper: rs.mapFrame, Heartbeat: a.heartbeat,
-		Expires: claimsFrom(r.Context()).ExpiresAt})
+		Expires: claims.ExpiresAt})
+	c.HC.Describe("agui", claims.IssuedAt)
 	done, ok = a.place(w, r, c.HC)
 	return c, done, ok
 }

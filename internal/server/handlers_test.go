@@ -107,7 +107,7 @@ func TestRequireUser(t *testing.T) {
 		return auth.Claims{}, auth.ErrInvalid
 	})
 	var seen string
-	h := requireUser(v, newFailures())(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := requireUser(v, nil, newFailures())(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen = claimsFrom(r.Context()).Subject
 		w.WriteHeader(http.StatusNoContent)
 	}))
@@ -147,7 +147,7 @@ func TestRequireUserCountsFailures(t *testing.T) {
 	failures := newFailures()
 	h := requireUser(verifierFunc(func(context.Context, string) (auth.Claims, error) {
 		return auth.Claims{}, auth.ErrExpired
-	}), failures)(http.NotFoundHandler())
+	}), nil, failures)(http.NotFoundHandler())
 	serve(h, httptest.NewRequest(http.MethodGet, "/x", nil))
 	r := httptest.NewRequest(http.MethodGet, "/x", nil)
 	r.Header.Set("Authorization", "Bearer t")

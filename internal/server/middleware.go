@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/agentwire/agentwire/internal/admin"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/protocol"
@@ -26,9 +27,10 @@ func claimsFrom(ctx context.Context) auth.Claims {
 
 // requireUser returns the middleware of the user endpoints: it verifies the
 // bearer JWT, answers 401 unauthorized (counted in failures by reason) when
-// it is missing or invalid, and otherwise passes the request on with the
-// claims in its context (see claimsFrom).
-func requireUser(v Verifier, failures *prometheus.CounterVec) func(http.Handler) http.Handler {
+// it is missing, invalid or revoked by an admin (rv, nil: not checked), and
+// otherwise passes the request on with the claims in its context (see
+// claimsFrom).
+func requireUser(v Verifier, rv admin.Revocations, failures *prometheus.CounterVec) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			tok, ok := auth.BearerToken(r)
@@ -46,6 +48,18 @@ func requireUser(v Verifier, failures *prometheus.CounterVec) func(http.Handler)
 				}
 				httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, msg)
 				return
+			}
+			if rv != nil {
+				revoked, err := rv.Revoked(r.Context(), c.Subject, c.IssuedAt)
+				if err != nil {
+					httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "cluster coordination unavailable, retry")
+					return
+				}
+				if revoked {
+					failures.WithLabelValues("revoked").Inc()
+					httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "token revoked")
+					return
+				}
 			}
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), claimsKey{}, c)))
 		})

@@ -11,7 +11,7 @@ import (
 // handler gets only the dependencies it uses, and authentication is the
 // middleware in front of it.
 func addRoutes(mux *http.ServeMux, d *Deps) {
-	user := requireUser(d.Verifier, d.Metrics.AuthFailures)
+	user := requireUser(d.Verifier, d.Revocations, d.Metrics.AuthFailures)
 	apiKey := requireAPIKey(d.APIKeys, d.Metrics.AuthFailures)
 	// The list endpoints share a per-user bound of requests in flight.
 	reads := limitReads(d.MaxReadsPerUser)
@@ -53,6 +53,24 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 		mux.Handle("POST /api/v1/agui/connect", corsPost(user(handleAGUIConnect(ag))))
 		mux.Handle("OPTIONS /api/v1/agui", corsPost(handleMethodNotAllowed("POST")))
 		mux.Handle("OPTIONS /api/v1/agui/connect", corsPost(handleMethodNotAllowed("POST")))
+	}
+
+	if d.AdminKeys.Len() > 0 && d.AdminBus != nil && d.Revocations != nil {
+		adm := requireAdmin(d.AdminKeys, d.APIKeys, d.Verifier, d.Metrics.AuthFailures)
+		ad := &adminDeps{bus: d.AdminBus, revocations: d.Revocations, store: d.Store, runs: d.Runs, log: d.Logger}
+		mux.Handle("GET /api/v1/admin/nodes", adm(handleAdminNodes(ad)))
+		mux.Handle("GET /api/v1/admin/runs", adm(handleAdminRuns(ad)))
+		mux.Handle("POST /api/v1/admin/runs/{id}/cancel", adm(handleAdminCancel(ad)))
+		mux.Handle("GET /api/v1/admin/users/{user}/connections", adm(handleAdminConns(ad)))
+		mux.Handle("POST /api/v1/admin/users/{user}/disconnect", adm(handleAdminDisconnect(ad)))
+		mux.Handle("POST /api/v1/admin/users/{user}/revoke", adm(handleAdminRevoke(ad)))
+		for path, allow := range map[string]string{
+			"/api/v1/admin/nodes": "GET", "/api/v1/admin/runs": "GET", "/api/v1/admin/runs/{id}/cancel": "POST",
+			"/api/v1/admin/users/{user}/connections": "GET", "/api/v1/admin/users/{user}/disconnect": "POST",
+			"/api/v1/admin/users/{user}/revoke": "POST",
+		} {
+			mux.Handle(path, handleMethodNotAllowed(allow))
+		}
 	}
 
 	if d.DevLogin {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/agentwire/agentwire/internal/admin"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/auth/tickets"
 	"github.com/agentwire/agentwire/internal/hub"
@@ -36,6 +37,12 @@ type Deps struct {
 	Verifier Verifier
 	Tickets  tickets.Store
 	APIKeys  *auth.APIKeys
+	// AdminKeys are the admin API's keys: without any, the admin API is
+	// not served. AdminBus carries its actions to every node; Revocations
+	// is checked on every user request (nil: none is).
+	AdminKeys   *auth.NamedKeys
+	AdminBus    admin.Bus
+	Revocations admin.Revocations
 	// Signer signs dev-login tokens; DevLogin enables POST /auth/dev-login.
 	Signer   *auth.Signer
 	DevLogin bool

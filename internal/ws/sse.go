@@ -34,6 +34,7 @@ func (s *Server) ServeSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	user := adm.claims.Subject
 	c := hubsse.NewConn(s.cfg.Hub, w, newID(), user, hubsse.Options{Heartbeat: s.cfg.SSEHeartbeat, Expires: adm.claims.ExpiresAt})
+	c.HC.Describe("sse", adm.claims.IssuedAt)
 	limited, ok := s.place(w, r, c.HC)
 	if !ok {
 		return

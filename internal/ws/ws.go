@@ -75,6 +75,13 @@ type Handler interface {
 	UserInput(ctx context.Context, user string, f *protocol.Frame) (protocol.AckFrame, *protocol.Error)
 }
 
+// Revocations answers whether an admin revoked the token a connection came
+// with (the admin API: tokens of user issued before a time, or without
+// iat when issuedAt is zero).
+type Revocations interface {
+	Revoked(ctx context.Context, user string, issuedAt time.Time) (bool, error)
+}
+
 // ConnLimiter counts a user's connections across every node.
 type ConnLimiter interface {
 	Acquire(ctx context.Context, user, connID string, max int) (bool, error)
@@ -101,6 +108,11 @@ type Config struct {
 	// cluster (MaxConnsPerUser connections); the hub still holds it per node.
 	Limiter         ConnLimiter
 	MaxConnsPerUser int
+	// Revocations, when set, refuses (401) a connection whose token an
+	// admin revoked. It is asked once the connection is registered, so a
+	// revocation racing the connect either is seen here or finds the
+	// connection registered and closes it.
+	Revocations Revocations
 
 	MaxMessageBytes int
 	PingInterval    time.Duration
@@ -209,6 +221,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.hb.exp = s.wheel.at(claims.ExpiresAt)
 	}
 	c.hc = s.cfg.Hub.NewConn(newID(), claims.Subject, c)
+	c.hc.Describe("websocket", claims.IssuedAt)
 	if c.life.limited, ok = s.place(w, r, c.hc); !ok {
 		return
 	}
@@ -381,6 +394,28 @@ func (s *Server) place(w http.ResponseWriter, r *http.Request, hc *hub.Conn) (li
 		s.log.Error("register connection", "user", hc.User, "err", err)
 		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable")
 		return false, false
+	}
+	if rv := s.cfg.Revocations; rv != nil {
+		var issued time.Time
+		if hc.IssuedAt != 0 {
+			issued = time.UnixMilli(hc.IssuedAt)
+		}
+		revoked, err := rv.Revoked(r.Context(), hc.User, issued)
+		if err != nil || revoked {
+			s.cfg.Hub.Unregister(hc)
+			if limited {
+				s.releaseLimit(hc.User, hc.ID)
+			}
+			s.wg.Done()
+			if err != nil {
+				s.log.Error("check token revocation", "user", hc.User, "err", err)
+				httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "cluster coordination unavailable, retry")
+				return false, false
+			}
+			s.cfg.Metrics.AuthFailures.WithLabelValues("revoked").Inc()
+			httpx.Error(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "token revoked")
+			return false, false
+		}
 	}
 	return limited, true
 }

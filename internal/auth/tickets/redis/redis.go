@@ -42,7 +42,8 @@ func New(client rueidis.Client, prefix string, ttl time.Duration) *Store {
 
 type ticketValue struct {
 	Sub string `json:"sub"`
-	Exp int64  `json:"exp"` // unix ms of the token's exp; 0 when none
+	Exp int64  `json:"exp"`           // unix ms of the token's exp; 0 when none
+	Iat int64  `json:"iat,omitempty"` // unix ms of the token's iat; 0 when none
 }
 
 func (t *Store) key(ticket string) string {
@@ -67,6 +68,9 @@ func (t *Store) Issue(ctx context.Context, c auth.Claims) (string, time.Time, er
 	v := ticketValue{Sub: c.Subject}
 	if !c.ExpiresAt.IsZero() {
 		v.Exp = c.ExpiresAt.UnixMilli()
+	}
+	if !c.IssuedAt.IsZero() {
+		v.Iat = c.IssuedAt.UnixMilli()
 	}
 	val, _ := json.Marshal(v)
 	cmd := t.client.B().Set().Key(t.key(ticket)).Value(rueidis.BinaryString(val)).Nx().Px(t.ttl).Build()
@@ -110,6 +114,9 @@ func (t *Store) read(ctx context.Context, ticket string, consume bool) (auth.Cla
 		return auth.Claims{}, auth.ErrTicket
 	}
 	c := auth.Claims{Subject: v.Sub}
+	if v.Iat != 0 {
+		c.IssuedAt = time.UnixMilli(v.Iat)
+	}
 	if v.Exp != 0 {
 		c.ExpiresAt = time.UnixMilli(v.Exp)
 		if !time.Now().Before(c.ExpiresAt) {
