@@ -86,15 +86,8 @@ func RevokedAt(issuedAt, before time.Time) bool {
 	return issuedAt.IsZero() || issuedAt.UnixMilli() < before.UnixMilli()
 }
 
-// Conn is one connection as the admin API lists it.
-type Conn struct {
-	ID          string    `json:"id"`
-	Node        string    `json:"node"`
-	Transport   string    `json:"transport"`
-	ConnectedAt time.Time `json:"connected_at"`
-	LastSeq     uint64    `json:"last_seq"`
-	Epoch       string    `json:"epoch,omitempty"`
-}
+// Conn is one connection as the admin API lists it: the wire shape itself.
+type Conn = protocol.AdminConnection
 
 // NodeReply is a node's answer to KindListConns.
 type NodeReply struct {

@@ -101,19 +101,10 @@ func handleAdminConns(d *adminDeps) http.Handler {
 			return
 		}
 		httpx.JSON(w, http.StatusOK, protocol.AdminConnections{
-			UserID: user, Connections: adminConns(conns), Nodes: asked, Answered: orEmpty(answered),
+			UserID: user, Connections: conns, Nodes: asked, Answered: orEmpty(answered),
 			Complete: len(answered) >= len(asked),
 		})
 	})
-}
-
-func adminConns(cs []admin.Conn) []protocol.AdminConnection {
-	out := make([]protocol.AdminConnection, 0, len(cs))
-	for _, c := range cs {
-		out = append(out, protocol.AdminConnection{ID: c.ID, Node: c.Node, Transport: c.Transport,
-			ConnectedAt: c.ConnectedAt, LastSeq: c.LastSeq, Epoch: c.Epoch})
-	}
-	return out
 }
 
 func orEmpty(s []string) []string {
