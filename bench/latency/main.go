@@ -75,7 +75,14 @@ func main() {
 	flag.Float64Var(&o.factor, "factor", 1.4, "rate multiplier between -max steps")
 	flag.DurationVar(&o.p99Limit, "p99-limit", 5*time.Millisecond, "p99 bound of -max")
 	skipFixed := flag.Bool("skip-fixed", false, "skip the fixed-rate run (with -max)")
-	only := flag.String("only", "", "run only agentwire, relay or redis")
+	only := flag.String("only", "", "run only agentwire, before, relay or redis")
+	binBefore := flag.String("bin-before", "", "also measure this agentwire binary (e.g. built from an earlier commit) as \"before\", alternating with the others")
+	pin := 0
+	if benchproc.CPUs() < 2 {
+		pin = -1
+	}
+	serverCPU := flag.Int("server-cpu", pin, "bind every server to this CPU (-1: not bound)")
+	clientCPU := flag.Int("client-cpu", pin+pin+1, "bind this load generator to this CPU (-1: not bound)")
 	redisURL := flag.String("redis-url", "", "also measure two agentwire nodes sharing this Redis: publish to one, read on the other")
 	prebuilt := flag.String("bin", "", "use this agentwire binary instead of building ./cmd/agentwire")
 	timeout := flag.Duration("timeout", 4*time.Minute, "hard bound on the whole run")
@@ -93,6 +100,12 @@ func main() {
 	run, _ := benchproc.NewRun("latency", *timeout)
 	defer run.Close()
 	fail := run.Fail
+	if *serverCPU >= 0 && *serverCPU == *clientCPU {
+		fail(errors.New("-server-cpu and -client-cpu must differ (or be -1)"))
+	}
+	if err := benchproc.PinSelf(*clientCPU); err != nil {
+		fail(err)
+	}
 	tmp := run.Tmp
 	self, err := os.Executable()
 	if err != nil {
@@ -117,6 +130,13 @@ func main() {
 	if *only == "" || *only == "agentwire" {
 		targets = append(targets, target{name: "agentwire", bin: bin, args: nodeArgs(tmp)})
 	}
+	if *binBefore != "" && (*only == "" || *only == "before") {
+		dir := filepath.Join(tmp, "before")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			fail(err)
+		}
+		targets = append(targets, target{name: "before", bin: *binBefore, args: nodeArgs(dir)})
+	}
 	if *only == "" || *only == "relay" {
 		targets = append(targets, target{name: "relay", bin: self, args: []string{"-serve-relay", "-addr", "127.0.0.1:0"}})
 	}
@@ -130,7 +150,8 @@ func main() {
 			args: nodeArgs(filepath.Join(tmp, "a"), "--redis-url", *redisURL),
 			pub:  nodeArgs(filepath.Join(tmp, "b"), "--redis-url", *redisURL)})
 	}
-	fmt.Printf("latency: %d users, %d connections, %d publishers, payload %d B\n", o.users, totalConns(o.users), o.publishers, o.payload)
+	fmt.Printf("latency: %d users, %d connections, %d publishers, payload %d B, server on cpu %d, load generator on cpu %d\n",
+		o.users, totalConns(o.users), o.publishers, o.payload, *serverCPU, *clientCPU)
 	// Both servers run side by side (the idle one costs nothing) and the
 	// measurements alternate, so that load from elsewhere on the shared
 	// machine hits both alike.
@@ -138,13 +159,16 @@ func main() {
 	maxHeld := map[string]*stats{}
 	var clients []*client
 	for _, t := range targets {
-		srv := run.Start(t.name, t.bin, t.args, 30*time.Second)
+		srv := run.StartOn(*serverCPU, t.name, t.bin, t.args, 30*time.Second)
 		cl, err := connect(t.name, srv.Addr, o)
 		if err != nil {
 			fail(err)
 		}
+		cl.pids = []int{srv.Pid()}
 		if t.pub != nil {
-			cl.pubAddr = run.Start(t.name+"-pub", t.bin, t.pub, 30*time.Second).Addr
+			pub := run.StartOn(*serverCPU, t.name+"-pub", t.bin, t.pub, 30*time.Second)
+			cl.pubAddr = pub.Addr
+			cl.pids = append(cl.pids, pub.Pid())
 		}
 		clients = append(clients, cl)
 	}
@@ -193,19 +217,26 @@ func main() {
 	run.Close()
 
 	fmt.Println()
-	if a, r := fixed["agentwire"], fixed["relay"]; a != nil {
-		fmt.Printf("RESULT fixed target %.0f/s: agentwire publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
-			o.rate, a.pubRate(), a.delRate(), a.q(0.5), a.q(0.99), a.q(1), a.errors(), a.lost())
-		if r != nil {
-			fmt.Printf("RESULT fixed target %.0f/s: relay     publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
-				o.rate, r.pubRate(), r.delRate(), r.q(0.5), r.q(0.99), r.q(1), r.errors(), r.lost())
-			fmt.Printf("RESULT ratio agentwire/relay: publishes/s %.2f, p50 %.2f, p99 %.2f\n",
-				a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)))
+	for _, name := range []string{"agentwire", "before", "relay"} {
+		if a := fixed[name]; a != nil {
+			fmt.Printf("RESULT fixed target %.0f/s: %-9s publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
+				o.rate, name, a.pubRate(), a.delRate(), a.q(0.5), a.q(0.99), a.q(1), a.errors(), a.lost())
+			fmt.Printf("RESULT server cpu %-9s %.1f µs/publish, %.1f µs/delivery, server busy %.0f%%, %s allocs/publish\n",
+				name, a.cpuPerPublish(), a.cpuPerDelivery(), 100*a.busy(), a.allocsPerPublish())
 		}
+	}
+	if a, r := fixed["agentwire"], fixed["relay"]; a != nil && r != nil {
+		fmt.Printf("RESULT ratio agentwire/relay: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f\n",
+			a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)), a.cpuPerPublish()/r.cpuPerPublish())
+	}
+	if a, b := fixed["agentwire"], fixed["before"]; a != nil && b != nil {
+		fmt.Printf("RESULT ratio agentwire/before: publishes/s %.2f, p99 %.2f, server cpu/publish %.2f\n",
+			a.pubRate()/b.pubRate(), ratio(a.q(0.99), b.q(0.99)), a.cpuPerPublish()/b.cpuPerPublish())
 	}
 	if a, r := fixed["agentwire"], fixed["redis"]; a != nil && r != nil {
 		fmt.Printf("RESULT fixed target %.0f/s: redis 2 nodes publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
 			o.rate, r.pubRate(), r.delRate(), r.q(0.5), r.q(0.99), r.q(1), r.errors(), r.lost())
+		fmt.Printf("RESULT server cpu redis 2 nodes (both processes) %.1f µs/publish, %.1f µs/delivery\n", r.cpuPerPublish(), r.cpuPerDelivery())
 		fmt.Printf("RESULT ratio redis-2-nodes/memory-1-node: delivered/s %.2f, p50 %.2f, p99 %.2f\n",
 			r.delRate()/a.delRate(), ratio(r.q(0.5), a.q(0.5)), ratio(r.q(0.99), a.q(0.99)))
 	}
@@ -245,6 +276,7 @@ type client struct {
 	addr    string // where the WebSocket readers connect
 	pubAddr string // where events are published ("" → addr)
 	o       options
+	pids    []int // the server processes, whose CPU time is measured
 	conns   []*reader
 	http    *http.Client
 	readErr atomic.Int64
@@ -335,7 +367,27 @@ type stats struct {
 	expected  int64 // frames they should produce
 	httpErrs  int64
 	readErrs  int64
-	lat       []int64 // sorted
+	lat       []int64       // sorted
+	cpu       time.Duration // server CPU time (all its processes) over the window
+	mallocs   float64       // server heap allocations over the window (-1: unknown)
+}
+
+func (s *stats) cpuPerPublish() float64 {
+	return float64(s.cpu.Microseconds()) / float64(max(s.published, 1))
+}
+
+func (s *stats) cpuPerDelivery() float64 {
+	return float64(s.cpu.Microseconds()) / float64(max(len(s.lat), 1))
+}
+
+// busy is the fraction of one core the server used over the window.
+func (s *stats) busy() float64 { return s.cpu.Seconds() / s.window.Seconds() }
+
+func (s *stats) allocsPerPublish() string {
+	if s.mallocs < 0 {
+		return "?"
+	}
+	return strconv.FormatFloat(s.mallocs/float64(max(s.published, 1)), 'f', 1, 64)
 }
 
 func (s *stats) pubRate() float64 { return float64(s.published) / s.window.Seconds() }
@@ -352,8 +404,8 @@ func (s *stats) held(limit time.Duration) bool {
 }
 
 func (s *stats) print(name, what string) {
-	fmt.Printf("[%s] %s target %.0f/s over %v: publishes/s %.0f, delivered/s %.0f, p50 %v p90 %v p99 %v max %v, http errors %d, ws read errors %d, lost %d\n",
-		name, what, s.target, s.window, s.pubRate(), s.delRate(), s.q(0.5), s.q(0.9), s.q(0.99), s.q(1), s.httpErrs, s.readErrs, s.lost())
+	fmt.Printf("[%s] %s target %.0f/s over %v: publishes/s %.0f, delivered/s %.0f, p50 %v p90 %v p99 %v max %v, http errors %d, ws read errors %d, lost %d, server cpu %.1f µs/publish (busy %.0f%%)\n",
+		name, what, s.target, s.window, s.pubRate(), s.delRate(), s.q(0.5), s.q(0.9), s.q(0.99), s.q(1), s.httpErrs, s.readErrs, s.lost(), s.cpuPerPublish(), 100*s.busy())
 }
 
 // run publishes at rate for warmup+window and measures the events sent in
@@ -373,6 +425,33 @@ func (cl *client) run(rate float64, warmup, window time.Duration) *stats {
 		nextUser                      atomic.Int64
 		firstErr                      atomic.Value
 	)
+	// The server's CPU time and allocations are read when the window opens
+	// and when it closes, by a goroutine of their own.
+	type sample struct {
+		cpu     time.Duration
+		mallocs float64
+	}
+	samples := make(chan sample, 2)
+	go func() {
+		for _, at := range []time.Time{from, to} {
+			time.Sleep(time.Until(at))
+			var sm sample
+			for _, pid := range cl.pids {
+				c, err := benchproc.CPUTime(pid)
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "[%s] %v\n", cl.name, err)
+				}
+				sm.cpu += c
+			}
+			sm.mallocs = -1
+			if m, err := benchproc.Scrape("http://" + cl.addr + "/metrics"); err == nil {
+				if v, ok := m["go_memstats_mallocs_total"]; ok {
+					sm.mallocs = v
+				}
+			}
+			samples <- sm
+		}
+	}()
 	bufs := make([][]byte, cl.o.publishers)
 	loadgen.Pace(start, to, rate, cl.o.publishers, nil, func(g int) {
 		u := int(nextUser.Add(1)-1) % cl.o.users
@@ -394,6 +473,12 @@ func (cl *client) run(rate float64, warmup, window time.Duration) *stats {
 	time.Sleep(time.Second) // let the last deliveries arrive
 	st := &stats{target: rate, window: window, published: published.Load(), expected: expected.Load(),
 		httpErrs: httpErrs.Load(), readErrs: cl.readErr.Load() - readErr0}
+	s0, s1 := <-samples, <-samples
+	st.cpu = s1.cpu - s0.cpu
+	st.mallocs = -1
+	if s0.mallocs >= 0 && s1.mallocs >= 0 && len(cl.pids) == 1 {
+		st.mallocs = s1.mallocs - s0.mallocs
+	}
 	if e := firstErr.Load(); e != nil {
 		fmt.Fprintf(os.Stderr, "[%s] first publish error: %v\n", cl.name, e)
 	}

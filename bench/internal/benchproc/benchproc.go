@@ -60,6 +60,12 @@ type Server struct {
 // http://HOST:PORT" line on stdout and returns. The child gets SIGKILL if this
 // process dies (Pdeathsig), so nothing outlives the benchmark.
 func Start(name, bin string, args []string, timeout time.Duration) (*Server, error) {
+	return StartOn(-1, name, bin, args, timeout)
+}
+
+// StartOn is Start with the child bound to cpu from its start (cpu < 0: not
+// bound).
+func StartOn(cpu int, name, bin string, args []string, timeout time.Duration) (*Server, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -67,7 +73,7 @@ func Start(name, bin string, args []string, timeout time.Duration) (*Server, err
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	if err := onCPU(cpu, cmd.Start); err != nil {
 		return nil, err
 	}
 	s := &Server{Name: name, cmd: cmd, done: make(chan struct{})}
@@ -183,6 +189,7 @@ func RuntimeHandler() http.Handler {
 		fmt.Fprintf(w, "go_memstats_heap_inuse_bytes %d\n", m.HeapInuse)
 		fmt.Fprintf(w, "go_memstats_stack_inuse_bytes %d\n", m.StackInuse)
 		fmt.Fprintf(w, "go_memstats_sys_bytes %d\n", m.Sys)
+		fmt.Fprintf(w, "go_memstats_mallocs_total %d\n", m.Mallocs)
 	})
 }
 

@@ -62,7 +62,12 @@ func (r *Run) Binary(prebuilt string) string {
 // Start starts a subprocess (see Start) and tracks it; it fails the run on
 // error.
 func (r *Run) Start(name, bin string, args []string, timeout time.Duration) *Server {
-	s, err := Start(name, bin, args, timeout)
+	return r.StartOn(-1, name, bin, args, timeout)
+}
+
+// StartOn is Start with the subprocess bound to cpu (see StartOn).
+func (r *Run) StartOn(cpu int, name, bin string, args []string, timeout time.Duration) *Server {
+	s, err := StartOn(cpu, name, bin, args, timeout)
 	if err != nil {
 		r.Fail(err)
 	}
