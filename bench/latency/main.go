@@ -62,7 +62,8 @@ type options struct {
 
 func main() {
 	var o options
-	flag.IntVar(&o.users, "users", 100, "users; user i has 1+i%3 connections")
+	flag.IntVar(&o.users, "users", 100, "users; user i has 1+i%3 connections unless -tabs is set")
+	flag.IntVar(&tabs, "tabs", 0, "connections per user (0: 1+i%3)")
 	flag.IntVar(&o.publishers, "publishers", 64, "publishing goroutines (keep-alive HTTP connections), one request in flight each")
 	flag.IntVar(&o.payload, "payload", 64, "bytes of padding in each event's data")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured duration of the fixed-rate run")
@@ -268,7 +269,15 @@ func totalConns(users int) int {
 	return n
 }
 
-func connsOf(user int) int { return 1 + user%3 }
+// tabs is -tabs: connections per user, 0 for 1 + user%3.
+var tabs int
+
+func connsOf(user int) int {
+	if tabs > 0 {
+		return tabs
+	}
+	return 1 + user%3
+}
 
 // client holds the WebSocket readers and the HTTP publishers of one server.
 type client struct {
