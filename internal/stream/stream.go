@@ -94,6 +94,14 @@ type Stream interface {
 	// Append assigns the record the user's next seq and delivers it to the
 	// user's live subscribers in seq order.
 	Append(ctx context.Context, user string, rec Record) (Event, error)
+	// AppendBatch appends recs to user's stream in order, atomically: all
+	// of them get consecutive seqs (but for idempotent repeats, which get
+	// the first event with their key, as from Append, and take no seq) and
+	// no other append of the user comes between them; on error none was
+	// appended (unless the error wraps ErrMaybeAppended, when all may
+	// have been). It returns one event per record. At most MaxBatch
+	// records.
+	AppendBatch(ctx context.Context, user string, recs []Record) ([]Event, error)
 	// Since returns the retained events after from (seq > from.Seq), in
 	// order, at most one page of them as bounded by lim, and the current
 	// position; more remain when More(events, pos) holds (ask again from
@@ -113,6 +121,12 @@ type Stream interface {
 	// Close releases the stream's resources.
 	Close() error
 }
+
+// MaxBatch bounds the records of one AppendBatch.
+const MaxBatch = 1000
+
+// ErrBatchTooLarge is AppendBatch's answer to more than MaxBatch records.
+var ErrBatchTooLarge = errors.New("stream: batch over MaxBatch records")
 
 // Retention bounds how much history a stream keeps per user. Each bound
 // drops the oldest events first; the newest event is always kept.

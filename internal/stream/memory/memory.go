@@ -195,6 +195,37 @@ func (s *Stream) Append(ctx context.Context, userID string, rec stream.Record) (
 	}
 }
 
+// AppendBatch implements stream.Stream: the records are appended under one
+// hold of the user's lock, so nothing else of the user comes between them.
+func (s *Stream) AppendBatch(ctx context.Context, userID string, recs []stream.Record) ([]stream.Event, error) {
+	if len(recs) > stream.MaxBatch {
+		return nil, stream.ErrBatchTooLarge
+	}
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	sh, slot := s.locate(userID)
+	out := make([]stream.Event, len(recs))
+	for {
+		u := s.getOrCreate(sh, slot, userID)
+		if u == nil {
+			return nil, stream.ErrClosed
+		}
+		u.mu.Lock()
+		if u.dead {
+			u.mu.Unlock()
+			continue
+		}
+		now := s.now()
+		for i, rec := range recs {
+			out[i] = s.appendLocked(u, rec, now)
+		}
+		u.mu.Unlock()
+		s.maybeSweep(sh, now)
+		return out, nil
+	}
+}
+
 func (s *Stream) appendLocked(u *user, rec stream.Record, now time.Time) stream.Event {
 	if rec.IdempotencyKey != "" {
 		u.expireKeys(now)

@@ -71,6 +71,12 @@
 // the user's shard instead of being broadcast over the cluster bus to every
 // node; on a standalone Redis the two are equivalent.
 //
+// AppendBatch is the same in one script (batchScript) for up to
+// stream.MaxBatch records of one user: each record in turn is answered from
+// its idempotency key or gets head+1, its frame, its XADD and its SPUBLISH;
+// the trim (the same Lua, trimLua) and the meta update run once at the end.
+// One round trip for the whole batch, atomic for the user.
+//
 // # Since and Head
 //
 // One read script returns epoch, head and the frames with seq > since whose

@@ -203,6 +203,89 @@ func (s *Stream) Append(ctx context.Context, user string, rec stream.Record) (st
 	return ev, nil
 }
 
+// AppendBatch implements stream.Stream: one script (batchScript) appends
+// every record, so the batch is one round trip and atomic for the user.
+func (s *Stream) AppendBatch(ctx context.Context, user string, recs []stream.Record) ([]stream.Event, error) {
+	if len(recs) > stream.MaxBatch {
+		return nil, stream.ErrBatchTooLarge
+	}
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	if len(recs) == 0 {
+		return []stream.Event{}, nil
+	}
+	now := time.Now().UTC()
+	tag := s.userTag(user)
+	keys := []string{tag + "meta", tag + "log", tag + "live"}
+	args := make([]string, 8, 8+4*len(recs))
+	args[0] = newEpoch()
+	args[1] = strconv.FormatInt(now.UnixMicro(), 10)
+	args[2], args[3], args[4] = s.maxEvStr, s.maxAgeUS, s.keyTTL
+	args[5] = strconv.FormatInt(stream.IdempotencyWindow.Milliseconds(), 10)
+	args[6] = s.maxBStr
+	args[7] = strconv.Itoa(len(recs))
+	type tmpl struct {
+		tpl       []byte
+		pre, post int
+	}
+	tpls := make([]tmpl, len(recs))
+	out := make([]stream.Event, len(recs))
+	for i, rec := range recs {
+		out[i] = stream.Event{TS: now, Record: rec}
+		tpl, pre, post, err := template(&out[i])
+		if err != nil {
+			return nil, err
+		}
+		tpls[i] = tmpl{tpl, pre, post}
+		k := "0"
+		if rec.IdempotencyKey != "" {
+			keys = append(keys, tag+"idem:"+rec.IdempotencyKey)
+			k = strconv.Itoa(len(keys))
+		}
+		args = append(args, rueidis.BinaryString(tpl), strconv.Itoa(pre), strconv.Itoa(post), k)
+	}
+	res, err := batchScript.Exec(ctx, s.client, keys, args).ToArray()
+	if err != nil {
+		if maybeSent(err) {
+			return nil, fmt.Errorf("%w: %w", stream.ErrMaybeAppended, s.wrap(ctx, "append batch", err))
+		}
+		return nil, s.wrap(ctx, "append batch", err)
+	}
+	if len(res) != 1+2*len(recs) {
+		return nil, errors.New("redis stream: bad append batch reply")
+	}
+	epoch, err := res[0].ToString()
+	if err != nil {
+		return nil, fmt.Errorf("redis stream: bad append batch reply: %w", err)
+	}
+	for i, rec := range recs {
+		seqStr, err1 := res[1+2*i].ToString()
+		f, err2 := res[2+2*i].AsBytes()
+		seq, err3 := strconv.ParseUint(seqStr, 10, 64)
+		if err := errors.Join(err1, err2, err3); err != nil {
+			return nil, fmt.Errorf("redis stream: bad append batch reply: %w", err)
+		}
+		if len(f) > 0 { // idempotent repeat: the first event
+			first, err := decodeFrame(f)
+			if err != nil {
+				return nil, err
+			}
+			first.IdempotencyKey = rec.IdempotencyKey
+			out[i] = first
+			continue
+		}
+		ev := &out[i]
+		ev.Seq, ev.Epoch = seq, epoch
+		ev.Frame = fill(tpls[i].tpl, tpls[i].pre, tpls[i].post, seq, epoch)
+		if n := len(rec.Data); n > 0 {
+			end := len(ev.Frame) - 1
+			ev.Data = ev.Frame[end-n : end : end]
+		}
+	}
+	return out, nil
+}
+
 // Since implements stream.Stream.
 func (s *Stream) Since(ctx context.Context, user string, from protocol.Cursor, lim stream.Limit) ([]stream.Event, stream.Position, error) {
 	if err := s.check(ctx); err != nil {

@@ -49,6 +49,25 @@ local ts = string.format('%d', t)
 redis.call('XADD', log, seqs .. '-0', 't', ts, 'f', frame)
 local bytes = (tonumber(m[5]) or 0) + #frame
 local maxEv, maxAge, maxB = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[10])
+` + trimLua + `redis.call('HSET', meta, 'e', epoch, 'h', seqs, 't', ts, 'n', string.format('%d', nxt), 'b', string.format('%d', bytes))
+redis.call('PEXPIRE', meta, ARGV[8])
+redis.call('PEXPIRE', log, ARGV[8])
+if KEYS[4] then
+  redis.call('HSET', KEYS[4], 'e', epoch, 's', seqs, 'f', frame)
+  redis.call('PEXPIRE', KEYS[4], ARGV[9])
+end
+redis.call('SPUBLISH', KEYS[3], frame)
+return {seqs, epoch}
+`)
+
+// trimLua drops the oldest entries of log while it holds more than maxEv,
+// more than maxB frame bytes (the newest entry always stays) or, when the age
+// scan is due, entries older than maxAge before t (the newest ts); bytes
+// follows. It expects the locals log, m (the meta fields), t, bytes, maxEv,
+// maxAge and maxB, and leaves nxt, the time the oldest retained entry
+// expires. The entries appended by the script are never dropped by age (their
+// ts is t).
+const trimLua = `
 local n = redis.call('XLEN', log)
 local nxt = tonumber(m[4])
 local ageDue = nxt == nil or nxt <= t
@@ -74,15 +93,70 @@ if ageDue or n > maxEv or bytes > maxB then
   end
   if minid then redis.call('XTRIM', log, 'MINID', minid) end
 end
-redis.call('HSET', meta, 'e', epoch, 'h', seqs, 't', ts, 'n', string.format('%d', nxt), 'b', string.format('%d', bytes))
-redis.call('PEXPIRE', meta, ARGV[8])
-redis.call('PEXPIRE', log, ARGV[8])
-if KEYS[4] then
-  redis.call('HSET', KEYS[4], 'e', epoch, 's', seqs, 'f', frame)
-  redis.call('PEXPIRE', KEYS[4], ARGV[9])
+`
+
+// batchScript is the whole of AppendBatch, atomic per user: appendScript's
+// steps for each record in turn, then one trim and one meta update.
+//
+// KEYS: 1 meta, 2 log, 3 live channel, then the idempotency keys of the
+// records that have one.
+// ARGV: 1 new epoch, 2 ts in µs, 3 MaxEvents, 4 MaxAge in µs, 5 key TTL in
+// ms, 6 idempotency TTL in ms, 7 MaxBytes, 8 the number of records, then four
+// per record: frame template, template bytes before the placeholder, offset
+// after it, and the index in KEYS of its idempotency key (0: none).
+//
+// Returns {epoch, then two per record: seq and "" for a new event, seq and
+// the first frame for an idempotent repeat}.
+var batchScript = rueidis.NewLuaScript(`
+local meta, log = KEYS[1], KEYS[2]
+local m = redis.call('HMGET', meta, 'e', 'h', 't', 'n', 'b')
+local epoch = m[1]
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', log)
+  m = {epoch, nil, nil, nil, nil}
 end
-redis.call('SPUBLISH', KEYS[3], frame)
-return {seqs, epoch}
+local head = tonumber(m[2]) or 0
+local t = tonumber(ARGV[2])
+local last = tonumber(m[3])
+if last and last > t then t = last end
+local ts = string.format('%d', t)
+local bytes = tonumber(m[5]) or 0
+local maxEv, maxAge, maxB = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[7])
+local out, added = {epoch}, 0
+for i = 0, tonumber(ARGV[8]) - 1 do
+  local a = 9 + i * 4
+  local k = tonumber(ARGV[a + 3])
+  local d = nil
+  if k > 0 then
+    d = redis.call('HMGET', KEYS[k], 'e', 's', 'f')
+    if d[1] ~= epoch then d = nil end
+  end
+  if d then
+    out[#out + 1] = d[2]
+    out[#out + 1] = d[3]
+  else
+    head, added = head + 1, added + 1
+    local seqs = string.format('%d', head)
+    local tpl = ARGV[a]
+    local frame = string.sub(tpl, 1, tonumber(ARGV[a + 1])) .. ',"seq":' .. seqs .. ',"epoch":"' .. epoch .. '"' .. string.sub(tpl, tonumber(ARGV[a + 2]) + 1)
+    redis.call('XADD', log, seqs .. '-0', 't', ts, 'f', frame)
+    bytes = bytes + #frame
+    if k > 0 then
+      redis.call('HSET', KEYS[k], 'e', epoch, 's', seqs, 'f', frame)
+      redis.call('PEXPIRE', KEYS[k], ARGV[6])
+    end
+    redis.call('SPUBLISH', KEYS[3], frame)
+    out[#out + 1] = seqs
+    out[#out + 1] = ''
+  end
+end
+if added == 0 then return out end
+` + trimLua + `
+redis.call('HSET', meta, 'e', epoch, 'h', string.format('%d', head), 't', ts, 'n', string.format('%d', nxt), 'b', string.format('%d', bytes))
+redis.call('PEXPIRE', meta, ARGV[5])
+redis.call('PEXPIRE', log, ARGV[5])
+return out
 `)
 
 // readScript serves Head and Since. A user without meta gets one now (epoch

@@ -72,6 +72,10 @@ func Run(t *testing.T, newStream func(t *testing.T, r stream.Retention) stream.S
 		{"HeadBeforeFirstAppend", s.testHeadBeforeFirstAppend},
 		{"HeadBeforeFirstAppendSubscribed", s.testHeadBeforeFirstAppendSubscribed},
 		{"PingAndClose", s.testPingAndClose},
+		{"Batch", s.testBatch},
+		{"BatchIdempotency", s.testBatchIdempotency},
+		{"BatchAtomic", s.testBatchAtomic},
+		{"BatchRetention", s.testBatchRetention},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -886,4 +890,162 @@ func (c *collector) until(t *testing.T, what string, done func([]stream.Event) b
 		case <-tick.C:
 		}
 	}
+}
+
+// testBatch: AppendBatch gives consecutive seqs after what was there, the
+// same frames as Append would, in history and live, in order.
+func (s *suite) testBatch(t *testing.T) {
+	st := s.newStream(t, stream.Retention{})
+	u := s.user(t, "u")
+	col := subscribe(t, st, u)
+	appendN(t, st, u, 2)
+	recs := make([]stream.Record, 5)
+	for i := range recs {
+		recs[i] = rec(10 + i)
+		recs[i].RunID = fmt.Sprintf("r%d", i)
+	}
+	evs, err := st.AppendBatch(t.Context(), u, recs)
+	if err != nil {
+		t.Fatalf("AppendBatch: %v", err)
+	}
+	if len(evs) != len(recs) {
+		t.Fatalf("AppendBatch returned %d events for %d records", len(evs), len(recs))
+	}
+	epoch := mustHead(t, st, u).Epoch
+	for i, ev := range evs {
+		if ev.Seq != uint64(3+i) || ev.Epoch != epoch {
+			t.Fatalf("batch event #%d: seq %d epoch %q, want seq %d epoch %q", i, ev.Seq, ev.Epoch, 3+i, epoch)
+		}
+		checkEvent(t, ev, recs[i])
+	}
+	hist, pos := mustSince(t, st, u, 2, "")
+	if pos.Head != 7 || !sameEvents(hist, evs) {
+		t.Fatalf("Since(2): seqs %v head %d, want the batch %v head 7", seqs(hist), pos.Head, seqs(evs))
+	}
+	live := col.wait(t, 7)
+	if !sameEvents(live[2:], evs) {
+		t.Fatalf("live after the batch: seqs %v, want %v", seqs(live[2:]), seqs(evs))
+	}
+	if ev := mustAppend(t, st, u, rec(20)); ev.Seq != 8 {
+		t.Fatalf("Append after the batch: seq %d, want 8", ev.Seq)
+	}
+
+	// Bounds: nothing for nothing, and no more than MaxBatch.
+	if evs, err := st.AppendBatch(t.Context(), u, nil); err != nil || len(evs) != 0 {
+		t.Fatalf("empty batch: %d events, %v", len(evs), err)
+	}
+	if _, err := st.AppendBatch(t.Context(), u, make([]stream.Record, stream.MaxBatch+1)); !errors.Is(err, stream.ErrBatchTooLarge) {
+		t.Fatalf("batch of %d: %v, want ErrBatchTooLarge", stream.MaxBatch+1, err)
+	}
+	if h := mustHead(t, st, u).Head; h != 8 {
+		t.Fatalf("head %d after refused batches, want 8", h)
+	}
+	// A new user's first batch starts at 1 in the epoch Head showed.
+	fresh := s.user(t, "fresh")
+	shown := mustHead(t, st, fresh)
+	evs, err = st.AppendBatch(t.Context(), fresh, []stream.Record{rec(1), rec(2)})
+	if err != nil || len(evs) != 2 || evs[0].Seq != 1 || evs[1].Seq != 2 || evs[0].Epoch != shown.Epoch {
+		t.Fatalf("first batch of a new user: %v %v, want seqs 1, 2 in epoch %q", seqs(evs), err, shown.Epoch)
+	}
+}
+
+// testBatchIdempotency: each record of a batch has its own key; a repeat
+// (of an earlier append or of a record earlier in the same batch) gets the
+// first event and takes no seq.
+func (s *suite) testBatchIdempotency(t *testing.T) {
+	st := s.newStream(t, stream.Retention{})
+	u := s.user(t, "u")
+	keyed := func(key string, i int) stream.Record {
+		r := rec(i)
+		r.IdempotencyKey = key
+		return r
+	}
+	first := mustAppend(t, st, u, keyed("a", 1))
+	evs, err := st.AppendBatch(t.Context(), u, []stream.Record{keyed("a", 2), keyed("b", 3), rec(4), keyed("b", 5)})
+	if err != nil {
+		t.Fatalf("AppendBatch: %v", err)
+	}
+	if !bytes.Equal(evs[0].Frame, first.Frame) || evs[0].Seq != 1 {
+		t.Fatalf("repeat of an earlier key: seq %d frame %s, want the first event %s", evs[0].Seq, evs[0].Frame, first.Frame)
+	}
+	if evs[1].Seq != 2 || evs[2].Seq != 3 {
+		t.Fatalf("new records: seqs %d, %d, want 2, 3", evs[1].Seq, evs[2].Seq)
+	}
+	if evs[3].Seq != 2 || !bytes.Equal(evs[3].Frame, evs[1].Frame) {
+		t.Fatalf("repeat within the batch: seq %d frame %s, want the event of seq 2 %s", evs[3].Seq, evs[3].Frame, evs[1].Frame)
+	}
+	// The whole batch again appends nothing.
+	again, err := st.AppendBatch(t.Context(), u, []stream.Record{keyed("a", 6), keyed("b", 7)})
+	if err != nil || again[0].Seq != 1 || again[1].Seq != 2 {
+		t.Fatalf("batch of seen keys: %v %v, want seqs 1, 2", seqs(again), err)
+	}
+	if h := mustHead(t, st, u).Head; h != 3 {
+		t.Fatalf("head %d, want 3", h)
+	}
+}
+
+// testBatchAtomic: batches and single appends of one user race; every
+// batch's events are consecutive, and live order is seq order.
+func (s *suite) testBatchAtomic(t *testing.T) {
+	const writers, batches, size = 4, 20, 10
+	const n = writers * batches * (size + 1)
+	st := s.newStream(t, stream.Retention{MaxEvents: 2 * n})
+	u := s.user(t, "u")
+	col := subscribe(t, st, u)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for b := range batches {
+				recs := make([]stream.Record, size)
+				for i := range recs {
+					recs[i] = rec(w*10000 + b*100 + i)
+				}
+				evs, err := st.AppendBatch(t.Context(), u, recs)
+				if err != nil {
+					t.Errorf("AppendBatch: %v", err)
+					return
+				}
+				for i := 1; i < len(evs); i++ {
+					if evs[i].Seq != evs[0].Seq+uint64(i) {
+						t.Errorf("batch seqs %v are not consecutive", seqs(evs))
+						return
+					}
+				}
+				if _, err := st.Append(t.Context(), u, rec(w)); err != nil {
+					t.Errorf("Append: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	live := col.wait(t, n)
+	for i, ev := range live {
+		if ev.Seq != uint64(i+1) {
+			t.Fatalf("live event #%d has seq %d: out of order or with a gap", i, ev.Seq)
+		}
+	}
+}
+
+// testBatchRetention: a batch larger than the retention keeps only the
+// newest events, as the same appends one by one would.
+func (s *suite) testBatchRetention(t *testing.T) {
+	st := s.newStream(t, stream.Retention{MaxEvents: 5})
+	u := s.user(t, "u")
+	recs := make([]stream.Record, 12)
+	for i := range recs {
+		recs[i] = rec(i)
+	}
+	if _, err := st.AppendBatch(t.Context(), u, recs); err != nil {
+		t.Fatalf("AppendBatch: %v", err)
+	}
+	hist, pos := mustSince(t, st, u, 7, "")
+	if pos.Head != 12 || !slices.Equal(seqs(hist), []uint64{8, 9, 10, 11, 12}) {
+		t.Fatalf("after a batch of 12 with MaxEvents 5: seqs %v head %d, want 8..12", seqs(hist), pos.Head)
+	}
+	_, _, err := st.Since(t.Context(), u, protocol.Cursor{Seq: 2, Epoch: pos.Epoch}, stream.Limit{})
+	wantResync(t, err, protocol.ReasonTooOld, pos)
 }
