@@ -156,6 +156,9 @@ const (
 	// CodeReservedType (409): publishing an agent event type without a
 	// run_id. Do not retry as is.
 	CodeReservedType ErrorCode = "reserved_type"
+	// CodeBatchAborted: an event of a batch publish not appended because
+	// another event of the same user in the batch was refused.
+	CodeBatchAborted ErrorCode = "batch_aborted"
 	// CodeRunNotRunning (409): publishing an agent event to a run that is not
 	// running on the answering node. Do not retry.
 	CodeRunNotRunning ErrorCode = "run_not_running"

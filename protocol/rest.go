@@ -149,6 +149,35 @@ type PublishResponse struct {
 	Epoch string `json:"epoch"`
 }
 
+// PublishBatchRequest is a batch publish: POST /api/v1/publish with
+// {"events":[…]}, 1 to 1000 events (a body of at most 1 MiB), each checked
+// like a single publish. One user's events are appended all or none, in
+// order, with consecutive seqs.
+type PublishBatchRequest struct {
+	Events []PublishRequest `json:"events"`
+}
+
+// PublishResult is the outcome of one event of a batch or a publish
+// stream: its position, or why it was not appended.
+type PublishResult struct {
+	Seq   uint64       `json:"seq,omitempty"`
+	Epoch string       `json:"epoch,omitempty"`
+	Error *ErrorDetail `json:"error,omitempty"`
+}
+
+// PublishBatchResponse answers a batch publish: one result per event, in
+// the order of the request.
+type PublishBatchResponse struct {
+	Results []PublishResult `json:"results"`
+}
+
+// PublishAck is one line of the answer of POST /api/v1/publish/stream: the
+// result of the I-th non-blank line of the request (counted from 0).
+type PublishAck struct {
+	I int `json:"i"`
+	PublishResult
+}
+
 // DevLoginRequest is the body of POST /auth/dev-login (--dev only).
 type DevLoginRequest struct {
 	UserID string `json:"user_id"`

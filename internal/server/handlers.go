@@ -2,25 +2,19 @@ package server
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"regexp"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/auth/tickets"
 	"github.com/agentwire/agentwire/internal/httpx"
-	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/protocol"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // handleNotFound answers 404 not_found for any path no route serves.
@@ -207,116 +201,6 @@ func handleEvents(st stream.Stream, log *slog.Logger) http.Handler {
 		b = append(b, "}\n"...)
 		_, _ = bw.Write(b)
 		_ = bw.Flush()
-	})
-}
-
-var publishType = regexp.MustCompile(`^[a-z][a-z0-9_.]{0,63}$`)
-
-// runPublisher adds an external agent's event to a running run
-// (runs.Manager).
-type runPublisher interface {
-	Publish(user, runID, typ string, data json.RawMessage) (stream.Event, error)
-}
-
-// publishToRun adds an external agent's event to a running run of user. The
-// run's emitter keeps the per-run order: nothing after the terminal event.
-func publishToRun(rn runPublisher, published prometheus.Counter, log *slog.Logger, w http.ResponseWriter, user, runID, typ string, data json.RawMessage) {
-	if runID == "" {
-		httpx.Error(w, http.StatusConflict, protocol.CodeReservedType,
-			"type "+typ+" is an agent event: it needs the run_id of a run of that user that is still running")
-		return
-	}
-	ev, err := rn.Publish(user, runID, typ, data)
-	switch {
-	case err == nil:
-		published.Inc()
-		httpx.JSON(w, http.StatusOK, protocol.PublishResponse{Seq: ev.Seq, Epoch: ev.Epoch})
-	case errors.Is(err, runs.ErrNotRunning):
-		httpx.Error(w, http.StatusConflict, protocol.CodeRunNotRunning,
-			"type "+typ+" is an agent event: it is accepted only for a run of that user that is still running")
-	case errors.Is(err, runs.ErrBadEvent), errors.Is(err, runs.ErrUnknownToolCall):
-		httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, err.Error())
-	default:
-		log.Error("publish to run", "user", user, "run", runID, "err", err)
-		httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable, retry")
-	}
-}
-
-// Field bounds of POST /api/v1/publish.
-const (
-	maxUserID  = auth.MaxSubject
-	maxKeyLen  = 128
-	maxDataLen = 64 << 10
-)
-
-// handlePublish appends a server's event to a user's stream (POST
-// /api/v1/publish), or to a running run for the agent event types;
-// published counts the events accepted.
-func handlePublish(st stream.Stream, rn runPublisher, published prometheus.Counter, log *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// JSON is UTF-8 (RFC 8259), and encoding/json lets other bytes
-		// through inside data: one such byte appended to the stream would go
-		// out in every later text frame of the user, which compliant clients
-		// must fail (1007), so the whole body is checked first.
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, httpx.MaxBody))
-		if err != nil {
-			httpx.Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "request body over 128 KiB")
-			return
-		}
-		if !utf8.Valid(body) {
-			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidJSON, "request body is not valid UTF-8")
-			return
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		var req protocol.PublishRequest
-		if !httpx.Decode(w, r, &req) {
-			return
-		}
-		switch {
-		case !isKey(req.UserID) || !isKey(req.ThreadID) || !isKey(req.RunID) || !isKey(req.IdempotencyKey):
-			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "user_id, thread_id, run_id and idempotency_key must not contain control characters")
-			return
-		case req.UserID == "" || len(req.UserID) > maxUserID:
-			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "user_id is required (1-256 bytes)")
-			return
-		case !publishType.MatchString(req.Type):
-			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "type must match ^[a-z][a-z0-9_.]{0,63}$")
-			return
-		case len(req.ThreadID) > maxKeyLen || len(req.RunID) > maxKeyLen || len(req.IdempotencyKey) > maxKeyLen:
-			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "thread_id, run_id and idempotency_key are at most 128 bytes")
-			return
-		case len(req.Data) > maxDataLen:
-			httpx.Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "data is over 64 KiB")
-			return
-		}
-		data := bytes.TrimSpace(req.Data)
-		if len(data) == 0 || bytes.Equal(data, []byte("null")) {
-			data = nil
-		} else if data[0] != '{' {
-			httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "data must be a JSON object")
-			return
-		} else {
-			var compact bytes.Buffer
-			if err := json.Compact(&compact, data); err != nil {
-				httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, "data must be a JSON object")
-				return
-			}
-			data = compact.Bytes()
-		}
-		if protocol.RunEventType(req.Type) {
-			publishToRun(rn, published, log, w, req.UserID, req.RunID, req.Type, data)
-			return
-		}
-		ev, err := st.Append(r.Context(), req.UserID, stream.Record{
-			Type: req.Type, ThreadID: req.ThreadID, RunID: req.RunID, Data: data, IdempotencyKey: req.IdempotencyKey,
-		})
-		if err != nil {
-			log.Error("publish", "user", req.UserID, "type", req.Type, "err", err)
-			httpx.Error(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "stream backend unavailable, retry with the same idempotency_key")
-			return
-		}
-		published.Inc()
-		httpx.JSON(w, http.StatusOK, protocol.PublishResponse{Seq: ev.Seq, Epoch: ev.Epoch})
 	})
 }
 

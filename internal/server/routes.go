@@ -45,6 +45,7 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	mux.Handle("GET /api/v1/runs/{id}/events", user(reads(handleRunEvents(d.Store, d.Logger))))
 	mux.Handle("GET /api/v1/config", handleConfig(d.DevLogin))
 	mux.Handle("POST /api/v1/publish", apiKey(handlePublish(d.Stream, d.Runs, d.Metrics.Published, d.Logger)))
+	mux.Handle("POST /api/v1/publish/stream", apiKey(handlePublishStream(d.Stream, d.Metrics.Published, d.Draining, d.BodyTimeout, d.Logger)))
 
 	if d.Hub != nil && d.Place != nil {
 		ag := &aguiServer{hub: d.Hub, place: d.Place, runs: d.Runs, store: d.Store, stream: d.Stream,
@@ -85,7 +86,7 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 	for path, allow := range map[string]string{
 		"/ws": "GET", "/api/v1/tickets": "POST", "/api/v1/events": "GET", "/api/v1/threads": "GET",
 		"/api/v1/threads/{id}/messages": "GET", "/api/v1/runs/{id}": "GET", "/api/v1/runs/{id}/events": "GET", "/api/v1/config": "GET",
-		"/api/v1/publish": "POST", "/api/v1/agui": "POST", "/api/v1/agui/connect": "POST", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
+		"/api/v1/publish": "POST", "/api/v1/publish/stream": "POST", "/api/v1/agui": "POST", "/api/v1/agui/connect": "POST", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
 		"/api/v1/stream": "GET", "/api/v1/messages": "POST", "/api/v1/runs/{id}/stop": "POST",
 		"/api/v1/runs/{id}/input": "POST", "/api/v1/threads/{id}": "PATCH, DELETE",
 	} {
