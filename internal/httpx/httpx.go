@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/agentwire/agentwire/protocol"
 )
@@ -100,6 +101,21 @@ func DecodeMax(w http.ResponseWriter, r *http.Request, v any, max int64) bool {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		Error(w, http.StatusBadRequest, protocol.CodeBadJSON, "request body has data after the JSON object")
+		return false
+	}
+	return true
+}
+
+// DecodeBytes is Decode of a body already read (and bounded) by the
+// caller, with the same answers: one json.Unmarshal, no second scan.
+func DecodeBytes(w http.ResponseWriter, body []byte, v any) bool {
+	if err := json.Unmarshal(body, v); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) && strings.Contains(se.Error(), "after top-level value") {
+			Error(w, http.StatusBadRequest, protocol.CodeBadJSON, "request body has data after the JSON object")
+			return false
+		}
+		Error(w, http.StatusBadRequest, protocol.CodeBadJSON, "request body is not a valid JSON object: "+jsonErrText(err))
 		return false
 	}
 	return true

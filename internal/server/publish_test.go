@@ -327,3 +327,19 @@ func TestPublishStreamIdle(t *testing.T) {
 		t.Fatal("an idle stream did not end")
 	}
 }
+
+func TestIsPublishTypeAndIsCompact(t *testing.T) {
+	t.Parallel()
+	for typ, want := range map[string]bool{"a": true, "build.finished": true, "x_1.y": true, strings.Repeat("a", 64): true,
+		"": false, "A": false, "1a": false, "a-b": false, "a b": false, "é": false, strings.Repeat("a", 65): false, "_a": false} {
+		if got := isPublishType(typ); got != want {
+			t.Errorf("isPublishType(%q) = %v", typ, got)
+		}
+	}
+	for data, want := range map[string]bool{`{}`: true, `{"a":"b c"}`: true, `{"a":"\" "}`: true, `{"a":"\\"}`: true,
+		`{ }`: false, `{"a": 1}`: false, `{"a":"\\" ,"b":1}`: false, "{\"a\":\n1}": false, `{"a":[1,2]}`: true} {
+		if got := isCompact([]byte(data)); got != want {
+			t.Errorf("isCompact(%s) = %v", data, got)
+		}
+	}
+}
