@@ -68,6 +68,7 @@ type Config struct {
 	RunTimeout     time.Duration // --run-timeout
 	Transcripts    bool          // --transcripts
 	InputTimeout   time.Duration // --input-timeout
+	DeltaWindow    time.Duration // --delta-window; 0 is off
 
 	APIKeys []string // --api-keys, comma-separated
 	// AdminKeys are the admin API's keys by name (--admin-keys
@@ -110,6 +111,7 @@ func Default() Config {
 		RunTimeout:      runs.DefaultTimeout,
 		Transcripts:     true,
 		InputTimeout:    runs.DefaultInputTimeout,
+		DeltaWindow:     runs.DefaultDeltaWindow,
 		RevocationTTL:   30 * 24 * time.Hour,
 		LogLevel:        slog.LevelInfo,
 		MaxConnsPerUser: hub.DefaultMaxConnsPerUser,
@@ -158,6 +160,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	f.Duration(&c.RunTimeout, "run-timeout", "AGENTWIRE_RUN_TIMEOUT", c.RunTimeout, "a run still going after this ends with agent_error timeout")
 	f.Bool(&c.Transcripts, "transcripts", "AGENTWIRE_TRANSCRIPTS", c.Transcripts, "store each run's events with it (GET /api/v1/runs/{id}/events, the steps in a thread's messages); false keeps only answers and outcomes")
 	f.Duration(&c.InputTimeout, "input-timeout", "AGENTWIRE_INPUT_TIMEOUT", c.InputTimeout, "a run waiting for its user's answer (input_required) this long ends with agent_error input_timeout; the run timeout does not count the wait")
+	f.Duration(&c.DeltaWindow, "delta-window", "AGENTWIRE_DELTA_WINDOW", c.DeltaWindow, "an agent's agent_message_delta text is held this long at most and sent with the deltas that follow as one event (fewer events, the same text); 0 sends each delta as it comes; at most 1s")
 	f.Duration(&c.DrainTimeout, "drain-timeout", "AGENTWIRE_DRAIN_TIMEOUT", c.DrainTimeout, "on SIGTERM, how long running runs may finish before they are cancelled")
 	f.String(&apiKeys, "api-keys", "AGENTWIRE_API_KEYS", "", "comma-separated API keys for the server endpoints (POST /api/v1/publish)")
 	f.String(&adminKeys, "admin-keys", "AGENTWIRE_ADMIN_KEYS", "", "comma-separated name:key pairs for the admin API (/api/v1/admin/…); the name is logged with each admin action, never the key; each key at least 16 bytes and different from every --api-keys key; none: no admin API")
@@ -237,6 +240,9 @@ func (c *Config) validate() error {
 	}
 	if c.UserTokenQuota < 0 {
 		errs = append(errs, fmt.Errorf("--user-token-quota %d: must not be negative (0 is no quota)", c.UserTokenQuota))
+	}
+	if c.DeltaWindow < 0 || c.DeltaWindow > runs.MaxDeltaWindow {
+		errs = append(errs, UsageError{fmt.Errorf("--delta-window %v: want 0 (off) to %v", c.DeltaWindow, runs.MaxDeltaWindow)})
 	}
 	if c.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("--drain-timeout %v: must not be negative", c.DrainTimeout))

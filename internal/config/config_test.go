@@ -23,7 +23,8 @@ func TestLoadDefaults(t *testing.T) {
 	if want := config.Default(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Load with nothing set:\n got %+v\nwant %+v", got, want)
 	}
-	if got.Addr != "127.0.0.1:8080" || got.Keys.DataDir != "./data" || got.Agent != config.AgentDemo || got.LogLevel != slog.LevelInfo {
+	if got.Addr != "127.0.0.1:8080" || got.Keys.DataDir != "./data" || got.Agent != config.AgentDemo || got.LogLevel != slog.LevelInfo ||
+		got.DeltaWindow != 15*time.Millisecond {
 		t.Errorf("defaults changed: %+v", got)
 	}
 }
@@ -41,6 +42,7 @@ func TestLoadEnvAndFlags(t *testing.T) {
 		"AGENTWIRE_LOG_LEVEL":       "debug",
 		"AGENTWIRE_JWT_SECRET":      "short",
 		"AGENTWIRE_DATA_DIR":        "/tmp/x",
+		"AGENTWIRE_DELTA_WINDOW":    "0s",
 	})
 	// A flag wins over its variable.
 	got, err := config.Load([]string{"--addr", ":9001", "--retention-age", "1h"}, e)
@@ -51,6 +53,7 @@ func TestLoadEnvAndFlags(t *testing.T) {
 	want.Addr, want.Dev, want.PingInterval, want.MaxQueueBytes, want.RateLimit = ":9001", true, 5*time.Second, 4096, 2.5
 	want.APIKeys, want.AllowedOrigins, want.LogLevel = []string{"k1", "k2"}, []string{"https://a.example"}, slog.LevelDebug
 	want.Keys.Secret, want.Keys.DataDir, want.RetentionAge = "short", "/tmp/x", time.Hour
+	want.DeltaWindow = 0 // off
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("\n got %+v\nwant %+v", got, want)
 	}
@@ -96,6 +99,9 @@ func TestLoadErrorsNameTheFlag(t *testing.T) {
 		{args: []string{"--admin-keys", "ops:0123456789abcdef,ops:fedcba9876543210"}, names: []string{"--admin-keys", `"ops"`, "twice"}, usage: true},
 		{args: []string{"--admin-keys", "ops:0123456789abcdef", "--api-keys", "0123456789abcdef"}, names: []string{"--admin-keys", `"ops"`, "--api-keys"}},
 		{args: []string{"--revocation-ttl", "0s"}, names: []string{"--revocation-ttl 0s"}},
+		{args: []string{"--delta-window", "2s"}, names: []string{"--delta-window 2s", "1s"}, usage: true},
+		{args: []string{"--delta-window", "-1ms"}, names: []string{"--delta-window -1ms"}, usage: true},
+		{env: map[string]string{"AGENTWIRE_DELTA_WINDOW": "15"}, names: []string{"AGENTWIRE_DELTA_WINDOW", "unit"}, usage: true},
 	}
 	for _, tc := range cases {
 		_, err := config.Load(tc.args, env(tc.env))

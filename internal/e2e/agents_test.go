@@ -81,7 +81,9 @@ func TestHTTPAgent(t *testing.T) {
 				`{"type":"agent_completed","data":{"final_response":"Hello, world."}}`,
 			)
 		})
-		s := startServer(t, "--agent", "http", "--agent-url", fake.URL+"/run")
+		// Each event relayed as it came, the two deltas included: no
+		// delta window (TestDeltaWindowThroughTheHTTPAgent has one).
+		s := startServer(t, "--agent", "http", "--agent-url", fake.URL+"/run", "--delta-window", "0")
 		tok := s.token("alice")
 		c, est := s.connect("alice")
 		mallory, _ := s.connect("mallory")

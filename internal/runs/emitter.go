@@ -34,7 +34,8 @@ type emitter struct {
 	mu      sync.Mutex
 	last    stream.Event // the run's latest appended event
 	ended   bool
-	answer  strings.Builder
+	answer  strings.Builder // every delta's text, held ones included
+	deltas  deltaBatch      // delta text held by the delta window (deltas.go)
 	pending map[string]bool // tool calls executing
 	tr      *transcript     // what the store keeps of the run; nil when off
 	usage   protocol.Usage  // summed by AddUsage
@@ -59,7 +60,12 @@ func (e *emitter) appendRawLocked(typ string, data json.RawMessage) error {
 	return e.appendRecordLocked(stream.Record{Type: typ, ThreadID: e.threadID, RunID: e.runID, Data: data})
 }
 
+// appendRecordLocked appends rec after the delta text the run holds, if
+// any, so held text never comes after a later event.
 func (e *emitter) appendRecordLocked(rec stream.Record) error {
+	if err := e.flushDeltasLocked(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
 	defer cancel()
 	ev, err := e.m.stream.Append(ctx, e.user, rec)
@@ -179,25 +185,6 @@ func (e *emitter) AddUsage(u protocol.Usage) error {
 	return nil
 }
 
-func (e *emitter) Delta(text string) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.ended {
-		return agent.ErrRunEnded
-	}
-	if text == "" {
-		return nil
-	}
-	if err := e.appendLocked(protocol.TypeAgentMessageDelta, protocol.AgentMessageDelta{Delta: text, MessageID: e.messageID}); err != nil {
-		return err
-	}
-	e.answer.WriteString(text)
-	if e.tr != nil {
-		e.tr.delta(e.user, e.last, text)
-	}
-	return nil
-}
-
 func (e *emitter) Event(typ string, data any) error {
 	if !protocol.RelayedEventType(typ) {
 		return fmt.Errorf("runs: %q is not a relayed event type", typ)
@@ -219,6 +206,11 @@ func (e *emitter) Complete(final string) error {
 	defer e.mu.Unlock()
 	if e.ended {
 		return agent.ErrRunEnded
+	}
+	// Held delta text goes first; should the stream refuse it, the
+	// agent learns it here, as from a refused Delta.
+	if err := e.flushDeltasLocked(); err != nil {
+		return err
 	}
 	if final == "" {
 		final = e.answer.String()
@@ -260,6 +252,7 @@ func (e *emitter) abandon() bool {
 	}
 	e.ended = true
 	e.pending = nil
+	e.deltas.take() // the run's end is in the stream already: nothing may follow it
 	e.m.releaseSlot(e.user, e.runID)
 	e.m.release(e)
 	return true
@@ -285,6 +278,10 @@ func statusFor(code protocol.ErrorCode) store.RunStatus {
 // until the stream has it (endAppended), so should this node die before,
 // whoever claims the end once its lease lapses appends it (see announce).
 func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, text string) error {
+	// Held delta text precedes the terminal event. A refusal is logged by
+	// the append and the text lost, as a refused Delta's; the run ends all
+	// the same.
+	_ = e.flushDeltasLocked()
 	e.ended = true
 	e.pending = nil
 	defer e.m.release(e)
@@ -363,6 +360,9 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 	var err error
 	switch typ {
 	case protocol.TypeAgentCompleted:
+		if err := e.flushDeltasLocked(); err != nil {
+			return stream.Event{}, err
+		}
 		final := d.FinalResponse
 		if final == "" {
 			final = e.answer.String()

@@ -82,6 +82,11 @@ type Config struct {
 	// InputTimeout bounds a run's wait for its user's answer; 0 →
 	// DefaultInputTimeout.
 	InputTimeout time.Duration
+	// DeltaWindow, when positive, is how long an agent's
+	// agent_message_delta text may be held to be appended with the deltas
+	// that follow it as one event (deltas.go); 0 appends each delta as it
+	// comes.
+	DeltaWindow time.Duration
 
 	// crashAfterStore, in tests, makes UserMessage return right after the
 	// run is stored, as a node killed at that moment would.
@@ -123,6 +128,7 @@ type Manager struct {
 	stops         Stops
 	inputs        Inputs
 	inputTimeout  time.Duration
+	deltaWindow   time.Duration
 	tokenQuota    int64
 	tokens        *prometheus.CounterVec
 	noTranscripts bool
@@ -163,7 +169,7 @@ func New(cfg Config) *Manager {
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
 		slots: cfg.Slots, stops: cfg.Stops, inputs: cfg.Inputs, inputTimeout: cfg.InputTimeout, crash: cfg.crashAfterStore, noTranscripts: cfg.NoTranscripts,
-		tokenQuota: cfg.TokenQuota, tokens: cfg.Tokens,
+		tokenQuota: cfg.TokenQuota, tokens: cfg.Tokens, deltaWindow: cfg.DeltaWindow,
 		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), announced: make(map[string]struct{}),
 	}
 	if m.log == nil {
@@ -689,7 +695,7 @@ func (m *Manager) execute(ctx context.Context, act *active, run agent.Run, histo
 		em.end(protocol.CodeCancelled, "cancelled")
 	case errors.Is(err, errStream):
 		m.log.Warn("run cut short by the stream", "user", em.user, "run", run.ID, "err", err)
-		em.end(protocol.CodeAgentFailed, "the event stream was unavailable during the run; send the message again")
+		em.end(protocol.CodeAgentFailed, streamLostMessage)
 	case err != nil:
 		// The error may carry an agent service's address or a driver's
 		// words: it goes to the log, not to the user.
