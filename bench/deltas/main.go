@@ -16,7 +16,7 @@
 // the model sent and to its final_response.
 //
 // The server is pinned to CPU 0 and this program (model and clients) to the
-// other CPUs (sched_setaffinity on every thread) when the machine has more
+// CPU 1 (benchproc.StartOn and PinSelf) when the machine has more
 // than one; everything is on loopback and bounded by -timeout.
 package main
 
@@ -28,7 +28,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,7 +35,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"golang.org/x/sys/unix"
 
 	"github.com/agentwire/agentwire/bench/internal/benchproc"
 	"github.com/agentwire/agentwire/internal/auth"
@@ -80,9 +78,9 @@ func main() {
 	defer run.Close()
 	bin := run.Binary(*prebuilt)
 
-	pinned := runtime.NumCPU() > 1
+	pinned := benchproc.CPUs() > 1
 	if pinned {
-		if err := pin(os.Getpid(), others()); err != nil {
+		if err := benchproc.PinSelf(1); err != nil {
 			run.Fail(fmt.Errorf("pin this program: %w", err))
 		}
 	}
@@ -95,7 +93,7 @@ func main() {
 	fmt.Printf("deltas: %d concurrent runs, fake model at %d tokens/s per run (%d tokens a run, a write every %v), %d × (window %v, off), %v measured each after %v\n",
 		o.runs, o.rate, o.runTokens, o.tick, *rounds, o.window, o.duration, o.warmup)
 	if pinned {
-		fmt.Printf("server pinned to CPU 0, model and clients to CPUs %v\n", others())
+		fmt.Println("server pinned to CPU 0, model and clients to CPU 1")
 	} else {
 		fmt.Println("one CPU: nothing pinned")
 	}
@@ -113,14 +111,13 @@ func main() {
 		if err != nil {
 			run.Fail(err)
 		}
-		s := run.Start("agentwire", bin, []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", dir,
+		cpu := -1
+		if pinned {
+			cpu = 0
+		}
+		s := run.StartOn(cpu, "agentwire", bin, []string{"serve", "--addr", "127.0.0.1:0", "--data-dir", dir,
 			"--jwt-secret", secret, "--log-level", "warn", "--agent", "http", "--agent-url", model.url,
 			"--delta-window", window.String(), "--max-queue-bytes", strconv.Itoa(16 << 20)}, 30*time.Second)
-		if pinned {
-			if err := pin(s.Pid(), []int{0}); err != nil {
-				run.Fail(fmt.Errorf("pin the server: %w", err))
-			}
-		}
 		res, err := measure(s, o)
 		s.Stop()
 		if err != nil {
@@ -268,7 +265,7 @@ func measure(s *benchproc.Server, o options) (result, error) {
 		}()
 	}
 	time.Sleep(o.warmup)
-	cpu0, err := cpuTime(s.Pid())
+	cpu0, err := benchproc.CPUTime(s.Pid())
 	if err != nil {
 		return result{}, err
 	}
@@ -277,7 +274,7 @@ func measure(s *benchproc.Server, o options) (result, error) {
 	time.Sleep(o.duration)
 	measuring.Store(false)
 	wall := time.Since(t0)
-	cpu1, err := cpuTime(s.Pid())
+	cpu1, err := benchproc.CPUTime(s.Pid())
 	if err != nil {
 		return result{}, err
 	}
@@ -354,58 +351,4 @@ func loop(c *websocket.Conn, want string, stop <-chan struct{}, measuring func()
 			}
 		}
 	}
-}
-
-// cpuTime is the utime + stime of pid (/proc/<pid>/stat), in USER_HZ (100)
-// ticks.
-func cpuTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces: fields count from its ')'.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
-	st, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: utime %v, stime %v", pid, err1, err2)
-	}
-	const userHZ = 100
-	return time.Duration(ut+st) * time.Second / userHZ, nil
-}
-
-// pin sets the CPU affinity of every thread of pid to cpus; threads it
-// starts later inherit it.
-func pin(pid int, cpus []int) error {
-	var set unix.CPUSet
-	for _, c := range cpus {
-		set.Set(c)
-	}
-	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
-	if err != nil {
-		return err
-	}
-	for _, t := range tasks {
-		tid, err := strconv.Atoi(t.Name())
-		if err != nil {
-			continue
-		}
-		if err := unix.SchedSetaffinity(tid, &set); err != nil && err != unix.ESRCH {
-			return fmt.Errorf("thread %d: %w", tid, err)
-		}
-	}
-	return nil
-}
-
-// others are the CPUs but 0.
-func others() []int {
-	var out []int
-	for c := 1; c < runtime.NumCPU(); c++ {
-		out = append(out, c)
-	}
-	return out
 }
