@@ -137,10 +137,12 @@ func (c *Conn) Join(ctx context.Context, cur protocol.Cursor,
 	case resync != nil:
 		c.enqueueLocked(onResync(resync), 0, false)
 		c.lastSeq = pos.Head
+		c.hub.metrics.ResumeResync.Inc()
 	case !cur.None:
 		c.lastSeq = cur.Seq
 		c.placePageLocked(events)
 		if stream.More(events, pos) && !c.closing {
+			// Counted by nextPage, once the replay ends one way or the other.
 			c.replay, c.onResync = true, onResync
 			if !c.writing { // the writer reads on and releases pending
 				c.writing = true
@@ -148,6 +150,7 @@ func (c *Conn) Join(ctx context.Context, cur protocol.Cursor,
 			}
 			return pos, nil
 		}
+		c.hub.metrics.ResumeReplayed.Inc()
 		if c.lastSeq < pos.Head {
 			c.lastSeq = pos.Head
 		}
@@ -217,6 +220,7 @@ func (c *Conn) nextPage() {
 		}
 		c.enqueueLocked(frame, 0, false)
 		c.epoch, c.lastSeq = resync.Position.Epoch, resync.Position.Head
+		c.hub.metrics.ResumeResync.Inc()
 	case err != nil:
 		c.hub.log.Error("replay page", "user", c.User, "conn", c.ID, "err", err)
 		c.replay = false
@@ -231,6 +235,7 @@ func (c *Conn) nextPage() {
 		if stream.More(events, pos) {
 			return
 		}
+		c.hub.metrics.ResumeReplayed.Inc()
 		if c.lastSeq < pos.Head {
 			c.lastSeq = pos.Head
 		}

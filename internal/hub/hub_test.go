@@ -361,6 +361,7 @@ func TestPagedReplayBoundedAndJoinedWithLive(t *testing.T) {
 		if g.maxBatch > maxQueue+100 {
 			t.Fatalf("a batch of %d bytes was queued at once, bound %d", g.maxBatch, maxQueue)
 		}
+		checkResumes(t, h, 1, 0) // one resume, however many pages
 		h.Unregister(c)
 	})
 }
@@ -405,6 +406,7 @@ func TestReplayOfNonReaderBoundedAndResumeRefused(t *testing.T) {
 		if _, err := c.Join(context.Background(), protocol.Cursor{Seq: 299}, nil, nil); err != nil {
 			t.Fatalf("resume after the replay was written: %v", err)
 		}
+		checkResumes(t, h, 2, 0) // the refused ones are not resumes
 		h.Unregister(c)
 	})
 }
@@ -448,8 +450,20 @@ func TestPagedReplayOverExpiredHistory(t *testing.T) {
 		if code := g.closeCode(); code != 0 {
 			t.Fatalf("closed with %d", code)
 		}
+		checkResumes(t, h, 0, 1) // a resync, not also a replay
 		h.Unregister(c)
 	})
+}
+
+// checkResumes checks agentwire_resumes_total by result.
+func checkResumes(t *testing.T, h *Hub, replayed, resync float64) {
+	t.Helper()
+	if got := counterValue(h.metrics.ResumeReplayed); got != replayed {
+		t.Errorf("resumes replayed: %v, want %v", got, replayed)
+	}
+	if got := counterValue(h.metrics.ResumeResync); got != resync {
+		t.Errorf("resumes resync: %v, want %v", got, resync)
+	}
 }
 
 // failingTransport fails every write, as a socket the peer reset does.

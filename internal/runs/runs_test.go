@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/store/sqlite"
 	"github.com/agentwire/agentwire/internal/stream"
@@ -554,6 +555,8 @@ func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
 			return nil
 		})
 		fast := Config{Stream: st, Store: db, Agent: never, LeaseTTL: 200 * time.Millisecond, RenewEvery: 40 * time.Millisecond, ReapEvery: 40 * time.Millisecond}
+		mb := metrics.New() // both nodes': either may reap the run
+		fast.Metrics = mb
 		cfgA := fast
 		cfgA.crashAfterStore = func() bool { return true }
 		a := New(cfgA)
@@ -578,6 +581,14 @@ func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
 		}
 		if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != string(protocol.CodeNodeLost) {
 			t.Fatalf("last event %v, want agent_error node_lost", last)
+		}
+		// Its reaper counts it, once; it ended nothing else.
+		for _, o := range metrics.Outcomes {
+			var m dto.Metric
+			_ = mb.RunsTotal.WithLabelValues("fake", o).Write(&m)
+			if got, want := m.GetCounter().GetValue(), map[bool]float64{true: 1}[o == metrics.OutcomeNodeLost]; got != want {
+				t.Errorf("runs_total{outcome=%q} = %v, want %v", o, got, want)
+			}
 		}
 	})
 }
