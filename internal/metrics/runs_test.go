@@ -62,3 +62,14 @@ func TestRunsHotPathAllocs(t *testing.T) {
 		t.Errorf("%v allocations per run's events", n)
 	}
 }
+
+// BenchmarkRunsHotPath is what a run's events cost the recorder.
+func BenchmarkRunsHotPath(b *testing.B) {
+	r := metrics.New().Runs("demo")
+	b.ReportAllocs()
+	for b.Loop() {
+		r.FirstDelta(time.Millisecond)
+		r.ToolCall("calculator", true, time.Millisecond)
+		r.Ended("completed", time.Second)
+	}
+}
