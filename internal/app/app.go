@@ -166,7 +166,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	}
 	a.closers = append(a.closers, func() { _ = a.store.Close() })
 	runCfg.Stream, runCfg.Store, runCfg.Agent, runCfg.Logger = a.stream, a.store, ag, log
-	runCfg.TokenQuota, runCfg.Tokens, runCfg.Metrics = int64(cfg.UserTokenQuota), m.Tokens, m
+	runCfg.TokenQuota, runCfg.Metrics = int64(cfg.UserTokenQuota), m
 	a.runs = runs.New(runCfg)
 	if !cfg.Postgres() {
 		// The SQLite file belongs to this process alone: runs it still has

@@ -40,6 +40,8 @@ type Runs struct {
 	duration   prometheus.Observer
 	firstEvent prometheus.Observer
 	firstDelta prometheus.Observer
+	tokensIn   prometheus.Counter
+	tokensOut  prometheus.Counter
 	tools      *toolLabels
 }
 
@@ -47,7 +49,8 @@ type Runs struct {
 // configuration, so the agent label stays bounded.
 func (m *Metrics) Runs(agent string) *Runs {
 	r := &Runs{agent: agent, outcomes: make(map[string]prometheus.Counter, len(Outcomes)), vec: m.RunsTotal,
-		duration: m.RunDuration.WithLabelValues(agent), firstEvent: m.FirstEvent, firstDelta: m.FirstDelta, tools: m.tools}
+		duration: m.RunDuration.WithLabelValues(agent), firstEvent: m.FirstEvent, firstDelta: m.FirstDelta,
+		tokensIn: m.Tokens.WithLabelValues(agent, "input"), tokensOut: m.Tokens.WithLabelValues(agent, "output"), tools: m.tools}
 	for _, o := range Outcomes {
 		r.outcomes[o] = m.RunsTotal.WithLabelValues(agent, o)
 	}
@@ -81,6 +84,16 @@ func (r *Runs) Lost(agent string) {
 		return
 	}
 	r.vec.WithLabelValues(agent, OutcomeNodeLost).Inc()
+}
+
+// Tokens counts the tokens a run's model calls used, as its agent reported
+// them (agentwire_tokens_total).
+func (r *Runs) Tokens(input, output int64) {
+	if r == nil {
+		return
+	}
+	r.tokensIn.Add(float64(input))
+	r.tokensOut.Add(float64(output))
 }
 
 // FirstEvent observes the time from a user_message's arrival to its run's

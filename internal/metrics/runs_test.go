@@ -56,6 +56,7 @@ func TestRunsHotPathAllocs(t *testing.T) {
 		r.FirstEvent(time.Millisecond)
 		r.FirstDelta(time.Millisecond)
 		r.ToolCall("calculator", true, time.Millisecond)
+		r.Tokens(10, 20)
 		r.Ended("completed", time.Second)
 		nilRuns.Ended("completed", time.Second)
 	}); n != 0 {

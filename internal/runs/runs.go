@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/metrics"
@@ -74,11 +73,9 @@ type Config struct {
 	// that many is answered quota_exceeded. Counted from the store, so
 	// across every node sharing it; runs still going count once they end.
 	TokenQuota int64
-	// Tokens, when set, counts the tokens runs used, by agent and
-	// direction (metrics.Metrics.Tokens).
-	Tokens *prometheus.CounterVec
-	// Metrics, when set, records the runs, their first events and their
-	// tool calls (agentwire_runs_total and the others of metrics.Runs).
+	// Metrics, when set, records the runs, their first events, their tool
+	// calls and their tokens (agentwire_runs_total and the others of
+	// metrics.Runs).
 	Metrics *metrics.Metrics
 	// Inputs, when set, carries a user_input for a run of another node to
 	// that node.
@@ -128,7 +125,6 @@ type Manager struct {
 	inputs        Inputs
 	inputTimeout  time.Duration
 	tokenQuota    int64
-	tokens        *prometheus.CounterVec
 	metrics       *metrics.Runs // nil without Config.Metrics
 	noTranscripts bool
 	crash         func() bool
@@ -168,8 +164,7 @@ func New(cfg Config) *Manager {
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
 		slots: cfg.Slots, stops: cfg.Stops, inputs: cfg.Inputs, inputTimeout: cfg.InputTimeout, crash: cfg.crashAfterStore, noTranscripts: cfg.NoTranscripts,
-		tokenQuota: cfg.TokenQuota, tokens: cfg.Tokens,
-		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), announced: make(map[string]struct{}),
+		tokenQuota: cfg.TokenQuota, active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), announced: make(map[string]struct{}),
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)

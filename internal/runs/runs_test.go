@@ -22,7 +22,6 @@ import (
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
 	"github.com/agentwire/agentwire/protocol"
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -1091,11 +1090,11 @@ func TestToolProgressAndUsage(t *testing.T) {
 func TestTokenQuota(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		tokens := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "t"}, []string{"agent", "direction"})
+		mt := metrics.New()
 		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
 			_ = em.AddUsage(protocol.Usage{InputTokens: 50, OutputTokens: 10})
 			return em.Complete("ok")
-		}), Config{TokenQuota: 100, Tokens: tokens})
+		}), Config{TokenQuota: 100, Metrics: mt})
 		for range 2 { // 60, then 120 tokens: the second run starts under the quota
 			ack, perr := f.send(t, "ann", "hi", "")
 			if perr != nil {
@@ -1123,7 +1122,7 @@ func TestTokenQuota(t *testing.T) {
 		f.waitTerminal(t, "bob", bob.RunID)
 		value := func(direction string) float64 {
 			var m dto.Metric
-			_ = tokens.WithLabelValues("fake", direction).Write(&m)
+			_ = mt.Tokens.WithLabelValues("fake", direction).Write(&m)
 			return m.GetCounter().GetValue()
 		}
 		if in, out := value("input"), value("output"); in != 150 || out != 30 { // three runs
