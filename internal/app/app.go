@@ -143,7 +143,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		if err != nil {
 			return nil, err
 		}
-		a.stream, a.redisStream = rs, rs
+		a.stream, a.redisStream = stream.Timed(rs, m.StreamAppend.WithLabelValues("redis")), rs
 		a.closers = append(a.closers, func() { _ = rs.Close() })
 		tix = ticketsredis.New(rc, redisx.DefaultPrefix, tickets.TTL)
 		a.conns = hubredis.New(rc, redisx.DefaultPrefix, 0)
@@ -157,7 +157,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		}
 	} else {
 		st := memory.New(memory.Options{Retention: retention})
-		a.stream = st
+		a.stream = stream.Timed(st, m.StreamAppend.WithLabelValues("memory"))
 		a.closers = append(a.closers, func() { _ = st.Close() })
 	}
 	a.store, err = openStore(ctx, &cfg, log)
@@ -166,7 +166,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 	}
 	a.closers = append(a.closers, func() { _ = a.store.Close() })
 	runCfg.Stream, runCfg.Store, runCfg.Agent, runCfg.Logger = a.stream, a.store, ag, log
-	runCfg.TokenQuota, runCfg.Tokens = int64(cfg.UserTokenQuota), m.Tokens
+	runCfg.TokenQuota, runCfg.Metrics = int64(cfg.UserTokenQuota), m
 	a.runs = runs.New(runCfg)
 	if !cfg.Postgres() {
 		// The SQLite file belongs to this process alone: runs it still has

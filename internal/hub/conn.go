@@ -73,6 +73,7 @@ type Conn struct {
 	replayQueued  bool // frames of a replay are in queue
 	replayWriting bool // frames of a replay are being written
 	onResync      func(*stream.ResyncError) []byte
+	resuming      bool // the replay is a client's resume: counted when it ends
 	writing       bool
 	closing       bool // a close is queued or done: accept nothing more
 	code          protocol.CloseCode
@@ -94,6 +95,21 @@ type Conn struct {
 // connection's previous replay is not written yet.
 func (c *Conn) Join(ctx context.Context, cur protocol.Cursor,
 	prefix func(stream.Position) []byte, onResync func(*stream.ResyncError) []byte) (stream.Position, error) {
+	return c.join(ctx, cur, prefix, onResync, false)
+}
+
+// Resume is Join for a client resuming from cur (a WebSocket connect with
+// since or a resume frame, an SSE stream with Last-Event-ID or since): it
+// also counts the resume in agentwire_resumes_total, once, as replayed when
+// every retained event after cur was placed (however many pages) or as
+// resync when resync_required was. A None cursor is no resume: Join.
+func (c *Conn) Resume(ctx context.Context, cur protocol.Cursor,
+	prefix func(stream.Position) []byte, onResync func(*stream.ResyncError) []byte) (stream.Position, error) {
+	return c.join(ctx, cur, prefix, onResync, !cur.None)
+}
+
+func (c *Conn) join(ctx context.Context, cur protocol.Cursor,
+	prefix func(stream.Position) []byte, onResync func(*stream.ResyncError) []byte, resuming bool) (stream.Position, error) {
 	c.mu.Lock()
 	if c.replay || c.replayQueued || c.replayWriting {
 		c.mu.Unlock()
@@ -137,16 +153,24 @@ func (c *Conn) Join(ctx context.Context, cur protocol.Cursor,
 	case resync != nil:
 		c.enqueueLocked(onResync(resync), 0, false)
 		c.lastSeq = pos.Head
+		if resuming {
+			c.hub.metrics.ResumeResync.Inc()
+		}
 	case !cur.None:
 		c.lastSeq = cur.Seq
 		c.placePageLocked(events)
 		if stream.More(events, pos) && !c.closing {
-			c.replay, c.onResync = true, onResync
+			// A resume is counted by nextPage, once the replay ends one
+			// way or the other.
+			c.replay, c.onResync, c.resuming = true, onResync, resuming
 			if !c.writing { // the writer reads on and releases pending
 				c.writing = true
 				go c.flushFn()
 			}
 			return pos, nil
+		}
+		if resuming {
+			c.hub.metrics.ResumeReplayed.Inc()
 		}
 		if c.lastSeq < pos.Head {
 			c.lastSeq = pos.Head
@@ -217,6 +241,9 @@ func (c *Conn) nextPage() {
 		}
 		c.enqueueLocked(frame, 0, false)
 		c.epoch, c.lastSeq = resync.Position.Epoch, resync.Position.Head
+		if c.resuming {
+			c.hub.metrics.ResumeResync.Inc()
+		}
 	case err != nil:
 		c.hub.log.Error("replay page", "user", c.User, "conn", c.ID, "err", err)
 		c.replay = false
@@ -231,11 +258,14 @@ func (c *Conn) nextPage() {
 		if stream.More(events, pos) {
 			return
 		}
+		if c.resuming {
+			c.hub.metrics.ResumeReplayed.Inc()
+		}
 		if c.lastSeq < pos.Head {
 			c.lastSeq = pos.Head
 		}
 	}
-	c.replay, c.onResync = false, nil
+	c.replay, c.onResync, c.resuming = false, nil, false
 	if !c.joining {
 		c.releasePendingLocked()
 	}

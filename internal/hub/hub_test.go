@@ -127,9 +127,10 @@ func newHub(t *testing.T, cfg Config) (*Hub, stream.Stream) {
 	return New(cfg), st
 }
 
+// join resumes c from cur (Resume: Join, counted in the resumes metric).
 func join(t *testing.T, c *Conn, cur protocol.Cursor) {
 	t.Helper()
-	_, err := c.Join(context.Background(), cur, func(p stream.Position) []byte {
+	_, err := c.Resume(context.Background(), cur, func(p stream.Position) []byte {
 		return []byte(fmt.Sprintf(`{"type":"hello","head":%d}`, p.Head))
 	}, func(e *stream.ResyncError) []byte { return []byte(`{"type":"resync_required"}`) })
 	if err != nil {
@@ -361,6 +362,7 @@ func TestPagedReplayBoundedAndJoinedWithLive(t *testing.T) {
 		if g.maxBatch > maxQueue+100 {
 			t.Fatalf("a batch of %d bytes was queued at once, bound %d", g.maxBatch, maxQueue)
 		}
+		checkResumes(t, h, 1, 0) // one resume, however many pages
 		h.Unregister(c)
 	})
 }
@@ -405,6 +407,7 @@ func TestReplayOfNonReaderBoundedAndResumeRefused(t *testing.T) {
 		if _, err := c.Join(context.Background(), protocol.Cursor{Seq: 299}, nil, nil); err != nil {
 			t.Fatalf("resume after the replay was written: %v", err)
 		}
+		checkResumes(t, h, 1, 0) // neither the refused ones nor a Join count
 		h.Unregister(c)
 	})
 }
@@ -448,8 +451,20 @@ func TestPagedReplayOverExpiredHistory(t *testing.T) {
 		if code := g.closeCode(); code != 0 {
 			t.Fatalf("closed with %d", code)
 		}
+		checkResumes(t, h, 0, 1) // a resync, not also a replay
 		h.Unregister(c)
 	})
+}
+
+// checkResumes checks agentwire_resumes_total by result.
+func checkResumes(t *testing.T, h *Hub, replayed, resync float64) {
+	t.Helper()
+	if got := counterValue(h.metrics.ResumeReplayed); got != replayed {
+		t.Errorf("resumes replayed: %v, want %v", got, replayed)
+	}
+	if got := counterValue(h.metrics.ResumeResync); got != resync {
+		t.Errorf("resumes resync: %v, want %v", got, resync)
+	}
 }
 
 // failingTransport fails every write, as a socket the peer reset does.

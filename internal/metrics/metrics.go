@@ -30,6 +30,22 @@ type Metrics struct {
 	ErrorsSent       *prometheus.CounterVec // by code
 	PublishToWrite   prometheus.Histogram
 	Tokens           *prometheus.CounterVec // by agent and direction (input, output)
+
+	// The runs, their tool calls, resumes and stream appends. Record runs
+	// and tool calls through Runs (children resolved once per agent, tool
+	// names capped), resumes through ResumeReplayed and ResumeResync.
+	RunsTotal      *prometheus.CounterVec   // by agent and outcome
+	RunDuration    *prometheus.HistogramVec // by agent
+	FirstEvent     prometheus.Histogram
+	FirstDelta     prometheus.Histogram
+	ToolCalls      *prometheus.CounterVec   // by tool and ok
+	ToolDuration   *prometheus.HistogramVec // by tool
+	Resumes        *prometheus.CounterVec   // by result
+	ResumeReplayed prometheus.Counter       // Resumes{result="replayed"}
+	ResumeResync   prometheus.Counter       // Resumes{result="resync"}
+	StreamAppend   *prometheus.HistogramVec // by backend
+
+	tools *toolLabels
 }
 
 // New creates the collectors and registers them, with the Go and process
@@ -70,7 +86,44 @@ func New() *Metrics {
 			Help:    "Time from an event's append to its write on a socket.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}),
+		RunsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentwire_runs_total", Help: "Runs ended, by agent and outcome (completed, failed, cancelled, timeout, node_lost)."},
+			[]string{"agent", "outcome"}),
+		RunDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "agentwire_run_duration_seconds",
+			Help:    "Time from a run's start to its terminal event, by agent.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800},
+		}, []string{"agent"}),
+		FirstEvent: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "agentwire_first_event_seconds",
+			Help:    "Time from a user_message's arrival to its run's agent_started in the stream.",
+			Buckets: latencyBuckets,
+		}),
+		FirstDelta: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "agentwire_first_delta_seconds",
+			Help:    "Time from a user_message's arrival to its run's first agent_message_delta in the stream.",
+			Buckets: latencyBuckets,
+		}),
+		ToolCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentwire_tool_calls_total", Help: "Tool calls completed, by tool (the first MaxToolLabels names, then other) and ok."},
+			[]string{"tool", "ok"}),
+		ToolDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "agentwire_tool_duration_seconds",
+			Help:    "Duration of completed tool calls as their agents reported it, by tool (the first MaxToolLabels names, then other).",
+			Buckets: latencyBuckets,
+		}, []string{"tool"}),
+		Resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentwire_resumes_total", Help: "Resumes from a stream position (WebSocket, SSE and AG-UI), by result: replayed or resync."},
+			[]string{"result"}),
+		StreamAppend: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "agentwire_stream_append_seconds",
+			Help:    "Duration of appends to the event stream, failed ones included, by backend (memory, redis).",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
+		}, []string{"backend"}),
 	}
+	m.ResumeReplayed = m.Resumes.WithLabelValues(ResumeReplayed)
+	m.ResumeResync = m.Resumes.WithLabelValues(ResumeResync)
+	m.tools = newToolLabels(m.ToolCalls, m.ToolDuration)
 	// Known label values start at 0 so dashboards and alerts see them at once.
 	for _, t := range []string{protocol.TypeUserMessage, protocol.TypeStopAgent, protocol.TypeResume, protocol.TypePing,
 		"invalid", protocol.CodeRateLimited.String()} {
@@ -88,9 +141,20 @@ func New() *Metrics {
 		m.Connections, m.ConnectionsTotal, m.FramesIn, m.FramesOut, m.BytesIn, m.BytesOut,
 		m.QueueOverflows, m.AuthFailures, m.Deprecated, m.Closes, m.Published, m.ErrorsSent,
 		m.PublishToWrite, m.Tokens,
+		m.RunsTotal, m.RunDuration, m.FirstEvent, m.FirstDelta, m.ToolCalls, m.ToolDuration, m.Resumes, m.StreamAppend,
 	)
 	return m
 }
+
+// latencyBuckets (seconds) suit what a user waits for: a first event, a
+// first token, a tool call.
+var latencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+// The result label values of agentwire_resumes_total.
+const (
+	ResumeReplayed = "replayed" // the retained events after the position were replayed
+	ResumeResync   = "resync"   // resync_required: the position could not be served
+)
 
 // Handler serves the registry in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {

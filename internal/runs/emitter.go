@@ -30,10 +30,12 @@ type emitter struct {
 	runID     string
 	messageID string // the assistant message the deltas build
 	started   time.Time
+	received  time.Time // the user_message's arrival
 
 	mu      sync.Mutex
 	last    stream.Event // the run's latest appended event
 	ended   bool
+	delta   bool            // an agent_message_delta was appended
 	answer  strings.Builder // every delta's text, held ones included
 	deltas  deltaBatch      // delta text held by the delta window (deltas.go)
 	pending map[string]bool // tool calls executing
@@ -74,6 +76,10 @@ func (e *emitter) appendRecordLocked(rec stream.Record) error {
 		return fmt.Errorf("%w: %w", errStream, err)
 	}
 	e.last = ev
+	if rec.Type == protocol.TypeAgentMessageDelta && !e.delta {
+		e.delta = true
+		e.m.metrics.FirstDelta(e.m.now().Sub(e.received))
+	}
 	// Deltas are folded by Delta and the terminal event kept by endLocked.
 	// A tool_progress is left out: its tool_completed supersedes it, and a
 	// tool reporting progress often would spend the transcript's bytes
@@ -151,6 +157,7 @@ func (e *emitter) ToolCompleted(r agent.ToolResult) error {
 		return ErrUnknownToolCall
 	}
 	delete(e.pending, r.CallID)
+	e.m.metrics.ToolCall(r.Tool, r.OK, r.Duration)
 	return e.appendLocked(protocol.TypeToolCompleted, protocol.ToolCompleted{
 		ToolCallID: r.CallID, Tool: r.Tool, OK: r.OK, Result: raw, DurationMS: r.Duration.Milliseconds(), Error: r.Error})
 }
@@ -292,6 +299,7 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	fin := finish{Outcome: store.Outcome{UserID: e.user, RunID: e.runID, Status: status, EndedAt: now, ErrorCode: string(code),
 		InputTokens: e.usage.InputTokens, OutputTokens: e.usage.OutputTokens}}
 	e.m.countTokens(e.usage)
+	e.m.metrics.Ended(string(status), now.Sub(e.started))
 	if status == store.RunCompleted {
 		fin.answer = &store.Message{ID: e.messageID, ThreadID: e.threadID, UserID: e.user,
 			Role: store.RoleAssistant, Content: text, RunID: e.runID, CreatedAt: now}
@@ -337,6 +345,9 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 		Code          protocol.ErrorCode `json:"code"`
 		Message       string             `json:"message"`
 		ToolCallID    string             `json:"tool_call_id"`
+		Tool          string             `json:"tool"`
+		OK            bool               `json:"ok"`
+		DurationMS    *int64             `json:"duration_ms"`
 	}
 	switch typ {
 	case protocol.TypeAgentCompleted, protocol.TypeAgentError, protocol.TypeToolExecuting, protocol.TypeToolCompleted:
@@ -389,6 +400,11 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 		}
 		if err = e.appendRawLocked(typ, data); err == nil {
 			delete(e.pending, d.ToolCallID)
+			dur := time.Duration(-1) // not reported: not observed
+			if d.DurationMS != nil {
+				dur = time.Duration(*d.DurationMS) * time.Millisecond
+			}
+			e.m.metrics.ToolCall(d.Tool, d.OK, dur)
 		}
 	case protocol.TypeAgentMessageDelta:
 		if err = e.appendRawLocked(typ, data); err == nil && e.tr != nil {

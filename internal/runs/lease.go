@@ -380,6 +380,7 @@ func (m *Manager) reapRunning(ctx context.Context, t time.Time) (int, error) {
 		}
 		for _, r := range lost {
 			m.log.Warn("run lost with its node", "user", r.UserID, "run", r.ID, "node", r.Node)
+			m.metrics.Lost(r.Agent)
 			m.announce(ctx, r)
 		}
 		n += len(lost)

@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/protocol"
@@ -73,9 +73,10 @@ type Config struct {
 	// that many is answered quota_exceeded. Counted from the store, so
 	// across every node sharing it; runs still going count once they end.
 	TokenQuota int64
-	// Tokens, when set, counts the tokens runs used, by agent and
-	// direction (metrics.Metrics.Tokens).
-	Tokens *prometheus.CounterVec
+	// Metrics, when set, records the runs, their first events, their tool
+	// calls and their tokens (agentwire_runs_total and the others of
+	// metrics.Runs).
+	Metrics *metrics.Metrics
 	// Inputs, when set, carries a user_input for a run of another node to
 	// that node.
 	Inputs Inputs
@@ -130,7 +131,7 @@ type Manager struct {
 	inputTimeout  time.Duration
 	deltaWindow   time.Duration
 	tokenQuota    int64
-	tokens        *prometheus.CounterVec
+	metrics       *metrics.Runs // nil without Config.Metrics
 	noTranscripts bool
 	crash         func() bool
 	loopCtx       context.Context // done at the end of Shutdown
@@ -169,7 +170,7 @@ func New(cfg Config) *Manager {
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
 		slots: cfg.Slots, stops: cfg.Stops, inputs: cfg.Inputs, inputTimeout: cfg.InputTimeout, crash: cfg.crashAfterStore, noTranscripts: cfg.NoTranscripts,
-		tokenQuota: cfg.TokenQuota, tokens: cfg.Tokens, deltaWindow: cfg.DeltaWindow,
+		tokenQuota: cfg.TokenQuota, deltaWindow: cfg.DeltaWindow,
 		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), announced: make(map[string]struct{}),
 	}
 	if m.log == nil {
@@ -186,6 +187,9 @@ func New(cfg Config) *Manager {
 	}
 	if m.inputTimeout <= 0 {
 		m.inputTimeout = DefaultInputTimeout
+	}
+	if cfg.Metrics != nil {
+		m.metrics = cfg.Metrics.Runs(m.agent.Name())
 	}
 	m.node, m.leaseTTL, m.renewEvery, m.reapEvery = cfg.Node, cfg.LeaseTTL, cfg.RenewEvery, cfg.ReapEvery
 	if m.node == "" {
@@ -270,6 +274,7 @@ func (m *Manager) UserMessageInThread(ctx context.Context, user string, f *proto
 }
 
 func (m *Manager) userMessage(ctx context.Context, user string, f *protocol.Frame, adopt bool) (protocol.AckFrame, *protocol.Error) {
+	received := m.now()
 	a := ack{ThreadID: f.ThreadID, RunID: ulid.Make().String(), MessageID: ulid.Make().String()}
 	newThread := a.ThreadID == ""
 	if newThread {
@@ -375,13 +380,14 @@ func (m *Manager) userMessage(ctx context.Context, user string, f *protocol.Fram
 		}
 		return m.acceptFailed(ctx, user, a, idemKey, echo, f.ID)
 	}
-	em := &emitter{m: m, user: user, threadID: a.ThreadID, runID: a.RunID, messageID: ulid.Make().String(), started: now}
+	em := &emitter{m: m, user: user, threadID: a.ThreadID, runID: a.RunID, messageID: ulid.Make().String(), started: now, received: received}
 	if !m.noTranscripts {
 		em.tr = &transcript{messageID: em.messageID, saved: now}
 	}
 	if err := em.start(m.agent.Name()); err != nil {
 		return m.acceptFailed(ctx, user, a, idemKey, echo, f.ID)
 	}
+	m.metrics.FirstEvent(m.now().Sub(received))
 	started = true
 	if idemKey != "" {
 		// From here on a repeat gets this ack. Should the store not take
@@ -413,6 +419,7 @@ func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey 
 		}
 	}
 	m.record(bctx, finish{Outcome: store.Outcome{UserID: user, RunID: a.RunID, Status: store.RunFailed, EndedAt: m.now(), ErrorCode: string(protocol.CodeAgentFailed), ErrorMessage: msg}})
+	m.metrics.Ended(string(store.RunFailed), -1)
 	end, _ := protocol.MarshalData(protocol.AgentError{Code: protocol.CodeAgentFailed, Message: msg})
 	m.resend(user, func() { m.endAppended(a.RunID) }, echo, startRecord(a.ThreadID, a.RunID, m.agent.Name()),
 		stream.Record{Type: protocol.TypeAgentError, ThreadID: a.ThreadID, RunID: a.RunID, Data: end, IdempotencyKey: endKey(a.RunID)})

@@ -16,12 +16,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/agentwire/agentwire/internal/agent"
+	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/store/sqlite"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
 	"github.com/agentwire/agentwire/protocol"
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -554,6 +554,8 @@ func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
 			return nil
 		})
 		fast := Config{Stream: st, Store: db, Agent: never, LeaseTTL: 200 * time.Millisecond, RenewEvery: 40 * time.Millisecond, ReapEvery: 40 * time.Millisecond}
+		mb := metrics.New() // both nodes': either may reap the run
+		fast.Metrics = mb
 		cfgA := fast
 		cfgA.crashAfterStore = func() bool { return true }
 		a := New(cfgA)
@@ -578,6 +580,14 @@ func TestRunOfANodeKilledBeforeItsStartReadsWhole(t *testing.T) {
 		}
 		if last := evs[len(evs)-1]; last.Type != protocol.TypeAgentError || last.Data["code"] != string(protocol.CodeNodeLost) {
 			t.Fatalf("last event %v, want agent_error node_lost", last)
+		}
+		// Its reaper counts it, once; it ended nothing else.
+		for _, o := range metrics.Outcomes {
+			var m dto.Metric
+			_ = mb.RunsTotal.WithLabelValues("fake", o).Write(&m)
+			if got, want := m.GetCounter().GetValue(), map[bool]float64{true: 1}[o == metrics.OutcomeNodeLost]; got != want {
+				t.Errorf("runs_total{outcome=%q} = %v, want %v", o, got, want)
+			}
 		}
 	})
 }
@@ -1080,11 +1090,11 @@ func TestToolProgressAndUsage(t *testing.T) {
 func TestTokenQuota(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		tokens := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "t"}, []string{"agent", "direction"})
+		mt := metrics.New()
 		f := newFixture(t, agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
 			_ = em.AddUsage(protocol.Usage{InputTokens: 50, OutputTokens: 10})
 			return em.Complete("ok")
-		}), Config{TokenQuota: 100, Tokens: tokens})
+		}), Config{TokenQuota: 100, Metrics: mt})
 		for range 2 { // 60, then 120 tokens: the second run starts under the quota
 			ack, perr := f.send(t, "ann", "hi", "")
 			if perr != nil {
@@ -1112,7 +1122,7 @@ func TestTokenQuota(t *testing.T) {
 		f.waitTerminal(t, "bob", bob.RunID)
 		value := func(direction string) float64 {
 			var m dto.Metric
-			_ = tokens.WithLabelValues("fake", direction).Write(&m)
+			_ = mt.Tokens.WithLabelValues("fake", direction).Write(&m)
 			return m.GetCounter().GetValue()
 		}
 		if in, out := value("input"), value("output"); in != 150 || out != 30 { // three runs

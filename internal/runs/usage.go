@@ -33,10 +33,7 @@ func (m *Manager) checkQuota(ctx context.Context, user, ref string) *protocol.Er
 
 // countTokens adds a run's usage to the tokens metric.
 func (m *Manager) countTokens(u protocol.Usage) {
-	if m.tokens == nil || u == (protocol.Usage{}) {
-		return
+	if u != (protocol.Usage{}) {
+		m.metrics.Tokens(u.InputTokens, u.OutputTokens)
 	}
-	name := m.agent.Name()
-	m.tokens.WithLabelValues(name, "input").Add(float64(u.InputTokens))
-	m.tokens.WithLabelValues(name, "output").Add(float64(u.OutputTokens))
 }

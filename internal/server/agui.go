@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/agentwire/agentwire/internal/agui"
 	"github.com/agentwire/agentwire/internal/httpx"
@@ -53,6 +54,9 @@ type aguiServer struct {
 	stream    stream.Stream
 	heartbeat time.Duration
 	log       *slog.Logger
+	// resumes counts the /connect requests with a position:
+	// metrics.Metrics.ResumeReplayed and ResumeResync.
+	replayed, resync prometheus.Counter
 }
 
 // handleAGUIRun serves POST /api/v1/agui: the body is an AG-UI
@@ -197,6 +201,13 @@ func handleAGUIConnect(a *aguiServer) http.Handler {
 				a.unavailable(w, c, "resume", err)
 				return protocol.Cursor{}, false
 			}
+			switch {
+			case cur.None: // no position: not a resume
+			case rs.served:
+				a.replayed.Inc()
+			default: // the AG-UI resync: a prelude of what is still held
+				a.resync.Inc()
+			}
 			return from, true
 		})
 	})
@@ -318,6 +329,7 @@ func (a *aguiServer) resume(ctx context.Context, user string, run store.Run, cur
 	fold := evs
 	if !cur.None && (cur.Epoch == "" || cur.Epoch == pos.Epoch) && cur.Seq <= pos.Head && cur.Seq+1 >= oldest {
 		from = protocol.Cursor{Seq: cur.Seq, Epoch: pos.Epoch}
+		rs.served = true
 		fold = evs[:0:0]
 		for _, ev := range evs {
 			if ev.Seq <= cur.Seq {
@@ -486,6 +498,7 @@ type aguiStream struct {
 	tr      *agui.Translator
 	prelude []agui.Event
 	from    protocol.Cursor // where the prelude ends: the id of its last event
+	served  bool            // resume continues from the client's position
 	buf     bytes.Buffer
 }
 

@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/agui"
 	"github.com/agentwire/agentwire/internal/agui/aguitest"
@@ -76,6 +79,23 @@ type aguiEnv struct {
 	signer *auth.Signer
 	stream *memory.Stream
 	ws     *ws.Server // the admission of the AG-UI responses (Deps.Place)
+	m      *metrics.Metrics
+}
+
+// checkResumes checks agentwire_resumes_total by result.
+func (e *aguiEnv) checkResumes(replayed, resync float64) {
+	e.t.Helper()
+	for _, c := range []struct {
+		name string
+		c    prometheus.Counter
+		want float64
+	}{{"replayed", e.m.ResumeReplayed, replayed}, {"resync", e.m.ResumeResync, resync}} {
+		var m dto.Metric
+		_ = c.c.Write(&m)
+		if got := m.GetCounter().GetValue(); got != c.want {
+			e.t.Errorf("resumes %s: %v, want %v", c.name, got, c.want)
+		}
+	}
 }
 
 // aguiOpts tune newAGUI; zero values take the defaults.
@@ -116,7 +136,7 @@ func newAGUI(t *testing.T, a agent.Agent, o aguiOpts) *aguiEnv {
 		_ = db.Close()
 		_ = st.Close()
 	})
-	return &aguiEnv{t: t, url: ts.URL, signer: auth.NewSigner([]byte(testSecret)), stream: st, ws: wss}
+	return &aguiEnv{t: t, url: ts.URL, signer: auth.NewSigner([]byte(testSecret)), stream: st, ws: wss, m: m}
 }
 
 // post sends body to path as user with extra headers; the caller closes
@@ -235,6 +255,8 @@ func TestAGUIConnectResumes(t *testing.T) {
 		}
 	}
 	runID, threadID := head[0].RunID, head[0].ThreadID
+	// A run request is no resume.
+	e.checkResumes(0, 0)
 	close(gate) // the run finishes while nobody reads it
 
 	resp2 := e.post(t.Context(), "alice", "/api/v1/agui/connect", agui.ConnectInput{ThreadID: threadID, RunID: runID}, "Last-Event-ID", lastID)
@@ -275,6 +297,7 @@ func TestAGUIConnectResumes(t *testing.T) {
 		w, _ := json.Marshal(want)
 		t.Fatalf("cut and resumed:\n%s\nwhole:\n%s", g, w)
 	}
+	e.checkResumes(2, 0)
 }
 
 // TestAGUIConnectOutsideRetention: the run's events are gone from the
@@ -299,6 +322,7 @@ func TestAGUIConnectOutsideRetention(t *testing.T) {
 			t.Fatalf("%s: snapshot %s", c.name, b)
 		}
 	}
+	e.checkResumes(0, 2) // a connect without a position is no resume
 }
 
 func TestAGUIRefusals(t *testing.T) {

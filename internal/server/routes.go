@@ -49,7 +49,7 @@ func addRoutes(mux *http.ServeMux, d *Deps) {
 
 	if d.Hub != nil && d.Place != nil {
 		ag := &aguiServer{hub: d.Hub, place: d.Place, runs: d.Runs, store: d.Store, stream: d.Stream,
-			heartbeat: d.SSEHeartbeat, log: d.Logger}
+			heartbeat: d.SSEHeartbeat, log: d.Logger, replayed: d.Metrics.ResumeReplayed, resync: d.Metrics.ResumeResync}
 		mux.Handle("POST /api/v1/agui", corsPost(user(sends(handleAGUIRun(ag)))))
 		mux.Handle("POST /api/v1/agui/connect", corsPost(user(handleAGUIConnect(ag))))
 		mux.Handle("OPTIONS /api/v1/agui", corsPost(handleMethodNotAllowed("POST")))

@@ -35,7 +35,7 @@ func (ss *session) join(cur protocol.Cursor) bool {
 	cfg := &s.cfg
 	ctx, cancel := s.opContext()
 	defer cancel()
-	_, err := ss.hc.Join(ctx, cur, func(pos stream.Position) []byte {
+	_, err := ss.hc.Resume(ctx, cur, func(pos stream.Position) []byte {
 		return protocol.EncodeConnectionEstablished(protocol.ConnectionEstablished{
 			ConnectionID:        ss.hc.ID,
 			UserID:              ss.user,
@@ -106,7 +106,7 @@ func (ss *session) handle(ctx context.Context, f *protocol.Frame) {
 	case protocol.TypePing:
 		ss.hc.Send(protocol.EncodePong(f.ID))
 	case protocol.TypeResume:
-		_, err := ss.hc.Join(ctx, f.Cursor, nil, resyncFrame)
+		_, err := ss.hc.Resume(ctx, f.Cursor, nil, resyncFrame)
 		switch {
 		case errors.Is(err, hub.ErrReplayBusy):
 			// Each replay is a copy of the history: one at a time.

@@ -46,7 +46,7 @@ func (s *Server) ServeSSE(w http.ResponseWriter, r *http.Request) {
 	}
 
 	ctx, cancel := s.opContext()
-	_, err := c.HC.Join(ctx, adm.cur, func(pos stream.Position) []byte {
+	_, err := c.HC.Resume(ctx, adm.cur, func(pos stream.Position) []byte {
 		return protocol.EncodeConnectionEstablished(protocol.ConnectionEstablished{
 			ConnectionID:        c.HC.ID,
 			UserID:              user,
