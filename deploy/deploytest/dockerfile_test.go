@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -162,6 +163,14 @@ func jsonArgs(t *testing.T, in instruction) []string {
 	return v
 }
 
+// pathPart strips what may stand before a path in one shell word: 2>, <,
+// >>, --opt=, NAME=.
+var pathPart = regexp.MustCompile(`^([0-9]*[<>]+&?|-[-A-Za-z0-9]*=|[A-Za-z_][A-Za-z0-9_]*=)`)
+
+// caRoots is the CA bundle of the build image (a Debian one, as is this
+// machine) that the image copies.
+const caRoots = "/etc/ssl/certs/ca-certificates.crt"
+
 // image is what the Dockerfile says about the build and the final image.
 type image struct {
 	buildEnv   map[string]string // the build stage's ENV
@@ -223,6 +232,20 @@ func readImage(t *testing.T) *image {
 				im.goBuild = w
 			case len(w) == 3 && w[0] == "go" && w[1] == "mod" && w[2] == "download":
 			case strings.HasPrefix(workdir, im.outDir+"/"):
+				// The test runs these on this machine, as root: they may
+				// touch nothing outside /out but read the CA roots.
+				for _, w := range w {
+					// A path after a redirection, an option's = or an
+					// assignment's.
+					w = pathPart.ReplaceAllString(w, "")
+					switch {
+					case w == caRoots:
+					case strings.HasPrefix(w, "/"):
+						t.Fatalf("%s:%d: RUN %q names %s: deploytest runs these commands on the host, so they may use paths under %s only (and read %s)", file, in.line, cmd, w, im.outDir, caRoots)
+					case strings.Contains(w, "/") && !strings.HasPrefix(path.Join(workdir, w), im.outDir+"/"):
+						t.Fatalf("%s:%d: RUN %q: %s leaves %s", file, in.line, cmd, w, im.outDir)
+					}
+				}
 				im.rootfsRuns = append(im.rootfsRuns, rootfsRun{dir: workdir, command: cmd})
 			default:
 				t.Fatalf("%s:%d: RUN %q outside %s: deploytest lays out the image from the go build and commands run under %s; teach it this one", file, in.line, cmd, im.outDir, im.outDir)

@@ -172,8 +172,10 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 	if err := os.WriteFile(unitFile, []byte(s), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Its exit code, and any word about this unit (it may also remark on
+	// the machine's own units, which are none of this test's business).
 	out, err := exec.Command(analyze, "verify", unitFile).CombinedOutput()
-	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+	if err != nil || strings.Contains(string(out), "agentwire") {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
