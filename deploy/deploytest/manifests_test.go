@@ -383,6 +383,10 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Fatalf("serve with the container's args and environment: %v", err)
 	}
 
+	if cfg.Dev {
+		t.Error("the Deployment runs with --dev: dev-login would issue a token for any user")
+	}
+
 	// Many nodes share one Redis, one PostgreSQL and one JWT key.
 	if hpa.Spec.MinReplicas == nil || *hpa.Spec.MinReplicas < 2 {
 		t.Errorf("HorizontalPodAutoscaler: minReplicas %v, want at least 2 so a drain never empties the service", hpa.Spec.MinReplicas)
