@@ -17,6 +17,11 @@ import (
 // what a client joins, the transcript and the answer do not change, only
 // how many events carry it.
 //
+// The first delta of a run, and any delta that comes a window or more after
+// the run's last delta event, is appended at once: holding it would only add
+// the window to the time to the first token (or to the next word after a
+// pause). What follows within the window is held.
+//
 // Pending text is appended as one event, under the emitter's lock, when
 //   - any other event of the run is appended (a tool call, thinking, an
 //     input request, a published event, the terminal event), before it;
@@ -41,6 +46,7 @@ const maxDeltaBatchBytes = 16 << 10
 // deltaBatch is the delta text of one run not yet appended, guarded by the
 // emitter's lock.
 type deltaBatch struct {
+	last  time.Time // when the run's last delta event was appended (zero: none yet)
 	text  strings.Builder
 	since time.Time   // when its first delta arrived
 	timer *time.Timer // armed while text is pending; calls emitter.flushDue
@@ -97,6 +103,15 @@ func (e *emitter) Delta(text string) error {
 		e.answer.WriteString(text)
 		return nil
 	}
+	if e.deltas.text.Len() == 0 && (e.deltas.last.IsZero() || time.Since(e.deltas.last) >= window) {
+		// Nothing held, no delta event within the window: this one goes
+		// now (the leading edge).
+		if err := e.appendDeltaLocked(text); err != nil {
+			return err
+		}
+		e.answer.WriteString(text)
+		return nil
+	}
 	if n := e.deltas.text.Len(); n > 0 && n+len(text) > maxDeltaBatchBytes {
 		if err := e.flushDeltasLocked(); err != nil {
 			return err
@@ -115,6 +130,9 @@ func (e *emitter) Delta(text string) error {
 func (e *emitter) appendDeltaLocked(text string) error {
 	if err := e.appendLocked(protocol.TypeAgentMessageDelta, protocol.AgentMessageDelta{Delta: text, MessageID: e.messageID}); err != nil {
 		return err
+	}
+	if e.m.deltaWindow > 0 {
+		e.deltas.last = time.Now()
 	}
 	if e.tr != nil {
 		e.tr.delta(e.user, e.last, text)

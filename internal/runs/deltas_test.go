@@ -90,15 +90,15 @@ func TestDeltaWindow(t *testing.T) {
 		want   string
 	}{
 		{"within one window", testWindow, []step{d("Hel"), d("lo"), d(", "), d("world.")}, "complete",
-			"[Hello, world.] agent_completed"},
-		{"across windows", testWindow, []step{d("a"), d("b"), sleep(2 * testWindow), d("c"), sleep(2 * testWindow), d("d"), d("e")}, "complete",
-			"[ab] [c] [de] agent_completed"},
+			"[Hel] [lo, world.] agent_completed"},
+		{"across windows", testWindow, []step{d("a"), d("b"), d("c"), sleep(2 * testWindow), d("d"), d("e"), sleep(testWindow / 2), d("f"), sleep(2 * testWindow), d("g"), d("h")}, "complete",
+			"[a] [bc] [d] [ef] [g] [h] agent_completed"},
 		{"before a tool call", testWindow, []step{d("a"), d("b"), tool, d("c")}, "complete",
-			"[ab] tool_executing tool_completed [c] agent_completed"},
+			"[a] [b] tool_executing tool_completed [c] agent_completed"},
 		{"before thinking", testWindow, []step{d("a"), think, d("b")}, "complete",
 			"[a] agent_thinking [b] agent_completed"},
 		{"before the end of an agent that does not finish", testWindow, []step{d("a"), d("b")}, "return",
-			"[ab] agent_error"},
+			"[a] [b] agent_error"},
 		{"at the byte cap", testWindow, []step{d(big("x", 10<<10)), d(big("y", 10<<10)), d("z")}, "complete",
 			"[" + big("x", 10<<10) + "] [" + big("y", 10<<10) + "z] agent_completed"},
 		{"a delta over the cap alone", testWindow, []step{d("a"), d(big("x", 20<<10)), d("b")}, "complete",
@@ -217,7 +217,7 @@ func TestDeltaWindowEndMidWindow(t *testing.T) {
 				end(f, "u", ack)
 				f.waitTerminal(t, "u", ack.RunID)
 				evs := runEvents(t, f.stream, "u", ack.RunID)
-				if got, _ := shape(t, evs); got != "[half an answer] agent_error" {
+				if got, _ := shape(t, evs); got != "[half an ] [answer] agent_error" {
 					t.Fatalf("events %s", got)
 				}
 				checkStoredText(t, f, "u", ack, "half an answer", false)
@@ -227,6 +227,7 @@ func TestDeltaWindowEndMidWindow(t *testing.T) {
 }
 
 // A published event of a run that holds delta text comes after that text.
+// ("one " is the run's first delta, appended at once; "two" is held.)
 func TestDeltaWindowFlushedBeforeAPublishedEvent(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -263,7 +264,8 @@ func TestDeltaWindowStreamRefusesTheFlush(t *testing.T) {
 		db := openStore(t)
 		held, next := make(chan struct{}), make(chan error, 1)
 		ag := agentFunc(func(ctx context.Context, run agent.Run, em agent.Emitter) error {
-			_ = em.Delta("lost")
+			_ = em.Delta("first") // the first delta goes at once
+			_ = em.Delta("lost")  // held for the window
 			fs.failing.Store(true)
 			close(held)
 			<-ctx.Done() // ended by the failed flush
