@@ -2,7 +2,7 @@
 // or subprotocol token, automatic reconnect with exponential backoff and full
 // jitter, resume from the last seq/epoch, dedupe by seq, and sendMessage()
 // resolving with a run handle; REST helpers for threads, messages and runs;
-// devLogin() and publish(). The wire contract is PROTOCOL.md (agentwire.v1).
+// devLogin(), publish() and publishBatch(). The wire contract is PROTOCOL.md (agentwire.v1).
 // No runtime dependencies: the browser's or Node 22's WebSocket is used, and
 // on Node 20 the `ws` package when it is installed (or options.WebSocket).
 /** The subprotocol and version this client speaks. */
@@ -896,4 +896,16 @@ export function devLogin(userId, opts = {}) {
  */
 export function publish(event, opts) {
     return httpJSON(fetchOf(opts.fetch), "POST", baseOf(opts.url) + "/api/v1/publish", { Authorization: "Bearer " + opts.apiKey }, event);
+}
+/**
+ * Server side: appends up to 1000 events in one request (POST
+ * /api/v1/publish with {"events":[…]}, at most 1 MiB); resolves with one
+ * result per event, in order. One user's events are appended all or none:
+ * when one is refused (its own error), that user's others carry
+ * `batch_aborted`. A refusal of the whole batch (413 too_large, 401, …)
+ * rejects with an AgentwireError.
+ */
+export async function publishBatch(events, opts) {
+    const res = await httpJSON(fetchOf(opts.fetch), "POST", baseOf(opts.url) + "/api/v1/publish", { Authorization: "Bearer " + opts.apiKey }, { events });
+    return res.results;
 }

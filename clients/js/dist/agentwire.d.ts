@@ -271,6 +271,15 @@ export interface PublishResponse {
     seq: number;
     epoch: string;
 }
+/** The outcome of one event of a batch publish: its position, or why it was not appended. */
+export interface PublishResult {
+    seq?: number;
+    epoch?: string;
+    error?: {
+        code: string;
+        message: string;
+    };
+}
 export interface EventsResponse {
     epoch: string;
     head_seq: number;
@@ -633,4 +642,13 @@ export interface PublishOptions extends HTTPOptions {
  * nothing and answers the first seq.
  */
 export declare function publish(event: PublishRequest, opts: PublishOptions): Promise<PublishResponse>;
+/**
+ * Server side: appends up to 1000 events in one request (POST
+ * /api/v1/publish with {"events":[…]}, at most 1 MiB); resolves with one
+ * result per event, in order. One user's events are appended all or none:
+ * when one is refused (its own error), that user's others carry
+ * `batch_aborted`. A refusal of the whole batch (413 too_large, 401, …)
+ * rejects with an AgentwireError.
+ */
+export declare function publishBatch(events: PublishRequest[], opts: PublishOptions): Promise<PublishResult[]>;
 export {};

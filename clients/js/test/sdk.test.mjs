@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 
-import { AgentwireClient, AgentwireError, RunHandle, devLogin, publish } from "../dist/agentwire.js";
+import { AgentwireClient, AgentwireError, RunHandle, devLogin, publish, publishBatch } from "../dist/agentwire.js";
 import { startServer, startProxy, sign, apiKey, until, assertWholeRun } from "./helpers.mjs";
 
 let srv;
@@ -198,6 +198,16 @@ test("devLogin and publish", async () => {
   assert.deepEqual(got[0].data, { ok: true });
   assert.equal(got[0].seq, res.seq);
 
+  const batch = await publishBatch([
+    { user_id: user, type: "build.finished", data: { n: 2 } },
+    { user_id: user, type: "build.finished", data: { n: 3 } },
+  ], { url: srv.url, apiKey });
+  assert.deepEqual(batch.map((r) => r.seq), [res.seq + 1, res.seq + 2]);
+  await until(() => got.length === 3, 5000, "the batch's events");
+  assert.deepEqual(got.map((e) => e.seq), [res.seq, res.seq + 1, res.seq + 2]);
+  const refused = await publishBatch([{ user_id: user, type: "build.finished" }, { user_id: user, type: "Bad" }], { url: srv.url, apiKey });
+  assert.deepEqual(refused.map((r) => r.error && r.error.code), ["batch_aborted", "invalid_request"]);
+  await assert.rejects(publishBatch([], { url: srv.url, apiKey }), (err) => err.status === 413 && err.code === "too_large");
   await assert.rejects(publish({ user_id: user, type: "x" }, { url: srv.url, apiKey: "wrong" }), (err) => err.status === 401 && err.code === "unauthorized");
   await assert.rejects(devLogin("bad user!", { url: srv.url }), (err) => err.status === 400 && err.code === "invalid_request");
   c.close();
