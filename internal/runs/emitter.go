@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
@@ -42,6 +44,11 @@ type emitter struct {
 	// answered are the requests of the run already answered.
 	waiting  *waitReq
 	answered map[string]bool
+	// The run's span and those of its executing tool calls (trace.go);
+	// nil when tracing is off.
+	span    trace.Span
+	tools   map[string]trace.Span
+	traceID string // of span, in agent_started
 }
 
 var _ agent.Emitter = (*emitter)(nil)
@@ -60,7 +67,7 @@ func (e *emitter) appendRawLocked(typ string, data json.RawMessage) error {
 }
 
 func (e *emitter) appendRecordLocked(rec stream.Record) error {
-	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	ctx, cancel := context.WithTimeout(e.traceContext(context.Background()), appendTimeout)
 	defer cancel()
 	ev, err := e.m.stream.Append(ctx, e.user, rec)
 	if err != nil {
@@ -93,7 +100,7 @@ const appendTimeout = 10 * time.Second
 func (e *emitter) start(agentName string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.appendRecordLocked(startRecord(e.threadID, e.runID, agentName))
+	return e.appendRecordLocked(startRecord(e.threadID, e.runID, agentName, e.traceID))
 }
 
 func (e *emitter) Thinking(text string) error {
@@ -128,6 +135,7 @@ func (e *emitter) ToolExecuting(callID, tool string, args any) error {
 		return err
 	}
 	e.pending[callID] = true
+	e.traceToolLocked(callID, tool)
 	return nil
 }
 
@@ -145,6 +153,7 @@ func (e *emitter) ToolCompleted(r agent.ToolResult) error {
 		return ErrUnknownToolCall
 	}
 	delete(e.pending, r.CallID)
+	e.traceToolEndLocked(r.CallID, r.OK)
 	return e.appendLocked(protocol.TypeToolCompleted, protocol.ToolCompleted{
 		ToolCallID: r.CallID, Tool: r.Tool, OK: r.OK, Result: raw, DurationMS: r.Duration.Milliseconds(), Error: r.Error})
 }
@@ -260,6 +269,7 @@ func (e *emitter) abandon() bool {
 	}
 	e.ended = true
 	e.pending = nil
+	e.traceEndLocked(store.RunFailed, protocol.CodeNodeLost)
 	e.m.releaseSlot(e.user, e.runID)
 	e.m.release(e)
 	return true
@@ -288,6 +298,7 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	e.ended = true
 	e.pending = nil
 	defer e.m.release(e)
+	defer e.traceEndLocked(status, code)
 	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
 	defer cancel()
 	now := e.m.now()
@@ -340,6 +351,8 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 		Code          protocol.ErrorCode `json:"code"`
 		Message       string             `json:"message"`
 		ToolCallID    string             `json:"tool_call_id"`
+		Tool          string             `json:"tool"`
+		OK            *bool              `json:"ok"`
 	}
 	switch typ {
 	case protocol.TypeAgentCompleted, protocol.TypeAgentError, protocol.TypeToolExecuting, protocol.TypeToolCompleted:
@@ -382,6 +395,7 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 				e.pending = make(map[string]bool)
 			}
 			e.pending[d.ToolCallID] = true
+			e.traceToolLocked(d.ToolCallID, d.Tool)
 		}
 	case protocol.TypeToolCompleted:
 		if !e.pending[d.ToolCallID] {
@@ -389,6 +403,7 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 		}
 		if err = e.appendRawLocked(typ, data); err == nil {
 			delete(e.pending, d.ToolCallID)
+			e.traceToolEndLocked(d.ToolCallID, d.OK == nil || *d.OK)
 		}
 	case protocol.TypeAgentMessageDelta:
 		if err = e.appendRawLocked(typ, data); err == nil && e.tr != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/internal/tracing"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -76,6 +77,9 @@ type Config struct {
 	// Tokens, when set, counts the tokens runs used, by agent and
 	// direction (metrics.Metrics.Tokens).
 	Tokens *prometheus.CounterVec
+	// Tracer, when set, traces each run (invoke_agent) and tool call
+	// (execute_tool); see trace.go.
+	Tracer *tracing.Tracer
 	// Inputs, when set, carries a user_input for a run of another node to
 	// that node.
 	Inputs Inputs
@@ -125,6 +129,7 @@ type Manager struct {
 	inputTimeout  time.Duration
 	tokenQuota    int64
 	tokens        *prometheus.CounterVec
+	tracer        *tracing.Tracer
 	noTranscripts bool
 	crash         func() bool
 	loopCtx       context.Context // done at the end of Shutdown
@@ -163,7 +168,7 @@ func New(cfg Config) *Manager {
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
 		slots: cfg.Slots, stops: cfg.Stops, inputs: cfg.Inputs, inputTimeout: cfg.InputTimeout, crash: cfg.crashAfterStore, noTranscripts: cfg.NoTranscripts,
-		tokenQuota: cfg.TokenQuota, tokens: cfg.Tokens,
+		tokenQuota: cfg.TokenQuota, tokens: cfg.Tokens, tracer: cfg.Tracer,
 		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), announced: make(map[string]struct{}),
 	}
 	if m.log == nil {
@@ -373,7 +378,11 @@ func (m *Manager) userMessage(ctx context.Context, user string, f *protocol.Fram
 	if !m.noTranscripts {
 		em.tr = &transcript{messageID: em.messageID, saved: now}
 	}
+	em.traceStart(ctx, m.agent.Name())
 	if err := em.start(m.agent.Name()); err != nil {
+		em.mu.Lock()
+		em.traceEndLocked(store.RunFailed, protocol.CodeAgentFailed)
+		em.mu.Unlock()
 		return m.acceptFailed(ctx, user, a, idemKey, echo, f.ID)
 	}
 	started = true
@@ -408,7 +417,7 @@ func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey 
 	}
 	m.record(bctx, finish{Outcome: store.Outcome{UserID: user, RunID: a.RunID, Status: store.RunFailed, EndedAt: m.now(), ErrorCode: string(protocol.CodeAgentFailed), ErrorMessage: msg}})
 	end, _ := protocol.MarshalData(protocol.AgentError{Code: protocol.CodeAgentFailed, Message: msg})
-	m.resend(user, func() { m.endAppended(a.RunID) }, echo, startRecord(a.ThreadID, a.RunID, m.agent.Name()),
+	m.resend(user, func() { m.endAppended(a.RunID) }, echo, startRecord(a.ThreadID, a.RunID, m.agent.Name(), ""),
 		stream.Record{Type: protocol.TypeAgentError, ThreadID: a.ThreadID, RunID: a.RunID, Data: end, IdempotencyKey: endKey(a.RunID)})
 	return protocol.AckFrame{Ref: ref, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
 }
@@ -489,8 +498,9 @@ func echoRecord(threadID, runID, messageID, content, clientMessageID string) str
 }
 
 // startRecord is a run's agent_started event.
-func startRecord(threadID, runID, agentName string) stream.Record {
-	data, _ := protocol.MarshalData(protocol.AgentStarted{Agent: agentName})
+// traceID is the run's trace when tracing is on (see trace.go), else "".
+func startRecord(threadID, runID, agentName, traceID string) stream.Record {
+	data, _ := protocol.MarshalData(protocol.AgentStarted{Agent: agentName, TraceID: traceID})
 	return stream.Record{Type: protocol.TypeAgentStarted, ThreadID: threadID, RunID: runID, Data: data, IdempotencyKey: startKey(runID)}
 }
 
@@ -647,7 +657,7 @@ func (m *Manager) release(e *emitter) {
 // launch starts the agent of a started run in its own context, which does
 // not derive from the request: the run outlives the connection.
 func (m *Manager) launch(em *emitter, history []store.Message) {
-	ctx, cancel := context.WithCancelCause(context.Background())
+	ctx, cancel := context.WithCancelCause(em.traceContext(context.Background()))
 	act := &active{em: em, cancel: cancel}
 	m.mu.Lock()
 	m.active[em.runID] = act
