@@ -184,6 +184,11 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		return nil, err
 	}
 	a.closers = append(a.closers, func() { _ = a.store.Close() })
+	system := "sqlite"
+	if cfg.Postgres() {
+		system = "postgresql"
+	}
+	a.store = store.Traced(a.store, a.tracer, system)
 	runCfg.Stream, runCfg.Store, runCfg.Agent, runCfg.Logger = a.stream, a.store, ag, log
 	runCfg.TokenQuota, runCfg.Tokens = int64(cfg.UserTokenQuota), m.Tokens
 	runCfg.Tracer = a.tracer

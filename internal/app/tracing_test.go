@@ -219,6 +219,14 @@ func TestTracingRunSpanTree(t *testing.T) {
 			}
 		}
 	}
+	// The store's operations are spans of the request and of the run.
+	start := spanNamed(t, spans, "store.start_run")
+	if start.Parent.SpanID() != req.SpanContext.SpanID() || attr(start, "db.system.name") != "sqlite" {
+		t.Errorf("store.start_run: parent %v (want the request span), db.system.name %q", start.Parent.SpanID(), attr(start, "db.system.name"))
+	}
+	if fin := spanNamed(t, spans, "store.finish_run"); fin.Parent.SpanID() != run.SpanContext.SpanID() {
+		t.Errorf("store.finish_run's parent is %v, want invoke_agent", fin.Parent.SpanID())
+	}
 	// The stream's appends are spans of the same trace.
 	var appends int
 	for _, s := range spans {

@@ -299,7 +299,7 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	e.pending = nil
 	defer e.m.release(e)
 	defer e.traceEndLocked(status, code)
-	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	ctx, cancel := context.WithTimeout(e.traceContext(context.Background()), appendTimeout)
 	defer cancel()
 	now := e.m.now()
 	dur := now.Sub(e.started).Milliseconds()

@@ -13,9 +13,10 @@ import (
 
 // Traced returns s with a span per operation (stream.append, stream.since,
 // stream.head, stream.subscribe, stream.ping), a child of the span in the
-// call's context, with the attribute agentwire.stream.backend (backend:
-// "memory", "redis") and, for an append, the event type. With t nil it
-// returns s itself: tracing off costs nothing.
+// call's context (a call outside any span starts none), with the attribute
+// agentwire.stream.backend (backend: "memory", "redis") and, for an
+// append, the event type and seq. With t nil it returns s itself: tracing
+// off costs nothing.
 func Traced(s Stream, t *tracing.Tracer, backend string) Stream {
 	if t == nil {
 		return s
@@ -29,7 +30,13 @@ type traced struct {
 	backend attribute.KeyValue
 }
 
+// start starts op's span, or none when ctx holds no span: a stream call
+// outside a traced request, frame or run (a join's reads, the hub's
+// subscriptions) is not a trace of its own.
 func (s *traced) start(ctx context.Context, op string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return ctx, trace.SpanFromContext(ctx)
+	}
 	return s.t.Start(ctx, op, trace.SpanKindClient, append(attrs, s.backend)...)
 }
 
