@@ -56,6 +56,19 @@ func (e *emitter) traceToolLocked(callID, tool string) {
 		attribute.String("gen_ai.tool.call.id", callID))
 }
 
+// ToolContext is ctx carrying the execute_tool span of callID, so the
+// tool's own requests (an MCP server's) are its children
+// (agent.ToolContexter, used by tools.CallTool).
+func (e *emitter) ToolContext(ctx context.Context, callID string) context.Context {
+	e.mu.Lock()
+	s := e.tools[callID]
+	e.mu.Unlock()
+	if s == nil {
+		return ctx
+	}
+	return trace.ContextWithSpan(ctx, s)
+}
+
 // traceToolEndLocked ends the span of a call whose tool_completed the run
 // just appended.
 func (e *emitter) traceToolEndLocked(callID string, ok bool) {
