@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -232,10 +233,44 @@ func (t *Tracer) Client(base *http.Client) *http.Client {
 	if base != nil {
 		*c = *base
 	}
-	c.Transport = otelhttp.NewTransport(c.Transport,
+	next := c.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	c.Transport = hideQuery{otelhttp.NewTransport(restoreURL{next},
 		otelhttp.WithTracerProvider(t.tp), otelhttp.WithPropagators(t.prop),
-		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()))
+		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()))}
 	return c
+}
+
+// fullURL carries a request's URL past otelhttp, which is shown it
+// without its query: otelhttp puts the whole URL in the client span
+// (url.full), and the query of an agent's, a model's or an MCP server's
+// URL may hold a key (?code=…).
+type fullURL struct{}
+
+type hideQuery struct{ next http.RoundTripper }
+
+func (h hideQuery) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.RawQuery == "" && !r.URL.ForceQuery && r.URL.User == nil {
+		return h.next.RoundTrip(r)
+	}
+	bare := *r.URL
+	bare.RawQuery, bare.ForceQuery, bare.User = "", false, nil
+	r = r.WithContext(context.WithValue(r.Context(), fullURL{}, r.URL))
+	r.URL = &bare
+	return h.next.RoundTrip(r)
+}
+
+// restoreURL sends the request otelhttp handed on with its whole URL.
+type restoreURL struct{ next http.RoundTripper }
+
+func (h restoreURL) RoundTrip(r *http.Request) (*http.Response, error) {
+	if u, ok := r.Context().Value(fullURL{}).(*url.URL); ok {
+		r = r.WithContext(r.Context())
+		r.URL = u
+	}
+	return h.next.RoundTrip(r)
 }
 
 // Inject writes the trace context of ctx into h (traceparent, baggage);

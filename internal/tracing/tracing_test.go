@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -82,6 +83,9 @@ func TestHTTP(t *testing.T) {
 	got := make(chan string, 1)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /users/{user}/things", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.RawQuery != "code=s3cret-key" {
+			t.Errorf("the server got query %q: the client lost it", r.URL.RawQuery)
+		}
 		got <- tracing.TraceID(r.Context())
 	})
 	srv := httptest.NewServer(tr.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -91,7 +95,7 @@ func TestHTTP(t *testing.T) {
 	defer srv.Close()
 
 	ctx, parent := tr.Start(context.Background(), "caller", trace.SpanKindInternal)
-	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/users/alice/things", nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/users/alice/things?code=s3cret-key", nil)
 	resp, err := tr.Client(nil).Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -115,5 +119,20 @@ func TestHTTP(t *testing.T) {
 		if v := a.Value.String(); v == "/users/alice/things" {
 			t.Errorf("server span attribute %s is the raw path", a.Key)
 		}
+	}
+	// The client span has the URL, without its query.
+	var client bool
+	for _, sp := range spans {
+		for _, a := range sp.Attributes {
+			if strings.Contains(a.Value.String(), "s3cret") {
+				t.Errorf("span %q attribute %s carries the query: %q", sp.Name, a.Key, a.Value.String())
+			}
+			if a.Key == "url.full" && sp.SpanKind == trace.SpanKindClient {
+				client = a.Value.String() == srv.URL+"/users/alice/things"
+			}
+		}
+	}
+	if !client {
+		t.Error("no client span with url.full the URL without its query")
 	}
 }
