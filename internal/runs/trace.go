@@ -104,6 +104,7 @@ func (e *emitter) traceEndLocked(status store.RunStatus, code protocol.ErrorCode
 		e.span.SetAttributes(attribute.String("error.type", string(code)))
 		e.span.SetStatus(codes.Error, string(code))
 	}
+	// e.span stays: it is written once, before the run starts, and read
+	// without the lock (traceContext); an ended span is still a parent.
 	e.span.End()
-	e.span = nil
 }
