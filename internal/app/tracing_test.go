@@ -8,13 +8,17 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/agentwire/agentwire/internal/app"
 	"github.com/agentwire/agentwire/internal/config"
@@ -305,3 +309,58 @@ type keptSpans struct{ *tracetest.InMemoryExporter }
 func (keptSpans) Shutdown(context.Context) error { return nil }
 
 var _ sdktrace.SpanExporter = keptSpans{}
+
+// TestTracingOTLPExportAtShutdown: with OTEL_EXPORTER_OTLP_ENDPOINT set,
+// spans go to the collector over OTLP/HTTP (protobuf), and Shutdown sends
+// those still batched: the run's spans arrive although the batch delay has
+// not passed.
+func TestTracingOTLPExportAtShutdown(t *testing.T) {
+	var mu sync.Mutex
+	var names []string
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var req coltracepb.ExportTraceServiceRequest
+		if r.URL.Path != "/v1/traces" || r.Header.Get("Content-Type") != "application/x-protobuf" || proto.Unmarshal(body, &req) != nil {
+			t.Errorf("collector got %s %s (%s), not OTLP/HTTP protobuf", r.Method, r.URL.Path, r.Header.Get("Content-Type"))
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, rs := range req.ResourceSpans {
+			for _, ss := range rs.ScopeSpans {
+				for _, s := range ss.Spans {
+					names = append(names, s.Name)
+				}
+			}
+		}
+	}))
+	defer collector.Close()
+	env := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": collector.URL, "OTEL_BSP_SCHEDULE_DELAY": "600000"}
+	for k, v := range env {
+		t.Setenv(k, v) // the exporter and the batcher read the process's environment
+	}
+	settings, err := tracing.FromEnv(func(k string) string { return env[k] })
+	if err != nil || !settings.On {
+		t.Fatalf("FromEnv: %+v, %v", settings, err)
+	}
+	agentURL, _ := fakeAgent(t)
+	cfg := testConfig(t)
+	cfg.Agent, cfg.AgentURL, cfg.Tracing = config.AgentHTTP, agentURL, settings
+	a, err := app.New(context.Background(), cfg, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	runEvents(t, "http://"+a.Addr(), "otlp-user")
+	stop()
+	a.Shutdown(context.Background())
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Contains(names, "invoke_agent http") || !slices.Contains(names, "execute_tool calculator") {
+		t.Errorf("collector got spans %q, want the run's", names)
+	}
+}
