@@ -55,6 +55,12 @@ func tracedApp(t *testing.T, agentURL string, exp *tracetest.InMemoryExporter) (
 	if exp != nil {
 		cfg.Tracing = tracing.Settings{Exporter: keptSpans{exp}}
 	}
+	return runApp(t, cfg)
+}
+
+// runApp runs an app of cfg until the test ends.
+func runApp(t *testing.T, cfg config.Config) (*app.App, string) {
+	t.Helper()
 	a, err := app.New(context.Background(), cfg, discard)
 	if err != nil {
 		t.Fatal(err)
@@ -345,19 +351,9 @@ func TestTracingOTLPExportAtShutdown(t *testing.T) {
 	agentURL, _ := fakeAgent(t)
 	cfg := testConfig(t)
 	cfg.Agent, cfg.AgentURL, cfg.Tracing = config.AgentHTTP, agentURL, settings
-	a, err := app.New(context.Background(), cfg, discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	runEvents(t, "http://"+a.Addr(), "otlp-user")
-	stop()
+	a, base := runApp(t, cfg)
+	runEvents(t, base, "otlp-user")
 	a.Shutdown(context.Background())
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
 	mu.Lock()
 	defer mu.Unlock()
 	if !slices.Contains(names, "invoke_agent http") || !slices.Contains(names, "execute_tool calculator") {
