@@ -64,6 +64,10 @@ type UserMessage struct {
 // AgentStarted is the data of agent_started.
 type AgentStarted struct {
 	Agent string `json:"agent"`
+	// TraceID is the run's OpenTelemetry trace id (32 lowercase hex
+	// digits) when the server traces (OTEL_… set), so support can find
+	// the run's trace from a user's screen; absent otherwise.
+	TraceID string `json:"trace_id,omitempty"`
 }
 
 // AgentThinking is the data of agent_thinking.

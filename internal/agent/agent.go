@@ -147,3 +147,13 @@ type Agent interface {
 	// agent_error code agent_failed.
 	Run(ctx context.Context, run Run, em Emitter) error
 }
+
+// ToolContexter is an Emitter that has a context for each tool call it
+// announced (runs: the call's execute_tool span, so what the tool sends —
+// an MCP server's request — is traced under the call). tools.CallTool runs
+// a tool in it.
+type ToolContexter interface {
+	// ToolContext is ctx carrying what belongs to callID; ctx itself for
+	// a call it does not know.
+	ToolContext(ctx context.Context, callID string) context.Context
+}

@@ -46,8 +46,12 @@ import (
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/memory"
 	redisstream "github.com/agentwire/agentwire/internal/stream/redis"
+	"github.com/agentwire/agentwire/internal/tracing"
 	"github.com/agentwire/agentwire/internal/ws"
 )
+
+// traceFlushTimeout bounds the export of the last spans at shutdown.
+const traceFlushTimeout = 5 * time.Second
 
 // settleTimeout bounds how long Shutdown waits for this node's last events
 // to come back through the stream before it closes the sockets.
@@ -74,7 +78,8 @@ type App struct {
 	debugLn     net.Listener
 	draining    atomic.Bool
 	apiKeys     int
-	mcp         *mcptools.Set // the MCP servers' tools (--mcp-server); nil without
+	mcp         *mcptools.Set   // the MCP servers' tools (--mcp-server); nil without
+	tracer      *tracing.Tracer // OpenTelemetry (OTEL_… variables); nil when off
 
 	// closers release what New opened, in reverse order.
 	closers []func()
@@ -101,6 +106,20 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 			a.release()
 		}
 	}()
+	if a.tracer, err = tracing.New(ctx, cfg.Tracing); err != nil {
+		return nil, err
+	}
+	if a.tracer != nil {
+		// Closed last: the spans of everything else's end are exported.
+		a.closers = append(a.closers, func() {
+			fctx, cancel := context.WithTimeout(context.Background(), traceFlushTimeout)
+			defer cancel()
+			if err := a.tracer.Shutdown(fctx); err != nil {
+				log.Warn("traces not all exported at shutdown", "err", err)
+			}
+		})
+		log.Info("tracing on: OTLP over HTTP", "endpoint", cfg.Tracing.Endpoint)
+	}
 	ag, err := a.newAgent(&cfg)
 	if err != nil {
 		return nil, err
@@ -143,7 +162,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		if err != nil {
 			return nil, err
 		}
-		a.stream, a.redisStream = stream.Timed(rs, m.StreamAppend.WithLabelValues("redis")), rs
+		a.stream, a.redisStream = stream.Traced(stream.Timed(rs, m.StreamAppend.WithLabelValues("redis")), a.tracer, "redis"), rs
 		a.closers = append(a.closers, func() { _ = rs.Close() })
 		tix = ticketsredis.New(rc, redisx.DefaultPrefix, tickets.TTL)
 		a.conns = hubredis.New(rc, redisx.DefaultPrefix, 0)
@@ -157,7 +176,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		}
 	} else {
 		st := memory.New(memory.Options{Retention: retention})
-		a.stream = stream.Timed(st, m.StreamAppend.WithLabelValues("memory"))
+		a.stream = stream.Traced(stream.Timed(st, m.StreamAppend.WithLabelValues("memory")), a.tracer, "memory")
 		a.closers = append(a.closers, func() { _ = st.Close() })
 	}
 	a.store, err = openStore(ctx, &cfg, log)
@@ -165,8 +184,14 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		return nil, err
 	}
 	a.closers = append(a.closers, func() { _ = a.store.Close() })
+	system := "sqlite"
+	if cfg.Postgres() {
+		system = "postgresql"
+	}
+	a.store = store.Traced(a.store, a.tracer, system)
 	runCfg.Stream, runCfg.Store, runCfg.Agent, runCfg.Logger = a.stream, a.store, ag, log
 	runCfg.TokenQuota, runCfg.Metrics = int64(cfg.UserTokenQuota), m
+	runCfg.Tracer = a.tracer
 	a.runs = runs.New(runCfg)
 	if !cfg.Postgres() {
 		// The SQLite file belongs to this process alone: runs it still has
@@ -187,7 +212,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		Hub: a.hub, Verifier: a.verifier, Tickets: tix, Handler: a.runs, Metrics: m, Logger: log,
 		AllowedOrigins: cfg.AllowedOrigins, Dev: cfg.Dev, MaxConnsPerUser: cfg.MaxConnsPerUser,
 		MaxMessageBytes: cfg.MaxMessageBytes, PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Tracer: a.tracer,
 	}
 	if a.conns != nil {
 		wsCfg.Limiter = a.conns
@@ -206,6 +231,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		BodyTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout, RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
 	}
 	deps.Hub, deps.Place, deps.OriginAllowed = a.hub, a.ws.Place, a.ws.OriginAllowed
+	deps.Tracer = a.tracer
 	if adminBus != nil {
 		deps.AdminKeys, deps.AdminBus, deps.Revocations = auth.NewNamedKeys(cfg.AdminKeys), adminBus, adminBus
 	}
@@ -401,18 +427,18 @@ func (a *App) newAgent(cfg *config.Config) (agent.Agent, error) {
 	case config.AgentOpenAI:
 		var src tools.Source = tools.Default()
 		if len(cfg.MCPServers) > 0 {
-			set, err := mcptools.New(mcptools.Config{Servers: cfg.MCPServers, Builtin: tools.Default(), Logger: a.log})
+			set, err := mcptools.New(mcptools.Config{Servers: cfg.MCPServers, Builtin: tools.Default(), Logger: a.log, HTTPClient: a.tracer.Client(nil)})
 			if err != nil {
 				return nil, fmt.Errorf("--mcp-server: %w", err)
 			}
 			a.mcp, src = set, set
 		}
 		return openai.New(openai.Config{BaseURL: cfg.OpenAIBaseURL, APIKey: cfg.OpenAIAPIKey, Model: cfg.OpenAIModel, Tools: src,
-			RequireApproval: cfg.RequireApproval})
+			RequireApproval: cfg.RequireApproval, HTTPClient: a.tracer.Client(nil)})
 	case config.AgentHTTP:
-		return httpagent.New(httpagent.Config{URL: cfg.AgentURL})
+		return httpagent.New(httpagent.Config{URL: cfg.AgentURL, HTTPClient: a.tracer.Client(nil)})
 	case config.AgentAGUI:
-		return aguiagent.New(aguiagent.Config{URL: cfg.AgentURL})
+		return aguiagent.New(aguiagent.Config{URL: cfg.AgentURL, HTTPClient: a.tracer.Client(nil)})
 	}
 	return demo.New(demo.Options{}), nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/server"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/internal/tracing"
 	"github.com/agentwire/agentwire/internal/ws"
 )
 
@@ -94,6 +95,11 @@ type Config struct {
 	DebugAddr       string        // --debug-addr; "" is off
 	DrainTimeout    time.Duration // --drain-timeout
 	ShutdownTimeout time.Duration // --shutdown-timeout
+
+	// Tracing is OpenTelemetry tracing, configured by the standard OTEL_…
+	// variables only (tracing.FromEnv), not by flags; off when they are
+	// unset.
+	Tracing tracing.Settings
 }
 
 // Default returns the configuration serve runs with when no flag or
@@ -198,6 +204,9 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		c.MCPServers = append(c.MCPServers, srv)
 	}
 	c.RequireApproval = splitList(requireApproval)
+	if c.Tracing, err = tracing.FromEnv(getenv); err != nil {
+		return Config{}, UsageError{err}
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return Config{}, fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
 	}

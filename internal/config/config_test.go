@@ -164,3 +164,47 @@ func TestLoadHelpListsFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadTracing: tracing is off unless an OTEL_… variable asks for it,
+// and a choice agentwire cannot honour is an error naming the variable.
+func TestLoadTracing(t *testing.T) {
+	t.Parallel()
+	got, err := config.Load(nil, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Tracing.On {
+		t.Fatal("tracing on with no OTEL_ variable set")
+	}
+	for _, tc := range []struct {
+		env map[string]string
+		on  bool
+	}{
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, true},
+		{map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, true},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, true},
+		{map[string]string{"OTEL_SERVICE_NAME": "gw"}, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_TRACES_EXPORTER": "none"}, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SDK_DISABLED": "true"}, false},
+	} {
+		got, err := config.Load(nil, env(tc.env))
+		if err != nil {
+			t.Errorf("%v: %v", tc.env, err)
+			continue
+		}
+		if got.Tracing.On != tc.on {
+			t.Errorf("%v: tracing on = %v, want %v", tc.env, got.Tracing.On, tc.on)
+		}
+	}
+	for v, e := range map[string]map[string]string{
+		"OTEL_TRACES_EXPORTER":               {"OTEL_TRACES_EXPORTER": "zipkin"},
+		"OTEL_EXPORTER_OTLP_PROTOCOL":        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"},
+	} {
+		_, err := config.Load(nil, env(e))
+		var ue config.UsageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), v) {
+			t.Errorf("%v: error %v, want a usage error naming %s", e, err, v)
+		}
+	}
+}

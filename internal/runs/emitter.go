@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/agentwire/agentwire/internal/agent"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
@@ -45,6 +47,11 @@ type emitter struct {
 	// answered are the requests of the run already answered.
 	waiting  *waitReq
 	answered map[string]bool
+	// The run's span and those of its executing tool calls (trace.go);
+	// nil when tracing is off.
+	span    trace.Span
+	tools   map[string]trace.Span
+	traceID string // of span, in agent_started
 }
 
 var _ agent.Emitter = (*emitter)(nil)
@@ -68,7 +75,7 @@ func (e *emitter) appendRecordLocked(rec stream.Record) error {
 	if err := e.flushDeltasLocked(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	ctx, cancel := context.WithTimeout(e.traceContext(context.Background()), appendTimeout)
 	defer cancel()
 	ev, err := e.m.stream.Append(ctx, e.user, rec)
 	if err != nil {
@@ -105,7 +112,7 @@ const appendTimeout = 10 * time.Second
 func (e *emitter) start(agentName string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.appendRecordLocked(startRecord(e.threadID, e.runID, agentName))
+	return e.appendRecordLocked(startRecord(e.threadID, e.runID, agentName, e.traceID))
 }
 
 func (e *emitter) Thinking(text string) error {
@@ -140,6 +147,7 @@ func (e *emitter) ToolExecuting(callID, tool string, args any) error {
 		return err
 	}
 	e.pending[callID] = true
+	e.traceToolLocked(callID, tool)
 	return nil
 }
 
@@ -158,6 +166,7 @@ func (e *emitter) ToolCompleted(r agent.ToolResult) error {
 	}
 	delete(e.pending, r.CallID)
 	e.m.metrics.ToolCall(r.Tool, r.OK, r.Duration)
+	e.traceToolEndLocked(r.CallID, r.OK)
 	return e.appendLocked(protocol.TypeToolCompleted, protocol.ToolCompleted{
 		ToolCallID: r.CallID, Tool: r.Tool, OK: r.OK, Result: raw, DurationMS: r.Duration.Milliseconds(), Error: r.Error})
 }
@@ -260,6 +269,7 @@ func (e *emitter) abandon() bool {
 	e.ended = true
 	e.pending = nil
 	e.deltas.take() // the run's end is in the stream already: nothing may follow it
+	e.traceEndLocked(store.RunFailed, protocol.CodeNodeLost)
 	e.m.releaseSlot(e.user, e.runID)
 	e.m.release(e)
 	return true
@@ -292,7 +302,8 @@ func (e *emitter) endLocked(status store.RunStatus, code protocol.ErrorCode, tex
 	e.ended = true
 	e.pending = nil
 	defer e.m.release(e)
-	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer e.traceEndLocked(status, code)
+	ctx, cancel := context.WithTimeout(e.traceContext(context.Background()), appendTimeout)
 	defer cancel()
 	now := e.m.now()
 	dur := now.Sub(e.started).Milliseconds()
@@ -346,7 +357,7 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 		Message       string             `json:"message"`
 		ToolCallID    string             `json:"tool_call_id"`
 		Tool          string             `json:"tool"`
-		OK            bool               `json:"ok"`
+		OK            *bool              `json:"ok"`
 		DurationMS    *int64             `json:"duration_ms"`
 	}
 	switch typ {
@@ -393,6 +404,7 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 				e.pending = make(map[string]bool)
 			}
 			e.pending[d.ToolCallID] = true
+			e.traceToolLocked(d.ToolCallID, d.Tool)
 		}
 	case protocol.TypeToolCompleted:
 		if !e.pending[d.ToolCallID] {
@@ -400,11 +412,13 @@ func (e *emitter) publish(typ string, data json.RawMessage) (stream.Event, error
 		}
 		if err = e.appendRawLocked(typ, data); err == nil {
 			delete(e.pending, d.ToolCallID)
+			ok := d.OK != nil && *d.OK
 			dur := time.Duration(-1) // not reported: not observed
 			if d.DurationMS != nil {
 				dur = time.Duration(*d.DurationMS) * time.Millisecond
 			}
-			e.m.metrics.ToolCall(d.Tool, d.OK, dur)
+			e.m.metrics.ToolCall(d.Tool, ok, dur)
+			e.traceToolEndLocked(d.ToolCallID, ok)
 		}
 	case protocol.TypeAgentMessageDelta:
 		if err = e.appendRawLocked(typ, data); err == nil && e.tr != nil {

@@ -235,7 +235,7 @@ func (m *Manager) announce(ctx context.Context, r store.Run) {
 		cancel()
 	}
 	if withStart {
-		recs = append(recs, startRecord(r.ThreadID, r.ID, r.Agent))
+		recs = append(recs, startRecord(r.ThreadID, r.ID, r.Agent, ""))
 	}
 	if m.now().Sub(r.EndedAt) >= window {
 		// Its end key may be forgotten: appending the end again could

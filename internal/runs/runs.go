@@ -22,6 +22,7 @@ import (
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/internal/tracing"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -77,6 +78,9 @@ type Config struct {
 	// calls and their tokens (agentwire_runs_total and the others of
 	// metrics.Runs).
 	Metrics *metrics.Metrics
+	// Tracer, when set, traces each run (invoke_agent) and tool call
+	// (execute_tool); see trace.go.
+	Tracer *tracing.Tracer
 	// Inputs, when set, carries a user_input for a run of another node to
 	// that node.
 	Inputs Inputs
@@ -132,6 +136,7 @@ type Manager struct {
 	deltaWindow   time.Duration
 	tokenQuota    int64
 	metrics       *metrics.Runs // nil without Config.Metrics
+	tracer        *tracing.Tracer
 	noTranscripts bool
 	crash         func() bool
 	loopCtx       context.Context // done at the end of Shutdown
@@ -170,7 +175,7 @@ func New(cfg Config) *Manager {
 		stream: cfg.Stream, store: cfg.Store, agent: cfg.Agent, log: cfg.Logger,
 		maxPerUser: cfg.MaxPerUser, timeout: cfg.Timeout, now: cfg.Now,
 		slots: cfg.Slots, stops: cfg.Stops, inputs: cfg.Inputs, inputTimeout: cfg.InputTimeout, crash: cfg.crashAfterStore, noTranscripts: cfg.NoTranscripts,
-		tokenQuota: cfg.TokenQuota, deltaWindow: cfg.DeltaWindow,
+		tokenQuota: cfg.TokenQuota, deltaWindow: cfg.DeltaWindow, tracer: cfg.Tracer,
 		active: make(map[string]*active), perUser: make(map[string]int), unfinished: make(map[string]finish), announced: make(map[string]struct{}),
 	}
 	if m.log == nil {
@@ -384,7 +389,11 @@ func (m *Manager) userMessage(ctx context.Context, user string, f *protocol.Fram
 	if !m.noTranscripts {
 		em.tr = &transcript{messageID: em.messageID, saved: now}
 	}
+	em.traceStart(ctx, m.agent.Name())
 	if err := em.start(m.agent.Name()); err != nil {
+		em.mu.Lock()
+		em.traceEndLocked(store.RunFailed, protocol.CodeAgentFailed)
+		em.mu.Unlock()
 		return m.acceptFailed(ctx, user, a, idemKey, echo, f.ID)
 	}
 	m.metrics.FirstEvent(m.now().Sub(received))
@@ -421,7 +430,7 @@ func (m *Manager) acceptFailed(ctx context.Context, user string, a ack, idemKey 
 	m.record(bctx, finish{Outcome: store.Outcome{UserID: user, RunID: a.RunID, Status: store.RunFailed, EndedAt: m.now(), ErrorCode: string(protocol.CodeAgentFailed), ErrorMessage: msg}})
 	m.metrics.Ended(string(store.RunFailed), -1)
 	end, _ := protocol.MarshalData(protocol.AgentError{Code: protocol.CodeAgentFailed, Message: msg})
-	m.resend(user, func() { m.endAppended(a.RunID) }, echo, startRecord(a.ThreadID, a.RunID, m.agent.Name()),
+	m.resend(user, func() { m.endAppended(a.RunID) }, echo, startRecord(a.ThreadID, a.RunID, m.agent.Name(), ""),
 		stream.Record{Type: protocol.TypeAgentError, ThreadID: a.ThreadID, RunID: a.RunID, Data: end, IdempotencyKey: endKey(a.RunID)})
 	return protocol.AckFrame{Ref: ref, ThreadID: a.ThreadID, RunID: a.RunID, MessageID: a.MessageID}, nil
 }
@@ -502,8 +511,9 @@ func echoRecord(threadID, runID, messageID, content, clientMessageID string) str
 }
 
 // startRecord is a run's agent_started event.
-func startRecord(threadID, runID, agentName string) stream.Record {
-	data, _ := protocol.MarshalData(protocol.AgentStarted{Agent: agentName})
+// traceID is the run's trace when tracing is on (see trace.go), else "".
+func startRecord(threadID, runID, agentName, traceID string) stream.Record {
+	data, _ := protocol.MarshalData(protocol.AgentStarted{Agent: agentName, TraceID: traceID})
 	return stream.Record{Type: protocol.TypeAgentStarted, ThreadID: threadID, RunID: runID, Data: data, IdempotencyKey: startKey(runID)}
 }
 
@@ -660,7 +670,7 @@ func (m *Manager) release(e *emitter) {
 // launch starts the agent of a started run in its own context, which does
 // not derive from the request: the run outlives the connection.
 func (m *Manager) launch(em *emitter, history []store.Message) {
-	ctx, cancel := context.WithCancelCause(context.Background())
+	ctx, cancel := context.WithCancelCause(em.traceContext(context.Background()))
 	act := &active{em: em, cancel: cancel}
 	m.mu.Lock()
 	m.active[em.runID] = act

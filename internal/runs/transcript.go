@@ -114,7 +114,7 @@ func (e *emitter) saveLocked(now time.Time) {
 		return
 	}
 	evs := e.tr.take(false)
-	ctx, cancel := context.WithTimeout(context.Background(), transcriptSaveTimeout)
+	ctx, cancel := context.WithTimeout(e.traceContext(context.Background()), transcriptSaveTimeout)
 	defer cancel()
 	if err := e.m.store.AppendRunEvents(ctx, e.user, e.runID, evs); err != nil {
 		e.m.log.Warn("store run events, will retry", "user", e.user, "run", e.runID, "err", err)

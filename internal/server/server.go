@@ -20,6 +20,7 @@ import (
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/internal/tracing"
 )
 
 // Verifier verifies user JWTs.
@@ -82,6 +83,10 @@ type Deps struct {
 	// OriginAllowed is the --allowed-origins policy of browsers calling
 	// the AG-UI endpoints from another origin (CORS); nil: same host only.
 	OriginAllowed func(*http.Request) bool
+	// Tracer, when set, traces every request (a server span named by its
+	// route, the caller's traceparent its parent: a publish joins its
+	// caller's trace); an SSE stream or AG-UI response is one request.
+	Tracer *tracing.Tracer
 }
 
 // NewServer returns the complete HTTP handler.
@@ -103,7 +108,20 @@ func NewServer(d Deps) http.Handler {
 	}
 	mux := http.NewServeMux()
 	addRoutes(mux, &d)
-	return withDeadlines(d.BodyTimeout, d.WriteTimeout, secureHeaders(mux))
+	var h http.Handler = mux
+	if d.Tracer != nil {
+		h = routeNames(mux)
+	}
+	return d.Tracer.Handler(withDeadlines(d.BodyTimeout, d.WriteTimeout, secureHeaders(h)))
+}
+
+// routeNames names each request's span after the route the mux matched,
+// never the raw path, which carries ids.
+func routeNames(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mux.ServeHTTP(w, r)
+		tracing.Route(r)
+	})
 }
 
 // secureHeaders sets the headers every answer carries.

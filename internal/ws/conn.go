@@ -144,6 +144,9 @@ func (c *conn) finish() {
 	c.srv.cfg.Hub.Unregister(c.hc)
 	c.hc.Close(protocol.CloseNormal, "")
 	c.release()
+	if c.span != nil {
+		c.span.End()
+	}
 	c.srv.wg.Done()
 }
 

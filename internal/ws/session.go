@@ -6,6 +6,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/agentwire/agentwire/internal/hub"
@@ -22,6 +24,7 @@ type session struct {
 	hc   *hub.Conn
 	user string
 
+	span    trace.Span    // the session's span (ws.Config.Tracer); nil when off
 	limiter *rate.Limiter // made at the first message: idle connections do not carry one
 	errs    []time.Time   // times of the latest errors, allocated on the first
 	aliases uint8         // bit per deprecated alias already announced
@@ -101,6 +104,12 @@ func (ss *session) handle(ctx context.Context, f *protocol.Frame) {
 			ss.aliases |= bit
 			ss.hc.Send(protocol.EncodeDeprecation(f.Alias))
 		}
+	}
+	if t := ss.srv.cfg.Tracer; t != nil && ss.span != nil && f.Type != protocol.TypePing {
+		var span trace.Span
+		ctx, span = t.StartRoot(trace.ContextWithSpan(ctx, ss.span), "frame "+f.Type, trace.SpanKindServer,
+			attribute.String("agentwire.frame.type", f.Type), attribute.String("agentwire.conn.id", ss.hc.ID))
+		defer span.End()
 	}
 	switch f.Type {
 	case protocol.TypePing:

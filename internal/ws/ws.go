@@ -31,11 +31,13 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/internal/hub"
 	"github.com/agentwire/agentwire/internal/metrics"
+	"github.com/agentwire/agentwire/internal/tracing"
 	"github.com/agentwire/agentwire/protocol"
 )
 
@@ -127,6 +129,11 @@ type Config struct {
 	// SSEHeartbeat is the interval of GET /api/v1/stream's heartbeat
 	// comments (0: hub/sse.DefaultHeartbeat, 15 s).
 	SSEHeartbeat time.Duration
+	// Tracer, when set, traces each WebSocket session (from the upgrade
+	// to the close) and each client frame but ping, each frame its own
+	// trace linked to the session's span. An SSE stream is its HTTP
+	// request's span.
+	Tracer *tracing.Tracer
 }
 
 // Server serves /ws.
@@ -224,6 +231,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.hc.Describe("websocket", claims.IssuedAt)
 	if c.life.limited, ok = s.place(w, r, c.hc); !ok {
 		return
+	}
+	if t := s.cfg.Tracer; t != nil {
+		// Ended by finish, which every path from here reaches once.
+		_, c.span = t.Start(r.Context(), "websocket session", trace.SpanKindServer)
 	}
 	if status, msg := checkHandshake(r); status != 0 {
 		if msg == errBadVersion {

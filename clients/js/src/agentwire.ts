@@ -43,6 +43,8 @@ export interface UserMessageData {
 }
 export interface AgentStartedData {
   agent: string;
+  /** The run's OpenTelemetry trace id (32 hex digits), when the server traces. */
+  trace_id?: string;
 }
 export interface AgentThinkingData {
   text: string;

@@ -48,6 +48,9 @@ func CallTool(ctx context.Context, em agent.Emitter, reg *Registry, callID, name
 		return nil, err
 	}
 
+	if tc, ok := em.(agent.ToolContexter); ok {
+		ctx = tc.ToolContext(ctx, callID)
+	}
 	ctx = context.WithValue(ctx, progressKey{}, progressFunc(func(p agent.Progress) {
 		p.CallID = callID
 		_ = em.ToolProgress(p) // an ended run ends the call through ctx
