@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	rueidis "github.com/redis/rueidis"
@@ -19,26 +20,24 @@ import (
 // confirmation, or the first failure, is reported on u.confirmed.
 func (s *Stream) receiveLoop(u *userSub) {
 	backoff := 50 * time.Millisecond
-	first := true
+	var reported atomic.Bool // u.confirmed has its value
 	for u.ctx.Err() == nil {
 		rctx, restart := context.WithCancel(u.ctx)
 		u.setRestart(restart)
-		confirmedNow := false
+		var confirmedNow atomic.Bool // this Receive's SSUBSCRIBE was confirmed
 		rctx = rueidis.WithOnSubscriptionHook(rctx, func(ps rueidis.PubSubSubscription) {
 			// Runs on the connection's reader: no network calls here.
-			if ps.Kind != "ssubscribe" || ps.Channel != u.channel || confirmedNow {
+			if ps.Kind != "ssubscribe" || ps.Channel != u.channel || !confirmedNow.CompareAndSwap(false, true) {
 				return
 			}
-			confirmedNow = true
-			if first {
-				first = false
+			if reported.CompareAndSwap(false, true) {
 				u.confirmed <- nil
 			} else {
 				s.kick(u)
 			}
 		})
 		rctx = rueidis.WithOnReceiveReturnHook(rctx, func(err error, c rueidis.CommandClient) error {
-			if u.ctx.Err() != nil && err != nil && confirmedNow {
+			if u.ctx.Err() != nil && err != nil && confirmedNow.Load() && !s.closed.Load() {
 				// Unsubscribed (not a lost connection): tell Redis, so it
 				// stops sending the user's events to this node.
 				uctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), time.Second)
@@ -54,16 +53,15 @@ func (s *Stream) receiveLoop(u *userSub) {
 		if u.ctx.Err() != nil {
 			return
 		}
-		if first {
+		if reported.CompareAndSwap(false, true) {
 			// Never confirmed: Subscribe fails (and releases u).
 			if err == nil {
 				err = errNoPubSub
 			}
-			first = false
 			u.confirmed <- err
 			return
 		}
-		if confirmedNow {
+		if confirmedNow.Load() {
 			backoff = 50 * time.Millisecond
 		}
 		if err != nil && !s.closed.Load() {
