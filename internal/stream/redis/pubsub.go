@@ -21,6 +21,7 @@ import (
 func (s *Stream) receiveLoop(u *userSub) {
 	backoff := 50 * time.Millisecond
 	var reported atomic.Bool // u.confirmed has its value
+	quick := 0               // immediate retries in a row
 	for u.ctx.Err() == nil {
 		rctx, restart := context.WithCancel(u.ctx)
 		u.setRestart(restart)
@@ -53,17 +54,23 @@ func (s *Stream) receiveLoop(u *userSub) {
 		if u.ctx.Err() != nil {
 			return
 		}
-		if reported.CompareAndSwap(false, true) {
-			// Never confirmed: Subscribe fails (and releases u).
-			if err == nil {
-				err = errNoPubSub
-			}
+		if err != nil && reported.CompareAndSwap(false, true) {
+			// The first SSUBSCRIBE failed: Subscribe fails (and releases u).
 			u.confirmed <- err
 			return
 		}
+		// Otherwise subscribe again, also when Redis ended the subscription
+		// before confirming it (err nil): the sunsubscribe answering an
+		// earlier subscription's SUNSUBSCRIBE of the same channel ends every
+		// local subscription of it, and Subscribe waits for this one.
 		if confirmedNow.Load() {
 			backoff = 50 * time.Millisecond
 		}
+		if err == nil && !confirmedNow.Load() && quick < 3 {
+			quick++ // a stale sunsubscribe: at once, a few times
+			continue
+		}
+		quick = 0
 		if err != nil && !s.closed.Load() {
 			s.log.Warn("redis stream: subscription lost, subscribing again", "err", err)
 		}

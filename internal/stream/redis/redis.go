@@ -371,5 +371,3 @@ func maybeSent(err error) bool {
 	}
 	return !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, rueidis.ErrClosing)
 }
-
-var errNoPubSub = errors.New("subscription not confirmed by Redis")

@@ -624,3 +624,31 @@ func TestRestartOnDiskKeepsEpoch(t *testing.T) {
 		t.Fatalf("resume from 3: %d events, %v", len(evs), err)
 	}
 }
+
+// TestResubscribeRightAfterUnsubscribe: the last handler of a user going
+// sends SUNSUBSCRIBE, and Redis's answer ends every local subscription of
+// that channel on the connection, including one made right after for the
+// same user. Subscribe must still succeed, and deliver.
+func TestResubscribeRightAfterUnsubscribe(t *testing.T) {
+	redisxtest.EachTopology(t, func(t *testing.T, url string) {
+		prefix := testPrefix(t)
+		adminOf(t, url, prefix)
+		s := newNodeOn(t, url, prefix, stream.Retention{})
+		u := "resubscribe"
+		for i := range 200 {
+			cancel, err := s.Subscribe(t.Context(), u, func(stream.Event) {})
+			if err != nil {
+				t.Fatalf("Subscribe #%d: %v", i, err)
+			}
+			cancel()
+		}
+		col := subscribeAll(t, s, []string{u})[0]
+		ev, err := s.Append(t.Context(), u, rec(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := col.waitLen(t, 1, 10*time.Second); got[0].Seq != ev.Seq {
+			t.Fatalf("delivered seq %d, want %d", got[0].Seq, ev.Seq)
+		}
+	})
+}
