@@ -16,6 +16,7 @@ import (
 	"github.com/agentwire/agentwire/internal/agent/openai"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/hub"
+	"github.com/agentwire/agentwire/internal/redisx"
 	"github.com/agentwire/agentwire/internal/runs"
 	"github.com/agentwire/agentwire/internal/server"
 	"github.com/agentwire/agentwire/internal/stream"
@@ -155,7 +156,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	f.String(&c.OpenAIModel, "openai-model", "AGENTWIRE_OPENAI_MODEL", c.OpenAIModel, "model name (--agent openai)")
 	f.Repeated(&mcpServers, "mcp-server", "AGENTWIRE_MCP_SERVER", "an MCP server whose tools the openai agent may call, as NAME.tool: NAME=URL (Streamable HTTP) or NAME=stdio:COMMAND ARGS (a local process)")
 	f.String(&requireApproval, "require-approval", "AGENTWIRE_REQUIRE_APPROVAL", "", "comma-separated tools whose calls ask the user to approve first, or * for every tool (--agent openai); a denial is the call's result")
-	f.String(&c.RedisURL, "redis-url", "AGENTWIRE_REDIS_URL", c.RedisURL, "redis://… shared by every node: streams, tickets, connection and run limits, stop requests (default: in memory, one node)")
+	f.String(&c.RedisURL, "redis-url", "AGENTWIRE_REDIS_URL", c.RedisURL, "Redis shared by every node (streams, tickets, connection and run limits, stop requests): redis://host:port/db, redis-cluster://h1:p1,h2:p2,… or redis-sentinel://h1:p1,…/?master=NAME (default: in memory, one node)")
 	f.String(&c.DatabaseURL, "database-url", "AGENTWIRE_DATABASE_URL", c.DatabaseURL, "postgres://… shared by every node (default: SQLite in --data-dir)")
 	f.String(&c.DatabaseSchema, "database-schema", "AGENTWIRE_DATABASE_SCHEMA", c.DatabaseSchema, "PostgreSQL schema holding agentwire's tables; created if missing (--database-url postgres://…)")
 	f.Duration(&c.RunLeaseTTL, "run-lease-ttl", "AGENTWIRE_RUN_LEASE_TTL", c.RunLeaseTTL, "how long a run's lease lasts unrenewed; a run of a dead node ends with node_lost about this long after its last renewal")
@@ -274,6 +275,11 @@ func (c *Config) validate() error {
 	}
 	if c.DatabaseURL != "" && !c.Postgres() {
 		errs = append(errs, errors.New("--database-url: want postgres://…; without it the SQLite file in --data-dir is used"))
+	}
+	if c.RedisURL != "" {
+		if _, _, err := redisx.ParseURL(c.RedisURL); err != nil {
+			errs = append(errs, fmt.Errorf("--redis-url: %w", err))
+		}
 	}
 	if err := c.Keys.validate(); err != nil {
 		errs = append(errs, err)

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/agentwire/agentwire/internal/auth"
+	"github.com/agentwire/agentwire/internal/redisx/redisxtest"
 	"github.com/agentwire/agentwire/internal/testproc"
 )
 
@@ -34,7 +35,38 @@ import (
 const (
 	redisURLEnv    = "AGENTWIRE_TEST_REDIS_URL"
 	databaseURLEnv = "AGENTWIRE_TEST_DATABASE_URL"
+	// topologyEnv runs the suite on another Redis deployment: "cluster"
+	// or "sentinel" (the URLs scripts/redis-topologies prints); unset or
+	// "standalone" is AGENTWIRE_TEST_REDIS_URL. scripts/test runs the
+	// TestCluster suite once per topology.
+	topologyEnv = "AGENTWIRE_TEST_REDIS_TOPOLOGY"
 )
+
+// topology is the Redis deployment the suite runs on and the variable
+// holding its URL.
+func topology(t *testing.T) (name, urlEnv string) {
+	t.Helper()
+	name = os.Getenv(topologyEnv)
+	if name == "" {
+		name = "standalone"
+	}
+	for _, top := range redisxtest.Topologies {
+		if top.Name == name {
+			return name, top.Env
+		}
+	}
+	t.Fatalf("%s=%q: want standalone, cluster or sentinel", topologyEnv, name)
+	return "", ""
+}
+
+// standaloneOnly skips a test that needs the standalone Redis (it starts
+// and restarts one of its own) when the suite runs on another topology.
+func standaloneOnly(t *testing.T) {
+	t.Helper()
+	if name, _ := topology(t); name != "standalone" {
+		t.Skipf("runs on its own standalone redis-server: covered by the standalone run, not the %s one", name)
+	}
+}
 
 // bin is the agentwire binary, built once per test binary (with -race
 // when this test binary has it).
@@ -62,9 +94,10 @@ func newClusterEnv(t *testing.T) *clusterEnv {
 	if testing.Short() {
 		t.Skip("multi-node suite: builds and starts the binary")
 	}
-	rurl, durl := os.Getenv(redisURLEnv), os.Getenv(databaseURLEnv)
+	_, urlEnv := topology(t)
+	rurl, durl := os.Getenv(urlEnv), os.Getenv(databaseURLEnv)
 	if rurl == "" || durl == "" {
-		t.Skipf("!!! %s and %s must both be set: the MULTI-NODE suite (Redis + PostgreSQL) is NOT TESTED !!!", redisURLEnv, databaseURLEnv)
+		t.Skipf("!!! %s and %s must both be set: the MULTI-NODE suite (Redis + PostgreSQL) is NOT TESTED !!!", urlEnv, databaseURLEnv)
 	}
 	id := randID()
 	return &clusterEnv{t: t, id: id, redisURL: rurl, pg: testproc.NewPGSchema(t, durl, "awtest", id)}
@@ -247,6 +280,7 @@ func errorCode(b []byte) string {
 // startRedis starts a private redis-server (no persistence) on a free
 // loopback port, which a test may kill and restart on the same port.
 func startRedis(t *testing.T) *testproc.Redis {
+	standaloneOnly(t)
 	return testproc.StartRedis(t, false, "!!! no redis-server binary: the Redis restart test is NOT RUN !!!")
 }
 

@@ -15,8 +15,10 @@ import (
 // both, in order; answers come back to the collector; both nodes are
 // listed while they announce themselves and unlisted when they stop;
 // revocations are shared.
-func TestBusAcrossNodes(t *testing.T) {
-	client, prefix := redisxtest.Client(t)
+func TestBusAcrossNodes(t *testing.T) { redisxtest.EachTopology(t, testBusAcrossNodes) }
+
+func testBusAcrossNodes(t *testing.T, url string) {
+	client, prefix := redisxtest.ClientOf(t, url)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a, b := New(client, prefix, time.Hour, nil), New(client, prefix, time.Hour, nil)

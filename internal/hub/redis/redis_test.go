@@ -15,11 +15,13 @@ import (
 	"github.com/agentwire/agentwire/internal/redisx/redisxtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, redisxtest.IgnoreClusterRefresh) }
 
-func TestConnLimitAcrossNodes(t *testing.T) {
+func TestConnLimitAcrossNodes(t *testing.T) { redisxtest.EachTopology(t, testConnLimitAcrossNodes) }
+
+func testConnLimitAcrossNodes(t *testing.T, url string) {
 	t.Parallel()
-	c, prefix := redisxtest.Client(t)
+	c, prefix := redisxtest.ClientOf(t, url)
 	conns := New(c, prefix, 2*time.Second)
 	ctx := context.Background()
 	var ok atomic.Int32

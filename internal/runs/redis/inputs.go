@@ -14,7 +14,7 @@ import (
 
 // Inputs carries user_input answers to the node that runs the run
 // (runs.Inputs) and brings back that node's verdict: a request is published
-// on the node's channel (<prefix>:node:<id>:input) with a fresh reply id, the
+// on the node's channel (<prefix>:{n:<id>}:input, sharded pub/sub as the stop channel) with a fresh reply id, the
 // node pushes its reply to <prefix>:input:reply:<reply id> (a list that
 // expires after a minute), and the asker waits for it with BLPOP. The node
 // running the run decides alone, so an answer reaches its agent once.
@@ -28,7 +28,7 @@ func NewInputs(client rueidis.Client, prefix string) *Inputs {
 	return &Inputs{client: client, prefix: prefix}
 }
 
-func (s *Inputs) channel(node string) string { return s.prefix + ":node:" + node + ":input" }
+func (s *Inputs) channel(node string) string { return NodeTag(s.prefix, node) + "input" }
 func (s *Inputs) replyKey(id string) string  { return s.prefix + ":input:reply:" + id }
 
 type inputEnvelope struct {
@@ -44,7 +44,7 @@ const askWait = 5 * time.Second
 func (s *Inputs) Ask(ctx context.Context, node string, req []byte) ([]byte, bool, error) {
 	id := ulid.Make().String()
 	msg, _ := json.Marshal(inputEnvelope{ID: id, Body: req})
-	n, err := s.client.Do(ctx, s.client.B().Publish().Channel(s.channel(node)).Message(rueidis.BinaryString(msg)).Build()).AsInt64()
+	n, err := s.client.Do(ctx, s.client.B().Spublish().Channel(s.channel(node)).Message(rueidis.BinaryString(msg)).Build()).AsInt64()
 	if err != nil {
 		return nil, false, redisx.Wrap(err)
 	}
@@ -73,7 +73,7 @@ func (s *Inputs) Serve(ctx context.Context, node string, handle func(req []byte)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for ctx.Err() == nil {
-		_ = s.client.Receive(ctx, s.client.B().Subscribe().Channel(s.channel(node)).Build(), func(m rueidis.PubSubMessage) {
+		_ = s.client.Receive(ctx, s.client.B().Ssubscribe().Channel(s.channel(node)).Build(), func(m rueidis.PubSubMessage) {
 			var env inputEnvelope
 			if json.Unmarshal([]byte(m.Message), &env) != nil || env.ID == "" {
 				return

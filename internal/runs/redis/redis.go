@@ -1,12 +1,20 @@
 // Package redis is what the runs of several nodes agree on in Redis: the
 // per-user run limit for the whole cluster (NewSlots; a user's runs are a
 // sorted set of run ids, <prefix>:{u:<id>}:runs) and the stop requests
-// routed to the node that runs a run (Stops, pub/sub on
-// <prefix>:node:<id>:stop).
+// routed to the node that runs a run (Stops, sharded pub/sub on
+// <prefix>:{n:<id>}:stop).
+//
+// The node channels are sharded (SPUBLISH/SSUBSCRIBE) and carry the node's
+// hash tag, so on Redis Cluster each lives in one slot: SPUBLISH's count of
+// receivers is then the whole cluster's (PUBLISH counts only the
+// subscribers of the node it reached), and a subscription follows its
+// slot's master through a failover (Redis ends it with sunsubscribe and
+// Listen subscribes again).
 package redis
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"time"
 
@@ -38,7 +46,13 @@ func NewStops(client rueidis.Client, prefix string) *Stops {
 	return &Stops{client: client, prefix: prefix}
 }
 
-func (s *Stops) channel(node string) string { return s.prefix + ":node:" + node + ":stop" }
+func (s *Stops) channel(node string) string { return NodeTag(s.prefix, node) + "stop" }
+
+// NodeTag is how the channels of node start: <prefix>:{n:<base64url(node)>}:
+// (one hash slot per node, whatever the node id holds).
+func NodeTag(prefix, node string) string {
+	return prefix + ":{n:" + base64.RawURLEncoding.EncodeToString([]byte(node)) + "}:"
+}
 
 type stopRequest struct {
 	User  string `json:"u"`
@@ -49,7 +63,7 @@ type stopRequest struct {
 // of node's channel received it.
 func (s *Stops) Send(ctx context.Context, node, user, runID string) (bool, error) {
 	msg, _ := json.Marshal(stopRequest{User: user, RunID: runID})
-	n, err := s.client.Do(ctx, s.client.B().Publish().Channel(s.channel(node)).Message(rueidis.BinaryString(msg)).Build()).AsInt64()
+	n, err := s.client.Do(ctx, s.client.B().Spublish().Channel(s.channel(node)).Message(rueidis.BinaryString(msg)).Build()).AsInt64()
 	if err != nil {
 		return false, redisx.Wrap(err)
 	}
@@ -62,7 +76,7 @@ func (s *Stops) Send(ctx context.Context, node, user, runID string) (bool, error
 func (s *Stops) Listen(ctx context.Context, node string, stop func(user, runID string)) {
 	for ctx.Err() == nil {
 		// Receive returns when the connection is lost (or ctx is done).
-		_ = s.client.Receive(ctx, s.client.B().Subscribe().Channel(s.channel(node)).Build(), func(m rueidis.PubSubMessage) {
+		_ = s.client.Receive(ctx, s.client.B().Ssubscribe().Channel(s.channel(node)).Build(), func(m rueidis.PubSubMessage) {
 			var r stopRequest
 			if json.Unmarshal([]byte(m.Message), &r) == nil && r.User != "" && r.RunID != "" {
 				stop(r.User, r.RunID)

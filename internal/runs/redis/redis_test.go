@@ -12,11 +12,13 @@ import (
 	"github.com/agentwire/agentwire/internal/redisx/redisxtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, redisxtest.IgnoreClusterRefresh) }
 
-func TestRunSlotsApartFromConns(t *testing.T) {
+func TestRunSlotsApartFromConns(t *testing.T) { redisxtest.EachTopology(t, testRunSlotsApartFromConns) }
+
+func testRunSlotsApartFromConns(t *testing.T, url string) {
 	t.Parallel()
-	c, prefix := redisxtest.Client(t)
+	c, prefix := redisxtest.ClientOf(t, url)
 	ctx := context.Background()
 	conns, runs := redisx.NewSlots(c, prefix, "conns", time.Minute), NewSlots(c, prefix, time.Minute)
 	for i := range 2 {
@@ -38,9 +40,11 @@ func TestRunSlotsApartFromConns(t *testing.T) {
 	}
 }
 
-func TestStopsReachTheNode(t *testing.T) {
+func TestStopsReachTheNode(t *testing.T) { redisxtest.EachTopology(t, testStopsReachTheNode) }
+
+func testStopsReachTheNode(t *testing.T, url string) {
 	t.Parallel()
-	c, prefix := redisxtest.Client(t)
+	c, prefix := redisxtest.ClientOf(t, url)
 	stops := NewStops(c, prefix)
 	ctx, cancel := context.WithCancel(context.Background())
 	got := make(chan [2]string, 4)
@@ -73,9 +77,11 @@ func TestStopsReachTheNode(t *testing.T) {
 	<-done
 }
 
-func TestInputsAskAndReply(t *testing.T) {
+func TestInputsAskAndReply(t *testing.T) { redisxtest.EachTopology(t, testInputsAskAndReply) }
+
+func testInputsAskAndReply(t *testing.T, url string) {
 	t.Parallel()
-	c, prefix := redisxtest.Client(t)
+	c, prefix := redisxtest.ClientOf(t, url)
 	in := NewInputs(c, prefix)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

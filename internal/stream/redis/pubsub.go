@@ -2,161 +2,159 @@ package redis
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	rueidis "github.com/redis/rueidis"
 )
 
-// subscribeBatch bounds the channels of one SSUBSCRIBE when resubscribing.
-const subscribeBatch = 512
-
-// runPubSub owns the node's pub/sub connection: it (re)connects, sends the
-// queued (un)subscriptions in order, resubscribes every channel after a
-// reconnect and then makes every subscription catch up from the log (pub/sub
-// is at-most-once: whatever was published while the connection was down is
-// read back with Since). It also keeps subscribed users' keys alive.
-func (s *Stream) runPubSub() {
-	var (
-		dc      rueidis.DedicatedClient
-		release func()
-		lost    <-chan error
-	)
-	drop := func() {
-		if release != nil {
-			release()
-		}
-		dc, release, lost = nil, nil, nil
-	}
-	defer drop()
-	keepEvery := max((s.maxAge+keyMargin)/3, time.Second)
-	keep := time.NewTicker(keepEvery)
-	defer keep.Stop()
+// receiveLoop owns u's SSUBSCRIBE: one Receive at a time on the client's
+// connection to the node that serves the user's slot (on a cluster the
+// client routes it by slot; on a standalone Redis or the master Sentinel
+// names there is one). Receive returns when the connection is lost, when
+// Redis ends the subscription (Redis Cluster sends sunsubscribe when the
+// slot moves or its master fails over) or when the watchdog restarts it;
+// while u is wanted the loop subscribes again, and every confirmation after
+// the first makes u catch up from the log (pub/sub is at-most-once:
+// whatever was published meanwhile is read back with Since). The first
+// confirmation, or the first failure, is reported on u.confirmed.
+func (s *Stream) receiveLoop(u *userSub) {
 	backoff := 50 * time.Millisecond
-	for {
-		if dc == nil {
-			if s.connectPubSub(&dc, &release, &lost) {
-				backoff = 50 * time.Millisecond
-			} else {
-				drop()
-				s.failOps()
-				select {
-				case <-s.done:
-					return
-				case <-time.After(backoff):
-				}
-				backoff = min(2*backoff, 2*time.Second)
-				continue
+	var reported atomic.Bool // u.confirmed has its value
+	quick := 0               // immediate retries in a row
+	for u.ctx.Err() == nil {
+		rctx, restart := context.WithCancel(u.ctx)
+		u.setRestart(restart)
+		var confirmedNow atomic.Bool // this Receive's SSUBSCRIBE was confirmed
+		rctx = rueidis.WithOnSubscriptionHook(rctx, func(ps rueidis.PubSubSubscription) {
+			// Runs on the connection's reader: no network calls here.
+			if ps.Kind != "ssubscribe" || ps.Channel != u.channel || !confirmedNow.CompareAndSwap(false, true) {
+				return
 			}
+			if reported.CompareAndSwap(false, true) {
+				u.confirmed <- nil
+			} else {
+				s.kick(u)
+			}
+		})
+		rctx = rueidis.WithOnReceiveReturnHook(rctx, func(err error, c rueidis.CommandClient) error {
+			if u.ctx.Err() != nil && err != nil && confirmedNow.Load() && !s.closed.Load() {
+				// Unsubscribed (not a lost connection): tell Redis, so it
+				// stops sending the user's events to this node.
+				uctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), time.Second)
+				c.Do(uctx, c.B().Sunsubscribe().Channel(u.channel).Build())
+				cancel()
+			}
+			return err
+		})
+		err := s.client.Receive(rctx, s.client.B().Ssubscribe().Channel(u.channel).Build(), func(m rueidis.PubSubMessage) {
+			s.onMessage(u, m)
+		})
+		restart()
+		if u.ctx.Err() != nil {
+			return
 		}
+		if err != nil && reported.CompareAndSwap(false, true) {
+			// The first SSUBSCRIBE failed: Subscribe fails (and releases u).
+			u.confirmed <- err
+			return
+		}
+		// Otherwise subscribe again, also when Redis ended the subscription
+		// before confirming it (err nil): the sunsubscribe answering an
+		// earlier subscription's SUNSUBSCRIBE of the same channel ends every
+		// local subscription of it, and Subscribe waits for this one.
+		if confirmedNow.Load() {
+			backoff = 50 * time.Millisecond
+		}
+		if err == nil && !confirmedNow.Load() && quick < 3 {
+			quick++ // a stale sunsubscribe: at once, a few times
+			continue
+		}
+		quick = 0
+		if err != nil && !s.closed.Load() {
+			s.log.Warn("redis stream: subscription lost, subscribing again", "err", err)
+		}
+		select {
+		case <-u.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// maintain keeps subscribed users' keys alive and runs the watchdog, until
+// the Stream closes.
+func (s *Stream) maintain() {
+	keep := time.NewTicker(max((s.maxAge+keyMargin)/3, time.Second))
+	defer keep.Stop()
+	check := time.NewTicker(s.checkEvery)
+	defer check.Stop()
+	for {
 		select {
 		case <-s.done:
 			return
-		case err := <-lost:
-			if s.closed.Load() {
-				return
-			}
-			s.log.Warn("redis stream: pub/sub connection lost, reconnecting", "err", err)
-			drop()
-		case <-s.opWake:
-			if !s.sendOps(dc) {
-				drop()
-			}
 		case <-keep.C:
 			s.keepAlive()
+		case <-check.C:
+			s.watchdog()
 		}
 	}
 }
 
-// connectPubSub makes a new dedicated connection, subscribes every channel
-// of the map and kicks every subscription to catch up.
-func (s *Stream) connectPubSub(dc *rueidis.DedicatedClient, release *func(), lost *<-chan error) bool {
-	c, cancel := s.client.Dedicate()
-	*dc, *release = c, cancel
-	*lost = c.SetPubSubHooks(rueidis.PubSubHooks{OnMessage: s.onMessage})
-
+// watchdog compares every subscribed user's head in Redis with the last seq
+// delivered here. A user behind is made to catch up from the log; one
+// behind at two checks in a row without a single live message received in
+// between has a dead subscription (a connection that neither delivers nor
+// fails, a slot that moved without a sunsubscribe): its Receive is
+// restarted, which subscribes again and catches up. So live delivery never
+// stalls for longer than a check, and stays on pub/sub rather than on the
+// watchdog's reads.
+func (s *Stream) watchdog() {
 	s.mu.Lock()
-	ops := s.ops
-	s.ops = nil
-	chans := make([]string, 0, len(s.subs))
 	subs := make([]*userSub, 0, len(s.subs))
-	for ch, u := range s.subs {
-		chans = append(chans, ch)
+	for _, u := range s.subs {
 		subs = append(subs, u)
 	}
 	s.mu.Unlock()
-
-	var err error
-	for i := 0; i < len(chans) && err == nil; i += subscribeBatch {
+	for len(subs) > 0 {
+		n := min(len(subs), 256)
+		batch := subs[:n]
+		subs = subs[n:]
+		cmds := make(rueidis.Commands, n)
+		for i, u := range batch {
+			cmds[i] = s.client.B().Hmget().Key(s.userTag(u.user)+"meta").Field("e", "h").Build()
+		}
 		ctx, cancel := context.WithTimeout(s.ctx, opTimeout)
-		err = c.Do(ctx, c.B().Ssubscribe().Channel(chans[i:min(i+subscribeBatch, len(chans))]...).Build()).Error()
+		res := s.client.DoMulti(ctx, cmds...)
 		cancel()
-	}
-	if err == nil {
-		// Every channel in the map is subscribed: queued unsubscriptions are
-		// moot on a fresh connection, queued subscriptions are done.
-		err = c.Do(s.ctx, c.B().Ping().Build()).Error()
-	}
-	for _, op := range ops {
-		if op.done != nil {
-			op.done <- err
-		}
-	}
-	if err != nil {
-		if !s.closed.Load() {
-			s.log.Warn("redis stream: pub/sub connect failed", "err", err)
-		}
-		return false
-	}
-	for _, u := range subs {
-		s.kick(u)
-	}
-	return true
-}
-
-// sendOps sends the queued (un)subscriptions in one pipeline, in order.
-func (s *Stream) sendOps(c rueidis.DedicatedClient) bool {
-	s.mu.Lock()
-	ops := s.ops
-	s.ops = nil
-	s.mu.Unlock()
-	if len(ops) == 0 {
-		return true
-	}
-	cmds := make(rueidis.Commands, len(ops))
-	for i, op := range ops {
-		if op.unsub {
-			cmds[i] = c.B().Sunsubscribe().Channel(op.channel).Build()
-		} else {
-			cmds[i] = c.B().Ssubscribe().Channel(op.channel).Build()
-		}
-	}
-	ctx, cancel := context.WithTimeout(s.ctx, opTimeout)
-	defer cancel()
-	ok := true
-	for i, r := range c.DoMulti(ctx, cmds...) {
-		err := r.Error()
-		if err != nil {
-			if _, isRedis := rueidis.IsRedisErr(err); !isRedis {
-				ok = false
+		for i, r := range res {
+			vals, err := r.ToArray()
+			if err != nil || len(vals) != 2 {
+				continue // Redis unreachable: the connection's loss restarts what needs it
 			}
-		}
-		if ops[i].done != nil {
-			ops[i].done <- err
+			epoch, _ := vals[0].ToString()
+			head, _ := vals[1].AsUint64()
+			batch[i].check(epoch, head)
 		}
 	}
-	return ok
 }
 
-// failOps fails queued subscriptions while there is no connection.
-func (s *Stream) failOps() {
-	s.mu.Lock()
-	ops := s.ops
-	s.ops = nil
-	s.mu.Unlock()
-	for _, op := range ops {
-		if op.done != nil {
-			op.done <- errNoPubSub
-		}
+// check is the watchdog's verdict on u given Redis's epoch and head.
+func (u *userSub) check(epoch string, head uint64) {
+	u.mu.Lock()
+	behind := u.inited && ((epoch != "" && epoch != u.epoch) || head > u.last)
+	stalled := behind && u.wasBehind && u.recv == u.recvAtCheck
+	u.wasBehind, u.recvAtCheck = behind && !stalled, u.recv
+	u.mu.Unlock()
+	switch {
+	case stalled:
+		u.s.log.Warn("redis stream: live delivery stalled, subscribing again")
+		u.s.stalls.Add(1)
+		u.restartReceive()
+		u.s.kick(u)
+	case behind:
+		u.s.kick(u)
 	}
 }
 

@@ -27,6 +27,8 @@ const (
 	// keyMargin is how much longer than MaxAge an idle user's keys live.
 	keyMargin = time.Minute
 	opTimeout = 5 * time.Second
+	// DefaultCheckEvery is the watchdog's default period.
+	DefaultCheckEvery = 5 * time.Second
 )
 
 // Options configure a Stream.
@@ -43,6 +45,9 @@ type Options struct {
 	// Logger gets connection trouble and unrecoverable live gaps; nil
 	// discards.
 	Logger *slog.Logger
+	// CheckEvery is how often the watchdog compares subscribed users' heads
+	// with what was delivered (see watchdog); default DefaultCheckEvery.
+	CheckEvery time.Duration
 }
 
 // Stream is a stream.Stream on Redis. It is safe for concurrent use.
@@ -65,13 +70,14 @@ type Stream struct {
 	spawnMu   sync.RWMutex // held for reading while adding to wg
 	wg        sync.WaitGroup
 
-	fills atomic.Int64 // gap fills from the log (tests)
+	fills  atomic.Int64 // gap fills from the log (tests)
+	stalls atomic.Int64 // subscriptions the watchdog restarted (tests)
+
+	checkEvery time.Duration // watchdog period
 
 	// live subscriptions, see subscribe.go
-	mu     sync.Mutex
-	subs   map[string]*userSub // by channel
-	ops    []subOp
-	opWake chan struct{}
+	mu   sync.Mutex
+	subs map[string]*userSub // by channel
 }
 
 var _ stream.Stream = (*Stream)(nil)
@@ -99,14 +105,17 @@ func New(ctx context.Context, opts Options) (*Stream, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Stream{
-		client:    opts.Client,
-		log:       log,
-		prefix:    prefix,
-		maxEvents: opts.Retention.MaxEvents,
-		maxAge:    opts.Retention.MaxAge,
-		done:      make(chan struct{}),
-		subs:      make(map[string]*userSub),
-		opWake:    make(chan struct{}, 1),
+		client:     opts.Client,
+		log:        log,
+		prefix:     prefix,
+		maxEvents:  opts.Retention.MaxEvents,
+		maxAge:     opts.Retention.MaxAge,
+		done:       make(chan struct{}),
+		subs:       make(map[string]*userSub),
+		checkEvery: opts.CheckEvery,
+	}
+	if s.checkEvery <= 0 {
+		s.checkEvery = DefaultCheckEvery
 	}
 	if s.maxEvents <= 0 {
 		s.maxEvents = stream.DefaultMaxEvents
@@ -126,9 +135,10 @@ func New(ctx context.Context, opts Options) (*Stream, error) {
 	return s, nil
 }
 
-// Start starts the node's pub/sub loop (runPubSub), which Subscribe needs
-// and Close ends. New starts no goroutine of its own. Call it once.
-func (s *Stream) Start() { s.spawn(s.runPubSub) }
+// Start starts the node's maintenance loop (keys of subscribed users kept
+// alive, the watchdog of live delivery), which Close ends. New starts no
+// goroutine of its own. Call it once.
+func (s *Stream) Start() { s.spawn(s.maintain) }
 
 // userTag starts the keys of one user (redisx.UserTag).
 func (s *Stream) userTag(user string) string { return redisx.UserTag(s.prefix, user) }
@@ -371,7 +381,7 @@ func (s *Stream) Ping(ctx context.Context) error {
 	return s.wrap(ctx, "ping", err)
 }
 
-// Close stops the pub/sub connection and every background goroutine; the
+// Close ends every subscription and background goroutine; the
 // client is left to its owner. Later calls return stream.ErrClosed.
 // Idempotent.
 func (s *Stream) Close() error {
@@ -444,5 +454,3 @@ func maybeSent(err error) bool {
 	}
 	return !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, rueidis.ErrClosing)
 }
-
-var errNoPubSub = errors.New("no pub/sub connection to Redis")

@@ -22,11 +22,12 @@ import (
 	"github.com/agentwire/agentwire/internal/redisx/redisxtest"
 	"github.com/agentwire/agentwire/internal/stream"
 	"github.com/agentwire/agentwire/internal/stream/streamtest"
+	"github.com/agentwire/agentwire/internal/testproc"
 	"github.com/agentwire/agentwire/protocol"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, redisxtest.IgnoreClusterRefresh)
 }
 
 // runPrefix is unique to this test binary run, so parallel runs and other
@@ -37,37 +38,26 @@ var runPrefix = func() string {
 	return "awtest-" + hex.EncodeToString(b[:])
 }()
 
-// admin returns a plain client for test manipulation and deletes every key
-// of prefix when the test ends.
+// admin returns a plain client of the test Redis for test manipulation
+// and deletes every key of prefix when the test ends.
 func admin(t testing.TB, prefix string) rueidis.Client {
 	t.Helper()
-	opt, err := rueidis.ParseURL(redisxtest.URL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.DisableCache = true
-	c, err := rueidis.NewClient(opt)
+	return adminOf(t, redisxtest.URL(t), prefix)
+}
+
+// adminOf is admin on the Redis at url (any topology).
+func adminOf(t testing.TB, url, prefix string) rueidis.Client {
+	t.Helper()
+	c, err := redisx.Dial(url, 0, nil)
 	if err != nil {
 		t.Fatalf("admin client: %v", err)
 	}
 	t.Cleanup(func() {
 		defer c.Close()
-		ctx := context.Background()
-		var cursor uint64
-		for {
-			res, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(prefix+":*").Count(1000).Build()).AsScanEntry()
-			if err != nil {
-				t.Errorf("cleanup scan: %v", err)
-				return
-			}
-			if len(res.Elements) > 0 {
-				if err := c.Do(ctx, c.B().Del().Key(res.Elements...).Build()).Error(); err != nil {
-					t.Errorf("cleanup del: %v", err)
-				}
-			}
-			if cursor = res.Cursor; cursor == 0 {
-				return
-			}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := redisxtest.DeletePrefix(ctx, c, prefix); err != nil {
+			t.Errorf("cleanup: %v", err)
 		}
 	})
 	return c
@@ -90,7 +80,19 @@ func dial(t testing.TB, url string, timeout time.Duration) rueidis.Client {
 // newNode returns a Stream ("node") on the test Redis with prefix.
 func newNode(t testing.TB, prefix string, r stream.Retention) *Stream {
 	t.Helper()
-	s, err := New(t.Context(), Options{Client: dial(t, redisxtest.URL(t), 0), Retention: r, Prefix: prefix})
+	return newNodeOn(t, redisxtest.URL(t), prefix, r)
+}
+
+// newNodeOn is newNode on the Redis at url (any topology).
+func newNodeOn(t testing.TB, url, prefix string, r stream.Retention) *Stream {
+	t.Helper()
+	return newNodeWith(t, Options{Client: dial(t, url, 0), Retention: r, Prefix: prefix})
+}
+
+// newNodeWith is a started Stream on opts, closed when t ends.
+func newNodeWith(t testing.TB, opts Options) *Stream {
+	t.Helper()
+	s, err := New(t.Context(), opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -99,15 +101,32 @@ func newNode(t testing.TB, prefix string, r stream.Retention) *Stream {
 	return s
 }
 
+// subscribeAll subscribes a collector per user on s, until t ends.
+func subscribeAll(t testing.TB, s *Stream, users []string) []*collector {
+	t.Helper()
+	cols := make([]*collector, len(users))
+	for i, u := range users {
+		cols[i] = &collector{}
+		cancel, err := s.Subscribe(t.Context(), u, cols[i].handle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cancel)
+	}
+	return cols
+}
+
 func testPrefix(t testing.TB) string {
 	return runPrefix + "-" + strconv.FormatInt(nodeN.Add(1), 10)
 }
 
 func TestConformance(t *testing.T) {
-	prefix := testPrefix(t)
-	admin(t, prefix)
-	streamtest.Run(t, func(t *testing.T, r stream.Retention) stream.Stream {
-		return newNode(t, prefix, r)
+	redisxtest.EachTopology(t, func(t *testing.T, url string) {
+		prefix := testPrefix(t)
+		adminOf(t, url, prefix)
+		streamtest.Run(t, func(t *testing.T, r stream.Retention) stream.Stream {
+			return newNodeOn(t, url, prefix, r)
+		})
 	})
 }
 
@@ -161,10 +180,14 @@ func checkInOrder(t *testing.T, evs []stream.Event, n int, epoch string) {
 }
 
 func TestTwoNodesLiveDelivery(t *testing.T) {
+	redisxtest.EachTopology(t, testTwoNodesLiveDelivery)
+}
+
+func testTwoNodesLiveDelivery(t *testing.T, url string) {
 	prefix := testPrefix(t)
-	admin(t, prefix)
-	a := newNode(t, prefix, stream.Retention{})
-	b := newNode(t, prefix, stream.Retention{})
+	adminOf(t, url, prefix)
+	a := newNodeOn(t, url, prefix, stream.Retention{})
+	b := newNodeOn(t, url, prefix, stream.Retention{})
 	const n = 300
 	u := "user-two-nodes"
 	var col collector
@@ -195,59 +218,55 @@ func TestTwoNodesLiveDelivery(t *testing.T) {
 	}
 }
 
-// killPubSub kills every pub/sub connection of this test's nodes (and, on a
-// shared Redis, any other: they must all recover).
-func killPubSub(t *testing.T, c rueidis.Client) int {
+// killPubSub kills the subscribed connections of the clients named name:
+// the subscriptions of this test's node and, as they share it, its other
+// commands; other tests' clients on the shared Redis are left alone.
+func killPubSub(t *testing.T, c rueidis.Client, name string) int {
 	t.Helper()
 	ctx := t.Context()
-	n, err := c.Do(ctx, c.B().ClientKill().TypePubsub().Build()).AsInt64()
-	if err != nil {
-		t.Fatalf("CLIENT KILL TYPE pubsub: %v", err)
-	}
-	// RESP3 clients with only sharded subscriptions are not always typed
-	// "pubsub": kill those by id too.
 	list, err := c.Do(ctx, c.B().ClientList().Build()).ToString()
 	if err != nil {
 		t.Fatal(err)
 	}
+	n := 0
 	for _, line := range strings.Split(list, "\n") {
-		var id string
+		var id, cname string
 		subs := false
 		for _, f := range strings.Fields(line) {
 			k, v, _ := strings.Cut(f, "=")
 			switch k {
 			case "id":
 				id = v
+			case "name":
+				cname = v
 			case "sub", "psub", "ssub":
 				if v != "0" {
 					subs = true
 				}
 			}
 		}
-		if subs && id != "" {
+		if subs && id != "" && cname == name {
 			if err := c.Do(ctx, c.B().Arbitrary("CLIENT", "KILL", "ID", id).Build()).Error(); err == nil {
 				n++
 			}
 		}
 	}
-	return int(n)
+	return n
 }
 
 func TestPubSubKilledGapFill(t *testing.T) {
 	prefix := testPrefix(t)
 	adm := admin(t, prefix)
 	a := newNode(t, prefix, stream.Retention{})
-	b := newNode(t, prefix, stream.Retention{})
-	users := []string{"gap-1", "gap-2", "gap-3"}
-	cols := make([]*collector, len(users))
-	for i, u := range users {
-		cols[i] = &collector{}
-		cancel, err := b.Subscribe(t.Context(), u, cols[i].handle)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cancel()
+	name := strings.ReplaceAll(prefix, "-", "_")
+	url := redisxtest.URL(t)
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
 	}
+	b := newNodeWith(t, Options{Client: dial(t, url+sep+"client_name="+name, 0), Prefix: prefix})
+	users := []string{"gap-1", "gap-2", "gap-3"}
+	cols := subscribeAll(t, b, users)
 	const n = 400
 	var wg sync.WaitGroup
 	epochs := make([]string, len(users))
@@ -275,7 +294,7 @@ loop:
 		case <-done:
 			break loop
 		case <-time.After(15 * time.Millisecond):
-			killed += killPubSub(t, adm)
+			killed += killPubSub(t, adm, name)
 		}
 	}
 	if t.Failed() {
@@ -302,10 +321,14 @@ loop:
 }
 
 func TestHistoryFlushedNewEpoch(t *testing.T) {
+	redisxtest.EachTopology(t, testHistoryFlushedNewEpoch)
+}
+
+func testHistoryFlushedNewEpoch(t *testing.T, url string) {
 	prefix := testPrefix(t)
-	adm := admin(t, prefix)
-	a := newNode(t, prefix, stream.Retention{})
-	b := newNode(t, prefix, stream.Retention{})
+	adm := adminOf(t, url, prefix)
+	a := newNodeOn(t, url, prefix, stream.Retention{})
+	b := newNodeOn(t, url, prefix, stream.Retention{})
 	u := "flushed"
 	var col collector
 	cancel, err := b.Subscribe(t.Context(), u, col.handle)
@@ -513,4 +536,119 @@ func BenchmarkAppendDeliver(b *testing.B) {
 	for got.Load() < want {
 		time.Sleep(50 * time.Microsecond)
 	}
+}
+
+// TestWatchdogRestartsDeadSubscription appends events the subscription
+// never hears of (the script publishes them on a channel nobody listens
+// to, as a connection that silently stopped delivering would): the
+// watchdog sees the node fall behind without live messages, restarts the
+// subscription and catches up from the log, so delivery does not stall.
+func TestWatchdogRestartsDeadSubscription(t *testing.T) {
+	redisxtest.EachTopology(t, func(t *testing.T, url string) {
+		prefix := testPrefix(t)
+		adminOf(t, url, prefix)
+		a := newNodeOn(t, url, prefix, stream.Retention{})
+		b := newNodeWith(t, Options{Client: dial(t, url, 0), Prefix: prefix, CheckEvery: 100 * time.Millisecond})
+		u := "watchdog"
+		col := subscribeAll(t, b, []string{u})[0]
+		first, err := a.Append(t.Context(), u, rec(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		col.waitLen(t, 1, 10*time.Second)
+		// Silent appends until the watchdog restarted the subscription.
+		tag := a.userTag(u)
+		n := 1
+		deadline := time.Now().Add(30 * time.Second)
+		for b.stalls.Load() == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the watchdog never restarted the silent subscription")
+			}
+			n++
+			ev := stream.Event{TS: time.Now().UTC(), Record: rec(n)}
+			tpl, pre, post, err := template(&ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = appendScript.Exec(t.Context(), a.client, []string{tag + "meta", tag + "log", tag + "void"}, []string{
+				newEpoch(), rueidis.BinaryString(tpl), strconv.Itoa(pre), strconv.Itoa(post),
+				strconv.FormatInt(ev.TS.UnixMicro(), 10), a.maxEvStr, a.maxAgeUS, a.keyTTL, "600000", a.maxBStr,
+			}).Error()
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond) // pacing the silent appends, not a wait for an outcome
+		}
+		checkInOrder(t, col.waitLen(t, n, 10*time.Second), n, first.Epoch)
+		// The restarted subscription delivers live again.
+		if _, err := a.Append(t.Context(), u, rec(n+1)); err != nil {
+			t.Fatal(err)
+		}
+		checkInOrder(t, col.waitLen(t, n+1, 10*time.Second), n+1, first.Epoch)
+	})
+}
+
+// TestRestartOnDiskKeepsEpoch: a master restarted in place on its
+// append-only file (fsync always) takes a new replication id but was not
+// promoted from another master: the history is whole, so the epoch and the
+// seqs go on, and a client resumes without resync (a failover, which does
+// change the epoch, is TestFailover).
+func TestRestartOnDiskKeepsEpoch(t *testing.T) {
+	redisxtest.URL(t) // same skip rule as the rest
+	r := testproc.StartRedis(t, true, "!!! no redis-server binary: TestRestartOnDiskKeepsEpoch NOT RUN !!!")
+	prefix := testPrefix(t)
+	s := newNodeOn(t, r.URL(), prefix, stream.Retention{})
+	u := "restart"
+	var last stream.Event
+	for i := 1; i <= 3; i++ {
+		var err error
+		if last, err = s.Append(t.Context(), u, rec(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.Kill()
+	if err := r.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	var ev stream.Event
+	eventually(t, "append after the restart", func() error {
+		var err error
+		ev, err = s.Append(t.Context(), u, rec(4))
+		return err
+	})
+	if ev.Epoch != last.Epoch || ev.Seq != 4 {
+		t.Fatalf("after a restart on disk: seq %d epoch %s, want seq 4 epoch %s", ev.Seq, ev.Epoch, last.Epoch)
+	}
+	evs, _, err := s.Since(t.Context(), u, protocol.Cursor{Seq: 3, Epoch: last.Epoch}, stream.Limit{})
+	if err != nil || len(evs) != 1 || evs[0].Seq != 4 {
+		t.Fatalf("resume from 3: %d events, %v", len(evs), err)
+	}
+}
+
+// TestResubscribeRightAfterUnsubscribe: the last handler of a user going
+// sends SUNSUBSCRIBE, and Redis's answer ends every local subscription of
+// that channel on the connection, including one made right after for the
+// same user. Subscribe must still succeed, and deliver.
+func TestResubscribeRightAfterUnsubscribe(t *testing.T) {
+	redisxtest.EachTopology(t, func(t *testing.T, url string) {
+		prefix := testPrefix(t)
+		adminOf(t, url, prefix)
+		s := newNodeOn(t, url, prefix, stream.Retention{})
+		u := "resubscribe"
+		for i := range 200 {
+			cancel, err := s.Subscribe(t.Context(), u, func(stream.Event) {})
+			if err != nil {
+				t.Fatalf("Subscribe #%d: %v", i, err)
+			}
+			cancel()
+		}
+		col := subscribeAll(t, s, []string{u})[0]
+		ev, err := s.Append(t.Context(), u, rec(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := col.waitLen(t, 1, 10*time.Second); got[0].Seq != ev.Seq {
+			t.Fatalf("delivered seq %d, want %d", got[0].Seq, ev.Seq)
+		}
+	})
 }

@@ -25,8 +25,14 @@ import rueidis "github.com/redis/rueidis"
 // idempotent repeat.
 var appendScript = rueidis.NewLuaScript(`
 local meta, log = KEYS[1], KEYS[2]
-local m = redis.call('HMGET', meta, 'e', 'h', 't', 'n', 'b')
+local m = redis.call('HMGET', meta, 'e', 'h', 't', 'n', 'b', 'r')
 local epoch = m[1]
+` + lineage + `
+if epoch and m[6] == rid2 then
+  -- written by the master this one replicated before its promotion: it
+  -- may lack events that were delivered (failover): new epoch.
+  epoch = nil
+end
 if KEYS[4] and epoch then
   local d = redis.call('HMGET', KEYS[4], 'e', 's', 'f')
   if d[1] == epoch then return {d[2], epoch, d[3]} end
@@ -49,7 +55,7 @@ local ts = string.format('%d', t)
 redis.call('XADD', log, seqs .. '-0', 't', ts, 'f', frame)
 local bytes = (tonumber(m[5]) or 0) + #frame
 local maxEv, maxAge, maxB = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[10])
-` + trimLua + `redis.call('HSET', meta, 'e', epoch, 'h', seqs, 't', ts, 'n', string.format('%d', nxt), 'b', string.format('%d', bytes))
+` + trimLua + `redis.call('HSET', meta, 'e', epoch, 'h', seqs, 't', ts, 'n', string.format('%d', nxt), 'b', string.format('%d', bytes), 'r', rid)
 redis.call('PEXPIRE', meta, ARGV[8])
 redis.call('PEXPIRE', log, ARGV[8])
 if KEYS[4] then
@@ -109,8 +115,14 @@ end
 // the first frame for an idempotent repeat}.
 var batchScript = rueidis.NewLuaScript(`
 local meta, log = KEYS[1], KEYS[2]
-local m = redis.call('HMGET', meta, 'e', 'h', 't', 'n', 'b')
+local m = redis.call('HMGET', meta, 'e', 'h', 't', 'n', 'b', 'r')
 local epoch = m[1]
+` + lineage + `
+if epoch and m[6] == rid2 then
+  -- written by the master this one replicated before its promotion
+  -- (failover): new epoch, as in appendScript.
+  epoch = nil
+end
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', log)
@@ -153,7 +165,7 @@ for i = 0, tonumber(ARGV[8]) - 1 do
 end
 if added == 0 then return out end
 ` + trimLua + `
-redis.call('HSET', meta, 'e', epoch, 'h', string.format('%d', head), 't', ts, 'n', string.format('%d', nxt), 'b', string.format('%d', bytes))
+redis.call('HSET', meta, 'e', epoch, 'h', string.format('%d', head), 't', ts, 'n', string.format('%d', nxt), 'b', string.format('%d', bytes), 'r', rid)
 redis.call('PEXPIRE', meta, ARGV[5])
 redis.call('PEXPIRE', log, ARGV[5])
 return out
@@ -173,11 +185,18 @@ return out
 // differs or since >= head. The log is read in small chunks so that the
 // script never holds much more than the page.
 var readScript = rueidis.NewLuaScript(`
-local m = redis.call('HMGET', KEYS[1], 'e', 'h')
+local m = redis.call('HMGET', KEYS[1], 'e', 'h', 'r')
 local epoch, head = m[1], m[2] or '0'
-if not epoch then
+` + lineage + `
+if epoch and m[3] ~= rid and m[3] ~= rid2 then
+  -- written before this master restarted (or in an older lineage it kept
+  -- whole): its history is this master's now.
+  redis.call('HSET', KEYS[1], 'r', rid)
+end
+if not epoch or m[3] == rid2 then
   epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'e', epoch, 'h', '0')
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'h', '0', 'r', rid)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   redis.call('DEL', KEYS[2])
   return {epoch, '0'}
@@ -204,3 +223,20 @@ while n < maxN do
 end
 return out
 `)
+
+// lineage sets rid and rid2 from INFO replication of the master running the
+// script: master_replid, its replication id, and master_replid2, the id of
+// the master it replicated before a promotion (zeros when none). meta's field
+// r keeps the rid under which the user's history was last written or read.
+// A master's rid stays the same while it lives and is shared by its
+// replicas; a replica promoted by a failover takes a new rid and keeps the
+// old one as rid2. So r == rid2 means this master was promoted from the one
+// that wrote the history, which may have delivered events it never
+// replicated (replication is asynchronous): both scripts start a new epoch
+// instead of continuing it, and clients resuming get resync_required
+// (epoch_changed), never a silent gap under the old epoch. A master
+// restarted in place also takes a new rid but its rid2 is zeros: its history
+// is what it kept on disk, as before it had replicas, and r is just updated.
+const lineage = `local info = redis.call('INFO', 'replication')
+local rid = string.match(info, 'master_replid:(%w+)') or ''
+local rid2 = string.match(info, 'master_replid2:(%w+)') or ''`

@@ -18,15 +18,6 @@ import (
 // (the log has them).
 const maxPending = 4096
 
-// subOp is a queued SSUBSCRIBE/SUNSUBSCRIBE. Ops are queued under s.mu in
-// the order the subscription map changes and sent in that order by the
-// pub/sub goroutine, so a channel's final state on the server matches the map.
-type subOp struct {
-	unsub   bool
-	channel string
-	done    chan error // nil for unsubscribe
-}
-
 // userSub is one user's live subscription on this node, shared by all local
 // handlers of that user.
 type userSub struct {
@@ -34,6 +25,12 @@ type userSub struct {
 	user    string
 	channel string
 	refs    int // guarded by s.mu
+
+	ctx       context.Context // ends when the last handler is gone or the Stream closes
+	cancel    context.CancelFunc
+	confirmed chan error // the first SSUBSCRIBE's outcome (receiveLoop)
+	restartMu sync.Mutex
+	restart   context.CancelFunc // ends the current Receive (watchdog)
 
 	handlers atomic.Pointer[[]*handler]
 	hmu      sync.Mutex // serialises changes of handlers
@@ -52,6 +49,25 @@ type userSub struct {
 	needFill bool   // fill once inited (a reconnect happened before)
 	overflow bool   // pending dropped messages: fill again
 	pending  []pendingEv
+
+	wasBehind   bool   // behind Redis's head at the last watchdog check
+	recvAtCheck uint64 // recv at the last watchdog check
+}
+
+func (u *userSub) setRestart(f context.CancelFunc) {
+	u.restartMu.Lock()
+	u.restart = f
+	u.restartMu.Unlock()
+}
+
+// restartReceive ends the current Receive; receiveLoop subscribes again.
+func (u *userSub) restartReceive() {
+	u.restartMu.Lock()
+	f := u.restart
+	u.restartMu.Unlock()
+	if f != nil {
+		f()
+	}
 }
 
 type pendingEv struct {
@@ -65,7 +81,7 @@ type handler struct {
 }
 
 // Subscribe implements stream.Stream. It returns once the user's channel is
-// subscribed on this node's pub/sub connection, so every event appended
+// subscribed on this node (SSUBSCRIBE confirmed), so every event appended
 // afterwards reaches h, in seq order, exactly once (gaps in pub/sub delivery
 // are filled from the log).
 func (s *Stream) Subscribe(ctx context.Context, user string, h stream.Handler) (func(), error) {
@@ -80,18 +96,21 @@ func (s *Stream) Subscribe(ctx context.Context, user string, h stream.Handler) (
 	}
 	u := s.subs[ch]
 	first := u == nil
-	var op subOp
 	if first {
-		u = &userSub{s: s, user: user, channel: ch, ready: make(chan struct{})}
+		u = &userSub{s: s, user: user, channel: ch, ready: make(chan struct{}), confirmed: make(chan error, 1)}
+		u.ctx, u.cancel = context.WithCancel(s.ctx)
 		s.subs[ch] = u
-		op = subOp{channel: ch, done: make(chan error, 1)}
-		s.enqueueLocked(op)
+		if !s.spawn(func() { s.receiveLoop(u) }) {
+			delete(s.subs, ch)
+			s.mu.Unlock()
+			return nil, stream.ErrClosed
+		}
 	}
 	u.refs++
 	s.mu.Unlock()
 
 	if first {
-		u.initErr = s.initSub(ctx, u, op)
+		u.initErr = s.initSub(ctx, u)
 		close(u.ready)
 	} else {
 		select {
@@ -136,9 +155,9 @@ func (s *Stream) Subscribe(ctx context.Context, user string, h stream.Handler) (
 
 // initSub waits for the SSUBSCRIBE to be confirmed, then reads the user's
 // head: live messages up to it are older than the subscription.
-func (s *Stream) initSub(ctx context.Context, u *userSub, op subOp) error {
+func (s *Stream) initSub(ctx context.Context, u *userSub) error {
 	select {
-	case err := <-op.done:
+	case err := <-u.confirmed:
 		if err != nil {
 			return s.wrap(ctx, "subscribe", err)
 		}
@@ -173,29 +192,16 @@ func (s *Stream) release(u *userSub) {
 		return
 	}
 	u.dead.Store(true)
+	u.cancel() // receiveLoop unsubscribes and ends
 	if s.subs[u.channel] == u {
 		delete(s.subs, u.channel)
-		if !s.closed.Load() {
-			s.enqueueLocked(subOp{unsub: true, channel: u.channel})
-		}
 	}
 }
 
-func (s *Stream) enqueueLocked(op subOp) {
-	s.ops = append(s.ops, op)
-	select {
-	case s.opWake <- struct{}{}:
-	default:
-	}
-}
-
-// onMessage runs on the pub/sub connection's reader; it never blocks on the
-// network.
-func (s *Stream) onMessage(m rueidis.PubSubMessage) {
-	s.mu.Lock()
-	u := s.subs[m.Channel]
-	s.mu.Unlock()
-	if u == nil {
+// onMessage runs in u's receiveLoop, fed by the connection's reader; it
+// never blocks on the network.
+func (s *Stream) onMessage(u *userSub, m rueidis.PubSubMessage) {
+	if m.Channel != u.channel || u.dead.Load() {
 		return
 	}
 	ev, err := decodeFrame([]byte(m.Message))
@@ -283,7 +289,8 @@ func (s *Stream) startFillLocked(u *userSub) {
 	}
 }
 
-// kick makes u catch up from the log (after a pub/sub reconnect).
+// kick makes u catch up from the log (after a resubscription, or when the
+// watchdog found it behind).
 func (s *Stream) kick(u *userSub) {
 	u.mu.Lock()
 	defer u.mu.Unlock()

@@ -15,13 +15,17 @@ import (
 	"github.com/agentwire/agentwire/internal/redisx/redisxtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, redisxtest.IgnoreClusterRefresh) }
 
 func TestTicketsAreSingleUseAcrossNodes(t *testing.T) {
+	redisxtest.EachTopology(t, testTicketsAreSingleUseAcrossNodes)
+}
+
+func testTicketsAreSingleUseAcrossNodes(t *testing.T, url string) {
 	t.Parallel()
-	c, prefix := redisxtest.Client(t)
+	c, prefix := redisxtest.ClientOf(t, url)
 	// Two "nodes": two stores on two clients sharing the Redis.
-	c2, err := redisx.Dial(redisxtest.URL(t), 0, nil)
+	c2, err := redisx.Dial(url, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
