@@ -23,8 +23,7 @@ const MaxBody = 128 << 10
 // HTML: < > & are written as they are, not as \u003c escapes (six bytes for
 // one).
 func JSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
+	setJSONHeaders(w.Header())
 	w.WriteHeader(status)
 	_ = newEncoder(w).Encode(v)
 }
@@ -32,10 +31,31 @@ func JSON(w http.ResponseWriter, status int, v any) {
 // RawJSON answers b, JSON already encoded (a protocol frame, say), with the
 // headers of JSON.
 func RawJSON(w http.ResponseWriter, status int, b []byte) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
+	setJSONHeaders(w.Header())
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
+}
+
+// Header values of every JSON answer, one slice each for all answers.
+var (
+	valJSON    = []string{"application/json"}
+	valNoStore = []string{"no-store"}
+)
+
+// setJSONHeaders sets Content-Type: application/json and Cache-Control:
+// no-store.
+func setJSONHeaders(h http.Header) {
+	SetShared(h, "Content-Type", valJSON)
+	SetShared(h, "Cache-Control", valNoStore)
+}
+
+// SetShared sets header key (canonical already) to v, a one-element slice
+// shared by every answer: what Header.Set does without allocating the slice
+// or canonicalising the key, on the hot path of every request. Shared is
+// safe because nothing writes into a header's values in place: Header.Add
+// appends to a full slice (a copy), net/http clones the map before writing.
+func SetShared(h http.Header, key string, v []string) {
+	h[key] = v[:1:1]
 }
 
 // Error answers the contract's error body,

@@ -41,19 +41,30 @@ const (
 // are left on the connection once it owns it.
 func withDeadlines(body, write time.Duration, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rc := http.NewResponseController(w)
+		// One allocation for the controller and both wrappers.
+		rd := &reqDeadlines{rc: *http.NewResponseController(w)}
+		rc := &rd.rc
 		if r.Body != nil && r.Body != http.NoBody {
 			_ = rc.SetReadDeadline(time.Now().Add(body))
-			r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
+			rd.body = deadlineBody{ReadCloser: r.Body, rc: rc}
+			r.Body = &rd.body
 		}
 		if r.URL.Path == "/ws" {
 			next.ServeHTTP(w, r)
 			return
 		}
-		next.ServeHTTP(&deadlineWriter{ResponseWriter: w, rc: rc, d: write}, r)
+		rd.w = deadlineWriter{ResponseWriter: w, rc: rc, d: write}
+		next.ServeHTTP(&rd.w, r)
 		// What the handler left in the buffer is flushed after it returns.
 		_ = rc.SetWriteDeadline(time.Now().Add(write))
 	})
+}
+
+// reqDeadlines is one request's deadline wrappers and their controller.
+type reqDeadlines struct {
+	rc   http.ResponseController
+	body deadlineBody
+	w    deadlineWriter
 }
 
 // deadlineBody lifts the read deadline once the body has been read whole.

@@ -15,6 +15,7 @@ import (
 	"github.com/agentwire/agentwire/internal/admin"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/auth/tickets"
+	"github.com/agentwire/agentwire/internal/httpx"
 	"github.com/agentwire/agentwire/internal/hub"
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/runs"
@@ -128,8 +129,14 @@ func routeNames(mux *http.ServeMux) http.Handler {
 func secureHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
+		httpx.SetShared(h, "X-Content-Type-Options", valNosniff)
+		httpx.SetShared(h, "Referrer-Policy", valNoReferrer)
 		next.ServeHTTP(w, r)
 	})
 }
+
+// The values secureHeaders sets, one slice each for all answers.
+var (
+	valNosniff    = []string{"nosniff"}
+	valNoReferrer = []string{"no-referrer"}
+)
