@@ -84,6 +84,7 @@ func main() {
 	}
 	serverCPU := flag.Int("server-cpu", pin, "bind every server to this CPU (-1: not bound)")
 	clientCPU := flag.Int("client-cpu", pin+pin+1, "bind this load generator to this CPU (-1: not bound)")
+	debugAddr := flag.String("debug-addr", "", "pass --debug-addr to the agentwire server (pprof for a CPU profile under load, e.g. 127.0.0.1:6060)")
 	redisURL := flag.String("redis-url", "", "also measure two agentwire nodes sharing this Redis: publish to one, read on the other")
 	prebuilt := flag.String("bin", "", "use this agentwire binary instead of building ./cmd/agentwire")
 	timeout := flag.Duration("timeout", 4*time.Minute, "hard bound on the whole run")
@@ -129,7 +130,11 @@ func main() {
 	}
 	var targets []target
 	if *only == "" || *only == "agentwire" {
-		targets = append(targets, target{name: "agentwire", bin: bin, args: nodeArgs(tmp)})
+		var extra []string
+		if *debugAddr != "" {
+			extra = []string{"--debug-addr", *debugAddr}
+		}
+		targets = append(targets, target{name: "agentwire", bin: bin, args: nodeArgs(tmp, extra...)})
 	}
 	if *binBefore != "" && (*only == "" || *only == "before") {
 		dir := filepath.Join(tmp, "before")
