@@ -62,6 +62,7 @@ type shardResult struct {
 	perShard                        []int
 	rssBefore, rssConnected, rssAft []int64
 	kBefore, kAfter                 kernelFigures
+	rtBefore, rtAfter               map[string]float64 // Go runtime gauges summed over shards
 	connectTime                     time.Duration
 	open, closed, pongs             int64
 	published, received             int
@@ -89,6 +90,16 @@ func (r *shardResult) print() {
 	}
 	fmt.Printf("[%s] server RSS per connection, summed over shards: %.2f KiB (%d KiB -> %d KiB)\n",
 		r.name, r.kibPerConn(), r.sum(r.rssBefore), r.sum(r.rssAft))
+	if r.rtBefore != nil && r.rtAfter != nil {
+		for _, k := range benchproc.RuntimeFigures {
+			d := (r.rtAfter[k] - r.rtBefore[k]) / float64(r.n)
+			if k == "go_goroutines" {
+				fmt.Printf("[%s]   %-32s %+.2f per conn\n", r.name, k, d)
+			} else {
+				fmt.Printf("[%s]   %-32s %+.2f KiB per conn\n", r.name, k, d/1024)
+			}
+		}
+	}
 	r.kBefore.printDelta(r.name, r.kAfter, r.n)
 	fmt.Printf("[%s] after idle: %d open, %d closed by the server, %d pings answered\n", r.name, r.open, r.closed, r.pongs)
 	if r.published > 0 {
@@ -229,11 +240,26 @@ func measureSharded(run *benchproc.Run, name, bin, self string, args func(k int)
 		}
 		return v, nil
 	}
+	// scrape sums the shards' Go runtime gauges (nil when one fails).
+	scrape := func() map[string]float64 {
+		sum := map[string]float64{}
+		for _, s := range srvs {
+			m, err := benchproc.Scrape("http://" + s.Addr + "/metrics")
+			if err != nil {
+				return nil
+			}
+			for _, k := range benchproc.RuntimeFigures {
+				sum[k] += m[k]
+			}
+		}
+		return sum
+	}
 	time.Sleep(o.settle)
 	var err error
 	if r.rssBefore, err = readRSS(); err != nil {
 		return nil, err
 	}
+	r.rtBefore = scrape()
 
 	per := int(o.lim) - fdReserve
 	r.clients = max(1, (o.conns+per-1)/per)
@@ -288,6 +314,7 @@ func measureSharded(run *benchproc.Run, name, bin, self string, args func(k int)
 		return nil, err
 	}
 	r.kAfter = readKernel()
+	r.rtAfter = scrape()
 
 	if agentwire && o.publishPct > 0 {
 		publishIdle(r, addrs, o, log)
