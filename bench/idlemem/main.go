@@ -14,12 +14,20 @@
 //
 // With -sse it also measures the same idle connections over SSE (GET
 // /api/v1/stream), against agentwire's own WebSocket figure.
+//
+// Beyond one process's open-files limit (or with -shards N) it runs sharded:
+// several server processes on CPU 0 and lean epoll clients (this program
+// with -lean-client) on CPU 1, and adds the kernel's side of the sockets and a
+// publish to -publish-pct of the users while idle; see sharded.go and lean.go.
+//
+//	go run ./bench/idlemem -conns 250000 -timeout 10m
 package main
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -51,8 +59,25 @@ func main() {
 		withSSE     = flag.Bool("sse", false, "also measure agentwire's idle SSE connections (GET /api/v1/stream)")
 		serveBase   = flag.Bool("serve-baseline", false, "internal: run the baseline server")
 		addr        = flag.String("addr", "127.0.0.1:0", "internal: listen address of -serve-baseline")
+		shards      = flag.Int("shards", 0, "server processes (and lean-client mode); 0: one in-process client when -conns fits the open-files limit, else the fewest that hold -conns")
+		publishPct  = flag.Float64("publish-pct", 1, "sharded mode: percent of the users published to while idle (0: none)")
+		publishWait = flag.Duration("publish-wait", 10*time.Second, "sharded mode: how long to wait for the published events")
+		leanClient  = flag.Bool("lean-client", false, "internal: run a lean client (sharded mode)")
+		leanServers = flag.String("lean-servers", "", "internal: -lean-client's shard addresses, comma-separated")
+		leanFrom    = flag.Int("lean-from", 0, "internal: -lean-client's first user")
+		leanTo      = flag.Int("lean-to", 0, "internal: -lean-client's end user (exclusive)")
+		leanTokens  = flag.Bool("lean-tokens", true, "internal: -lean-client authenticates and waits for connection_established")
 	)
 	flag.Parse()
+	if *leanClient {
+		o := leanOpts{servers: strings.Split(*leanServers, ","), from: *leanFrom, to: *leanTo, tokens: *leanTokens,
+			concurrency: *concurrency, handshake: 10 * time.Second}
+		if err := runLeanClient(o); err != nil {
+			fmt.Fprintln(os.Stderr, "lean client:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *serveBase {
 		if err := serveBaseline(*addr); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -64,8 +89,15 @@ func main() {
 	run, lim := benchproc.NewRun("idlemem", *timeout)
 	defer run.Close()
 	fail := run.Fail
-	if need := uint64(*conns) + 200; lim < need {
-		fail(fmt.Errorf("open-files limit %d < %d needed for -conns %d", lim, need, *conns))
+	if *conns <= 0 {
+		fail(fmt.Errorf("-conns %d: must be positive", *conns))
+	}
+	sharded := *shards > 0 || uint64(*conns)+fdReserve > lim
+	if sharded && *withSSE {
+		fail(errors.New("-sse is measured in one process: use -conns within the open-files limit and no -shards"))
+	}
+	if *shards < 0 || lim <= fdReserve {
+		fail(fmt.Errorf("-shards %d, open-files limit %d: need -shards >= 0 and a limit over %d", *shards, lim, fdReserve))
 	}
 	bin := ""
 	if *only != "baseline" {
@@ -76,6 +108,12 @@ func main() {
 		fail(err)
 	}
 
+	if sharded {
+		o := shardOpts{conns: *conns, shards: shardCount(*conns, lim, *shards), concurrency: *concurrency, lim: lim,
+			settle: *settle, idle: *idle, publishWait: *publishWait, publishPct: *publishPct}
+		runSharded(run, bin, self, *only, o)
+		return
+	}
 	fmt.Printf("idlemem: %d idle connections per server, idle %v, GOMAXPROCS of servers default, nofile %d\n", *conns, *idle, lim)
 	var base, aw *result
 	if *only == "" || *only == "baseline" {
@@ -116,6 +154,42 @@ func main() {
 			aw.kibPerConn(), base.kibPerConn(), aw.kibPerConn()/base.kibPerConn(), verdict(aw.kibPerConn() <= 8))
 	} else if aw != nil {
 		fmt.Printf("\nRESULT agentwire %.2f KiB/conn (target <= 8 KiB/conn: %s)\n", aw.kibPerConn(), verdict(aw.kibPerConn() <= 8))
+	}
+}
+
+// runSharded measures the baseline and agentwire in the sharded mode (see
+// sharded.go) and prints the figures.
+func runSharded(run *benchproc.Run, bin, self, only string, o shardOpts) {
+	fmt.Printf("idlemem (sharded): %d idle connections per server kind over %d server processes on cpu %d, lean clients on cpu %d, idle %v, nofile %d per process\n",
+		o.conns, o.shards, serverCPU, clientCPU, o.idle, o.lim)
+	var base, aw *shardResult
+	var err error
+	inuse := readKernel().tcpInuse
+	if only == "" || only == "baseline" {
+		args := func(int) []string { return []string{"-serve-baseline", "-addr", "127.0.0.1:0"} }
+		if base, err = measureSharded(run, "baseline", self, self, args, o, false); err != nil {
+			run.Fail(err)
+		}
+		base.print()
+		waitSocketsGone(inuse, int64(o.conns)/50)
+	}
+	if only == "" || only == "agentwire" {
+		if aw, err = measureSharded(run, "agentwire", bin, self, shardArgs(run.Tmp), o, true); err != nil {
+			run.Fail(err)
+		}
+		aw.print()
+	}
+	if aw == nil {
+		return
+	}
+	ok := aw.kibPerConn() <= 3.5 && aw.closed == 0 && aw.received == aw.published
+	if base != nil {
+		fmt.Printf("\nRESULT agentwire %d conns, %.2f KiB/conn server RSS over %d shards, %.0f conns/s; baseline %.2f KiB/conn, %.0f conns/s; ratio %.2f; publish %d/%d received p50 %v p99 %v (target <= 3.5 KiB/conn, none lost: %s)\n",
+			aw.n, aw.kibPerConn(), aw.shards, float64(aw.n)/aw.connectTime.Seconds(), base.kibPerConn(), float64(base.n)/base.connectTime.Seconds(),
+			aw.kibPerConn()/base.kibPerConn(), aw.received, aw.published, pct(aw.lat, 50), pct(aw.lat, 99), verdict(ok))
+	} else {
+		fmt.Printf("\nRESULT agentwire %d conns, %.2f KiB/conn server RSS over %d shards, %.0f conns/s; publish %d/%d received p50 %v p99 %v (target <= 3.5 KiB/conn, none lost: %s)\n",
+			aw.n, aw.kibPerConn(), aw.shards, float64(aw.n)/aw.connectTime.Seconds(), aw.received, aw.published, pct(aw.lat, 50), pct(aw.lat, 99), verdict(ok))
 	}
 }
 

@@ -63,10 +63,18 @@ type shard struct {
 // feeds them. It exists exactly while the user has a local connection.
 type userEntry struct {
 	conns  []*Conn
-	ready  chan struct{} // closed once the subscription attempt finished
+	ready  chan struct{} // closed once the subscription attempt finished; then closedReady
 	cancel func()        // set under the shard lock once subscribed
 	err    error         // subscription error, read after ready is closed
 }
+
+// closedReady is the ready channel of every user entry whose subscription
+// attempt has finished.
+var closedReady = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // New returns a Hub delivering events of cfg.Stream.
 func New(cfg Config) *Hub {
@@ -127,6 +135,7 @@ func (h *Hub) Register(ctx context.Context, c *Conn) error {
 		return ErrTooManyConnections
 	}
 	e.conns = append(e.conns, c)
+	ready := e.ready
 	sh.mu.Unlock()
 
 	if first {
@@ -136,13 +145,17 @@ func (h *Hub) Register(ctx context.Context, c *Conn) error {
 		e.cancel, e.err = cancel, err
 		orphan := sh.users[user] != e
 		close(e.ready)
+		// Waiters took the channel under the lock: the entry drops its own,
+		// so an idle user does not keep one (96 bytes) for the connection's
+		// life.
+		e.ready = closedReady
 		sh.mu.Unlock()
 		if orphan && cancel != nil {
 			cancel()
 		}
 	}
 	select {
-	case <-e.ready:
+	case <-ready:
 	case <-ctx.Done():
 		h.Unregister(c)
 		return ctx.Err()

@@ -144,8 +144,9 @@ func (c *conn) finish() {
 	c.srv.cfg.Hub.Unregister(c.hc)
 	c.hc.Close(protocol.CloseNormal, "")
 	c.release()
-	if c.span != nil {
-		c.span.End()
+	// With tracing on, act was made at connect, before the reader started.
+	if c.srv.cfg.Tracer != nil && c.act != nil && c.act.span != nil {
+		c.act.span.End()
 	}
 	c.srv.wg.Done()
 }

@@ -24,10 +24,29 @@ type session struct {
 	hc   *hub.Conn
 	user string
 
-	span    trace.Span    // the session's span (ws.Config.Tracer); nil when off
-	limiter *rate.Limiter // made at the first message: idle connections do not carry one
-	errs    []time.Time   // times of the latest errors, allocated on the first
-	aliases uint8         // bit per deprecated alias already announced
+	// act is made at the first message: an idle connection carries one
+	// pointer, not the limiter, error log and alias bits.
+	act *activity
+}
+
+// activity is the state of a connection that has sent a message.
+type activity struct {
+	// span is the session's span (ws.Config.Tracer): with tracing on, the
+	// activity is made at connect to hold it; nil when off.
+	span    trace.Span
+	limiter *rate.Limiter
+	errs    []time.Time // times of the latest errors, allocated on the first
+	aliases uint8       // bit per deprecated alias already announced
+}
+
+// activity returns the connection's activity state, made on first use. Its
+// limiter starts full, as if made at connect.
+func (ss *session) activity() *activity {
+	if ss.act == nil {
+		cfg := &ss.srv.cfg
+		ss.act = &activity{limiter: rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.RateBurst)}
+	}
+	return ss.act
 }
 
 // join places the connection on the user's stream and queues
@@ -67,10 +86,7 @@ func (ss *session) message(ctx context.Context, binary bool, msg []byte) {
 		ss.fail(&protocol.Error{Code: protocol.CodeBadJSON, Message: "frames must be JSON text messages"})
 		return
 	}
-	if ss.limiter == nil {
-		ss.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.RateBurst) // starts full, as if made at connect
-	}
-	if !ss.limiter.Allow() {
+	if !ss.activity().limiter.Allow() {
 		m.FramesIn.WithLabelValues(protocol.CodeRateLimited.String()).Inc()
 		ss.fail(&protocol.Error{Code: protocol.CodeRateLimited, Message: "too many frames: slow down"})
 		return
@@ -100,14 +116,14 @@ func resyncFrame(e *stream.ResyncError) []byte {
 func (ss *session) handle(ctx context.Context, f *protocol.Frame) {
 	if f.Alias != "" {
 		ss.srv.cfg.Metrics.Deprecated.WithLabelValues(f.Alias).Inc()
-		if bit := aliasBit(f.Alias); ss.aliases&bit == 0 {
-			ss.aliases |= bit
+		if bit, act := aliasBit(f.Alias), ss.activity(); act.aliases&bit == 0 {
+			act.aliases |= bit
 			ss.hc.Send(protocol.EncodeDeprecation(f.Alias))
 		}
 	}
-	if t := ss.srv.cfg.Tracer; t != nil && ss.span != nil && f.Type != protocol.TypePing {
+	if t := ss.srv.cfg.Tracer; t != nil && ss.act != nil && ss.act.span != nil && f.Type != protocol.TypePing {
 		var span trace.Span
-		ctx, span = t.StartRoot(trace.ContextWithSpan(ctx, ss.span), "frame "+f.Type, trace.SpanKindServer,
+		ctx, span = t.StartRoot(trace.ContextWithSpan(ctx, ss.act.span), "frame "+f.Type, trace.SpanKindServer,
 			attribute.String("agentwire.frame.type", f.Type), attribute.String("agentwire.conn.id", ss.hc.ID))
 		defer span.End()
 	}
@@ -156,15 +172,16 @@ func (ss *session) fail(e *protocol.Error) {
 	cfg.Metrics.ErrorsSent.WithLabelValues(e.Code.String()).Inc()
 	ss.hc.Send(protocol.EncodeError(e))
 	now := time.Now()
-	if ss.errs == nil {
-		ss.errs = make([]time.Time, 0, cfg.ErrorLimit+1)
+	act := ss.activity()
+	if act.errs == nil {
+		act.errs = make([]time.Time, 0, cfg.ErrorLimit+1)
 	}
-	ss.errs = append(ss.errs, now)
-	if len(ss.errs) > cfg.ErrorLimit {
-		if now.Sub(ss.errs[0]) <= cfg.ErrorWindow {
+	act.errs = append(act.errs, now)
+	if len(act.errs) > cfg.ErrorLimit {
+		if now.Sub(act.errs[0]) <= cfg.ErrorWindow {
 			ss.hc.Close(protocol.CloseTooManyErrors, "too many errors")
 		}
-		ss.errs = append(ss.errs[:0], ss.errs[1:]...)
+		act.errs = append(act.errs[:0], act.errs[1:]...)
 	}
 }
 

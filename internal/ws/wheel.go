@@ -30,8 +30,10 @@ const wheelSlots = 512 // a power of two
 // under wheel.mu.
 type wheelNode struct {
 	next, prev *conn
-	due        int64 // the tick the connection is due at
-	on         bool  // the connection is on the wheel
+	// due is the tick the connection is due at, at least 1 (schedule puts
+	// it after the current tick), and 0 while it is not on the wheel: no
+	// separate flag, so the conn struct stays in a smaller size class.
+	due int64
 }
 
 func newWheel(tick time.Duration) *wheel {
@@ -72,7 +74,7 @@ func (w *wheel) schedule(c *conn, at int64) {
 		t = w.cur + 1
 	}
 	n := &c.wn
-	n.due, n.on = t, true
+	n.due = t
 	s := &w.slots[t&(wheelSlots-1)]
 	n.prev, n.next = nil, *s
 	if *s != nil {
@@ -93,7 +95,7 @@ func (w *wheel) remove(c *conn) {
 
 func (w *wheel) unlinkLocked(c *conn) {
 	n := &c.wn
-	if !n.on {
+	if n.due == 0 { // not on the wheel
 		return
 	}
 	if n.prev != nil {

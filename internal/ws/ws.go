@@ -234,7 +234,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if t := s.cfg.Tracer; t != nil {
 		// Ended by finish, which every path from here reaches once.
-		_, c.span = t.Start(r.Context(), "websocket session", trace.SpanKindServer)
+		// The span lives in the activity, made now (before the reader
+		// starts), so an idle connection without tracing pays nothing.
+		_, c.activity().span = t.Start(r.Context(), "websocket session", trace.SpanKindServer)
 	}
 	if status, msg := checkHandshake(r); status != 0 {
 		if msg == errBadVersion {

@@ -3,6 +3,7 @@ package benchproc
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -109,3 +110,7 @@ func CPUs() int {
 	}
 	return set.Count()
 }
+
+// StartCmdOn starts cmd with it bound to cpu from its first instruction (see
+// StartOn); cpu < 0: not bound.
+func StartCmdOn(cpu int, cmd *exec.Cmd) error { return onCPU(cpu, cmd.Start) }

@@ -116,8 +116,8 @@ type user struct {
 	mu    sync.Mutex // guards everything below but subs
 	epoch string
 	slot  uint8
-	head  uint64
 	dead  bool // evicted; written with mu and subMu held, read with either
+	head  uint64
 
 	// ring holds the retained events, oldest at ring[start], n of them.
 	ring  []stream.Event
