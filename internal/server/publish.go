@@ -157,7 +157,7 @@ func publishToRun(rn runPublisher, published prometheus.Counter, log *slog.Logge
 // in events.
 type publishBody struct {
 	protocol.PublishRequest
-	Events json.RawMessage `json:"events"` // present (even null): a batch
+	Events *[]protocol.PublishRequest `json:"events"` // set: a batch
 }
 
 // handlePublish appends a server's event to a user's stream (POST
@@ -187,12 +187,12 @@ func handlePublish(st stream.Stream, rn runPublisher, published prometheus.Count
 				httpx.Error(w, http.StatusBadRequest, protocol.CodeInvalidRequest, `a batch is {"events":[…]} with no other field`)
 				return
 			}
-			var events []protocol.PublishRequest
-			if err := json.Unmarshal(req.Events, &events); err != nil {
-				httpx.Error(w, http.StatusBadRequest, protocol.CodeBadJSON, "events must be a list of publish bodies")
-				return
-			}
-			publishBatch(w, r.Context(), st, published, log, events)
+			publishBatch(w, r.Context(), st, published, log, *req.Events)
+			return
+		}
+		if q := req.PublishRequest; q.UserID == "" && q.Type == "" && bytes.Contains(body, []byte(`"events"`)) {
+			// {"events":null}: a batch of nothing.
+			httpx.Error(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "events holds 1 to 1000 events")
 			return
 		}
 		if len(body) > httpx.MaxBody {
@@ -242,7 +242,17 @@ func publishBatch(w http.ResponseWriter, ctx context.Context, st stream.Stream, 
 	}
 	n := b.run(ctx, st, log, results, true)
 	published.Add(float64(n))
-	httpx.JSON(w, http.StatusOK, protocol.PublishBatchResponse{Results: results})
+	// protocol.PublishBatchResponse, built by hand: one result per event.
+	out := make([]byte, 0, 16+len(results)*48)
+	out = append(out, `{"results":[`...)
+	for i, res := range results {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = appendResult(out, res)
+	}
+	out = append(out, "]}\n"...)
+	httpx.RawJSON(w, http.StatusOK, out)
 }
 
 // batcher groups checked events by user, keeping each user's order.
@@ -545,8 +555,26 @@ func (f *flusher) Flush() error {
 func appendAck(b []byte, i int, res protocol.PublishResult) []byte {
 	b = append(b, `{"i":`...)
 	b = strconv.AppendInt(b, int64(i), 10)
-	rest, _ := json.Marshal(res)
 	b = append(b, ',')
-	b = append(b, rest[1:]...)
-	return append(b, '\n')
+	b = appendResultFields(b, res)
+	return append(b, "}\n"...)
+}
+
+// appendResult appends res as JSON: {"seq":S,"epoch":"E"} or {"error":{…}}.
+func appendResult(b []byte, res protocol.PublishResult) []byte {
+	b = append(b, '{')
+	b = appendResultFields(b, res)
+	return append(b, '}')
+}
+
+func appendResultFields(b []byte, res protocol.PublishResult) []byte {
+	if res.Error != nil {
+		e, _ := json.Marshal(res.Error)
+		b = append(b, `"error":`...)
+		return append(b, e...)
+	}
+	b = append(b, `"seq":`...)
+	b = strconv.AppendUint(b, res.Seq, 10)
+	b = append(b, `,"epoch":`...)
+	return protocol.AppendString(b, res.Epoch)
 }
