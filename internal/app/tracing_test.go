@@ -342,7 +342,7 @@ func TestTracingOTLPExportAtShutdown(t *testing.T) {
 	defer collector.Close()
 	env := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": collector.URL, "OTEL_BSP_SCHEDULE_DELAY": "600000"}
 	for k, v := range env {
-		t.Setenv(k, v) // the exporter and the batcher read the process's environment
+		t.Setenv(k, v) // the batcher reads the process's environment (the exporter, FromEnv's getenv)
 	}
 	settings, err := tracing.FromEnv(func(k string) string { return env[k] })
 	if err != nil || !settings.On {

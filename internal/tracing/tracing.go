@@ -22,7 +22,6 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -42,12 +41,15 @@ const DefaultServiceName = "agentwire"
 type Settings struct {
 	// On is true when spans are exported.
 	On bool
-	// Endpoint is the OTLP traces endpoint as the environment gives it
-	// (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT;
-	// "" with OTEL_TRACES_EXPORTER=otlp: the exporter's default,
-	// http://localhost:4318). Informational: the exporter reads its
-	// variables (endpoint, headers, timeout, TLS, compression) itself.
+	// Endpoint is the URL spans are posted to (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+	// as is, else OTEL_EXPORTER_OTLP_ENDPOINT + "/v1/traces", else
+	// http://localhost:4318/v1/traces), a password in it masked: for the
+	// log.
 	Endpoint string
+
+	// otlp is the exporter's configuration (endpoint, headers, timeout,
+	// compression, TLS), read by FromEnv.
+	otlp *otlpConfig
 
 	// Exporter, when set, takes the spans instead of OTLP, synchronously
 	// (tests: sdk/trace/tracetest.InMemoryExporter). It turns tracing on.
@@ -59,7 +61,8 @@ type Settings struct {
 // or OTEL_TRACES_EXPORTER is otlp; OTEL_TRACES_EXPORTER=none and
 // OTEL_SDK_DISABLED=true turn it off whatever else is set. Only OTLP over
 // HTTP (http/protobuf) is built in: another exporter or protocol is an
-// error naming the variable.
+// error naming the variable, as is a bad value of one of the exporter's
+// variables (see otlpFromEnv).
 func FromEnv(getenv func(string) string) (Settings, error) {
 	env := func(k string) string { return strings.TrimSpace(getenv(k)) }
 	if strings.EqualFold(env("OTEL_SDK_DISABLED"), "true") {
@@ -89,7 +92,15 @@ func FromEnv(getenv func(string) string) (Settings, error) {
 	if proto != "" && proto != "http/protobuf" {
 		return Settings{}, fmt.Errorf("%s=%s: agentwire exports OTLP over http/protobuf only (port 4318 of a collector)", name, proto)
 	}
-	return Settings{On: true, Endpoint: endpoint}, nil
+	c, err := otlpFromEnv(env)
+	if err != nil {
+		return Settings{}, err
+	}
+	shown := c.url
+	if u, err := url.Parse(c.url); err == nil {
+		shown = u.Redacted()
+	}
+	return Settings{On: true, Endpoint: shown, otlp: c}, nil
 }
 
 // Tracer starts agentwire's spans and carries the trace context over HTTP.
@@ -102,7 +113,7 @@ type Tracer struct {
 }
 
 // New builds the tracer s asks for: nil (off) for the zero Settings, else a
-// tracer provider with the OTLP/HTTP exporter (or s.Exporter) behind a
+// tracer provider with agentwire's OTLP/HTTP exporter (otlp.go; or s.Exporter) behind a
 // batch span processor, the sampler of OTEL_TRACES_SAMPLER and
 // OTEL_TRACES_SAMPLER_ARG (default: parent-based, always on), and a
 // resource of service.name agentwire overridden by OTEL_SERVICE_NAME and
@@ -124,11 +135,13 @@ func New(ctx context.Context, s Settings) (*Tracer, error) {
 	if s.Exporter != nil {
 		opts = append(opts, sdktrace.WithSyncer(s.Exporter))
 	} else {
-		exp, err := otlptracehttp.New(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("OTLP trace exporter: %w", err)
+		c := s.otlp
+		if c == nil { // Settings{On: true} not made by FromEnv: the defaults
+			if c, err = otlpFromEnv(func(string) string { return "" }); err != nil {
+				return nil, err
+			}
 		}
-		opts = append(opts, sdktrace.WithBatcher(exp))
+		opts = append(opts, sdktrace.WithBatcher(newOTLPExporter(c)))
 	}
 	tp := sdktrace.NewTracerProvider(opts...)
 	return &Tracer{
