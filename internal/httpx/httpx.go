@@ -6,12 +6,15 @@
 package httpx
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
+
+	sjson "github.com/segmentio/encoding/json"
 
 	"github.com/agentwire/agentwire/protocol"
 )
@@ -129,7 +132,7 @@ func DecodeMax(w http.ResponseWriter, r *http.Request, v any, max int64) bool {
 // DecodeBytes is Decode of a body already read (and bounded) by the
 // caller, with the same answers: one json.Unmarshal, no second scan.
 func DecodeBytes(w http.ResponseWriter, body []byte, v any) bool {
-	if err := json.Unmarshal(body, v); err != nil {
+	if err := Unmarshal(body, v); err != nil {
 		var se *json.SyntaxError
 		if errors.As(err, &se) && strings.Contains(se.Error(), "after top-level value") {
 			Error(w, http.StatusBadRequest, protocol.CodeBadJSON, "request body has data after the JSON object")
@@ -141,11 +144,73 @@ func DecodeBytes(w http.ResponseWriter, body []byte, v any) bool {
 	return true
 }
 
+// MaxDepth bounds the nesting of arrays and objects in a request body:
+// encoding/json's own bound, kept by Unmarshal.
+const MaxDepth = 10000
+
+// ErrTooDeep is Unmarshal's answer to a body nested deeper than MaxDepth.
+var ErrTooDeep = errors.New("json: nested deeper than 10000 levels")
+
+// Unmarshal is json.Unmarshal for the request bodies on the hot paths
+// (publish, batch, stream lines): the same results and error types
+// (segmentio/encoding/json is a drop-in of encoding/json: it aliases its
+// SyntaxError and UnmarshalTypeError, copies RawMessage bytes, validates
+// everything it skips), decoded in one pass instead of a validation pass
+// then a reflective one: about 4.5× faster on a batch of 100 events, the
+// largest single cost of the batch path. That decoder recurses without a
+// bound, so a body nested deeper than MaxDepth (which encoding/json refuses
+// too) is refused first, by depthWithin: without it, 1 MiB of '[' would
+// grow a request's stack to hundreds of MiB.
+func Unmarshal(b []byte, v any) error {
+	if !depthWithin(b, MaxDepth) {
+		return ErrTooDeep
+	}
+	return sjson.Unmarshal(b, v)
+}
+
+// depthWithin reports whether no array or object in b (JSON or not: the
+// decoder judges the rest) is nested more than max deep, counting only
+// brackets outside strings.
+func depthWithin(b []byte, max int) bool {
+	depth := 0
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '"':
+			// Skip to the closing quote: the next '"' not escaped, i.e.
+			// preceded by an even number of backslashes.
+			for {
+				j := bytes.IndexByte(b[i+1:], '"')
+				if j < 0 {
+					return true // unterminated: the decoder refuses it
+				}
+				i += 1 + j
+				k := i - 1
+				for k >= 0 && b[k] == '\\' {
+					k--
+				}
+				if (i-1-k)%2 == 0 {
+					break
+				}
+			}
+		case '[', '{':
+			if depth++; depth > max {
+				return false
+			}
+		case ']', '}':
+			depth--
+		}
+	}
+	return true
+}
+
 // jsonErrText describes a decode error without quoting the body.
 func jsonErrText(err error) string {
+	if errors.Is(err, ErrTooDeep) {
+		return "nested deeper than 10000 levels"
+	}
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
-		return "field " + te.Field + " has the wrong type"
+		return "field " + fieldPath(te.Field) + " has the wrong type"
 	}
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
@@ -155,4 +220,21 @@ func jsonErrText(err error) string {
 		return "empty body"
 	}
 	return "malformed"
+}
+
+// fieldPath is an UnmarshalTypeError's Field as encoding/json writes it:
+// segmentio/encoding/json includes array indexes ("events.1.type"), which
+// are dropped ("events.type").
+func fieldPath(f string) string {
+	if !strings.ContainsAny(f, "0123456789") {
+		return f
+	}
+	parts := strings.Split(f, ".")
+	out := parts[:0]
+	for _, p := range parts {
+		if _, err := strconv.Atoi(p); err != nil {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, ".")
 }

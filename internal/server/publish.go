@@ -500,7 +500,7 @@ func parseLine(i int, line []byte, readErr error) lineReq {
 	case !utf8.Valid(line):
 		l.err = &publishErr{http.StatusBadRequest, protocol.CodeInvalidJSON, "line is not valid UTF-8"}
 	default:
-		if err := json.Unmarshal(line, &l.req); err != nil {
+		if err := httpx.Unmarshal(line, &l.req); err != nil {
 			l.err = &publishErr{http.StatusBadRequest, protocol.CodeBadJSON, "line is not one JSON object"}
 		} else if l.data, l.err = checkPublish(&l.req); l.err == nil && protocol.RunEventType(l.req.Type) {
 			l.err = errAgentTypeInBatch
