@@ -84,7 +84,7 @@ func main() {
 	}
 	serverCPU := flag.Int("server-cpu", pin, "bind every server to this CPU (-1: not bound)")
 	clientCPU := flag.Int("client-cpu", pin+pin+1, "bind this load generator to this CPU (-1: not bound)")
-	debugAddr := flag.String("debug-addr", "", "pass --debug-addr to the agentwire server (pprof for a CPU profile under load, e.g. 127.0.0.1:6060)")
+	debugAddr := flag.String("debug-addr", "", "pass --debug-addr to the agentwire server (pprof for a CPU profile under load, e.g. 127.0.0.1:6060); the Redis pair's reading node gets the next port, its publishing node the one after")
 	redisURL := flag.String("redis-url", "", "also measure two agentwire nodes sharing this Redis: publish to one, read on the other")
 	prebuilt := flag.String("bin", "", "use this agentwire binary instead of building ./cmd/agentwire")
 	timeout := flag.Duration("timeout", 4*time.Minute, "hard bound on the whole run")
@@ -152,9 +152,22 @@ func main() {
 				fail(err)
 			}
 		}
+		a := []string{"--redis-url", *redisURL}
+		b := []string{"--redis-url", *redisURL}
+		if *debugAddr != "" {
+			// The pair's reading node on the next port, its publishing node on
+			// the one after: one profile per node.
+			host, port, err := net.SplitHostPort(*debugAddr)
+			p, perr := strconv.Atoi(port)
+			if err != nil || perr != nil {
+				fail(fmt.Errorf("-debug-addr %q: want host:port", *debugAddr))
+			}
+			a = append(a, "--debug-addr", net.JoinHostPort(host, strconv.Itoa(p+1)))
+			b = append(b, "--debug-addr", net.JoinHostPort(host, strconv.Itoa(p+2)))
+		}
 		targets = append(targets, target{name: "redis", bin: bin,
-			args: nodeArgs(filepath.Join(tmp, "a"), "--redis-url", *redisURL),
-			pub:  nodeArgs(filepath.Join(tmp, "b"), "--redis-url", *redisURL)})
+			args: nodeArgs(filepath.Join(tmp, "a"), a...),
+			pub:  nodeArgs(filepath.Join(tmp, "b"), b...)})
 	}
 	fmt.Printf("latency: %d users, %d connections, %d publishers, payload %d B, server on cpu %d, load generator on cpu %d\n",
 		o.users, totalConns(o.users), o.publishers, o.payload, *serverCPU, *clientCPU)
