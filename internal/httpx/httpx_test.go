@@ -53,6 +53,12 @@ func TestUnmarshalAgreesWithEncodingJSON(t *testing.T) {
 		`{"data":[1,2}`,
 		`{"data":`,
 		`{"user_id":"u"`,
+		"{\"data\":{}}\n\t ",          // trailing whitespace
+		"\xef\xbb\xbf{\"data\":1}",    // a byte-order mark
+		`{"data":{"a":1},"data":[2]}`, // a repeated RawMessage
+		`{"tags":["a",null,"b"],"events":[{"tags":null}]}`,
+		`{"data":"\u00e9\n\/"}`,
+		`{"data":123456789012345678901234567890.5e-3}`,
 		`null`,
 		`[]`,
 		`"x"`,
