@@ -65,7 +65,7 @@ func (c *conn) setup(cur protocol.Cursor) bool {
 	return true
 }
 
-// WriteBatch writes frames as text messages with one writev. Only the hub's
+// WriteBatch writes frames as text messages with one write. Only the hub's
 // single flush goroutine calls it.
 func (c *conn) WriteBatch(frames [][]byte) error {
 	return c.out.batch(c.nc, frames, &c.srv.batchBufs, &c.life.closed)

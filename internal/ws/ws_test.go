@@ -914,3 +914,54 @@ func TestHungStoreCallIsBounded(t *testing.T) {
 		c.expectPong("after")
 	})
 }
+
+// writeCounter is a net.Conn that records its writes.
+type writeCounter struct {
+	net.Conn
+	writes [][]byte
+}
+
+func (w *writeCounter) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, append([]byte(nil), p...))
+	return len(p), nil
+}
+
+func (w *writeCounter) SetWriteDeadline(time.Time) error { return nil }
+
+// TestWriteBatchLone checks that a lone frame of at most smallFrame bytes
+// goes out in one write, header and payload together (no writev: the socket
+// keeps no iovecs for it), and a larger one or several frames as before.
+func TestWriteBatchLone(t *testing.T) {
+	srv := &Server{}
+	srv.batchBufs.New = newBatchBuf
+	for _, n := range []int{0, 1, 125, 126, smallFrame, smallFrame + 1, 70000} {
+		wc := &writeCounter{}
+		c := &conn{session: session{srv: srv}, nc: wc}
+		f := bytes.Repeat([]byte{'x'}, n)
+		if err := c.WriteBatch([][]byte{f}); err != nil {
+			t.Fatal(err)
+		}
+		want := append(appendHeader(nil, ws.OpText, n), f...)
+		if got := bytes.Join(wc.writes, nil); !bytes.Equal(got, want) {
+			t.Fatalf("%d bytes: wrote %d bytes, want %d", n, len(got), len(want))
+		}
+		if wantWrites := 1 + btoi(n > smallFrame); len(wc.writes) != wantWrites {
+			t.Fatalf("%d bytes: %d writes, want %d", n, len(wc.writes), wantWrites)
+		}
+	}
+	wc := &writeCounter{}
+	c := &conn{session: session{srv: srv}, nc: wc}
+	if err := c.WriteBatch([][]byte{[]byte("a"), []byte("bc")}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := bytes.Join(wc.writes, nil), []byte("\x81\x01a\x81\x02bc"); !bytes.Equal(got, want) {
+		t.Fatalf("two frames: %q, want %q", got, want)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
