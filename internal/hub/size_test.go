@@ -14,3 +14,11 @@ func TestConnStructSize(t *testing.T) {
 		t.Fatalf("Conn is %d bytes, over the 224-byte size class an idle connection is held to", n)
 	}
 }
+
+// A user entry is allocated for every user with a local connection: it must
+// stay within the 48-byte size class.
+func TestUserEntryStructSize(t *testing.T) {
+	if n := unsafe.Sizeof(userEntry{}); n > 48 {
+		t.Fatalf("userEntry is %d bytes, over the 48-byte size class", n)
+	}
+}
