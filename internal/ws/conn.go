@@ -157,7 +157,7 @@ func (c *conn) release() {
 		return
 	}
 	c.life.limited = false
-	c.srv.releaseLimit(c.user, c.hc.ID)
+	c.srv.releaseLimit(c.hc.User, c.hc.ID)
 }
 
 // readLoop reads the connection on its own goroutine: the portable path.
