@@ -82,10 +82,12 @@ func (w *writer) batch(nc net.Conn, frames [][]byte, bufs *sync.Pool, closed *at
 			err = errClosed
 			break
 		}
+		v := iov // WriteTo and WriteBuffers consume their buffers
 		if lone {
 			_, err = nc.Write(hdr)
+		} else if bw, ok := nc.(buffersWriter); ok {
+			_, err = bw.WriteBuffers(&v)
 		} else {
-			v := iov // WriteTo consumes its receiver
 			_, err = v.WriteTo(nc)
 		}
 		if err != nil {
@@ -138,6 +140,13 @@ func (w *writer) close(nc net.Conn, body []byte, last bool) {
 		w.broken = true
 	}
 	w.mu.Unlock()
+}
+
+// buffersWriter is a connection that writes net.Buffers with writev itself,
+// as the app's lean TCP connections do: net.Buffers.WriteTo uses writev only
+// for net's own connection types, and one write per buffer otherwise.
+type buffersWriter interface {
+	WriteBuffers(v *net.Buffers) (int64, error)
 }
 
 // batchBuf is one batch's headers and iovecs.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/hub"
+	"github.com/agentwire/agentwire/internal/leantcp"
 	"github.com/agentwire/agentwire/internal/stream/memory"
 	"github.com/agentwire/agentwire/protocol"
 )
@@ -964,4 +965,67 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// TestWriteBatchLean writes batches over a connection of the app's lean
+// listener, which writes net.Buffers with its own writev: the bytes are
+// those of TestWriteBatch.
+func TestWriteBatchLean(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln = leantcp.Wrap(ln)
+	defer ln.Close()
+	cc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	nc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, ok := nc.(buffersWriter); !ok {
+		t.Fatalf("a lean connection (%T) does not write buffers", nc)
+	}
+	srv := &Server{}
+	srv.batchBufs.New = newBatchBuf
+	c := &conn{session: session{srv: srv}, nc: nc}
+	var frames [][]byte
+	for i := range 300 {
+		frames = append(frames, bytes.Repeat([]byte{byte('a' + i%26)}, i*97%70000))
+	}
+	batches := [][][]byte{frames, {[]byte("lone")}, frames[:2]}
+	errc := make(chan error, 1)
+	go func() {
+		for _, b := range batches {
+			if err := c.WriteBatch(b); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	br := bufio.NewReader(cc)
+	for _, b := range batches {
+		for i, want := range b {
+			_ = cc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			h, err := ws.ReadHeader(br)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := make([]byte, h.Length)
+			if _, err := io.ReadFull(br, p); err != nil {
+				t.Fatal(err)
+			}
+			if h.OpCode != ws.OpText || !h.Fin || !bytes.Equal(p, want) {
+				t.Fatalf("frame %d: %v, %d bytes, want %d", i, h.OpCode, len(p), len(want))
+			}
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
 }
