@@ -85,9 +85,10 @@ func (l *leanListener) SetDeadline(t time.Time) error {
 }
 
 // Accept waits for and returns the next connection. Its errors are those of
-// a *net.TCPListener: a *net.OpError whose temporary ones (EMFILE, ENFILE,
-// ENOBUFS …) net/http's Serve retries with backoff, net.ErrClosed once the
-// listener is closed; EINTR and ECONNABORTED are retried here, as net does.
+// a *net.TCPListener: a *net.OpError, temporary for EMFILE and ENFILE (out
+// of descriptors), which net/http's Serve retries with backoff, net.ErrClosed
+// once the listener is closed; EINTR and ECONNABORTED are retried here, as
+// net does.
 func (l *leanListener) Accept() (net.Conn, error) {
 	for {
 		var (
