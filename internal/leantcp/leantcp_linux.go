@@ -22,8 +22,8 @@ import (
 // the two sockaddrs their IPs point into (160 bytes): 288 bytes a connection
 // keeps for its life, which at 250,000 idle WebSocket connections is 70 MB
 // of live heap, twice that in RSS at GOGC=100. leanListener accepts with
-// accept4 on the listener's own descriptor and wraps the socket in an
-// *os.File (pollable: the runtime's netpoller serves its reads, writes and
+// accept4 (on a duplicate of the listener's descriptor) and wraps the socket
+// in an *os.File (pollable: the runtime's netpoller serves its reads, writes and
 // deadlines as for a net.Conn) plus the remote address in 32 bytes:
 // 136 bytes in all. The local address is asked of the kernel when wanted.
 //
