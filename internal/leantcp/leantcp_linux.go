@@ -148,8 +148,25 @@ func newLeanConn(fd int, sa unix.Sockaddr) *leanConn {
 		_ = unix.SetsockoptInt(fd, o.level, o.opt, o.v)
 	}
 	// A non-blocking descriptor makes a pollable *os.File.
-	c.f = os.NewFile(uintptr(fd), "")
+	c.f = os.NewFile(uintptr(aboveStdio(fd)), "")
 	return c
+}
+
+// aboveStdio returns fd, or a duplicate of it numbered 3 or more, closing fd,
+// when fd is 0, 1 or 2 (the process runs with stdin, stdout or stderr
+// closed): an *os.File on descriptor 1 or 2 is taken for stdout or stderr, and
+// a write to it that fails with EPIPE, a client gone, would kill the process
+// with SIGPIPE. If no duplicate can be made, fd is kept.
+func aboveStdio(fd int) int {
+	if fd > 2 {
+		return fd
+	}
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return fd
+	}
+	_ = unix.Close(fd)
+	return nfd
 }
 
 // errFileClosing is the error of the RawConn of a closed *os.File (poll's

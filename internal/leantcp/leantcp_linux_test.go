@@ -115,6 +115,46 @@ func TestLeanConnAsNet(t *testing.T) {
 	}
 }
 
+// A descriptor numbered 0, 1 or 2 is moved above them (an *os.File on 1 or 2
+// would raise SIGPIPE on a client gone); others are kept.
+func TestAboveStdio(t *testing.T) {
+	if fd := aboveStdio(7); fd != 7 {
+		t.Fatalf("aboveStdio(7) = %d", fd)
+	}
+	// Put a socket on descriptor 0 (stdin, which the test does not read),
+	// as accept4 would in a process started with stdin closed.
+	saved, err := unix.Dup(0)
+	if err != nil {
+		t.Skip(err)
+	}
+	defer func() {
+		_ = unix.Dup2(saved, 0)
+		_ = unix.Close(saved)
+	}()
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Dup2(s, 0); err != nil {
+		t.Fatal(err)
+	}
+	_ = unix.Close(s)
+	fd := aboveStdio(0)
+	if fd <= 2 {
+		t.Fatalf("aboveStdio(0) = %d", fd)
+	}
+	defer unix.Close(fd)
+	if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
+		t.Fatalf("the duplicate is not the socket: %d %v", typ, err)
+	}
+	if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
+		t.Fatalf("the duplicate is not close-on-exec: %x %v", flags, err)
+	}
+	if _, err := unix.FcntlInt(0, unix.F_GETFD, 0); err == nil {
+		t.Fatal("descriptor 0 was not closed")
+	}
+}
+
 // A deadline gives a timeout that is a net.Error; a closed connection gives
 // net.ErrClosed; CloseWrite gives the peer EOF.
 func TestLeanConnErrors(t *testing.T) {
