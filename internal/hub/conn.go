@@ -42,13 +42,12 @@ type Transport interface {
 type Conn struct {
 	ID   string
 	User string
-	// Transport, Since (unix ns) and IssuedAt (the token's iat, unix ms; 0
-	// when none) describe the connection to the admin API, which lists a
-	// user's connections and closes those of revoked tokens. Set them
-	// before Register.
-	Transport string
-	Since     int64
-	IssuedAt  int64
+	// Since (unix ns) and IssuedAt (the token's iat, unix ms; 0 when none)
+	// describe the connection to the admin API, which lists a user's
+	// connections and closes those of revoked tokens, with its transport
+	// (see Describe). Set them before Register.
+	Since    int64
+	IssuedAt int64
 
 	hub     *Hub
 	t       Transport
@@ -77,6 +76,7 @@ type Conn struct {
 	writing       bool
 	closing       bool   // a close is queued or done: accept nothing more
 	code          uint16 // the close code (a protocol.CloseCode, 0: none)
+	transport     uint8  // Describe's transport name, interned (transportName)
 }
 
 // connRare is the state a connection holds only while it joins, replays or
