@@ -5,6 +5,8 @@ package leantcp
 import (
 	"io"
 	"net"
+	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -52,4 +54,40 @@ func BenchmarkWriteBuffers(b *testing.B) {
 		defer l.Close()
 		run(b, l, func(nc net.Conn, v *net.Buffers) error { _, err := nc.(*leanConn).WriteBuffers(v); return err })
 	})
+}
+
+// BenchmarkHTTPKeepAlive: requests on a keep-alive connection, net's
+// listener against the lean one. net/http aborts its background read with a
+// past deadline once a request; the lean connection's timeout error costs
+// one allocation more than net's (the *os.PathError package os makes).
+func BenchmarkHTTPKeepAlive(b *testing.B) {
+	for _, lean := range []bool{false, true} {
+		name := "net"
+		if lean {
+			name = "lean"
+		}
+		b.Run(name, func(b *testing.B) {
+			ln, _ := net.Listen("tcp", "127.0.0.1:0")
+			if lean {
+				ln = Wrap(ln)
+			}
+			hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				io.WriteString(w, `{"ok":true}`)
+			})}
+			go hs.Serve(ln)
+			defer hs.Close()
+			c := &http.Client{}
+			url := "http://" + ln.Addr().String() + "/"
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := c.Post(url, "application/json", strings.NewReader(`{"a":1}`))
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
 }
