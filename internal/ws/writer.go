@@ -56,7 +56,9 @@ func (w *writer) batch(nc net.Conn, frames [][]byte, bufs *sync.Pool, closed *at
 		need += len(frames[0])
 	}
 	if cap(bb.hdr) < need {
-		bb.hdr = make([]byte, 0, need)
+		// Room for what comes next too: a lone frame's size varies from
+		// one event to the next, and an exact fit would be outgrown again.
+		bb.hdr = make([]byte, 0, max(need, 2*cap(bb.hdr), minBatchHdr))
 	}
 	hdr, iov := bb.hdr[:0], bb.bufs[:0]
 	if lone {
@@ -156,6 +158,10 @@ type batchBuf struct {
 }
 
 func newBatchBuf() any { return &batchBuf{} }
+
+// minBatchHdr is the least a batchBuf's header buffer is made with: a lone
+// frame of a typical event fits.
+const minBatchHdr = 1 << 10
 
 // maxServerHeader is the largest header of an unmasked frame.
 const maxServerHeader = 10
