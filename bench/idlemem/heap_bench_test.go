@@ -35,6 +35,7 @@ import (
 	"github.com/agentwire/agentwire/bench/internal/benchproc"
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/hub"
+	"github.com/agentwire/agentwire/internal/leantcp"
 	"github.com/agentwire/agentwire/internal/stream/memory"
 	"github.com/agentwire/agentwire/internal/ws"
 )
@@ -57,7 +58,7 @@ func BenchmarkIdleConnHeap(b *testing.B) {
 		for i := range tokens {
 			tokens[i], _, _ = signer.Sign("user-"+strconv.Itoa(i), time.Hour, "", "")
 		}
-		idleHeap(b, srv, tokens)
+		idleHeap(b, srv, tokens, leantcp.Wrap) // as internal/app listens
 	})
 	b.Run("baseline", func(b *testing.B) {
 		up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
@@ -74,17 +75,22 @@ func BenchmarkIdleConnHeap(b *testing.B) {
 					}
 				}
 			}()
-		}), nil)
+		}), nil, nil)
 	})
 }
 
-func idleHeap(b *testing.B, h http.Handler, tokens []string) {
+// idleHeap measures idle connections to h; wrap, if set, wraps the
+// server's listener.
+func idleHeap(b *testing.B, h http.Handler, tokens []string, wrap func(net.Listener) net.Listener) {
 	if _, err := raiseNoFileForTest(); err != nil {
 		b.Skip(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
+	}
+	if wrap != nil {
+		ln = wrap(ln)
 	}
 	hs := &http.Server{Handler: h}
 	go hs.Serve(ln)

@@ -35,6 +35,7 @@ import (
 	"github.com/agentwire/agentwire/internal/config"
 	"github.com/agentwire/agentwire/internal/hub"
 	hubredis "github.com/agentwire/agentwire/internal/hub/redis"
+	"github.com/agentwire/agentwire/internal/leantcp"
 	"github.com/agentwire/agentwire/internal/metrics"
 	"github.com/agentwire/agentwire/internal/redisx"
 	"github.com/agentwire/agentwire/internal/runs"
@@ -261,6 +262,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *App, err 
 		}
 		return nil, fmt.Errorf("--addr %s: %w", cfg.Addr, err)
 	}
+	// Connections accepted lean: 152 bytes less of heap for each, what
+	// counts for idle WebSocket connections (package leantcp).
+	a.ln = leantcp.Wrap(a.ln)
 	a.closers = append(a.closers, func() { _ = a.ln.Close() })
 	if cfg.DebugAddr != "" {
 		a.debugLn, err = net.Listen("tcp", cfg.DebugAddr)

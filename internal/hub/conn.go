@@ -42,20 +42,17 @@ type Transport interface {
 type Conn struct {
 	ID   string
 	User string
-	// Transport, Since (unix ns) and IssuedAt (the token's iat, unix ms; 0
-	// when none) describe the connection to the admin API, which lists a
-	// user's connections and closes those of revoked tokens. Set them
-	// before Register.
-	Transport string
-	Since     int64
-	IssuedAt  int64
+	// Since (unix ns) and IssuedAt (the token's iat, unix ms; 0 when none)
+	// describe the connection to the admin API, which lists a user's
+	// connections and closes those of revoked tokens, with its transport
+	// (see Describe). Set them before Register.
+	Since    int64
+	IssuedAt int64
 
-	hub        *Hub
-	t          Transport
-	flushFn    func() // c.flush bound once: `go c.flush()` would allocate per start
-	registered atomic.Bool
+	hub     *Hub
+	t       Transport
+	flushFn func() // c.flush bound once: `go c.flush()` would allocate per start
 
-	mu            sync.Mutex
 	queue         [][]byte
 	spare         [][]byte
 	queued        int   // bounded bytes in queue and pending
@@ -63,8 +60,11 @@ type Conn struct {
 	oldestTS      int64 // append time (unix ns) of the oldest queued event, 0 if none
 	lastSeq       uint64
 	epoch         string
-	joining       bool           // live events go to pending until Join places the replay
-	pending       []stream.Event // live events received while joining or replaying
+	rare          *connRare // pending, onResync, reason; nil when none is set
+
+	registered atomic.Bool
+	mu         sync.Mutex
+	joining    bool // live events go to pending until Join places the replay
 	// replay is set while pages of a replay remain to be read: the writer
 	// reads the next one after lastSeq once the queue is empty, so a replay
 	// never holds more than a queue's worth. Live events wait in pending
@@ -72,12 +72,80 @@ type Conn struct {
 	replay        bool
 	replayQueued  bool // frames of a replay are in queue
 	replayWriting bool // frames of a replay are being written
-	onResync      func(*stream.ResyncError) []byte
 	resuming      bool // the replay is a client's resume: counted when it ends
 	writing       bool
-	closing       bool // a close is queued or done: accept nothing more
-	code          protocol.CloseCode
-	reason        string
+	closing       bool   // a close is queued or done: accept nothing more
+	code          uint16 // the close code (a protocol.CloseCode, 0: none)
+	transport     uint8  // Describe's transport name, interned (transportName)
+}
+
+// connRare is the state a connection holds only while it joins, replays or
+// closes with a reason: an idle connection carries one nil pointer instead
+// (bench/README.md section 2). c.mu guards it.
+type connRare struct {
+	pending  []stream.Event // live events received while joining or replaying
+	onResync func(*stream.ResyncError) []byte
+	reason   string
+}
+
+// pendingLocked returns the live events held while joining or replaying.
+func (c *Conn) pendingLocked() []stream.Event {
+	if c.rare == nil {
+		return nil
+	}
+	return c.rare.pending
+}
+
+// setPendingLocked sets the held live events.
+func (c *Conn) setPendingLocked(p []stream.Event) {
+	if c.rare == nil {
+		if p == nil {
+			return
+		}
+		c.rare = &connRare{}
+	}
+	c.rare.pending = p
+	c.shedLocked()
+}
+
+// setOnResyncLocked sets the resync frame builder of a replay in progress.
+func (c *Conn) setOnResyncLocked(f func(*stream.ResyncError) []byte) {
+	if c.rare == nil {
+		if f == nil {
+			return
+		}
+		c.rare = &connRare{}
+	}
+	c.rare.onResync = f
+	c.shedLocked()
+}
+
+// setCloseLocked sets the close code and reason.
+func (c *Conn) setCloseLocked(code protocol.CloseCode, reason string) {
+	c.code = uint16(code)
+	if c.rare == nil {
+		if reason == "" {
+			return
+		}
+		c.rare = &connRare{}
+	}
+	c.rare.reason = reason
+	c.shedLocked()
+}
+
+// closeLocked returns the close code and reason.
+func (c *Conn) closeLocked() (protocol.CloseCode, string) {
+	if c.rare == nil {
+		return protocol.CloseCode(c.code), ""
+	}
+	return protocol.CloseCode(c.code), c.rare.reason
+}
+
+// shedLocked drops c.rare once nothing is set in it.
+func (c *Conn) shedLocked() {
+	if r := c.rare; r != nil && r.pending == nil && r.onResync == nil && r.reason == "" {
+		c.rare = nil
+	}
 }
 
 // Join places the user's stream position on c: it writes prefix(pos) first
@@ -140,7 +208,7 @@ func (c *Conn) join(ctx context.Context, cur protocol.Cursor,
 	defer c.mu.Unlock()
 	c.joining = false
 	if c.closing {
-		c.pending = nil
+		c.setPendingLocked(nil)
 		return pos, nil
 	}
 	if prefix != nil {
@@ -162,7 +230,8 @@ func (c *Conn) join(ctx context.Context, cur protocol.Cursor,
 		if stream.More(events, pos) && !c.closing {
 			// A resume is counted by nextPage, once the replay ends one
 			// way or the other.
-			c.replay, c.onResync, c.resuming = true, onResync, resuming
+			c.replay, c.resuming = true, resuming
+			c.setOnResyncLocked(onResync)
 			if !c.writing { // the writer reads on and releases pending
 				c.writing = true
 				go c.flushFn()
@@ -200,16 +269,17 @@ func (c *Conn) placePageLocked(events []stream.Event) {
 		}
 	}
 	c.replayQueued = c.replayQueued || len(c.queue) > 0
-	keep := c.pending[:0]
-	for _, ev := range c.pending {
+	pending := c.pendingLocked()
+	keep := pending[:0]
+	for _, ev := range pending {
 		if ev.Epoch == c.epoch && ev.Seq <= c.lastSeq {
 			c.queued -= len(ev.Frame)
 			continue
 		}
 		keep = append(keep, ev)
 	}
-	clear(c.pending[len(keep):])
-	c.pending = keep
+	clear(pending[len(keep):])
+	c.setPendingLocked(keep)
 }
 
 // nextPage reads the replay page after lastSeq and queues it; on the last
@@ -236,8 +306,8 @@ func (c *Conn) nextPage() {
 		// Trimmed (or reset) while the client was reading: tell it, then
 		// go on live from the head, as a join would have.
 		frame := protocol.EncodeResync(resync.Position.Epoch, resync.Position.Head, resync.Reason)
-		if c.onResync != nil {
-			frame = c.onResync(resync)
+		if c.rare != nil && c.rare.onResync != nil {
+			frame = c.rare.onResync(resync)
 		}
 		c.enqueueLocked(frame, 0, false)
 		c.epoch, c.lastSeq = resync.Position.Epoch, resync.Position.Head
@@ -247,7 +317,9 @@ func (c *Conn) nextPage() {
 	case err != nil:
 		c.hub.log.Error("replay page", "user", c.User, "conn", c.ID, "err", err)
 		c.replay = false
-		c.closing, c.code, c.reason, c.pending = true, protocol.CloseInternalError, "stream unavailable", nil
+		c.closing = true
+		c.setPendingLocked(nil)
+		c.setCloseLocked(protocol.CloseInternalError, "stream unavailable")
 		return
 	default:
 		c.placePageLocked(events)
@@ -265,7 +337,8 @@ func (c *Conn) nextPage() {
 			c.lastSeq = pos.Head
 		}
 	}
-	c.replay, c.onResync, c.resuming = false, nil, false
+	c.replay, c.resuming = false, false
+	c.setOnResyncLocked(nil)
 	if !c.joining {
 		c.releasePendingLocked()
 	}
@@ -293,7 +366,7 @@ func (c *Conn) Reply(handle func() []byte) {
 	}
 	c.joining = false
 	if c.closing {
-		c.pending = nil
+		c.setPendingLocked(nil)
 		return
 	}
 	if frame != nil {
@@ -306,14 +379,18 @@ func (c *Conn) Reply(handle func() []byte) {
 
 // releasePendingLocked queues the events held while joining.
 func (c *Conn) releasePendingLocked() {
-	for i := range c.pending {
-		c.queued -= len(c.pending[i].Frame) // counted on arrival, counted again if queued
+	pending := c.pendingLocked()
+	if pending == nil {
+		return
 	}
-	for i := range c.pending {
-		c.offerLocked(&c.pending[i], true)
+	for i := range pending {
+		c.queued -= len(pending[i].Frame) // counted on arrival, counted again if queued
 	}
-	clear(c.pending)
-	c.pending = nil
+	for i := range pending {
+		c.offerLocked(&pending[i], true)
+	}
+	clear(pending)
+	c.setPendingLocked(nil)
 }
 
 // deliver is the hub's live path for one event.
@@ -324,7 +401,7 @@ func (c *Conn) deliver(ev stream.Event) {
 		return
 	}
 	if c.joining || c.replay {
-		c.pending = append(c.pending, ev)
+		c.setPendingLocked(append(c.pendingLocked(), ev))
 		c.queued += len(ev.Frame)
 		if c.queued > c.hub.maxQueue {
 			c.overflowLocked()
@@ -395,7 +472,8 @@ func (c *Conn) enqueueLocked(frame []byte, ts int64, bounded bool) {
 func (c *Conn) overflowLocked() {
 	c.closing = true
 	clear(c.queue)
-	c.queue, c.spare, c.pending, c.queued, c.queuedBounded = nil, nil, nil, 0, 0
+	c.queue, c.spare, c.queued, c.queuedBounded = nil, nil, 0, 0
+	c.setPendingLocked(nil)
 	c.replay, c.replayQueued = false, false
 	c.hub.metrics.QueueOverflows.Inc()
 	c.hub.metrics.Closes.WithLabelValues(protocol.CloseSlowConsumer.String()).Inc()
@@ -413,8 +491,8 @@ func (c *Conn) Close(code protocol.CloseCode, reason string) {
 		return
 	}
 	c.closing = true
-	c.code, c.reason = code, reason
-	c.pending = nil
+	c.setCloseLocked(code, reason)
+	c.setPendingLocked(nil)
 	if !c.writing {
 		c.writing = true
 		go c.flushFn()
@@ -433,7 +511,7 @@ func (c *Conn) flush() {
 		}
 		if len(c.queue) == 0 {
 			c.writing = false
-			code, reason := c.code, c.reason
+			code, reason := c.closeLocked()
 			if c.queued == 0 && cap(c.spare) > 64 {
 				c.spare = nil // give a burst's memory back
 			}
@@ -474,7 +552,8 @@ func (c *Conn) flush() {
 		if err != nil {
 			c.mu.Lock()
 			c.closing = true
-			c.queue, c.pending, c.queued, c.queuedBounded, c.writing = nil, nil, 0, 0, false
+			c.queue, c.queued, c.queuedBounded, c.writing = nil, 0, 0, false
+			c.setPendingLocked(nil)
 			c.mu.Unlock()
 			c.hub.metrics.Closes.WithLabelValues(protocol.CloseInternalError.String()).Inc()
 			c.t.Close(protocol.CloseInternalError, "write failed")

@@ -31,6 +31,7 @@ type fakeTransport struct {
 	mu     sync.Mutex
 	frames [][]byte
 	closed protocol.CloseCode
+	reason string
 	block  chan struct{}
 	shut   chan struct{} // closed by the first Close
 }
@@ -54,7 +55,7 @@ func (f *fakeTransport) WriteBatch(frames [][]byte) error {
 func (f *fakeTransport) Close(code protocol.CloseCode, reason string) {
 	f.mu.Lock()
 	if f.closed == 0 {
-		f.closed = code
+		f.closed, f.reason = code, reason
 		close(f.shut)
 	}
 	f.mu.Unlock()
@@ -174,8 +175,20 @@ func TestJoinReplayThenLiveWithoutGapOrDuplicate(t *testing.T) {
 				t.Fatalf("frame %d has seq %d, want %d (all: %v)", i, s, 11+i, got)
 			}
 		}
+		checkNoRare(t, c)
 		h.Unregister(c)
 	})
+}
+
+// checkNoRare fails unless c, done joining and replaying, has dropped the
+// state only those need (connRare): an idle connection carries none.
+func checkNoRare(t *testing.T, c *Conn) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rare != nil {
+		t.Fatalf("an idle connection holds %+v", *c.rare)
+	}
 }
 
 func TestReplyPrecedesTheEventsItCauses(t *testing.T) {
@@ -196,6 +209,7 @@ func TestReplyPrecedesTheEventsItCauses(t *testing.T) {
 		if string(frames[1]) != `{"type":"ack"}` {
 			t.Fatalf("frames %q: ack is not before the echo", frames)
 		}
+		checkNoRare(t, c)
 		h.Unregister(c)
 	})
 }
@@ -284,6 +298,12 @@ func TestCloseWritesQueuedFramesFirst(t *testing.T) {
 		if code := ft.waitClose(t); code != 4029 {
 			t.Fatalf("close code %d", code)
 		}
+		ft.mu.Lock()
+		reason := ft.reason
+		ft.mu.Unlock()
+		if reason != "too many errors" {
+			t.Fatalf("close reason %q", reason)
+		}
 		h.Unregister(c)
 	})
 }
@@ -363,6 +383,7 @@ func TestPagedReplayBoundedAndJoinedWithLive(t *testing.T) {
 			t.Fatalf("a batch of %d bytes was queued at once, bound %d", g.maxBatch, maxQueue)
 		}
 		checkResumes(t, h, 1, 0) // one resume, however many pages
+		checkNoRare(t, c)
 		h.Unregister(c)
 	})
 }

@@ -2,13 +2,17 @@ package hub
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"testing/synctest"
+
+	"github.com/agentwire/agentwire/internal/stream"
+	"github.com/agentwire/agentwire/internal/stream/memory"
 )
 
-// An idle user's entry keeps no channel of its own once subscribed: the
-// shared closedReady replaces it, and a later connection of the user waits on
-// that and registers at once.
+// An idle user's entry keeps no channel of its own once subscribed: it drops
+// its subscription attempt, and a later connection of the user registers at
+// once.
 func TestSubscribedUserEntryDropsItsReadyChannel(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -20,10 +24,10 @@ func TestSubscribedUserEntryDropsItsReadyChannel(t *testing.T) {
 		}
 		sh := h.shard("u")
 		sh.mu.RLock()
-		ready := sh.users["u"].ready
+		sub := sh.users["u"].sub
 		sh.mu.RUnlock()
-		if ready != closedReady {
-			t.Fatal("the subscribed user's entry still holds its own ready channel")
+		if sub != nil {
+			t.Fatal("the subscribed user's entry still holds its subscription attempt and ready channel")
 		}
 		if err := h.Register(ctx, b); err != nil {
 			t.Fatal(err)
@@ -33,5 +37,45 @@ func TestSubscribedUserEntryDropsItsReadyChannel(t *testing.T) {
 		}
 		h.Unregister(a)
 		h.Unregister(b)
+	})
+}
+
+// failingStream's Subscribe waits for gate, then fails.
+type failingStream struct {
+	stream.Stream
+	gate chan struct{}
+}
+
+var errSubscribe = errors.New("subscribe failed")
+
+func (f *failingStream) Subscribe(ctx context.Context, user string, h stream.Handler) (func(), error) {
+	<-f.gate
+	return nil, errSubscribe
+}
+
+// A failed subscription fails the connection that made it and every other
+// connection of the user that waited for it, and leaves no entry behind.
+func TestFailedSubscriptionFailsEveryWaiter(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		st := memory.New(memory.Options{})
+		defer st.Close()
+		fs := &failingStream{Stream: st, gate: make(chan struct{})}
+		h := New(Config{Stream: fs})
+		ctx := context.Background()
+		errs := make(chan error, 2)
+		for _, id := range []string{"a", "b"} {
+			go func() { errs <- h.Register(ctx, h.NewConn(id, "u", newFake())) }()
+			synctest.Wait() // a subscribes, b waits for it
+		}
+		close(fs.gate)
+		for range 2 {
+			if err := <-errs; !errors.Is(err, errSubscribe) {
+				t.Fatalf("Register: %v, want %v", err, errSubscribe)
+			}
+		}
+		if n := h.Users(); n != 0 {
+			t.Fatalf("%d user entries left after the failed subscription", n)
+		}
 	})
 }

@@ -17,7 +17,7 @@ type closer struct {
 	done     atomic.Bool // end ran
 	attached bool        // the socket is set (conn.nc)
 	limited  bool        // holds a place in the cluster-wide limit (set before the conn is shared)
-	body     []byte      // close frame payload of the first close, for attach
+	body     *[]byte     // close frame payload of the first close before attach, for it (a pointer: 8 bytes of the conn struct, not 24)
 }
 
 // attach records that the socket is set. When a close came first it
@@ -26,7 +26,10 @@ func (l *closer) attach() (body []byte, closed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.attached = true
-	return l.body, l.closed.Load()
+	if l.body != nil {
+		body = *l.body
+	}
+	return body, l.closed.Load()
 }
 
 // begin makes body the connection's close if none came before: first reports
@@ -39,7 +42,10 @@ func (l *closer) begin(body []byte) (first, attached bool) {
 		return false, false
 	}
 	l.closed.Store(true)
-	l.body = body
+	if !l.attached {
+		b := body // escapes only here, not on every close
+		l.body = &b
+	}
 	return true, l.attached
 }
 

@@ -65,7 +65,7 @@ func (c *conn) setup(cur protocol.Cursor) bool {
 	return true
 }
 
-// WriteBatch writes frames as text messages with one writev. Only the hub's
+// WriteBatch writes frames as text messages with one write. Only the hub's
 // single flush goroutine calls it.
 func (c *conn) WriteBatch(frames [][]byte) error {
 	return c.out.batch(c.nc, frames, &c.srv.batchBufs, &c.life.closed)
@@ -157,7 +157,7 @@ func (c *conn) release() {
 		return
 	}
 	c.life.limited = false
-	c.srv.releaseLimit(c.user, c.hc.ID)
+	c.srv.releaseLimit(c.hc.User, c.hc.ID)
 }
 
 // readLoop reads the connection on its own goroutine: the portable path.

@@ -175,7 +175,7 @@ func (s *Server) startReading(c *conn) {
 				}
 				c.in.mu.Lock()
 				defer c.in.mu.Unlock()
-				if len(c.in.pre) > 0 {
+				if c.in.pre != nil {
 					go c.serveReadable() // bytes behind the handshake: the socket may have none
 					return
 				}

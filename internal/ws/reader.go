@@ -38,7 +38,7 @@ var (
 // while a fragmented message is open.
 type frameReader struct {
 	mu         sync.Mutex
-	pre        []byte  // bytes read past the handshake, consumed first
+	pre        *[]byte // bytes read past the handshake, consumed first; nil when none (a pointer: 8 bytes of the conn struct, not 24)
 	msg        *msgBuf // message being reassembled, nil between messages
 	op         ws.OpCode
 	fragmented bool
@@ -114,7 +114,7 @@ func (r *frameReader) next(rb *readBuf, maxBytes int, bufs *sync.Pool) (f inFram
 // drained reports whether what was read ends at a frame boundary: nothing
 // is buffered and no handshake bytes are left.
 func (r *frameReader) drained(rb *readBuf) bool {
-	return rb.br.Buffered() == 0 && len(r.pre) == 0
+	return rb.br.Buffered() == 0 && r.pre == nil
 }
 
 type msgBuf struct{ b []byte }
@@ -161,10 +161,10 @@ type sockReader struct {
 
 func (r *sockReader) Read(p []byte) (int, error) {
 	fr := r.fr
-	if len(fr.pre) > 0 {
-		n := copy(p, fr.pre)
-		fr.pre = fr.pre[n:]
-		if len(fr.pre) == 0 {
+	if fr.pre != nil {
+		n := copy(p, *fr.pre)
+		*fr.pre = (*fr.pre)[n:]
+		if len(*fr.pre) == 0 {
 			fr.pre = nil
 		}
 		r.reads++

@@ -17,12 +17,11 @@ import (
 
 // session is what a connection does with complete client messages, whatever
 // the transport reads them: limits, decoding, answers. Its fields other than
-// srv, hc and user are used only by the goroutine reading the connection
+// srv and hc are used only by the goroutine reading the connection
 // (one at a time, see frameReader.mu).
 type session struct {
-	srv  *Server
-	hc   *hub.Conn
-	user string
+	srv *Server
+	hc  *hub.Conn // its User is the connection's user
 
 	// act is made at the first message: an idle connection carries one
 	// pointer, not the limiter, error log and alias bits.
@@ -60,7 +59,7 @@ func (ss *session) join(cur protocol.Cursor) bool {
 	_, err := ss.hc.Resume(ctx, cur, func(pos stream.Position) []byte {
 		return protocol.EncodeConnectionEstablished(protocol.ConnectionEstablished{
 			ConnectionID:        ss.hc.ID,
-			UserID:              ss.user,
+			UserID:              ss.hc.User,
 			Epoch:               pos.Epoch,
 			HeadSeq:             pos.Head,
 			HeartbeatIntervalMS: cfg.PingInterval.Milliseconds(),
@@ -68,7 +67,7 @@ func (ss *session) join(cur protocol.Cursor) bool {
 		})
 	}, resyncFrame)
 	if err != nil {
-		s.log.Error("join stream", "user", ss.user, "conn", ss.hc.ID, "err", err)
+		s.log.Error("join stream", "user", ss.hc.User, "conn", ss.hc.ID, "err", err)
 		ss.hc.Close(protocol.CloseInternalError, "stream unavailable")
 		return false
 	}
@@ -137,15 +136,15 @@ func (ss *session) handle(ctx context.Context, f *protocol.Frame) {
 			// Each replay is a copy of the history: one at a time.
 			ss.fail(&protocol.Error{Code: protocol.CodeRateLimited, Message: "the previous resume is still being replayed", Ref: f.ID})
 		case err != nil:
-			ss.srv.log.Error("resume", "user", ss.user, "conn", ss.hc.ID, "err", err)
+			ss.srv.log.Error("resume", "user", ss.hc.User, "conn", ss.hc.ID, "err", err)
 			ss.fail(&protocol.Error{Code: protocol.CodeInternal, Message: "stream unavailable, retry", Ref: f.ID})
 		}
 	case protocol.TypeUserMessage:
-		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.UserMessage(ctx, ss.user, f) })
+		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.UserMessage(ctx, ss.hc.User, f) })
 	case protocol.TypeStopAgent:
-		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.StopAgent(ctx, ss.user, f) })
+		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.StopAgent(ctx, ss.hc.User, f) })
 	case protocol.TypeUserInput:
-		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.UserInput(ctx, ss.user, f) })
+		ss.reply(func() (protocol.AckFrame, *protocol.Error) { return ss.srv.cfg.Handler.UserInput(ctx, ss.hc.User, f) })
 	}
 }
 

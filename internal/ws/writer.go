@@ -25,7 +25,7 @@ const (
 )
 
 // writer writes a connection's frames to its socket: the hub's batches (one
-// writev each), pings, pongs and the close frame, one at a time, each under
+// write each), pings, pongs and the close frame, one at a time, each under
 // a write deadline. A control frame written while a batch is in flight waits
 // for it, so it never lands inside a data frame. After a failed write the
 // byte stream may end inside a frame: nothing more is written.
@@ -37,19 +37,38 @@ type writer struct {
 	broken bool // a write failed, or the close frame was the last one
 }
 
-// batch writes frames as text messages with one writev on nc (nil: not
-// attached). bufs lends the headers and iovecs (batchBuf).
+// smallFrame is the largest lone frame batch copies behind its header for
+// one write instead of a writev: the copy costs less than nothing next to
+// the syscall, and a socket's first writev makes the runtime keep an iovec
+// slice (56 bytes) on its poll.FD for the connection's life, which an idle
+// connection, that only ever gets connection_established, need not pay.
+const smallFrame = 4 << 10
+
+// batch writes frames as text messages with one write on nc (nil: not
+// attached): a writev, or a plain write of a single frame of at most
+// smallFrame bytes copied behind its header. bufs lends the headers and
+// iovecs (batchBuf).
 func (w *writer) batch(nc net.Conn, frames [][]byte, bufs *sync.Pool, closed *atomic.Bool) error {
 	bb := bufs.Get().(*batchBuf)
+	lone := len(frames) == 1 && len(frames[0]) <= smallFrame
 	need := len(frames) * maxServerHeader
+	if lone {
+		need += len(frames[0])
+	}
 	if cap(bb.hdr) < need {
-		bb.hdr = make([]byte, 0, need)
+		// Room for what comes next too: a lone frame's size varies from
+		// one event to the next, and an exact fit would be outgrown again.
+		bb.hdr = make([]byte, 0, max(need, 2*cap(bb.hdr), minBatchHdr))
 	}
 	hdr, iov := bb.hdr[:0], bb.bufs[:0]
-	for _, f := range frames {
-		s := len(hdr)
-		hdr = appendHeader(hdr, ws.OpText, len(f)) // never reallocates: cap is enough for all
-		iov = append(iov, hdr[s:len(hdr):len(hdr)], f)
+	if lone {
+		hdr = append(appendHeader(hdr, ws.OpText, len(frames[0])), frames[0]...)
+	} else {
+		for _, f := range frames {
+			s := len(hdr)
+			hdr = appendHeader(hdr, ws.OpText, len(f)) // never reallocates: cap is enough for all
+			iov = append(iov, hdr[s:len(hdr):len(hdr)], f)
+		}
 	}
 
 	var err error
@@ -65,8 +84,15 @@ func (w *writer) batch(nc net.Conn, frames [][]byte, bufs *sync.Pool, closed *at
 			err = errClosed
 			break
 		}
-		v := iov // WriteTo consumes its receiver
-		if _, err = v.WriteTo(nc); err != nil {
+		v := iov // WriteTo and WriteBuffers consume their buffers
+		if lone {
+			_, err = nc.Write(hdr)
+		} else if bw, ok := nc.(buffersWriter); ok {
+			_, err = bw.WriteBuffers(&v)
+		} else {
+			_, err = v.WriteTo(nc)
+		}
+		if err != nil {
 			w.broken = true
 		}
 	}
@@ -118,6 +144,13 @@ func (w *writer) close(nc net.Conn, body []byte, last bool) {
 	w.mu.Unlock()
 }
 
+// buffersWriter is a connection that writes net.Buffers with writev itself,
+// as the app's lean TCP connections do: net.Buffers.WriteTo uses writev only
+// for net's own connection types, and one write per buffer otherwise.
+type buffersWriter interface {
+	WriteBuffers(v *net.Buffers) (int64, error)
+}
+
 // batchBuf is one batch's headers and iovecs.
 type batchBuf struct {
 	hdr  []byte
@@ -125,6 +158,10 @@ type batchBuf struct {
 }
 
 func newBatchBuf() any { return &batchBuf{} }
+
+// minBatchHdr is the least a batchBuf's header buffer is made with: a lone
+// frame of a typical event fits.
+const minBatchHdr = 1 << 10
 
 // maxServerHeader is the largest header of an unmasked frame.
 const maxServerHeader = 10

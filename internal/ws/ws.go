@@ -223,7 +223,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	claims, ticket, cur := adm.claims, adm.ticket, adm.cur
-	c := &conn{session: session{srv: s, user: claims.Subject}}
+	c := &conn{session: session{srv: s}}
 	if !claims.ExpiresAt.IsZero() {
 		c.hb.exp = s.wheel.at(claims.ExpiresAt)
 	}
@@ -274,7 +274,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if n := rw.Reader.Buffered(); n > 0 {
 		// Frames the client sent right behind its handshake.
 		b, _ := rw.Reader.Peek(n)
-		c.in.pre = append([]byte(nil), b...)
+		pre := append([]byte(nil), b...)
+		c.in.pre = &pre
 	}
 	if !c.attach(nc) {
 		c.finish()

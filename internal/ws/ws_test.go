@@ -24,6 +24,7 @@ import (
 
 	"github.com/agentwire/agentwire/internal/auth"
 	"github.com/agentwire/agentwire/internal/hub"
+	"github.com/agentwire/agentwire/internal/leantcp"
 	"github.com/agentwire/agentwire/internal/stream/memory"
 	"github.com/agentwire/agentwire/protocol"
 )
@@ -913,4 +914,118 @@ func TestHungStoreCallIsBounded(t *testing.T) {
 		c.write(frame(ws.OpText, true, pingJSON("after")))
 		c.expectPong("after")
 	})
+}
+
+// writeCounter is a net.Conn that records its writes.
+type writeCounter struct {
+	net.Conn
+	writes [][]byte
+}
+
+func (w *writeCounter) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, append([]byte(nil), p...))
+	return len(p), nil
+}
+
+func (w *writeCounter) SetWriteDeadline(time.Time) error { return nil }
+
+// TestWriteBatchLone checks that a lone frame of at most smallFrame bytes
+// goes out in one write, header and payload together (no writev: the socket
+// keeps no iovecs for it), and a larger one or several frames as before.
+func TestWriteBatchLone(t *testing.T) {
+	srv := &Server{}
+	srv.batchBufs.New = newBatchBuf
+	for _, n := range []int{0, 1, 125, 126, smallFrame, smallFrame + 1, 70000} {
+		wc := &writeCounter{}
+		c := &conn{session: session{srv: srv}, nc: wc}
+		f := bytes.Repeat([]byte{'x'}, n)
+		if err := c.WriteBatch([][]byte{f}); err != nil {
+			t.Fatal(err)
+		}
+		want := append(appendHeader(nil, ws.OpText, n), f...)
+		if got := bytes.Join(wc.writes, nil); !bytes.Equal(got, want) {
+			t.Fatalf("%d bytes: wrote %d bytes, want %d", n, len(got), len(want))
+		}
+		if wantWrites := 1 + btoi(n > smallFrame); len(wc.writes) != wantWrites {
+			t.Fatalf("%d bytes: %d writes, want %d", n, len(wc.writes), wantWrites)
+		}
+	}
+	wc := &writeCounter{}
+	c := &conn{session: session{srv: srv}, nc: wc}
+	if err := c.WriteBatch([][]byte{[]byte("a"), []byte("bc")}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := bytes.Join(wc.writes, nil), []byte("\x81\x01a\x81\x02bc"); !bytes.Equal(got, want) {
+		t.Fatalf("two frames: %q, want %q", got, want)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// TestWriteBatchLean writes batches over a connection of the app's lean
+// listener, which writes net.Buffers with its own writev: the bytes are
+// those of TestWriteBatch.
+func TestWriteBatchLean(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln = leantcp.Wrap(ln)
+	defer ln.Close()
+	cc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	nc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, ok := nc.(buffersWriter); !ok {
+		t.Fatalf("a lean connection (%T) does not write buffers", nc)
+	}
+	srv := &Server{}
+	srv.batchBufs.New = newBatchBuf
+	c := &conn{session: session{srv: srv}, nc: nc}
+	var frames [][]byte
+	for i := range 300 {
+		frames = append(frames, bytes.Repeat([]byte{byte('a' + i%26)}, i*97%70000))
+	}
+	batches := [][][]byte{frames, {[]byte("lone")}, frames[:2]}
+	errc := make(chan error, 1)
+	go func() {
+		for _, b := range batches {
+			if err := c.WriteBatch(b); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	br := bufio.NewReader(cc)
+	for _, b := range batches {
+		for i, want := range b {
+			_ = cc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			h, err := ws.ReadHeader(br)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := make([]byte, h.Length)
+			if _, err := io.ReadFull(br, p); err != nil {
+				t.Fatal(err)
+			}
+			if h.OpCode != ws.OpText || !h.Fin || !bytes.Equal(p, want) {
+				t.Fatalf("frame %d: %v, %d bytes, want %d", i, h.OpCode, len(p), len(want))
+			}
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
 }

@@ -119,6 +119,17 @@ type user struct {
 	dead  bool // evicted; written with mu and subMu held, read with either
 	head  uint64
 
+	// *history is made by the first append and dropped by a sweep once
+	// nothing is retained: a user that is only subscribed (an idle
+	// connection's) carries one nil pointer, not the ring and the keys.
+	*history
+
+	subMu sync.Mutex // serialises changes of subs
+	subs  atomic.Pointer[[]*subscription]
+}
+
+// history is a user's retained events and idempotency keys.
+type history struct {
 	// ring holds the retained events, oldest at ring[start], n of them.
 	ring  []stream.Event
 	start int
@@ -128,10 +139,18 @@ type user struct {
 	keys  map[string]stream.Event // idempotency key → first event
 	keyQ  []keyEntry              // keys in append order, for expiry
 	keyQ0 int                     // index of the oldest live entry in keyQ
-
-	subMu sync.Mutex // serialises changes of subs
-	subs  atomic.Pointer[[]*subscription]
 }
+
+// retained is the number of events u retains.
+func (u *user) retained() int {
+	if u.history == nil {
+		return 0
+	}
+	return u.n
+}
+
+// empty reports whether h retains neither an event nor a key.
+func (h *history) empty() bool { return h.n == 0 && len(h.keys) == 0 }
 
 type keyEntry struct {
 	key string
@@ -227,6 +246,9 @@ func (s *Stream) AppendBatch(ctx context.Context, userID string, recs []stream.R
 }
 
 func (s *Stream) appendLocked(u *user, rec stream.Record, now time.Time) stream.Event {
+	if u.history == nil {
+		u.history = &history{}
+	}
 	if rec.IdempotencyKey != "" {
 		u.expireKeys(now)
 		if ev, ok := u.keys[rec.IdempotencyKey]; ok {
@@ -292,7 +314,8 @@ func (s *Stream) Since(ctx context.Context, userID string, from protocol.Cursor,
 	defer u.mu.Unlock()
 	s.trim(u, s.now())
 	pos := stream.Position{Epoch: u.epoch, Head: u.head}
-	oldest := u.head - uint64(u.n) + 1
+	n := u.retained()
+	oldest := u.head - uint64(n) + 1
 	if err := stream.CheckResume(pos, from, oldest); err != nil {
 		return nil, pos, err
 	}
@@ -300,7 +323,7 @@ func (s *Stream) Since(ctx context.Context, userID string, from protocol.Cursor,
 	first := int(from.Seq + 1 - oldest)
 	out := make([]stream.Event, 0, min(u.head-from.Seq, uint64(lim.MaxEvents)))
 	size := 0
-	for i := first; i < u.n; i++ {
+	for i := first; i < n; i++ {
 		ev := &u.ring[(u.start+i)%len(u.ring)]
 		if !lim.Fits(len(out), size, len(ev.Frame)) {
 			break
@@ -477,6 +500,9 @@ func (s *Stream) push(u *user, ev stream.Event) {
 
 // trim drops events older than maxAge; it frees the ring once empty.
 func (s *Stream) trim(u *user, now time.Time) {
+	if u.history == nil {
+		return
+	}
 	cutoff := now.Add(-s.maxAge)
 	for u.n > 0 && u.ring[u.start].TS.Before(cutoff) {
 		u.dropOldest()
@@ -487,7 +513,7 @@ func (s *Stream) trim(u *user, now time.Time) {
 }
 
 // dropOldest forgets the oldest retained event.
-func (u *user) dropOldest() {
+func (u *history) dropOldest() {
 	u.bytes -= len(u.ring[u.start].Frame)
 	u.ring[u.start] = stream.Event{}
 	u.start = (u.start + 1) % len(u.ring)
@@ -500,7 +526,7 @@ func (u *user) dropOldest() {
 func (s *Stream) maxKeys() int { return 4 * s.maxEvents }
 
 // expireKeys forgets idempotency keys older than stream.IdempotencyWindow.
-func (u *user) expireKeys(now time.Time) {
+func (u *history) expireKeys(now time.Time) {
 	cutoff := now.Add(-stream.IdempotencyWindow)
 	for u.keyQ0 < len(u.keyQ) && u.keyQ[u.keyQ0].at.Before(cutoff) {
 		u.dropOldestKey()
@@ -508,7 +534,7 @@ func (u *user) expireKeys(now time.Time) {
 	u.compactKeys()
 }
 
-func (u *user) dropOldestKey() {
+func (u *history) dropOldestKey() {
 	// A key is appended once, so the map entry is this one.
 	delete(u.keys, u.keyQ[u.keyQ0].key)
 	u.keyQ[u.keyQ0] = keyEntry{}
@@ -516,7 +542,7 @@ func (u *user) dropOldestKey() {
 	u.compactKeys()
 }
 
-func (u *user) compactKeys() {
+func (u *history) compactKeys() {
 	switch {
 	case u.keyQ0 == len(u.keyQ):
 		u.keys, u.keyQ, u.keyQ0 = nil, nil, 0
@@ -547,10 +573,15 @@ func (s *Stream) sweep(sh *shard, now time.Time) {
 			continue
 		}
 		s.trim(u, now)
-		u.expireKeys(now)
+		if u.history != nil {
+			u.expireKeys(now)
+			if u.empty() {
+				u.history = nil
+			}
+		}
 		// Nothing retained (trim dropped every event older than maxAge, or
 		// there never was one) and no idempotency key to honour.
-		if u.n == 0 && len(u.keys) == 0 {
+		if u.history == nil {
 			u.subMu.Lock()
 			if subs := u.subs.Load(); subs == nil || len(*subs) == 0 {
 				u.dead = true

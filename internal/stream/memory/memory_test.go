@@ -100,6 +100,20 @@ func hasRecord(s *Stream, u string) bool {
 	return ok
 }
 
+// hasHistory reports whether u's record holds a history (ring or keys).
+func hasHistory(s *Stream, u string) bool {
+	sh, _ := s.locate(u)
+	sh.mu.Lock()
+	r := sh.users[u]
+	sh.mu.Unlock()
+	if r == nil {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.history != nil
+}
+
 // sweepAll makes every shard sweep the lazy way, by appending to one fresh
 // user per shard, and returns those users.
 func sweepAll(t *testing.T, s *Stream) []string {
@@ -229,13 +243,22 @@ func TestSubscribedUserIsNotEvicted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if hasHistory(s, u) {
+		t.Fatal("a subscribed user without events holds a history")
+	}
 	first := mustAppend(t, s, u, note(1))
 	mustAppend(t, s, u, note(2))
+	if !hasHistory(s, u) {
+		t.Fatal("no history after appends")
+	}
 
 	clk.Advance(2 * maxAge)
 	sweepShardOf(t, s, u)
 	if !hasRecord(s, u) {
 		t.Fatal("user with a live subscriber was evicted")
+	}
+	if hasHistory(s, u) {
+		t.Fatal("a sweep left the history of a subscribed user with nothing retained")
 	}
 	evs, pos, err := s.Since(t.Context(), u, protocol.Cursor{Seq: 2, Epoch: first.Epoch}, stream.Limit{})
 	if err != nil || len(evs) != 0 || pos.Head != 2 || pos.Epoch != first.Epoch {
