@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 type testEvent struct {
@@ -186,6 +187,38 @@ func BenchmarkUnmarshalBatch(b *testing.B) {
 			if !depthWithin(body, MaxDepth) {
 				b.Fatal("too deep")
 			}
+		}
+	})
+}
+
+// FuzzUnmarshalAgrees holds Unmarshal to encoding/json on any UTF-8 body
+// (the publish paths refuse other bytes before decoding): both accept with
+// the same value, or both refuse.
+func FuzzUnmarshalAgrees(f *testing.F) {
+	for _, s := range []string{
+		`{"user_id":"u","type":"t","data":{"a":[1,2,{"b":null}]}}`,
+		`{"User_ID":"u","TYPE":"t","user_id":"v"}`,
+		`{"events":[{"user_id":"u","data":{}},{"type":"x","n":2,"tags":["a"]}]}`,
+		`{"data":"\u00e9\ud800\n","n":-0,"tags":null}`,
+		`{"data":1e400,"n":1E+2}`,
+		`{"x":[[[{"y":[]}]]],"data":[true,false,null]}`,
+		"{\"data\":{}}\r\n\t ",
+		`{"data":[1,2}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !utf8.Valid(b) {
+			return
+		}
+		var std, got testBody
+		errStd := json.Unmarshal(b, &std)
+		errGot := Unmarshal(b, &got)
+		if (errStd == nil) != (errGot == nil) {
+			t.Fatalf("%q: encoding/json err %v, Unmarshal err %v", b, errStd, errGot)
+		}
+		if errStd == nil && !reflect.DeepEqual(std, got) {
+			t.Fatalf("%q: got %+v, want %+v", b, got, std)
 		}
 	})
 }
