@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -220,9 +222,15 @@ func TestLeanConnWriteBuffers(t *testing.T) {
 		v = append(v, b)
 		want.Write(b)
 	}
+	// Small socket buffers on both ends: the 7.5 MB fill them many times
+	// over whenever the reader runs, so the writer waits for room (EAGAIN,
+	// then the poller) again and again.
+	if err := cc.(*net.TCPConn).SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	setSndBuf(t, sc, 64<<10)
 	got := make(chan []byte, 1)
 	go func() {
-		time.Sleep(50 * time.Millisecond) // let the socket fill
 		b, _ := io.ReadAll(bufio.NewReaderSize(cc, 100))
 		got <- b
 	}()
@@ -255,7 +263,7 @@ func TestLeanListenerClose(t *testing.T) {
 		_, err := l.Accept()
 		errc <- err
 	}()
-	time.Sleep(20 * time.Millisecond)
+	waitParked(t, "leanListener).Accept")
 	_ = l.Close()
 	select {
 	case err := <-errc:
@@ -382,5 +390,41 @@ func TestLeanListenerHTTP(t *testing.T) {
 	rest, _ := io.ReadAll(br)
 	if string(rest) != "hello" {
 		t.Fatalf("after the hijack: %q", rest)
+	}
+}
+
+// setSndBuf sets SO_SNDBUF of c's socket.
+func setSndBuf(t *testing.T, c net.Conn, n int) {
+	t.Helper()
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, n)
+	}); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+}
+
+// waitParked returns once a goroutine whose stack holds fn is parked waiting
+// for the network (its state "IO wait"), so that what the test does next
+// happens while that call is in progress.
+func waitParked(t *testing.T, fn string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	buf := make([]byte, 1<<20)
+	for {
+		st := string(buf[:runtime.Stack(buf, true)])
+		for _, g := range strings.Split(st, "\n\n") {
+			if strings.Contains(g, "[IO wait") && strings.Contains(g, fn) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no goroutine parked in %s", fn)
+		}
+		runtime.Gosched()
 	}
 }
