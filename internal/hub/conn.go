@@ -98,39 +98,36 @@ func (c *Conn) pendingLocked() []stream.Event {
 
 // setPendingLocked sets the held live events.
 func (c *Conn) setPendingLocked(p []stream.Event) {
-	if c.rare == nil {
-		if p == nil {
-			return
-		}
-		c.rare = &connRare{}
+	if r := c.rareLocked(p != nil); r != nil {
+		r.pending = p
+		c.shedLocked()
 	}
-	c.rare.pending = p
-	c.shedLocked()
 }
 
 // setOnResyncLocked sets the resync frame builder of a replay in progress.
 func (c *Conn) setOnResyncLocked(f func(*stream.ResyncError) []byte) {
-	if c.rare == nil {
-		if f == nil {
-			return
-		}
-		c.rare = &connRare{}
+	if r := c.rareLocked(f != nil); r != nil {
+		r.onResync = f
+		c.shedLocked()
 	}
-	c.rare.onResync = f
-	c.shedLocked()
 }
 
 // setCloseLocked sets the close code and reason.
 func (c *Conn) setCloseLocked(code protocol.CloseCode, reason string) {
 	c.code = uint16(code)
-	if c.rare == nil {
-		if reason == "" {
-			return
-		}
+	if r := c.rareLocked(reason != ""); r != nil {
+		r.reason = reason
+		c.shedLocked()
+	}
+}
+
+// rareLocked returns c.rare, made first when set is true (a value is about
+// to be set in it); nil when there is none and nothing is to be set.
+func (c *Conn) rareLocked(set bool) *connRare {
+	if c.rare == nil && set {
 		c.rare = &connRare{}
 	}
-	c.rare.reason = reason
-	c.shedLocked()
+	return c.rare
 }
 
 // closeLocked returns the close code and reason.

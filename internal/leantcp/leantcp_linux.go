@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -253,13 +254,7 @@ func (c *leanConn) RemoteAddr() net.Addr {
 		a.IP = append(net.IP(nil), c.ip[:4]...)
 	} else {
 		a.IP = append(net.IP(nil), c.ip[:]...)
-		if c.zone != 0 {
-			if ifi, err := net.InterfaceByIndex(int(c.zone)); err == nil {
-				a.Zone = ifi.Name
-			} else {
-				a.Zone = itoa(c.zone)
-			}
-		}
+		a.Zone = zoneName(c.zone)
 	}
 	return a
 }
@@ -278,15 +273,7 @@ func (c *leanConn) LocalAddr() net.Addr {
 	case *unix.SockaddrInet4:
 		return &net.TCPAddr{IP: append(net.IP(nil), sa.Addr[:]...), Port: sa.Port}
 	case *unix.SockaddrInet6:
-		a := &net.TCPAddr{IP: append(net.IP(nil), sa.Addr[:]...), Port: sa.Port}
-		if sa.ZoneId != 0 {
-			if ifi, err := net.InterfaceByIndex(int(sa.ZoneId)); err == nil {
-				a.Zone = ifi.Name
-			} else {
-				a.Zone = itoa(sa.ZoneId)
-			}
-		}
-		return a
+		return &net.TCPAddr{IP: append(net.IP(nil), sa.Addr[:]...), Port: sa.Port, Zone: zoneName(sa.ZoneId)}
 	}
 	return nil
 }
@@ -381,14 +368,14 @@ func consume(v *net.Buffers, n int64) {
 	}
 }
 
-func itoa(u uint32) string {
-	var b [10]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + u%10)
-		if u /= 10; u == 0 {
-			return string(b[i:])
-		}
+// zoneName is an IPv6 zone as net writes it: the interface's name, or its
+// index when it has none; "" for no zone.
+func zoneName(id uint32) string {
+	if id == 0 {
+		return ""
 	}
+	if ifi, err := net.InterfaceByIndex(int(id)); err == nil {
+		return ifi.Name
+	}
+	return strconv.FormatUint(uint64(id), 10)
 }
