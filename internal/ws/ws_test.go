@@ -801,13 +801,7 @@ func TestWriteBatch(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	srv := &Server{}
-	srv.batchBufs.New = newBatchBuf
-	c := &conn{session: session{srv: srv}, nc: a}
-	var frames [][]byte
-	for i := range 300 {
-		frames = append(frames, bytes.Repeat([]byte{byte('a' + i%26)}, i*97%70000))
-	}
+	c, frames := writerConn(a)
 	errc := make(chan error, 2)
 	go func() {
 		for range 3 {
@@ -990,13 +984,7 @@ func TestWriteBatchLean(t *testing.T) {
 	if _, ok := nc.(buffersWriter); !ok {
 		t.Fatalf("a lean connection (%T) does not write buffers", nc)
 	}
-	srv := &Server{}
-	srv.batchBufs.New = newBatchBuf
-	c := &conn{session: session{srv: srv}, nc: nc}
-	var frames [][]byte
-	for i := range 300 {
-		frames = append(frames, bytes.Repeat([]byte{byte('a' + i%26)}, i*97%70000))
-	}
+	c, frames := writerConn(nc)
 	batches := [][][]byte{frames, {[]byte("lone")}, frames[:2]}
 	errc := make(chan error, 1)
 	go func() {
@@ -1028,4 +1016,16 @@ func TestWriteBatchLean(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// writerConn is a conn writing to nc with a server's batch buffers, and 300
+// frames of 0 to 70,000 bytes to write through it.
+func writerConn(nc net.Conn) (*conn, [][]byte) {
+	srv := &Server{}
+	srv.batchBufs.New = newBatchBuf
+	var frames [][]byte
+	for i := range 300 {
+		frames = append(frames, bytes.Repeat([]byte{byte('a' + i%26)}, i*97%70000))
+	}
+	return &conn{session: session{srv: srv}, nc: nc}, frames
 }
