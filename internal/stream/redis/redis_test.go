@@ -619,7 +619,18 @@ func TestRestartOnDiskKeepsEpoch(t *testing.T) {
 	if ev.Epoch != last.Epoch || ev.Seq != 4 {
 		t.Fatalf("after a restart on disk: seq %d epoch %s, want seq 4 epoch %s", ev.Seq, ev.Epoch, last.Epoch)
 	}
-	evs, _, err := s.Since(t.Context(), u, protocol.Cursor{Seq: 3, Epoch: last.Epoch}, stream.Limit{})
+	// The client's other connections learn of the restart at their first
+	// use: a read may still meet the dead one's EOF (ErrUnavailable, which
+	// clients retry) after the append went through a fresh one.
+	var evs []stream.Event
+	var err error
+	eventually(t, "resume from 3", func() error {
+		evs, _, err = s.Since(t.Context(), u, protocol.Cursor{Seq: 3, Epoch: last.Epoch}, stream.Limit{})
+		if errors.Is(err, stream.ErrUnavailable) {
+			return err
+		}
+		return nil
+	})
 	if err != nil || len(evs) != 1 || evs[0].Seq != 4 {
 		t.Fatalf("resume from 3: %d events, %v", len(evs), err)
 	}
