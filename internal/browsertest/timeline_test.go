@@ -21,6 +21,9 @@ func TestTimelinePolishInBrowser(t *testing.T) {
 	b := newBrowser(t)
 	b.login(srv.URL, "grace")
 
+	// The examples are drawn once the thread list has loaded, which may be
+	// after login returns on a loaded box.
+	b.waitJS("the examples", `document.querySelectorAll(".examples .example-prompt").length > 0`, 15*time.Second)
 	examples := eval[[]string](b, `[...document.querySelectorAll(".examples .example-prompt")].map(e => e.textContent)`)
 	joined := strings.Join(examples, "|")
 	for _, want := range []string{"what is 12*(3+4)?", "slow", "fail", "approve"} {
