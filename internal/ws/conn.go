@@ -68,7 +68,7 @@ func (c *conn) setup(cur protocol.Cursor) bool {
 // WriteBatch writes frames as text messages with one write. Only the hub's
 // single flush goroutine calls it.
 func (c *conn) WriteBatch(frames [][]byte) error {
-	return c.out.batch(c.nc, frames, &c.srv.batchBufs, &c.life.closed)
+	return c.out.batch(c.nc, frames, &c.srv.batchBufs, &c.life.closed, c.srv.wheel)
 }
 
 func (c *conn) ping() { _ = c.out.control(c.nc, ws.OpPing, nil, &c.life.closed) }

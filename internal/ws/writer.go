@@ -35,7 +35,18 @@ const (
 type writer struct {
 	mu     sync.Mutex
 	broken bool // a write failed, or the close frame was the last one
+	// until is a lower bound of the batch write deadline on the socket, in
+	// whole seconds of the server's clock (wheel.now); 0 when the last
+	// deadline set was another one (a control frame's, the close frame's).
+	// A batch sets a fresh deadline only when fewer than writeWait/2 are
+	// left: setting one costs a timer update per write, a tenth of the
+	// write itself.
+	until uint32
 }
+
+// refreshWait is the least time a batch write is given: a batch reuses the
+// deadline on the socket while at least this much of it is left.
+const refreshWait = writeWait / 2
 
 // smallFrame is the largest lone frame batch copies behind its header for
 // one write instead of a writev: the copy costs less than nothing next to
@@ -48,7 +59,7 @@ const smallFrame = 4 << 10
 // attached): a writev, or a plain write of a single frame of at most
 // smallFrame bytes copied behind its header. bufs lends the headers and
 // iovecs (batchBuf).
-func (w *writer) batch(nc net.Conn, frames [][]byte, bufs *sync.Pool, closed *atomic.Bool) error {
+func (w *writer) batch(nc net.Conn, frames [][]byte, bufs *sync.Pool, closed *atomic.Bool, clk *wheel) error {
 	bb := bufs.Get().(*batchBuf)
 	lone := len(frames) == 1 && len(frames[0]) <= smallFrame
 	need := len(frames) * maxServerHeader
@@ -79,7 +90,7 @@ func (w *writer) batch(nc net.Conn, frames [][]byte, bufs *sync.Pool, closed *at
 	default:
 		// Deadline first, then the closed check: a close after the check
 		// shortens this deadline for the write in flight.
-		_ = nc.SetWriteDeadline(time.Now().Add(writeWait))
+		w.deadline(nc, clk)
 		if closed.Load() {
 			err = errClosed
 			break
@@ -107,6 +118,19 @@ func (w *writer) batch(nc net.Conn, frames [][]byte, bufs *sync.Pool, closed *at
 	return err
 }
 
+// deadline gives the batch write about to start at least refreshWait:
+// the deadline already on nc when enough of it is left, else a fresh one of
+// writeWait. Called with w.mu held.
+func (w *writer) deadline(nc net.Conn, clk *wheel) {
+	now := time.Now()
+	at := clk.at(now)
+	if int64(w.until)*int64(time.Second)-at >= int64(refreshWait) {
+		return
+	}
+	_ = nc.SetWriteDeadline(now.Add(writeWait))
+	w.until = uint32((at + int64(writeWait)) / int64(time.Second))
+}
+
 // control writes a ping or pong (not once the connection is closing).
 func (w *writer) control(nc net.Conn, op ws.OpCode, p []byte, closed *atomic.Bool) error {
 	var buf [2 + ws.MaxControlFramePayloadSize]byte
@@ -117,6 +141,7 @@ func (w *writer) control(nc net.Conn, op ws.OpCode, p []byte, closed *atomic.Boo
 		return errClosed
 	}
 	_ = nc.SetWriteDeadline(time.Now().Add(closeWait))
+	w.until = 0
 	_, err := nc.Write(frame)
 	if err != nil {
 		w.broken = true
@@ -131,6 +156,7 @@ func (w *writer) control(nc net.Conn, op ws.OpCode, p []byte, closed *atomic.Boo
 func (w *writer) close(nc net.Conn, body []byte, last bool) {
 	_ = nc.SetWriteDeadline(time.Now().Add(closeFrameWait))
 	w.mu.Lock()
+	w.until = 0
 	if !w.broken {
 		var buf [2 + ws.MaxControlFramePayloadSize]byte
 		frame := append(appendHeader(buf[:0], ws.OpClose, len(body)), body...)

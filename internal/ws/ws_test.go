@@ -927,7 +927,7 @@ func (w *writeCounter) SetWriteDeadline(time.Time) error { return nil }
 // goes out in one write, header and payload together (no writev: the socket
 // keeps no iovecs for it), and a larger one or several frames as before.
 func TestWriteBatchLone(t *testing.T) {
-	srv := &Server{}
+	srv := &Server{wheel: newWheel(time.Second)}
 	srv.batchBufs.New = newBatchBuf
 	for _, n := range []int{0, 1, 125, 126, smallFrame, smallFrame + 1, 70000} {
 		wc := &writeCounter{}
@@ -1021,11 +1021,73 @@ func TestWriteBatchLean(t *testing.T) {
 // writerConn is a conn writing to nc with a server's batch buffers, and 300
 // frames of 0 to 70,000 bytes to write through it.
 func writerConn(nc net.Conn) (*conn, [][]byte) {
-	srv := &Server{}
+	srv := &Server{wheel: newWheel(time.Second)}
 	srv.batchBufs.New = newBatchBuf
 	var frames [][]byte
 	for i := range 300 {
 		frames = append(frames, bytes.Repeat([]byte{byte('a' + i%26)}, i*97%70000))
 	}
 	return &conn{session: session{srv: srv}, nc: nc}, frames
+}
+
+// deadlineConn records the write deadlines set on it and, at each write,
+// how long the deadline in force leaves.
+type deadlineConn struct {
+	net.Conn
+	sets int
+	dl   time.Time
+	left []time.Duration
+}
+
+func (d *deadlineConn) SetWriteDeadline(t time.Time) error {
+	d.sets++
+	d.dl = t
+	return d.Conn.SetWriteDeadline(t)
+}
+
+func (d *deadlineConn) Write(p []byte) (int, error) {
+	d.left = append(d.left, time.Until(d.dl))
+	return d.Conn.Write(p)
+}
+
+// TestBatchDeadlineReuse: a batch reuses the write deadline on the socket
+// while at least refreshWait of it is left, sets a fresh writeWait one
+// otherwise, and after a ping (which sets its own, short one) always.
+func TestBatchDeadlineReuse(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		go func() { _, _ = io.Copy(io.Discard, b) }()
+		dc := &deadlineConn{Conn: a}
+		c, _ := writerConn(dc)
+		frame := [][]byte{[]byte("event")}
+		step := func(name string, wait time.Duration, write func() error, sets int, left time.Duration) {
+			t.Helper()
+			time.Sleep(wait)
+			if err := write(); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if dc.sets != sets {
+				t.Fatalf("%s: %d deadlines set, want %d", name, dc.sets, sets)
+			}
+			if got := dc.left[len(dc.left)-1]; got != left {
+				t.Fatalf("%s: the write had %v left, want %v", name, got, left)
+			}
+		}
+		batch := func() error { return c.WriteBatch(frame) }
+		ping := func() error { return c.out.control(c.nc, ws.OpPing, nil, &c.life.closed) }
+		step("first batch", 0, batch, 1, writeWait)
+		step("batch 4s later", 4*time.Second, batch, 1, writeWait-4*time.Second)
+		step("batch 5s later", time.Second, batch, 1, refreshWait)
+		step("batch 5.5s later", 500*time.Millisecond, batch, 2, writeWait)
+		step("ping", time.Second, ping, 3, closeWait)
+		step("batch after the ping", 0, batch, 4, writeWait)
+		step("batch 100ms later", 100*time.Millisecond, batch, 4, writeWait-100*time.Millisecond)
+		for _, l := range dc.left {
+			if l < closeWait {
+				t.Fatalf("a write had %v left", l)
+			}
+		}
+	})
 }
