@@ -53,6 +53,7 @@ type Options struct {
 // Stream is a stream.Stream on Redis. It is safe for concurrent use.
 type Stream struct {
 	client    rueidis.Client
+	appends   appendPipe // Append's scripts, sent together
 	log       *slog.Logger
 	prefix    string
 	maxEvents int
@@ -72,6 +73,7 @@ type Stream struct {
 
 	fills  atomic.Int64 // gap fills from the log (tests)
 	stalls atomic.Int64 // subscriptions the watchdog restarted (tests)
+	sends  atomic.Int64 // batches of appends sent (tests)
 
 	checkEvery time.Duration // watchdog period
 
@@ -114,6 +116,7 @@ func New(ctx context.Context, opts Options) (*Stream, error) {
 		subs:       make(map[string]*userSub),
 		checkEvery: opts.CheckEvery,
 	}
+	s.appends.s = s
 	if s.checkEvery <= 0 {
 		s.checkEvery = DefaultCheckEvery
 	}
@@ -147,24 +150,15 @@ func (s *Stream) channel(user string) string { return s.userTag(user) + "live" }
 
 func newEpoch() string { return ulid.Make().String() }
 
-// Append implements stream.Stream.
-func (s *Stream) Append(ctx context.Context, user string, rec stream.Record) (stream.Event, error) {
-	if err := s.check(ctx); err != nil {
-		return stream.Event{}, err
-	}
-	now := time.Now().UTC()
-	ev := stream.Event{TS: now, Record: rec}
-	tpl, pre, post, err := template(&ev)
-	if err != nil {
-		return stream.Event{}, err
-	}
+// appendArgs are appendScript's keys and arguments for one event of user.
+func (s *Stream) appendArgs(user, idem string, tpl []byte, pre, post int, now time.Time) (keys, args []string) {
 	tag := s.userTag(user)
-	keys := make([]string, 3, 4)
+	keys = make([]string, 3, 4)
 	keys[0], keys[1], keys[2] = tag+"meta", tag+"log", tag+"live"
-	if rec.IdempotencyKey != "" {
-		keys = append(keys, tag+"idem:"+rec.IdempotencyKey)
+	if idem != "" {
+		keys = append(keys, tag+"idem:"+idem)
 	}
-	args := []string{
+	args = []string{
 		newEpoch(),
 		rueidis.BinaryString(tpl),
 		strconv.Itoa(pre),
@@ -176,7 +170,29 @@ func (s *Stream) Append(ctx context.Context, user string, rec stream.Record) (st
 		strconv.FormatInt(stream.IdempotencyWindow.Milliseconds(), 10),
 		s.maxBStr,
 	}
-	res, err := appendScript.Exec(ctx, s.client, keys, args).ToArray()
+	return keys, args
+}
+
+// Append implements stream.Stream.
+func (s *Stream) Append(ctx context.Context, user string, rec stream.Record) (stream.Event, error) {
+	if err := s.check(ctx); err != nil {
+		return stream.Event{}, err
+	}
+	now := time.Now().UTC()
+	ev := stream.Event{TS: now, Record: rec}
+	tpl, pre, post, err := template(&ev)
+	if err != nil {
+		return stream.Event{}, err
+	}
+	keys, args := s.appendArgs(user, rec.IdempotencyKey, tpl, pre, post, now)
+	r, sent, err := s.appends.exec(ctx, keys, args)
+	if err != nil && !sent {
+		return stream.Event{}, s.wrap(ctx, "append", err) // never sent: not appended
+	}
+	var res []rueidis.RedisMessage
+	if err == nil {
+		res, err = r.ToArray()
+	}
 	if err != nil {
 		if maybeSent(err) {
 			return stream.Event{}, fmt.Errorf("%w: %w", stream.ErrMaybeAppended, s.wrap(ctx, "append", err))

@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -662,4 +663,130 @@ func TestResubscribeRightAfterUnsubscribe(t *testing.T) {
 			t.Fatalf("delivered seq %d, want %d", got[0].Seq, ev.Seq)
 		}
 	})
+}
+
+// TestAppendsSentTogether: appends from many goroutines at once go out in
+// fewer batches than appends, and every user still gets every event once,
+// in a gapless sequence, each caller the seq its event holds.
+func TestAppendsSentTogether(t *testing.T) {
+	redisxtest.EachTopology(t, testAppendsSentTogether)
+}
+
+func testAppendsSentTogether(t *testing.T, url string) {
+	prefix := testPrefix(t)
+	adminOf(t, url, prefix)
+	s := newNodeOn(t, url, prefix, stream.Retention{})
+	const users, per = 20, 20
+	start := make(chan struct{})
+	got := make([]stream.Event, users*per)
+	errs := make(chan error, users*per)
+	var wg sync.WaitGroup
+	for i := range users * per {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			r := rec(i)
+			if i%2 == 0 {
+				r.IdempotencyKey = "k" + strconv.Itoa(i)
+			}
+			ev, err := s.Append(t.Context(), "u"+strconv.Itoa(i%users), r)
+			if err != nil {
+				errs <- err
+				return
+			}
+			got[i] = ev
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := s.sends.Load(); n >= users*per {
+		t.Fatalf("%d appends in %d batches: none went out together", users*per, n)
+	}
+	for u := range users {
+		user := "u" + strconv.Itoa(u)
+		evs, _, err := s.Since(t.Context(), user, protocol.Cursor{}, stream.Limit{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) != per {
+			t.Fatalf("%s: %d events, want %d", user, len(evs), per)
+		}
+		for k, ev := range evs {
+			if ev.Seq != uint64(k+1) {
+				t.Fatalf("%s: event %d has seq %d", user, k, ev.Seq)
+			}
+		}
+		for i := u; i < users*per; i += users {
+			if g := got[i]; !bytes.Equal(evs[g.Seq-1].Data, rec(i).Data) || g.Epoch != evs[0].Epoch {
+				t.Fatalf("%s: append %d got seq %d, which holds %s", user, i, g.Seq, evs[g.Seq-1].Data)
+			}
+		}
+	}
+	t.Logf("%d appends in %d batches", users*per, s.sends.Load())
+}
+
+// TestAppendAfterScriptFlush: an append whose script Redis no longer holds
+// (restarted, failed over, SCRIPT FLUSH) loads it and runs once.
+func TestAppendAfterScriptFlush(t *testing.T) {
+	prefix := testPrefix(t)
+	a := admin(t, prefix)
+	s := newNode(t, prefix, stream.Retention{})
+	for i := range 3 {
+		if err := a.Do(t.Context(), a.B().ScriptFlush().Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		ev, err := s.Append(t.Context(), "u", rec(i))
+		if err != nil {
+			t.Fatalf("append %d after SCRIPT FLUSH: %v", i, err)
+		}
+		if ev.Seq != uint64(i+1) {
+			t.Fatalf("append %d: seq %d", i, ev.Seq)
+		}
+	}
+	evs, _, err := s.Since(t.Context(), "u", protocol.Cursor{}, stream.Limit{})
+	if err != nil || len(evs) != 3 {
+		t.Fatalf("Since: %d events, %v; want 3", len(evs), err)
+	}
+}
+
+// TestAppendLeftBeforeSent: a caller whose context ends while its append
+// waits in the queue takes it out: it is reported as not appended, and is
+// not.
+func TestAppendLeftBeforeSent(t *testing.T) {
+	prefix := testPrefix(t)
+	admin(t, prefix)
+	s := newNode(t, prefix, stream.Retention{})
+	p := &s.appends
+	// A queued append whose sender has not run: exec starts none.
+	now := time.Now()
+	ev := stream.Event{TS: now, Record: rec(1)}
+	tpl, pre, post, err := template(&ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ahead := &appendCall{done: make(chan struct{})}
+	ahead.keys, ahead.args = s.appendArgs("other", "", tpl, pre, post, now)
+	p.q = append(p.q, ahead)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	keys, args := s.appendArgs("u", "", tpl, pre, post, now)
+	if _, sent, err := p.exec(ctx, keys, args); sent || !errors.Is(err, context.Canceled) {
+		t.Fatalf("exec with its context ended: sent %v, %v; want not sent, context.Canceled", sent, err)
+	}
+	p.send()
+	<-ahead.done
+	if err := ahead.res.Error(); err != nil {
+		t.Fatalf("the append ahead: %v", err)
+	}
+	for user, want := range map[string]uint64{"u": 0, "other": 1} {
+		pos, err := s.Head(t.Context(), user)
+		if err != nil || pos.Head != want {
+			t.Fatalf("head of %s: %d, %v; want %d", user, pos.Head, err, want)
+		}
+	}
 }

@@ -23,7 +23,9 @@ import rueidis "github.com/redis/rueidis"
 //
 // Returns {seq, epoch} for a new event, {seq, epoch, frame} for an
 // idempotent repeat.
-var appendScript = rueidis.NewLuaScript(`
+var appendScript = rueidis.NewLuaScript(appendLua)
+
+const appendLua = `
 local meta, log = KEYS[1], KEYS[2]
 local m = redis.call('HMGET', meta, 'e', 'h', 't', 'n', 'b', 'r')
 local epoch = m[1]
@@ -64,7 +66,7 @@ if KEYS[4] then
 end
 redis.call('SPUBLISH', KEYS[3], frame)
 return {seqs, epoch}
-`)
+`
 
 // trimLua drops the oldest entries of log while it holds more than maxEv,
 // more than maxB frame bytes (the newest entry always stays) or, when the age
