@@ -78,15 +78,17 @@
 // Appends of concurrent callers are sent together (appendPipe,
 // pipeline.go): the first caller to find the queue empty starts a sender,
 // which yields the processor once so that the handlers already runnable
-// queue theirs, then sends the queue as one DoMulti of EVALSHAs (one write
-// to each Redis node, one read of the replies); the next caller starts the
-// next batch while this one is in flight, and nothing waits for a batch to
-// fill. Each append is still its own script, atomic for its user, with its
-// own reply; a caller that leaves before its append is taken removes it,
-// never sent. A script Redis does not hold (NOSCRIPT: restarted, failed over,
-// flushed) did not run and is sent again by Lua.Exec, which loads it. At
-// 8–10k publishes/s through two nodes this took the pair's CPU per publish
-// down by ~4% and its rate up by ~4% (bench/README.md, section 3).
+// queue theirs, then sends the queue: up to 32 appends per script call (the
+// script runs them in turn, each as above, each with its own reply; an
+// append whose commands fail, e.g. on a key of the wrong type, fails alone),
+// all the calls in one DoMulti (one write to each Redis node, one read of the
+// replies). The call and the lineage check are paid once per call, not per
+// event. On a Redis Cluster each append is its own call, as keys of different
+// users may not share a script there. The next caller starts the next batch
+// while this one is in flight, and nothing waits for a batch to fill. A
+// caller that leaves before its append is taken removes it, never sent. A
+// script Redis does not hold (NOSCRIPT: restarted, failed over, flushed) did
+// not run and is sent again by Lua.Exec, which loads it.
 //
 // AppendBatch is the same in one script (batchScript) for up to
 // stream.MaxBatch records of one user: each record in turn is answered from

@@ -150,7 +150,8 @@ func (s *Stream) channel(user string) string { return s.userTag(user) + "live" }
 
 func newEpoch() string { return ulid.Make().String() }
 
-// appendArgs are appendScript's keys and arguments for one event of user.
+// appendArgs are one append's keys and its appendArgc arguments of
+// appendScript (appendCall adds the common ones).
 func (s *Stream) appendArgs(user, idem string, tpl []byte, pre, post int, now time.Time) (keys, args []string) {
 	tag := s.userTag(user)
 	keys = make([]string, 3, 4)
@@ -164,11 +165,7 @@ func (s *Stream) appendArgs(user, idem string, tpl []byte, pre, post int, now ti
 		strconv.Itoa(pre),
 		strconv.Itoa(post),
 		strconv.FormatInt(now.UnixMicro(), 10),
-		s.maxEvStr,
-		s.maxAgeUS,
-		s.keyTTL,
-		strconv.FormatInt(stream.IdempotencyWindow.Milliseconds(), 10),
-		s.maxBStr,
+		strconv.Itoa(len(keys)),
 	}
 	return keys, args
 }

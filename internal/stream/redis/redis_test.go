@@ -572,8 +572,9 @@ func TestWatchdogRestartsDeadSubscription(t *testing.T) {
 				t.Fatal(err)
 			}
 			err = appendScript.Exec(t.Context(), a.client, []string{tag + "meta", tag + "log", tag + "void"}, []string{
+				a.maxEvStr, a.maxAgeUS, a.keyTTL, "600000", a.maxBStr, "1",
 				newEpoch(), rueidis.BinaryString(tpl), strconv.Itoa(pre), strconv.Itoa(post),
-				strconv.FormatInt(ev.TS.UnixMicro(), 10), a.maxEvStr, a.maxAgeUS, a.keyTTL, "600000", a.maxBStr,
+				strconv.FormatInt(ev.TS.UnixMicro(), 10), "3",
 			}).Error()
 			if err != nil {
 				t.Fatal(err)
@@ -787,6 +788,53 @@ func TestAppendLeftBeforeSent(t *testing.T) {
 		pos, err := s.Head(t.Context(), user)
 		if err != nil || pos.Head != want {
 			t.Fatalf("head of %s: %d, %v; want %d", user, pos.Head, err, want)
+		}
+	}
+}
+
+// TestAppendErrorStaysItsOwn: appends sent in one script call each get their
+// own reply: one that fails (its meta key holds a string) fails alone, the
+// others before and after it are appended.
+func TestAppendErrorStaysItsOwn(t *testing.T) {
+	prefix := testPrefix(t)
+	a := admin(t, prefix)
+	s := newNode(t, prefix, stream.Retention{})
+	if err := a.Do(t.Context(), a.B().Set().Key(s.userTag("bad")+"meta").Value("x").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	ev := stream.Event{TS: now, Record: rec(1)}
+	tpl, pre, post, err := template(&ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &s.appends
+	users := []string{"a", "bad", "c", "a"}
+	calls := make([]*appendCall, len(users))
+	for i, u := range users {
+		calls[i] = &appendCall{done: make(chan struct{})}
+		calls[i].keys, calls[i].args = s.appendArgs(u, "", tpl, pre, post, now)
+	}
+	p.q = append(p.q, calls...) // one batch, one script call (standalone)
+	p.send()
+	for i, want := range []string{"1", "WRONGTYPE", "1", "2"} {
+		c := calls[i]
+		<-c.done
+		if c.err != nil {
+			t.Fatalf("append %d (%s): the call failed: %v", i, users[i], c.err)
+		}
+		got, err := c.res.ToArray()
+		if want == "WRONGTYPE" {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("append %d (%s): %v, %v; want a WRONGTYPE error", i, users[i], got, err)
+			}
+			continue
+		}
+		if err != nil || len(got) != 2 {
+			t.Fatalf("append %d (%s): %v, %v", i, users[i], got, err)
+		}
+		if seq, _ := got[0].ToString(); seq != want {
+			t.Fatalf("append %d (%s): seq %s, want %s", i, users[i], seq, want)
 		}
 	}
 }

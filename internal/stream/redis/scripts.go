@@ -2,70 +2,97 @@ package redis
 
 import rueidis "github.com/redis/rueidis"
 
-// appendScript is the whole of Append, atomic per user.
+// appendScript is the whole of Append, atomic per user, for one or more
+// appends (of any users on one Redis node; on a Redis Cluster, of one slot),
+// each in turn, each with its own reply: appendPipe sends the appends of
+// concurrent callers in one call, so the call and the lineage check are paid
+// once for all of them.
 //
-// KEYS: 1 meta, 2 log, 3 live channel, [4 idempotency key]
-// ARGV: 1 new epoch (used only when meta is missing), 2 frame template
-// (protocol.EncodeEvent output with seq 0 and epoch ""), 3 template bytes before the
-// placeholder, 4 template offset after it, 5 ts in µs (the producer's clock),
-// 6 MaxEvents, 7 MaxAge in µs, 8 key TTL in ms, 9 idempotency TTL in ms,
-// 10 MaxBytes.
+// KEYS: per append, in order: meta, log, live channel, [idempotency key].
+// ARGV: 1 MaxEvents, 2 MaxAge in µs, 3 key TTL in ms, 4 idempotency TTL in
+// ms, 5 MaxBytes, 6 the number of appends; then six per append: new epoch
+// (used only when meta is missing), frame template (protocol.EncodeEvent
+// output with seq 0 and epoch ""), template bytes before the placeholder,
+// template offset after it, ts in µs (the producer's clock), and its number
+// of keys (3, or 4 with an idempotency key).
 //
 // meta fields: e epoch, h head seq, t ts (µs) of the newest event, clamped so
 // it never decreases, n the time (µs) at which the oldest retained event
 // expires (a lower bound: the age scan runs only once t reaches it), b the
-// frame bytes the log holds.
+// frame bytes the log holds, r the replication id of the master that wrote
+// it.
 //
 // The oldest entries are dropped while the log holds more than MaxEvents,
 // more than MaxBytes (the newest entry always stays) or, when the age scan is
 // due, entries older than MaxAge; b follows every entry added or dropped.
 // log entries: id <seq>-0, fields t (µs, non-decreasing) and f (frame).
 //
-// Returns {seq, epoch} for a new event, {seq, epoch, frame} for an
-// idempotent repeat.
+// Returns one reply per append: {seq, epoch} for a new event, {seq, epoch,
+// frame} for an idempotent repeat, or an error (a command of that append
+// failed, e.g. a key of the wrong type: the other appends are not affected).
 var appendScript = rueidis.NewLuaScript(appendLua)
 
+// appendArgc is the number of appendScript's arguments per append, and
+// appendCommon the number before them.
+const (
+	appendArgc   = 6
+	appendCommon = 6
+)
+
 const appendLua = `
-local meta, log = KEYS[1], KEYS[2]
-local m = redis.call('HMGET', meta, 'e', 'h', 't', 'n', 'b', 'r')
-local epoch = m[1]
+local maxEv, maxAge, maxB = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
+local keyTTL, idemTTL = ARGV[3], ARGV[4]
 ` + lineage + `
-if epoch and m[6] == rid2 then
-  -- written by the master this one replicated before its promotion: it
-  -- may lack events that were delivered (failover): new epoch.
-  epoch = nil
+local function append1(meta, log, live, idem, newEpoch, tpl, pre, post, t)
+  local m = redis.call('HMGET', meta, 'e', 'h', 't', 'n', 'b', 'r')
+  local epoch = m[1]
+  if epoch and m[6] == rid2 then
+    -- written by the master this one replicated before its promotion: it
+    -- may lack events that were delivered (failover): new epoch.
+    epoch = nil
+  end
+  if idem and epoch then
+    local d = redis.call('HMGET', idem, 'e', 's', 'f')
+    if d[1] == epoch then return {d[2], epoch, d[3]} end
+  end
+  if not epoch then
+    -- history is gone (never was, expired, evicted or flushed): new epoch,
+    -- and whatever log an older epoch left behind goes with it.
+    epoch = newEpoch
+    redis.call('DEL', log)
+    m = {epoch, nil, nil, nil, nil}
+  end
+  local seq = (tonumber(m[2]) or 0) + 1
+  local seqs = string.format('%d', seq)
+  local frame = string.sub(tpl, 1, pre) .. ',"seq":' .. seqs .. ',"epoch":"' .. epoch .. '"' .. string.sub(tpl, post + 1)
+  local last = tonumber(m[3])
+  if last and last > t then t = last end
+  local ts = string.format('%d', t)
+  redis.call('XADD', log, seqs .. '-0', 't', ts, 'f', frame)
+  local bytes = (tonumber(m[5]) or 0) + #frame
+` + trimLua + `
+  redis.call('HSET', meta, 'e', epoch, 'h', seqs, 't', ts, 'n', string.format('%d', nxt), 'b', string.format('%d', bytes), 'r', rid)
+  redis.call('PEXPIRE', meta, keyTTL)
+  redis.call('PEXPIRE', log, keyTTL)
+  if idem then
+    redis.call('HSET', idem, 'e', epoch, 's', seqs, 'f', frame)
+    redis.call('PEXPIRE', idem, idemTTL)
+  end
+  redis.call('SPUBLISH', live, frame)
+  return {seqs, epoch}
 end
-if KEYS[4] and epoch then
-  local d = redis.call('HMGET', KEYS[4], 'e', 's', 'f')
-  if d[1] == epoch then return {d[2], epoch, d[3]} end
+local out, k = {}, 1
+for i = 0, tonumber(ARGV[6]) - 1 do
+  local a = 7 + i * 6
+  local nk = tonumber(ARGV[a + 5])
+  local idem = nil
+  if nk == 4 then idem = KEYS[k + 3] end
+  local ok, r = pcall(append1, KEYS[k], KEYS[k + 1], KEYS[k + 2], idem, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
+  if not ok and not (type(r) == 'table' and r.err) then r = {err = tostring(r)} end
+  out[i + 1] = r
+  k = k + nk
 end
-if not epoch then
-  -- history is gone (never was, expired, evicted or flushed): new epoch,
-  -- and whatever log an older epoch left behind goes with it.
-  epoch = ARGV[1]
-  redis.call('DEL', log)
-  m = {epoch, nil, nil, nil, nil}
-end
-local seq = (tonumber(m[2]) or 0) + 1
-local seqs = string.format('%d', seq)
-local tpl = ARGV[2]
-local frame = string.sub(tpl, 1, tonumber(ARGV[3])) .. ',"seq":' .. seqs .. ',"epoch":"' .. epoch .. '"' .. string.sub(tpl, tonumber(ARGV[4]) + 1)
-local t = tonumber(ARGV[5])
-local last = tonumber(m[3])
-if last and last > t then t = last end
-local ts = string.format('%d', t)
-redis.call('XADD', log, seqs .. '-0', 't', ts, 'f', frame)
-local bytes = (tonumber(m[5]) or 0) + #frame
-local maxEv, maxAge, maxB = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[10])
-` + trimLua + `redis.call('HSET', meta, 'e', epoch, 'h', seqs, 't', ts, 'n', string.format('%d', nxt), 'b', string.format('%d', bytes), 'r', rid)
-redis.call('PEXPIRE', meta, ARGV[8])
-redis.call('PEXPIRE', log, ARGV[8])
-if KEYS[4] then
-  redis.call('HSET', KEYS[4], 'e', epoch, 's', seqs, 'f', frame)
-  redis.call('PEXPIRE', KEYS[4], ARGV[9])
-end
-redis.call('SPUBLISH', KEYS[3], frame)
-return {seqs, epoch}
+return out
 `
 
 // trimLua drops the oldest entries of log while it holds more than maxEv,
