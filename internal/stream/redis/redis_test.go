@@ -838,3 +838,39 @@ func TestAppendErrorStaysItsOwn(t *testing.T) {
 		}
 	}
 }
+
+// TestTrimKeepsByteCount: appends past MaxEvents (each one trimming the
+// oldest entry, reading only what it drops and the first entry kept) keep
+// meta's byte count equal to the frames the log holds.
+func TestTrimKeepsByteCount(t *testing.T) {
+	prefix := testPrefix(t)
+	adm := admin(t, prefix)
+	s := newNode(t, prefix, stream.Retention{MaxEvents: 10})
+	u := "bytes"
+	for i := range 40 {
+		r := rec(i)
+		r.Data = json.RawMessage(fmt.Sprintf(`{"i":%d,"pad":"%s"}`, i, strings.Repeat("x", i*7%50)))
+		if _, err := s.Append(t.Context(), u, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tag := s.userTag(u)
+	entries, err := adm.Do(t.Context(), adm.B().Xrange().Key(tag+"log").Start("-").End("+").Build()).AsXRange()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0
+	for _, e := range entries {
+		sum += len(e.FieldValues["f"])
+	}
+	b, err := adm.Do(t.Context(), adm.B().Hget().Key(tag+"meta").Field("b").Build()).AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 10 || int(b) != sum {
+		t.Fatalf("log holds %d entries of %d bytes, meta b = %d; want 10 entries and b equal to their bytes", len(entries), sum, b)
+	}
+	if entries[0].ID != "31-0" {
+		t.Fatalf("oldest entry %s, want 31-0", entries[0].ID)
+	}
+}

@@ -111,8 +111,12 @@ if ageDue or n > maxEv or bytes > maxB then
   -- entry just added is never dropped (its t is the newest, n > 1).
   local cutoff = t - maxAge
   local start, minid = '-', nil
+  -- Only over the count bound (the steady state of a busy user): the
+  -- entries to drop and the first one kept are all that is read.
+  local count = 8
+  if not ageDue and bytes <= maxB then count = math.min(8, n - maxEv + 1) end
   while true do
-    local r = redis.call('XRANGE', log, start, '+', 'COUNT', 8)
+    local r = redis.call('XRANGE', log, start, '+', 'COUNT', count)
     for _, e in ipairs(r) do
       local et = tonumber(e[2][2])
       if n > maxEv or (bytes > maxB and n > 1) or (ageDue and et < cutoff) then
@@ -123,8 +127,8 @@ if ageDue or n > maxEv or bytes > maxB then
         break
       end
     end
-    if minid or #r < 8 then break end
-    start = '(' .. r[#r][1]
+    if minid or #r < count then break end
+    start, count = '(' .. r[#r][1], 8
   end
   if minid then redis.call('XTRIM', log, 'MINID', minid) end
 end
