@@ -56,10 +56,13 @@
 // with the first event; creates the epoch when meta is missing (the random
 // ULID Go passed is used only then, and a stale log of a lost epoch is
 // dropped); increments head; splices seq and epoch into the frame (two string
-// concatenations); XADDs it with id <seq>-0; trims by count (XTRIM MAXLEN)
-// and by age (XTRIM MINID, scanning only when meta.n says the oldest entry
-// may have expired); sets the TTLs; and SPUBLISHes the frame. Go rebuilds the
-// same bytes from the template instead of receiving them back.
+// concatenations); XADDs it with id <seq>-0; trims (trimLua): walks the log
+// from its oldest entry while it is over the count or byte bound or, when
+// meta.n says the oldest entry may have expired, the age bound, then XTRIM
+// MINID to the first entry kept (a user only over the count bound, the
+// steady state of a full log, reads just the entries dropped and that one);
+// sets the TTLs; and SPUBLISHes the frame. Go rebuilds the same bytes from
+// the template instead of receiving them back.
 //
 // Because seq assignment, storage and publication happen in one script, and
 // Redis runs scripts one at a time, for every user: the log never holds N+1
