@@ -354,7 +354,8 @@ func TestClusterPostgresCut(t *testing.T) {
 	var mu sync.Mutex
 	statuses := map[string]map[int]int{}
 	for _, n := range nodes {
-		statuses[n.name] = map[int]int{}
+		st := map[int]int{} // the goroutine's own: statuses is written here while the first one runs
+		statuses[n.name] = st
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -366,7 +367,7 @@ func TestClusterPostgresCut(t *testing.T) {
 				}
 				code, body, err := n.status("GET", "/api/v1/threads", tok, nil)
 				mu.Lock()
-				statuses[n.name][code]++
+				st[code]++
 				mu.Unlock()
 				if code != 200 && code != 503 {
 					t.Errorf("%s: GET threads under the cut: %d %s %v", n.name, code, body, err)
