@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"runtime"
 	"strconv"
 	"sync"
@@ -83,15 +84,19 @@ func (p *appendPipe) exec(ctx context.Context, keys, args []string) (res rueidis
 	return rueidis.RedisMessage{}, taken, ctx.Err()
 }
 
-// take empties the queue, marking what it returns taken.
+// take empties the queue and returns the appends whose callers still wait,
+// marking them taken.
 func (p *appendPipe) take() []*appendCall {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	q := p.q
-	p.q = nil
-	for _, c := range q {
-		c.taken = true
+	q := p.q[:0:0]
+	for _, c := range p.q {
+		if !c.gone {
+			c.taken = true
+			q = append(q, c)
+		}
 	}
+	p.q = nil
 	return q
 }
 
@@ -107,15 +112,7 @@ func (p *appendPipe) fail() {
 // send sends one batch: what is queued once the processor comes back.
 func (p *appendPipe) send() {
 	runtime.Gosched()
-	q := p.take()
-	p.mu.Lock()
-	live := q[:0]
-	for _, c := range q {
-		if !c.gone {
-			live = append(live, c)
-		}
-	}
-	p.mu.Unlock()
+	live := p.take()
 	if len(live) == 0 {
 		return
 	}
@@ -129,10 +126,8 @@ func (p *appendPipe) send() {
 		groups, live = append(groups, live[:n]), live[n:]
 	}
 	cmds := make(rueidis.Commands, len(groups))
-	calls := make([][2][]string, len(groups))
 	for i, g := range groups {
-		keys, args := p.s.appendCall(g)
-		calls[i] = [2][]string{keys, args}
+		keys, args := p.s.scriptArgs(g)
 		cmds[i] = p.s.client.B().Evalsha().Sha1(appendSHA).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
 	}
 	p.s.sends.Add(1)
@@ -142,11 +137,12 @@ func (p *appendPipe) send() {
 		if err, ok := rueidis.IsRedisErr(r.Error()); ok && err.IsNoScript() {
 			// Not loaded on that node (restarted, failed over, flushed):
 			// it did not run; Exec loads it.
-			r = appendScript.Exec(p.s.ctx, p.s.client, calls[i][0], calls[i][1])
+			keys, args := p.s.scriptArgs(g)
+			r = appendScript.Exec(p.s.ctx, p.s.client, keys, args)
 		}
 		replies, err := r.ToArray()
 		if err == nil && len(replies) != len(g) {
-			err = errors.New("redis stream: " + strconv.Itoa(len(replies)) + " append replies for " + strconv.Itoa(len(g)) + " appends")
+			err = fmt.Errorf("redis stream: %d append replies for %d appends", len(replies), len(g))
 		}
 		for j, c := range g {
 			if err != nil {
@@ -159,8 +155,8 @@ func (p *appendPipe) send() {
 	}
 }
 
-// appendCall is appendScript's keys and arguments for the appends of g.
-func (s *Stream) appendCall(g []*appendCall) (keys, args []string) {
+// scriptArgs is appendScript's keys and arguments for the appends of g.
+func (s *Stream) scriptArgs(g []*appendCall) (keys, args []string) {
 	nk := 0
 	for _, c := range g {
 		nk += len(c.keys)

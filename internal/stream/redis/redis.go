@@ -151,7 +151,7 @@ func (s *Stream) channel(user string) string { return s.userTag(user) + "live" }
 func newEpoch() string { return ulid.Make().String() }
 
 // appendArgs are one append's keys and its appendArgc arguments of
-// appendScript (appendCall adds the common ones).
+// appendScript (scriptArgs adds the common ones).
 func (s *Stream) appendArgs(user, idem string, tpl []byte, pre, post int, now time.Time) (keys, args []string) {
 	tag := s.userTag(user)
 	keys = make([]string, 3, 4)
