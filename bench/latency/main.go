@@ -13,6 +13,12 @@
 // (gorilla, one mutex per connection). No stream, no sequence, no queue, no
 // auth on /ws. Ratios agentwire/relay show agentwire's overhead.
 //
+// -centrifugo BIN also measures a Centrifugo 6 binary the way the performance
+// issue compares with it: memory engine, each user's connections subscribed
+// server-side to the user's personal channel (history 1000, recovery on),
+// JWT connect, events published through its HTTP API. Build one with
+// GOBIN=/tmp go install github.com/centrifugal/centrifugo/v6@v6.9.1.
+//
 // Publishers are closed-loop per goroutine (one request in flight each), so
 // the achieved rate is what client+server sustain together on this machine;
 // latency is from the moment the request is built, so time spent queued in a
@@ -34,6 +40,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,7 +83,8 @@ func main() {
 	flag.Float64Var(&o.factor, "factor", 1.4, "rate multiplier between -max steps")
 	flag.DurationVar(&o.p99Limit, "p99-limit", 5*time.Millisecond, "p99 bound of -max")
 	skipFixed := flag.Bool("skip-fixed", false, "skip the fixed-rate run (with -max)")
-	only := flag.String("only", "", "run only agentwire, before, relay or redis")
+	only := flag.String("only", "", "run only agentwire, before, relay, redis, centrifugo or centrifugo-redis")
+	centrifugo := flag.String("centrifugo", "", "also measure this Centrifugo 6 binary (memory engine, personal channel with history 1000 and recovery, HTTP publish API), alternating with the others")
 	binBefore := flag.String("bin-before", "", "also measure this agentwire binary (e.g. built from an earlier commit) as \"before\", alternating with the others")
 	pin := 0
 	if benchproc.CPUs() < 2 {
@@ -114,15 +122,17 @@ func main() {
 		fail(err)
 	}
 	bin := ""
-	if *only != "relay" {
+	if *only != "relay" && !strings.HasPrefix(*only, "centrifugo") {
 		bin = run.Binary(*prebuilt)
 	}
 
 	type target struct {
-		name string
-		bin  string
-		args []string
-		pub  []string // a second node to publish to (the Redis pair), nil for one node
+		name  string
+		bin   string
+		args  []string
+		pub   []string // a second node to publish to (the Redis pair), nil for one node
+		at    string   // where a server that does not print its address listens
+		pubAt string   // the same for pub
 	}
 	nodeArgs := func(dir string, extra ...string) []string {
 		return append([]string{"serve", "--addr", "127.0.0.1:0", "--data-dir", dir,
@@ -169,6 +179,34 @@ func main() {
 			args: nodeArgs(filepath.Join(tmp, "a"), a...),
 			pub:  nodeArgs(filepath.Join(tmp, "b"), b...)})
 	}
+	if *centrifugo != "" && (*only == "" || *only == "centrifugo") {
+		at, err := benchproc.FreeAddr()
+		if err != nil {
+			fail(err)
+		}
+		cfg, err := centrifugoConfig(filepath.Join(tmp, "centrifugo.json"), at, "")
+		if err != nil {
+			fail(err)
+		}
+		targets = append(targets, target{name: "centrifugo", bin: *centrifugo, args: []string{"--config", cfg}, at: at})
+	}
+	if *centrifugo != "" && *redisURL != "" && (*only == "" || *only == "centrifugo-redis") {
+		// Two Centrifugo nodes on its Redis engine, like the agentwire pair:
+		// read on the first, publish to the second.
+		var cfgs, ats [2]string
+		for i := range cfgs {
+			at, err := benchproc.FreeAddr()
+			if err != nil {
+				fail(err)
+			}
+			if cfgs[i], err = centrifugoConfig(filepath.Join(tmp, fmt.Sprintf("centrifugo-redis-%d.json", i)), at, *redisURL); err != nil {
+				fail(err)
+			}
+			ats[i] = at
+		}
+		targets = append(targets, target{name: "centrifugo-redis", bin: *centrifugo, args: []string{"--config", cfgs[0]}, at: ats[0],
+			pub: []string{"--config", cfgs[1]}, pubAt: ats[1]})
+	}
 	fmt.Printf("latency: %d users, %d connections, %d publishers, payload %d B, server on cpu %d, load generator on cpu %d\n",
 		o.users, totalConns(o.users), o.publishers, o.payload, *serverCPU, *clientCPU)
 	// Both servers run side by side (the idle one costs nothing) and the
@@ -178,14 +216,24 @@ func main() {
 	maxHeld := map[string]*stats{}
 	var clients []*client
 	for _, t := range targets {
-		srv := run.StartOn(*serverCPU, t.name, t.bin, t.args, 30*time.Second)
+		var srv *benchproc.Server
+		if t.at != "" {
+			srv = run.StartOnAt(*serverCPU, t.name, t.bin, t.args, t.at, 30*time.Second)
+		} else {
+			srv = run.StartOn(*serverCPU, t.name, t.bin, t.args, 30*time.Second)
+		}
 		cl, err := connect(t.name, srv.Addr, o)
 		if err != nil {
 			fail(err)
 		}
 		cl.pids = []int{srv.Pid()}
 		if t.pub != nil {
-			pub := run.StartOn(*serverCPU, t.name+"-pub", t.bin, t.pub, 30*time.Second)
+			var pub *benchproc.Server
+			if t.pubAt != "" {
+				pub = run.StartOnAt(*serverCPU, t.name+"-pub", t.bin, t.pub, t.pubAt, 30*time.Second)
+			} else {
+				pub = run.StartOn(*serverCPU, t.name+"-pub", t.bin, t.pub, 30*time.Second)
+			}
 			cl.pubAddr = pub.Addr
 			cl.pids = append(cl.pids, pub.Pid())
 		}
@@ -236,7 +284,7 @@ func main() {
 	run.Close()
 
 	fmt.Println()
-	for _, name := range []string{"agentwire", "before", "relay"} {
+	for _, name := range []string{"agentwire", "before", "relay", "centrifugo"} {
 		if a := fixed[name]; a != nil {
 			fmt.Printf("RESULT fixed target %.0f/s: %-9s publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
 				o.rate, name, a.pubRate(), a.delRate(), a.q(0.5), a.q(0.99), a.q(1), a.errors(), a.lost())
@@ -248,19 +296,22 @@ func main() {
 		fmt.Printf("RESULT ratio agentwire/relay: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f\n",
 			a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)), a.cpuPerPublish()/r.cpuPerPublish())
 	}
+	if a, c := fixed["agentwire"], fixed["centrifugo"]; a != nil && c != nil {
+		fmt.Printf("RESULT ratio agentwire/centrifugo: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f\n",
+			a.pubRate()/c.pubRate(), ratio(a.q(0.5), c.q(0.5)), ratio(a.q(0.99), c.q(0.99)), a.cpuPerPublish()/c.cpuPerPublish())
+	}
 	if a, b := fixed["agentwire"], fixed["before"]; a != nil && b != nil {
 		fmt.Printf("RESULT ratio agentwire/before: publishes/s %.2f, p99 %.2f, server cpu/publish %.2f\n",
 			a.pubRate()/b.pubRate(), ratio(a.q(0.99), b.q(0.99)), a.cpuPerPublish()/b.cpuPerPublish())
 	}
 	if a, r := fixed["agentwire"], fixed["redis"]; a != nil && r != nil {
-		fmt.Printf("RESULT fixed target %.0f/s: redis 2 nodes publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
-			o.rate, r.pubRate(), r.delRate(), r.q(0.5), r.q(0.99), r.q(1), r.errors(), r.lost())
-		fmt.Printf("RESULT server cpu redis 2 nodes (both processes) %.1f µs/publish, %.1f µs/delivery\n", r.cpuPerPublish(), r.cpuPerDelivery())
-		fmt.Printf("RESULT ratio redis-2-nodes/memory-1-node: delivered/s %.2f, p50 %.2f, p99 %.2f\n",
-			r.delRate()/a.delRate(), ratio(r.q(0.5), a.q(0.5)), ratio(r.q(0.99), a.q(0.99)))
+		printPair("", o.rate, a, r)
+	}
+	if a, r := fixed["centrifugo"], fixed["centrifugo-redis"]; a != nil && r != nil {
+		printPair("centrifugo ", o.rate, a, r)
 	}
 	if o.max {
-		for _, name := range []string{"agentwire", "relay", "redis"} {
+		for _, name := range []string{"agentwire", "relay", "redis", "centrifugo", "centrifugo-redis"} {
 			if _, ok := maxHeld[name]; !ok {
 				continue
 			}
@@ -275,6 +326,17 @@ func main() {
 			fmt.Printf("RESULT ratio max sustainable agentwire/relay: %.2f\n", a.pubRate()/r.pubRate())
 		}
 	}
+}
+
+// printPair reports a pair of nodes through Redis (pair) against one node
+// of the same server (one); server is "" for agentwire, else its name and a
+// space.
+func printPair(server string, rate float64, one, pair *stats) {
+	fmt.Printf("RESULT fixed target %.0f/s: %sredis 2 nodes publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
+		rate, server, pair.pubRate(), pair.delRate(), pair.q(0.5), pair.q(0.99), pair.q(1), pair.errors(), pair.lost())
+	fmt.Printf("RESULT server cpu %sredis 2 nodes (both processes) %.1f µs/publish, %.1f µs/delivery\n", server, pair.cpuPerPublish(), pair.cpuPerDelivery())
+	fmt.Printf("RESULT ratio %sredis-2-nodes/memory-1-node: delivered/s %.2f, p50 %.2f, p99 %.2f\n",
+		server, pair.delRate()/one.delRate(), ratio(pair.q(0.5), one.q(0.5)), ratio(pair.q(0.99), one.q(0.99)))
 }
 
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
@@ -307,7 +369,10 @@ type client struct {
 	conns   []*reader
 	http    *http.Client
 	readErr atomic.Int64
-	body    string // padding
+	closing atomic.Bool // close has begun: read errors are expected
+	body    string      // padding
+
+	centrifugo bool // the server is Centrifugo: its protocol and API
 }
 
 type reader struct {
@@ -319,7 +384,8 @@ type reader struct {
 }
 
 func connect(name, addr string, o options) (*client, error) {
-	cl := &client{name: name, addr: addr, o: o, body: string(bytes.Repeat([]byte("x"), o.payload))}
+	cl := &client{name: name, addr: addr, o: o, body: string(bytes.Repeat([]byte("x"), o.payload)),
+		centrifugo: strings.HasPrefix(name, "centrifugo")}
 	signer := auth.NewSigner([]byte(secret))
 	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
 	for u := 0; u < o.users; u++ {
@@ -328,10 +394,18 @@ func connect(name, addr string, o options) (*client, error) {
 			var (
 				url = "ws://" + addr + "/ws"
 				h   http.Header
+				tok string
 			)
-			if name == "relay" {
+			switch {
+			case name == "relay":
 				url += "?user=" + user
-			} else {
+			case cl.centrifugo:
+				url = "ws://" + addr + "/connection/websocket"
+				var err error
+				if tok, _, err = signer.Sign(user, time.Hour, "", ""); err != nil {
+					return nil, err
+				}
+			default:
 				tok, _, err := signer.Sign(user, time.Hour, "", "")
 				if err != nil {
 					return nil, err
@@ -343,7 +417,16 @@ func connect(name, addr string, o options) (*client, error) {
 				return nil, fmt.Errorf("%s: dial %s: %w", name, user, err)
 			}
 			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if _, msg, err := c.ReadMessage(); err != nil || !bytes.Contains(msg, []byte("connection_established")) {
+			if cl.centrifugo {
+				// Its JSON protocol: a connect command with the JWT; the reply
+				// lists the server-side subscription to the personal channel.
+				if err := c.WriteMessage(websocket.TextMessage, []byte(`{"id":1,"connect":{"token":"`+tok+`"}}`)); err != nil {
+					return nil, fmt.Errorf("%s: %s: connect: %w", name, user, err)
+				}
+				if _, msg, err := c.ReadMessage(); err != nil || !bytes.Contains(msg, []byte(`"`+centrifugoChannel(user)+`"`)) {
+					return nil, fmt.Errorf("%s: %s: no connect reply subscribed to %s (%v): %.300s", name, user, centrifugoChannel(user), err, msg)
+				}
+			} else if _, msg, err := c.ReadMessage(); err != nil || !bytes.Contains(msg, []byte("connection_established")) {
 				return nil, fmt.Errorf("%s: %s: no connection_established (%v)", name, user, err)
 			}
 			_ = c.SetReadDeadline(time.Time{})
@@ -364,23 +447,55 @@ func (cl *client) read(r *reader) {
 		now := time.Now().UnixNano()
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
-				cl.readErr.Add(1)
+				cl.readError(err)
 			}
 			return
 		}
-		sent, _, ok := loadgen.ParseTick(msg)
-		if !ok {
+		if !cl.centrifugo {
+			r.record(msg, now)
 			continue
 		}
-		r.mu.Lock()
-		if sent >= r.from && sent < r.to {
-			r.lat = append(r.lat, now-sent)
+		// Centrifugo may put several replies in one frame, one per line, and
+		// pings with an empty command, to be answered in kind.
+		for line := range bytes.SplitSeq(msg, []byte{'\n'}) {
+			if string(line) != "{}" {
+				r.record(line, now)
+				continue
+			}
+			if err := r.c.WriteMessage(websocket.TextMessage, line); err != nil {
+				cl.readError(err)
+				return
+			}
 		}
-		r.mu.Unlock()
 	}
 }
 
+// readError counts a connection lost while reading and reports the first.
+func (cl *client) readError(err error) {
+	if cl.closing.Load() {
+		return
+	}
+	if cl.readErr.Add(1) == 1 {
+		fmt.Fprintf(os.Stderr, "[%s] first read error: %v\n", cl.name, err)
+	}
+}
+
+// record notes the latency of the tick in msg, received at now, if it was
+// sent in the measured window.
+func (r *reader) record(msg []byte, now int64) {
+	sent, _, ok := loadgen.ParseTick(msg)
+	if !ok {
+		return
+	}
+	r.mu.Lock()
+	if sent >= r.from && sent < r.to {
+		r.lat = append(r.lat, now-sent)
+	}
+	r.mu.Unlock()
+}
+
 func (cl *client) close() {
+	cl.closing.Store(true)
 	for _, r := range cl.conns {
 		_ = r.c.Close()
 	}
@@ -483,7 +598,11 @@ func (cl *client) run(rate float64, warmup, window time.Duration) *stats {
 	loadgen.Pace(start, to, rate, cl.o.publishers, nil, func(g int) {
 		u := int(nextUser.Add(1)-1) % cl.o.users
 		sent := time.Now().UnixNano()
-		bufs[g] = loadgen.AppendPublish(bufs[g][:0], "user-"+strconv.Itoa(u), "bench.tick", sent, 0, cl.body)
+		if cl.centrifugo {
+			bufs[g] = appendCentrifugoPublish(bufs[g][:0], "user-"+strconv.Itoa(u), sent, cl.body)
+		} else {
+			bufs[g] = loadgen.AppendPublish(bufs[g][:0], "user-"+strconv.Itoa(u), "bench.tick", sent, 0, cl.body)
+		}
 		ok, err := cl.publish(bufs[g])
 		if sent < from.UnixNano() || sent >= to.UnixNano() {
 			return
@@ -524,11 +643,19 @@ func (cl *client) publish(body []byte) (bool, error) {
 	if cl.pubAddr != "" {
 		addr = cl.pubAddr
 	}
-	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/api/v1/publish", bytes.NewReader(body))
+	path := "/api/v1/publish"
+	if cl.centrifugo {
+		path = "/api/publish"
+	}
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+path, bytes.NewReader(body))
 	if err != nil {
 		return false, err
 	}
-	req.Header.Set("Authorization", "Bearer "+apiKey)
+	if cl.centrifugo {
+		req.Header.Set("X-API-Key", apiKey)
+	} else {
+		req.Header.Set("Authorization", "Bearer "+apiKey)
+	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := cl.http.Do(req)
 	if err != nil {
@@ -539,7 +666,69 @@ func (cl *client) publish(body []byte) (bool, error) {
 	if resp.StatusCode != http.StatusOK {
 		return false, fmt.Errorf("HTTP %s: %.200s", resp.Status, b)
 	}
+	if cl.centrifugo && bytes.Contains(b, []byte(`"error"`)) {
+		// Its API answers a failed command with 200 and an error object.
+		return false, fmt.Errorf("centrifugo: %.200s", b)
+	}
 	return true, nil
+}
+
+// ---- Centrifugo baseline ----
+
+// centrifugoChannel is user's personal channel: the namespace "personal",
+// Centrifugo's user boundary "#", then the user.
+func centrifugoChannel(user string) string { return "personal:#" + user }
+
+// appendCentrifugoPublish is loadgen.AppendPublish for Centrifugo's HTTP API:
+// the same data, published to the user's personal channel.
+func appendCentrifugoPublish(buf []byte, user string, sent int64, pad string) []byte {
+	ch, _ := json.Marshal(centrifugoChannel(user))
+	p, _ := json.Marshal(pad)
+	buf = append(buf, `{"channel":`...)
+	buf = append(buf, ch...)
+	buf = append(buf, `,"data":{"t":`...)
+	buf = strconv.AppendInt(buf, sent, 10)
+	buf = append(buf, `,"n":0,"pad":`...)
+	buf = append(buf, p...)
+	return append(buf, "}}"...)
+}
+
+// centrifugoConfig writes the Centrifugo 6 configuration of the comparison
+// to path and returns path: listen on addr, HS256 connection tokens with this
+// program's secret, every connection subscribed server-side to its user's
+// personal channel, whose namespace keeps a history of 1000 with recovery,
+// the HTTP API behind apiKey; the memory engine, or the Redis engine on
+// redisURL when it is set.
+func centrifugoConfig(path, addr, redisURL string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", err
+	}
+	cfg := map[string]any{
+		"http_server": map[string]any{"address": host, "port": p},
+		"log":         map[string]any{"level": "error"},
+		"client": map[string]any{
+			"token": map[string]any{"hmac_secret_key": secret},
+			"subscribe_to_user_personal_channel": map[string]any{
+				"enabled": true, "personal_channel_namespace": "personal"},
+		},
+		"http_api": map[string]any{"key": apiKey},
+		"channel": map[string]any{"namespaces": []any{map[string]any{
+			"name": "personal", "history_size": 1000, "history_ttl": "300s", "force_recovery": true}}},
+	}
+	if redisURL != "" {
+		cfg["engine"] = map[string]any{"type": "redis", "redis": map[string]any{
+			"address": []string{redisURL}, "prefix": "latency-bench-centrifugo"}}
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	return path, os.WriteFile(path, b, 0o600)
 }
 
 // ---- relay baseline ----

@@ -106,6 +106,49 @@ func StartOn(cpu int, name, bin string, args []string, timeout time.Duration) (*
 	}
 }
 
+// StartOnAt is StartOn for a server that does not print the line Start waits
+// for (a third-party baseline such as Centrifugo): its args make it listen on
+// addr, and it is ready once addr accepts a TCP connection. Its output goes
+// to stderr.
+func StartOnAt(cpu int, name, bin string, args []string, addr string, timeout time.Duration) (*Server, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := onCPU(cpu, cmd.Start); err != nil {
+		return nil, err
+	}
+	s := &Server{Name: name, Addr: addr, cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(s.done) }()
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return s, nil
+		}
+		select {
+		case <-s.done:
+			return nil, fmt.Errorf("%s exited before listening on %s", name, addr)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			s.Stop()
+			return nil, fmt.Errorf("%s not listening on %s after %v", name, addr, timeout)
+		}
+	}
+}
+
+// FreeAddr returns a loopback address with a port free right now, for a
+// server that cannot listen on port 0 and report it.
+func FreeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
 // Pid is the subprocess's pid.
 func (s *Server) Pid() int { return s.cmd.Process.Pid }
 

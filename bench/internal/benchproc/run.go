@@ -67,7 +67,17 @@ func (r *Run) Start(name, bin string, args []string, timeout time.Duration) *Ser
 
 // StartOn is Start with the subprocess bound to cpu (see StartOn).
 func (r *Run) StartOn(cpu int, name, bin string, args []string, timeout time.Duration) *Server {
-	s, err := StartOn(cpu, name, bin, args, timeout)
+	return r.track(StartOn(cpu, name, bin, args, timeout))
+}
+
+// StartOnAt starts a subprocess (see StartOnAt) and tracks it; it fails the
+// run on error.
+func (r *Run) StartOnAt(cpu int, name, bin string, args []string, addr string, timeout time.Duration) *Server {
+	return r.track(StartOnAt(cpu, name, bin, args, addr, timeout))
+}
+
+// track fails the run on err, or keeps s to be stopped with the run.
+func (r *Run) track(s *Server, err error) *Server {
 	if err != nil {
 		r.Fail(err)
 	}
