@@ -70,6 +70,57 @@ func TestRenameDeleteThreadInBrowser(t *testing.T) {
 	}
 }
 
+// A read of the thread list that answers from before a rename does not put
+// the old title back: the page holds one read's answer (served before the
+// rename) until the rename has answered, then lets it through. Every
+// later read of the list goes through unheld.
+func TestRenameNotUndoneByAnOlderRead(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	b := newBrowser(t)
+	const user = "grace"
+	b.login(srv.URL, user)
+	b.ask("what is 2+2?")
+	b.waitJS("the answer", `document.querySelectorAll(".run.completed").length === 1`, 15*time.Second)
+	b.waitJS("the thread listed", `document.querySelectorAll("#thread-list .thread").length === 1`, 10*time.Second)
+
+	// Hold the answers of list reads; count the list's renders from now on.
+	eval[bool](b, `(() => {
+		window.held = [];
+		window.holding = true;
+		const fetch0 = window.fetch;
+		window.fetch = (url, opts) => {
+			const p = fetch0(url, opts);
+			if (!window.holding || !String(url).startsWith("/api/v1/threads?") || (opts?.method ?? "GET") !== "GET") return p;
+			return p.then((res) => new Promise((resolve) => window.held.push(() => resolve(res))));
+		};
+		window.renders = 0;
+		new MutationObserver(() => window.renders++).observe(document.getElementById("thread-list"), { childList: true });
+		return true;
+	})()`)
+	// What another tab's change asks of this one: read the list again.
+	eval[bool](b, `(new BroadcastChannel("agentwire").postMessage({ user: "`+user+`", threads: "changed" }), true)`)
+	b.waitJS("the read answered and held", `window.held.length === 1`, 10*time.Second)
+
+	b.do("rename",
+		chromedp.Click(chromedp.ID("rename-thread")),
+		chromedp.WaitVisible(chromedp.ID("rename-input")),
+		chromedp.SetValue(chromedp.ID("rename-input"), "Arithmetic"),
+		chromedp.Click(chromedp.CSS(`#rename-form button[type=submit]`)),
+	)
+	b.waitJS("the rename shown", `document.getElementById("chat-title").textContent === "Arithmetic" && document.querySelector("#thread-list .thread-title").textContent === "Arithmetic"`, 10*time.Second)
+
+	// Let the old answer through: the list must show the new title once it
+	// has rendered again (without the fix, that render is the old title's,
+	// and no other follows).
+	eval[bool](b, `(() => { const rendered = window.renders; window.holding = false; window.rendersBefore = rendered; window.held.splice(0).forEach((f) => f()); return true; })()`)
+	b.waitJS("a render after the old answer, with the new title",
+		`window.renders > window.rendersBefore && document.querySelector("#thread-list .thread-title").textContent === "Arithmetic" && document.getElementById("chat-title").textContent === "Arithmetic"`, 10*time.Second)
+	if titles := remoteTitles(t, srv, srv.devToken(t, user)); len(titles) != 1 || titles[0] != "Arithmetic" {
+		t.Fatalf("threads on the server: %q", titles)
+	}
+}
+
 func remoteTitles(t *testing.T, srv *server, token string) []string {
 	t.Helper()
 	var page struct{ Threads []struct{ Title string } }

@@ -333,13 +333,30 @@ async function apiAll(path, key, stillWanted = () => true) {
 
 // ---------------------------------------------------------------- threads
 
-async function loadThreads() {
+// A read of the list may answer from before a rename or delete this page
+// made while it was under way, and reads may answer out of order: such an
+// answer would put the old list back. So only the latest read is shown, and a
+// read that a rename or delete of this page overlapped is made again.
+let threadsChanged = 0; // renames and deletes of this page that have answered
+let threadsLoads = 0; // reads started
+let threadsLatest = Promise.resolve(); // the latest read
+
+function loadThreads() {
+  threadsLatest = readThreads(++threadsLoads, threadsChanged);
+  return threadsLatest;
+}
+
+async function readThreads(load, changed) {
+  let threads = null;
   try {
-    app.threads = await apiAll("/api/v1/threads?limit=1000", "threads");
+    threads = await apiAll("/api/v1/threads?limit=1000", "threads");
   } catch (err) {
     if (err.status === 401) return showLogin("Please sign in again.");
     showError("chat-error", err);
   }
+  if (load !== threadsLoads) return threadsLatest; // a later read shows the list
+  if (changed !== threadsChanged) return loadThreads();
+  if (threads) app.threads = threads;
   renderThreads();
 }
 
@@ -413,7 +430,12 @@ $("rename-form").addEventListener("submit", async (e) => {
   if (!id || !title) return;
   showError("chat-error");
   try {
-    const t = await api(`/api/v1/threads/${encodeURIComponent(id)}`, { method: "PATCH", body: JSON.stringify({ title }) });
+    let t;
+    try {
+      t = await api(`/api/v1/threads/${encodeURIComponent(id)}`, { method: "PATCH", body: JSON.stringify({ title }) });
+    } finally {
+      threadsChanged++;
+    }
     const known = app.threads.find((x) => x.id === id);
     if (known) known.title = t.title;
     if (app.current === id) {
@@ -445,7 +467,9 @@ $("delete-yes").addEventListener("click", async () => {
   showError("chat-error");
   try {
     await api(`/api/v1/threads/${encodeURIComponent(id)}`, { method: "DELETE" });
+    threadsChanged++;
   } catch (err) {
+    threadsChanged++;
     showError("chat-error", err.status === 409 ? "A run of this conversation is still going: stop it, then delete." : err);
     $("delete-thread").focus();
     return;
