@@ -7,7 +7,12 @@ import (
 )
 
 // TestTicketRace: 50 concurrent connects with one ticket: exactly one
-// upgrade succeeds, the 49 others get 401 with error.code "unauthorized".
+// upgrade succeeds; the 49 others get 401 with error.code "unauthorized", or
+// 429 "too_many_connections". (Every connect holds a place in the user's
+// connection limit, 10, from before its ticket is spent until it is refused,
+// and a connect refused by that limit does not spend its ticket, as
+// docs/PROTOCOL.md section 2 says: on a loaded machine more than 10 are in
+// flight at once.) Afterwards the ticket is spent.
 func TestTicketRace(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
@@ -63,11 +68,20 @@ func TestTicketRace(t *testing.T) {
 		case o.ok:
 			wins++
 		case o.status == 401 && o.code == "unauthorized":
+		case o.status == 429 && o.code == "too_many_connections":
 		default:
 			t.Errorf("connect #%d: status %d code %q err %v", i, o.status, o.code, o.err)
 		}
 	}
 	if wins != 1 {
 		t.Fatalf("%d of %d connects with one ticket succeeded, want exactly 1", wins, n)
+	}
+	c, resp, err := wsDialer(0).Dial(s.WSURL+"?ticket="+tk.Ticket, nil)
+	if err == nil {
+		c.Close()
+		t.Fatal("the ticket connected again after the race")
+	}
+	if resp == nil || resp.StatusCode != 401 {
+		t.Fatalf("a connect with the spent ticket: %v %v, want 401", resp, err)
 	}
 }
