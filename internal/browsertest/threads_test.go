@@ -71,9 +71,9 @@ func TestRenameDeleteThreadInBrowser(t *testing.T) {
 }
 
 // A read of the thread list that answers from before a rename does not put
-// the old title back: the page holds one read's answer (served before the
-// rename) until the rename has answered, then lets it through. Every
-// later read of the list goes through unheld.
+// the old title back: the page holds the answers of the reads it makes
+// (served before the rename) until the rename has answered, then lets them
+// through. Every later read of the list goes through unheld.
 func TestRenameNotUndoneByAnOlderRead(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t)
@@ -100,7 +100,8 @@ func TestRenameNotUndoneByAnOlderRead(t *testing.T) {
 	})()`)
 	// What another tab's change asks of this one: read the list again.
 	eval[bool](b, `(new BroadcastChannel("agentwire").postMessage({ user: "`+user+`", threads: "changed" }), true)`)
-	b.waitJS("the read answered and held", `window.held.length === 1`, 10*time.Second)
+	// (A read that sending the message scheduled may be held with it.)
+	b.waitJS("the read answered and held", `window.held.length >= 1`, 10*time.Second)
 
 	b.do("rename",
 		chromedp.Click(chromedp.ID("rename-thread")),
