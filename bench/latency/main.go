@@ -396,20 +396,18 @@ func connect(name, addr string, o options) (*client, error) {
 				h   http.Header
 				tok string
 			)
+			if name != "relay" {
+				var err error
+				if tok, _, err = signer.Sign(user, time.Hour, "", ""); err != nil {
+					return nil, err
+				}
+			}
 			switch {
 			case name == "relay":
 				url += "?user=" + user
 			case cl.centrifugo:
 				url = "ws://" + addr + "/connection/websocket"
-				var err error
-				if tok, _, err = signer.Sign(user, time.Hour, "", ""); err != nil {
-					return nil, err
-				}
 			default:
-				tok, _, err := signer.Sign(user, time.Hour, "", "")
-				if err != nil {
-					return nil, err
-				}
 				h = http.Header{"Authorization": {"Bearer " + tok}}
 			}
 			c, _, err := d.Dial(url, h)
@@ -643,19 +641,15 @@ func (cl *client) publish(body []byte) (bool, error) {
 	if cl.pubAddr != "" {
 		addr = cl.pubAddr
 	}
-	path := "/api/v1/publish"
+	path, keyHeader, key := "/api/v1/publish", "Authorization", "Bearer "+apiKey
 	if cl.centrifugo {
-		path = "/api/publish"
+		path, keyHeader, key = "/api/publish", "X-API-Key", apiKey
 	}
 	req, err := http.NewRequest(http.MethodPost, "http://"+addr+path, bytes.NewReader(body))
 	if err != nil {
 		return false, err
 	}
-	if cl.centrifugo {
-		req.Header.Set("X-API-Key", apiKey)
-	} else {
-		req.Header.Set("Authorization", "Bearer "+apiKey)
-	}
+	req.Header.Set(keyHeader, key)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := cl.http.Do(req)
 	if err != nil {
