@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -353,7 +354,8 @@ func TestClusterPostgresCut(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	statuses := map[string]map[int]int{}
-	for _, n := range nodes {
+	done := make([]atomic.Int64, len(nodes)) // requests answered, per node
+	for i, n := range nodes {
 		st := map[int]int{} // the goroutine's own: statuses is written here while the first one runs
 		statuses[n.name] = st
 		wg.Add(1)
@@ -375,18 +377,40 @@ func TestClusterPostgresCut(t *testing.T) {
 				if code == 503 && errorCode(body) == "" {
 					t.Errorf("%s: 503 without a JSON error: %s", n.name, body)
 				}
+				done[i].Add(1)
 				time.Sleep(20 * time.Millisecond)
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
+	// traffic lasts at least d, and until each node answered two more
+	// requests (so at least one sent after the call): a slow box stretches
+	// the window instead of leaving it without requests.
+	traffic := func(d time.Duration, what string) {
+		t.Helper()
+		marks := make([]int64, len(nodes))
+		for i := range nodes {
+			marks[i] = done[i].Load()
+		}
+		time.Sleep(d)
+		if !testproc.WaitFor(30*time.Second, func() bool {
+			for i := range nodes {
+				if done[i].Load() < marks[i]+2 {
+					return false
+				}
+			}
+			return true
+		}) {
+			t.Fatalf("GET threads not answered twice on each node %s within 30 s", what)
+		}
+	}
+	traffic(300*time.Millisecond, "before the cut")
 	cut := e.cutPostgres()
 	if cut == 0 {
 		t.Fatal("no PostgreSQL backend of this test's nodes to terminate")
 	}
-	time.Sleep(500 * time.Millisecond)
+	traffic(500*time.Millisecond, "after the first cut")
 	cut += e.cutPostgres() // twice: the pools reconnect in between
-	time.Sleep(700 * time.Millisecond)
+	traffic(700*time.Millisecond, "after the second cut")
 	close(stop)
 	wg.Wait()
 	t.Logf("terminated %d backends; GET threads statuses under the cut: %v", cut, statuses)
@@ -399,7 +423,7 @@ func TestClusterPostgresCut(t *testing.T) {
 			} `json:"threads"`
 		}
 		fails := 0
-		if !testproc.WaitFor(5*time.Second, func() bool {
+		if !testproc.WaitFor(30*time.Second, func() bool { // a hang bound: fails bounds the attempts
 			code, body, _ := n.status("GET", "/api/v1/threads", tok, nil)
 			if code == 200 {
 				return json.Unmarshal(body, &threads) == nil
@@ -415,7 +439,7 @@ func TestClusterPostgresCut(t *testing.T) {
 		if len(threads.Threads) != 1 || threads.Threads[0].ID != ack.ThreadID {
 			t.Fatalf("%s: threads after the cut: %+v, want the one thread %s", n.name, threads, ack.ThreadID)
 		}
-		if !testproc.WaitFor(5*time.Second, func() bool { return n.readyz() == 200 }) {
+		if !testproc.WaitFor(30*time.Second, func() bool { return n.readyz() == 200 }) {
 			t.Fatalf("%s: /readyz does not recover after the cut", n.name)
 		}
 		if _, gone := n.exited(0); gone {
@@ -446,7 +470,7 @@ func TestClusterPostgresCut(t *testing.T) {
 		Status string `json:"status"`
 	}
 	fails := 0
-	if !testproc.WaitFor(5*time.Second, func() bool {
+	if !testproc.WaitFor(30*time.Second, func() bool { // a hang bound: fails bounds the attempts
 		code, body, _ := n1.status("GET", "/api/v1/runs/"+ack2.RunID, tok, nil)
 		if code != 200 {
 			fails++

@@ -107,6 +107,23 @@ func TestSlowConsumerClosed4008(t *testing.T) {
 		return v
 	}
 
+	// keepUp waits while a reading socket is more than 8 events (32 KiB)
+	// behind, half its queue: the flood below is meant to overflow only the
+	// socket that never reads. Without it, on a loaded machine a reading
+	// socket's writer could wait for the CPU through 16 publishes and be
+	// closed as slow too, which it then was.
+	keepUp := func(r *reader, user string) {
+		t.Helper()
+		if !waitProgress(30*time.Second, func() int64 { return int64(r.got.Load()) }, func() bool {
+			return r.got.Load()+8 >= published[user] || r.err.Load() != nil
+		}) {
+			t.Fatalf("%s: at seq %d of %d, no progress for 30 s", r.name, r.got.Load(), published[user])
+		}
+		if p := r.err.Load(); p != nil {
+			t.Fatal(*p)
+		}
+	}
+
 	// Publish until the server gives up on the stalled socket: 4 KiB events
 	// to slow (the server's autotuned send buffer takes ~3.5 MB before the
 	// queue fills at all, and 1 KiB events take too long under -race), one
@@ -119,8 +136,10 @@ func TestSlowConsumerClosed4008(t *testing.T) {
 		if i == maxEvents {
 			t.Fatalf("%d events of 4 KiB published and the stalled socket was not closed", maxEvents)
 		}
+		keepUp(slowReader, "slow")
 		publish("slow", big)
 		if i%4 == 0 {
+			keepUp(fastReader, "fast")
 			publish("fast", pad)
 		}
 		if i%8 == 7 && overflows() >= 1 {

@@ -237,7 +237,7 @@ func TestTimeout(t *testing.T) {
 		w.(http.Flusher).Flush()
 		select {
 		case <-r.Context().Done():
-		case <-time.After(5 * time.Second):
+		case <-time.After(time.Minute): // far beyond the bound below
 		}
 	}))
 	defer srv.Close()
@@ -247,7 +247,9 @@ func TestTimeout(t *testing.T) {
 	if _, msg := rec.Failed(t); msg != "agent service did not finish within 150ms" {
 		t.Errorf("message %q", msg)
 	}
-	if d := time.Since(start); d > 2*time.Second {
+	// The timeout, not the service's end, ended it: a bound a loaded
+	// machine meets, far below the service's minute.
+	if d := time.Since(start); d > 20*time.Second {
 		t.Errorf("took %v", d)
 	}
 	if len(rec.Of(protocol.TypeAgentThinking)) != 1 {

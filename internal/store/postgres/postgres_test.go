@@ -445,15 +445,31 @@ func TestConnectionLoss(t *testing.T) {
 		t.Fatalf("connect: %v", err)
 	}
 	defer func() { _ = admin.Close(context.Background()) }()
-	var killed int
+	var killed []int32
 	if err := admin.QueryRow(t.Context(),
-		`SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1) k`, app).Scan(&killed); err != nil {
+		`SELECT COALESCE(array_agg(pid), '{}') FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&killed); err != nil {
+		t.Fatalf("pg_stat_activity: %v", err)
+	}
+	if _, err := admin.Exec(t.Context(), `SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid`, killed); err != nil {
 		t.Fatalf("pg_terminate_backend: %v", err)
 	}
-	if killed == 0 {
+	if len(killed) == 0 {
 		t.Fatal("found no connection of the store to terminate")
 	}
-	time.Sleep(100 * time.Millisecond) // let the backend exit
+	// Wait until the terminated backends have exited (they leave
+	// pg_stat_activity), not for a fixed time: a slow box may take longer.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var left int
+		if err := admin.QueryRow(t.Context(), `SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ANY($1)`, killed).Scan(&left); err != nil {
+			t.Fatalf("pg_stat_activity: %v", err)
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d terminated backends still there after 30 s", left)
+		}
+	}
 
 	// The call finds its connection dead and runs again on a fresh one:
 	// it is answered (no such thread), not refused.
