@@ -11,7 +11,11 @@
 // -serve-relay): the POST handler decodes the same JSON, encodes the frame once
 // with encoding/json and writes it synchronously to each of the user's sockets
 // (gorilla, one mutex per connection). No stream, no sequence, no queue, no
-// auth on /ws. Ratios agentwire/relay show agentwire's overhead.
+// auth on /ws. Ratios agentwire/relay show agentwire's overhead. A second
+// relay, bare (-serve-bare), does the same without net/http or gorilla: a
+// hand-rolled keep-alive HTTP/1.1 loop and gobwas/ws frames on the raw
+// connection, so relay − bare is what those libraries cost. Every server's CPU
+// per publish is also split into kernel and user time.
 //
 // -centrifugo BIN also measures a Centrifugo 6 binary the way the performance
 // issue compares with it: memory engine, each user's connections subscribed
@@ -83,7 +87,7 @@ func main() {
 	flag.Float64Var(&o.factor, "factor", 1.4, "rate multiplier between -max steps")
 	flag.DurationVar(&o.p99Limit, "p99-limit", 5*time.Millisecond, "p99 bound of -max")
 	skipFixed := flag.Bool("skip-fixed", false, "skip the fixed-rate run (with -max)")
-	only := flag.String("only", "", "run only agentwire, before, relay, redis, centrifugo or centrifugo-redis")
+	only := flag.String("only", "", "run only agentwire, before, relay, bare, redis, centrifugo or centrifugo-redis")
 	centrifugo := flag.String("centrifugo", "", "also measure this Centrifugo 6 binary (memory engine, personal channel with history 1000 and recovery, HTTP publish API), alternating with the others")
 	binBefore := flag.String("bin-before", "", "also measure this agentwire binary (e.g. built from an earlier commit) as \"before\", alternating with the others")
 	pin := 0
@@ -97,8 +101,16 @@ func main() {
 	prebuilt := flag.String("bin", "", "use this agentwire binary instead of building ./cmd/agentwire")
 	timeout := flag.Duration("timeout", 4*time.Minute, "hard bound on the whole run")
 	serveRelay := flag.Bool("serve-relay", false, "internal: run the relay baseline")
-	addr := flag.String("addr", "127.0.0.1:0", "internal: listen address of -serve-relay")
+	serveBare := flag.Bool("serve-bare", false, "internal: run the bare relay baseline")
+	addr := flag.String("addr", "127.0.0.1:0", "internal: listen address of -serve-relay or -serve-bare")
 	flag.Parse()
+	if *serveBare {
+		if err := runBare(*addr); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *serveRelay {
 		if err := runRelay(*addr); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -122,7 +134,7 @@ func main() {
 		fail(err)
 	}
 	bin := ""
-	if *only != "relay" && !strings.HasPrefix(*only, "centrifugo") {
+	if !relayName(*only) && !strings.HasPrefix(*only, "centrifugo") {
 		bin = run.Binary(*prebuilt)
 	}
 
@@ -155,6 +167,9 @@ func main() {
 	}
 	if *only == "" || *only == "relay" {
 		targets = append(targets, target{name: "relay", bin: self, args: []string{"-serve-relay", "-addr", "127.0.0.1:0"}})
+	}
+	if *only == "" || *only == "bare" {
+		targets = append(targets, target{name: "bare", bin: self, args: []string{"-serve-bare", "-addr", "127.0.0.1:0"}})
 	}
 	if *redisURL != "" && (*only == "" || *only == "redis") {
 		for _, d := range []string{"a", "b"} {
@@ -284,17 +299,21 @@ func main() {
 	run.Close()
 
 	fmt.Println()
-	for _, name := range []string{"agentwire", "before", "relay", "centrifugo"} {
+	for _, name := range []string{"agentwire", "before", "relay", "bare", "centrifugo"} {
 		if a := fixed[name]; a != nil {
 			fmt.Printf("RESULT fixed target %.0f/s: %-9s publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
 				o.rate, name, a.pubRate(), a.delRate(), a.q(0.5), a.q(0.99), a.q(1), a.errors(), a.lost())
-			fmt.Printf("RESULT server cpu %-9s %.1f µs/publish, %.1f µs/delivery, server busy %.0f%%, %s allocs/publish\n",
-				name, a.cpuPerPublish(), a.cpuPerDelivery(), 100*a.busy(), a.allocsPerPublish())
+			fmt.Printf("RESULT server cpu %-9s %.1f µs/publish (kernel %.1f, user %.1f), %.1f µs/delivery, server busy %.0f%%, %s allocs/publish\n",
+				name, a.cpuPerPublish(), a.sysPerPublish(), a.cpuPerPublish()-a.sysPerPublish(), a.cpuPerDelivery(), 100*a.busy(), a.allocsPerPublish())
 		}
 	}
 	if a, r := fixed["agentwire"], fixed["relay"]; a != nil && r != nil {
 		fmt.Printf("RESULT ratio agentwire/relay: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f\n",
 			a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)), a.cpuPerPublish()/r.cpuPerPublish())
+	}
+	if a, r := fixed["agentwire"], fixed["bare"]; a != nil && r != nil {
+		fmt.Printf("RESULT ratio agentwire/bare: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f, kernel cpu/publish %.2f\n",
+			a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)), a.cpuPerPublish()/r.cpuPerPublish(), a.sysPerPublish()/r.sysPerPublish())
 	}
 	if a, c := fixed["agentwire"], fixed["centrifugo"]; a != nil && c != nil {
 		fmt.Printf("RESULT ratio agentwire/centrifugo: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f\n",
@@ -311,7 +330,7 @@ func main() {
 		printPair("centrifugo ", o.rate, a, r)
 	}
 	if o.max {
-		for _, name := range []string{"agentwire", "relay", "redis", "centrifugo", "centrifugo-redis"} {
+		for _, name := range []string{"agentwire", "relay", "bare", "redis", "centrifugo", "centrifugo-redis"} {
 			if _, ok := maxHeld[name]; !ok {
 				continue
 			}
@@ -334,10 +353,15 @@ func main() {
 func printPair(server string, rate float64, one, pair *stats) {
 	fmt.Printf("RESULT fixed target %.0f/s: %sredis 2 nodes publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
 		rate, server, pair.pubRate(), pair.delRate(), pair.q(0.5), pair.q(0.99), pair.q(1), pair.errors(), pair.lost())
-	fmt.Printf("RESULT server cpu %sredis 2 nodes (both processes) %.1f µs/publish, %.1f µs/delivery\n", server, pair.cpuPerPublish(), pair.cpuPerDelivery())
+	fmt.Printf("RESULT server cpu %sredis 2 nodes (both processes) %.1f µs/publish (kernel %.1f, user %.1f), %.1f µs/delivery\n",
+		server, pair.cpuPerPublish(), pair.sysPerPublish(), pair.cpuPerPublish()-pair.sysPerPublish(), pair.cpuPerDelivery())
 	fmt.Printf("RESULT ratio %sredis-2-nodes/memory-1-node: delivered/s %.2f, p50 %.2f, p99 %.2f\n",
 		server, pair.delRate()/one.delRate(), ratio(pair.q(0.5), one.q(0.5)), ratio(pair.q(0.99), one.q(0.99)))
 }
+
+// relayName reports whether name is one of the relay baselines, whose /ws
+// takes the user from the query and no token.
+func relayName(name string) bool { return name == "relay" || name == "bare" }
 
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
 
@@ -396,14 +420,14 @@ func connect(name, addr string, o options) (*client, error) {
 				h   http.Header
 				tok string
 			)
-			if name != "relay" {
+			if !relayName(name) {
 				var err error
 				if tok, _, err = signer.Sign(user, time.Hour, "", ""); err != nil {
 					return nil, err
 				}
 			}
 			switch {
-			case name == "relay":
+			case relayName(name):
 				url += "?user=" + user
 			case cl.centrifugo:
 				url = "ws://" + addr + "/connection/websocket"
@@ -509,11 +533,17 @@ type stats struct {
 	readErrs  int64
 	lat       []int64       // sorted
 	cpu       time.Duration // server CPU time (all its processes) over the window
+	sys       time.Duration // the part of cpu spent in the kernel
 	mallocs   float64       // server heap allocations over the window (-1: unknown)
 }
 
 func (s *stats) cpuPerPublish() float64 {
 	return float64(s.cpu.Microseconds()) / float64(max(s.published, 1))
+}
+
+// sysPerPublish is the kernel's share of cpuPerPublish.
+func (s *stats) sysPerPublish() float64 {
+	return float64(s.sys.Microseconds()) / float64(max(s.published, 1))
 }
 
 func (s *stats) cpuPerDelivery() float64 {
@@ -568,8 +598,8 @@ func (cl *client) run(rate float64, warmup, window time.Duration) *stats {
 	// The server's CPU time and allocations are read when the window opens
 	// and when it closes, by a goroutine of their own.
 	type sample struct {
-		cpu     time.Duration
-		mallocs float64
+		cpu, sys time.Duration
+		mallocs  float64
 	}
 	samples := make(chan sample, 2)
 	go func() {
@@ -577,11 +607,12 @@ func (cl *client) run(rate float64, warmup, window time.Duration) *stats {
 			time.Sleep(time.Until(at))
 			var sm sample
 			for _, pid := range cl.pids {
-				c, err := benchproc.CPUTime(pid)
+				u, k, err := benchproc.CPUTimes(pid)
 				if err != nil {
 					fmt.Fprintf(os.Stderr, "[%s] %v\n", cl.name, err)
 				}
-				sm.cpu += c
+				sm.cpu += u + k
+				sm.sys += k
 			}
 			sm.mallocs = -1
 			if m, err := benchproc.Scrape("http://" + cl.addr + "/metrics"); err == nil {
@@ -619,6 +650,7 @@ func (cl *client) run(rate float64, warmup, window time.Duration) *stats {
 		httpErrs: httpErrs.Load(), readErrs: cl.readErr.Load() - readErr0}
 	s0, s1 := <-samples, <-samples
 	st.cpu = s1.cpu - s0.cpu
+	st.sys = s1.sys - s0.sys
 	st.mallocs = -1
 	if s0.mallocs >= 0 && s1.mallocs >= 0 && len(cl.pids) == 1 {
 		st.mallocs = s1.mallocs - s0.mallocs
