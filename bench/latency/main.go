@@ -105,11 +105,8 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "internal: listen address of -serve-relay or -serve-bare")
 	flag.Parse()
 	if *serveBare {
-		if err := runBare(*addr); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		return
+		fmt.Fprintln(os.Stderr, runBare(*addr)) // it serves until it fails
+		os.Exit(1)
 	}
 	if *serveRelay {
 		if err := runRelay(*addr); err != nil {
