@@ -382,35 +382,35 @@ func TestClusterPostgresCut(t *testing.T) {
 			}
 		}()
 	}
-	// traffic lasts at least d, and until each node answered two more
-	// requests (so at least one sent after the call): a slow box stretches
-	// the window instead of leaving it without requests.
-	traffic := func(d time.Duration, what string) {
+	// traffic lasts until each node answered n more requests, counted, not
+	// timed: a slow box stretches the window instead of leaving it without
+	// requests. The readers pace 20 ms apart, so on a quiet box 15, 25 and
+	// 35 requests take the 300, 500 and 700 ms these windows used to sleep.
+	traffic := func(n int64, what string) {
 		t.Helper()
 		marks := make([]int64, len(nodes))
 		for i := range nodes {
 			marks[i] = done[i].Load()
 		}
-		time.Sleep(d)
 		if !testproc.WaitFor(30*time.Second, func() bool {
 			for i := range nodes {
-				if done[i].Load() < marks[i]+2 {
+				if done[i].Load() < marks[i]+n {
 					return false
 				}
 			}
 			return true
 		}) {
-			t.Fatalf("GET threads not answered twice on each node %s within 30 s", what)
+			t.Fatalf("GET threads not answered %d times on each node %s within 30 s", n, what)
 		}
 	}
-	traffic(300*time.Millisecond, "before the cut")
+	traffic(15, "before the cut")
 	cut := e.cutPostgres()
 	if cut == 0 {
 		t.Fatal("no PostgreSQL backend of this test's nodes to terminate")
 	}
-	traffic(500*time.Millisecond, "after the first cut")
+	traffic(25, "after the first cut")
 	cut += e.cutPostgres() // twice: the pools reconnect in between
-	traffic(700*time.Millisecond, "after the second cut")
+	traffic(35, "after the second cut")
 	close(stop)
 	wg.Wait()
 	t.Logf("terminated %d backends; GET threads statuses under the cut: %v", cut, statuses)

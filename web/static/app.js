@@ -466,10 +466,12 @@ $("delete-yes").addEventListener("click", async () => {
   if (!id) return;
   showError("chat-error");
   try {
-    await api(`/api/v1/threads/${encodeURIComponent(id)}`, { method: "DELETE" });
-    threadsChanged++;
+    try {
+      await api(`/api/v1/threads/${encodeURIComponent(id)}`, { method: "DELETE" });
+    } finally {
+      threadsChanged++;
+    }
   } catch (err) {
-    threadsChanged++;
     showError("chat-error", err.status === 409 ? "A run of this conversation is still going: stop it, then delete." : err);
     $("delete-thread").focus();
     return;

@@ -19,6 +19,7 @@ import (
 
 	"github.com/agentwire/agentwire/internal/store"
 	"github.com/agentwire/agentwire/internal/store/storetest"
+	"github.com/agentwire/agentwire/internal/testproc"
 )
 
 // urlEnv names the variable holding the URL of a PostgreSQL database the
@@ -458,17 +459,12 @@ func TestConnectionLoss(t *testing.T) {
 	}
 	// Wait until the terminated backends have exited (they leave
 	// pg_stat_activity), not for a fixed time: a slow box may take longer.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		var left int
-		if err := admin.QueryRow(t.Context(), `SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ANY($1)`, killed).Scan(&left); err != nil {
-			t.Fatalf("pg_stat_activity: %v", err)
-		}
-		if left == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d terminated backends still there after 30 s", left)
-		}
+	var left int
+	if !testproc.WaitFor(30*time.Second, func() bool {
+		err = admin.QueryRow(t.Context(), `SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ANY($1)`, killed).Scan(&left)
+		return err == nil && left == 0
+	}) {
+		t.Fatalf("%d terminated backends still there after 30 s (last query error: %v)", left, err)
 	}
 
 	// The call finds its connection dead and runs again on a fresh one:
