@@ -101,7 +101,9 @@ func (b *bare) serve(c net.Conn) {
 	b.publishes(c, br)
 }
 
-func (b *bare) ws(c bufConn) {
+// upgradeUser makes the WebSocket handshake on c and returns the user the
+// query names (the relays take it from there, with no token).
+func upgradeUser(c bufConn) (string, error) {
 	var user string
 	u := ws.Upgrader{OnRequest: func(uri []byte) error {
 		if _, v, ok := bytes.Cut(uri, []byte("user=")); ok {
@@ -109,7 +111,23 @@ func (b *bare) ws(c bufConn) {
 		}
 		return nil
 	}}
-	if _, err := u.Upgrade(c); err != nil {
+	_, err := u.Upgrade(c)
+	return user, err
+}
+
+// readUntilClosed reads and drops the client's frames until the connection
+// closes or fails.
+func readUntilClosed(c bufConn) {
+	for {
+		if _, _, err := wsutil.ReadClientData(c); err != nil {
+			return
+		}
+	}
+}
+
+func (b *bare) ws(c bufConn) {
+	user, err := upgradeUser(c)
+	if err != nil {
 		return
 	}
 	bc := &bareConn{c: c.Conn}
@@ -121,20 +139,21 @@ func (b *bare) ws(c bufConn) {
 	b.mu.Unlock()
 	defer func() {
 		b.mu.Lock()
-		conns := b.users[user]
-		for i, x := range conns {
-			if x == bc {
-				b.users[user] = append(conns[:i:i], conns[i+1:]...)
-				break
-			}
-		}
+		b.users[user] = without(b.users[user], bc)
 		b.mu.Unlock()
 	}()
-	for {
-		if _, _, err := wsutil.ReadClientData(c); err != nil {
-			return
+	readUntilClosed(c)
+}
+
+// without returns s without its first x, in a new array when x is there:
+// a publish may still be ranging over the old one.
+func without[T comparable](s []T, x T) []T {
+	for i, y := range s {
+		if y == x {
+			return append(s[:i:i], s[i+1:]...)
 		}
 	}
+	return s
 }
 
 // publishes answers POST /api/v1/publish requests on one keep-alive
@@ -179,15 +198,8 @@ func readRequestHead(br *bufio.Reader) (n int, authorized bool, err error) {
 		if len(h) == 0 {
 			break
 		}
-		k, v, _ := bytes.Cut(h, []byte(":"))
-		v = bytes.TrimSpace(v)
-		switch {
-		case bytes.EqualFold(k, []byte("Content-Length")):
-			if n, err = strconv.Atoi(string(v)); err != nil {
-				return 0, false, err
-			}
-		case bytes.EqualFold(k, []byte("Authorization")):
-			authorized = string(v) == "Bearer "+apiKey
+		if err := headerField(h, &n, &authorized); err != nil {
+			return 0, false, err
 		}
 	}
 	if n < 0 || n > bareMaxBody {
@@ -196,9 +208,43 @@ func readRequestHead(br *bufio.Reader) (n int, authorized bool, err error) {
 	return n, authorized, nil
 }
 
+// headerField reads the one header line h (no line end) into the body's
+// length n and whether the request carries the benchmark's API key; other
+// fields are ignored.
+func headerField(h []byte, n *int, authorized *bool) error {
+	k, v, _ := bytes.Cut(h, []byte(":"))
+	v = bytes.TrimSpace(v)
+	switch {
+	case bytes.EqualFold(k, []byte("Content-Length")):
+		l, err := strconv.Atoi(string(v))
+		if err != nil {
+			return err
+		}
+		*n = l
+	case bytes.EqualFold(k, []byte("Authorization")):
+		*authorized = string(v) == "Bearer "+apiKey
+	}
+	return nil
+}
+
 // publish does what the relay's handler does, and returns the status line's
 // tail and the JSON body to answer.
 func (b *bare) publish(authorized bool, body []byte) (string, []byte) {
+	return relayPublish(authorized, body, b.seq.Add, "bare", func(user string, frame []byte) {
+		b.mu.RLock()
+		conns := b.users[user]
+		b.mu.RUnlock()
+		for _, bc := range conns {
+			_ = bc.writeText(frame)
+		}
+	})
+}
+
+// relayPublish is the relay's handler without its transport: it checks the
+// key, decodes the publish, numbers it with next(1), encodes the frame once
+// and hands it to deliver with its user, and returns the status line's tail
+// and the JSON body to answer.
+func relayPublish(authorized bool, body []byte, next func(uint64) uint64, epoch string, deliver func(user string, frame []byte)) (string, []byte) {
 	if !authorized {
 		resp, _ := json.Marshal(protocol.ErrorBody{Error: protocol.ErrorDetail{Code: protocol.CodeUnauthorized, Message: "bad key"}})
 		return "401 Unauthorized", resp
@@ -208,15 +254,9 @@ func (b *bare) publish(authorized bool, body []byte) (string, []byte) {
 		resp, _ := json.Marshal(protocol.ErrorBody{Error: protocol.ErrorDetail{Code: protocol.CodeInvalidRequest, Message: "bad body"}})
 		return "400 Bad Request", resp
 	}
-	seq := b.seq.Add(1)
-	frame := protocol.EncodeEvent(protocol.Event{Type: req.Type, Seq: seq, Epoch: "bare", TS: time.Now(),
-		ThreadID: req.ThreadID, RunID: req.RunID, Data: req.Data})
-	b.mu.RLock()
-	conns := b.users[req.UserID]
-	b.mu.RUnlock()
-	for _, bc := range conns {
-		_ = bc.writeText(frame)
-	}
-	resp, _ := json.Marshal(protocol.PublishResponse{Seq: seq, Epoch: "bare"})
+	seq := next(1)
+	deliver(req.UserID, protocol.EncodeEvent(protocol.Event{Type: req.Type, Seq: seq, Epoch: epoch, TS: time.Now(),
+		ThreadID: req.ThreadID, RunID: req.RunID, Data: req.Data}))
+	resp, _ := json.Marshal(protocol.PublishResponse{Seq: seq, Epoch: epoch})
 	return "200 OK", resp
 }

@@ -14,17 +14,26 @@ import (
 	"github.com/agentwire/agentwire/protocol"
 )
 
-// The bare relay answers the publishes the benchmark sends, on one
-// keep-alive connection, and delivers each to every socket of its user and
+// The bare and epoll relays answer the publishes the benchmark sends, on one
+// keep-alive connection, and deliver each to every socket of its user and
 // no other, framed the way the readers parse; a wrong key is refused with
 // the contract's error body and delivers nothing.
 func TestBareRelay(t *testing.T) {
+	for _, s := range []struct {
+		name  string
+		serve func(net.Listener) error
+	}{{"bare", serveBare}, {"epoll", serveEpoll}} {
+		t.Run(s.name, func(t *testing.T) { testRelay(t, s.serve) })
+	}
+}
+
+func testRelay(t *testing.T, serve func(net.Listener) error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go serveBare(ln)
+	go serve(ln)
 	addr := ln.Addr().String()
 
 	dial := func(user string) *websocket.Conn {

@@ -14,8 +14,11 @@
 // auth on /ws. Ratios agentwire/relay show agentwire's overhead. A second
 // relay, bare (-serve-bare), does the same without net/http or gorilla: a
 // hand-rolled keep-alive HTTP/1.1 loop and gobwas/ws frames on the raw
-// connection, so relay − bare is what those libraries cost. Every server's CPU
-// per publish is also split into kernel and user time.
+// connection, so relay − bare is what those libraries cost. A third, epoll
+// (-serve-epoll), answers the publishes from one goroutine waiting in
+// epoll_wait, with non-blocking writes: no goroutine switch on the publish
+// path, the least a Go server making the same I/O syscalls spends. Every
+// server's CPU per publish is also split into kernel and user time.
 //
 // -centrifugo BIN also measures a Centrifugo 6 binary the way the performance
 // issue compares with it: memory engine, each user's connections subscribed
@@ -87,7 +90,7 @@ func main() {
 	flag.Float64Var(&o.factor, "factor", 1.4, "rate multiplier between -max steps")
 	flag.DurationVar(&o.p99Limit, "p99-limit", 5*time.Millisecond, "p99 bound of -max")
 	skipFixed := flag.Bool("skip-fixed", false, "skip the fixed-rate run (with -max)")
-	only := flag.String("only", "", "run only agentwire, before, relay, bare, redis, centrifugo or centrifugo-redis")
+	only := flag.String("only", "", "run only agentwire, before, relay, bare, epoll, redis, centrifugo or centrifugo-redis")
 	centrifugo := flag.String("centrifugo", "", "also measure this Centrifugo 6 binary (memory engine, personal channel with history 1000 and recovery, HTTP publish API), alternating with the others")
 	binBefore := flag.String("bin-before", "", "also measure this agentwire binary (e.g. built from an earlier commit) as \"before\", alternating with the others")
 	pin := 0
@@ -102,8 +105,13 @@ func main() {
 	timeout := flag.Duration("timeout", 4*time.Minute, "hard bound on the whole run")
 	serveRelay := flag.Bool("serve-relay", false, "internal: run the relay baseline")
 	serveBare := flag.Bool("serve-bare", false, "internal: run the bare relay baseline")
-	addr := flag.String("addr", "127.0.0.1:0", "internal: listen address of -serve-relay or -serve-bare")
+	serveEpoll := flag.Bool("serve-epoll", false, "internal: run the epoll relay baseline")
+	addr := flag.String("addr", "127.0.0.1:0", "internal: listen address of -serve-relay, -serve-bare or -serve-epoll")
 	flag.Parse()
+	if *serveEpoll {
+		fmt.Fprintln(os.Stderr, runEpoll(*addr)) // it serves until it fails
+		os.Exit(1)
+	}
 	if *serveBare {
 		fmt.Fprintln(os.Stderr, runBare(*addr)) // it serves until it fails
 		os.Exit(1)
@@ -167,6 +175,9 @@ func main() {
 	}
 	if *only == "" || *only == "bare" {
 		targets = append(targets, target{name: "bare", bin: self, args: []string{"-serve-bare", "-addr", "127.0.0.1:0"}})
+	}
+	if *only == "" || *only == "epoll" {
+		targets = append(targets, target{name: "epoll", bin: self, args: []string{"-serve-epoll", "-addr", "127.0.0.1:0"}})
 	}
 	if *redisURL != "" && (*only == "" || *only == "redis") {
 		for _, d := range []string{"a", "b"} {
@@ -296,7 +307,7 @@ func main() {
 	run.Close()
 
 	fmt.Println()
-	for _, name := range []string{"agentwire", "before", "relay", "bare", "centrifugo"} {
+	for _, name := range []string{"agentwire", "before", "relay", "bare", "epoll", "centrifugo"} {
 		if a := fixed[name]; a != nil {
 			fmt.Printf("RESULT fixed target %.0f/s: %-9s publishes/s %.0f, delivered/s %.0f, p50 %v, p99 %v, max %v, errors %d, lost %d\n",
 				o.rate, name, a.pubRate(), a.delRate(), a.q(0.5), a.q(0.99), a.q(1), a.errors(), a.lost())
@@ -310,6 +321,10 @@ func main() {
 	}
 	if a, r := fixed["agentwire"], fixed["bare"]; a != nil && r != nil {
 		fmt.Printf("RESULT ratio agentwire/bare: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f, kernel cpu/publish %.2f\n",
+			a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)), a.cpuPerPublish()/r.cpuPerPublish(), a.sysPerPublish()/r.sysPerPublish())
+	}
+	if a, r := fixed["agentwire"], fixed["epoll"]; a != nil && r != nil {
+		fmt.Printf("RESULT ratio agentwire/epoll: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f, kernel cpu/publish %.2f\n",
 			a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)), a.cpuPerPublish()/r.cpuPerPublish(), a.sysPerPublish()/r.sysPerPublish())
 	}
 	if a, c := fixed["agentwire"], fixed["centrifugo"]; a != nil && c != nil {
@@ -327,7 +342,7 @@ func main() {
 		printPair("centrifugo ", o.rate, a, r)
 	}
 	if o.max {
-		for _, name := range []string{"agentwire", "relay", "bare", "redis", "centrifugo", "centrifugo-redis"} {
+		for _, name := range []string{"agentwire", "relay", "bare", "epoll", "redis", "centrifugo", "centrifugo-redis"} {
 			if _, ok := maxHeld[name]; !ok {
 				continue
 			}
@@ -358,7 +373,7 @@ func printPair(server string, rate float64, one, pair *stats) {
 
 // relayName reports whether name is one of the relay baselines, whose /ws
 // takes the user from the query and no token.
-func relayName(name string) bool { return name == "relay" || name == "bare" }
+func relayName(name string) bool { return name == "relay" || name == "bare" || name == "epoll" }
 
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
 
