@@ -171,11 +171,18 @@ func (b *bare) publishes(c net.Conn, br *bufio.Reader) {
 			return
 		}
 		status, resp := b.publish(authorized, body)
-		out = fmt.Appendf(out[:0], "HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", status, len(resp))
-		if _, err := c.Write(append(out, resp...)); err != nil {
+		out = appendAnswer(out[:0], status, resp)
+		if _, err := c.Write(out); err != nil {
 			return
 		}
 	}
+}
+
+// appendAnswer appends a keep-alive HTTP/1.1 answer with status (the status
+// line's tail) and the JSON body.
+func appendAnswer(dst []byte, status string, body []byte) []byte {
+	dst = fmt.Appendf(dst, "HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", status, len(body))
+	return append(dst, body...)
 }
 
 // readRequestHead reads a request line and headers, and returns the body's

@@ -27,28 +27,37 @@ func TestBareRelay(t *testing.T) {
 	}
 }
 
-func testRelay(t *testing.T, serve func(net.Listener) error) {
+// startRelay serves a relay on a loopback port until the test ends, and
+// returns its address.
+func startRelay(t *testing.T, serve func(net.Listener) error) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go serve(ln)
-	addr := ln.Addr().String()
+	return ln.Addr().String()
+}
 
-	dial := func(user string) *websocket.Conn {
-		c, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws?user="+user, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
-		if _, msg, err := c.ReadMessage(); err != nil || !bytes.Contains(msg, []byte("connection_established")) {
-			t.Fatalf("first frame %q, %v", msg, err)
-		}
-		return c
+// dialRelay opens a relay's WebSocket for user, closed when the test ends,
+// and reads its connection_established.
+func dialRelay(t *testing.T, addr, user string) *websocket.Conn {
+	t.Helper()
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws?user="+user, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	a, b1, b2 := dial("user-a"), dial("user-b"), dial("user-b")
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, msg, err := c.ReadMessage(); err != nil || !bytes.Contains(msg, []byte("connection_established")) {
+		t.Fatalf("first frame %q, %v", msg, err)
+	}
+	return c
+}
+
+func testRelay(t *testing.T, serve func(net.Listener) error) {
+	addr := startRelay(t, serve)
+	a, b1, b2 := dialRelay(t, addr, "user-a"), dialRelay(t, addr, "user-b"), dialRelay(t, addr, "user-b")
 
 	tr := &http.Transport{MaxConnsPerHost: 1}
 	defer tr.CloseIdleConnections()

@@ -239,8 +239,7 @@ func (r *epollRelay) serve(ec *epollConn, out, frame *[]byte) bool {
 			}
 			r.mu.RUnlock()
 		})
-		*out = fmt.Appendf((*out)[:0], "HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", status, len(resp))
-		*out = append(*out, resp...)
+		*out = appendAnswer((*out)[:0], status, resp)
 		if nw, err := unix.Write(ec.fd, *out); err != nil || nw != len(*out) {
 			return false
 		}

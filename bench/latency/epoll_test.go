@@ -2,15 +2,12 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"testing"
 	"time"
-
-	"github.com/gorilla/websocket"
 
 	"github.com/agentwire/agentwire/internal/loadgen"
 	"github.com/agentwire/agentwire/protocol"
@@ -20,23 +17,8 @@ import (
 // write (pipelined) and one a byte per write, each answered once, in order,
 // and each delivered in that order.
 func TestEpollRelaySplitAndPipelined(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go serveEpoll(ln)
-	addr := ln.Addr().String()
-
-	ws, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws?user=u1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.Close()
-	_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
-	if _, msg, err := ws.ReadMessage(); err != nil || !bytes.Contains(msg, []byte("connection_established")) {
-		t.Fatalf("first frame %q, %v", msg, err)
-	}
+	addr := startRelay(t, serveEpoll)
+	ws := dialRelay(t, addr, "u1")
 
 	request := func(tick int64) []byte {
 		body := loadgen.AppendPublish(nil, "u1", "bench.tick", tick, 0, "xx")

@@ -319,13 +319,11 @@ func main() {
 		fmt.Printf("RESULT ratio agentwire/relay: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f\n",
 			a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)), a.cpuPerPublish()/r.cpuPerPublish())
 	}
-	if a, r := fixed["agentwire"], fixed["bare"]; a != nil && r != nil {
-		fmt.Printf("RESULT ratio agentwire/bare: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f, kernel cpu/publish %.2f\n",
-			a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)), a.cpuPerPublish()/r.cpuPerPublish(), a.sysPerPublish()/r.sysPerPublish())
-	}
-	if a, r := fixed["agentwire"], fixed["epoll"]; a != nil && r != nil {
-		fmt.Printf("RESULT ratio agentwire/epoll: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f, kernel cpu/publish %.2f\n",
-			a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)), a.cpuPerPublish()/r.cpuPerPublish(), a.sysPerPublish()/r.sysPerPublish())
+	for _, base := range []string{"bare", "epoll"} {
+		if a, r := fixed["agentwire"], fixed[base]; a != nil && r != nil {
+			fmt.Printf("RESULT ratio agentwire/%s: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f, kernel cpu/publish %.2f\n",
+				base, a.pubRate()/r.pubRate(), ratio(a.q(0.5), r.q(0.5)), ratio(a.q(0.99), r.q(0.99)), a.cpuPerPublish()/r.cpuPerPublish(), a.sysPerPublish()/r.sysPerPublish())
+		}
 	}
 	if a, c := fixed["agentwire"], fixed["centrifugo"]; a != nil && c != nil {
 		fmt.Printf("RESULT ratio agentwire/centrifugo: publishes/s %.2f, p50 %.2f, p99 %.2f, server cpu/publish %.2f\n",
